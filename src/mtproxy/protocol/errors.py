@@ -1,0 +1,28 @@
+"""What a peer or an operator did wrong, as typed values; "need more bytes" is a state, not an error."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ProtocolError(Exception):
+    """Base of every error raised by the protocol core."""
+
+
+class SecretFormatError(ProtocolError, ValueError):
+    """A secret or fake-TLS domain as written by an operator or a link is not valid."""
+
+
+class RejectReason(enum.Enum):
+    """Why a connection did not authenticate. The value is the stable token written to logs and metrics."""
+
+    UNKNOWN_SECRET = "unknown-secret"  # obfuscated2 init matches no secret (also: random bytes)
+    BAD_TAG = "bad-tag"  # init decrypted, but with a framing tag this listener refuses
+    MODE_DISABLED = "mode-disabled"  # a classic/dd client where only fake-TLS is accepted, or vice versa
+    REPLAY = "replay"  # an init or hello we have already seen
+    TLS_MALFORMED = "tls-malformed"  # starts like TLS but is not a ClientHello we can parse
+    TLS_BAD_HMAC = "tls-bad-hmac"  # a well-formed hello whose digest matches no secret (e.g. a browser)
+    TLS_SKEW = "tls-skew"  # the digest verified but the timestamp is outside the window
+    TLS_BAD_SNI = "tls-bad-sni"  # the SNI names none of the configured domains
+    TLS_BAD_INIT = "tls-bad-init"  # after the TLS handshake, the obfuscated2 init did not decrypt
+    HANDSHAKE_TIMEOUT = "handshake-timeout"  # the runtime gave up waiting for the handshake bytes
