@@ -1,0 +1,496 @@
+"""The secrets store: versioned JSON schema, migration, a lock, and atomic 0600 writes.
+
+The engine only calls `read_store`; the CLI changes the file through `update_store`, which holds an
+exclusive lock on a sibling lock file (the data file itself is replaced by rename, so it cannot carry the
+lock) for the whole read-modify-write, so concurrent commands never lose an update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .protocol.errors import SecretFormatError
+from .protocol.secret import Secret, SecretKind, parse_secret, validate_domain
+
+STORE_VERSION = 1
+FILE_MODE = 0o600
+MAX_STORE_BYTES = 4 * 1024 * 1024  # thousands of secrets fit; anything bigger is not our file
+
+# Store "type" token <-> protocol kind. "plain" is the plan's word for a classic secret.
+TYPE_TO_KIND = {"plain": SecretKind.CLASSIC, "dd": SecretKind.PADDED, "ee": SecretKind.FAKE_TLS}
+KIND_TO_TYPE = {kind: name for name, kind in TYPE_TO_KIND.items()}
+
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """The store cannot be used; the message names the file and says what went wrong."""
+
+    def __init__(self, path: Path, problem: str, hint: str = "") -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+        self.hint = hint
+
+
+class StoreFormatError(StoreError):
+    """The file exists but is not a store we can read (malformed JSON, bad field, newer version)."""
+
+
+class StoreAccessError(StoreError):
+    """The operating system refused to read or write the file or its directory."""
+
+
+def now_iso(clock: Callable[[], datetime] | None = None) -> str:
+    """A UTC timestamp as the store writes it: 2026-11-25T21:30:00Z."""
+    moment = clock() if clock is not None else datetime.now(UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class SecretRecord:
+    """One entry of the store. `value` is the secret as `Secret.to_hex()` writes it; never shown in repr."""
+
+    id: str
+    value: str = field(repr=False)
+    type: str
+    label: str = ""
+    domain: str | None = None
+    padding_enabled: bool = False
+    created_at: str = ""
+    created_by: str = ""
+    active: bool = True
+    description: str = ""
+
+    def secret(self) -> Secret:
+        return parse_secret(self.value)
+
+    @property
+    def name(self) -> str:
+        """What tables show: the label, or the id when there is none."""
+        return self.label or self.id
+
+    def masked(self) -> str:
+        return self.secret().masked()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "label": self.label,
+            "value": self.value,
+            "type": self.type,
+            "domain": self.domain,
+            "padding_enabled": self.padding_enabled,
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+            "active": self.active,
+            "description": self.description,
+        }
+
+    @classmethod
+    def from_secret(
+        cls,
+        secret_id: str,
+        secret: Secret,
+        *,
+        label: str = "",
+        created_at: str = "",
+        created_by: str = "",
+        description: str = "",
+        active: bool = True,
+    ) -> SecretRecord:
+        return cls(
+            id=secret_id,
+            value=secret.to_hex(),
+            type=KIND_TO_TYPE[secret.kind],
+            label=label,
+            domain=secret.domain,
+            padding_enabled=secret.kind is not SecretKind.CLASSIC,
+            created_at=created_at,
+            created_by=created_by,
+            active=active,
+            description=description,
+        )
+
+
+@dataclass(frozen=True)
+class StoreData:
+    """The whole store as read from disk; immutable, so the engine can swap it in one step."""
+
+    secrets: tuple[SecretRecord, ...] = ()
+    last_modified: str = ""
+    version: int = STORE_VERSION
+
+    def active_secrets(self) -> list[tuple[str, Secret]]:
+        """(id, Secret) for every active entry, in file order: what the engine serves."""
+        return [(rec.id, rec.secret()) for rec in self.secrets if rec.active]
+
+    def active_records(self) -> list[SecretRecord]:
+        return [rec for rec in self.secrets if rec.active]
+
+    def default_record(self) -> SecretRecord | None:
+        """The plan's "default secret" (mtproxy_link.txt): the first active entry."""
+        active = self.active_records()
+        return active[0] if active else None
+
+    def find(self, ref: str) -> SecretRecord | None:
+        """Look an entry up by id, then label, then secret value (any spelling parse_secret accepts)."""
+        ref = ref.strip()
+        for rec in self.secrets:
+            if rec.id == ref:
+                return rec
+        for rec in self.secrets:
+            if rec.label and rec.label == ref:
+                return rec
+        try:
+            wanted = parse_secret(ref)
+        except SecretFormatError:
+            return None
+        for rec in self.secrets:
+            if rec.secret() == wanted:
+                return rec
+        for rec in self.secrets:
+            # A link's secret may be given in another form than the stored one (e.g. plain hex of a dd key).
+            if rec.secret().key == wanted.key:
+                return rec
+        return None
+
+    def with_record(self, record: SecretRecord) -> StoreData:
+        """Replace the entry with the same id, or append a new one."""
+        items = list(self.secrets)
+        for index, rec in enumerate(items):
+            if rec.id == record.id:
+                items[index] = record
+                break
+        else:
+            items.append(record)
+        return replace(self, secrets=tuple(items))
+
+    def without(self, secret_id: str) -> StoreData:
+        return replace(self, secrets=tuple(rec for rec in self.secrets if rec.id != secret_id))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "secrets": [rec.to_json() for rec in self.secrets],
+            "metadata": {"last_modified": self.last_modified, "version": self.version},
+        }
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def _field(entry: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str, default: Any) -> Any:
+    value = entry.get(name, default)
+    if not isinstance(value, kind):
+        raise ValueError(f"{where}: field {name!r} must be {_type_name(kind)}")
+    return value
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", bool: "true or false", int: "a number", type(None): "null"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _migrate(doc: dict[str, Any]) -> dict[str, Any]:
+    """Bring an older document up to STORE_VERSION, in memory; the next write saves the new form.
+
+    Version 0 is the plan's original file: no metadata, entries with "secret" instead of "value" and
+    possibly no id or label.
+    """
+    metadata = doc.get("metadata")
+    version = metadata.get("version", 0) if isinstance(metadata, dict) else 0
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise ValueError("metadata.version must be a non-negative integer")
+    if version > STORE_VERSION:
+        raise ValueError(
+            f"schema version {version} was written by a newer mtproxy (this one reads up to {STORE_VERSION})"
+        )
+    if version == 0:
+        entries = doc.get("secrets", [])
+        if not isinstance(entries, list):
+            raise ValueError("'secrets' must be a list")
+        migrated = []
+        for index, entry in enumerate(entries):
+            if isinstance(entry, str):
+                entry = {"value": entry}
+            if not isinstance(entry, dict):
+                raise ValueError(f"secrets[{index}] must be an object")
+            entry = dict(entry)
+            if "value" not in entry and "secret" in entry:
+                entry["value"] = entry.pop("secret")
+            entry.setdefault("id", f"s{index + 1}")
+            if "type" not in entry and isinstance(entry.get("value"), str):
+                with contextlib.suppress(SecretFormatError):
+                    entry["type"] = KIND_TO_TYPE[parse_secret(entry["value"]).kind]
+            migrated.append(entry)
+        last = metadata.get("last_modified", "") if isinstance(metadata, dict) else ""
+        doc = {"secrets": migrated, "metadata": {"last_modified": last or "", "version": 1}}
+    return doc
+
+
+def parse_store(text: str | bytes, path: Path) -> StoreData:
+    """Validate a whole document; any problem raises StoreFormatError naming the file and the entry."""
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoreFormatError(
+            path, f"not valid JSON ({exc})", "fix the file by hand or restore it from a backup"
+        ) from None
+    try:
+        if not isinstance(doc, dict):
+            raise ValueError("the top level must be an object with 'secrets' and 'metadata'")
+        doc = _migrate(doc)
+        return _parse_document(doc)
+    except ValueError as exc:
+        raise StoreFormatError(path, str(exc), "fix the file by hand or restore it from a backup") from None
+
+
+def _parse_document(doc: dict[str, Any]) -> StoreData:
+    entries = doc.get("secrets", [])
+    if not isinstance(entries, list):
+        raise ValueError("'secrets' must be a list")
+    metadata = doc.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ValueError("'metadata' must be an object")
+    last_modified = metadata.get("last_modified") or ""
+    if not isinstance(last_modified, str):
+        raise ValueError("metadata.last_modified must be a string")
+    records: list[SecretRecord] = []
+    seen_ids: set[str] = set()
+    seen_labels: set[str] = set()
+    seen_keys: set[bytes] = set()
+    for index, entry in enumerate(entries):
+        where = f"secrets[{index}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} must be an object")
+        record = _parse_entry(entry, where)
+        if record.id in seen_ids:
+            raise ValueError(f"{where}: id {record.id!r} appears twice")
+        if record.label and record.label in seen_labels:
+            raise ValueError(f"{where}: label {record.label!r} appears twice")
+        key = record.secret().key
+        if key in seen_keys:
+            raise ValueError(f"{where}: the same secret key appears twice (id {record.id!r})")
+        seen_ids.add(record.id)
+        if record.label:
+            seen_labels.add(record.label)
+        seen_keys.add(key)
+        records.append(record)
+    return StoreData(secrets=tuple(records), last_modified=last_modified, version=STORE_VERSION)
+
+
+def _parse_entry(entry: dict[str, Any], where: str) -> SecretRecord:
+    secret_id = _field(entry, "id", str, where, None)
+    if not secret_id or not secret_id.isprintable() or len(secret_id) > 64:
+        raise ValueError(f"{where}: 'id' must be a short non-empty string")
+    value = _field(entry, "value", str, where, None)
+    try:
+        secret = parse_secret(value)
+    except SecretFormatError as exc:
+        # The message describes the shape only; the value itself is never echoed.
+        raise ValueError(f"{where} (id {secret_id!r}): 'value' is not a valid secret: {exc}") from None
+    type_name = _field(entry, "type", str, where, KIND_TO_TYPE[secret.kind])
+    if type_name not in TYPE_TO_KIND:
+        raise ValueError(f"{where} (id {secret_id!r}): 'type' must be plain, dd or ee, not {type_name!r}")
+    kind = TYPE_TO_KIND[type_name]
+    if kind is not secret.kind:
+        if kind is SecretKind.FAKE_TLS:
+            raise ValueError(f"{where} (id {secret_id!r}): type is ee but the value has no ee prefix")
+        # A bare 32-hex key with type dd (or a dd value with type plain) is the same key: the type wins.
+        secret = Secret(secret.key, kind)
+    domain = _field(entry, "domain", (str, type(None)), where, secret.domain)
+    if kind is SecretKind.FAKE_TLS:
+        try:
+            validate_domain(domain or "")
+        except SecretFormatError as exc:
+            raise ValueError(f"{where} (id {secret_id!r}): {exc}") from None
+        if domain != secret.domain:
+            raise ValueError(f"{where} (id {secret_id!r}): 'domain' does not match the domain in 'value'")
+    else:
+        domain = None
+    return SecretRecord(
+        id=secret_id,
+        value=secret.to_hex(),
+        type=type_name,
+        label=_field(entry, "label", (str, type(None)), where, "") or "",
+        domain=domain,
+        padding_enabled=_field(entry, "padding_enabled", bool, where, kind is not SecretKind.CLASSIC),
+        created_at=_field(entry, "created_at", (str, type(None)), where, "") or "",
+        created_by=_field(entry, "created_by", (str, type(None)), where, "") or "",
+        active=_field(entry, "active", bool, where, True),
+        description=_field(entry, "description", (str, type(None)), where, "") or "",
+    )
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    """The file's bytes, None when it does not exist; OS errors become StoreAccessError."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_STORE_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise StoreAccessError(path, "is a directory, not a file", "move it away") from None
+    except PermissionError:
+        raise StoreAccessError(
+            path, "permission denied while reading", "run as root or as the file's owner"
+        ) from None
+    except OSError as exc:
+        raise StoreAccessError(path, f"cannot read: {exc.strerror}", "check the disk and the path") from None
+    if len(data) > MAX_STORE_BYTES:
+        raise StoreFormatError(path, f"larger than {MAX_STORE_BYTES} bytes", "this is not a secrets store")
+    return data
+
+
+def read_store(path: str | os.PathLike[str]) -> StoreData:
+    """Read and validate the store without locking (a reader only ever sees a whole file, thanks to rename).
+
+    A missing file is an empty store. Raises StoreFormatError or StoreAccessError otherwise.
+    """
+    file = Path(path)
+    data = _read_bytes(file)
+    if data is None:
+        return StoreData()
+    if not data.strip():
+        # An empty file is what `touch` leaves; treat it as an empty store rather than malformed JSON.
+        return StoreData()
+    return parse_store(data, file)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _access_error(path: Path, exc: OSError, doing: str) -> StoreAccessError:
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreAccessError(
+            path, f"permission denied while {doing}", "run as root, or fix the directory's permissions"
+        )
+    if exc.errno == errno.ENOSPC:
+        return StoreAccessError(path, f"disk full while {doing}", "free some space and try again")
+    return StoreAccessError(path, f"{exc.strerror or exc} while {doing}", "check the path and the disk")
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike[str], timeout: float = 30.0) -> Iterator[None]:
+    """Hold the store's exclusive lock. Waits at most `timeout` seconds for another command."""
+    import time
+
+    file = Path(path)
+    lock_file = _lock_path(file)
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        raise _access_error(lock_file, exc, "opening the lock file") from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreAccessError(
+                        file, f"still locked by another command after {timeout:.0f} s",
+                        "wait for it to finish, or look for a stuck mtproxy process",
+                    ) from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _remove_stale_temps(file: Path) -> None:
+    """Temp files left by a writer killed mid-write; only called with the lock held, so none is live."""
+    prefix = f".{file.name}."
+    with contextlib.suppress(OSError):
+        for entry in file.parent.iterdir():
+            if entry.name.startswith(prefix) and entry.name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+
+def write_atomic(path: Path, payload: bytes, mode: int = FILE_MODE) -> None:
+    """Write a whole file so that readers see the old or the new bytes, never a mix (temp, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    owner: tuple[int, int] | None = None
+    with contextlib.suppress(OSError):
+        st = path.stat()
+        owner = (st.st_uid, st.st_gid)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            if owner is not None and os.geteuid() == 0:
+                # Keep the owner the engine's container user was given, so it can still read the file.
+                with contextlib.suppress(OSError):
+                    os.fchown(handle.fileno(), *owner)
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    # The rename itself is durable only once the directory entry is on disk.
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def serialize(data: StoreData) -> bytes:
+    return (json.dumps(data.to_json(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_store(
+    path: str | os.PathLike[str], data: StoreData, clock: Callable[[], datetime] | None = None
+) -> StoreData:
+    """Stamp and write the store; caller holds the lock (see `update_store`). Returns what was written."""
+    file = Path(path)
+    stamped = replace(data, last_modified=now_iso(clock), version=STORE_VERSION)
+    try:
+        write_atomic(file, serialize(stamped))
+    except OSError as exc:
+        raise _access_error(file, exc, "writing") from None
+    return stamped
+
+
+def update_store(
+    path: str | os.PathLike[str],
+    change: Callable[[StoreData], tuple[StoreData, T]],
+    clock: Callable[[], datetime] | None = None,
+) -> T:
+    """Read, change and write the store under the lock. `change` returns (new data, result).
+
+    If `change` returns the very same object, nothing is written. A malformed file raises before any write,
+    so it is left untouched.
+    """
+    file = Path(path)
+    with locked(file):
+        _remove_stale_temps(file)
+        current = read_store(file)
+        new, result = change(current)
+        if new is not current:
+            write_store(file, new, clock)
+        return result
