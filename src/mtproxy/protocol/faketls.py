@@ -1,0 +1,243 @@
+"""Fake TLS (ee secrets): ClientHello check, the server's three-record flight, and record framing."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import ProtocolError
+
+RECORD_HEADER_SIZE = 5
+HELLO_PREFIX = b"\x16\x03\x01"
+RANDOM_OFFSET = 11
+RANDOM_SIZE = 32
+DIGEST_CHECKED = 28  # the last 4 bytes carry the client's clock, XORed in
+MAX_RECORD_PAYLOAD = 16384  # TLS plaintext limit; older TDLib rejects larger server records
+MAX_CLIENT_RECORD = MAX_RECORD_PAYLOAD + 2048  # TLS 1.3 ciphertext allowance
+CHANGE_CIPHER_SPEC = b"\x14\x03\x03\x00\x01\x01"
+APPLICATION_DATA = b"\x17\x03\x03"
+SERVER_HELLO_PREFIX = b"\x16\x03\x03"
+TLS13_SUITES = (0x1301, 0x1302, 0x1303)
+_EXT_SERVER_NAME = 0x0000
+_X25519 = 0x001D
+
+
+class TlsFormatError(ProtocolError):
+    """Bytes that are not the TLS shape we require."""
+
+
+@dataclass(frozen=True)
+class ClientHello:
+    record: bytes  # the whole record, header included
+    random: bytes
+    session_id: bytes
+    cipher_suites: tuple[int, ...]
+    sni: str | None
+
+
+class _Reader:
+    """Bounds-checked cursor: every read past the end is a TlsFormatError, never an IndexError."""
+
+    def __init__(self, data: bytes, start: int, end: int) -> None:
+        self.data, self.pos, self.end = data, start, end
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > self.end:
+            raise TlsFormatError("truncated ClientHello")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return int.from_bytes(self.take(2), "big")
+
+    def u24(self) -> int:
+        return int.from_bytes(self.take(3), "big")
+
+
+def hello_record_length(header: bytes) -> int:
+    """Length of the record whose first 5 bytes are given; raises unless it opens a TLS handshake."""
+    if len(header) < RECORD_HEADER_SIZE or header[:3] != HELLO_PREFIX:
+        raise TlsFormatError("not a TLS handshake record")
+    length = int.from_bytes(header[3:5], "big")
+    if not 64 <= length <= MAX_RECORD_PAYLOAD:
+        raise TlsFormatError("ClientHello record length out of range")
+    return RECORD_HEADER_SIZE + length
+
+
+def parse_client_hello(record: bytes) -> ClientHello:
+    """Parse the fields we need from one whole ClientHello record."""
+    total = hello_record_length(record)
+    if len(record) != total:
+        raise TlsFormatError("ClientHello record is incomplete or has trailing bytes")
+    reader = _Reader(record, RECORD_HEADER_SIZE, total)
+    if reader.u8() != 0x01:
+        raise TlsFormatError("handshake message is not a ClientHello")
+    body_length = reader.u24()
+    body_end = reader.pos + body_length
+    if body_end > total:
+        raise TlsFormatError("ClientHello longer than its record")
+    reader.end = body_end
+    reader.take(2)  # legacy version
+    random = reader.take(RANDOM_SIZE)
+    session_id = reader.take(reader.u8())
+    suites_bytes = reader.take(reader.u16())
+    if len(suites_bytes) % 2:
+        raise TlsFormatError("odd cipher suite list")
+    suites = tuple(int.from_bytes(suites_bytes[i : i + 2], "big") for i in range(0, len(suites_bytes), 2))
+    reader.take(reader.u8())  # compression methods
+    sni = None
+    if reader.pos < reader.end:
+        extensions_length = reader.u16()
+        extensions = _Reader(record, reader.pos, reader.pos + extensions_length)
+        if extensions.end > body_end:
+            raise TlsFormatError("extensions longer than the ClientHello")
+        while extensions.pos < extensions.end:
+            ext_type = extensions.u16()
+            ext_data = extensions.take(extensions.u16())
+            if ext_type == _EXT_SERVER_NAME:
+                sni = _parse_sni(ext_data)
+    return ClientHello(record, random, session_id, suites, sni)
+
+
+def _parse_sni(data: bytes) -> str | None:
+    reader = _Reader(data, 0, len(data))
+    reader.end = min(reader.end, 2 + reader.u16())
+    while reader.pos < reader.end:
+        name_type = reader.u8()
+        name = reader.take(reader.u16())
+        if name_type == 0:
+            try:
+                return name.decode("ascii").lower()
+            except UnicodeDecodeError:
+                raise TlsFormatError("SNI is not ASCII") from None
+    return None
+
+
+def zero_random(record: bytes) -> bytes:
+    return record[:RANDOM_OFFSET] + bytes(RANDOM_SIZE) + record[RANDOM_OFFSET + RANDOM_SIZE :]
+
+
+def client_timestamp(keyed: hmac.HMAC, hello: ClientHello) -> int | None:
+    """The client's unix time if the hello's digest verifies under this secret's keyed HMAC, else None.
+    `keyed` is an HMAC-SHA256 already keyed with the secret; it is copied, not consumed."""
+    mac = keyed.copy()
+    mac.update(zero_random(hello.record))
+    expected = mac.digest()
+    if not hmac.compare_digest(expected[:DIGEST_CHECKED], hello.random[:DIGEST_CHECKED]):
+        return None
+    masked = bytes(a ^ b for a, b in zip(expected[DIGEST_CHECKED:], hello.random[DIGEST_CHECKED:], strict=True))
+    return int.from_bytes(masked, "little")
+
+
+def keyed_hmac(secret_key: bytes) -> hmac.HMAC:
+    return hmac.new(secret_key, digestmod=hashlib.sha256)
+
+
+def choose_cipher_suite(hello: ClientHello) -> int:
+    for suite in hello.cipher_suites:
+        if suite in TLS13_SUITES:
+            return suite
+    raise TlsFormatError("the client offers no TLS 1.3 cipher suite")
+
+
+def build_server_flight(
+    secret_key: bytes, hello: ClientHello, random_bytes: Callable[[int], bytes], cert_size: int
+) -> bytes:
+    """ServerHello + ChangeCipherSpec + one application-data record standing in for the encrypted
+    certificate flight. Its random is the HMAC the client checks (protocol.md)."""
+    if not 1 <= cert_size <= MAX_RECORD_PAYLOAD:
+        raise ProtocolError("fake certificate size must be 1..16384")
+    key_share = _X25519.to_bytes(2, "big") + (32).to_bytes(2, "big") + random_bytes(32)
+    extensions = (
+        b"\x00\x33" + len(key_share).to_bytes(2, "big") + key_share + b"\x00\x2b\x00\x02\x03\x04"
+    )
+    body = (
+        b"\x03\x03"
+        + bytes(RANDOM_SIZE)
+        + bytes([len(hello.session_id)])
+        + hello.session_id
+        + choose_cipher_suite(hello).to_bytes(2, "big")
+        + b"\x00"
+        + len(extensions).to_bytes(2, "big")
+        + extensions
+    )
+    handshake = b"\x02" + len(body).to_bytes(3, "big") + body
+    flight = bytearray(
+        SERVER_HELLO_PREFIX
+        + len(handshake).to_bytes(2, "big")
+        + handshake
+        + CHANGE_CIPHER_SPEC
+        + record_header(cert_size)
+        + random_bytes(cert_size)
+    )
+    digest = hmac.new(secret_key, hello.random + bytes(flight), hashlib.sha256).digest()
+    flight[RANDOM_OFFSET : RANDOM_OFFSET + RANDOM_SIZE] = digest
+    return bytes(flight)
+
+
+def record_header(length: int) -> bytes:
+    return APPLICATION_DATA + length.to_bytes(2, "big")
+
+
+def wrap_records(payload: bytes | memoryview, max_payload: int = MAX_RECORD_PAYLOAD) -> bytes:
+    """Payload as application-data records of at most `max_payload` bytes each."""
+    view = memoryview(payload)
+    parts: list[bytes | memoryview] = []
+    for start in range(0, len(view), max_payload):
+        chunk = view[start : start + max_payload]
+        parts.append(record_header(len(chunk)))
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+class TlsRecordReader:
+    """Unwraps the client's records after the handshake: at most one ChangeCipherSpec first, then only
+    application data. Keeps partial records between calls; memory is bounded by one record."""
+
+    def __init__(self) -> None:
+        self._header = bytearray()
+        self._remaining = 0  # payload bytes still due in the current record
+        self._ccs_allowed = True
+        self._ccs_body_due = False
+
+    def unwrap(self, data: bytes | memoryview) -> bytes:
+        """Payload bytes carried by `data`; raises TlsFormatError on anything but the allowed records."""
+        view = memoryview(data)
+        out: list[bytes | memoryview] = []
+        pos, end = 0, len(view)
+        while pos < end:
+            if self._remaining:
+                take = min(self._remaining, end - pos)
+                out.append(view[pos : pos + take])
+                pos += take
+                self._remaining -= take
+                continue
+            if self._ccs_body_due:
+                if view[pos] != 0x01:
+                    raise TlsFormatError("bad ChangeCipherSpec")
+                pos += 1
+                self._ccs_body_due = False
+                continue
+            need = RECORD_HEADER_SIZE - len(self._header)
+            self._header += view[pos : pos + need]
+            pos += min(need, end - pos)
+            if len(self._header) < RECORD_HEADER_SIZE:
+                break
+            header = bytes(self._header)
+            self._header.clear()
+            length = int.from_bytes(header[3:5], "big")
+            if header[:3] == APPLICATION_DATA and 0 < length <= MAX_CLIENT_RECORD:
+                self._remaining = length
+                self._ccs_allowed = False
+            elif self._ccs_allowed and header == CHANGE_CIPHER_SPEC[:RECORD_HEADER_SIZE]:
+                self._ccs_allowed = False
+                self._ccs_body_due = True
+            else:
+                raise TlsFormatError("unexpected TLS record from the client")
+        return b"".join(out)

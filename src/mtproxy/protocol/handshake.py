@@ -1,0 +1,276 @@
+"""The server-side handshake as a state machine over bytes: feed what arrived, get the next step.
+
+Steps: NeedMore (maybe with bytes to send), Rejected (with everything received, for the mask), or
+Authenticated (a session with its ciphers and the stream bytes that followed the init)."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.ciphers import CipherContext
+
+from . import faketls, obfs2
+from .errors import RejectReason
+from .replay import ReplayFilter
+from .secret import Secret
+
+RandomBytes = Callable[[int], bytes]
+
+OBFS2_REPLAY_TTL = 24 * 3600.0  # no timestamp in a classic init: remember as long as capacity allows
+
+
+class SecretTable:
+    """The live set of secrets, with the per-secret state the hot path needs precomputed."""
+
+    def __init__(self, entries: Sequence[tuple[str, Secret]]) -> None:
+        self.ids: tuple[str, ...] = tuple(secret_id for secret_id, _ in entries)
+        self.secrets: tuple[Secret, ...] = tuple(secret for _, secret in entries)
+        if len(set(self.ids)) != len(self.ids):
+            raise ValueError("secret ids must be unique")
+        self._keyed = tuple(faketls.keyed_hmac(secret.key) for secret in self.secrets)
+        by_domain: dict[str, list[int]] = {}
+        for index, secret in enumerate(self.secrets):
+            if secret.domain is not None:
+                by_domain.setdefault(secret.domain, []).append(index)
+        self._by_domain = {domain: tuple(indexes) for domain, indexes in by_domain.items()}
+
+    def __len__(self) -> int:
+        return len(self.secrets)
+
+    def keyed_hmac(self, index: int) -> hmac.HMAC:
+        return self._keyed[index]
+
+    def index_of(self, secret_id: str) -> int | None:
+        try:
+            return self.ids.index(secret_id)
+        except ValueError:
+            return None
+
+    def candidates(self, hint: int | None, domain: str | None) -> Iterator[int]:
+        """Every index once: the client's last secret first, then secrets whose domain is the SNI,
+        then the rest. With hints and per-secret domains a returning client costs one try."""
+        tried: set[int] = set()
+        first: list[int] = []
+        if hint is not None and 0 <= hint < len(self.secrets):
+            first.append(hint)
+        if domain is not None:
+            first.extend(self._by_domain.get(domain, ()))
+        for index in first:
+            if index not in tried:
+                tried.add(index)
+                yield index
+        for index in range(len(self.secrets)):
+            if index not in tried:
+                yield index
+
+
+@dataclass(frozen=True)
+class HandshakeSettings:
+    allow_obfuscated: bool = True  # classic and dd clients (obfuscated2 without TLS)
+    allow_faketls: bool = True
+    tls_domains: frozenset[str] = frozenset()  # SNI must be one of these; empty accepts any SNI
+    max_skew_past: float = 600.0  # a hello this old is refused: old captures fail
+    max_skew_future: float = 600.0  # phones with a fast clock still pass
+    cert_size: int = 2500  # size of the fake encrypted certificate record
+
+
+@dataclass
+class Session:
+    """An authenticated client: which secret, which DC, and the client leg's ciphers."""
+
+    secret_index: int
+    secret_id: str
+    tag: bytes
+    dc_id: int
+    fake_tls: bool
+    from_client: CipherContext = field(repr=False)  # positioned after the 64-byte init
+    to_client_keys: obfs2.StreamKeys = field(repr=False)
+    pending: bytes = field(repr=False)  # obfuscated stream bytes that followed the init, still encrypted
+    tls_reader: faketls.TlsRecordReader | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class NeedMore:
+    send: bytes = b""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: RejectReason
+    received: bytes = field(repr=False)  # everything read so far, to replay to the mask
+    maskable: bool = True  # False once we have answered as a proxy: then just close
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    session: Session
+    send: bytes = b""
+
+
+Step = NeedMore | Rejected | Authenticated
+
+_START, _OBFS2, _TLS_HELLO, _TLS_INIT, _DONE = range(5)
+_MAX_TLS_INIT_BUFFER = 2 * (faketls.RECORD_HEADER_SIZE + faketls.MAX_CLIENT_RECORD)
+
+
+class Handshake:
+    """One connection's handshake. Time and randomness come from the caller, so tests are exact."""
+
+    def __init__(
+        self,
+        table: SecretTable,
+        settings: HandshakeSettings,
+        replay: ReplayFilter,
+        random_bytes: RandomBytes,
+        *,
+        hint: int | None = None,
+        replay_guard: Callable[[], AbstractContextManager[object]] | None = None,
+    ) -> None:
+        self._table = table
+        self._settings = settings
+        self._replay = replay
+        self._random = random_bytes
+        self._hint = hint
+        self._replay_guard = replay_guard
+        self._state = _START
+        self._received = bytearray()
+        self._secret_index = -1
+        self._tls_reader: faketls.TlsRecordReader | None = None
+        self._tls_payload = bytearray()
+        self._now = 0.0
+
+    @property
+    def received(self) -> bytes:
+        return bytes(self._received)
+
+    def feed(self, data: bytes, now: float) -> Step:
+        if self._state == _DONE:
+            raise RuntimeError("handshake already finished")
+        step = self._advance(data, now)
+        if not isinstance(step, NeedMore):
+            self._state = _DONE
+        return step
+
+    def _reject(self, reason: RejectReason, *, maskable: bool = True) -> Rejected:
+        return Rejected(reason, bytes(self._received), maskable)
+
+    def _advance(self, data: bytes, now: float) -> Step:
+        self._now = now
+        if self._state == _TLS_INIT:
+            return self._feed_tls_init(data)
+        self._received += data
+        if self._state == _START:
+            head = bytes(self._received[: len(faketls.HELLO_PREFIX)])
+            looks_tls = self._settings.allow_faketls and faketls.HELLO_PREFIX.startswith(head)
+            if looks_tls and len(head) < len(faketls.HELLO_PREFIX):
+                return NeedMore()
+            if looks_tls:
+                self._state = _TLS_HELLO
+            elif self._settings.allow_obfuscated:
+                self._state = _OBFS2
+            else:
+                return self._reject(RejectReason.MODE_DISABLED)
+        if self._state == _OBFS2:
+            return self._feed_obfs2()
+        return self._feed_tls_hello(now)
+
+    def _check_replay(self, digest: bytes, now: float, ttl: float) -> bool:
+        if self._replay_guard is None:
+            return self._replay.check_and_add(digest, now, ttl)
+        with self._replay_guard():
+            return self._replay.check_and_add(digest, now, ttl)
+
+    def _feed_obfs2(self) -> Step:
+        if len(self._received) < obfs2.INIT_SIZE:
+            return NeedMore()
+        init = bytes(self._received[: obfs2.INIT_SIZE])
+        for index in self._table.candidates(self._hint, None):
+            decoded = obfs2.decode_init(init, self._table.secrets[index].key)
+            if decoded is not None:
+                break
+        else:
+            return self._reject(RejectReason.UNKNOWN_SECRET)
+        if self._check_replay(init[8:24], self._now, OBFS2_REPLAY_TTL):
+            return self._reject(RejectReason.REPLAY)
+        return Authenticated(self._session(index, decoded, fake_tls=False, pending=bytes(self._received[64:])))
+
+    def _feed_tls_hello(self, now: float) -> Step:
+        if len(self._received) < faketls.RECORD_HEADER_SIZE:
+            return NeedMore()
+        try:
+            total = faketls.hello_record_length(bytes(self._received[: faketls.RECORD_HEADER_SIZE]))
+        except faketls.TlsFormatError:
+            return self._reject(RejectReason.TLS_MALFORMED)
+        if len(self._received) < total:
+            return NeedMore()
+        try:
+            hello = faketls.parse_client_hello(bytes(self._received[:total]))
+            faketls.choose_cipher_suite(hello)
+        except faketls.TlsFormatError:
+            return self._reject(RejectReason.TLS_MALFORMED)
+        domains = self._settings.tls_domains
+        if domains and hello.sni not in domains:
+            return self._reject(RejectReason.TLS_BAD_SNI)
+        for index in self._table.candidates(self._hint, hello.sni):
+            timestamp = faketls.client_timestamp(self._table.keyed_hmac(index), hello)
+            if timestamp is not None:
+                break
+        else:
+            return self._reject(RejectReason.TLS_BAD_HMAC)
+        skew = now - timestamp
+        if skew > self._settings.max_skew_past or -skew > self._settings.max_skew_future:
+            return self._reject(RejectReason.TLS_SKEW)
+        ttl = self._settings.max_skew_past + self._settings.max_skew_future
+        if self._check_replay(hello.random, now, ttl):
+            return self._reject(RejectReason.REPLAY)
+        self._secret_index = index
+        flight = faketls.build_server_flight(
+            self._table.secrets[index].key, hello, self._random, self._settings.cert_size
+        )
+        self._state = _TLS_INIT
+        self._tls_reader = faketls.TlsRecordReader()
+        rest = bytes(self._received[total:])
+        if not rest:
+            return NeedMore(flight)
+        step = self._feed_tls_init(rest)
+        if isinstance(step, Authenticated):
+            return Authenticated(step.session, flight)
+        if isinstance(step, NeedMore):
+            return NeedMore(flight)
+        return step
+
+    def _feed_tls_init(self, data: bytes) -> Step:
+        assert self._tls_reader is not None
+        self._received += data
+        try:
+            self._tls_payload += self._tls_reader.unwrap(data)
+        except faketls.TlsFormatError:
+            return self._reject(RejectReason.TLS_BAD_INIT, maskable=False)
+        if len(self._tls_payload) < obfs2.INIT_SIZE:
+            if len(self._received) > _MAX_TLS_INIT_BUFFER + 20000:
+                return self._reject(RejectReason.TLS_BAD_INIT, maskable=False)
+            return NeedMore()
+        init = bytes(self._tls_payload[: obfs2.INIT_SIZE])
+        decoded = obfs2.decode_init(init, self._table.secrets[self._secret_index].key)
+        if decoded is None:
+            return self._reject(RejectReason.TLS_BAD_INIT, maskable=False)
+        session = self._session(
+            self._secret_index, decoded, fake_tls=True, pending=bytes(self._tls_payload[obfs2.INIT_SIZE :])
+        )
+        session.tls_reader = self._tls_reader
+        return Authenticated(session)
+
+    def _session(self, index: int, decoded: obfs2.DecodedInit, *, fake_tls: bool, pending: bytes) -> Session:
+        return Session(
+            secret_index=index,
+            secret_id=self._table.ids[index],
+            tag=decoded.tag,
+            dc_id=decoded.dc_id,
+            fake_tls=fake_tls,
+            from_client=decoded.from_initiator,
+            to_client_keys=decoded.to_initiator,
+            pending=pending,
+        )

@@ -1,0 +1,150 @@
+"""Obfuscated2: the 64-byte init, key derivation, and the proxy's own header towards a DC (fast mode)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+
+from .errors import ProtocolError
+
+INIT_SIZE = 64
+KEY_SIZE = 32
+IV_SIZE = 16
+TAG_ABRIDGED = b"\xef\xef\xef\xef"
+TAG_INTERMEDIATE = b"\xee\xee\xee\xee"
+TAG_PADDED = b"\xdd\xdd\xdd\xdd"
+KNOWN_TAGS = frozenset({TAG_ABRIDGED, TAG_INTERMEDIATE, TAG_PADDED})
+
+_MATERIAL = slice(8, 56)  # key (32) + IV (16) as the initiator lays them out
+_TAG = slice(56, 60)
+_DC = slice(60, 62)
+
+# First words a client (or the proxy towards a DC) must never send: they would read as another protocol.
+_FORBIDDEN_STARTS = frozenset(
+    {b"HEAD", b"POST", b"GET ", b"OPTI", b"\x16\x03\x01\x02", TAG_PADDED, TAG_INTERMEDIATE}
+)
+_MAX_INIT_ATTEMPTS = 1000
+
+RandomBytes = Callable[[int], bytes]
+
+
+@dataclass(frozen=True)
+class StreamKeys:
+    """AES-256-CTR key and initial counter of one direction; a new context starts at stream position 0."""
+
+    key: bytes = field(repr=False)
+    iv: bytes = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "StreamKeys(<hidden>)"
+
+    def new_cipher(self) -> CipherContext:
+        # CTR is symmetric: the same context type encrypts and decrypts.
+        return Cipher(algorithms.AES(self.key), modes.CTR(self.iv)).encryptor()
+
+
+def derive_keys(init: bytes, secret_key: bytes | None) -> tuple[StreamKeys, StreamKeys]:
+    """Keys of (initiator→acceptor, acceptor→initiator). With a secret the keys are hashed with it;
+    without one (the proxy→DC leg) the raw 32 bytes are the keys."""
+    if len(init) < INIT_SIZE:
+        raise ProtocolError("an obfuscated2 init is 64 bytes")
+    material = bytes(init[_MATERIAL])
+    reverse = material[::-1]
+    forward_key, forward_iv = material[:KEY_SIZE], material[KEY_SIZE:]
+    backward_key, backward_iv = reverse[:KEY_SIZE], reverse[KEY_SIZE:]
+    if secret_key is not None:
+        forward_key = hashlib.sha256(forward_key + secret_key).digest()
+        backward_key = hashlib.sha256(backward_key + secret_key).digest()
+    return StreamKeys(forward_key, forward_iv), StreamKeys(backward_key, backward_iv)
+
+
+def is_acceptable_init(init: bytes | bytearray) -> bool:
+    """The rule every initiator applies before sending: nothing that looks like another protocol."""
+    return init[0] != 0xEF and bytes(init[:4]) not in _FORBIDDEN_STARTS and any(init[4:8])
+
+
+@dataclass
+class DecodedInit:
+    """An init that decrypted to a known framing tag under some key."""
+
+    tag: bytes
+    dc_id: int
+    from_initiator: CipherContext  # positioned after the 64 init bytes
+    to_initiator: StreamKeys
+
+
+def decode_init(init: bytes, secret_key: bytes | None) -> DecodedInit | None:
+    """Try one key on a received init; None when the decrypted tag is not one we know."""
+    forward, backward = derive_keys(init, secret_key)
+    cipher = forward.new_cipher()
+    plain = cipher.update(bytes(init[:INIT_SIZE]))
+    tag = plain[_TAG]
+    if tag not in KNOWN_TAGS:
+        return None
+    dc_id = int.from_bytes(plain[_DC], "little", signed=True)
+    return DecodedInit(tag, dc_id, cipher, backward)
+
+
+@dataclass
+class BuiltInit:
+    """An init as an initiator sends it, with both stream keys."""
+
+    wire: bytes
+    to_acceptor: CipherContext  # positioned after the 64 init bytes
+    from_acceptor: StreamKeys
+
+
+def build_init(
+    random_bytes: RandomBytes,
+    tag: bytes,
+    dc_id: int,
+    secret_key: bytes | None,
+    material: bytes | None = None,
+) -> BuiltInit:
+    """Make an init as a client (with a secret) or the proxy towards a DC (without). `material` fixes
+    bytes 8..56, which fast mode uses to choose the DC's reply keys."""
+    if tag not in KNOWN_TAGS:
+        raise ProtocolError("unknown framing tag")
+    if material is not None and len(material) != KEY_SIZE + IV_SIZE:
+        raise ProtocolError("init key material is 48 bytes")
+    for _ in range(_MAX_INIT_ATTEMPTS):
+        init = bytearray(random_bytes(INIT_SIZE))
+        if material is not None:
+            init[_MATERIAL] = material
+        init[_TAG] = tag
+        init[_DC] = dc_id.to_bytes(2, "little", signed=True)
+        if is_acceptable_init(init):
+            break
+    else:
+        raise ProtocolError("the random source gave no acceptable init")
+    forward, backward = derive_keys(bytes(init), secret_key)
+    cipher = forward.new_cipher()
+    encrypted = cipher.update(bytes(init))
+    return BuiltInit(bytes(init[:56]) + encrypted[56:], cipher, backward)
+
+
+@dataclass
+class DcLink:
+    """The proxy's header towards a DC and the ciphers of that leg."""
+
+    header: bytes
+    to_dc: CipherContext  # positioned after the header
+    from_dc: CipherContext | None  # None in fast mode: the DC already encrypts for the client
+    to_client: CipherContext | None  # None in fast mode
+
+
+def dc_link(
+    to_client_keys: StreamKeys, tag: bytes, dc_id: int, random_bytes: RandomBytes, *, fast: bool
+) -> DcLink:
+    """Build the DC header. In fast mode the DC's reply stream is exactly the stream the client
+    expects: the DC takes its reply keys from the reversed bytes 8..56, so we place the client's reply
+    key and IV there reversed, and the proxy forwards DC bytes untouched."""
+    if fast:
+        material = (to_client_keys.key + to_client_keys.iv)[::-1]
+        built = build_init(random_bytes, tag, dc_id, None, material)
+        return DcLink(built.wire, built.to_acceptor, None, None)
+    built = build_init(random_bytes, tag, dc_id, None)
+    return DcLink(built.wire, built.to_acceptor, built.from_acceptor.new_cipher(), to_client_keys.new_cipher())

@@ -1,0 +1,62 @@
+"""A bounded replay filter over caller-provided memory (a bytearray, or shared memory across workers).
+
+The caller passes the time, and when several processes share the memory, holds their common lock
+around `check_and_add`. Entries are 16-byte digests with an expiry; a full bucket evicts the entry that
+expires first, so memory never grows and the newest entries are kept."""
+
+from __future__ import annotations
+
+import struct
+
+DIGEST_SIZE = 16
+WAYS = 8  # slots per bucket: a lookup scans one bucket, never the whole table
+_SLOT = struct.Struct("<16sI")  # digest, expiry as unix seconds (0 = empty)
+SLOT_SIZE = _SLOT.size
+_HEADER = 16  # reserved for a layout version and future counters
+
+
+class ReplayFilter:
+    """Remembers digests until they expire or are evicted by newer ones in the same bucket."""
+
+    def __init__(self, memory: memoryview | bytearray) -> None:
+        view = memoryview(memory)
+        buckets = (len(view) - _HEADER) // (SLOT_SIZE * WAYS)
+        if buckets < 1:
+            raise ValueError("replay filter memory is too small for one bucket")
+        self._view = view
+        self._buckets = buckets
+
+    @staticmethod
+    def memory_size(capacity: int) -> int:
+        """Bytes needed to remember about `capacity` digests."""
+        buckets = max(1, -(-capacity // WAYS))
+        return _HEADER + buckets * WAYS * SLOT_SIZE
+
+    @classmethod
+    def in_process(cls, capacity: int) -> ReplayFilter:
+        return cls(bytearray(cls.memory_size(capacity)))
+
+    @property
+    def capacity(self) -> int:
+        return self._buckets * WAYS
+
+    def check_and_add(self, digest: bytes, now: float, ttl: float) -> bool:
+        """True if `digest` was seen and has not expired; otherwise remember it for `ttl` seconds."""
+        if len(digest) < DIGEST_SIZE:
+            raise ValueError("a replay digest is at least 16 bytes")
+        key = bytes(digest[:DIGEST_SIZE])
+        now_s = int(now)
+        bucket = int.from_bytes(key[:8], "little") % self._buckets
+        base = _HEADER + bucket * WAYS * SLOT_SIZE
+        victim = base
+        victim_expiry = None
+        for offset in range(base, base + WAYS * SLOT_SIZE, SLOT_SIZE):
+            stored, expiry = _SLOT.unpack_from(self._view, offset)
+            live = expiry > now_s
+            if live and stored == key:
+                return True
+            effective = expiry if live else 0
+            if victim_expiry is None or effective < victim_expiry:
+                victim, victim_expiry = offset, effective
+        _SLOT.pack_into(self._view, victim, key, min(now_s + max(1, int(ttl)), 0xFFFFFFFF))
+        return False
