@@ -1,0 +1,69 @@
+"""Property tests: no input can make the parsers raise, and framing round-trips under any split."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mtproxy.protocol import faketls, obfs2
+from mtproxy.protocol.client import build_client_hello
+from mtproxy.protocol.handshake import Handshake, HandshakeSettings, NeedMore, SecretTable
+from mtproxy.protocol.replay import ReplayFilter
+from mtproxy.protocol.secret import Secret, SecretKind
+from mtproxy.protocol.transport import FrameDecoder, encode_frame
+
+KEY = bytes(range(16))
+TABLE = SecretTable([("a", Secret(KEY, SecretKind.FAKE_TLS, "www.example.com"))])
+HELLO = build_client_hello(KEY, "www.example.com", os.urandom, 1_790_000_000)
+
+
+def handshake() -> Handshake:
+    return Handshake(TABLE, HandshakeSettings(), ReplayFilter.in_process(64), os.urandom)
+
+
+def run(chunks: list[bytes]) -> None:
+    hs = handshake()
+    for chunk in chunks:
+        if not isinstance(hs.feed(chunk, 1_790_000_000), NeedMore):
+            return
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=300), max_size=8))
+def test_arbitrary_bytes_only_ever_give_a_step(chunks: list[bytes]) -> None:
+    run(chunks)
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_mutated_hellos_only_ever_give_a_step(data: st.DataObject) -> None:
+    hello = bytearray(HELLO)
+    for _ in range(data.draw(st.integers(1, 6))):
+        hello[data.draw(st.integers(0, len(hello) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(hello)))
+    run([bytes(hello[:cut]), bytes(hello[cut:]), data.draw(st.binary(max_size=200))])
+
+
+@given(st.binary(max_size=40000), st.lists(st.integers(1, 5000), max_size=30))
+def test_tls_records_round_trip_under_any_split(payload: bytes, cuts: list[int]) -> None:
+    wire = faketls.CHANGE_CIPHER_SPEC + faketls.wrap_records(payload)
+    reader = faketls.TlsRecordReader()
+    out, pos = b"", 0
+    for cut in cuts:
+        out += reader.unwrap(wire[pos : pos + cut])
+        pos += cut
+    out += reader.unwrap(wire[pos:])
+    assert out == payload
+
+
+@given(st.sampled_from(sorted(obfs2.KNOWN_TAGS)), st.lists(st.binary(max_size=600), max_size=10), st.integers(1, 97))
+def test_frames_round_trip(tag: bytes, payloads: list[bytes], step: int) -> None:
+    payloads = [p[: len(p) - len(p) % 4] for p in payloads] if tag == obfs2.TAG_ABRIDGED else payloads
+    wire = b"".join(encode_frame(tag, p) for p in payloads)
+    decoder = FrameDecoder(tag)
+    frames: list[bytes] = []
+    for i in range(0, len(wire), step):
+        frames += decoder.feed(wire[i : i + step])
+    assert frames == payloads

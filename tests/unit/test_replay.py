@@ -1,0 +1,47 @@
+"""The bounded replay filter."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mtproxy.protocol.replay import ReplayFilter
+
+
+def test_remembers_until_expiry() -> None:
+    replay = ReplayFilter.in_process(64)
+    digest = os.urandom(16)
+    assert not replay.check_and_add(digest, 1000.0, 60)
+    assert replay.check_and_add(digest, 1059.0, 60)
+    assert not replay.check_and_add(digest, 1061.0, 60)
+
+
+def test_memory_is_bounded_and_newest_kept() -> None:
+    replay = ReplayFilter.in_process(1000)
+    size = ReplayFilter.memory_size(1000)
+    digests = [os.urandom(16) for _ in range(20_000)]
+    for i, digest in enumerate(digests):
+        replay.check_and_add(digest, 1000.0 + i, 10**6)
+    assert replay.capacity >= 1000 and size < 64 * 1024
+    recent_hits = sum(replay.check_and_add(d, 30_000.0, 10**6) for d in digests[-200:])
+    assert recent_hits >= 190  # the newest entries survive eviction
+
+
+def test_shared_memory_view_sees_the_same_entries() -> None:
+    memory = bytearray(ReplayFilter.memory_size(128))
+    first, second = ReplayFilter(memory), ReplayFilter(memoryview(memory))
+    digest = os.urandom(16)
+    assert not first.check_and_add(digest, 5.0, 60)
+    assert second.check_and_add(digest, 6.0, 60)
+
+
+@given(st.lists(st.binary(min_size=16, max_size=32), max_size=200))
+def test_never_a_false_negative_within_capacity(digests: list[bytes]) -> None:
+    replay = ReplayFilter.in_process(4096)
+    unique = list(dict.fromkeys(d[:16] for d in digests))
+    for d in unique:
+        assert not replay.check_and_add(d, 100.0, 60)
+    # Within capacity a bucket overflow is still possible; it only ever forgets, never invents.
+    assert sum(replay.check_and_add(d, 101.0, 60) for d in unique) >= len(unique) * 0.9
