@@ -480,11 +480,13 @@ def update_store(
     path: str | os.PathLike[str],
     change: Callable[[StoreData], tuple[StoreData, T]],
     clock: Callable[[], datetime] | None = None,
+    after: Callable[[StoreData], None] | None = None,
 ) -> T:
     """Read, change and write the store under the lock. `change` returns (new data, result).
 
     If `change` returns the very same object, nothing is written. A malformed file raises before any write,
-    so it is left untouched.
+    so it is left untouched. `after` runs with the lock still held and the data as written (the CLI
+    regenerates link and QR files there, so two commands never interleave those either).
     """
     file = Path(path)
     with locked(file):
@@ -492,5 +494,7 @@ def update_store(
         current = read_store(file)
         new, result = change(current)
         if new is not current:
-            write_store(file, new, clock)
+            new = write_store(file, new, clock)
+        if after is not None:
+            after(new)
         return result

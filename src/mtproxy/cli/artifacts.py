@@ -1,0 +1,115 @@
+"""Link files and QR codes under <root>/data/mtproxy, kept in step with the store after every change."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..links import ProxyLinks, ServerUnknownError, guess_public_address, make_links
+from ..paths import Paths
+from ..qr import write_qr_files
+from ..settings import Settings
+from ..store import SecretRecord, StoreData, write_atomic
+from .errors import CliError, ExitStatus
+
+
+@dataclass(frozen=True)
+class ServerChoice:
+    """The address links carry and where it came from (configured, --server, or guessed)."""
+
+    address: str
+    source: str
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class SecretFiles:
+    link_file: Path
+    png: Path
+    svg: Path
+
+
+def choose_server(settings: Settings, override: str | None) -> ServerChoice | None:
+    """--server / MTPROXY_SERVER, then the settings file, then the routing-table guess; None if nothing."""
+    if override:
+        return ServerChoice(override, "--server")
+    if settings.server:
+        return ServerChoice(settings.server, "config")
+    try:
+        guess = guess_public_address()
+    except ServerUnknownError:
+        return None
+    return ServerChoice(guess.address, "guessed from the default route", guess.warning)
+
+
+def require_server(settings: Settings, override: str | None) -> ServerChoice:
+    choice = choose_server(settings, override)
+    if choice is None:
+        raise CliError(
+            "no server address for links: none configured and this host has no default route",
+            "set one with `mtproxy set-server HOST` (an IP or, better, a domain name)",
+            ExitStatus.UNAVAILABLE,
+        )
+    return choice
+
+
+def links_for(record: SecretRecord, settings: Settings, server: ServerChoice) -> ProxyLinks:
+    return make_links(server.address, settings.port, record.secret())
+
+
+def files_for(paths: Paths, record: SecretRecord) -> SecretFiles:
+    folder = paths.secret_dir(record.id)
+    return SecretFiles(folder / "link.txt", folder / "qr.png", folder / "qr.svg")
+
+
+def _link_text(links: ProxyLinks) -> bytes:
+    return f"{links.tg}\n{links.https}\n".encode()
+
+
+def write_all(paths: Paths, data: StoreData, settings: Settings, server: ServerChoice | None) -> list[str]:
+    """Rewrite every active secret's files and the default ones; drop files of removed/inactive secrets.
+
+    Returns notes for the operator (e.g. why nothing was written). The files hold secrets: mode 0600.
+    """
+    notes: list[str] = []
+    secrets_dir = paths.data_dir / "secrets"
+    active = data.active_records()
+    keep = {rec.id for rec in active}
+    if secrets_dir.is_dir():
+        for entry in secrets_dir.iterdir():
+            if entry.is_dir() and entry.name not in keep:
+                shutil.rmtree(entry, ignore_errors=True)
+    if server is None:
+        notes.append("links and QR codes not written: no server address (use `mtproxy set-server HOST`)")
+        return notes
+    for rec in active:
+        links = links_for(rec, settings, server)
+        files = files_for(paths, rec)
+        _write_if_changed(files.link_file, _link_text(links), links.tg, files.png, files.svg)
+    default = data.default_record()
+    if default is None:
+        for stale in (paths.default_link_file, paths.default_qr_png, paths.default_qr_png.with_suffix(".svg")):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+    else:
+        links = links_for(default, settings, server)
+        _write_if_changed(
+            paths.default_link_file, _link_text(links), links.tg,
+            paths.default_qr_png, paths.default_qr_png.with_suffix(".svg"),
+        )
+    return notes
+
+
+def _write_if_changed(link_file: Path, link_text: bytes, qr_text: str, png: Path, svg: Path) -> None:
+    """Skip the QR rendering when the link file already says the same and the codes exist."""
+    try:
+        same = link_file.read_bytes() == link_text and png.exists() and svg.exists()
+    except OSError:
+        same = False
+    if same:
+        return
+    write_qr_files(qr_text, png, svg)
+    # The link file last: its content is the marker that the codes beside it match.
+    write_atomic(link_file, link_text)

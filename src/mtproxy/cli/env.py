@@ -1,0 +1,81 @@
+"""The environment commands run in: paths, streams, terminal facts, clock, randomness, host runner."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TextIO
+
+import click
+
+from ..host.runner import Runner
+from ..paths import Paths
+
+
+def _colour_wanted(stream: TextIO, forced: bool | None) -> bool:
+    if forced is not None:
+        return forced
+    if os.environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) and os.environ.get("TERM") != "dumb"
+
+
+@dataclass
+class Env:
+    """Passed to every command through click's context object; tests build their own."""
+
+    paths: Paths
+    runner: Runner
+    # None: whatever sys.stdout/sys.stderr are when a line is written (click's test runner swaps them).
+    stdout_stream: TextIO | None = None
+    stderr_stream: TextIO | None = None
+    colour: bool = False
+    interactive: bool = False  # stdin and stdout are a terminal, so we may ask questions
+    server_override: str | None = None
+    clock: Callable[[], datetime] = field(default_factory=lambda: (lambda: datetime.now(UTC)))
+    random16: Callable[[], bytes] = field(default_factory=lambda: (lambda: os.urandom(16)))
+    debug: bool = False
+
+    @classmethod
+    def from_process(
+        cls, root: str | None, *, colour: bool | None, dry_run: bool, server: str | None, debug: bool
+    ) -> Env:
+        stdin_tty = sys.stdin is not None and sys.stdin.isatty()
+        return cls(
+            paths=Paths.resolve(root),
+            runner=Runner(dry_run=dry_run),
+            colour=_colour_wanted(sys.stdout, colour),
+            interactive=stdin_tty and sys.stdout.isatty(),
+            server_override=server or os.environ.get("MTPROXY_SERVER") or None,
+            debug=debug,
+        )
+
+    @property
+    def stdout(self) -> TextIO:
+        return self.stdout_stream or sys.stdout
+
+    @property
+    def stderr(self) -> TextIO:
+        return self.stderr_stream or sys.stderr
+
+    # Output helpers: every line goes through here so colour is decided in one place.
+    def out(self, text: str = "") -> None:
+        click.echo(text, file=self.stdout, color=self.colour)
+
+    def err(self, text: str) -> None:
+        click.echo(text, file=self.stderr, color=self.colour)
+
+    def style(self, text: str, **kw: object) -> str:
+        return click.style(text, **kw) if self.colour else text  # type: ignore[arg-type]
+
+    def ok_mark(self, ok: bool | None) -> str:
+        if ok is None:
+            return self.style("•", fg="yellow")
+        return self.style("✓", fg="green") if ok else self.style("✗", fg="red", bold=True)
+
+    def warn(self, text: str) -> None:
+        self.err(self.style("warning: ", fg="yellow") + text)

@@ -1,0 +1,235 @@
+"""Entry points and the error edge: every failure becomes `mtproxy: what — what to do` and an ExitStatus."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+import click
+
+from ..host.runner import CommandError
+from ..store import StoreAccessError, StoreError
+from .env import Env
+from .errors import CliError, ExitStatus
+
+ROOT_HELP = "Installation root (default: $MTPROXY_ROOT or /opt/vless)."
+
+EPILOG = """\b
+Examples:
+  mtproxy add-secret --label phones       new secret, prints its links and QR files
+  mtproxy list-secrets                    what is configured
+  mtproxy show-config phones              links and QR code of one secret
+  mtproxy set-port 2053                   move the proxy to another port
+  mtproxy status                          is it healthy? (exit status 0 when it is)
+  mtproxy --root /tmp/test list-secrets   work on another installation
+
+\b
+Shell completion (bash, zsh, fish):
+  eval "$(mtproxy completion bash)"
+"""
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=EPILOG,
+)
+@click.option("--root", type=click.Path(file_okay=False), envvar="MTPROXY_ROOT", help=ROOT_HELP)
+@click.option("--server", metavar="HOST", help="Address or domain for links (default: config, then a guess).")
+@click.option("--color/--no-color", "colour", default=None, help="Colours (default: only on a terminal).")
+@click.option("--dry-run", is_flag=True, help="Show host commands (docker, systemctl) instead of running them.")
+@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+@click.version_option(package_name="mtproxy", prog_name="mtproxy", message="%(prog)s %(version)s")
+@click.pass_context
+def cli(
+    ctx: click.Context, root: str | None, server: str | None, colour: bool | None, dry_run: bool, debug: bool
+) -> None:
+    """Manage the MTProxy server: secrets, links and QR codes, port and workers, stats and health."""
+    if ctx.obj is None:
+        ctx.obj = Env.from_process(root, colour=colour, dry_run=dry_run, server=server, debug=debug)
+    else:  # an Env given by a test: the flags still apply on top of it
+        ctx.obj.runner.dry_run = ctx.obj.runner.dry_run or dry_run
+        ctx.obj.server_override = server or ctx.obj.server_override
+
+
+def _lazy(module: str, function: str) -> Callable[[list[str]], int]:
+    """Import the engine's command only when it runs, so the operator commands work without it."""
+
+    def call(argv: list[str]) -> int:
+        try:
+            target = getattr(importlib.import_module(module), function)
+        except (ImportError, AttributeError):
+            raise CliError(
+                f"this installation has no `{module}.{function}`",
+                "reinstall mtproxy (the package is incomplete)",
+                ExitStatus.UNAVAILABLE,
+            ) from None
+        return int(target(argv))
+
+    return call
+
+
+_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+
+
+@cli.command("run", context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def run_cmd(args: tuple[str, ...]) -> None:
+    """Run the proxy (flags as the official mtproto-proxy: -H, -S, -D, -p, -M …; see `mtproxy run --help`)."""
+    raise SystemExit(_lazy("mtproxy.cli.run", "run_command")(list(args)))
+
+
+@cli.command("healthcheck", context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def healthcheck_cmd(args: tuple[str, ...]) -> None:
+    """Exit 0 only when the local proxy answers (for container health checks)."""
+    raise SystemExit(_lazy("mtproxy.cli.healthcheck", "healthcheck_command")(list(args)))
+
+
+@cli.command("setup", context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def setup_cmd(args: tuple[str, ...]) -> None:
+    """Install the proxy on this host (the same as `mtproxy-setup`)."""
+    raise SystemExit(_lazy_main("mtproxy.cli.setup", list(args)))
+
+
+@cli.command("uninstall", context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def uninstall_cmd(args: tuple[str, ...]) -> None:
+    """Remove the proxy from this host (the same as `mtproxy-uninstall`)."""
+    raise SystemExit(_lazy_main("mtproxy.cli.uninstall", list(args)))
+
+
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion_cmd(shell: str) -> None:
+    """Print the shell completion script.
+
+    \b
+    Examples:
+      eval "$(mtproxy completion bash)"                      in ~/.bashrc
+      mtproxy completion fish > ~/.config/fish/completions/mtproxy.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    completion_class = get_completion_class(shell)
+    assert completion_class is not None
+    click.echo(completion_class(cli, {}, "mtproxy", "_MTPROXY_COMPLETE").source())
+
+
+def _register() -> None:
+    # Imported here so each subcommand lives in its own module and main stays the edge.
+    from . import secret_cmds, settings_cmds, show_config, stats_cmd, status_cmd
+
+    for module in (secret_cmds, settings_cmds, show_config, stats_cmd, status_cmd):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def _lazy_main(module: str, argv: list[str]) -> int:
+    try:
+        entry = importlib.import_module(module).main
+    except (ImportError, AttributeError):
+        _fail(CliError(f"this installation has no {module}", "reinstall mtproxy", ExitStatus.UNAVAILABLE))
+        return int(ExitStatus.UNAVAILABLE)
+    result = entry(argv)
+    return int(result or 0)
+
+
+def _fail(error: CliError) -> None:
+    try:
+        sys.stderr.write(error.line() + "\n")
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+
+
+def _store_error(exc: StoreError) -> CliError:
+    status = ExitStatus.PERMISSION if isinstance(exc, StoreAccessError) else ExitStatus.DATA
+    todo = exc.hint
+    if status is ExitStatus.DATA:
+        todo = f"{exc.hint}; the file was left untouched" if exc.hint else "the file was left untouched"
+    return CliError(f"{exc.path}: {exc.problem}", todo, status)
+
+
+def _quiet_broken_pipe() -> None:
+    # The reader went away (`mtproxy list-secrets | head -1`): not an error. Point stdout at /dev/null so
+    # the interpreter's final flush does not complain.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
+    """`mtproxy`: run a command and map every outcome to an ExitStatus; never a traceback without --debug.
+
+    Tests pass `argv` and their own `env` (paths, a runner that sees no docker, …) and get the status back.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("MTPROXY_DEBUG") == "1"
+    status = _dispatch(args, debug, env)
+    if argv is None:
+        sys.exit(status)
+    return status
+
+
+def _dispatch(args: list[str], debug: bool, env: Env | None = None) -> int:
+    try:
+        result = cli.main(args=args, prog_name="mtproxy", standalone_mode=False, obj=env)
+        return int(result) if isinstance(result, int) else 0
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else int(ExitStatus.FAILURE))
+    except click.exceptions.Abort:
+        _fail(CliError("interrupted", "", ExitStatus.INTERRUPTED))
+        return int(ExitStatus.INTERRUPTED)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "mtproxy"
+        _fail(CliError(exc.format_message(), f"see `{command} --help`", ExitStatus.USAGE))
+        return int(ExitStatus.USAGE)
+    except CliError as exc:
+        _fail(exc)
+        return int(exc.status)
+    except StoreError as exc:
+        error = _store_error(exc)
+        _fail(error)
+        return int(error.status)
+    except CommandError as exc:
+        _fail(CliError(f"`{exc.result.display}` failed: {exc.problem}", "check the tool's own logs"))
+        return int(ExitStatus.FAILURE)
+    except KeyboardInterrupt:
+        _fail(CliError("interrupted", "", ExitStatus.INTERRUPTED))
+        return int(ExitStatus.INTERRUPTED)
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        return int(ExitStatus.OK)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        _fail(CliError(f"internal error: {type(exc).__name__}: {exc}",
+                       "rerun with --debug and report the traceback", ExitStatus.FAILURE))
+        return int(ExitStatus.FAILURE)
+
+
+def setup_main() -> None:
+    """`mtproxy-setup`: the deployment wizard."""
+    sys.exit(_lazy_main("mtproxy.cli.setup", sys.argv[1:]))
+
+
+def uninstall_main() -> None:
+    """`mtproxy-uninstall`."""
+    sys.exit(_lazy_main("mtproxy.cli.uninstall", sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

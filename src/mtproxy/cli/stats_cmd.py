@@ -1,0 +1,139 @@
+"""stats: the local stats endpoint in human units, as JSON, or redrawn every few seconds."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from ..store import StoreError, read_store
+from .env import Env
+from .errors import CliError, ExitStatus
+from .output import dump_json, human_bytes, human_count, human_duration, table
+from .proxy_control import fetch_stats, stat_int
+from .secret_cmds import load_settings
+
+pass_env = click.make_pass_decorator(Env)
+
+_SECRET_FIELDS = ("bytes_in", "bytes_out", "active", "total")
+
+
+def split_stats(stats: dict[str, str]) -> tuple[dict[str, str], dict[str, dict[str, int | None]]]:
+    """Separate per-secret keys (secret_<id>_<field>) from the rest; ids may contain underscores."""
+    general: dict[str, str] = {}
+    per_secret: dict[str, dict[str, int | None]] = {}
+    for key, value in stats.items():
+        if key.startswith("secret_"):
+            for field in _SECRET_FIELDS:
+                if key.endswith("_" + field) and len(key) > len("secret_") + len(field) + 1:
+                    sid = key[len("secret_") : -len(field) - 1]
+                    per_secret.setdefault(sid, {})[field] = stat_int(stats, key)
+                    break
+            else:
+                general[key] = value
+        else:
+            general[key] = value
+    return general, per_secret
+
+
+def _labels(env: Env) -> dict[str, str]:
+    try:
+        return {rec.id: rec.label for rec in read_store(env.paths.secrets_file).secrets}
+    except StoreError:
+        return {}  # stats stay useful even when the store is broken; status reports that
+
+
+def render(env: Env, stats: dict[str, str], endpoint: str) -> str:
+    general, per_secret = split_stats(stats)
+    g = general
+
+    def num(key: str) -> int | None:
+        return stat_int(g, key)
+
+    lines = [env.style(f"mtproxy stats — {endpoint}", bold=True)
+             + f", up {human_duration(num('uptime'))}, {human_count(num('workers'))} worker(s)"]
+    lines.append(f"  connections:  {human_count(num('active_connections'))} active, "
+                 f"{human_count(num('total_connections'))} total, "
+                 f"{human_count(num('handshakes_ok'))} handshakes ok")
+    lines.append(f"  traffic:      client→DC {human_bytes(num('bytes_client_to_dc'))}, "
+                 f"DC→client {human_bytes(num('bytes_dc_to_client'))}")
+    modes = {k[5:-12]: stat_int(g, k) for k in g if k.startswith("mode_") and k.endswith("_connections")}
+    if modes:
+        lines.append("  modes:        " + ", ".join(f"{k} {human_count(v)}" for k, v in sorted(modes.items())))
+    lines.append(f"  masked:       {human_count(num('masked_connections'))} "
+                 f"(mask unreachable {human_count(num('mask_failed'))})")
+    rejects = {k[len("handshake_failures_"):]: stat_int(g, k) for k in g if k.startswith("handshake_failures_")}
+    shown = ", ".join(f"{k} {human_count(v)}" for k, v in sorted(rejects.items()) if v) or "none"
+    lines.append(f"  rejected:     {shown}")
+    lines.append(f"  upstream:     {human_count(num('upstream_failed'))} DC connections failed, "
+                 f"{human_count(num('refused_by_limit'))} refused by limits")
+    lines.append(f"  secrets:      {human_count(num('secrets_loaded'))} loaded, reloads "
+                 f"{human_count(num('reloads_ok'))} ok / {human_count(num('reloads_failed'))} failed")
+    if per_secret:
+        labels = _labels(env)
+        headers = ["SECRET", "ACTIVE", "TOTAL", "CLIENT→DC", "DC→CLIENT"]
+        rows = [[labels.get(sid) or sid, human_count(f.get("active")), human_count(f.get("total")),
+                 human_bytes(f.get("bytes_in")), human_bytes(f.get("bytes_out"))]
+                for sid, f in sorted(per_secret.items())]
+        lines.append("")
+        lines.append(table(headers, rows, [env.style(h, bold=True) for h in headers]))
+    return "\n".join(lines)
+
+
+def as_json(env: Env, stats: dict[str, str], endpoint: str) -> str:
+    general, per_secret = split_stats(stats)
+    labels = _labels(env)
+    values: dict[str, Any] = {}
+    for key, value in general.items():
+        number = stat_int(general, key)
+        values[key] = number if number is not None else value
+    return dump_json("stats", {
+        "endpoint": endpoint,
+        "stats": values,
+        "secrets": {sid: {"label": labels.get(sid, ""), **fields} for sid, fields in sorted(per_secret.items())},
+    })
+
+
+@click.command("stats", epilog="""\b
+Examples:
+  mtproxy stats
+  mtproxy stats --live              redraw every 5 s until Ctrl-C
+  mtproxy stats --json | jq .stats.active_connections
+""")
+@click.option("--live", is_flag=True, help="Redraw every few seconds until Ctrl-C.")
+@click.option("--json", "json_out", is_flag=True, help="Machine-readable output.")
+@click.option("--interval", type=click.FloatRange(0.2, 3600), default=5.0, show_default=True,
+              help="Seconds between redraws with --live.")
+@click.option("--count", type=click.IntRange(1), default=None, hidden=True)
+@pass_env
+def stats(env: Env, live: bool, json_out: bool, interval: float, count: int | None) -> None:
+    """Show traffic, connections and handshake counters of the running proxy (from 127.0.0.1:<stats_port>)."""
+    port = load_settings(env).stats_port
+    endpoint = f"http://127.0.0.1:{port}/stats"
+    if not live:
+        data = fetch_stats(port)
+        if data is None:
+            raise CliError(f"no proxy answers on {endpoint}",
+                           "start the proxy, or see `mtproxy status` for what is wrong", ExitStatus.UNAVAILABLE)
+        env.out(as_json(env, data, endpoint) if json_out else render(env, data, endpoint))
+        return
+    drawn = 0
+    try:
+        while count is None or drawn < count:
+            data = fetch_stats(port)
+            if env.colour and not json_out:
+                env.stdout.write("\x1b[H\x1b[2J")  # home + clear: redraw in place on a terminal
+            if data is None:
+                env.out(f"no proxy answers on {endpoint} (retrying every {interval:g} s, Ctrl-C to stop)")
+            else:
+                env.out(as_json(env, data, endpoint) if json_out else render(env, data, endpoint))
+            env.stdout.flush()
+            drawn += 1
+            if count is None or drawn < count:
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        env.out("")
+
+
+COMMANDS = [stats]

@@ -1,0 +1,139 @@
+"""The proxy settings file (port, workers, fake-TLS domain, link server, mask, stats port): typed and atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .protocol.errors import SecretFormatError
+from .protocol.secret import validate_domain
+from .store import StoreAccessError, StoreFormatError, _read_bytes, locked, write_atomic
+
+SETTINGS_VERSION = 1
+DEFAULT_PORT = 8443
+DEFAULT_WORKERS = 1
+DEFAULT_STATS_PORT = 8888
+MAX_WORKERS = 64
+
+SettingsError = StoreFormatError  # same shape: names the file and the problem
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the operator chose; `server` None means "guess the public IP when making links"."""
+
+    port: int = DEFAULT_PORT
+    workers: int = DEFAULT_WORKERS
+    domain: str | None = None
+    server: str | None = None
+    mask: str | None = None
+    stats_port: int = DEFAULT_STATS_PORT
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": SETTINGS_VERSION,
+            "port": self.port,
+            "workers": self.workers,
+            "domain": self.domain,
+            "server": self.server,
+            "mask": self.mask,
+            "stats_port": self.stats_port,
+        }
+
+
+def check_port(value: int, what: str = "port") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"{what} must be a whole number from 1 to 65535, not {value!r}")
+    return value
+
+
+def check_workers(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"workers must be a whole number from 1 to {MAX_WORKERS}, not {value!r}")
+    return value
+
+
+def check_server(value: str) -> str:
+    """A host name or an IP address clients can reach; no scheme, port or path."""
+    text = value.strip()
+    if not text or len(text) > 253 or any(c in text for c in "/?#&=@ \t") or text.count(":") == 1:
+        raise ValueError(f"server must be a bare host name or IP address, not {value!r}")
+    return text
+
+
+def check_mask(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"mask must be HOST:PORT, not {value!r}")
+    check_port(int(port), "mask port")
+    return value
+
+
+def parse_settings(doc: Any) -> Settings:
+    """Validate the document; unknown keys are kept out, missing keys take their defaults."""
+    if not isinstance(doc, dict):
+        raise ValueError("the top level must be an object")
+    version = doc.get("version", SETTINGS_VERSION)
+    if not isinstance(version, int) or version > SETTINGS_VERSION:
+        raise ValueError(f"version {version!r} is not one this mtproxy reads (up to {SETTINGS_VERSION})")
+    domain = doc.get("domain")
+    if domain is not None:
+        if not isinstance(domain, str):
+            raise ValueError("'domain' must be a string or null")
+        try:
+            validate_domain(domain)
+        except SecretFormatError as exc:
+            raise ValueError(f"'domain': {exc}") from None
+    server = doc.get("server")
+    if server is not None:
+        if not isinstance(server, str):
+            raise ValueError("'server' must be a string or null")
+        server = check_server(server)
+    mask = doc.get("mask")
+    if mask is not None:
+        if not isinstance(mask, str):
+            raise ValueError("'mask' must be HOST:PORT or null")
+        check_mask(mask)
+    settings = Settings(
+        port=check_port(doc.get("port", DEFAULT_PORT)),
+        workers=check_workers(doc.get("workers", DEFAULT_WORKERS)),
+        domain=domain or None,
+        server=server or None,
+        mask=mask or None,
+        stats_port=check_port(doc.get("stats_port", DEFAULT_STATS_PORT), "stats_port"),
+    )
+    if settings.stats_port == settings.port:
+        raise ValueError("stats_port and port must differ")
+    return settings
+
+
+def read_settings(path: str | os.PathLike[str]) -> Settings:
+    """Read the settings file; a missing or empty file means the defaults."""
+    file = Path(path)
+    data = _read_bytes(file)
+    if data is None or not data.strip():
+        return Settings()
+    try:
+        return parse_settings(json.loads(data))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SettingsError(file, f"not valid JSON ({exc})", "fix the file by hand") from None
+    except ValueError as exc:
+        raise SettingsError(file, str(exc), "fix the file by hand") from None
+
+
+def update_settings(path: str | os.PathLike[str], **changes: Any) -> tuple[Settings, Settings]:
+    """Change some fields under the lock and write atomically; returns (old, new)."""
+    file = Path(path)
+    with locked(file):
+        old = read_settings(file)
+        new = replace(old, **changes)
+        parse_settings(new.to_json())  # the same validation as on read
+        payload = (json.dumps(new.to_json(), indent=2) + "\n").encode()
+        try:
+            write_atomic(file, payload)
+        except OSError as exc:
+            raise StoreAccessError(file, f"cannot write: {exc.strerror}", "run as root or fix permissions") from None
+        return old, new
