@@ -1,0 +1,46 @@
+"""`mtproxy healthcheck`: exit 0 only when the running proxy answers (for images without a shell)."""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import socket
+import sys
+
+from mtproxy.config import DEFAULT_STATS_PORT
+
+
+def healthcheck_command(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="mtproxy healthcheck", description=__doc__)
+    p.add_argument("-p", "--stats-port", type=int, default=DEFAULT_STATS_PORT,
+                   help="stats port of the proxy (0: check the proxy port instead)")
+    p.add_argument("--host", default="127.0.0.1", help="address of the proxy (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="proxy port: also check that it accepts connections")
+    p.add_argument("--timeout", type=float, default=3.0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    ns = p.parse_args(argv)
+    problems: list[str] = []
+    if ns.stats_port:
+        try:
+            conn = http.client.HTTPConnection(ns.host, ns.stats_port, timeout=ns.timeout)
+            conn.request("GET", "/stats")
+            resp = conn.getresponse()
+            body = resp.read(65536)
+            conn.close()
+            if resp.status != 200 or not body.startswith(b"uptime\t"):
+                problems.append(f"stats endpoint answered {resp.status}")
+        except (OSError, http.client.HTTPException) as exc:
+            problems.append(f"stats endpoint {ns.host}:{ns.stats_port} does not answer: {exc}")
+    if ns.port or not ns.stats_port:
+        port = ns.port or 443
+        try:
+            socket.create_connection((ns.host, port), timeout=ns.timeout).close()
+        except OSError as exc:
+            problems.append(f"proxy port {ns.host}:{port} does not accept connections: {exc}")
+    if problems:
+        if not ns.quiet:
+            sys.stderr.write("unhealthy: " + "; ".join(problems) + "\n")
+        return 1
+    if not ns.quiet:
+        sys.stdout.write("ok\n")
+    return 0

@@ -1,0 +1,385 @@
+"""Engine configuration: the command line (official `mtproto-proxy` flags included) resolved into one object."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mtproxy.protocol.errors import SecretFormatError
+from mtproxy.protocol.secret import Secret, SecretKind, parse_secret, validate_domain
+
+DEFAULT_ROOT = "/opt/vless"
+DEFAULT_STATS_PORT = 8888
+DEFAULT_PORT = 443
+MAX_WORKERS = 64
+
+
+class ConfigError(Exception):
+    """The operator wrote something the engine cannot use; the message names the flag, file or key."""
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """A host (name or literal address, IPv6 without brackets) and a TCP port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep one client, one IP or a flood from exhausting the process."""
+
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    max_connections: int = 10000
+    max_connections_per_ip: int = 0  # 0 = no cap
+    buffer_size: int = 256 * 1024  # pause reading the other side above this many queued bytes
+    read_size: int = 64 * 1024
+    drain_timeout: float = 10.0
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """Fake-TLS knobs: clock skew window, replay cache, certificate size."""
+
+    skew: float = 120.0
+    replay_entries: int = 65536
+    cert_size: int | None = None  # fixed size; None = learn from the mask site
+    cert_refresh: float = 3600.0
+    check_sni: bool = True
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything `mtproxy run` needs, resolved and validated up front."""
+
+    listen: tuple[HostPort, ...]
+    secrets: tuple[Secret, ...]
+    secrets_file: Path | None
+    state_file: Path
+    domains: tuple[str, ...]
+    allow_classic: bool  # classic obfuscated2 and dd clients
+    allow_tls: bool
+    mask: HostPort | None
+    dc_overrides: dict[int | None, HostPort]  # None key = "*"
+    prefer_ipv6: bool
+    fast_mode: bool
+    stats: HostPort | None
+    stats_allow_remote: bool
+    workers: int
+    user: str | None
+    limits: Limits
+    tls: TlsOptions
+    log_file: Path | None
+    reload_interval: float
+    public_host: str | None
+    warnings: tuple[str, ...] = field(default=())
+    secret_ids: tuple[str, ...] = field(default=())  # ids for the -S secrets, parallel to `secrets`
+
+
+def parse_host_port(text: str, what: str, default_port: int | None = None) -> HostPort:
+    """Parse HOST:PORT, [V6]:PORT or a bare port/host where a default exists."""
+    text = text.strip()
+    host, port_text = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ConfigError(f"{what}: {text!r} has an unclosed [")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest.startswith(":"):
+            port_text = rest[1:]
+        elif rest:
+            raise ConfigError(f"{what}: {text!r} is not [HOST]:PORT")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif text.isdigit():
+        host, port_text = "", text
+    if not port_text:
+        if default_port is None:
+            raise ConfigError(f"{what}: {text!r} needs a :PORT")
+        port_text = str(default_port)
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{what}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{what}: port {port} is out of range")
+    return HostPort(host, port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `mtproxy run` argument parser; flag names and meanings follow the official binary."""
+    p = argparse.ArgumentParser(
+        prog="mtproxy run",
+        description="Run the MTProxy engine (direct mode).",
+        allow_abbrev=False,
+    )
+    a = p.add_argument
+    a("proxy_multi_conf", nargs="?", help="official proxy-multi.conf (accepted, unused: middle proxy later)")
+    a("-u", "--user", help="drop privileges to this user after binding")
+    a("-p", "--stats-port", type=int, help=f"stats HTTP port on 127.0.0.1 (default {DEFAULT_STATS_PORT}, 0=off)")
+    a("--stats-host", help="stats HTTP bind address (default 127.0.0.1)")
+    a("--stats-allow-remote", action="store_true", default=None, help="serve stats to non-loopback peers")
+    a("-H", "--port", action="append", default=[], help="listen port(s), comma separated, on 0.0.0.0 and ::")
+    a("--listen", action="append", default=[], metavar="HOST:PORT", help="listen address (repeatable)")
+    a("-S", "--secret", action="append", default=[], help="secret: 32 hex, dd+hex or ee+hex+domain (repeatable)")
+    a("--secrets-file", help="JSON secrets store, reloaded when it changes and on SIGHUP")
+    a("--state-file", help="where a generated secret is kept across restarts")
+    a("-D", "--domain", action="append", default=[], help="fake-TLS domain; alone it means fake-TLS only")
+    a("--allow-classic", action="store_true", default=None, help="with -D, accept classic and dd clients too")
+    a("--no-tls", action="store_true", default=None, help="refuse fake-TLS clients")
+    a("-M", "--workers", type=int, help="worker processes sharing the port (SO_REUSEPORT)")
+    a("-P", "--proxy-tag", help="ad tag (accepted, unused: middle proxy later)")
+    a("--aes-pwd", help="official proxy-secret file (accepted, unused: middle proxy later)")
+    a("--mask", help="where unauthenticated connections go, HOST:PORT (default DOMAIN:443)")
+    a("--no-mask", action="store_true", default=None, help="close unauthenticated connections instead")
+    a("--dc-override", action="append", default=[], metavar="ID=HOST:PORT", help="DC address (`*` = all)")
+    a("--prefer-ipv6", action="store_true", default=None, help="dial DCs over IPv6")
+    a("--no-fast-mode", action="store_true", default=None, help="re-encrypt DC->client bytes")
+    a("--handshake-timeout", type=float)
+    a("--idle-timeout", type=float)
+    a("--max-connections", type=int)
+    a("--max-connections-per-ip", type=int)
+    a("--buffer-size", type=int, help="bytes queued per direction before reading pauses")
+    a("--drain-timeout", type=float, help="seconds SIGTERM waits for sessions to finish")
+    a("--tls-skew", type=float, help="accepted fake-TLS clock skew in seconds (default 120)")
+    a("--replay-cache-size", type=int, help="fake-TLS/obfs2 replay cache entries")
+    a("--cert-size", type=int, help="fixed fake certificate record size (default: learned from the mask)")
+    a("--cert-refresh", type=float, help="seconds between certificate size probes")
+    a("--no-sni-check", action="store_true", default=None, help="accept any SNI")
+    a("--reload-interval", type=float, help="seconds between secrets file checks (default 1)")
+    a("--log-file", help="also write logs (rejected handshakes included) to this file")
+    a("--public-host", help="host name or IP printed in links for a generated secret")
+    a("--config", help="JSON settings file (keys as in docs/engine.md)")
+    a("--root", help="installation root (default $MTPROXY_ROOT or /opt/vless)")
+    return p
+
+
+# Keys of the JSON settings file and the argparse destinations they fill.
+_CONFIG_KEYS = {
+    "port": "port", "listen": "listen", "workers": "workers", "domain": "domain", "mask": "mask",
+    "stats_port": "stats_port", "stats_host": "stats_host", "stats_allow_remote": "stats_allow_remote",
+    "allow_classic": "allow_classic", "prefer_ipv6": "prefer_ipv6", "dc_override": "dc_override",
+    "handshake_timeout": "handshake_timeout", "idle_timeout": "idle_timeout",
+    "max_connections": "max_connections", "max_connections_per_ip": "max_connections_per_ip",
+    "buffer_size": "buffer_size", "drain_timeout": "drain_timeout", "tls_skew": "tls_skew",
+    "replay_cache_size": "replay_cache_size", "cert_size": "cert_size", "cert_refresh": "cert_refresh",
+    "secrets_file": "secrets_file", "user": "user", "log_file": "log_file", "server": "public_host",
+    "public_host": "public_host", "fast_mode": "no_fast_mode",
+}
+
+
+def _apply_config_file(ns: argparse.Namespace, path: Path) -> None:
+    """Fill options the command line left unset from the JSON settings file (flags win)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read settings: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: settings must be a JSON object")
+    for key, value in data.items():
+        dest = _CONFIG_KEYS.get(key)
+        if dest is None:
+            continue  # other tools keep their own keys in this file
+        if dest == "no_fast_mode":
+            value = not value
+        current = getattr(ns, dest)
+        if isinstance(current, list):
+            if not current:
+                setattr(ns, dest, [str(v) for v in value] if isinstance(value, list) else [str(value)])
+        elif current is None:
+            setattr(ns, dest, value)
+
+
+def _parse_ports(values: list[str]) -> list[int]:
+    ports: list[int] = []
+    for value in values:
+        for part in str(value).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if not part.isdigit() or not 0 <= int(part) <= 65535:
+                raise ConfigError(f"-H: {part!r} is not a port")
+            ports.append(int(part))
+    return ports
+
+
+def _parse_dc_override(text: str) -> tuple[int | None, HostPort]:
+    if "=" not in text:
+        raise ConfigError(f"--dc-override: {text!r} is not ID=HOST:PORT")
+    ident, target = text.split("=", 1)
+    dc: int | None
+    if ident.strip() == "*":
+        dc = None
+    else:
+        try:
+            dc = int(ident)
+        except ValueError:
+            raise ConfigError(f"--dc-override: DC id {ident!r} is not a number or *") from None
+    return dc, parse_host_port(target, "--dc-override", 443)
+
+
+def root_dir(ns_root: str | None, environ: dict[str, str]) -> Path:
+    """The one installation root: --root, then $MTPROXY_ROOT, then /opt/vless."""
+    return Path(ns_root or environ.get("MTPROXY_ROOT") or DEFAULT_ROOT)
+
+
+def resolve(argv: list[str], environ: dict[str, str] | None = None) -> EngineConfig:
+    """Parse a `mtproxy run` command line and resolve it; raises ConfigError or SystemExit (usage)."""
+    env = dict(os.environ) if environ is None else environ
+    ns = build_parser().parse_args(argv)
+    root = root_dir(ns.root, env)
+    if ns.config:
+        _apply_config_file(ns, Path(ns.config))
+    warnings: list[str] = []
+    middle = [flag for flag, v in (("-P", ns.proxy_tag), ("--aes-pwd", ns.aes_pwd),
+                                   ("proxy-multi.conf", ns.proxy_multi_conf)) if v]
+    if middle:
+        warnings.append(
+            f"{', '.join(middle)} accepted but ignored: the middle proxy (ad tag) is not implemented yet;"
+            " running in direct mode"
+        )
+
+    secrets: list[Secret] = []
+    for text in ns.secret:
+        try:
+            secrets.append(parse_secret(text))
+        except SecretFormatError as exc:
+            raise ConfigError(f"-S: {exc}") from None
+
+    domains: list[str] = []
+    for d in ns.domain if isinstance(ns.domain, list) else [ns.domain]:
+        try:
+            domains.append(validate_domain(str(d).strip().lower()))
+        except SecretFormatError as exc:
+            raise ConfigError(f"-D: {exc}") from None
+    # The official binary turns classic -S secrets into ee secrets for the -D domain; clients configured with
+    # the ee form of the same key then authenticate. Keep both forms: the mode switches decide what is accepted.
+    for s in list(secrets):
+        if s.kind is SecretKind.FAKE_TLS and s.domain and s.domain not in domains:
+            domains.append(s.domain)
+    if domains and not ns.domain:
+        pass  # domains only from ee secrets: classic still allowed unless -D was given
+    allow_classic = bool(ns.allow_classic) or not ns.domain
+    allow_tls = not ns.no_tls
+    if not allow_classic and not allow_tls:
+        raise ConfigError("--no-tls with -D and without --allow-classic leaves no mode enabled")
+
+    listen: list[HostPort] = [parse_host_port(x, "--listen") for x in ns.listen]
+    for port in _parse_ports(ns.port if isinstance(ns.port, list) else [ns.port]):
+        listen += [HostPort("0.0.0.0", port), HostPort("::", port)]
+    if not listen:
+        listen = [HostPort("0.0.0.0", DEFAULT_PORT), HostPort("::", DEFAULT_PORT)]
+    for hp in listen:
+        if not hp.host:
+            raise ConfigError(f"--listen: {hp.port} needs a host (use 0.0.0.0:{hp.port} or [::]:{hp.port})")
+
+    mask: HostPort | None = None
+    if ns.mask and not ns.no_mask:
+        mask = parse_host_port(ns.mask, "--mask", 443)
+    elif domains and not ns.no_mask:
+        mask = HostPort(domains[0], 443)
+    if mask is not None:
+        _refuse_self_mask(mask, listen)
+
+    overrides: dict[int | None, HostPort] = {}
+    for text in ns.dc_override if isinstance(ns.dc_override, list) else [ns.dc_override]:
+        dc, hp = _parse_dc_override(str(text))
+        overrides[dc] = hp
+
+    stats: HostPort | None = None
+    stats_port = DEFAULT_STATS_PORT if ns.stats_port is None else int(ns.stats_port)
+    if stats_port:
+        stats = HostPort(ns.stats_host or "127.0.0.1", stats_port)
+
+    workers = 1 if ns.workers is None else int(ns.workers)
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"-M: workers must be 1..{MAX_WORKERS}, got {workers}")
+
+    d = Limits()
+    limits = Limits(
+        handshake_timeout=_positive(ns.handshake_timeout, d.handshake_timeout, "--handshake-timeout"),
+        idle_timeout=_positive(ns.idle_timeout, d.idle_timeout, "--idle-timeout"),
+        max_connections=int(_positive(ns.max_connections, d.max_connections, "--max-connections")),
+        max_connections_per_ip=int(ns.max_connections_per_ip or 0),
+        buffer_size=int(_positive(ns.buffer_size, d.buffer_size, "--buffer-size")),
+        drain_timeout=_positive(ns.drain_timeout, d.drain_timeout, "--drain-timeout", allow_zero=True),
+    )
+    t = TlsOptions()
+    if ns.cert_size is not None and not 64 <= int(ns.cert_size) <= 16384:
+        raise ConfigError("--cert-size must be 64..16384 bytes")
+    tls = TlsOptions(
+        skew=_positive(ns.tls_skew, t.skew, "--tls-skew"),
+        replay_entries=int(_positive(ns.replay_cache_size, t.replay_entries, "--replay-cache-size")),
+        cert_size=None if ns.cert_size is None else int(ns.cert_size),
+        cert_refresh=_positive(ns.cert_refresh, t.cert_refresh, "--cert-refresh"),
+        check_sni=not ns.no_sni_check,
+    )
+    secrets_file = Path(ns.secrets_file) if ns.secrets_file else None
+    root_store = root / "config" / "mtproxy" / "mtproxy_secrets.json"
+    if secrets_file is None and not secrets and root_store.exists():
+        secrets_file = root_store  # an unconfigured `mtproxy run` serves what the CLI manages
+    state_file = Path(ns.state_file) if ns.state_file else root / "data" / "mtproxy" / "engine_state.json"
+    return EngineConfig(
+        listen=tuple(dict.fromkeys(listen)),
+        secrets=tuple(secrets),
+        secrets_file=secrets_file,
+        state_file=state_file,
+        domains=tuple(dict.fromkeys(domains)),
+        allow_classic=allow_classic,
+        allow_tls=allow_tls,
+        mask=mask,
+        dc_overrides=overrides,
+        prefer_ipv6=bool(ns.prefer_ipv6),
+        fast_mode=not ns.no_fast_mode,
+        stats=stats,
+        stats_allow_remote=bool(ns.stats_allow_remote),
+        workers=workers,
+        user=ns.user,
+        limits=limits,
+        tls=tls,
+        log_file=Path(ns.log_file) if ns.log_file else None,
+        reload_interval=_positive(ns.reload_interval, 1.0, "--reload-interval"),
+        public_host=ns.public_host,
+        warnings=tuple(warnings),
+        secret_ids=tuple(f"cli-{i + 1}" for i in range(len(secrets))),
+    )
+
+
+def _positive(value: Any, default: float, flag: str, allow_zero: bool = False) -> float:
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag}: {value!r} is not a number") from None
+    if number < 0 or (number == 0 and not allow_zero):
+        raise ConfigError(f"{flag}: must be positive, got {value}")
+    return number
+
+
+def _refuse_self_mask(mask: HostPort, listen: list[HostPort]) -> None:
+    """A mask target that is one of our own listeners would loop every probe back into the proxy."""
+    try:
+        mask_ip = ipaddress.ip_address(mask.host)
+    except ValueError:
+        if mask.host in ("localhost",) and any(hp.port == mask.port for hp in listen):
+            raise ConfigError(f"--mask {mask} points at this proxy's own port") from None
+        return
+    for hp in listen:
+        if hp.port != mask.port:
+            continue
+        listen_ip = ipaddress.ip_address(hp.host)
+        if listen_ip == mask_ip or (listen_ip.is_unspecified and
+                                    (mask_ip.is_loopback or mask_ip.is_unspecified)):
+            raise ConfigError(f"--mask {mask} points at this proxy's own listener {hp}")

@@ -1,0 +1,99 @@
+"""Start-up, main loop and shutdown of one serving process, in one tested order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mtproxy.config import EngineConfig, HostPort
+from mtproxy.protocol.secret import Secret
+
+from .certsize import fallback_size, probe_cert_size
+from .reload import Reloader
+from .secrets import SecretSet, load_secret_set
+from .server import Server
+
+log = logging.getLogger("mtproxy")
+
+
+@dataclass
+class WorkerPlan:
+    """What a serving process needs, prepared before any fork or privilege drop."""
+
+    cfg: EngineConfig
+    sockets: list[tuple[HostPort, socket.socket]]
+    generated: list[tuple[str, Secret]]
+    initial: SecretSet
+    replay_memory: Any  # bytearray, or a slice of shared memory
+    replay_lock: Any | None = None
+    publish: Callable[[dict[str, Any]], None] | None = None  # workers: hand the snapshot to the supervisor
+    on_server: Callable[[Server], None] | None = None  # single process: the stats thread reads live counters
+    cert_size: int = field(default=0)
+
+
+async def serve(plan: WorkerPlan) -> int:
+    """Serve until SIGTERM/SIGINT, then drain; returns the exit status."""
+    cfg = plan.cfg
+    loop = asyncio.get_running_loop()
+    cert_size = cfg.tls.cert_size or plan.cert_size or fallback_size(random.SystemRandom())
+    server = Server(cfg, plan.initial, plan.replay_memory, plan.replay_lock, cert_size=cert_size)
+    if plan.on_server is not None:
+        plan.on_server(server)
+    stop = asyncio.Event()
+
+    def reloaded(ok: bool) -> None:
+        if ok:
+            server.counters.reloads_ok += 1
+        else:
+            server.counters.reloads_failed += 1
+
+    reloader = Reloader(cfg.secrets_file, lambda: load_secret_set(cfg, cfg.secrets_file, plan.generated),
+                        server.set_secrets, cfg.reload_interval, reloaded)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reloader.request)
+    await server.start(plan.sockets)
+    tasks = [loop.create_task(reloader.run())]
+    if cfg.tls.cert_size is None and cfg.mask is not None and cfg.allow_tls:
+        tasks.append(loop.create_task(_cert_refresher(server)))
+    if plan.publish is not None:
+        tasks.append(loop.create_task(_publisher(server, plan.publish)))
+    log.info("ready: %d secrets, listening on %s", len(server.table),
+             ", ".join(str(a) for a in server.listening))
+    await stop.wait()
+    log.info("stopping: no new connections; draining for up to %.0f s", cfg.limits.drain_timeout)
+    await server.shutdown(cfg.limits.drain_timeout)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if plan.publish is not None:
+        plan.publish(server.counters.snapshot())
+    log.info("stopped")
+    return 0
+
+
+async def _cert_refresher(server: Server) -> None:
+    cfg = server.cfg
+    assert cfg.mask is not None
+    sni = cfg.domains[0] if cfg.domains else (sorted(server.secrets.domains) or [cfg.mask.host])[0]
+    while True:
+        size = await probe_cert_size(cfg.mask, sni)
+        if size is not None and size != server.cert_size:
+            log.info("fake certificate size learned from %s: %d bytes", cfg.mask, size)
+            server.set_cert_size(size)
+        await asyncio.sleep(cfg.tls.cert_refresh)
+
+
+async def _publisher(server: Server, publish: Callable[[dict[str, Any]], None]) -> None:
+    while True:
+        publish(server.counters.snapshot())
+        await asyncio.sleep(0.5)

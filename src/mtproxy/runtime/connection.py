@@ -1,0 +1,306 @@
+"""One client connection: drive the sans-IO handshake, then relay to the DC or hand everything to the mask."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from typing import TYPE_CHECKING
+
+from mtproxy.config import HostPort
+from mtproxy.protocol import faketls, obfs2
+from mtproxy.protocol.errors import RejectReason
+from mtproxy.protocol.handshake import Authenticated, Handshake, NeedMore, Rejected, Session
+
+from .logs import log_reject
+from .upstream import DcProtocol, MaskProtocol, open_upstream
+
+if TYPE_CHECKING:
+    from .server import Server
+
+log = logging.getLogger("mtproxy.connection")
+
+_SLACK = 16  # update_into wants len(data) + block_size - 1 bytes of room
+
+
+class Phase(enum.IntEnum):
+    HANDSHAKE = 0
+    CONNECTING = 1
+    RELAY = 2
+    MASK = 3
+    CLOSED = 4
+
+
+class ClientConnection(asyncio.BufferedProtocol):
+    """Reads into one preallocated buffer; the handshake sees copies, the relay transforms in place."""
+
+    def __init__(self, server: Server, listener: HostPort) -> None:
+        self.server = server
+        self.listener = listener
+        self.phase = Phase.HANDSHAKE
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("?", 0)
+        self.admitted = False
+        self.session: Session | None = None
+        self.upstream: DcProtocol | MaskProtocol | None = None
+        self.activity = 0  # bytes moved either way; the idle timer compares it between ticks
+        self._seen_activity = -1
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        size = server.cfg.limits.read_size
+        self._recv = bytearray(size)
+        self._tmp = bytearray(0)
+        self._out = bytearray(0)
+        self._handshake: Handshake | None = None
+        self._tls_reader: faketls.TlsRecordReader | None = None
+        self._from_client: object = None
+        self._to_dc: object = None
+        self._eof_in = False  # client sent EOF
+        self._eof_out = False  # upstream sent EOF
+        self._paused_for_peer = False
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's class is not a subclass
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = (str(peer[0]), int(peer[1]))
+        if not self.server.admit(self):
+            self.phase = Phase.CLOSED
+            transport.abort()
+            return
+        self.admitted = True
+        transport.set_write_buffer_limits(high=self.server.cfg.limits.buffer_size)
+        self._handshake = self.server.new_handshake(self.peer[0])
+        self._timer = self.server.loop.call_later(
+            self.server.cfg.limits.handshake_timeout, self._on_handshake_timeout
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close()
+        if self.admitted:
+            self.admitted = False
+            self.server.release(self)
+
+    def close(self) -> None:
+        """Close both legs; pending writes are flushed by the transports."""
+        if self.phase == Phase.CLOSED:
+            return
+        self.phase = Phase.CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self.transport is not None:
+            self.transport.close()
+        if self.upstream is not None:
+            self.upstream.close()
+        self.server.session_ended(self)
+
+    def abort(self) -> None:
+        """Drop without flushing (removed secret, shutdown deadline)."""
+        if self.transport is not None:
+            self.transport.abort()
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.abort()
+        self.close()
+
+    # ----------------------------------------------------------------- reading
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self._recv
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.activity += nbytes
+        phase = self.phase
+        if phase == Phase.RELAY:
+            self._relay_to_dc(memoryview(self._recv)[:nbytes])
+        elif phase == Phase.MASK:
+            assert self.upstream is not None and self.upstream.transport is not None
+            up = self.upstream.transport
+            up.write(memoryview(self._recv)[:nbytes])
+            if up.get_write_buffer_size():
+                self._recv = bytearray(len(self._recv))  # the transport may still hold the old one
+        elif phase == Phase.HANDSHAKE:
+            self._feed_handshake(bytes(self._recv[:nbytes]))
+
+    def eof_received(self) -> bool:
+        self._eof_in = True
+        if self.phase == Phase.HANDSHAKE:
+            assert self._handshake is not None
+            received = self._handshake.received
+            if not received:
+                self.close()
+                return False
+            # A probe that sent a short request and half-closed expects the site's answer now.
+            self._reject(RejectReason.UNKNOWN_SECRET, received, maskable=True)
+            return True
+        if self.upstream is not None and self.upstream.transport is not None:
+            if self.upstream.transport.can_write_eof():
+                self.upstream.transport.write_eof()
+        if self._eof_out or self.phase not in (Phase.RELAY, Phase.MASK, Phase.CONNECTING):
+            self.close()
+            return False
+        return True
+
+    # ----------------------------------------------------------------- backpressure (client side is full)
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None and self.phase != Phase.CLOSED:
+            self.upstream.transport.resume_reading()
+
+    # ----------------------------------------------------------------- handshake
+
+    def _feed_handshake(self, data: bytes) -> None:
+        assert self._handshake is not None and self.transport is not None
+        step = self._handshake.feed(data, self.server.clock())
+        if isinstance(step, NeedMore):
+            if step.send:
+                self.transport.write(step.send)
+            return
+        if isinstance(step, Rejected):
+            self._reject(step.reason, step.received, step.maskable)
+            return
+        assert isinstance(step, Authenticated)
+        if step.send:
+            self.transport.write(step.send)
+        self._authenticated(step.session)
+
+    def _on_handshake_timeout(self) -> None:
+        if self.phase != Phase.HANDSHAKE:
+            return
+        assert self._handshake is not None
+        self._reject(RejectReason.HANDSHAKE_TIMEOUT, self._handshake.received, maskable=True)
+
+    def _reject(self, reason: RejectReason, received: bytes, maskable: bool) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.server.counters.reject(reason)
+        log_reject(self.peer, (self.listener.host, self.listener.port), reason)
+        mask = self.server.cfg.mask
+        if not maskable or mask is None or self.transport is None:
+            self.close()
+            return
+        self.phase = Phase.MASK
+        self.server.counters.masked += 1
+        self.transport.pause_reading()
+        self._task = self.server.loop.create_task(self._open_mask(mask, received))
+
+    async def _open_mask(self, mask: HostPort, received: bytes) -> None:
+        proto = await open_upstream(self.server, [mask], lambda: MaskProtocol(self))
+        if proto is None or self.phase == Phase.CLOSED:
+            self.server.counters.mask_failed += 1
+            log.warning("mask %s unreachable; closing the unauthenticated connection", mask)
+            self.close()
+            return
+        assert proto.transport is not None and self.transport is not None
+        if proto.transport.get_extra_info("peername")[:2] == self.transport.get_extra_info("sockname")[:2]:
+            log.error("the mask %s is this proxy itself; refusing to loop", mask)
+            self.server.counters.mask_failed += 1
+            proto.transport.abort()
+            self.close()
+            return
+        self.upstream = proto
+        if received:
+            proto.transport.write(received)
+        if self._eof_in:
+            if proto.transport.can_write_eof():
+                proto.transport.write_eof()
+        else:
+            self.transport.resume_reading()
+        self._start_idle_timer()
+
+    def _authenticated(self, session: Session) -> None:
+        assert self.transport is not None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.session = session
+        self.server.session_authenticated(self)
+        self.phase = Phase.CONNECTING
+        self.transport.pause_reading()
+        self._task = self.server.loop.create_task(self._open_dc(session))
+
+    async def _open_dc(self, session: Session) -> None:
+        server = self.server
+        target = server.dc_table.lookup(session.dc_id)
+        proto = await open_upstream(server, list(target.addresses), lambda: DcProtocol(self))
+        if proto is None or self.phase == Phase.CLOSED:
+            server.counters.upstream_failed += 1
+            log.warning("DC %d unreachable at %s", target.dc, ", ".join(map(str, target.addresses)))
+            self.close()
+            return
+        assert proto.transport is not None and self.transport is not None
+        link = obfs2.dc_link(session.to_client_keys, session.tag, session.dc_id, server.random_bytes,
+                             fast=server.cfg.fast_mode)
+        size = server.cfg.limits.read_size + _SLACK
+        self._tmp = bytearray(size)
+        self._out = bytearray(size)
+        self._from_client = session.from_client
+        self._to_dc = link.to_dc
+        self._tls_reader = session.tls_reader
+        proto.start(link, session.fake_tls)
+        self.upstream = proto
+        proto.transport.write(link.header)
+        self.phase = Phase.RELAY
+        if session.pending:
+            self._relay_to_dc(memoryview(session.pending), unwrapped=True)
+        if self._eof_in:
+            if proto.transport.can_write_eof():
+                proto.transport.write_eof()
+        else:
+            self.transport.resume_reading()
+        self._start_idle_timer()
+
+    # ----------------------------------------------------------------- relay
+
+    def _relay_to_dc(self, data: memoryview, unwrapped: bool = False) -> None:
+        up = self.upstream
+        assert up is not None and up.transport is not None
+        if self._tls_reader is not None and not unwrapped:
+            try:
+                data = data[: self._tls_reader.unwrap_in_place(data)]
+            except faketls.TlsFormatError:
+                log.info("client %s broke TLS framing; closing", self.peer[0])
+                self.close()
+                return
+        n = len(data)
+        if not n:
+            return
+        if n + _SLACK > len(self._tmp):
+            self._tmp = bytearray(n + _SLACK)
+            self._out = bytearray(n + _SLACK)
+        self._from_client.update_into(data, self._tmp)  # type: ignore[attr-defined]
+        self._to_dc.update_into(memoryview(self._tmp)[:n], self._out)  # type: ignore[attr-defined]
+        up.transport.write(memoryview(self._out)[:n])
+        if up.transport.get_write_buffer_size():
+            self._out = bytearray(len(self._out))
+        self.server.count_in(self, n)
+
+    # ----------------------------------------------------------------- idle
+
+    def _start_idle_timer(self) -> None:
+        self._seen_activity = self.activity
+        self._timer = self.server.loop.call_later(self.server.cfg.limits.idle_timeout, self._idle_tick)
+
+    def _idle_tick(self) -> None:
+        if self.phase == Phase.CLOSED:
+            return
+        if self.activity == self._seen_activity:
+            log.debug("closing idle connection from %s", self.peer[0])
+            self.close()
+            return
+        self._start_idle_timer()
+
+    def upstream_eof(self) -> None:
+        self._eof_out = True
+        if self.transport is not None and self.transport.can_write_eof() and not self.transport.is_closing():
+            self.transport.write_eof()
+        if self._eof_in:
+            self.close()

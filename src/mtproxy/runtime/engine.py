@@ -1,0 +1,147 @@
+"""`mtproxy run`: resolve secrets, bind, drop privileges, then serve in-process or under the worker supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import sys
+import time
+from typing import TextIO
+
+import uvloop
+
+from mtproxy.config import EngineConfig
+from mtproxy.links import ServerUnknownError, guess_public_address, make_links
+from mtproxy.protocol.replay import ReplayFilter
+from mtproxy.qr import terminal_text
+from mtproxy.stats.counters import Counters
+from mtproxy.stats.http import StatsServer
+
+from .app import WorkerPlan, serve
+from .logs import setup_logging
+from .secrets import GENERATED_ID, SecretsError, generated_secret, load_secret_set
+from .server import Server, bind_all
+from .shared import SharedState
+from .workers import Supervisor, worker_listen
+
+log = logging.getLogger("mtproxy")
+
+
+class StartupError(Exception):
+    """The engine cannot start; the message says what to fix."""
+
+
+def drop_privileges(user: str) -> None:
+    """Become `user` after every privileged port is bound (the official -u)."""
+    if os.getuid() != 0:
+        if pwd.getpwuid(os.getuid()).pw_name != user:
+            log.warning("-u %s ignored: not running as root", user)
+        return
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise StartupError(f"-u: no such user {user!r}") from None
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    log.info("running as %s", user)
+
+
+def _print_generated(cfg: EngineConfig, out: TextIO) -> None:
+    secret = cfg_generated_secret(cfg)
+    host = cfg.public_host
+    if host is None:
+        try:
+            host = guess_public_address().address
+        except ServerUnknownError:
+            host = "127.0.0.1"
+    port = cfg.listen[0].port if cfg.listen else 443
+    links = make_links(host, port, secret)
+    out.write("No secret configured: serving a generated fake-TLS secret (kept in "
+              f"{cfg.state_file}).\n{links.tg}\n{links.https}\n")
+    if out.isatty() or os.environ.get("MTPROXY_QR", "1") == "1":
+        out.write(terminal_text(links.tg))
+    out.flush()
+
+
+def cfg_generated_secret(cfg: EngineConfig):  # type: ignore[no-untyped-def]
+    return generated_secret(cfg.state_file, cfg.domains[0] if cfg.domains else None, os.urandom)
+
+
+def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
+    setup_logging(cfg.log_file)
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
+    generated = []
+    if not cfg.secrets and cfg.secrets_file is None:
+        generated = [(GENERATED_ID, cfg_generated_secret(cfg))]
+        _print_generated(cfg, out)
+    try:
+        initial = load_secret_set(cfg, cfg.secrets_file, generated)
+    except SecretsError as exc:
+        raise StartupError(f"cannot read the secrets file: {exc}") from None
+    if not initial.entries:
+        log.warning("no active secret: every connection goes to the mask until the secrets file gets one")
+
+    if cfg.workers == 1:
+        sockets = bind_all(cfg.listen, reuse_port=False)
+        holder: list[Server] = []
+        idle = Counters(started_at=time.time())
+        stats = _start_stats(cfg, lambda: (holder[0].counters if holder else idle).snapshot())
+        if cfg.user:
+            drop_privileges(cfg.user)
+        plan = WorkerPlan(cfg, sockets, generated, initial, bytearray(ReplayFilter.memory_size(
+            cfg.tls.replay_entries)), on_server=holder.append)
+        try:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(serve(plan))
+        finally:
+            if stats is not None:
+                stats.close()
+
+    try:
+        listen = worker_listen(cfg.listen)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    slots = [bind_all(listen, reuse_port=True) for _ in range(cfg.workers)]
+    shared = SharedState(cfg.workers, cfg.tls.replay_entries)
+    supervisor: Supervisor
+
+    def run_worker(slot: int) -> int:
+        if stats is not None:
+            stats.close_socket_only()
+        for other, sockets in enumerate(slots):
+            if other != slot:
+                for _, sock in sockets:
+                    sock.close()
+        plan = WorkerPlan(cfg, slots[slot], generated, initial, shared.replay_memory, shared.replay_lock,
+                          publish=lambda snap: shared.publish(slot, snap))
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(serve(plan))
+
+    stats = _start_stats(cfg, lambda: supervisor.snapshot(), start=False)
+    if cfg.user:
+        drop_privileges(cfg.user)
+    supervisor = Supervisor(cfg.workers, shared, cfg.limits.drain_timeout, run_worker)
+    if stats is not None:
+        stats.start()
+    try:
+        return supervisor.run()
+    finally:
+        if stats is not None:
+            stats.close()
+
+
+def _start_stats(cfg: EngineConfig, provider, start: bool = True) -> StatsServer | None:  # type: ignore[no-untyped-def]
+    if cfg.stats is None:
+        return None
+    try:
+        server = StatsServer(cfg.stats.host, cfg.stats.port, provider, cfg.stats_allow_remote)
+    except OSError as exc:
+        raise StartupError(f"cannot serve stats on {cfg.stats}: {exc.strerror}") from None
+    if start:
+        server.start()
+    log.info("stats on http://%s/stats and /metrics", cfg.stats)
+    return server

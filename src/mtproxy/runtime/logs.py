@@ -1,0 +1,55 @@
+"""Log setup and the one-line-per-rejected-handshake record fail2ban matches (format in docs/engine.md)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from mtproxy.protocol.errors import RejectReason
+
+reject_log = logging.getLogger("mtproxy.reject")
+log = logging.getLogger("mtproxy")
+
+
+class _Formatter(logging.Formatter):
+    """`<ISO8601 UTC> mtproxy[<pid>]: <message>`; the pid is read per record, so forked workers show theirs."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
+        message = record.getMessage()
+        if record.name != reject_log.name and record.levelno != logging.INFO:
+            message = f"{record.levelname.lower()}: {message}"
+        line = f"{stamp} mtproxy[{os.getpid()}]: {message}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup_logging(log_file: Path | None, level: int = logging.INFO) -> None:
+    """stderr always; a file too when asked (the reject lines go to both)."""
+    root = logging.getLogger("mtproxy")
+    root.handlers.clear()
+    root.setLevel(level)
+    root.propagate = False
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(_Formatter())
+        root.addHandler(handler)
+
+
+def _bare(host: str) -> str:
+    return host[1:-1] if host.startswith("[") else host.split("%", 1)[0]
+
+
+def log_reject(peer: tuple[str, int], local: tuple[str, int], reason: RejectReason) -> None:
+    """Exactly one WARNING per rejected handshake; IPv6 addresses bare, ports numeric."""
+    reject_log.warning(
+        "rejected handshake from %s port %d on %s:%d: reason=%s",
+        _bare(peer[0]), peer[1], _bare(local[0]), local[1], reason.value,
+    )

@@ -1,0 +1,246 @@
+"""The server of one process: listeners with limits, the live secret table, session registry and counters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mtproxy.config import EngineConfig, HostPort
+from mtproxy.protocol.handshake import Handshake, HandshakeSettings, SecretTable
+from mtproxy.protocol.obfs2 import TAG_PADDED
+from mtproxy.protocol.replay import ReplayFilter
+from mtproxy.stats.counters import Counters
+
+from .connection import ClientConnection, Phase
+from .dc import DcTable
+from .secrets import SecretSet
+
+log = logging.getLogger("mtproxy.server")
+
+MAX_HINTS = 4096
+LISTEN_BACKLOG = 1024
+
+
+def bind_listener(address: HostPort, reuse_port: bool) -> socket.socket:
+    """A listening socket; IPv6 wildcards are v6-only because -H also binds 0.0.0.0 on the same port."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address.host, address.port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_all(listen: tuple[HostPort, ...], reuse_port: bool) -> list[tuple[HostPort, socket.socket]]:
+    """Bind every address; an IPv6 wildcard on a host without IPv6 is skipped with a warning."""
+    bound: list[tuple[HostPort, socket.socket]] = []
+    for address in listen:
+        try:
+            sock = bind_listener(address, reuse_port)
+        except OSError as exc:
+            if address.host == "::" and exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                log.warning("IPv6 unavailable, not listening on %s: %s", address, exc.strerror)
+                continue
+            for _, s in bound:
+                s.close()
+            raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from None
+        # with port 0 the kernel picked one: report the real address
+        port = sock.getsockname()[1]
+        bound.append((HostPort(address.host, port), sock))
+    return bound
+
+
+class Server:
+    """Owns everything one event loop serves; the connection objects call back into it."""
+
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        secrets: SecretSet,
+        replay_memory: memoryview | bytearray,
+        replay_lock: Any | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        cert_size: int = 2500,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.random_bytes = random_bytes
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
+        self.counters = Counters(started_at=clock())
+        self.replay = ReplayFilter(replay_memory)
+        self._replay_guard = (lambda: replay_lock) if replay_lock is not None else None
+        self.dc_table = DcTable(cfg.dc_overrides, cfg.prefer_ipv6)
+        self.connections: set[ClientConnection] = set()
+        self.by_secret: dict[str, set[ClientConnection]] = {}
+        self.per_ip: dict[str, int] = {}
+        self._hints: dict[str, int] = {}
+        self.accepting = True
+        self.cert_size = cert_size
+        self.counters.cert_size = cert_size
+        self._servers: list[asyncio.Server] = []
+        self.listening: list[HostPort] = []
+        self.secrets = secrets
+        self.table = SecretTable(list(secrets.entries))
+        self.settings = self._handshake_settings()
+        self.counters.secrets_loaded = len(self.table)
+
+    # ----------------------------------------------------------------- secrets
+
+    def _handshake_settings(self) -> HandshakeSettings:
+        domains = frozenset(self.cfg.domains) | self.secrets.domains if self.cfg.tls.check_sni else frozenset()
+        return HandshakeSettings(
+            allow_obfuscated=self.cfg.allow_classic,
+            allow_faketls=self.cfg.allow_tls,
+            tls_domains=domains,
+            max_skew_past=self.cfg.tls.skew,
+            max_skew_future=self.cfg.tls.skew,
+            cert_size=self.cert_size,
+        )
+
+    def set_cert_size(self, size: int) -> None:
+        self.cert_size = size
+        self.counters.cert_size = size
+        self.settings = self._handshake_settings()
+
+    def set_secrets(self, new: SecretSet) -> int:
+        """Swap the whole set; sessions of removed or changed secrets are closed. Returns how many."""
+        old = self.secrets.fingerprint()
+        kept = new.fingerprint()
+        self.table = SecretTable(list(new.entries))
+        self.secrets = new
+        self.settings = self._handshake_settings()
+        self._hints.clear()
+        self.counters.secrets_loaded = len(self.table)
+        closed = 0
+        for sid, value in old.items():
+            if kept.get(sid) == value:
+                continue
+            for conn in list(self.by_secret.pop(sid, ())):
+                conn.abort()
+                closed += 1
+            self.counters.secrets.pop(sid, None)
+        return closed
+
+    def new_handshake(self, ip: str) -> Handshake:
+        return Handshake(self.table, self.settings, self.replay, self.random_bytes,
+                         hint=self._hints.get(ip), replay_guard=self._replay_guard)
+
+    # ----------------------------------------------------------------- admission and accounting
+
+    def admit(self, conn: ClientConnection) -> bool:
+        limits = self.cfg.limits
+        ip = conn.peer[0]
+        if not self.accepting or len(self.connections) >= limits.max_connections:
+            self.counters.refused_limit += 1
+            return False
+        if limits.max_connections_per_ip and self.per_ip.get(ip, 0) >= limits.max_connections_per_ip:
+            self.counters.refused_limit += 1
+            return False
+        self.connections.add(conn)
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        self.counters.active += 1
+        self.counters.total += 1
+        return True
+
+    def release(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+        ip = conn.peer[0]
+        left = self.per_ip.get(ip, 1) - 1
+        if left > 0:
+            self.per_ip[ip] = left
+        else:
+            self.per_ip.pop(ip, None)
+        self.counters.active -= 1
+
+    def session_authenticated(self, conn: ClientConnection) -> None:
+        session = conn.session
+        assert session is not None
+        c = self.counters
+        c.handshakes_ok += 1
+        # by what the client sent, not by the secret's kind: the same key serves every mode
+        mode = "ee" if session.fake_tls else ("dd" if session.tag == TAG_PADDED else "classic")
+        c.modes[mode] = c.modes.get(mode, 0) + 1
+        per = c.for_secret(session.secret_id)
+        per.active += 1
+        per.total += 1
+        self.by_secret.setdefault(session.secret_id, set()).add(conn)
+        if len(self._hints) >= MAX_HINTS:
+            self._hints.clear()
+        self._hints[conn.peer[0]] = session.secret_index
+
+    def session_ended(self, conn: ClientConnection) -> None:
+        session = conn.session
+        if session is None:
+            return
+        group = self.by_secret.get(session.secret_id)
+        if group is not None and conn in group:
+            group.discard(conn)
+            if not group:
+                del self.by_secret[session.secret_id]
+            per = self.counters.secrets.get(session.secret_id)
+            if per is not None:
+                per.active -= 1
+
+    def count_in(self, conn: ClientConnection, n: int) -> None:
+        self.counters.bytes_in += n
+        assert conn.session is not None
+        per = self.counters.secrets.get(conn.session.secret_id)
+        if per is not None:
+            per.bytes_in += n
+
+    def count_out(self, conn: ClientConnection, n: int) -> None:
+        self.counters.bytes_out += n
+        if conn.session is not None:
+            per = self.counters.secrets.get(conn.session.secret_id)
+            if per is not None:
+                per.bytes_out += n
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self, sockets: list[tuple[HostPort, socket.socket]]) -> None:
+        self.loop = asyncio.get_running_loop()
+        for address, sock in sockets:
+            srv = await self.loop.create_server(
+                lambda a=address: ClientConnection(self, a), sock=sock, backlog=LISTEN_BACKLOG
+            )
+            self._servers.append(srv)
+            self.listening.append(address)
+            log.info("listening on %s", address)
+
+    async def shutdown(self, deadline: float) -> None:
+        """Stop accepting, let sessions finish for up to `deadline` seconds, then drop the rest."""
+        self.accepting = False
+        for srv in self._servers:
+            srv.close()
+        end = self.loop.time() + deadline
+        # handshakes in progress cannot become sessions any more: close them now
+        for conn in list(self.connections):
+            if conn.phase in (Phase.HANDSHAKE, Phase.MASK):
+                conn.close()
+        while self.connections and self.loop.time() < end:
+            await asyncio.sleep(min(0.05, max(0.0, end - self.loop.time())))
+        if self.connections:
+            log.info("drain deadline reached: closing %d sessions", len(self.connections))
+        for conn in list(self.connections):
+            conn.abort()
+        for srv in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(srv.wait_closed(), 1.0)

@@ -1,0 +1,149 @@
+"""The proxy's outgoing legs: the DC (fast mode: bytes forwarded untouched) and the mask site (verbatim)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from mtproxy.config import HostPort
+from mtproxy.protocol import faketls
+from mtproxy.protocol.obfs2 import DcLink
+
+if TYPE_CHECKING:
+    from .connection import ClientConnection
+    from .server import Server
+
+log = logging.getLogger("mtproxy.upstream")
+
+_SLACK = 16
+_HEADER = faketls.RECORD_HEADER_SIZE
+_MAX_RECORD = faketls.MAX_RECORD_PAYLOAD
+
+P = TypeVar("P", bound="_Leg")
+
+
+async def open_upstream(server: Server, addresses: list[HostPort], factory: Callable[[], P]) -> P | None:
+    """Dial the addresses in order, each bounded by the connect timeout; None when none answers."""
+    for address in addresses:
+        try:
+            _, proto = await asyncio.wait_for(
+                server.loop.create_connection(factory, address.host, address.port),
+                server.cfg.limits.connect_timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            log.debug("connect to %s failed: %s", address, exc)
+            continue
+        return proto
+    return None
+
+
+class _Leg(asyncio.BufferedProtocol):
+    """Shared plumbing of an outgoing leg tied to one client connection."""
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self._recv = bytearray(client.server.cfg.limits.read_size)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's class is not a subclass
+        transport.set_write_buffer_limits(high=self.client.server.cfg.limits.buffer_size)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.client.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def eof_received(self) -> bool:
+        self.client.upstream_eof()
+        return True
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self._recv
+
+    # Backpressure: this leg's write buffer is full, so stop reading the client.
+    def pause_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client.transport is not None and not self.client.transport.is_closing():
+            self.client.transport.resume_reading()
+
+
+class MaskProtocol(_Leg):
+    """Mask site -> client, byte for byte."""
+
+    def buffer_updated(self, nbytes: int) -> None:
+        client = self.client.transport
+        if client is None or client.is_closing():
+            return
+        self.client.activity += nbytes
+        client.write(memoryview(self._recv)[:nbytes])
+        if client.get_write_buffer_size():
+            self._recv = bytearray(len(self._recv))  # the transport may still hold the old buffer
+
+
+class DcProtocol(_Leg):
+    """DC -> client. Fast mode forwards the DC's bytes (already encrypted for the client) untouched;
+    fake-TLS only wraps them into application-data records of at most 16384 bytes."""
+
+    def __init__(self, client: ClientConnection) -> None:
+        super().__init__(client)
+        self._from_dc: object = None
+        self._to_client: object = None
+        self._tls = False
+        self._out = bytearray(0)
+
+    def start(self, link: DcLink, tls: bool) -> None:
+        self._from_dc = link.from_dc
+        self._to_client = link.to_client
+        self._tls = tls
+        if tls or link.from_dc is not None:
+            n = len(self._recv)
+            records = -(-n // _MAX_RECORD)
+            self._out = bytearray(n + records * _HEADER + _SLACK)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        client = self.client.transport
+        if client is None or client.is_closing():
+            return
+        self.client.activity += nbytes
+        data = memoryview(self._recv)[:nbytes]
+        if self._from_dc is not None:
+            # Not fast mode: decrypt from the DC into _out's tail, re-encrypt below.
+            plain = bytearray(nbytes + _SLACK)
+            self._from_dc.update_into(data, plain)  # type: ignore[attr-defined]
+            data = memoryview(plain)[:nbytes]
+        if self._tls:
+            out, pos = self._out, 0
+            view = memoryview(out)
+            for start in range(0, nbytes, _MAX_RECORD):
+                chunk = data[start : start + _MAX_RECORD]
+                size = len(chunk)
+                view[pos : pos + 3] = faketls.APPLICATION_DATA
+                view[pos + 3 : pos + 5] = size.to_bytes(2, "big")
+                pos += _HEADER
+                if self._to_client is not None:
+                    self._to_client.update_into(chunk, view[pos:])  # type: ignore[attr-defined]
+                else:
+                    view[pos : pos + size] = chunk
+                pos += size
+            client.write(view[:pos])
+            if client.get_write_buffer_size():
+                self._out = bytearray(len(self._out))
+        elif self._to_client is not None:
+            self._to_client.update_into(data, self._out)  # type: ignore[attr-defined]
+            client.write(memoryview(self._out)[:nbytes])
+            if client.get_write_buffer_size():
+                self._out = bytearray(len(self._out))
+        else:
+            client.write(data)
+            if client.get_write_buffer_size():
+                self._recv = bytearray(len(self._recv))
+        self.client.server.count_out(self.client, nbytes)

@@ -1,0 +1,1 @@
+"""Engine statistics: per-worker counters, cross-worker merging, and the loopback HTTP endpoints."""

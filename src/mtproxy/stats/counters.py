@@ -1,0 +1,102 @@
+"""Engine counters of one worker, their JSON-able snapshot, and merging snapshots of several workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mtproxy.protocol.errors import RejectReason
+
+REASONS = tuple(r.value for r in RejectReason)
+
+
+@dataclass
+class SecretCounters:
+    """Per-secret figures, keyed by the secret's store id (never by the secret)."""
+
+    active: int = 0
+    total: int = 0
+    bytes_in: int = 0  # client -> DC
+    bytes_out: int = 0  # DC -> client
+
+
+@dataclass
+class Counters:
+    """Plain integers mutated from the event loop thread only; snapshots are copied out for the HTTP side."""
+
+    started_at: float
+    active: int = 0
+    total: int = 0
+    handshakes_ok: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    masked: int = 0
+    mask_failed: int = 0
+    upstream_failed: int = 0
+    refused_limit: int = 0
+    rejects: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    secrets: dict[str, SecretCounters] = field(default_factory=dict)
+    modes: dict[str, int] = field(default_factory=lambda: {"classic": 0, "dd": 0, "ee": 0})
+    secrets_loaded: int = 0
+    reloads_ok: int = 0
+    reloads_failed: int = 0
+    cert_size: int = 0
+
+    def for_secret(self, secret_id: str) -> SecretCounters:
+        found = self.secrets.get(secret_id)
+        if found is None:
+            found = self.secrets[secret_id] = SecretCounters()
+        return found
+
+    def reject(self, reason: RejectReason) -> None:
+        self.rejects[reason.value] = self.rejects.get(reason.value, 0) + 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """A copy safe to serialise or hand to another thread."""
+        return {
+            "started_at": self.started_at,
+            "active": self.active,
+            "total": self.total,
+            "handshakes_ok": self.handshakes_ok,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "masked": self.masked,
+            "mask_failed": self.mask_failed,
+            "upstream_failed": self.upstream_failed,
+            "refused_limit": self.refused_limit,
+            "rejects": dict(self.rejects),
+            "modes": dict(self.modes),
+            "secrets": {
+                k: {"active": v.active, "total": v.total, "bytes_in": v.bytes_in, "bytes_out": v.bytes_out}
+                for k, v in list(self.secrets.items())
+            },
+            "secrets_loaded": self.secrets_loaded,
+            "reloads_ok": self.reloads_ok,
+            "reloads_failed": self.reloads_failed,
+            "cert_size": self.cert_size,
+            "workers": 1,
+        }
+
+
+_SUMMED = ("active", "total", "handshakes_ok", "bytes_in", "bytes_out", "masked", "mask_failed",
+           "upstream_failed", "refused_limit", "reloads_ok", "reloads_failed", "workers")
+
+
+def merge(snapshots: list[dict[str, Any]], started_at: float) -> dict[str, Any]:
+    """Sum the workers' snapshots; gauges that every worker holds alike take the maximum."""
+    out: dict[str, Any] = {k: 0 for k in _SUMMED}
+    out.update(started_at=started_at, rejects=dict.fromkeys(REASONS, 0), modes={}, secrets={},
+               secrets_loaded=0, cert_size=0)
+    for snap in snapshots:
+        for k in _SUMMED:
+            out[k] += int(snap.get(k, 0))
+        for group in ("rejects", "modes"):
+            for k, v in snap.get(group, {}).items():
+                out[group][k] = out[group].get(k, 0) + int(v)
+        for sid, figures in snap.get("secrets", {}).items():
+            slot = out["secrets"].setdefault(sid, {"active": 0, "total": 0, "bytes_in": 0, "bytes_out": 0})
+            for k, v in figures.items():
+                slot[k] = slot.get(k, 0) + int(v)
+        out["secrets_loaded"] = max(out["secrets_loaded"], int(snap.get("secrets_loaded", 0)))
+        out["cert_size"] = max(out["cert_size"], int(snap.get("cert_size", 0)))
+    return out

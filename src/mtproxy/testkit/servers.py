@@ -1,0 +1,111 @@
+"""Fake Telegram DCs (echo, sink, source) speaking the DC side of obfuscated2, and a mask-site stub."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from dataclasses import dataclass, field
+
+from mtproxy.protocol import obfs2
+
+MASK_BANNER = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nmask-site "
+
+
+@dataclass
+class FakeDc:
+    """Accepts the proxy's obfuscated2 header (no secret on this leg) and then, by `mode`:
+    echo (returns what it got), sink (counts), source (sends `source_bytes` then waits)."""
+
+    mode: str = "echo"
+    source_bytes: int = 0
+    dc_ids: list[int] = field(default_factory=list)
+    received: int = 0
+    connections: int = 0
+    server: asyncio.Server | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self.server = await asyncio.start_server(self._handle, host, port)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            init = await asyncio.wait_for(reader.readexactly(obfs2.INIT_SIZE), 10)
+            decoded = obfs2.decode_init(init, None)
+            if decoded is None:
+                return
+            self.dc_ids.append(decoded.dc_id)
+            decrypt = decoded.from_initiator
+            encrypt = decoded.to_initiator.new_cipher()
+            if self.mode == "source":
+                block = bytes(range(256)) * 256
+                left = self.source_bytes
+                while left > 0:
+                    chunk = block[: min(left, len(block))]
+                    writer.write(encrypt.update(chunk))
+                    await writer.drain()
+                    left -= len(chunk)
+            while True:
+                data = await asyncio.wait_for(reader.read(1 << 18), 60)
+                if not data:
+                    return
+                self.received += len(data)
+                plain = decrypt.update(data)
+                if self.mode == "echo":
+                    writer.write(encrypt.update(plain))
+                    await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            return
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+
+
+@dataclass
+class MaskStub:
+    """Stands in for the real web site: records every byte of each connection until the peer half-closes,
+    then answers MASK_BANNER + sha256 of what it got, and closes."""
+
+    received: list[bytes] = field(default_factory=list)
+    server: asyncio.Server | None = None
+    events: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self.server = await asyncio.start_server(self._handle, host, port)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = bytearray()
+        try:
+            while True:
+                chunk = await asyncio.wait_for(reader.read(65536), 30)
+                if not chunk:
+                    break
+                data += chunk
+            writer.write(MASK_BANNER + hashlib.sha256(data).hexdigest().encode())
+            await writer.drain()
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            self.received.append(bytes(data))
+            self.events.put_nowait(bytes(data))
+            writer.close()
+
+    async def next_connection(self, timeout: float = 10) -> bytes:
+        return await asyncio.wait_for(self.events.get(), timeout)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+
+
+def expected_mask_reply(sent: bytes) -> bytes:
+    return MASK_BANNER + hashlib.sha256(sent).hexdigest().encode()
