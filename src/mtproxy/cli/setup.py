@@ -1,0 +1,307 @@
+"""`mtproxy-setup` / `mtproxy setup`: the install wizard (prompts or flags and MTPROXY_* variables)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TextIO
+
+from ..host import docker, templates
+from ..host.install import (
+    MANAGERS,
+    UFW_MODES,
+    InstallError,
+    InstallPlan,
+    InstallRecord,
+    Progress,
+    Transaction,
+    install_services,
+    make_dirs,
+    port_problem,
+    preflight,
+    snapshot,
+)
+from ..host.layout import HostLayout
+from ..host.runner import CommandError, Runner
+from ..paths import Paths
+from ..protocol.errors import SecretFormatError
+from ..protocol.secret import SecretKind, generate_secret, validate_domain
+from ..settings import check_port, check_server, check_workers, read_settings, update_settings
+from ..store import SecretRecord, StoreData, now_iso, update_store
+
+TYPES = {"ee": SecretKind.FAKE_TLS, "dd": SecretKind.PADDED, "plain": SecretKind.CLASSIC}
+TYPE_WORDS = {"ee": "ee", "fake-tls": "ee", "tls": "ee", "dd": "dd", "padded": "dd",
+              "plain": "plain", "classic": "plain"}
+
+UFW_EXPLAIN = (
+    "UFW: `ufw limit` refuses a source address's 7th new connection within 30 seconds. Telegram apps open\n"
+    "several connections at once and mobile users often share one address, so busy proxies may want a\n"
+    "plain `allow` instead (fail2ban still bans addresses that send bad handshakes)."
+)
+
+
+def _truthy(text: str | None) -> bool:
+    return (text or "").strip().lower() in ("1", "true", "yes", "y", "on")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mtproxy-setup",
+        description="Install mtproxy on this host: secret, Compose service (or systemd unit), UFW rule, "
+                    "fail2ban jail, logrotate; then start it and print the link and QR code.",
+        epilog="Examples:\n  mtproxy-setup\n  MTPROXY_PORT=2053 MTPROXY_DOMAIN=www.example.com "
+               "mtproxy-setup --non-interactive\n  mtproxy-setup -n --port 8444 --type dd --ufw allow",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a = p.add_argument
+    a("-n", "--non-interactive", action="store_true", help="no prompts: flags, MTPROXY_* variables, defaults")
+    a("--root", help="installation root (default $MTPROXY_ROOT or /opt/vless)")
+    a("--port", type=int, help="public port (MTPROXY_PORT, default 8443)")
+    a("--workers", type=int, help="worker processes (MTPROXY_WORKERS, default 1)")
+    a("--type", dest="secret_type", help="secret type: ee (fake-TLS, recommended), dd or plain")
+    a("--domain", help="fake-TLS domain, e.g. www.example.com (MTPROXY_DOMAIN)")
+    a("--server", help="server address or domain name for links (MTPROXY_SERVER)")
+    a("--ufw", choices=UFW_MODES, help="UFW rule: limit (default), allow or skip (MTPROXY_UFW)")
+    a("--manager", choices=MANAGERS, help="docker (default), systemd, or none (files only)")
+    a("--image", default=None, help=f"image to run (default {docker.DEFAULT_IMAGE})")
+    a("--build-script", help="deploy/docker/build-image.sh to build the image when it is missing")
+    a("--local-base", action="store_true", help="build the image on a debootstrapped local base")
+    a("--dry-run", action="store_true", help="check and show the plan; change nothing")
+    return p
+
+
+class Asker:
+    """Prompts on a terminal (stdin/stdout), re-asking until the answer validates."""
+
+    def __init__(self, stdin: TextIO, stdout: TextIO) -> None:
+        self.stdin = stdin
+        self.stdout = stdout
+
+    def ask(self, question: str, default: str, check: Callable[[str], object]) -> str:
+        for _ in range(10):
+            self.stdout.write(f"{question} [{default}]: ")
+            self.stdout.flush()
+            line = self.stdin.readline()
+            if not line:
+                raise InstallError("no answer (end of input)", "run with --non-interactive and flags")
+            answer = line.strip() or default
+            try:
+                check(answer)
+                return answer
+            except ValueError as exc:
+                self.stdout.write(f"  {exc}\n")
+        raise InstallError("too many invalid answers", "run it again")
+
+
+def _check_type(text: str) -> str:
+    word = TYPE_WORDS.get(text.strip().lower())
+    if word is None:
+        raise ValueError("answer ee (fake-TLS), dd or plain")
+    return word
+
+
+def _check_domain(text: str) -> str:
+    try:
+        return validate_domain(text.strip().lower())
+    except SecretFormatError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _check_ufw(text: str) -> str:
+    if text not in UFW_MODES:
+        raise ValueError(f"answer one of {', '.join(UFW_MODES)}")
+    return text
+
+
+def _check_yes(text: str) -> str:
+    if text.lower() not in ("y", "yes", "n", "no"):
+        raise ValueError("answer y or n")
+    return text
+
+
+def gather(ns: argparse.Namespace, env: Mapping[str, str], asker: Asker | None, runner: Runner,
+           paths: Paths, layout: HostLayout) -> InstallPlan | None:
+    """Turn flags, variables and answers into a plan. None: the operator declined."""
+    settings = read_settings(paths.settings_file)
+    record = InstallRecord.load(layout.install_record)
+    port = ns.port or (int(env["MTPROXY_PORT"]) if env.get("MTPROXY_PORT") else None)
+    workers = ns.workers or (int(env["MTPROXY_WORKERS"]) if env.get("MTPROXY_WORKERS") else None)
+    domain = ns.domain or env.get("MTPROXY_DOMAIN") or settings.domain
+    server = ns.server or env.get("MTPROXY_SERVER") or settings.server
+    kind = ns.secret_type or ("ee" if domain else ("dd" if _truthy(env.get("MTPROXY_PADDING", "1")) else "plain"))
+    ufw_mode = ns.ufw or env.get("MTPROXY_UFW") or (record.ufw_mode if record else "limit")
+    default_port = port or (record.port if record else settings.port)
+
+    def usable(text: str) -> int:
+        value = check_port(int(text) if text.isdigit() else -1)
+        problem = port_problem(value, record.port if record else None, runner)
+        if problem:
+            from .ports import suggest_free
+
+            free = suggest_free({value, settings.stats_port})
+            raise ValueError(f"port {value}: {problem}" + (f"; {free} is free" if free else ""))
+        return value
+
+    if asker is not None:
+        if asker.ask("Install the MTProxy add-on now? (y/n)", "y", _check_yes).lower().startswith("n"):
+            return None
+        if port is None and port_problem(default_port, record.port if record else None, runner):
+            from .ports import suggest_free
+
+            default_port = suggest_free({default_port, settings.stats_port}) or default_port
+            asker.stdout.write(f"  port {settings.port} is taken here; proposing {default_port}\n")
+        port = int(asker.ask("Public port", str(port or default_port), usable))
+        workers = int(asker.ask("Worker processes", str(workers or settings.workers),
+                                lambda t: check_workers(int(t) if t.isdigit() else -1)))
+        kind = _check_type(asker.ask("Secret type: ee = fake-TLS (recommended), dd, plain", kind, _check_type))
+        if kind == "ee":
+            domain = asker.ask("Fake-TLS domain (a real HTTPS site)", domain or "www.google.com", _check_domain)
+        server = asker.ask("Server address or domain for links", server or "auto",
+                           lambda t: t == "auto" or check_server(t))
+        server = None if server == "auto" else server
+        asker.stdout.write(UFW_EXPLAIN + "\n")
+        ufw_mode = asker.ask("UFW rule: limit, allow or skip", ufw_mode, _check_ufw)
+    else:
+        port = port or default_port
+        try:
+            usable(str(port))
+        except ValueError as exc:
+            raise InstallError(str(exc), "pass --port or MTPROXY_PORT with a free port") from None
+        workers = check_workers(workers or settings.workers)
+        kind = _check_type(kind)
+        if kind == "ee":
+            if not domain:
+                raise InstallError("fake-TLS (ee) needs a domain", "pass --domain or MTPROXY_DOMAIN")
+            domain = _check_domain(domain)
+        if server:
+            check_server(server)
+        _check_ufw(ufw_mode)
+    manager = ns.manager or ("docker" if runner.available("docker") else "systemd")
+    build_script = Path(ns.build_script) if ns.build_script else _find_build_script()
+    return InstallPlan(
+        root=paths.root, port=port, workers=workers, secret_type=kind,
+        domain=domain if kind == "ee" else None, server=server, ufw_mode=ufw_mode, manager=manager,
+        image=ns.image or (record.image if record else docker.DEFAULT_IMAGE), build_script=build_script,
+        local_base=ns.local_base or _truthy(env.get("MTPROXY_LOCAL_BASE")), stats_port=settings.stats_port,
+    )
+
+
+def _find_build_script() -> Path | None:
+    """deploy/docker/build-image.sh of the checkout this package runs from (an editable install)."""
+    candidate = Path(__file__).resolve().parents[3] / "deploy" / "docker" / "build-image.sh"
+    return candidate if candidate.is_file() else None
+
+
+def _ensure_secret(plan: InstallPlan, paths: Paths, random16: Callable[[], bytes]) -> SecretRecord:
+    """The first secret, unless an active one of the chosen type exists (a re-run keeps it)."""
+
+    def change(data: StoreData) -> tuple[StoreData, SecretRecord]:
+        for rec in data.active_records():
+            if rec.type == plan.secret_type and (rec.domain or None) == plan.domain:
+                return data, rec
+        secret = generate_secret(random16(), TYPES[plan.secret_type], plan.domain)
+        rec = SecretRecord.from_secret(os.urandom(4).hex(), secret, label="default", created_at=now_iso(),
+                                       created_by="mtproxy-setup")
+        return data.with_record(rec), rec
+
+    return update_store(paths.secrets_file, change)
+
+
+def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, out: TextIO,
+          random16: Callable[[], bytes] = lambda: os.urandom(16)) -> int:
+    warnings = preflight(plan, runner, layout)
+    for warning in warnings:
+        out.write(f"warning: {warning}\n")
+    if runner.dry_run:
+        out.write(f"dry run: would install {plan.manager} on port {plan.port} (ufw {plan.ufw_mode}); "
+                  "checks passed, nothing changed\n")
+        return 0
+    txn = Transaction()
+    steps = {"docker": 10, "systemd": 8, "none": 6}[plan.manager]
+    progress = Progress(out, steps)
+    try:
+        progress.start(f"Directories under {paths.root}")
+        make_dirs(plan, paths, layout, txn)
+        progress.finish()
+
+        progress.start("Settings (port, workers, domain, server)")
+        txn.add("the settings file", snapshot(paths.settings_file))
+        update_settings(paths.settings_file, port=plan.port, workers=plan.workers, domain=plan.domain,
+                        server=plan.server)
+        progress.finish()
+
+        progress.start("Secret")
+        txn.add("the secrets store", snapshot(paths.secrets_file))
+        record = _ensure_secret(plan, paths, random16)
+        uid, gid = (templates.CONTAINER_UID,) * 2 if plan.manager == "docker" else (0, 0)
+        for file in (paths.secrets_file, paths.settings_file):
+            os.chown(file, uid, gid)
+            os.chmod(file, 0o600)
+        progress.finish(f"{record.type} {record.masked()}")
+
+        progress.start("Links and QR codes")
+        from .artifacts import choose_server, write_all
+
+        settings = read_settings(paths.settings_file)
+        data = update_store(paths.secrets_file, lambda d: (d, d))
+        server = choose_server(settings, None)
+        notes = write_all(paths, data, settings, server)
+        progress.finish("; ".join(notes) or "ok")
+
+        files = install_services(plan, runner, layout, txn, progress)
+        InstallRecord(plan.port, plan.manager, plan.ufw_mode, plan.image, files).save(layout.install_record)
+    except (InstallError, CommandError, OSError, ValueError) as exc:
+        out.write("failed\n")
+        what, todo = (exc.what, exc.todo) if isinstance(exc, InstallError) else (str(exc), "")
+        out.write(f"mtproxy-setup: {what}\nUndoing what this run changed:\n")
+        txn.rollback(out)
+        if todo:
+            out.write(f"What to do: {todo}\n")
+        return 1
+    _print_result(plan, paths, record, server, out)
+    return 0
+
+
+def _print_result(plan: InstallPlan, paths: Paths, record: SecretRecord, server: object, out: TextIO) -> None:
+    from ..links import make_links
+    from ..qr import terminal_text
+
+    out.write("\nmtproxy is installed.\n")
+    address = getattr(server, "address", None)
+    if address:
+        links = make_links(address, plan.port, record.secret())
+        out.write(f"  link:  {links.tg}\n  web:   {links.https}\n")
+        out.write(terminal_text(links.tg) + "\n")
+    out.write(f"  files: {paths.default_link_file}, {paths.default_qr_png}\n")
+    out.write("  manage it with `mtproxy status`, `mtproxy add-secret`, `mtproxy show-config`\n")
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None,
+         stdin: TextIO | None = None, stdout: TextIO | None = None, runner: Runner | None = None) -> int:
+    ns = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if env is None else env
+    stdin = sys.stdin if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
+    runner = runner or Runner(dry_run=ns.dry_run)
+    paths = Paths.resolve(ns.root, environ)
+    layout = HostLayout.resolve(paths.root, environ)
+    interactive = not ns.non_interactive and not _truthy(environ.get("MTPROXY_NON_INTERACTIVE"))
+    if interactive and not (stdin.isatty() and stdout.isatty()):
+        stdout.write("mtproxy-setup: no terminal to ask questions on — run with --non-interactive "
+                     "(and flags or MTPROXY_* variables)\n")
+        return 6
+    try:
+        plan = gather(ns, environ, Asker(stdin, stdout) if interactive else None, runner, paths, layout)
+        if plan is None:
+            stdout.write("Nothing installed.\n")
+            return 0
+        return apply(plan, runner, paths, layout, stdout)
+    except InstallError as exc:
+        stdout.write(f"mtproxy-setup: {exc.what}" + (f" — {exc.todo}" if exc.todo else "") + "\n")
+        return 1
+    except KeyboardInterrupt:
+        stdout.write("\ninterrupted: nothing more was changed\n")
+        return 130

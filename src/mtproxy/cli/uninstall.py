@@ -1,0 +1,61 @@
+"""`mtproxy-uninstall` / `mtproxy uninstall`: remove the container, image, firewall rule, jail and files."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping
+from typing import TextIO
+
+from ..host.install import uninstall
+from ..host.layout import HostLayout
+from ..host.runner import CommandError, Runner
+from ..paths import Paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mtproxy-uninstall",
+        description="Remove mtproxy from this host: container and image (or systemd unit), UFW rule, fail2ban "
+                    "jail and filter, logrotate, logs and link files. The secrets are kept unless --purge.",
+        epilog="Examples:\n  mtproxy-uninstall\n  mtproxy-uninstall --yes --purge",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--purge", action="store_true", help="also delete the secrets and settings (config/)")
+    p.add_argument("--root", help="installation root (default $MTPROXY_ROOT or /opt/vless)")
+    p.add_argument("--dry-run", action="store_true", help="show what would be removed; change nothing")
+    return p
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None,
+         stdin: TextIO | None = None, stdout: TextIO | None = None, runner: Runner | None = None) -> int:
+    ns = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if env is None else env
+    stdin = sys.stdin if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
+    paths = Paths.resolve(ns.root, environ)
+    layout = HostLayout.resolve(paths.root, environ)
+    runner = runner or Runner(dry_run=ns.dry_run)
+    keep = "" if ns.purge else f" (the secrets in {paths.config_dir} are kept)"
+    if not ns.yes:
+        if not (stdin.isatty() and stdout.isatty()):
+            stdout.write("mtproxy-uninstall: refusing to remove without confirmation — pass --yes\n")
+            return 6
+        stdout.write(f"Remove mtproxy from this host{keep}? [y/N]: ")
+        stdout.flush()
+        if stdin.readline().strip().lower() not in ("y", "yes"):
+            stdout.write("Nothing removed.\n")
+            return 0
+    if os.geteuid() != 0:
+        stdout.write("mtproxy-uninstall: must run as root — run it again with sudo\n")
+        return 5
+    stdout.write("Removing mtproxy:\n")
+    try:
+        removed = uninstall(runner, paths, layout, ns.purge, stdout)
+    except (CommandError, OSError) as exc:
+        stdout.write(f"mtproxy-uninstall: {exc} — fix it and run mtproxy-uninstall again (it is safe to repeat)\n")
+        return 1
+    stdout.write(("Done" if removed else "Nothing was installed") + keep + ".\n")
+    return 0

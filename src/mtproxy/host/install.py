@@ -1,0 +1,323 @@
+"""Install and remove the proxy on a host: checks first, then steps that each know how to undo themselves.
+
+The setup wizard (cli/setup.py) only gathers answers into an `InstallPlan`; everything that changes the
+host happens here, in order, with progress lines, and is rolled back in reverse order when a step fails.
+What was installed is recorded in <root>/mtproxy/install.json so uninstall removes exactly that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from ..paths import Paths
+from . import docker, fail2ban, systemd, templates, ufw
+from .files import remove_file, write_file
+from .layout import HostLayout
+from .runner import CommandError, Runner
+
+MANAGERS = ("docker", "systemd", "none")
+UFW_MODES = ("limit", "allow", "skip")
+
+
+class InstallError(Exception):
+    """A check or a step failed; `todo` says what the operator can do about it."""
+
+    def __init__(self, what: str, todo: str = "") -> None:
+        super().__init__(what)
+        self.what = what
+        self.todo = todo
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    root: Path
+    port: int
+    workers: int
+    secret_type: str  # "ee", "dd" or "plain"
+    domain: str | None
+    server: str | None
+    ufw_mode: str = "limit"
+    manager: str = "docker"
+    image: str = docker.DEFAULT_IMAGE
+    build_script: Path | None = None  # deploy/docker/build-image.sh when the image must be built
+    local_base: bool = False
+    verify_timeout: float = 60.0
+    stats_port: int = 8888
+
+
+@dataclass
+class InstallRecord:
+    """Persisted by setup, read by uninstall and by a setup re-run (to know its own port is not a conflict)."""
+
+    port: int
+    manager: str
+    ufw_mode: str
+    image: str
+    files: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> InstallRecord | None:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            return cls(int(doc["port"]), str(doc["manager"]), str(doc["ufw_mode"]), str(doc["image"]),
+                       [str(f) for f in doc.get("files", [])])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def save(self, path: Path) -> None:
+        write_file(path, json.dumps(asdict(self), indent=2) + "\n", 0o600)
+
+
+class Progress:
+    """`[n/total] what … ok` lines; the wizard's only output channel while it changes the host."""
+
+    def __init__(self, out: TextIO, total: int) -> None:
+        self.out = out
+        self.total = total
+        self.done = 0
+
+    def start(self, what: str) -> None:
+        self.done += 1
+        self.out.write(f"[{self.done}/{self.total}] {what} … ")
+        self.out.flush()
+
+    def finish(self, note: str = "ok") -> None:
+        self.out.write(f"{note}\n")
+        self.out.flush()
+
+
+@dataclass
+class Transaction:
+    """Undo actions of the steps done so far; `rollback` runs them newest first and never raises."""
+
+    undo: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
+
+    def add(self, what: str, action: Callable[[], object]) -> None:
+        self.undo.append((what, action))
+
+    def rollback(self, out: TextIO) -> None:
+        for what, action in reversed(self.undo):
+            try:
+                action()
+                out.write(f"  undone: {what}\n")
+            except Exception as exc:  # rollback must go on; say what is left behind
+                out.write(f"  could not undo {what}: {exc}\n")
+        self.undo.clear()
+
+
+def snapshot(path: Path) -> Callable[[], None]:
+    """An undo that puts the file back as it is now (or removes it if it does not exist yet)."""
+    try:
+        before: bytes | None = path.read_bytes()
+        st = path.stat()
+    except FileNotFoundError:
+        before = None
+
+    def restore() -> None:
+        if before is None:
+            remove_file(path)
+        else:
+            path.write_bytes(before)
+            os.chmod(path, st.st_mode & 0o7777)
+            os.chown(path, st.st_uid, st.st_gid)
+
+    return restore
+
+
+def port_problem(port: int, own_port: int | None, runner: Runner) -> str | None:
+    """Bind the port as the proxy will (0.0.0.0 and ::); our own running proxy on it is not a conflict."""
+    from ..cli.ports import bind_error
+
+    problem = bind_error(port)
+    if problem is None or port != own_port:
+        return problem
+    current = docker.state(runner) if runner.available("docker") else None
+    return None if current is not None and current.status == "running" else problem
+
+
+def preflight(plan: InstallPlan, runner: Runner, layout: HostLayout) -> list[str]:
+    """Everything checked before anything changes. Raises InstallError; returns warnings."""
+    warnings: list[str] = []
+    if os.geteuid() != 0:
+        raise InstallError("setup must run as root (it writes under /etc and manages the firewall)",
+                           "run it again with sudo")
+    if plan.manager == "docker":
+        problem = docker.engine_problem(runner)
+        if problem:
+            raise InstallError(problem, "install Docker (https://docs.docker.com/engine/install/) or use "
+                                        "--manager systemd")
+        if not docker.image_exists(runner, plan.image) and plan.build_script is None:
+            raise InstallError(f"the image {plan.image} does not exist and there is no build script",
+                               "build it with deploy/docker/build-image.sh, or pass --image")
+    elif plan.manager == "systemd" and not systemd.available(runner):
+        raise InstallError("systemd is not running on this host", "use --manager docker")
+    record = InstallRecord.load(layout.install_record)
+    problem = port_problem(plan.port, record.port if record else None, runner)
+    if problem:
+        from ..cli.ports import suggest_free
+
+        free = suggest_free({plan.port, plan.stats_port})
+        raise InstallError(f"port {plan.port} cannot be used: {problem}",
+                           f"choose another port (for example {free})" if free else "choose another port")
+    if plan.ufw_mode != "skip" and not runner.available("ufw"):
+        warnings.append("ufw is not installed: no firewall rule added (open the port in your firewall)")
+    if not runner.available("fail2ban-client"):
+        warnings.append("fail2ban is not installed: the jail and filter are written but nothing enforces them")
+    return warnings
+
+
+def _owner(plan: InstallPlan) -> tuple[int, int]:
+    return (templates.CONTAINER_UID, templates.CONTAINER_UID) if plan.manager == "docker" else (0, 0)
+
+
+def make_dirs(plan: InstallPlan, paths: Paths, layout: HostLayout, txn: Transaction) -> None:
+    uid, gid = _owner(plan)
+    for directory, mode, owned in (
+        (paths.config_dir, 0o750, True),
+        (paths.logs_dir, 0o750, True),
+        (paths.data_dir, 0o750, True),
+        (layout.compose_dir, 0o700, False),
+    ):
+        created = []
+        missing = directory
+        while not missing.exists():
+            created.append(missing)
+            missing = missing.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, mode)
+        if owned:
+            os.chown(directory, uid, gid)
+        for path in created:
+            txn.add(f"created {path}", lambda p=path: p.exists() and shutil.rmtree(p))
+
+
+def _verify_port(port: int, timeout: float, sleep: Callable[[float], None] = time.sleep) -> None:
+    """The port answers a TCP connect (the proxy accepted it)."""
+    deadline = time.monotonic() + timeout
+    last: OSError | None = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                return
+        except OSError as exc:
+            last = exc
+            sleep(0.5)
+    raise InstallError(f"nothing answers on port {port} ({last})", "see `docker logs vless_mtproxy`")
+
+
+def install_services(plan: InstallPlan, runner: Runner, layout: HostLayout, txn: Transaction,
+                     progress: Progress) -> list[str]:
+    """Compose/unit, UFW, fail2ban, logrotate, start and verify. Returns the files written."""
+    paths = Paths(plan.root)
+    files: list[str] = []
+    log_file = paths.logs_dir / templates.LOG_NAME
+
+    if plan.manager == "docker":
+        progress.start(f"Writing the Compose service ({layout.compose_file})")
+        txn.add("the Compose file", snapshot(layout.compose_file))
+        write_file(layout.compose_file, templates.compose_file(plan.image, plan.root, plan.port, plan.stats_port),
+                   0o644)
+        files.append(str(layout.compose_file))
+        progress.finish()
+    elif plan.manager == "systemd":
+        progress.start(f"Writing the systemd unit ({layout.systemd_unit})")
+        txn.add("the systemd unit", lambda: systemd.remove(runner, layout))
+        mtproxy_bin = shutil.which("mtproxy") or "/usr/local/bin/mtproxy"
+        systemd.install(runner, layout, mtproxy_bin, plan.port, "mtproxy")
+        files.append(str(layout.systemd_unit))
+        progress.finish()
+
+    progress.start(f"Firewall: ufw {plan.ufw_mode} {plan.port}/tcp")
+    if plan.ufw_mode == "skip" or not runner.available("ufw"):
+        progress.finish("skipped")
+    else:
+        if ufw.add_rule(runner, plan.port, plan.ufw_mode):
+            txn.add("the UFW rule", lambda: ufw.remove_rule(runner, plan.port))
+            progress.finish("added")
+        else:
+            progress.finish("already there")
+
+    progress.start("fail2ban jail and filter, logrotate")
+    for path in (layout.fail2ban_filter, layout.fail2ban_jail, layout.logrotate):
+        txn.add(str(path), snapshot(path))
+    fail2ban.install(runner, layout, log_file, plan.port)
+    uid, gid = _owner(plan)
+    os.chown(log_file, uid, gid)
+    write_file(layout.logrotate, templates.logrotate(paths.logs_dir), 0o644)
+    files += [str(layout.fail2ban_filter), str(layout.fail2ban_jail), str(layout.logrotate)]
+    progress.finish()
+
+    if plan.manager == "docker":
+        progress.start(f"Image {plan.image}")
+        if docker.image_exists(runner, plan.image):
+            progress.finish("present")
+        else:
+            assert plan.build_script is not None  # preflight made sure
+            argv = [str(plan.build_script), "--tag", plan.image, *(["--local-base"] if plan.local_base else [])]
+            runner.run(argv, timeout=1800)
+            txn.add(f"the image {plan.image}", lambda: docker.remove_image(runner, plan.image))
+            progress.finish("built")
+        progress.start("Starting the container vless_mtproxy")
+        txn.add("the container", lambda: docker.compose_down(runner, layout.compose_file))
+        docker.compose_up(runner, layout.compose_file)
+        if runner.dry_run:
+            progress.finish("(dry run)")
+            return files
+        try:
+            docker.wait_healthy(runner, timeout=plan.verify_timeout)
+        except TimeoutError as exc:
+            raise InstallError(str(exc), "its last log lines:\n" + docker.logs_tail(runner)) from None
+        progress.finish("healthy")
+    if plan.manager != "none" and not runner.dry_run:
+        progress.start(f"Checking that port {plan.port} answers")
+        _verify_port(plan.port, plan.verify_timeout)
+        progress.finish()
+    return files
+
+
+def uninstall(runner: Runner, paths: Paths, layout: HostLayout, purge: bool, out: TextIO) -> list[str]:
+    """Remove what setup installed; keep the secrets (config/) unless `purge`. Returns what was removed."""
+    record = InstallRecord.load(layout.install_record)
+    removed: list[str] = []
+
+    def note(what: str) -> None:
+        removed.append(what)
+        out.write(f"  removed {what}\n")
+
+    if runner.available("docker") and docker.engine_problem(runner) is None:
+        if layout.compose_file.exists():
+            try:
+                docker.compose_down(runner, layout.compose_file)
+            except CommandError:
+                pass  # fall through to removing the container by name
+        if docker.remove_container(runner):
+            note("container vless_mtproxy")
+        elif layout.compose_file.exists():
+            note("container vless_mtproxy (compose down)")
+        image = record.image if record else docker.DEFAULT_IMAGE
+        if docker.remove_image(runner, image):
+            note(f"image {image}")
+    if systemd.remove(runner, layout):
+        note("systemd unit mtproxy.service")
+    if record is not None and runner.available("ufw") and ufw.remove_rule(runner, record.port):
+        note(f"UFW rule for {record.port}/tcp")
+    for path in fail2ban.remove(runner, layout):
+        note(str(path))
+    if remove_file(layout.logrotate):
+        note(str(layout.logrotate))
+    if layout.compose_dir.exists():
+        shutil.rmtree(layout.compose_dir)
+        note(str(layout.compose_dir))
+    for directory in (paths.logs_dir, paths.data_dir, *([paths.config_dir] if purge else [])):
+        if directory.exists():
+            shutil.rmtree(directory)
+            note(str(directory))
+    return removed
