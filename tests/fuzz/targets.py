@@ -1,0 +1,171 @@
+"""Fuzz targets over the protocol core's parsers: each takes arbitrary bytes and checks the only allowed outcomes.
+
+House rule 2: nothing derived from network bytes may raise an unexpected exception. A target raises
+(and so makes the fuzzer report a crash) when the code under test does anything else.
+The targets run under atheris (tests/fuzz/run.py) and, without atheris, over the seed inputs in pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from mtproxy.protocol import faketls, obfs2, transport
+from mtproxy.protocol.errors import ProtocolError
+from mtproxy.protocol.handshake import (
+    Authenticated,
+    Handshake,
+    HandshakeSettings,
+    NeedMore,
+    Rejected,
+    SecretTable,
+)
+from mtproxy.protocol.replay import ReplayFilter
+from mtproxy.protocol.secret import Secret, SecretKind
+
+HELLOS = Path(__file__).resolve().parents[1] / "data" / "tdlib_hellos"
+_INDEX = json.loads((HELLOS / "index.json").read_text())
+KEY = bytes.fromhex(_INDEX["key"])
+DOMAIN: str = _INDEX["domain"]
+# The time TDLib put in its first captured hello: fuzzing "now" around it lets captured hellos authenticate.
+CAPTURE_TIME = next(c["timestamp"] for c in _INDEX["captures"] if c["name"] == "ee")
+FIRST_HELLO = (HELLOS / "ee_0.bin").read_bytes()
+
+_TABLE = SecretTable(
+    [
+        ("classic", Secret(bytes(range(16)), SecretKind.CLASSIC)),
+        ("dd", Secret(bytes(range(16, 32)), SecretKind.PADDED)),
+        ("tdlib", Secret(KEY, SecretKind.FAKE_TLS, DOMAIN)),
+    ]
+)
+_SETTINGS = (
+    HandshakeSettings(),
+    HandshakeSettings(allow_obfuscated=False, tls_domains=frozenset({DOMAIN})),
+    HandshakeSettings(allow_faketls=False),
+)
+
+
+def _new_handshake(settings: HandshakeSettings) -> Handshake:
+    # A fresh, small replay filter each run: runs must not depend on one another.
+    return Handshake(_TABLE, settings, ReplayFilter.in_process(64), os.urandom)
+
+
+def _drive(handshake: Handshake, data: bytes, chunk: int, now: float) -> None:
+    """Feed `data` in chunks of `chunk` bytes until the handshake decides; check every step's type."""
+    pos = 0
+    while True:
+        piece = data[pos : pos + chunk]
+        pos += len(piece)
+        step = handshake.feed(piece, now)
+        if isinstance(step, NeedMore):
+            if not isinstance(step.send, bytes):
+                raise AssertionError("NeedMore.send is not bytes")
+            if pos >= len(data):
+                return
+            continue
+        if isinstance(step, Rejected):
+            # The mask must get exactly the bytes the client sent, or the prober sees a difference.
+            # (Unmaskable rejections are only closed, so their `received` is not checked.)
+            if step.maskable and step.received != data[:pos]:
+                raise AssertionError("Rejected.received is not exactly what was fed")
+            return
+        if isinstance(step, Authenticated):
+            return
+        raise AssertionError(f"unexpected step {step!r}")
+
+
+def _split_header(data: bytes) -> tuple[HandshakeSettings, int, float, bytes]:
+    """First 3 bytes choose the settings, the chunk size and the clock; the rest is the stream."""
+    if len(data) < 3:
+        return _SETTINGS[0], 1, float(CAPTURE_TIME), data
+    settings = _SETTINGS[data[0] % len(_SETTINGS)]
+    chunk = data[1] % 97 + 1
+    now = float(CAPTURE_TIME + (data[2] - 128) * 8)  # about ±17 minutes: inside and outside the window
+    return settings, chunk, now, data[3:]
+
+
+def handshake(data: bytes) -> None:
+    """Arbitrary bytes as a client's first flight, split at a fuzzed chunk size."""
+    settings, chunk, now, stream = _split_header(data)
+    _drive(_new_handshake(settings), stream, chunk, now)
+
+
+def handshake_after_hello(data: bytes) -> None:
+    """A real TDLib hello that authenticates, then arbitrary bytes where the TLS-wrapped init belongs."""
+    _, chunk, _, stream = _split_header(data)
+    _drive(_new_handshake(_SETTINGS[1]), FIRST_HELLO + stream, chunk, float(CAPTURE_TIME))
+
+
+def tls_hello(data: bytes) -> None:
+    """The ClientHello parser on a record built around arbitrary bytes: a hello or TlsFormatError only."""
+    body = data[:16384]
+    record = faketls.HELLO_PREFIX + len(body).to_bytes(2, "big") + body
+    try:
+        hello = faketls.parse_client_hello(record)
+    except faketls.TlsFormatError:
+        return
+    if len(hello.random) != faketls.RANDOM_SIZE:
+        raise AssertionError("parsed random is not 32 bytes")
+    faketls.client_timestamp(faketls.keyed_hmac(KEY), hello)
+    try:
+        faketls.choose_cipher_suite(hello)
+    except faketls.TlsFormatError:
+        return
+
+
+def tls_records(data: bytes) -> None:
+    """The post-handshake record reader, fed in two pieces: payload bytes or TlsFormatError only."""
+    reader = faketls.TlsRecordReader()
+    cut = data[0] if data else 0
+    try:
+        out = reader.unwrap(data[1 : 1 + cut]) + reader.unwrap(data[1 + cut :])
+    except faketls.TlsFormatError:
+        return
+    if len(out) > len(data):
+        raise AssertionError("reader produced more bytes than it was given")
+
+
+def obfs2_init(data: bytes) -> None:
+    """Any 64 bytes as an init under a fixed key: a decoded init or None, never an exception."""
+    init = (data + bytes(64))[:64]
+    decoded = obfs2.decode_init(init, KEY)
+    if decoded is not None and decoded.tag not in obfs2.KNOWN_TAGS:
+        raise AssertionError("decode_init accepted an unknown tag")
+
+
+def frames(data: bytes) -> None:
+    """The frame decoder for each tag: frames or ProtocolError only."""
+    for tag in (obfs2.TAG_ABRIDGED, obfs2.TAG_INTERMEDIATE, obfs2.TAG_PADDED):
+        decoder = transport.FrameDecoder(tag)
+        try:
+            for frame in decoder.feed(data):
+                if len(frame) > transport.MAX_FRAME:
+                    raise AssertionError("frame over the limit")
+        except ProtocolError:
+            continue
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "handshake": handshake,
+    "handshake_after_hello": handshake_after_hello,
+    "tls_hello": tls_hello,
+    "tls_records": tls_records,
+    "obfs2_init": obfs2_init,
+    "frames": frames,
+}
+
+
+def seeds(target: str) -> list[bytes]:
+    """Starting inputs: the captured TDLib flights (with a settings/chunk/clock header where the
+    target takes one), so the fuzzer starts from real client bytes."""
+    captures = sorted(HELLOS.glob("*.bin"))
+    raw = [path.read_bytes() for path in captures]
+    if target in ("handshake", "handshake_after_hello"):
+        return [bytes([n % 3, 7 + n, 128]) + blob for n, blob in enumerate(raw)] + [b"\x00\x00\x80"]
+    if target == "tls_hello":
+        return [blob[5:] for blob in raw if blob.startswith(faketls.HELLO_PREFIX)]
+    if target == "tls_records":
+        return [b"\x06" + faketls.CHANGE_CIPHER_SPEC + faketls.wrap_records(blob[:300]) for blob in raw[:2]]
+    return raw
