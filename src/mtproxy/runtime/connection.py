@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mtproxy.connection")
 
+LINGER = 5.0  # seconds a closed connection may spend flushing to a slow peer
 _SLACK = 16  # update_into wants len(data) + block_size - 1 bytes of room
 
 
@@ -97,6 +98,18 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.upstream is not None:
             self.upstream.close()
         self.server.session_ended(self)
+        # close() flushes; a peer that never reads would keep the socket forever, so bound the linger
+        up = self.upstream.transport if self.upstream is not None else None
+        if (self.transport is not None and self.transport.get_write_buffer_size()) or (
+            up is not None and up.get_write_buffer_size()
+        ):
+            self.server.loop.call_later(LINGER, self._hard_close)
+
+    def _hard_close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.abort()
 
     def abort(self) -> None:
         """Drop without flushing (removed secret, shutdown deadline)."""

@@ -57,6 +57,8 @@ class _Leg(asyncio.BufferedProtocol):
 
     def close(self) -> None:
         if self.transport is not None:
+            # keep reading (and dropping) so a peer blocked on writing to us can take our last bytes
+            self.transport.resume_reading()
             self.transport.close()
 
     def eof_received(self) -> bool:

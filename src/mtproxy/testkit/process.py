@@ -1,0 +1,81 @@
+"""Start the real engine as a subprocess (`python -m mtproxy.runtime`) and wait, bounded, until it serves."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class ProxyProcess:
+    """One engine process; its stderr goes to a file the test can read."""
+
+    def __init__(self, args: list[str], log_path: Path, ready_lines: int = 1, cwd: Path | None = None) -> None:
+        self.args = args
+        self.log_path = log_path
+        self._ready_lines = ready_lines
+        self.port = 0
+        self.stats_port = 0
+        self.out_path = log_path.with_suffix(".out")
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._out = open(self.out_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mtproxy.runtime", *args],
+            stdout=self._out, stderr=self._log, cwd=cwd,
+            env=dict(os.environ, MTPROXY_QR="0"),
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    @property
+    def stdout(self) -> str:
+        return self.out_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_ready(self, timeout: float = 15.0) -> ProxyProcess:
+        deadline = time.monotonic() + timeout
+        while self.log.count("ready:") < self._ready_lines:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the proxy exited with {self.proc.returncode}:\n{self.log}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the proxy did not get ready in {timeout} s:\n{self.log}")
+            time.sleep(0.02)
+        return self
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while self.log.count(text) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{text!r} did not appear {count} times in the log:\n{self.log}")
+            time.sleep(0.02)
+        return self.log
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._out.close()
+        self._log.close()
+        return self.proc.returncode
