@@ -30,7 +30,9 @@ def _emit(event: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def run(server: str, port: int, secret: str, seconds: float, pings: int, enable: bool, verbosity: int) -> int:
+def run(
+    server: str, port: int, secret: str, seconds: float, pings: int, enable: bool, verbosity: int, db: str | None
+) -> int:
     """Add the proxy, optionally enable it for the main session, ping it `pings` times; stop at the deadline."""
     import tdjson  # imported here so `--help` works without the binary
 
@@ -49,14 +51,14 @@ def run(server: str, port: int, secret: str, seconds: float, pings: int, enable:
     deadline = time.monotonic() + seconds
     pings_left = pings
     closing = False
-    with tempfile.TemporaryDirectory(prefix="tdlib-") as db:
+    with tempfile.TemporaryDirectory(prefix="tdlib-", dir=db) as db_dir:
         send(
             {
                 "@type": "setTdlibParameters",
                 # Production mode: the key TDLib then expects is the main one (0xd09d1d85de64fd85).
                 "use_test_dc": False,
-                "database_directory": db,
-                "files_directory": db,
+                "database_directory": db_dir,
+                "files_directory": db_dir,
                 "use_file_database": False,
                 "use_chat_info_database": False,
                 "use_message_database": False,
@@ -120,8 +122,9 @@ def main() -> int:
     parser.add_argument("--pings", type=int, default=1, help="how many pingProxy calls, one after another")
     parser.add_argument("--enable", action="store_true", help="enable the proxy for the main session too")
     parser.add_argument("--verbosity", type=int, default=0, help="TDLib log verbosity (stderr)")
+    parser.add_argument("--db", help="parent directory for TDLib's temporary database (default: system temp)")
     args = parser.parse_args()
-    return run(args.server, args.port, args.secret, args.seconds, args.pings, args.enable, args.verbosity)
+    return run(args.server, args.port, args.secret, args.seconds, args.pings, args.enable, args.verbosity, args.db)
 
 
 if __name__ == "__main__":
