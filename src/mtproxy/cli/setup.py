@@ -37,7 +37,7 @@ TYPE_WORDS = {"ee": "ee", "fake-tls": "ee", "tls": "ee", "dd": "dd", "padded": "
               "plain": "plain", "classic": "plain"}
 
 UFW_EXPLAIN = (
-    "UFW: `ufw limit` refuses a source address's 7th new connection within 30 seconds. Telegram apps open\n"
+    "UFW: `ufw limit` refuses a source address's 6th and later new connections within 30 seconds. Telegram apps open\n"
     "several connections at once and mobile users often share one address, so busy proxies may want a\n"
     "plain `allow` instead (fail2ban still bans addresses that send bad handshakes)."
 )

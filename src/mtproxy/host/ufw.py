@@ -1,6 +1,7 @@
 """UFW: the one rule that opens (and rate-limits) the proxy's port; present whether UFW is active or not.
 
-`ufw limit` denies a source address's 7th new connection within 30 seconds. Telegram apps open several
+`ufw limit` refuses a source address's 6th and later new connections within 30 seconds (ufw's hitcount 6
+counts the new one; tests/deploy measure it). Telegram apps open several
 connections at once and mobile carriers put many users behind one address, so the wizard explains this
 and offers a plain `allow`. UFW rules live in the INPUT chain: they govern the proxy because it runs in the
 host's network namespace (host networking or the systemd unit), see docs/deploy.md.
