@@ -379,7 +379,9 @@ def _lock_path(path: Path) -> Path:
 
 
 def _access_error(path: Path, exc: OSError, doing: str) -> StoreAccessError:
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno == errno.EROFS:
+        return StoreAccessError(path, f"read-only file system while {doing}", "remount it read-write or use --root")
+    if exc.errno in (errno.EACCES, errno.EPERM):
         return StoreAccessError(
             path, f"permission denied while {doing}", "run as root, or fix the directory's permissions"
         )

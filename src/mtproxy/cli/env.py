@@ -15,6 +15,10 @@ from ..host.runner import Runner
 from ..paths import Paths
 
 
+class OutputClosed(Exception):
+    """The reader of our output went away (`| head`). Not an OSError, so click does not turn it into exit 1."""
+
+
 def _colour_wanted(stream: TextIO, forced: bool | None) -> bool:
     if forced is not None:
         return forced
@@ -63,11 +67,19 @@ class Env:
         return self.stderr_stream or sys.stderr
 
     # Output helpers: every line goes through here so colour is decided in one place.
-    def out(self, text: str = "") -> None:
-        click.echo(text, file=self.stdout, color=self.colour)
+    def out(self, text: str = "", nl: bool = True) -> None:
+        try:
+            click.echo(text, file=self.stdout, color=self.colour, nl=nl)
+            if not nl:
+                self.stdout.flush()
+        except BrokenPipeError:
+            raise OutputClosed from None
 
     def err(self, text: str) -> None:
-        click.echo(text, file=self.stderr, color=self.colour)
+        try:
+            click.echo(text, file=self.stderr, color=self.colour)
+        except BrokenPipeError:
+            raise OutputClosed from None
 
     def style(self, text: str, **kw: object) -> str:
         return click.style(text, **kw) if self.colour else text  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ import click
 
 from ..host.runner import CommandError
 from ..store import StoreAccessError, StoreError
-from .env import Env
+from .env import Env, OutputClosed
 from .errors import CliError, ExitStatus
 
 ROOT_HELP = "Installation root (default: $MTPROXY_ROOT or /opt/vless)."
@@ -210,7 +210,7 @@ def _dispatch(args: list[str], debug: bool, env: Env | None = None) -> int:
     except KeyboardInterrupt:
         _fail(CliError("interrupted", "", ExitStatus.INTERRUPTED))
         return int(ExitStatus.INTERRUPTED)
-    except BrokenPipeError:
+    except (BrokenPipeError, OutputClosed):
         _quiet_broken_pipe()
         return int(ExitStatus.OK)
     except Exception as exc:

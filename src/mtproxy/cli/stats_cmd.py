@@ -123,12 +123,12 @@ def stats(env: Env, live: bool, json_out: bool, interval: float, count: int | No
         while count is None or drawn < count:
             data = fetch_stats(port)
             if env.colour and not json_out:
-                env.stdout.write("\x1b[H\x1b[2J")  # home + clear: redraw in place on a terminal
+                env.out("\x1b[H\x1b[2J", nl=False)  # home + clear: redraw in place on a terminal
             if data is None:
                 env.out(f"no proxy answers on {endpoint} (retrying every {interval:g} s, Ctrl-C to stop)")
             else:
                 env.out(as_json(env, data, endpoint) if json_out else render(env, data, endpoint))
-            env.stdout.flush()
+            env.out("", nl=False)  # flush now, so a pipe reader sees each frame
             drawn += 1
             if count is None or drawn < count:
                 time.sleep(interval)

@@ -1,0 +1,1 @@
+"""Tests of the operator CLI, each in its own temp root."""

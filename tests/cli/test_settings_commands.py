@@ -1,0 +1,122 @@
+"""set-port, set-workers, set-server: validation (range, reserved, really free), saving, links rewritten."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from mtproxy.cli.errors import ExitStatus
+from mtproxy.paths import Paths
+from mtproxy.settings import read_settings
+
+from .conftest import SERVER, Result
+
+Cli = Callable[..., Result]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port another program listens on, on 127.0.0.1 only (as Xray does with 8443)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        yield int(sock.getsockname()[1])
+
+
+def test_set_port_saves_and_rewrites_links(cli: Cli, paths: Paths) -> None:
+    cli("add-secret", "--label", "a")
+    value = json.loads(paths.secrets_file.read_text())["secrets"][0]["value"]
+    port = _free_port()
+    result = cli("set-port", str(port))
+    assert result.status == ExitStatus.OK, result.err
+    assert read_settings(paths.settings_file).port == port
+    assert f"port set to {port} (was 8443)" in result.out
+    assert "no proxy is running" in result.out
+    link = f"tg://proxy?server={SERVER}&port={port}&secret={value}"
+    assert paths.default_link_file.read_text().splitlines()[0] == link
+    assert cli("show-config", "--no-qr").out.count(link) == 1
+    again = cli("set-port", str(port))
+    assert again.status == ExitStatus.OK and "nothing to do" in again.out
+
+
+def test_set_port_refuses_a_port_in_use_even_on_loopback_only(cli: Cli, paths: Paths, busy_port: int) -> None:
+    result = cli("set-port", str(busy_port))
+    assert result.status == ExitStatus.CONFLICT
+    assert result.err.startswith(f"mtproxy: port {busy_port} cannot be used: already in use — pick")
+    assert not paths.settings_file.exists()
+
+
+@pytest.mark.parametrize(("port", "why"), [("443", "VLESS Reality"), ("8888", "stats endpoint"), ("22", "SSH")])
+def test_set_port_refuses_reserved_ports(cli: Cli, paths: Paths, port: str, why: str) -> None:
+    result = cli("set-port", port)
+    assert result.status == ExitStatus.CONFLICT and why in result.err
+    assert "mtproxy set-port" in result.err  # a suggestion of a free port
+    assert not paths.settings_file.exists()
+
+
+def test_set_port_refuses_the_vpn_stacks_xray_inbounds(cli: Cli, paths: Paths) -> None:
+    port = _free_port()
+    (paths.root / "config").mkdir(parents=True)
+    (paths.root / "config" / "config.json").write_text(json.dumps({"inbounds": [{"port": port, "tag": "vless"}]}))
+    result = cli("set-port", str(port))
+    assert result.status == ExitStatus.CONFLICT and "Xray inbound vless" in result.err
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "-5"])
+def test_set_port_out_of_range(cli: Cli, port: str) -> None:
+    result = cli("set-port", "--", port) if port.startswith("-") else cli("set-port", port)
+    assert result.status == ExitStatus.USAGE
+
+
+def test_set_port_not_a_number(cli: Cli) -> None:
+    result = cli("set-port", "http")
+    assert result.status == ExitStatus.USAGE and "not a valid integer" in result.err
+
+
+def test_set_workers(cli: Cli, paths: Paths) -> None:
+    result = cli("set-workers", "2")
+    assert result.status == ExitStatus.OK, result.err
+    assert read_settings(paths.settings_file).workers == 2
+    assert cli("set-workers", "0").status == ExitStatus.USAGE
+    assert cli("set-workers", "65").status == ExitStatus.USAGE
+    assert read_settings(paths.settings_file).workers == 2
+
+
+def test_settings_file_keeps_other_keys_and_is_atomic_json(cli: Cli, paths: Paths) -> None:
+    paths.settings_file.parent.mkdir(parents=True)
+    paths.settings_file.write_text(json.dumps({"version": 1, "domain": "www.example.com", "workers": 3}))
+    assert cli("set-workers", "1").status == ExitStatus.OK
+    doc = json.loads(paths.settings_file.read_text())
+    assert doc["domain"] == "www.example.com" and doc["workers"] == 1 and doc["port"] == 8443
+
+
+def test_malformed_settings_file_is_reported_and_untouched(cli: Cli, paths: Paths) -> None:
+    paths.settings_file.parent.mkdir(parents=True)
+    paths.settings_file.write_text('{"port": "eighty"}')
+    before = paths.settings_file.read_bytes()
+    for args in (["set-port", str(_free_port())], ["set-workers", "2"], ["add-secret"]):
+        result = cli(*args)
+        assert result.status == ExitStatus.DATA, args
+        assert str(paths.settings_file) in result.err and "port must be" in result.err
+    assert paths.settings_file.read_bytes() == before
+
+
+def test_set_server_and_guess(cli: Cli, paths: Paths) -> None:
+    cli("add-secret", "--label", "a")
+    result = cli("set-server", "proxy.example.net", server_override=None)
+    assert result.status == ExitStatus.OK, result.err
+    assert read_settings(paths.settings_file).server == "proxy.example.net"
+    assert "server=proxy.example.net&" in paths.default_link_file.read_text()
+    assert cli("set-server", "http://x/y").status == ExitStatus.USAGE
+    assert cli("set-server").status == ExitStatus.USAGE
+    assert cli("set-server", "--guess").status == ExitStatus.OK
+    assert read_settings(paths.settings_file).server is None
