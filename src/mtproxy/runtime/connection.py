@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mtproxy.connection")
 
+# until the core has a reason of its own for "closed mid-handshake"
+_EOF_REASON: RejectReason = getattr(RejectReason, "HANDSHAKE_EOF", RejectReason.UNKNOWN_SECRET)
 LINGER = 5.0  # seconds a closed connection may spend flushing to a slow peer
 _SLACK = 16  # update_into wants len(data) + block_size - 1 bytes of room
 
@@ -147,7 +149,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                 self.close()
                 return False
             # A probe that sent a short request and half-closed expects the site's answer now.
-            self._reject(RejectReason.UNKNOWN_SECRET, received, maskable=True)
+            self._reject(_EOF_REASON, received, maskable=True)
             return True
         if self.upstream is not None and self.upstream.transport is not None:
             if self.upstream.transport.can_write_eof():

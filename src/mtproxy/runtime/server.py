@@ -18,7 +18,7 @@ from mtproxy.protocol.obfs2 import TAG_PADDED
 from mtproxy.protocol.replay import ReplayFilter
 from mtproxy.stats.counters import Counters
 
-from .connection import ClientConnection, Phase
+from .connection import ClientConnection
 from .dc import DcTable
 from .secrets import SecretSet
 
@@ -231,10 +231,7 @@ class Server:
         for srv in self._servers:
             srv.close()
         end = self.loop.time() + deadline
-        # handshakes in progress cannot become sessions any more: close them now
-        for conn in list(self.connections):
-            if conn.phase in (Phase.HANDSHAKE, Phase.MASK):
-                conn.close()
+        # handshakes in progress may finish (bounded by the handshake timeout) and become sessions
         while self.connections and self.loop.time() < end:
             await asyncio.sleep(min(0.05, max(0.0, end - self.loop.time())))
         if self.connections:

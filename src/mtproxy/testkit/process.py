@@ -28,8 +28,8 @@ class ProxyProcess:
         self.port = 0
         self.stats_port = 0
         self.out_path = log_path.with_suffix(".out")
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self._out = open(self.out_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(log_path, "wb")  # closed in stop()
+        self._out = open(self.out_path, "wb")  # closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mtproxy.runtime", *args],
             stdout=self._out, stderr=self._log, cwd=cwd,

@@ -69,8 +69,8 @@ class FakeDc:
 
 @dataclass
 class MaskStub:
-    """Stands in for the real web site: records every byte of each connection until the peer half-closes,
-    then answers MASK_BANNER + sha256 of what it got, and closes."""
+    """Stands in for the real web site: answers MASK_BANNER to the first bytes, records every byte until the
+    peer half-closes, then sends the sha256 of what it got and closes."""
 
     received: list[bytes] = field(default_factory=list)
     server: asyncio.Server | None = None
@@ -87,8 +87,12 @@ class MaskStub:
                 chunk = await asyncio.wait_for(reader.read(65536), 30)
                 if not chunk:
                     break
+                if not data:
+                    writer.write(MASK_BANNER)  # answer at once, as a site would; clients fail fast
                 data += chunk
-            writer.write(MASK_BANNER + hashlib.sha256(data).hexdigest().encode())
+            if not data:
+                writer.write(MASK_BANNER)
+            writer.write(hashlib.sha256(data).hexdigest().encode())
             await writer.drain()
         except (OSError, TimeoutError):
             pass

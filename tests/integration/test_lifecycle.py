@@ -1,0 +1,176 @@
+"""SIGTERM: stop accepting, drain, exit 0; limits; the generated secret; healthcheck; official flags."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mtproxy.protocol.secret import Secret, SecretKind, parse_secret
+from mtproxy.testkit.background import BackgroundPeers
+from mtproxy.testkit.client import ProxyClientError, open_client, secret_for_mode
+from mtproxy.testkit.process import ProxyProcess, free_port
+
+from .conftest import DOMAIN, ProxyFactory, run
+
+
+def test_sigterm_drains_then_exits_zero(start_proxy: ProxyFactory, secret: Secret) -> None:
+    proxy = start_proxy("-S", secret.to_hex(), "--drain-timeout", "10")
+
+    async def scenario() -> None:
+        client = await open_client("127.0.0.1", proxy.port, secret)
+        proxy.signal(signal.SIGTERM)
+        await asyncio.get_running_loop().run_in_executor(None, proxy.wait_log, "stopping")
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", proxy.port)
+        await client.send(b"during drain")  # the established session keeps working
+        assert await client.recv_exactly(12) == b"during drain"
+        started = time.monotonic()
+        await client.close()
+        rc = await asyncio.get_running_loop().run_in_executor(None, proxy.wait, 5)
+        assert rc == 0
+        assert time.monotonic() - started < 3
+
+    run(scenario())
+
+
+def test_sigterm_deadline_closes_sessions(start_proxy: ProxyFactory, secret: Secret) -> None:
+    proxy = start_proxy("-S", secret.to_hex(), "--drain-timeout", "0.5")
+
+    async def scenario() -> None:
+        client = await open_client("127.0.0.1", proxy.port, secret)
+        started = time.monotonic()
+        proxy.signal(signal.SIGTERM)
+        assert await asyncio.get_running_loop().run_in_executor(None, proxy.wait, 5) == 0
+        assert time.monotonic() - started < 3
+        with pytest.raises((ProxyClientError, OSError)):
+            await client.recv_exactly(1)
+        await client.close()
+
+    run(scenario())
+
+
+def test_per_ip_cap_and_max_connections(start_proxy: ProxyFactory, secret: Secret) -> None:
+    proxy = start_proxy("-S", secret.to_hex(), "--max-connections-per-ip", "2")
+
+    async def scenario() -> None:
+        held = [await open_client("127.0.0.1", proxy.port, secret) for _ in range(2)]
+        with pytest.raises((ProxyClientError, OSError)):
+            extra = await open_client("127.0.0.1", proxy.port, secret, timeout=3)
+            await extra.send(b"x")
+            await extra.recv_exactly(1)
+        for client in held:
+            await client.close()
+        await asyncio.sleep(0.2)
+        again = await open_client("127.0.0.1", proxy.port, secret)  # a slot is free again
+        await again.close()
+
+    run(scenario())
+    stats = stats_of(proxy.stats_port)
+    assert int(stats["refused_by_limit"]) >= 1
+
+
+def test_idle_timeout_closes_session(start_proxy: ProxyFactory, secret: Secret) -> None:
+    proxy = start_proxy("-S", secret.to_hex(), "--idle-timeout", "0.4")
+
+    async def scenario() -> None:
+        client = await open_client("127.0.0.1", proxy.port, secret)
+        await client.send(b"ok")
+        assert await client.recv_exactly(2) == b"ok"
+        started = time.monotonic()
+        with pytest.raises(ProxyClientError):
+            await client.recv_exactly(1)
+        assert time.monotonic() - started < 2.5
+        await client.close()
+
+    run(scenario())
+
+
+def stats_of(port: int) -> dict[str, str]:
+    import urllib.request
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5).read().decode()
+    return dict(line.split("\t", 1) for line in body.splitlines())
+
+
+def test_generated_secret_is_kept_across_restarts(start_proxy: ProxyFactory, peers: BackgroundPeers,
+                                                  tmp_path: Path) -> None:
+    first = start_proxy("-D", DOMAIN)
+    links = re.findall(r"tg://proxy\?\S+", first.stdout)
+    assert links and f"port={first.port}" in links[0]
+    state = json.loads((tmp_path / "state.json").read_text())
+    secret = parse_secret(state["secret"])
+    assert secret.kind is SecretKind.FAKE_TLS and secret.domain == DOMAIN
+    assert f"secret={secret.to_hex()}" in links[0]
+    assert oct(os.stat(tmp_path / "state.json").st_mode & 0o777) == "0o600"
+
+    async def echo(port: int) -> None:
+        client = await open_client("127.0.0.1", port, secret)
+        await client.send(b"gen!")
+        assert await client.recv_exactly(4) == b"gen!"
+        await client.close()
+
+    run(echo(first.port))
+    assert first.stop() == 0
+    second = start_proxy("-D", DOMAIN)
+    assert f"secret={secret.to_hex()}" in second.stdout
+    run(echo(second.port))
+
+
+def test_healthcheck(start_proxy: ProxyFactory, secret: Secret) -> None:
+    from mtproxy.cli.healthcheck import healthcheck_command
+
+    proxy = start_proxy("-S", secret.to_hex())
+    assert healthcheck_command(["-p", str(proxy.stats_port), "--port", str(proxy.port), "-q"]) == 0
+    assert healthcheck_command(["-p", str(free_port()), "-q", "--timeout", "1"]) == 1
+    proxy.stop()
+    assert healthcheck_command(["-p", str(proxy.stats_port), "-q", "--timeout", "1"]) == 1
+
+
+def test_official_command_line(tmp_path: Path, peers: BackgroundPeers) -> None:
+    """`-u nobody -p 8888 -H 443 -S <hex> --aes-pwd proxy-secret proxy-multi.conf -M 1` with our ports."""
+    secret = Secret(os.urandom(16), SecretKind.CLASSIC)
+    (tmp_path / "proxy-secret").write_bytes(os.urandom(128))
+    (tmp_path / "proxy-multi.conf").write_text("proxy_for 1 149.154.175.50:8888;\n")
+    port, stats_port = free_port(), free_port()
+    args = ["-u", "nobody", "-p", str(stats_port), "-H", str(port), "-S", secret.to_hex(),
+            "--aes-pwd", "proxy-secret", "proxy-multi.conf", "-M", "1", "-P", "0" * 32,
+            "--dc-override", f"*=127.0.0.1:{peers.dc_port}", "--mask", f"127.0.0.1:{peers.mask_port}",
+            "--cert-size", "2000", "--state-file", str(tmp_path / "state.json")]
+    proxy = ProxyProcess(args, tmp_path / "official.log", cwd=tmp_path).wait_ready()
+    try:
+        assert "middle proxy" in proxy.log and "direct mode" in proxy.log
+        if os.getuid() == 0:
+            assert "running as nobody" in proxy.log
+
+        async def scenario(host: str) -> None:
+            for mode in ("classic", "dd"):
+                client = await open_client(host, port, secret_for_mode(secret, mode))
+                await client.send(b"official")
+                assert await client.recv_exactly(8) == b"official"
+                await client.close()
+
+        run(scenario("127.0.0.1"))
+        if socket.has_ipv6:
+            run(scenario("::1"))  # -H listens on IPv6 too
+        assert stats_of(stats_port)["handshakes_ok"] in ("2", "4")
+    finally:
+        assert proxy.stop() == 0
+
+
+def test_bad_flags_exit_2(tmp_path: Path) -> None:
+    for args in (["-S", "nothex"], ["-M", "0", "-S", "00" * 16], ["--dc-override", "x=1", "-S", "00" * 16]):
+        done = subprocess.run([sys.executable, "-m", "mtproxy.runtime", *args], capture_output=True, text=True,
+                              timeout=20, env=dict(os.environ, MTPROXY_ROOT=str(tmp_path)))
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert done.stderr.startswith("mtproxy run: ")
