@@ -29,9 +29,13 @@ HELLOS = Path(__file__).resolve().parents[1] / "data" / "tdlib_hellos"
 _INDEX = json.loads((HELLOS / "index.json").read_text())
 KEY = bytes.fromhex(_INDEX["key"])
 DOMAIN: str = _INDEX["domain"]
-# The time TDLib put in its first captured hello: fuzzing "now" around it lets captured hellos authenticate.
-CAPTURE_TIME = next(c["timestamp"] for c in _INDEX["captures"] if c["name"] == "ee")
-FIRST_HELLO = (HELLOS / "ee_0.bin").read_bytes()
+# A complete TDLib fake-TLS client flight (hello, then ChangeCipherSpec and the TLS-wrapped init) and the
+# time TDLib put in it: fuzzing "now" around it lets the captured hellos authenticate.
+_FULL = next(c for c in _INDEX["captures"] if c["name"] == "ee_full")
+CAPTURE_TIME: int = _FULL["timestamp"]
+_FULL_BYTES = (HELLOS / _FULL["file"]).read_bytes()
+FIRST_HELLO = _FULL_BYTES[: 5 + _FULL["record_length"]]
+AFTER_HELLO = _FULL_BYTES[len(FIRST_HELLO) :]
 
 _TABLE = SecretTable(
     [
@@ -162,8 +166,10 @@ def seeds(target: str) -> list[bytes]:
     target takes one), so the fuzzer starts from real client bytes."""
     captures = sorted(HELLOS.glob("*.bin"))
     raw = [path.read_bytes() for path in captures]
-    if target in ("handshake", "handshake_after_hello"):
+    if target == "handshake":
         return [bytes([n % 3, 7 + n, 128]) + blob for n, blob in enumerate(raw)] + [b"\x00\x00\x80"]
+    if target == "handshake_after_hello":
+        return [bytes([0, chunk, 128]) + AFTER_HELLO for chunk in (0, 5, 96)] + [b"\x00\x00\x80"]
     if target == "tls_hello":
         return [blob[5:] for blob in raw if blob.startswith(faketls.HELLO_PREFIX)]
     if target == "tls_records":

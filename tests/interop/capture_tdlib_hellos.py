@@ -14,16 +14,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .wire_ref import accept_init, tls_hello_timestamp, tls_sni
+from .wire_ref import (
+    accept_init,
+    tls_client_payload,
+    tls_hello_timestamp,
+    tls_server_flight,
+    tls_sni,
+)
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "tdlib_hellos"
 DRIVER = Path(__file__).resolve().with_name("tdlib_driver.py")
@@ -32,9 +40,19 @@ KEY = bytes.fromhex("0123456789abcdeffedcba9876543210")
 OTHER_KEY = bytes.fromhex("5e5e5e5e00112233445566778899aabb")
 DOMAIN = "www.example.com"
 
+_DOMAIN_HEX = DOMAIN.encode("ascii").hex()
+PLAN = {  # kind → (secret as given to TDLib, the key it holds)
+    "ee": ("ee" + KEY.hex() + _DOMAIN_HEX, KEY),
+    "ee_other_key": ("ee" + OTHER_KEY.hex() + _DOMAIN_HEX, OTHER_KEY),
+    "classic": (KEY.hex(), KEY),
+    "dd": ("dd" + KEY.hex(), KEY),
+    "ee_full": ("ee" + KEY.hex() + _DOMAIN_HEX, KEY),
+}
+
 IDLE_SECONDS = 1.0  # a client that sent its first flight and waits for an answer goes quiet
 MAX_CONNECTION_SECONDS = 4.0
 MAX_BYTES = 65536
+CERT_SIZE = 2500  # size of the stand-in certificate record in the ee_full server flights
 
 
 @dataclass
@@ -42,14 +60,17 @@ class Capture:
     """Bytes one connection sent, with the wall-clock times of accept and of the last byte."""
 
     data: bytearray = field(default_factory=bytearray)
+    answer: bytes = b""  # what the recorder sent back, if anything
     accepted_at: float = 0.0
     last_byte_at: float = 0.0
 
 
 class Recorder:
-    """A listener that records each connection's bytes and never answers."""
+    """A listener that records each connection's bytes. Without `respond` it never answers; with it,
+    `respond(first TLS record)` is sent back once that record is complete (the ee_full captures)."""
 
-    def __init__(self) -> None:
+    def __init__(self, respond: Callable[[bytes], bytes] | None = None) -> None:
+        self.respond = respond
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -99,6 +120,10 @@ class Recorder:
                     break
                 capture.data += chunk
                 capture.last_byte_at = time.time()
+                record_end = 5 + int.from_bytes(capture.data[3:5], "big")
+                if self.respond is not None and not capture.answer and len(capture.data) >= record_end:
+                    capture.answer = self.respond(bytes(capture.data[:record_end]))
+                    conn.sendall(capture.answer)
         if capture.data:
             with self._lock:
                 self.captures.append(capture)
@@ -156,9 +181,15 @@ def describe_tls(data: bytes, key: bytes) -> dict[str, Any]:
     }
 
 
+def respond_as_proxy(key: bytes) -> Callable[[bytes], bytes]:
+    """A server flight made by the independent reference, so TDLib goes on to send its init."""
+    return lambda hello: tls_server_flight(key, hello, CERT_SIZE, os.urandom(32 + CERT_SIZE))
+
+
 def capture_kind(name: str, secret: str, key: bytes, want: int, seconds: float) -> list[dict[str, Any]]:
     """Collect up to `want` connections of one secret kind; returns index entries (files written later)."""
-    with Recorder() as recorder:
+    respond = respond_as_proxy(key) if name == "ee_full" else None
+    with Recorder(respond) as recorder:
         events = run_tdlib(recorder.port, secret, seconds, pings=want)
         time.sleep(IDLE_SECONDS + 0.5)
     print(f"{name}: {len(recorder.captures)} connections, tdlib events: {[e['event'] for e in events]}")
@@ -177,7 +208,15 @@ def capture_kind(name: str, secret: str, key: bytes, want: int, seconds: float) 
             "last_byte_at": round(capture.last_byte_at, 3),
             "_data": data,
         }
-        entry.update(describe_tls(data, key) if secret.startswith("ee") else describe_obfs2(data, key))
+        if not secret.startswith("ee"):
+            entry.update(describe_obfs2(data, key))
+        else:
+            entry.update(describe_tls(data, key))
+        if capture.answer:
+            entry["server_flight_file"] = f"{name}_{n}.server.bin"
+            entry["_answer"] = capture.answer
+            payload = tls_client_payload(data[5 + entry["record_length"] :])
+            entry["after_flight"] = describe_obfs2(payload, key) if payload and len(payload) >= 64 else None
         entries.append(entry)
     return entries
 
@@ -187,38 +226,51 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=DATA_DIR)
     parser.add_argument("--count", type=int, default=3, help="connections to keep per kind")
     parser.add_argument("--seconds", type=float, default=8.0, help="TDLib run time per kind")
+    parser.add_argument(
+        "--kinds", default=",".join(PLAN), help=f"comma-separated subset of {','.join(PLAN)}; others are kept"
+    )
     args = parser.parse_args()
+    kinds = [kind for kind in args.kinds.split(",") if kind]
+    unknown = [kind for kind in kinds if kind not in PLAN]
+    if unknown:
+        parser.error(f"unknown kinds: {unknown}")
 
-    domain_hex = DOMAIN.encode("ascii").hex()
-    plan = [
-        ("ee", "ee" + KEY.hex() + domain_hex, KEY),
-        ("ee_other_key", "ee" + OTHER_KEY.hex() + domain_hex, OTHER_KEY),
-        ("classic", KEY.hex(), KEY),
-        ("dd", "dd" + KEY.hex(), KEY),
-    ]
     window_start = time.time()
     entries: list[dict[str, Any]] = []
-    for name, secret, key in plan:
+    for name in kinds:
+        secret, key = PLAN[name]
         entries.extend(capture_kind(name, secret, key, args.count, args.seconds))
     window_end = time.time()
 
     args.out.mkdir(parents=True, exist_ok=True)
     for entry in entries:
         (args.out / entry["file"]).write_bytes(entry.pop("_data"))
+        if "_answer" in entry:
+            (args.out / entry["server_flight_file"]).write_bytes(entry.pop("_answer"))
     import tdjson
 
+    index_path = args.out / "index.json"
+    # Keep the captures of kinds not re-captured this time, so other tests' vectors stay put.
+    old = json.loads(index_path.read_text()) if index_path.exists() else {}
+    kept = [c for c in old.get("captures", []) if c["name"] not in kinds]
+    window = old.get("window", {"start": int(window_start), "end": int(window_end) + 1})
     index = {
         "description": "First bytes real TDLib clients sent to an MTProxy (captured by "
-        "tests/interop/capture_tdlib_hellos.py; see docs/testing.md). Every connection recorded until the "
-        "client went quiet; the listener never answered.",
+        "tests/interop/capture_tdlib_hellos.py; see docs/testing.md). Every connection was recorded until the "
+        "client went quiet. The listener never answered, except for ee_full: there it answered the hello with a "
+        "valid server flight (the .server.bin file), so the file also holds TDLib's ChangeCipherSpec and its "
+        "first application-data records (the obfuscated2 init, tag dd, and req_pq_multi).",
         "tdlib_version": tdjson.__version__,
         "key": KEY.hex(),
         "other_key": OTHER_KEY.hex(),
         "domain": DOMAIN,
-        "window": {"start": int(window_start), "end": int(window_end) + 1},
-        "captures": entries,
+        "window": {
+            "start": min(window["start"], int(window_start)),
+            "end": max(window["end"], int(window_end) + 1),
+        },
+        "captures": kept + entries,
     }
-    (args.out / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
     print(f"wrote {len(entries)} captures to {args.out}")
     return 0
 

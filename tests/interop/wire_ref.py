@@ -90,3 +90,52 @@ def tls_sni(record: bytes) -> str | None:
     except (IndexError, UnicodeDecodeError):
         return None
     return None
+
+
+def tls_server_flight(secret16: bytes, hello_record: bytes, cert_size: int, random: bytes) -> bytes:
+    """The three-record server flight of shared/protocol.md for one ClientHello record: ServerHello
+    (x25519 key share, TLS 1.3, the client's session id echoed), ChangeCipherSpec, and `cert_size` bytes
+    of application data; the ServerHello random is HMAC(secret, client random ‖ flight with it zeroed).
+    `random` supplies 32 + `cert_size` bytes."""
+    session_id = hello_record[44 : 44 + hello_record[43]]
+    key_share = b"\x00\x1d\x00\x20" + random[:32]
+    extensions = b"\x00\x33" + len(key_share).to_bytes(2, "big") + key_share + b"\x00\x2b\x00\x02\x03\x04"
+    body = (
+        b"\x03\x03"
+        + bytes(32)
+        + bytes([len(session_id)])
+        + session_id
+        + b"\x13\x01"  # TLS_AES_128_GCM_SHA256: every Telegram client offers it
+        + b"\x00"
+        + len(extensions).to_bytes(2, "big")
+        + extensions
+    )
+    handshake = b"\x02" + len(body).to_bytes(3, "big") + body
+    flight = bytearray(
+        b"\x16\x03\x03"
+        + len(handshake).to_bytes(2, "big")
+        + handshake
+        + b"\x14\x03\x03\x00\x01\x01"
+        + b"\x17\x03\x03"
+        + cert_size.to_bytes(2, "big")
+        + random[32 : 32 + cert_size]
+    )
+    digest = hmac.new(secret16, hello_record[11:43] + bytes(flight), hashlib.sha256).digest()
+    flight[11:43] = digest
+    return bytes(flight)
+
+
+def tls_client_payload(data: bytes) -> bytes | None:
+    """Payload of what a fake-TLS client sends after the server flight: one optional ChangeCipherSpec
+    record, then application-data records (a trailing partial record is ignored). None on any other shape."""
+    pos = 0
+    if data[:6] == b"\x14\x03\x03\x00\x01\x01":
+        pos = 6
+    out = bytearray()
+    while pos + 5 <= len(data):
+        if data[pos : pos + 3] != b"\x17\x03\x03":
+            return None
+        length = int.from_bytes(data[pos + 3 : pos + 5], "big")
+        out += data[pos + 5 : pos + 5 + length]
+        pos += 5 + length
+    return bytes(out)
