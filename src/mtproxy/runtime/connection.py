@@ -60,7 +60,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._to_dc: object = None
         self._eof_in = False  # client sent EOF
         self._eof_out = False  # upstream sent EOF
-        self._paused_for_peer = False
+        self._answered = False
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -149,7 +149,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                 self.close()
                 return False
             # A probe that sent a short request and half-closed expects the site's answer now.
-            self._reject(_EOF_REASON, received, maskable=True)
+            self._reject(_EOF_REASON, received, maskable=not self._answered)
             return True
         if self.upstream is not None and self.upstream.transport is not None:
             if self.upstream.transport.can_write_eof():
@@ -176,6 +176,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         step = self._handshake.feed(data, self.server.clock())
         if isinstance(step, NeedMore):
             if step.send:
+                self._answered = True  # we spoke as a proxy: from now on never hand over to the mask
                 self.transport.write(step.send)
             return
         if isinstance(step, Rejected):
@@ -190,7 +191,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.phase != Phase.HANDSHAKE:
             return
         assert self._handshake is not None
-        self._reject(RejectReason.HANDSHAKE_TIMEOUT, self._handshake.received, maskable=True)
+        self._reject(RejectReason.HANDSHAKE_TIMEOUT, self._handshake.received, maskable=not self._answered)
 
     def _reject(self, reason: RejectReason, received: bytes, maskable: bool) -> None:
         if self._timer is not None:
