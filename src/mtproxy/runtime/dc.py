@@ -57,8 +57,10 @@ class DcTable:
         dc = abs(requested) - TEST_DC_OFFSET if test else abs(requested)
         v4 = (_TEST_IPV4 if test else _IPV4).get(dc)
         v6 = (_TEST_IPV6 if test else _IPV6).get(dc)
-        if v4 is None and v6 is None:
-            dc, v4, v6, test = DEFAULT_DC, _IPV4[DEFAULT_DC], _IPV6[DEFAULT_DC], False
+        if v4 is None and v6 is None:  # unknown: the default DC of the same world (test or production)
+            dc = DEFAULT_DC
+            v4 = (_TEST_IPV4 if test else _IPV4)[DEFAULT_DC]
+            v6 = (_TEST_IPV6 if test else _IPV6)[DEFAULT_DC]
         # an override of the normalised id (e.g. media -2 -> 2) also applies
         if dc in self._overrides:
             return DcTarget(dc, (self._overrides[dc],))

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import hashlib
+import os
+import ssl
+import tempfile
 from dataclasses import dataclass, field
 
 from mtproxy.protocol import obfs2
@@ -113,3 +117,60 @@ class MaskStub:
 
 def expected_mask_reply(sent: bytes) -> bytes:
     return MASK_BANNER + hashlib.sha256(sent).hexdigest().encode()
+
+
+def self_signed_context(host: str, extra_names: int = 0) -> ssl.SSLContext:
+    """A TLS 1.3 server context with a fresh self-signed certificate; `extra_names` SANs grow the flight."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    sans = [x509.DNSName(host)] + [x509.DNSName(f"n{i}.{host}") for i in range(extra_names)]
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        cert_path, key_path = os.path.join(tmp, "c.pem"), os.path.join(tmp, "k.pem")
+        with open(cert_path, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        with open(key_path, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_cert_chain(cert_path, key_path)
+    return ctx
+
+
+@dataclass
+class TlsSite:
+    """A real TLS 1.3 web site stand-in, for learning the certificate flight size."""
+
+    context: ssl.SSLContext
+    handshakes: int = 0
+    server: asyncio.Server | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self.server = await asyncio.start_server(self._handle, host, port, ssl=self.context,
+                                                 ssl_handshake_timeout=5)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.handshakes += 1
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(reader.read(1), 5)
+        writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)

@@ -1,0 +1,91 @@
+"""Command line and settings resolution, and the DC table (no real DC address is written here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mtproxy.config import ConfigError, HostPort, resolve
+from mtproxy.runtime.dc import DEFAULT_DC, DcTable
+
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+def test_official_flags() -> None:
+    cfg = resolve(["-u", "nobody", "-p", "8888", "-H", "443,8443", "-S", KEY, "-S", "dd" + KEY,
+                   "--aes-pwd", "proxy-secret", "proxy-multi.conf", "-M", "3", "-P", "ab" * 16], environ={})
+    assert cfg.user == "nobody" and cfg.workers == 3
+    assert cfg.stats == HostPort("127.0.0.1", 8888)
+    assert set(cfg.listen) == {HostPort(h, p) for h in ("0.0.0.0", "::") for p in (443, 8443)}
+    assert len(cfg.secrets) == 2 and cfg.allow_classic and cfg.allow_tls
+    assert cfg.warnings and "middle proxy" in cfg.warnings[0]
+    assert cfg.mask is None  # no domain: nothing to mask to unless --mask is given
+    assert cfg.fast_mode
+
+
+def test_domain_means_fake_tls_only_unless_allowed() -> None:
+    cfg = resolve(["-S", KEY, "-D", "example.com"], environ={})
+    assert not cfg.allow_classic and cfg.allow_tls
+    assert cfg.mask == HostPort("example.com", 443) and cfg.domains == ("example.com",)
+    assert resolve(["-S", KEY, "-D", "example.com", "--allow-classic"], environ={}).allow_classic
+
+
+def test_listen_overrides_and_ipv6() -> None:
+    cfg = resolve(["--listen", "[::1]:9443", "--listen", "127.0.0.1:9443", "-S", KEY,
+                   "--dc-override", "2=[2001:db8::5]:443", "--dc-override", "*=127.0.0.1:5555",
+                   "--mask", "[::1]:8080", "--prefer-ipv6"], environ={})
+    assert cfg.listen == (HostPort("::1", 9443), HostPort("127.0.0.1", 9443))
+    assert cfg.dc_overrides == {2: HostPort("2001:db8::5", 443), None: HostPort("127.0.0.1", 5555)}
+    assert cfg.mask == HostPort("::1", 8080) and cfg.prefer_ipv6
+
+
+@pytest.mark.parametrize("args", [
+    ["-S", "zz"], ["-M", "0"], ["-M", "65"], ["-H", "70000"], ["--listen", "8443"], ["--dc-override", "a=b:1"],
+    ["--mask", "127.0.0.1:443", "-H", "443"], ["-D", "x"], ["--handshake-timeout", "-1"],
+    ["--cert-size", "10"], ["-D", "example.com", "--no-tls"],
+])
+def test_bad_values_name_the_flag(args: list[str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        resolve([*args, "-S", KEY] if "-S" not in args else args, environ={})
+    assert str(err.value).startswith("-") or str(err.value).startswith("--")
+
+
+def test_settings_file_and_root(tmp_path: Path) -> None:
+    settings = tmp_path / "mtproxy_config.json"
+    settings.write_text(json.dumps({"version": 1, "port": 8443, "workers": 2, "domain": "example.com",
+                                    "server": "proxy.example.net", "mask": "127.0.0.1:8080", "stats_port": 9999}))
+    store = tmp_path / "config" / "mtproxy" / "mtproxy_secrets.json"
+    store.parent.mkdir(parents=True)
+    store.write_text("")
+    cfg = resolve(["--config", str(settings), "-M", "4"], environ={"MTPROXY_ROOT": str(tmp_path)})
+    assert cfg.workers == 4  # flags win over the file
+    assert cfg.listen == (HostPort("0.0.0.0", 8443), HostPort("::", 8443))
+    assert cfg.domains == ("example.com",) and not cfg.allow_classic
+    assert cfg.mask == HostPort("127.0.0.1", 8080) and cfg.public_host == "proxy.example.net"
+    assert cfg.stats == HostPort("127.0.0.1", 9999)
+    assert cfg.secrets_file == store  # the root's store is served when no secret is given
+    assert cfg.state_file == tmp_path / "data" / "mtproxy" / "engine_state.json"
+
+
+def test_dc_table_never_fails() -> None:
+    table = DcTable({}, prefer_ipv6=False)
+    default = table.lookup(DEFAULT_DC)
+    for bogus in (0, 6, 99, 32767, -32768):
+        assert table.lookup(bogus).addresses == default.addresses
+    assert table.lookup(10099).addresses == table.lookup(10000 + DEFAULT_DC).addresses
+    for dc in (1, 2, 3, 4, 5):
+        assert table.lookup(-dc).addresses == table.lookup(dc).addresses  # media: same DC
+        assert ":" not in table.lookup(dc).addresses[0].host
+        assert ":" in DcTable({}, prefer_ipv6=True).lookup(dc).addresses[0].host
+        assert table.lookup(dc + 10000).addresses != table.lookup(dc).addresses
+    assert len(table.lookup(203).addresses) == 1
+
+
+def test_dc_overrides() -> None:
+    one, star = HostPort("127.0.0.1", 1111), HostPort("127.0.0.1", 2222)
+    assert DcTable({2: one}, False).lookup(2).addresses == (one,)
+    assert DcTable({2: one}, False).lookup(-2).addresses == (one,)
+    assert DcTable({2: one, None: star}, False).lookup(4).addresses == (star,)
+    assert DcTable({2: one, None: star}, False).lookup(2).addresses == (one,)
