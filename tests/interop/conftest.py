@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,33 +41,64 @@ def fake_dc() -> Iterator[FakeDC]:
 class RunningProxy:
     """The real engine, started on loopback with every DC pointed at the test's fake DC."""
 
+    host: str
     port: int
     process: ProxyProcess
     keys: dict[str, str]  # kind ("classic", "dd", "ee") → the secret as a client is given it
 
 
-@pytest.fixture
-def proxy(fake_dc: FakeDC, tmp_path: Path) -> Iterator[RunningProxy]:
-    """`python -m mtproxy.runtime` serving one classic, one dd and one ee secret (distinct keys)."""
-    keys = {
+def default_keys() -> dict[str, str]:
+    """One classic, one dd and one ee secret, each with its own key."""
+    return {
         "classic": os.urandom(16).hex(),
         "dd": "dd" + os.urandom(16).hex(),
         "ee": "ee" + os.urandom(16).hex() + DOMAIN.encode("ascii").hex(),
     }
-    port = free_port()
-    args = [
-        "--listen", f"127.0.0.1:{port}",
-        "--dc-override", f"*={fake_dc.address}",
-        # No mask site in these tests; a fixed certificate record size instead of one learned from it.
-        "--no-mask", "--cert-size", "4096",
-        "-p", "0",
-        "--state-file", str(tmp_path / "state.json"),
-    ]  # fmt: skip
-    for secret in keys.values():
-        args += ["-S", secret]
-    process = ProxyProcess(args, tmp_path / "proxy.log")
-    try:
+
+
+StartProxy = Callable[..., RunningProxy]
+
+
+@pytest.fixture
+def start_proxy(fake_dc: FakeDC, tmp_path: Path) -> Iterator[StartProxy]:
+    """start_proxy(keys, *flags, host="127.0.0.1", secrets=None, ready=1) → a ready `python -m mtproxy.runtime`.
+    `secrets` are the -S values (default: the values of `keys`); `ready` is how many processes (workers)
+    must report ready."""
+    started: list[ProxyProcess] = []
+
+    def start(
+        keys: dict[str, str],
+        *flags: str,
+        host: str = "127.0.0.1",
+        secrets: list[str] | None = None,
+        ready: int = 1,
+    ) -> RunningProxy:
+        port = free_port(host)
+        listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        args = [
+            "--listen", listen,
+            "--dc-override", f"*={fake_dc.address}",
+            # No mask site in these tests; a fixed certificate record size instead of one learned from it.
+            "--no-mask", "--cert-size", "4096",
+            "-p", "0",
+            "--state-file", str(tmp_path / f"state{len(started)}.json"),
+            *flags,
+        ]  # fmt: skip
+        for secret in keys.values() if secrets is None else secrets:
+            args += ["-S", secret]
+        process = ProxyProcess(args, tmp_path / f"proxy{len(started)}.log", ready_lines=ready)
+        started.append(process)
         process.wait_ready(timeout=20)
-        yield RunningProxy(port, process, keys)
+        return RunningProxy(host, port, process, keys)
+
+    try:
+        yield start
     finally:
-        process.stop()
+        for process in started:
+            process.stop()
+
+
+@pytest.fixture
+def proxy(start_proxy: StartProxy) -> RunningProxy:
+    """The engine serving `default_keys()`."""
+    return start_proxy(default_keys())

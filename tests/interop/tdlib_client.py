@@ -49,13 +49,14 @@ def run_tdlib(
     timeout: float = 25.0,
     pings: int = 3,
     need_dh: bool = True,
+    server: str = "127.0.0.1",
 ) -> TdlibRun:
-    """Point TDLib at 127.0.0.1:`port` with `secret`, the proxy enabled for its main session, and ping it.
+    """Point TDLib at `server`:`port` with `secret`, the proxy enabled for its main session, and ping it.
     Stops as soon as a ping answered and (if `need_dh`) the fake DC saw req_DH_params, or after `timeout`,
     or once every ping failed."""
     command = [
-        sys.executable, str(DRIVER), "--port", str(port), "--secret", secret, "--seconds", str(timeout),
-        "--pings", str(pings), "--enable", "--db", str(db_parent),
+        sys.executable, str(DRIVER), "--server", server, "--port", str(port), "--secret", secret,
+        "--seconds", str(timeout), "--pings", str(pings), "--enable", "--db", str(db_parent),
     ]  # fmt: skip
     result = TdlibRun()
     events: queue.Queue[dict[str, Any]] = queue.Queue()
