@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..host.runner import CommandError
 from ..settings import MAX_WORKERS, check_server, update_settings
 from ..store import StoreData, StoreError, update_store
 from . import artifacts
@@ -73,10 +74,37 @@ def set_port_cmd(env: Env, port: int, do_restart: bool) -> None:
     if port < 1024:
         env.warn(f"port {port} is privileged: the proxy needs CAP_NET_BIND_SERVICE (the image grants it)")
     _save(env, port=port)
+    firewall = _move_firewall_rule(env, settings.port, port)
     outcome = restart(env.runner) if do_restart else ApplyOutcome(_later(env), False)
     _report(env, f"port set to {port} (was {settings.port})", outcome)
     env.out("  links:   rewritten; hand out the new ones (`mtproxy show-config`)")
-    env.out(f"  firewall: allow the new port, e.g. `ufw limit {port}/tcp comment 'MTProxy'`")
+    env.out(f"  firewall: {firewall}")
+
+
+def _move_firewall_rule(env: Env, old: int, new: int) -> str:
+    """When setup added a UFW rule (its install record says so), move it to the new port and record that."""
+    manual = f"allow the new port, e.g. `ufw limit {new}/tcp comment 'MTProxy'`"
+    try:
+        from ..host import ufw
+        from ..host.install import InstallRecord
+        from ..host.layout import HostLayout
+    except ImportError:
+        return manual
+    record_path = HostLayout.resolve(env.paths.root).install_record
+    record = InstallRecord.load(record_path)
+    if record is None or record.ufw_mode not in ufw.MODES or not env.runner.available("ufw"):
+        return manual
+    if env.runner.dry_run:
+        return f"would move the UFW rule: ufw {record.ufw_mode} {old}/tcp -> {new}/tcp"
+    try:
+        ufw.add_rule(env.runner, new, record.ufw_mode)
+        ufw.remove_rule(env.runner, old)
+        record.port = new
+        record.save(record_path)
+    except (CommandError, OSError) as exc:
+        env.warn(f"could not move the UFW rule: {exc}")
+        return manual
+    return f"UFW rule moved: ufw {record.ufw_mode} {new}/tcp (the rule for {old} removed)"
 
 
 def _later(env: Env) -> str:

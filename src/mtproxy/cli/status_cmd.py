@@ -6,7 +6,6 @@ import importlib
 import os
 import socket
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,16 +96,24 @@ def _store_check(env: Env, deployment: Deployment, runner: Runner) -> Check:
 
 
 def _ufw_check(runner: Runner, port: int) -> Check | None:
-    """Prefer the deployment code's check (it knows how the rule is written); else read `ufw status`."""
+    """Prefer the deployment code's reading of UFW (it knows how it writes the rule); else `ufw status`."""
     try:
-        hook: Callable[..., Any] | None = getattr(importlib.import_module("mtproxy.host.ufw"), "check_rule", None)
+        ufw: Any = importlib.import_module("mtproxy.host.ufw")
     except ImportError:
-        hook = None
-    if callable(hook):
-        ok, detail, fix = hook(runner, port)
-        return Check("firewall", ok, detail, fix)
+        ufw = None
     if not runner.available("ufw") or os.geteuid() != 0:
         return None
+    fix = f"ufw limit {port}/tcp comment 'MTProxy' (or rerun `mtproxy setup`)"
+    if ufw is not None and hasattr(ufw, "state") and hasattr(ufw, "port_rules"):
+        current = ufw.state(runner)
+        rules = ufw.port_rules(current, port)
+        if not current.active:
+            shown = "rule present" if rules else "no rule for the port yet"
+            return Check("firewall", None, f"UFW is inactive ({shown})")
+        if rules:
+            return Check("firewall", True, f"UFW: {rules[0].removeprefix('ufw ')}")
+        return Check("firewall", False, f"no UFW rule for {port}/tcp (the VPN installer removes 8443 to 8452)",
+                     fix)
     result = runner.run(["ufw", "status"], check=False, mutates=False, timeout=15)
     if not result.ok:
         return Check("firewall", None, f"`ufw status` failed: {result.last_error_line()}")
@@ -116,8 +123,7 @@ def _ufw_check(runner: Runner, port: int) -> Check | None:
         head = line.split()[0] if line.split() else ""
         if head in (f"{port}/tcp", str(port)) and "(v6)" not in line:
             return Check("firewall", True, f"UFW rule for {port}/tcp: {' '.join(line.split()[1:3])}")
-    return Check("firewall", False, f"no UFW rule for {port}/tcp (the VPN installer removes 8443 to 8452)",
-                 f"ufw limit {port}/tcp comment 'MTProxy'")
+    return Check("firewall", False, f"no UFW rule for {port}/tcp (the VPN installer removes 8443 to 8452)", fix)
 
 
 def collect(env: Env) -> tuple[list[Check], Settings | None, dict[str, str] | None]:
