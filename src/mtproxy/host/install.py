@@ -292,7 +292,10 @@ def uninstall(runner: Runner, paths: Paths, layout: HostLayout, purge: bool, out
         removed.append(what)
         out.write(f"  removed {what}\n")
 
-    if runner.available("docker") and docker.engine_problem(runner) is None:
+    # Docker is touched only for an installation this root made (its record or its Compose file), so an
+    # uninstall pointed at another root never removes a container or image it does not own.
+    ours = (record is not None and record.manager == "docker") or layout.compose_file.exists()
+    if ours and runner.available("docker") and docker.engine_problem(runner) is None:
         if layout.compose_file.exists():
             try:
                 docker.compose_down(runner, layout.compose_file)
