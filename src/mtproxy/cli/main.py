@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 import click
 
+from .. import __version__
 from ..host.runner import CommandError
 from ..store import StoreAccessError, StoreError
 from .env import Env, OutputClosed
@@ -41,7 +42,7 @@ Shell completion (bash, zsh, fish):
 @click.option("--color/--no-color", "colour", default=None, help="Colours (default: only on a terminal).")
 @click.option("--dry-run", is_flag=True, help="Show host commands (docker, systemctl) instead of running them.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
-@click.version_option(package_name="mtproxy", prog_name="mtproxy", message="%(prog)s %(version)s")
+@click.version_option(__version__, prog_name="mtproxy", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(
     ctx: click.Context, root: str | None, server: str | None, colour: bool | None, dry_run: bool, debug: bool
@@ -49,6 +50,9 @@ def cli(
     """Manage the MTProxy server: secrets, links and QR codes, port and workers, stats and health."""
     if ctx.obj is None:
         ctx.obj = Env.from_process(root, colour=colour, dry_run=dry_run, server=server, debug=debug)
+        if root:
+            # `mtproxy --root X run|setup|uninstall` : those parse their own flags but read the same variable.
+            os.environ["MTPROXY_ROOT"] = root
     else:  # an Env given by a test: the flags still apply on top of it
         ctx.obj.runner.dry_run = ctx.obj.runner.dry_run or dry_run
         ctx.obj.server_override = server or ctx.obj.server_override

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..qr import terminal_text
+from ..settings import Settings
 from ..store import StoreAccessError, StoreData, read_store, update_store
 from . import artifacts
 from .env import Env
@@ -66,14 +67,14 @@ def show_config(env: Env, ref: str | None, draw: bool, as_json: bool) -> None:
             env.out(terminal_text(links.tg))
 
 
-def _refresh_files(env: Env, settings: object, server: artifacts.ServerChoice) -> None:
+def _refresh_files(env: Env, settings: Settings, server: artifacts.ServerChoice) -> None:
     """Make sure the files shown exist and match; a read-only root is only worth a warning here."""
 
     def same(data: StoreData) -> tuple[StoreData, None]:
         return data, None
 
     def write(data: StoreData) -> None:
-        artifacts.write_all(env.paths, data, settings, server)  # type: ignore[arg-type]
+        artifacts.write_all(env.paths, data, settings, server)
 
     try:
         update_store(env.paths.secrets_file, same, after=write)
