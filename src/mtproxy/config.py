@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-connections", type=int)
     a("--max-connections-per-ip", type=int)
     a("--buffer-size", type=int, help="bytes queued per direction before reading pauses")
+    a("--read-size", type=int, help="bytes read per socket read (default 65536)")
     a("--drain-timeout", type=float, help="seconds SIGTERM waits for sessions to finish")
     a("--tls-skew", type=float, help="accepted fake-TLS clock skew in seconds (default 120)")
     a("--replay-cache-size", type=int, help="fake-TLS/obfs2 replay cache entries")
@@ -172,7 +173,7 @@ _CONFIG_KEYS = {
     "allow_classic": "allow_classic", "prefer_ipv6": "prefer_ipv6", "dc_override": "dc_override",
     "handshake_timeout": "handshake_timeout", "idle_timeout": "idle_timeout",
     "max_connections": "max_connections", "max_connections_per_ip": "max_connections_per_ip",
-    "buffer_size": "buffer_size", "drain_timeout": "drain_timeout", "tls_skew": "tls_skew",
+    "buffer_size": "buffer_size", "read_size": "read_size", "drain_timeout": "drain_timeout", "tls_skew": "tls_skew",
     "replay_cache_size": "replay_cache_size", "cert_size": "cert_size", "cert_refresh": "cert_refresh",
     "secrets_file": "secrets_file", "user": "user", "log_file": "log_file", "server": "public_host",
     "public_host": "public_host", "fast_mode": "no_fast_mode",
@@ -313,6 +314,7 @@ def resolve(argv: list[str], environ: dict[str, str] | None = None) -> EngineCon
         max_connections=int(_positive(ns.max_connections, d.max_connections, "--max-connections")),
         max_connections_per_ip=int(ns.max_connections_per_ip or 0),
         buffer_size=int(_positive(ns.buffer_size, d.buffer_size, "--buffer-size")),
+        read_size=int(_positive(ns.read_size, d.read_size, "--read-size")),
         drain_timeout=_positive(ns.drain_timeout, d.drain_timeout, "--drain-timeout", allow_zero=True),
     )
     t = TlsOptions()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from mtproxy.config import HostPort
 from mtproxy.protocol import faketls, obfs2
 from mtproxy.protocol.errors import RejectReason
-from mtproxy.protocol.handshake import Authenticated, Handshake, NeedMore, Rejected, Session
+from mtproxy.protocol.handshake import Authenticated, Handshake, NeedMore, Rejected, SecretTable, Session
 
 from .logs import log_reject
 from .upstream import DcProtocol, MaskProtocol, open_upstream
@@ -55,6 +55,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._tmp = bytearray(0)
         self._out = bytearray(0)
         self._handshake: Handshake | None = None
+        self._table: SecretTable | None = None
         self._tls_reader: faketls.TlsRecordReader | None = None
         self._from_client: object = None
         self._to_dc: object = None
@@ -75,7 +76,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         self.admitted = True
         transport.set_write_buffer_limits(high=self.server.cfg.limits.buffer_size)
-        self._handshake = self.server.new_handshake(self.peer[0])
+        self._handshake, self._table = self.server.new_handshake(self.peer[0])
         self._timer = self.server.loop.call_later(
             self.server.cfg.limits.handshake_timeout, self._on_handshake_timeout
         )
@@ -237,6 +238,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        assert self._table is not None
+        if not self.server.still_live(self._table, session.secret_index, session.secret_id):
+            log.info("secret %s was removed during the handshake; closing", session.secret_id)
+            self.close()
+            return
         self.session = session
         self.server.session_authenticated(self)
         self.phase = Phase.CONNECTING

@@ -99,6 +99,7 @@ class Server:
         self.listening: list[HostPort] = []
         self.secrets = secrets
         self.table = SecretTable(list(secrets.entries))
+        self._live = secrets.fingerprint()
         self.settings = self._handshake_settings()
         self.counters.secrets_loaded = len(self.table)
 
@@ -126,6 +127,7 @@ class Server:
         kept = new.fingerprint()
         self.table = SecretTable(list(new.entries))
         self.secrets = new
+        self._live = kept
         self.settings = self._handshake_settings()
         self._hints.clear()
         self.counters.secrets_loaded = len(self.table)
@@ -139,9 +141,11 @@ class Server:
             self.counters.secrets.pop(sid, None)
         return closed
 
-    def new_handshake(self, ip: str) -> Handshake:
+    def new_handshake(self, ip: str) -> tuple[Handshake, SecretTable]:
+        """A handshake over the live table; the table is returned so a reload during the handshake
+        can be noticed when it completes."""
         return Handshake(self.table, self.settings, self.replay, self.random_bytes,
-                         hint=self._hints.get(ip), replay_guard=self._replay_guard)
+                         hint=self._hints.get(ip), replay_guard=self._replay_guard), self.table
 
     # ----------------------------------------------------------------- admission and accounting
 
@@ -169,6 +173,13 @@ class Server:
         else:
             self.per_ip.pop(ip, None)
         self.counters.active -= 1
+
+    def still_live(self, table: SecretTable, index: int, secret_id: str) -> bool:
+        """Did the secret a handshake matched survive any reload that happened meanwhile?"""
+        if table is self.table:
+            return True
+        secret = table.secrets[index]
+        return self._live.get(secret_id) == (secret.key, secret.kind.value)
 
     def session_authenticated(self, conn: ClientConnection) -> None:
         session = conn.session
