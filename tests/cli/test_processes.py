@@ -172,3 +172,16 @@ def test_engine_commands_are_passed_through(tmp_path: Path) -> None:
     assert result.returncode != 0
     json.dumps(result.stdout)  # any text is fine; the point is no click usage error about the flag
     assert "No such option" not in result.stderr
+
+
+def test_stats_live_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    (Paths(tmp_path).config_dir).mkdir(parents=True)
+    Paths(tmp_path).settings_file.write_text('{"stats_port": 9}')  # nothing answers there
+    proc = subprocess.Popen([sys.executable, "-m", "mtproxy.cli.main", "stats", "--live", "--interval", "0.2"],
+                            env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert "no proxy answers" in proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
