@@ -391,7 +391,7 @@ def _access_error(path: Path, exc: OSError, doing: str) -> StoreAccessError:
 
 
 @contextlib.contextmanager
-def locked(path: str | os.PathLike[str], timeout: float = 30.0) -> Iterator[None]:
+def locked(path: str | os.PathLike[str], timeout: float = 60.0) -> Iterator[None]:
     """Hold the store's exclusive lock. Waits at most `timeout` seconds for another command."""
     import time
 
