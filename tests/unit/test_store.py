@@ -15,6 +15,7 @@ from mtproxy.store import (
     StoreAccessError,
     StoreData,
     StoreFormatError,
+    locked,
     read_store,
     update_store,
 )
@@ -165,3 +166,28 @@ def test_stale_temp_files_are_cleaned_under_the_lock(tmp_path: Path) -> None:
     stale.write_text("{half")
     update_store(path, _add(_record("a")))
     assert not stale.exists()
+
+
+def test_a_held_lock_makes_a_second_writer_wait_then_fail_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    with locked(path):
+        with pytest.raises(StoreAccessError) as info:
+            with locked(path, timeout=0.2):
+                pass
+        assert "still locked" in str(info.value)
+    with locked(path, timeout=0.2):  # released again
+        pass
+
+
+def test_after_runs_under_the_lock_with_what_was_written(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    seen: list[StoreData] = []
+
+    def after(data: StoreData) -> None:
+        with pytest.raises(StoreAccessError):
+            with locked(path, timeout=0.05):
+                pass
+        seen.append(data)
+
+    update_store(path, _add(_record("a")), after=after)
+    assert seen[0].last_modified and [r.id for r in seen[0].secrets] == ["a"]
