@@ -142,8 +142,40 @@ def test_random_bytes_and_http_are_unknown() -> None:
     assert rejected(http).reason is RejectReason.UNKNOWN_SECRET
 
 
-def test_short_probe_waits_for_more() -> None:
-    assert isinstance(new_handshake().feed(b"GET / HTTP/1.0\r\n\r\n", NOW), NeedMore)
+def test_short_http_probe_goes_to_the_mask_at_once() -> None:
+    for probe in [b"GET / HTTP/1.0\r\n\r\n", b"HEAD", b"OPTIONS * HTTP/1.1\r\n", b"\xef", b"\xee\xee\xee\xee"]:
+        step = new_handshake().feed(probe, NOW)
+        assert isinstance(step, Rejected) and step.received == probe, probe
+
+
+def test_short_random_probe_waits_like_a_server_would() -> None:
+    assert isinstance(new_handshake().feed(b"\x01\x02\x03\x04\x05", NOW), NeedMore)
+
+
+def test_received_is_exactly_what_was_fed_after_the_flight() -> None:
+    hello = build_client_hello(KEY, DOMAIN, os.urandom, NOW)
+    bad = b"\x17\x03\x03\x00\x05xxxxx" + b"\x15\x03\x03\x00\x01\x00"
+    data = hello + bad
+    handshake = new_handshake()
+    step: Step = NeedMore()
+    for i in range(0, len(data), 11):
+        step = handshake.feed(data[i : i + 11], NOW)
+        if not isinstance(step, NeedMore):
+            break
+    assert isinstance(step, Rejected) and step.reason is RejectReason.TLS_BAD_INIT
+    assert step.received == data[: i + 11]
+
+
+def test_certificate_size_jitter_stays_in_range() -> None:
+    settings = HandshakeSettings(cert_size=2000, cert_size_jitter=40)
+    sizes = set()
+    for _ in range(60):
+        hello = build_client_hello(KEY, DOMAIN, os.urandom, NOW)
+        step = Handshake(table(SECRETS["ee"]), settings, ReplayFilter.in_process(64), os.urandom).feed(hello, NOW)
+        assert isinstance(step, NeedMore)
+        hello_len = int.from_bytes(step.send[3:5], "big")
+        sizes.add(int.from_bytes(step.send[5 + hello_len + 9 : 5 + hello_len + 11], "big"))
+    assert min(sizes) >= 1960 and max(sizes) <= 2040 and len(sizes) > 10
 
 
 def test_bad_hmac() -> None:

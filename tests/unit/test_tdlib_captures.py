@@ -63,3 +63,22 @@ def test_tdlib_obfuscated_init_decodes_to_req_pq_multi(capture: dict[str, Any]) 
     stream = session.from_client.update(session.pending)
     # Frame: 4-byte length, then auth_key_id 0, message id, length, then the constructor.
     assert stream[4:12] == bytes(8) and stream[24:28] == REQ_PQ_MULTI
+
+
+@pytest.mark.parametrize("capture", by_kind("ee_full"), ids=lambda c: c["file"])
+def test_tdlib_complete_fake_tls_flight_authenticates_in_every_split(capture: dict[str, Any]) -> None:
+    data = (CAPTURES / capture["file"]).read_bytes()
+    now = float(capture["timestamp"])
+    for cut in range(1, len(data), 13):
+        hs = server(capture["secret"])
+        steps = [hs.feed(data[:cut], now)]
+        if isinstance(steps[0], NeedMore):
+            steps.append(hs.feed(data[cut:], now))
+        step = steps[-1]
+        assert isinstance(step, Authenticated), (cut, step)
+        session = step.session
+        assert session.fake_tls and session.tag == b"\xdd" * 4 and session.dc_id == 1
+        assert session.tls_reader is not None
+        rest = data[cut:] if len(steps) == 1 else b""
+        stream = session.from_client.update(session.pending + session.tls_reader.unwrap(rest))
+        assert stream[4:12] == bytes(8) and stream[24:28] == REQ_PQ_MULTI

@@ -26,3 +26,4 @@ class RejectReason(enum.Enum):
     TLS_BAD_SNI = "tls-bad-sni"  # the SNI names none of the configured domains
     TLS_BAD_INIT = "tls-bad-init"  # after the TLS handshake, the obfuscated2 init did not decrypt
     HANDSHAKE_TIMEOUT = "handshake-timeout"  # the runtime gave up waiting for the handshake bytes
+    HANDSHAKE_EOF = "handshake-eof"  # the client closed its side before the handshake was complete

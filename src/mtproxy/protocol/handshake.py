@@ -75,6 +75,7 @@ class HandshakeSettings:
     max_skew_past: float = 600.0  # a hello this old is refused: old captures fail
     max_skew_future: float = 600.0  # phones with a fast clock still pass
     cert_size: int = 2500  # size of the fake encrypted certificate record
+    cert_size_jitter: int = 0  # real sites' flights vary by a few bytes (tickets, OCSP): vary ours too
 
 
 @dataclass
@@ -185,6 +186,10 @@ class Handshake:
 
     def _feed_obfs2(self) -> Step:
         if len(self._received) < obfs2.INIT_SIZE:
+            # No client starts with these words (HTTP, ef, dd/ee tags): hand such probes to the mask at
+            # once, as a web server would answer them, instead of after the handshake timeout.
+            if obfs2.is_forbidden_start(bytes(self._received[:4])):
+                return self._reject(RejectReason.UNKNOWN_SECRET)
             return NeedMore()
         init = bytes(self._received[: obfs2.INIT_SIZE])
         for index in self._table.candidates(self._hint, None):
@@ -227,20 +232,25 @@ class Handshake:
         if self._check_replay(hello.random, now, ttl):
             return self._reject(RejectReason.REPLAY)
         self._secret_index = index
-        flight = faketls.build_server_flight(
-            self._table.secrets[index].key, hello, self._random, self._settings.cert_size
-        )
+        flight = faketls.build_server_flight(self._table.secrets[index].key, hello, self._random, self._cert_size())
         self._state = _TLS_INIT
         self._tls_reader = faketls.TlsRecordReader()
         rest = bytes(self._received[total:])
         if not rest:
             return NeedMore(flight)
+        del self._received[total:]  # _feed_tls_init records them again
         step = self._feed_tls_init(rest)
         if isinstance(step, Authenticated):
             return Authenticated(step.session, flight)
         if isinstance(step, NeedMore):
             return NeedMore(flight)
         return step
+
+    def _cert_size(self) -> int:
+        size, jitter = self._settings.cert_size, self._settings.cert_size_jitter
+        if jitter > 0:
+            size += int.from_bytes(self._random(2), "big") % (2 * jitter + 1) - jitter
+        return min(max(size, 1), faketls.MAX_RECORD_PAYLOAD)
 
     def _feed_tls_init(self, data: bytes) -> Step:
         assert self._tls_reader is not None

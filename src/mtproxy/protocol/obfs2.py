@@ -66,6 +66,11 @@ def is_acceptable_init(init: bytes | bytearray) -> bool:
     return init[0] != 0xEF and bytes(init[:4]) not in _FORBIDDEN_STARTS and any(init[4:8])
 
 
+def is_forbidden_start(head: bytes) -> bool:
+    """True when the first bytes received already rule out an obfuscated2 init (needs 1 to 4 bytes)."""
+    return (len(head) >= 1 and head[0] == 0xEF) or (len(head) >= 4 and head[:4] in _FORBIDDEN_STARTS)
+
+
 @dataclass
 class DecodedInit:
     """An init that decrypted to a known framing tag under some key."""
