@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
+
+from cryptography.hazmat.primitives.ciphers import CipherContext
 
 from mtproxy.config import HostPort
 from mtproxy.protocol import faketls, obfs2
@@ -57,16 +59,17 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._handshake: Handshake | None = None
         self._table: SecretTable | None = None
         self._tls_reader: faketls.TlsRecordReader | None = None
-        self._from_client: object = None
-        self._to_dc: object = None
+        self._from_client: CipherContext  # both set when the DC leg opens, before any relaying
+        self._to_dc: CipherContext
         self._eof_in = False  # client sent EOF
         self._eof_out = False  # upstream sent EOF
         self._answered = False
 
     # ----------------------------------------------------------------- lifecycle
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's class is not a subclass
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # uvloop's transport class is not a subclass
+        self.transport = transport
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = (str(peer[0]), int(peer[1]))
@@ -298,8 +301,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         if n + _SLACK > len(self._tmp):
             self._tmp = bytearray(n + _SLACK)
             self._out = bytearray(n + _SLACK)
-        self._from_client.update_into(data, self._tmp)  # type: ignore[attr-defined]
-        self._to_dc.update_into(memoryview(self._tmp)[:n], self._out)  # type: ignore[attr-defined]
+        self._from_client.update_into(data, self._tmp)
+        self._to_dc.update_into(memoryview(self._tmp)[:n], self._out)
         up.transport.write(memoryview(self._out)[:n])
         if up.transport.get_write_buffer_size():
             self._out = bytearray(len(self._out))

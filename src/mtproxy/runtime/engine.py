@@ -15,9 +15,10 @@ import uvloop
 from mtproxy.config import EngineConfig
 from mtproxy.links import ServerUnknownError, guess_public_address, make_links
 from mtproxy.protocol.replay import ReplayFilter
+from mtproxy.protocol.secret import Secret
 from mtproxy.qr import terminal_text
 from mtproxy.stats.counters import Counters
-from mtproxy.stats.http import StatsServer
+from mtproxy.stats.http import SnapshotProvider, StatsServer
 
 from .app import WorkerPlan, serve
 from .logs import setup_logging
@@ -66,7 +67,7 @@ def _print_generated(cfg: EngineConfig, out: TextIO) -> None:
     out.flush()
 
 
-def cfg_generated_secret(cfg: EngineConfig):  # type: ignore[no-untyped-def]
+def cfg_generated_secret(cfg: EngineConfig) -> Secret:
     return generated_secret(cfg.state_file, cfg.domains[0] if cfg.domains else None, os.urandom)
 
 
@@ -74,7 +75,7 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
     setup_logging(cfg.log_file)
     for warning in cfg.warnings:
         log.warning("%s", warning)
-    generated = []
+    generated: list[tuple[str, Secret]] = []
     if not cfg.secrets and cfg.secrets_file is None:
         generated = [(GENERATED_ID, cfg_generated_secret(cfg))]
         _print_generated(cfg, out)
@@ -134,7 +135,7 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
             stats.close()
 
 
-def _start_stats(cfg: EngineConfig, provider, start: bool = True) -> StatsServer | None:  # type: ignore[no-untyped-def]
+def _start_stats(cfg: EngineConfig, provider: SnapshotProvider, start: bool = True) -> StatsServer | None:
     if cfg.stats is None:
         return None
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import socket
@@ -230,7 +231,7 @@ class Server:
         self.loop = asyncio.get_running_loop()
         for address, sock in sockets:
             srv = await self.loop.create_server(
-                lambda a=address: ClientConnection(self, a), sock=sock, backlog=LISTEN_BACKLOG
+                functools.partial(ClientConnection, self, address), sock=sock, backlog=LISTEN_BACKLOG
             )
             self._servers.append(srv)
             self.listening.append(address)

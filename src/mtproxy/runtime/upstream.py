@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
+
+from cryptography.hazmat.primitives.ciphers import CipherContext
 
 from mtproxy.config import HostPort
 from mtproxy.protocol import faketls
@@ -47,8 +49,9 @@ class _Leg(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self._recv = bytearray(client.server.cfg.limits.read_size)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's class is not a subclass
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # uvloop's transport class is not a subclass
+        self.transport = transport
         transport.set_write_buffer_limits(high=self.client.server.cfg.limits.buffer_size)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -97,8 +100,8 @@ class DcProtocol(_Leg):
 
     def __init__(self, client: ClientConnection) -> None:
         super().__init__(client)
-        self._from_dc: object = None
-        self._to_client: object = None
+        self._from_dc: CipherContext | None = None
+        self._to_client: CipherContext | None = None
         self._tls = False
         self._out = bytearray(0)
 
@@ -120,7 +123,7 @@ class DcProtocol(_Leg):
         if self._from_dc is not None:
             # Not fast mode: decrypt from the DC into _out's tail, re-encrypt below.
             plain = bytearray(nbytes + _SLACK)
-            self._from_dc.update_into(data, plain)  # type: ignore[attr-defined]
+            self._from_dc.update_into(data, plain)
             data = memoryview(plain)[:nbytes]
         if self._tls:
             out, pos = self._out, 0
@@ -132,7 +135,7 @@ class DcProtocol(_Leg):
                 view[pos + 3 : pos + 5] = size.to_bytes(2, "big")
                 pos += _HEADER
                 if self._to_client is not None:
-                    self._to_client.update_into(chunk, view[pos:])  # type: ignore[attr-defined]
+                    self._to_client.update_into(chunk, view[pos:])
                 else:
                     view[pos : pos + size] = chunk
                 pos += size
@@ -140,7 +143,7 @@ class DcProtocol(_Leg):
             if client.get_write_buffer_size():
                 self._out = bytearray(len(self._out))
         elif self._to_client is not None:
-            self._to_client.update_into(data, self._out)  # type: ignore[attr-defined]
+            self._to_client.update_into(data, self._out)
             client.write(memoryview(self._out)[:nbytes])
             if client.get_write_buffer_size():
                 self._out = bytearray(len(self._out))
