@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ DEFAULT_PORT = 8443
 DEFAULT_WORKERS = 1
 DEFAULT_STATS_PORT = 8888
 MAX_WORKERS = 64
+
+_MANAGED = frozenset({"version", "port", "workers", "domain", "server", "mask", "stats_port"})
 
 SettingsError = StoreFormatError  # same shape: names the file and the problem
 
@@ -31,9 +33,13 @@ class Settings:
     server: str | None = None
     mask: str | None = None
     stats_port: int = DEFAULT_STATS_PORT
+    # Keys this module does not manage (the engine's allow_classic, tls_skew, …): kept as written, so
+    # `set-port` never drops what the operator or the setup wizard put in the shared file.
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            **self.extra,
             "version": SETTINGS_VERSION,
             "port": self.port,
             "workers": self.workers,
@@ -73,7 +79,7 @@ def check_mask(value: str) -> str:
 
 
 def parse_settings(doc: Any) -> Settings:
-    """Validate the document; unknown keys are kept out, missing keys take their defaults."""
+    """Validate the document; missing keys take their defaults, other keys ride along in `extra`."""
     if not isinstance(doc, dict):
         raise ValueError("the top level must be an object")
     version = doc.get("version", SETTINGS_VERSION)
@@ -104,6 +110,7 @@ def parse_settings(doc: Any) -> Settings:
         server=server or None,
         mask=mask or None,
         stats_port=check_port(doc.get("stats_port", DEFAULT_STATS_PORT), "stats_port"),
+        extra={k: v for k, v in doc.items() if k not in _MANAGED},
     )
     if settings.stats_port == settings.port:
         raise ValueError("stats_port and port must differ")

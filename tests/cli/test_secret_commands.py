@@ -268,3 +268,21 @@ def test_unknown_command_and_option_are_usage_errors(cli: Cli) -> None:
 def test_file_path_helpers_stay_under_root(paths: Paths, tmp_path: Path) -> None:
     for p in (paths.secrets_file, paths.settings_file, paths.data_dir, paths.logs_dir, paths.secret_dir("x")):
         assert p.is_relative_to(tmp_path / "root")
+
+
+def test_add_and_regenerate_json(cli: Cli, paths: Paths) -> None:
+    added = cli("add-secret", "--label", "bot", "--json").json()
+    assert added["kind"] == "secret" and added["version"] == 1 and added["label"] == "bot"
+    assert added["tg"] == f"tg://proxy?server={SERVER}&port=8443&secret={added['secret']}"
+    assert Path(added["qr_png"]).exists() and added["proxy"]["live"] is False
+    again = cli("regenerate-secret", "bot", "--yes", "--json").json()
+    assert again["id"] == added["id"] and again["secret"] != added["secret"]
+    assert _store(paths)["secrets"][0]["value"] == again["secret"]
+
+
+def test_classic_secret_with_a_fake_tls_only_proxy_is_warned_about(cli: Cli, paths: Paths) -> None:
+    _write_settings(paths, domain="www.example.com")
+    warned = cli("add-secret", "--plain")
+    assert warned.status == ExitStatus.OK and "only ee clients" in warned.err
+    _write_settings(paths, domain="www.example.com", allow_classic=True)
+    assert "only ee clients" not in cli("add-secret", "--with-padding").err

@@ -93,10 +93,13 @@ def test_set_workers(cli: Cli, paths: Paths) -> None:
 
 def test_settings_file_keeps_other_keys_and_is_atomic_json(cli: Cli, paths: Paths) -> None:
     paths.settings_file.parent.mkdir(parents=True)
-    paths.settings_file.write_text(json.dumps({"version": 1, "domain": "www.example.com", "workers": 3}))
+    paths.settings_file.write_text(json.dumps({"version": 1, "domain": "www.example.com", "workers": 3,
+                                               "allow_classic": True, "dc_override": ["*=127.0.0.1:9"]}))
     assert cli("set-workers", "1").status == ExitStatus.OK
     doc = json.loads(paths.settings_file.read_text())
     assert doc["domain"] == "www.example.com" and doc["workers"] == 1 and doc["port"] == 8443
+    # The engine's own keys in the shared file survive a CLI change.
+    assert doc["allow_classic"] is True and doc["dc_override"] == ["*=127.0.0.1:9"]
 
 
 def test_malformed_settings_file_is_reported_and_untouched(cli: Cli, paths: Paths) -> None:

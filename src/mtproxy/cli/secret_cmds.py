@@ -112,9 +112,19 @@ def _check_label(data: StoreData, label: str, own_id: str | None = None) -> None
                            "pick another label", ExitStatus.CONFLICT)
 
 
-def _print_change(env: Env, title: str, report: ChangeReport, settings: Settings) -> None:
+def _print_change(env: Env, title: str, report: ChangeReport, settings: Settings, as_json: bool = False) -> None:
     record = report.record
     assert record is not None
+    if as_json:
+        links = artifacts.links_for(record, settings, report.server) if report.server is not None else None
+        files = artifacts.files_for(env.paths, record)
+        env.out(dump_json("secret", {
+            "id": record.id, "label": record.label, "type": record.type, "domain": record.domain,
+            "secret": record.value, "tg": links.tg if links else None, "https": links.https if links else None,
+            "qr_png": str(files.png), "qr_svg": str(files.svg), "dry_run": env.runner.dry_run,
+            "proxy": {"message": report.apply.message, "live": report.apply.live}, "notes": report.notes,
+        }))
+        return
     env.out(env.style("✓ ", fg="green") + title)
     kind = KIND_WORDS.get(record.type, record.type)
     if record.domain:
@@ -149,8 +159,11 @@ Examples:
 @click.option("--fake-tls", "domain", metavar="DOMAIN", help="A fake-TLS (ee) secret for this domain.")
 @click.option("--label", "-l", help="A short name to refer to the secret by (unique).")
 @click.option("--description", "-d", default="", help="Free text kept in the store.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (includes the secret).")
 @pass_env
-def add_secret(env: Env, kind: str | None, domain: str | None, label: str | None, description: str) -> None:
+def add_secret(
+    env: Env, kind: str | None, domain: str | None, label: str | None, description: str, as_json: bool
+) -> None:
     """Create a secret from 16 bytes of the OS CSPRNG; print it, its links, and its QR files."""
     if kind and domain:
         raise CliError("--fake-tls cannot be combined with --plain or --with-padding",
@@ -181,9 +194,12 @@ def add_secret(env: Env, kind: str | None, domain: str | None, label: str | None
         )
         return data.with_record(record), record
 
+    if settings.domain and secret_kind is not SecretKind.FAKE_TLS and not settings.extra.get("allow_classic"):
+        env.warn("a fake-TLS domain is configured, so the proxy accepts only ee clients unless "
+                 "allow_classic is set in the settings file; this secret will be refused until then")
     report = change_secrets(env, change)
     assert report.record is not None
-    _print_change(env, f"added secret {report.record.name}", report, settings)
+    _print_change(env, f"added secret {report.record.name}", report, settings, as_json)
 
 
 @click.command("list-secrets", epilog="""\b
@@ -263,8 +279,9 @@ Examples:
 @click.argument("ref", metavar="SECRET|ID|LABEL")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask (the old links stop working).")
 @click.option("--dry-run", is_flag=True, help="Say what would change, change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (includes the new secret).")
 @pass_env
-def regenerate_secret(env: Env, ref: str, yes: bool, dry_run: bool) -> None:
+def regenerate_secret(env: Env, ref: str, yes: bool, dry_run: bool, as_json: bool) -> None:
     """Give a secret a new random value, keeping its id, label, type and domain; print the new links."""
     if dry_run:
         env.runner.dry_run = True
@@ -285,7 +302,7 @@ def regenerate_secret(env: Env, ref: str, yes: bool, dry_run: bool) -> None:
     report = change_secrets(env, change)
     settings = load_settings(env)
     verb = "would regenerate" if env.runner.dry_run else "regenerated"
-    _print_change(env, f"{verb} secret {target.name} (was {target.masked()})", report, settings)
+    _print_change(env, f"{verb} secret {target.name} (was {target.masked()})", report, settings, as_json)
 
 
 COMMANDS = [add_secret, list_secrets, remove_secret, regenerate_secret]
