@@ -128,7 +128,7 @@ class FakeDC:
             conn.settimeout(0.2)
             try:
                 _Connection(self, conn, number).run()
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, IndexError) as exc:
                 self._record("error", number, error=repr(exc))
         self._record("closed", number)
 
