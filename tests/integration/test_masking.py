@@ -150,3 +150,19 @@ def test_mask_pointing_at_itself_is_refused(tmp_path, secret: Secret) -> None:  
         resolve(["--listen", "127.0.0.1:8443", "--mask", "127.0.0.1:8443", "-S", secret.to_hex()])
     with pytest.raises(ConfigError, match="own"):
         resolve(["-H", "8443", "--mask", "127.0.0.1:8443", "-S", secret.to_hex()])
+
+
+def test_ipv6_listener_logs_bare_address(start_proxy: ProxyFactory, peers: BackgroundPeers, secret: Secret,
+                                         tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    port = free_port("::1")
+    proxy = start_proxy("-S", secret.to_hex(), "--listen", f"[::1]:{port}", "--mask", f"127.0.0.1:{peers.mask_port}",
+                        "--cert-size", "2000", "--state-file", str(tmp_path / "s.json"), base=False, port=port)
+    data = os.urandom(200)
+    assert run(send_raw("::1", port, data)) == expected_mask_reply(data)
+    line = proxy.wait_log("rejected handshake").splitlines()[-1]
+    assert re.search(rf"Z mtproxy\[\d+\]: rejected handshake from ::1 port \d+ on ::1:{port}: reason=unknown-secret$",
+                     line), line

@@ -105,3 +105,19 @@ def test_client_that_does_not_read_is_bounded(start_proxy: ProxyFactory, secret:
 
     grown = run(scenario())
     assert grown < 32 * 1024, f"proxy RSS grew by {grown} KB"
+
+
+@pytest.mark.parametrize("mode", ["classic", "dd", "ee"])
+def test_without_fast_mode(start_proxy: ProxyFactory, secret: Secret, mode: str) -> None:
+    """--no-fast-mode decrypts the DC's stream and re-encrypts it for the client: same bytes arrive."""
+    proxy = start_proxy("-S", secret.to_hex(), "--allow-classic", "--no-fast-mode")
+    data = os.urandom(512 * 1024)
+
+    async def scenario() -> bytes:
+        client = await open_client("127.0.0.1", proxy.port, secret_for_mode(secret, mode))
+        try:
+            return await round_trip(client, data)
+        finally:
+            await client.close()
+
+    assert run(scenario()) == data
