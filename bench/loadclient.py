@@ -1,0 +1,354 @@
+"""Load client worker: opens sessions (raw, classic, dd or ee) to a target, then runs one phase
+(bulk upload/download, latency pings, handshake churn, or idle hold) and prints JSON lines.
+The orchestrator (bench.loadtool) starts several of these and steers them over stdin."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import time
+from typing import Any, cast
+
+import uvloop
+
+from bench import tlshello, wire
+from bench.fakedc import raise_nofile
+from mtproxy.protocol import faketls
+from mtproxy.protocol.secret import Secret
+
+RECV = memoryview(bytearray(256 * 1024))  # one receive buffer per process: data is consumed synchronously
+CHUNK = 256 * 1024
+_RANDOM = os.urandom(CHUNK)
+IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h: share source ports across destinations
+PING_SIZE = 32
+CONNECT_TIMEOUT = 30.0
+
+
+def _framed_block() -> tuple[bytes, int]:
+    """A block of client records (2878-byte payloads, like real clients) and its payload size."""
+    records = CHUNK // (wire.CLIENT_RECORD_PAYLOAD + 5)
+    payload = records * wire.CLIENT_RECORD_PAYLOAD
+    return faketls.wrap_records(_RANDOM[:payload], wire.CLIENT_RECORD_PAYLOAD), payload
+
+
+class Conn(asyncio.BufferedProtocol):
+    """One client connection. Received payload is either counted (bulk download, never decrypted) or
+    collected and decrypted until `_need` bytes arrived (READY, DONE, echo replies)."""
+
+    def __init__(self, session: wire.ClientSession, secret: Secret | None) -> None:
+        self.session = session
+        self.secret = secret
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._flight: bytearray | None = bytearray() if session.flight_expected else None
+        self._stripper = wire.RecordStripper() if session.framed else None
+        self._plain = bytearray()
+        self._need = 0
+        self._waiter: asyncio.Future[bytes] | None = None
+        self._count_target = 0
+        self._counted = 0
+        self._counter: asyncio.Future[None] | None = None
+        self._to_send = 0
+        self._paused = False
+        self._sent_done: asyncio.Future[None] | None = None
+        self._block, self._block_payload = _framed_block() if session.framed else (_RANDOM, CHUNK)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        self.transport.set_write_buffer_limits(1024 * 1024)
+        transport.write(self.session.first)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return RECV
+
+    def buffer_updated(self, nbytes: int) -> None:
+        data = RECV[:nbytes]
+        if self._flight is not None:
+            self._flight += data
+            try:
+                size = tlshello.flight_length(self._flight)
+            except ValueError as exc:
+                self._fail(exc)
+                return
+            if size is None:
+                return
+            assert self.secret is not None and self.transport is not None
+            if not tlshello.check_flight(self.secret, self.session.hello_random, bytes(self._flight[:size])):
+                self._fail(ValueError("server flight HMAC does not verify"))
+                return
+            rest = memoryview(bytes(self._flight[size:]))
+            self._flight = None
+            self.transport.write(self.session.after_flight)
+            if not rest:
+                return
+            data = rest
+        collect = self._waiter is not None or not self._counter
+        if self._stripper is not None:
+            sink = bytearray() if collect else None
+            try:
+                n = self._stripper.feed(data, sink)
+            except ValueError as exc:
+                self._fail(exc)
+                return
+            if sink is not None:
+                data = memoryview(sink)
+        else:
+            n = len(data)
+        if collect:
+            self._plain += self.session.decrypt.update(data)
+            self._check_waiter()
+        else:
+            self._counted += n
+            if self._counted >= self._count_target and self._counter is not None and not self._counter.done():
+                self._counter.set_result(None)
+
+    def _check_waiter(self) -> None:
+        if self._waiter is not None and len(self._plain) >= self._need and not self._waiter.done():
+            got = bytes(self._plain[: self._need])
+            del self._plain[: self._need]
+            self._waiter.set_result(got)
+            self._waiter = None
+
+    def _fail(self, exc: Exception) -> None:
+        for fut in (self._waiter, self._counter, self._sent_done):
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def read_plain(self, n: int, timeout: float) -> bytes:
+        self._need = n
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        self._check_waiter()
+        return await asyncio.wait_for(waiter, timeout)
+
+    def send_plain(self, data: bytes) -> None:
+        assert self.transport is not None
+        enc = self.session.encrypt.update(data)
+        self.transport.write(faketls.wrap_records(enc, wire.CLIENT_RECORD_PAYLOAD) if self.session.framed else enc)
+
+    def expect_count(self, n: int) -> asyncio.Future[None]:
+        self._count_target, self._counted = n, 0
+        self._counter = asyncio.get_running_loop().create_future()
+        return self._counter
+
+    def send_bulk(self, n: int) -> None:
+        """Upload n payload bytes (not encrypted: the sink never reads them) with flow control."""
+        self._to_send = n
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._to_send > 0 and not self._paused and self.transport is not None:
+            if self._to_send >= self._block_payload:
+                self.transport.write(self._block)
+                self._to_send -= self._block_payload
+            else:
+                tail = _RANDOM[: self._to_send]
+                self.transport.write(
+                    faketls.wrap_records(tail, wire.CLIENT_RECORD_PAYLOAD) if self.session.framed else tail
+                )
+                self._to_send = 0
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._pump()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._fail(ConnectionError("connection closed"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class Worker:
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.job = job
+        self.kind: str = job["kind"]
+        key = bytes.fromhex(job.get("secret_key", "00" * 16))
+        self.secret = wire.secret_for(self.kind, key, job.get("domain", "example.com"))
+        self.target = (job["host"], job["port"])
+        self.sources: list[str] = job.get("sources", ["127.0.0.1"])
+        self._next_source = 0
+        self.errors: dict[str, int] = {}
+
+    def _error(self, exc: BaseException) -> None:
+        name = type(exc).__name__
+        self.errors[name] = self.errors.get(name, 0) + 1
+
+    async def open(self, mode: int, count: int = 0, extra: bytes = b"") -> Conn:
+        loop = asyncio.get_running_loop()
+        session = wire.client_session(self.kind, self.secret, wire.command(mode, count) + extra)
+        source = self.sources[self._next_source % len(self.sources)]
+        self._next_source += 1
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((source, 0))
+            sock.setblocking(False)
+            await asyncio.wait_for(loop.sock_connect(sock, self.target), CONNECT_TIMEOUT)
+            _, conn = await loop.create_connection(lambda: Conn(session, self.secret), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return conn
+
+    async def establish(self, mode: int, count: int = 0) -> Conn:
+        conn = await self.open(mode, count)
+        ready = await conn.read_plain(len(wire.READY), CONNECT_TIMEOUT)
+        if ready != wire.READY:
+            raise ValueError("DC reply did not decrypt to READY")
+        return conn
+
+    async def establish_many(self, n: int, mode: int, count: int, parallel: int) -> list[Conn]:
+        sem = asyncio.Semaphore(parallel)
+        conns: list[Conn] = []
+
+        async def one() -> None:
+            async with sem:
+                try:
+                    conns.append(await self.establish(mode, count))
+                except (OSError, ValueError, TimeoutError, ConnectionError) as exc:
+                    self._error(exc)
+
+        await asyncio.gather(*(one() for _ in range(n)))
+        return conns
+
+
+def emit(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+async def wait_line() -> str:
+    return await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+
+async def phase_bulk(w: Worker) -> None:
+    job = w.job
+    up = job["direction"] == "up"
+    per = int(job["bytes_per_conn"])
+    mode = wire.MODE_SINK if up else wire.MODE_SOURCE
+    conns = await w.establish_many(job["conns"], mode, per, job.get("parallel", 200))
+    emit("ready", sessions=len(conns), errors=w.errors)
+    await wait_line()
+    start = time.monotonic()
+    done_at: list[float] = []
+
+    async def run(c: Conn) -> None:
+        try:
+            if up:
+                waiter = asyncio.ensure_future(c.read_plain(len(wire.DONE), job["timeout"]))
+                c.send_bulk(per)
+                if await waiter != wire.DONE:
+                    raise ValueError("sink reply did not decrypt to DONE")
+            else:
+                fut = c.expect_count(per)
+                c.send_plain(wire.GO)
+                await asyncio.wait_for(fut, job["timeout"])
+            done_at.append(time.monotonic())
+        except (OSError, ValueError, TimeoutError, ConnectionError) as exc:
+            w._error(exc)
+        finally:
+            if c.transport is not None:
+                c.transport.close()
+
+    await asyncio.gather(*(run(c) for c in conns))
+    end = max(done_at) if done_at else time.monotonic()
+    emit("result", start=start, end=end, ok=len(done_at), bytes=per * len(done_at), errors=w.errors)
+
+
+async def phase_latency(w: Worker) -> None:
+    job = w.job
+    conns = await w.establish_many(job["conns"], wire.MODE_ECHO, 0, 50)
+    emit("ready", sessions=len(conns), errors=w.errors)
+    await wait_line()
+    rtts: list[float] = []
+
+    async def run(c: Conn) -> None:
+        try:
+            for _ in range(job["pings"]):
+                ping = os.urandom(job.get("size", 64))
+                t0 = time.perf_counter()
+                c.send_plain(ping)
+                echo = await c.read_plain(len(ping), 10)
+                rtts.append(time.perf_counter() - t0)
+                if echo != ping:
+                    raise ValueError("echo mismatch")
+        except (OSError, ValueError, TimeoutError, ConnectionError) as exc:
+            w._error(exc)
+        finally:
+            if c.transport is not None:
+                c.transport.close()
+
+    await asyncio.gather(*(run(c) for c in conns))
+    emit("result", rtts=rtts, errors=w.errors)
+
+
+async def phase_handshake(w: Worker) -> None:
+    """Each handshake: connect, handshake, one small echo (sent with the init), close."""
+    job = w.job
+    emit("ready", sessions=0, errors=w.errors)
+    await wait_line()
+    total, parallel = job["total"], job["parallel"]
+    durations: list[float] = []
+    remaining = total
+
+    async def loop_one() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            t0 = time.perf_counter()
+            try:
+                ping = os.urandom(PING_SIZE)
+                c = await w.open(wire.MODE_ECHO, 0, ping)
+                got = await c.read_plain(len(wire.READY) + PING_SIZE, 10)
+                if got != wire.READY + ping:
+                    raise ValueError("echo after handshake did not match")
+                durations.append(time.perf_counter() - t0)
+                assert c.transport is not None
+                c.transport.close()
+                await c.closed
+            except (OSError, ValueError, TimeoutError, ConnectionError) as exc:
+                w._error(exc)
+
+    start = time.monotonic()
+    await asyncio.gather(*(loop_one() for _ in range(parallel)))
+    emit("result", start=start, end=time.monotonic(), ok=len(durations), durations=durations, errors=w.errors)
+
+
+async def phase_idle(w: Worker) -> None:
+    job = w.job
+    conns = await w.establish_many(job["conns"], wire.MODE_ECHO, 0, job.get("parallel", 200))
+    emit("ready", sessions=len(conns), errors=w.errors)
+    await wait_line()
+    alive = sum(1 for c in conns if c.transport is not None and not c.transport.is_closing())
+    for c in conns:
+        if c.transport is not None:
+            c.transport.abort()
+    emit("result", alive=alive, errors=w.errors)
+
+
+PHASES = {"bulk": phase_bulk, "latency": phase_latency, "handshake": phase_handshake, "idle": phase_idle}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("job", help="the job as JSON")
+    args = parser.parse_args(argv)
+    job = json.loads(args.job)
+    raise_nofile()
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(PHASES[job["phase"]](Worker(job)))
+
+
+if __name__ == "__main__":
+    main()

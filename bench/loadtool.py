@@ -1,0 +1,344 @@
+"""The load tool: inside a private network namespace, start a fake DC, the baselines and the proxy under
+test, drive them with the same client load, and report proxy CPU per GB and per handshake, throughput,
+added latency and memory per idle session, as a table and as JSON (see docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import harness, netns, report, wire
+
+DC_HOST, DC_PORT, MASK_PORT, PLAIN_PORT, PROXY_PORT = "127.0.0.1", 9443, 9444, 7443, 8443
+DOMAIN = "example.com"
+DEFAULT_ENGINE = (
+    "{python} -m mtproxy.cli.main run -H {port} {secret_args} --dc-override *={dc_host}:{dc_port} "
+    "--mask {mask_host}:{mask_port} --workers {workers}"
+)
+MODES = ("classic", "dd", "ee")
+
+
+def secret_text(kind: str, key: bytes) -> str:
+    secret = wire.secret_for(kind, key, DOMAIN)
+    assert secret is not None
+    return secret.to_hex()
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out_dir = Path(args.out)
+        self.log = self.out_dir / "servers.log"
+        self.key = os.urandom(16)
+
+    # ---- subjects -------------------------------------------------------------------------------
+    def start_subject(self, subject: str, workers: int = 1, extra_keys: int = 0) -> harness.Service | None:
+        """Start what clients of `subject` talk to; None for the direct path (no proxy)."""
+        if subject == "direct":
+            return None
+        if subject == "plain":
+            return harness.start_module(
+                "plain",
+                "bench.plainrelay",
+                ["--port", str(PLAIN_PORT), "--upstream", f"{DC_HOST}:{DC_PORT}"],
+                copies=workers,
+            )
+        kind = subject.split("-", 1)[1]
+        keys = [os.urandom(16) for _ in range(extra_keys)] + [self.key]
+        secrets = [secret_text(kind, k) for k in keys]
+        values = {
+            "python": sys.executable,
+            "port": str(PROXY_PORT),
+            "secret": secrets[-1],
+            "dc_host": DC_HOST,
+            "dc_port": str(DC_PORT),
+            "mask_host": DC_HOST,
+            "mask_port": str(MASK_PORT),
+            "workers": str(workers),
+            "domain": DOMAIN,
+        }
+        argv = harness.expand_template(
+            self.args.engine_cmd, values, {"secret_args": [a for s in secrets for a in ("-S", s)]}
+        )
+        with open(self.log, "ab") as f:
+            f.write(f"\n=== {subject} workers={workers} secrets={len(secrets)}\n".encode())
+        return harness.start_command(subject, argv, DC_HOST, PROXY_PORT, self.log)
+
+    def target(self, subject: str) -> dict[str, Any]:
+        if subject == "direct":
+            return {"kind": "raw", "host": DC_HOST, "port": DC_PORT}
+        if subject == "plain":
+            return {"kind": "raw", "host": DC_HOST, "port": PLAIN_PORT}
+        return {
+            "kind": subject.split("-", 1)[1],
+            "host": DC_HOST,
+            "port": PROXY_PORT,
+            "secret_key": self.key.hex(),
+            "domain": DOMAIN,
+        }
+
+    # ---- phases ---------------------------------------------------------------------------------
+    def phase(
+        self, subject: str, svc: harness.Service | None, job: dict[str, Any], workers: int
+    ) -> harness.PhaseResult:
+        job = {**self.target(subject), **job}
+        pids = svc.pids if svc is not None else []
+        res = harness.run_phase(job, workers, pids, self.args.phase_timeout)
+        errors: dict[str, int] = {}
+        for r in res.results + res.ready:
+            for k, v in r.get("errors", {}).items():
+                errors[k] = errors.get(k, 0) + v
+        if errors:
+            print(f"  {subject} {job['phase']}: client errors {errors}", file=sys.stderr)
+        return res
+
+    def bulk(
+        self, subject: str, svc: harness.Service | None, direction: str, conns: int, per: int, workers: int
+    ) -> dict[str, float]:
+        res = self.phase(
+            subject,
+            svc,
+            {
+                "phase": "bulk",
+                "direction": direction,
+                "conns": conns,
+                "bytes_per_conn": per,
+                "timeout": self.args.phase_timeout,
+            },
+            workers,
+        )
+        total = sum(r["bytes"] for r in res.results)
+        span = max(r["end"] for r in res.results) - min(r["start"] for r in res.results)
+        ok = sum(r["ok"] for r in res.results)
+        return {
+            "bytes": total,
+            "seconds": span,
+            "MBps": total / span / 1e6 if span > 0 else 0.0,
+            "cpu": res.cpu,
+            "cpu_s_per_GB": res.cpu / (total / 1e9) if total else float("nan"),
+            "ok": ok,
+            "conns": conns,
+        }
+
+    def handshakes(self, subject: str, svc: harness.Service | None, total: int) -> dict[str, float]:
+        res = self.phase(
+            subject,
+            svc,
+            {"phase": "handshake", "total": total, "parallel": self.args.hs_parallel, "ips": 8},
+            self.args.client_workers,
+        )
+        ok = sum(r["ok"] for r in res.results)
+        span = max(r["end"] for r in res.results) - min(r["start"] for r in res.results)
+        durations = sorted(d for r in res.results for d in r["durations"])
+        return {
+            "ok": ok,
+            "per_s": ok / span if span else 0.0,
+            "cpu": res.cpu,
+            "cpu_ms_per_hs": res.cpu * 1000 / ok if ok else float("nan"),
+            "cpu_s_per_1k": res.cpu * 1000 / ok if ok else float("nan"),
+            "p50_ms": report.percentile(durations, 50) * 1000,
+        }
+
+    def latency(self, subject: str, svc: harness.Service | None) -> dict[str, float]:
+        res = self.phase(
+            subject, svc, {"phase": "latency", "conns": self.args.lat_conns, "pings": self.args.pings, "size": 64}, 1
+        )
+        rtts = sorted(x for r in res.results for x in r["rtts"])
+        return {
+            "p50_ms": report.percentile(rtts, 50) * 1000,
+            "p99_ms": report.percentile(rtts, 99) * 1000,
+            "n": len(rtts),
+        }
+
+    def idle(self, subject: str, sessions: int) -> dict[str, float]:
+        """Memory per idle established session: the proxy with enough workers for the descriptors."""
+        per_worker_fds = self.args.nofile_per_process - 200
+        workers = max(1, -(-2 * sessions // per_worker_fds)) if subject != "direct" else 0
+        svc = self.start_subject(subject, workers=max(1, workers))
+        try:
+            assert svc is not None
+            time.sleep(0.5)
+            import bench.procstat as procstat
+
+            before = procstat.memory(svc.pids)
+            clients = max(2, -(-sessions // 12000))
+            res = self.phase(subject, svc, {"phase": "idle", "conns": sessions, "parallel": 100, "ips": 8}, clients)
+            opened = sum(r["sessions"] for r in res.ready)
+            alive = sum(r["alive"] for r in res.results)
+            assert res.memory is not None
+            return {
+                "sessions": opened,
+                "alive": alive,
+                "workers": workers,
+                "rss_MB": res.memory.rss / 1e6,
+                "pss_MB": res.memory.pss / 1e6,
+                "base_pss_MB": before.pss / 1e6,
+                "KB_per_session_pss": (res.memory.pss - before.pss) / max(1, opened) / 1024,
+                "KB_per_session_rss": (res.memory.rss - before.rss) / max(1, opened) / 1024,
+                "cpu_ms_per_open": res.cpu_setup * 1000 / max(1, opened),
+            }
+        finally:
+            if svc is not None:
+                svc.stop()
+
+    def run_subject(self, subject: str) -> dict[str, Any]:
+        a = self.args
+        out: dict[str, Any] = {}
+        svc = self.start_subject(subject)
+        try:
+            mb = 1_000_000
+            out["up1"] = self.bulk(subject, svc, "up", 1, a.one_mb * mb, 1)
+            out["down1"] = self.bulk(subject, svc, "down", 1, a.one_mb * mb, 1)
+            if a.many:
+                out["upN"] = self.bulk(subject, svc, "up", a.many, a.many_mb * mb // a.many, a.client_workers)
+                out["downN"] = self.bulk(subject, svc, "down", a.many, a.many_mb * mb // a.many, a.client_workers)
+            out["hs"] = self.handshakes(subject, svc, a.handshakes)
+            out["lat"] = self.latency(subject, svc)
+            if svc is not None:
+                import bench.procstat as procstat
+
+                out["rss_MB"] = procstat.memory(svc.pids).rss / 1e6
+        finally:
+            if svc is not None:
+                svc.stop()
+        return out
+
+
+def machine() -> dict[str, str]:
+    model = ""
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python3 -m bench.loadtool", description=__doc__)
+    p.add_argument("--modes", default="classic,dd,ee", help="engine modes to measure (classic,dd,ee)")
+    p.add_argument("--no-engine", action="store_true", help="baselines only (plain relay, direct path)")
+    p.add_argument("--engine-cmd", default=DEFAULT_ENGINE, help="command template for the proxy under test")
+    p.add_argument("--runs", type=int, default=3, help="interleaved runs; medians are reported")
+    p.add_argument("--one-mb", type=int, default=512, help="MB per direction over one connection")
+    p.add_argument("--many", type=int, default=1000, help="concurrent connections for the bulk phase (0: skip)")
+    p.add_argument("--many-mb", type=int, default=1000, help="MB per direction over the concurrent connections")
+    p.add_argument("--handshakes", type=int, default=3000)
+    p.add_argument("--hs-parallel", type=int, default=64)
+    p.add_argument("--lat-conns", type=int, default=4)
+    p.add_argument("--pings", type=int, default=500)
+    p.add_argument("--idle", default="10000,50000", help="idle session counts for the memory phase ('': skip)")
+    p.add_argument("--idle-modes", default="plain,classic,ee")
+    p.add_argument("--secrets", type=int, default=10000, help="configured secrets for the lookup phase (0: skip)")
+    p.add_argument("--secrets-modes", default="classic,ee")
+    p.add_argument("--client-workers", type=int, default=2)
+    p.add_argument("--dc-workers", type=int, default=4)
+    p.add_argument("--phase-timeout", type=float, default=300.0)
+    p.add_argument("--out", default=str(harness.REPO / "bench" / "results"))
+    p.add_argument("--smoke", action="store_true", help="minute numbers: checks the tool end to end")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.runs, args.one_mb, args.many, args.many_mb = 1, 1, 2, 2
+        args.handshakes, args.hs_parallel, args.lat_conns, args.pings = 20, 4, 1, 10
+        args.idle, args.secrets, args.client_workers, args.dc_workers = "", 0, 1, 1
+    import resource
+
+    args.nofile_per_process = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    netns.ensure_isolated("bench.loadtool")
+    # A plain SIGTERM would skip the `finally` blocks that stop the servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    netns.tune_namespace()
+    args = parse_args(argv)
+    bench = Bench(args)
+    bench.out_dir.mkdir(parents=True, exist_ok=True)
+    subjects = ["plain"] + ([] if args.no_engine else [f"engine-{m}" for m in args.modes.split(",") if m])
+    dc = harness.start_module(
+        "fakedc", "bench.fakedc", ["--port", str(DC_PORT), "--mask-port", str(MASK_PORT)], copies=args.dc_workers
+    )
+    runs: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
+    try:
+        for run in range(args.runs):
+            one: dict[str, Any] = {"direct": {"lat": bench.latency("direct", None)}}
+            one["direct"].update(
+                up1=bench.bulk("direct", None, "up", 1, args.one_mb * 1_000_000, 1),
+                down1=bench.bulk("direct", None, "down", 1, args.one_mb * 1_000_000, 1),
+            )
+            # Interleave: each run visits every subject once, so drift on the shared machine hits all alike.
+            order = subjects if run % 2 == 0 else subjects[::-1]
+            for subject in order:
+                print(f"run {run + 1}/{args.runs}: {subject}", file=sys.stderr, flush=True)
+                one[subject] = bench.run_subject(subject)
+            runs.append(one)
+        if not args.no_engine and args.secrets:
+            extra["secrets"] = {}
+            for mode in args.secrets_modes.split(","):
+                if mode in args.modes.split(","):
+                    extra["secrets"][mode] = secrets_phase(bench, mode)
+        if args.idle:
+            extra["idle"] = {}
+            for subject in args.idle_modes.split(","):
+                name = subject if subject in ("plain",) else f"engine-{subject}"
+                if name != "plain" and (args.no_engine or subject not in args.modes.split(",")):
+                    continue
+                for n in (int(x) for x in args.idle.split(",")):
+                    print(f"idle: {name} {n} sessions", file=sys.stderr, flush=True)
+                    try:
+                        extra["idle"].setdefault(name, {})[str(n)] = bench.idle(name, n)
+                    except harness.BenchError as exc:
+                        extra["idle"].setdefault(name, {})[str(n)] = {"error": str(exc)}
+    finally:
+        dc.stop()
+    summary = report.summarize(runs)
+    doc = {
+        "machine": machine(),
+        "args": {k: v for k, v in vars(args).items()},
+        "summary": summary,
+        "extra": extra,
+        "runs": runs,
+    }
+    path = bench.out_dir / f"bench-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    path.write_text(json.dumps(doc, indent=1, default=str))
+    print(report.table(doc))
+    print(f"\nJSON: {path}")
+    return 0
+
+
+def secrets_phase(bench: Bench, mode: str) -> dict[str, Any]:
+    """Handshake cost with one configured secret and with many, for returning clients (same source
+    addresses, the last secret in the list). Interleaved over the runs; medians."""
+    out: dict[str, list[dict[str, float]]] = {"1": [], str(bench.args.secrets): []}
+    for _ in range(bench.args.runs):
+        for extra_keys in (0, bench.args.secrets - 1):
+            subject = f"engine-{mode}"
+            svc = bench.start_subject(subject, extra_keys=extra_keys)
+            try:
+                bench.handshakes(subject, svc, min(300, bench.args.handshakes))  # warm: clients "return"
+                out[str(extra_keys + 1)].append(bench.handshakes(subject, svc, bench.args.handshakes))
+            finally:
+                if svc is not None:
+                    svc.stop()
+    return {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in out.items() if v}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""CPU time and memory of a process tree, read from /proc (the proxy under test and its workers)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses: split after the last ')'.
+    return raw[raw.rfind(")") + 2 :].split()
+
+
+def tree(roots: list[int]) -> list[int]:
+    """The roots and all their live descendants."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _stat_fields(int(name))
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(name))
+    out: list[int] = []
+    stack = [r for r in roots if os.path.exists(f"/proc/{r}")]
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(children.get(pid, ()))
+    return out
+
+
+def cpu_seconds(roots: list[int]) -> float:
+    """user+sys of the live tree plus what its reaped children used (cutime/cstime): nothing is counted
+    twice, because a child's time enters its parent's cutime only once the child is gone."""
+    total = 0
+    for pid in tree(roots):
+        fields = _stat_fields(pid)
+        if fields is not None:
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / _TICK
+
+
+@dataclass
+class Memory:
+    rss: int  # bytes, summed over the tree (counts pages shared by forked workers once per worker)
+    pss: int  # bytes, proportional set size: shared pages divided among their users
+
+
+def memory(roots: list[int]) -> Memory:
+    rss = pss = 0
+    for pid in tree(roots):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1]) * 1024
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return Memory(rss, pss)

@@ -1,0 +1,112 @@
+"""Bench wire format: the in-band command a bench client sends to the fake DC, and client-side sessions
+(raw obfuscated2 for the baselines, classic/dd/ee through a proxy) built on the sans-IO protocol core."""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.ciphers import CipherContext
+
+from mtproxy.protocol import faketls, obfs2
+from mtproxy.protocol.secret import Secret, SecretKind
+
+# The command follows the 64-byte init inside the client→DC stream, so the fake DC can only read it when
+# the proxy re-encrypted the stream correctly: a wrong key anywhere shows up as a bad command.
+MAGIC = b"BNCH"
+COMMAND = struct.Struct("<4sB3xQ")
+COMMAND_SIZE = COMMAND.size  # 16
+MODE_SINK, MODE_SOURCE, MODE_ECHO = 1, 2, 3
+MODES = {"sink": MODE_SINK, "source": MODE_SOURCE, "echo": MODE_ECHO}
+READY = b"BNCHRDY!"  # first 8 bytes of the DC's reply stream: the whole path is up
+DONE = b"BNCHDONE"  # sink mode: all `count` bytes arrived
+GO = b"G"  # source mode: start sending
+DC_ID = 2
+# Real clients send application-data records of at most this many payload bytes (protocol.md).
+CLIENT_RECORD_PAYLOAD = 2878
+
+
+def command(mode: int, count: int = 0) -> bytes:
+    return COMMAND.pack(MAGIC, mode, count)
+
+
+def parse_command(plain: bytes) -> tuple[int, int] | None:
+    magic, mode, count = COMMAND.unpack(plain)
+    if magic != MAGIC or mode not in (MODE_SINK, MODE_SOURCE, MODE_ECHO):
+        return None
+    return mode, count
+
+
+@dataclass
+class ClientSession:
+    """One client's view of a connection: what to send first, whether a server flight must be read
+    before the init, and the two ciphers. `framed` means payload travels in fake-TLS records."""
+
+    first: bytes  # sent on connect: the init (raw/classic/dd) or the ClientHello (ee)
+    after_flight: bytes  # ee: sent once the server flight arrived (CCS + the record carrying the init)
+    flight_expected: bool
+    encrypt: CipherContext  # client→DC, positioned after the init
+    decrypt: CipherContext  # DC→client, at position 0
+    framed: bool
+    hello_random: bytes = b""
+
+
+def client_session(kind: str, secret: Secret | None, first_payload: bytes) -> ClientSession:
+    """Build the opening bytes for `kind` ("raw" = a DC client without secret, used for the direct path
+    and the plain relay; "classic", "dd", "ee" = through an MTProxy). `first_payload` (plain) is sent
+    encrypted right after the init, in the same segment, as real clients do."""
+    if kind == "raw":
+        built = obfs2.build_init(os.urandom, obfs2.TAG_INTERMEDIATE, DC_ID, None)
+        wire = built.wire + built.to_acceptor.update(first_payload)
+        return ClientSession(wire, b"", False, built.to_acceptor, built.from_acceptor.new_cipher(), False)
+    if secret is None:
+        raise ValueError(f"mode {kind} needs a secret")
+    tag = obfs2.TAG_ABRIDGED if kind == "classic" else obfs2.TAG_PADDED
+    built = obfs2.build_init(os.urandom, tag, DC_ID, secret.key)
+    opening = built.wire + built.to_acceptor.update(first_payload)
+    if kind in ("classic", "dd"):
+        return ClientSession(opening, b"", False, built.to_acceptor, built.from_acceptor.new_cipher(), False)
+    from bench import tlshello  # ee only
+
+    hello, hello_random = tlshello.build_client_hello(secret)
+    after = faketls.CHANGE_CIPHER_SPEC + faketls.wrap_records(opening, CLIENT_RECORD_PAYLOAD)
+    return ClientSession(hello, after, True, built.to_acceptor, built.from_acceptor.new_cipher(), True, hello_random)
+
+
+def secret_for(kind: str, key: bytes, domain: str) -> Secret | None:
+    if kind == "raw":
+        return None
+    sk = {"classic": SecretKind.CLASSIC, "dd": SecretKind.PADDED, "ee": SecretKind.FAKE_TLS}[kind]
+    return Secret(key, sk, domain if sk is SecretKind.FAKE_TLS else None)
+
+
+class RecordStripper:
+    """Counts and extracts fake-TLS payload from the server's record stream without copying bulk data
+    (the load client only needs to count downloaded payload bytes and decrypt small replies)."""
+
+    def __init__(self) -> None:
+        self._header = bytearray()
+        self._remaining = 0
+
+    def feed(self, view: memoryview, sink: bytearray | None) -> int:
+        """Return the payload byte count in `view`; append the payload to `sink` when given."""
+        pos, end, payload = 0, len(view), 0
+        while pos < end:
+            if self._remaining:
+                take = min(self._remaining, end - pos)
+                if sink is not None:
+                    sink += view[pos : pos + take]
+                payload += take
+                pos += take
+                self._remaining -= take
+                continue
+            need = faketls.RECORD_HEADER_SIZE - len(self._header)
+            self._header += view[pos : pos + need]
+            pos += min(need, end - pos)
+            if len(self._header) == faketls.RECORD_HEADER_SIZE:
+                if self._header[:3] != faketls.APPLICATION_DATA:
+                    raise ValueError("server sent a non-application-data record after the flight")
+                self._remaining = int.from_bytes(self._header[3:5], "big")
+                self._header.clear()
+        return payload
