@@ -71,6 +71,7 @@ class EngineConfig:
     allow_classic: bool  # classic obfuscated2 and dd clients
     allow_tls: bool
     mask: HostPort | None
+    mask_disabled: bool  # --no-mask: otherwise an ee secret's domain on 443 is the mask when none is given
     dc_overrides: dict[int | None, HostPort]  # None key = "*"
     prefer_ipv6: bool
     fast_mode: bool
@@ -341,6 +342,7 @@ def resolve(argv: list[str], environ: dict[str, str] | None = None) -> EngineCon
         allow_classic=allow_classic,
         allow_tls=allow_tls,
         mask=mask,
+        mask_disabled=bool(ns.no_mask),
         dc_overrides=overrides,
         prefer_ipv6=bool(ns.prefer_ipv6),
         fast_mode=not ns.no_fast_mode,

@@ -61,7 +61,7 @@ async def serve(plan: WorkerPlan) -> int:
     loop.add_signal_handler(signal.SIGHUP, reloader.request)
     await server.start(plan.sockets)
     tasks = [loop.create_task(reloader.run())]
-    if cfg.tls.cert_size is None and cfg.mask is not None and cfg.allow_tls:
+    if cfg.tls.cert_size is None and server.mask is not None and cfg.allow_tls:
         tasks.append(loop.create_task(_cert_refresher(server)))
     if plan.publish is not None:
         tasks.append(loop.create_task(_publisher(server, plan.publish)))
@@ -83,12 +83,15 @@ async def serve(plan: WorkerPlan) -> int:
 
 async def _cert_refresher(server: Server) -> None:
     cfg = server.cfg
-    assert cfg.mask is not None
-    sni = cfg.domains[0] if cfg.domains else (sorted(server.secrets.domains) or [cfg.mask.host])[0]
     while True:
-        size = await probe_cert_size(cfg.mask, sni)
+        mask = server.mask
+        if mask is not None:
+            sni = cfg.domains[0] if cfg.domains else (sorted(server.secrets.domains) or [mask.host])[0]
+            size = await probe_cert_size(mask, sni)
+        else:
+            size = None
         if size is not None and size != server.cert_size:
-            log.info("fake certificate size learned from %s: %d bytes", cfg.mask, size)
+            log.info("fake certificate size learned from %s: %d bytes", mask, size)
             server.set_cert_size(size)
         await asyncio.sleep(cfg.tls.cert_refresh)
 

@@ -203,7 +203,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._timer = None
         self.server.counters.reject(reason)
         log_reject(self.peer, (self.listener.host, self.listener.port), reason)
-        mask = self.server.cfg.mask
+        mask = self.server.mask
         if not maskable or mask is None or self.transport is None:
             self.close()
             return

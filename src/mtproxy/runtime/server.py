@@ -106,6 +106,14 @@ class Server:
 
     # ----------------------------------------------------------------- secrets
 
+    @property
+    def mask(self) -> HostPort | None:
+        """--mask, else -D's domain on 443 (both resolved in config), else the domain of a live ee secret."""
+        if self.cfg.mask is not None or self.cfg.mask_disabled:
+            return self.cfg.mask
+        domains = sorted(self.secrets.domains)
+        return HostPort(domains[0], 443) if domains else None
+
     def _handshake_settings(self) -> HandshakeSettings:
         domains = frozenset(self.cfg.domains) | self.secrets.domains if self.cfg.tls.check_sni else frozenset()
         return HandshakeSettings(
