@@ -47,6 +47,7 @@ async def serve(plan: WorkerPlan) -> int:
     if plan.on_server is not None:
         plan.on_server(server)
     stop = asyncio.Event()
+    loop.set_exception_handler(_internal_error)
 
     def reloaded(ok: bool) -> None:
         if ok:
@@ -100,3 +101,10 @@ async def _publisher(server: Server, publish: Callable[[dict[str, Any]], None]) 
     while True:
         publish(server.counters.snapshot())
         await asyncio.sleep(0.5)
+
+
+def _internal_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """An exception escaping a protocol callback is our bug: log it with its traceback, keep serving."""
+    exc = context.get("exception")
+    log.error("internal error: %s", context.get("message", "unhandled exception"),
+              exc_info=(type(exc), exc, exc.__traceback__) if isinstance(exc, BaseException) else None)
