@@ -1,4 +1,4 @@
-"""Fixtures for interop tests: a loopback-only guard and a running fake DC."""
+"""Fixtures for interop tests: a loopback-only guard, a running fake DC and the real engine in front of it."""
 
 from __future__ import annotations
 
