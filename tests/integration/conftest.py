@@ -25,11 +25,12 @@ def only_loopback() -> bool:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if only_loopback():
-        return
+    ours = [item for item in items if HERE in Path(str(item.fspath)).parents]
+    isolated = only_loopback()
     skip = pytest.mark.skip(reason="engine integration tests run only in a private network namespace")
-    for item in items:
-        if HERE in Path(str(item.fspath)).parents:
+    for item in ours:
+        item.add_marker(pytest.mark.netns)
+        if not isolated:
             item.add_marker(skip)
 
 

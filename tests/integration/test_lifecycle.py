@@ -174,3 +174,18 @@ def test_bad_flags_exit_2(tmp_path: Path) -> None:
         assert done.returncode == 2, done.stderr
         assert "Traceback" not in done.stderr
         assert done.stderr.startswith("mtproxy run: ")
+
+
+def test_max_connections(start_proxy: ProxyFactory, secret: Secret) -> None:
+    proxy = start_proxy("-S", secret.to_hex(), "--max-connections", "2")
+
+    async def scenario() -> None:
+        held = [await open_client("127.0.0.1", proxy.port, secret) for _ in range(2)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed at once, nothing said
+        writer.close()
+        for client in held:
+            await client.close()
+
+    run(scenario())
+    assert stats_of(proxy.stats_port)["refused_by_limit"] == "1"
