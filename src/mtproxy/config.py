@@ -55,6 +55,7 @@ class TlsOptions:
     skew: float = 120.0
     replay_entries: int = 65536
     cert_size: int | None = None  # fixed size; None = learn from the mask site
+    cert_jitter: int = 16  # each flight's record differs by up to this many bytes, as real sites' do
     cert_refresh: float = 3600.0
     check_sni: bool = True
 
@@ -158,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--replay-cache-size", type=int, help="fake-TLS/obfs2 replay cache entries")
     a("--cert-size", type=int, help="fixed fake certificate record size (default: learned from the mask)")
     a("--cert-refresh", type=float, help="seconds between certificate size probes")
+    a("--cert-jitter", type=int, help="vary the fake certificate size by up to N bytes (default 16; 0 with"
+      " --cert-size)")
     a("--no-sni-check", action="store_true", default=None, help="accept any SNI")
     a("--reload-interval", type=float, help="seconds between secrets file checks (default 1)")
     a("--log-file", help="also write logs (rejected handshakes included) to this file")
@@ -176,6 +179,7 @@ _CONFIG_KEYS = {
     "max_connections": "max_connections", "max_connections_per_ip": "max_connections_per_ip",
     "buffer_size": "buffer_size", "read_size": "read_size", "drain_timeout": "drain_timeout", "tls_skew": "tls_skew",
     "replay_cache_size": "replay_cache_size", "cert_size": "cert_size", "cert_refresh": "cert_refresh",
+    "cert_jitter": "cert_jitter",
     "secrets_file": "secrets_file", "user": "user", "log_file": "log_file", "server": "public_host",
     "public_host": "public_host", "fast_mode": "no_fast_mode",
 }
@@ -327,6 +331,7 @@ def resolve(argv: list[str], environ: dict[str, str] | None = None) -> EngineCon
         cert_size=None if ns.cert_size is None else int(ns.cert_size),
         cert_refresh=_positive(ns.cert_refresh, t.cert_refresh, "--cert-refresh"),
         check_sni=not ns.no_sni_check,
+        cert_jitter=_cert_jitter(ns.cert_jitter, ns.cert_size, t.cert_jitter),
     )
     secrets_file = Path(ns.secrets_file) if ns.secrets_file else None
     root_store = root / "config" / "mtproxy" / "mtproxy_secrets.json"
@@ -370,6 +375,15 @@ def _positive(value: Any, default: float, flag: str, allow_zero: bool = False) -
     if number < 0 or (number == 0 and not allow_zero):
         raise ConfigError(f"{flag}: must be positive, got {value}")
     return number
+
+
+def _cert_jitter(value: Any, fixed_size: Any, default: int) -> int:
+    """A fixed --cert-size means exactly that size unless a jitter is asked for too."""
+    if value is None:
+        return 0 if fixed_size is not None else default
+    if not 0 <= int(value) <= 1024:
+        raise ConfigError("--cert-jitter must be 0..1024 bytes")
+    return int(value)
 
 
 def _refuse_self_mask(mask: HostPort, listen: list[HostPort]) -> None:

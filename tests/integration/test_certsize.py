@@ -42,7 +42,7 @@ def test_cert_size_learned_from_mask(start_proxy: ProxyFactory, peers: Backgroun
         hello = core.build_client_hello(secret.key, DOMAIN, os.urandom, time.time())
         flight = run(send_raw("127.0.0.1", port, hello))
         assert core.verify_server_flight(secret.key, hello[11:43], flight)
-        assert third_record_length(flight) == learned
+        assert abs(third_record_length(flight) - learned) <= 16  # the default jitter
     finally:
         peers.call(site.close())
 

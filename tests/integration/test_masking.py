@@ -13,7 +13,7 @@ from mtproxy.protocol.secret import Secret, SecretKind
 from mtproxy.testkit.background import BackgroundPeers
 from mtproxy.testkit.client import open_client, secret_for_mode, send_raw
 from mtproxy.testkit.process import free_port
-from mtproxy.testkit.servers import expected_mask_reply
+from mtproxy.testkit.servers import MASK_BANNER, expected_mask_reply
 
 from .conftest import DOMAIN, ProxyFactory, run
 
@@ -50,6 +50,7 @@ CASES = {
     "large-skew": ("tls-skew", lambda s: hello(s.key, skew=-3600)),
     "future-skew": ("tls-skew", lambda s: hello(s.key, skew=+3600)),
     "wrong-sni": ("tls-bad-sni", lambda s: hello(s.key, domain="other.example.org")),
+    "short-then-eof": ("handshake-eof", lambda s: b"\x01\x02\x03\x04\x05"),
     "tls-garbage": ("tls-malformed", lambda s: b"\x16\x03\x01\x00\x80" + os.urandom(0x80)),
 }
 
@@ -166,3 +167,24 @@ def test_ipv6_listener_logs_bare_address(start_proxy: ProxyFactory, peers: Backg
     line = proxy.wait_log("rejected handshake").splitlines()[-1]
     assert re.search(rf"Z mtproxy\[\d+\]: rejected handshake from ::1 port \d+ on ::1:{port}: reason=unknown-secret$",
                      line), line
+
+
+def test_short_http_probe_is_masked_at_once(start_proxy: ProxyFactory, peers: BackgroundPeers,
+                                            secret: Secret) -> None:
+    """A 19-byte request without a half-close must reach the site now, not after the handshake timeout."""
+    import asyncio
+
+    proxy = start_proxy("-S", secret.to_hex(), "--handshake-timeout", "10")
+    data = b"GET / HTTP/1.0\r\n\r\n"
+
+    async def scenario() -> float:
+        started = time.monotonic()
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(data)
+        banner = await asyncio.wait_for(reader.readexactly(len(MASK_BANNER)), 5)
+        assert banner == MASK_BANNER
+        writer.close()
+        return time.monotonic() - started
+
+    assert run(scenario()) < 3
+    assert reasons(proxy.wait_log("rejected handshake")) == ["unknown-secret"]

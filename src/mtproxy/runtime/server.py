@@ -123,6 +123,7 @@ class Server:
             max_skew_past=self.cfg.tls.skew,
             max_skew_future=self.cfg.tls.skew,
             cert_size=self.cert_size,
+            cert_size_jitter=self.cfg.tls.cert_jitter,
         )
 
     def set_cert_size(self, size: int) -> None:
