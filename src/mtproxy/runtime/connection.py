@@ -25,7 +25,6 @@ log = logging.getLogger("mtproxy.connection")
 # until the core has a reason of its own for "closed mid-handshake"
 _EOF_REASON: RejectReason = getattr(RejectReason, "HANDSHAKE_EOF", RejectReason.UNKNOWN_SECRET)
 LINGER = 5.0  # seconds a closed connection may spend flushing to a slow peer
-_SLACK = 16  # update_into wants len(data) + block_size - 1 bytes of room
 
 
 class Phase(enum.IntEnum):
@@ -52,10 +51,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._seen_activity = -1
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
-        size = server.cfg.limits.read_size
-        self._recv = bytearray(size)
-        self._tmp = bytearray(0)
-        self._out = bytearray(0)
+        self._buffers = server.buffers
         self._handshake: Handshake | None = None
         self._table: SecretTable | None = None
         self._tls_reader: faketls.TlsRecordReader | None = None
@@ -128,21 +124,22 @@ class ClientConnection(asyncio.BufferedProtocol):
     # ----------------------------------------------------------------- reading
 
     def get_buffer(self, sizehint: int) -> bytearray:
-        return self._recv
+        return self._buffers.recv
 
     def buffer_updated(self, nbytes: int) -> None:
         self.activity += nbytes
         phase = self.phase
+        buffers = self._buffers
         if phase == Phase.RELAY:
-            self._relay_to_dc(memoryview(self._recv)[:nbytes])
+            self._relay_to_dc(memoryview(buffers.recv)[:nbytes])
         elif phase == Phase.MASK:
             assert self.upstream is not None and self.upstream.transport is not None
             up = self.upstream.transport
-            up.write(memoryview(self._recv)[:nbytes])
+            up.write(memoryview(buffers.recv)[:nbytes])
             if up.get_write_buffer_size():
-                self._recv = bytearray(len(self._recv))  # the transport may still hold the old one
+                buffers.lent_recv()  # the transport still holds it
         elif phase == Phase.HANDSHAKE:
-            self._feed_handshake(bytes(self._recv[:nbytes]))
+            self._feed_handshake(bytes(buffers.recv[:nbytes]))
 
     def eof_received(self) -> bool:
         self._eof_in = True
@@ -201,6 +198,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._handshake = self._table = None  # what it buffered is not needed any more
         self.server.counters.reject(reason)
         log_reject(self.peer, (self.listener.host, self.listener.port), reason)
         mask = self.server.mask
@@ -242,7 +240,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._timer.cancel()
             self._timer = None
         assert self._table is not None
-        if not self.server.still_live(self._table, session.secret_index, session.secret_id):
+        table, self._handshake, self._table = self._table, None, None
+        if not self.server.still_live(table, session.secret_index, session.secret_id):
             log.info("secret %s was removed during the handshake; closing", session.secret_id)
             self.close()
             return
@@ -264,9 +263,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         assert proto.transport is not None and self.transport is not None
         link = obfs2.dc_link(session.to_client_keys, session.tag, session.dc_id, server.random_bytes,
                              fast=server.cfg.fast_mode)
-        size = server.cfg.limits.read_size + _SLACK
-        self._tmp = bytearray(size)
-        self._out = bytearray(size)
         self._from_client = session.from_client
         self._to_dc = link.to_dc
         self._tls_reader = session.tls_reader
@@ -298,14 +294,16 @@ class ClientConnection(asyncio.BufferedProtocol):
         n = len(data)
         if not n:
             return
-        if n + _SLACK > len(self._tmp):
-            self._tmp = bytearray(n + _SLACK)
-            self._out = bytearray(n + _SLACK)
-        self._from_client.update_into(data, self._tmp)
-        self._to_dc.update_into(memoryview(self._tmp)[:n], self._out)
-        up.transport.write(memoryview(self._out)[:n])
-        if up.transport.get_write_buffer_size():
-            self._out = bytearray(len(self._out))
+        buffers = self._buffers
+        if n > buffers.read_size:  # only `pending` from the handshake can be longer than one read
+            data_out = self._to_dc.update(self._from_client.update(data))
+            up.transport.write(data_out)
+        else:
+            self._from_client.update_into(data, buffers.tmp)
+            self._to_dc.update_into(memoryview(buffers.tmp)[:n], buffers.out)
+            up.transport.write(memoryview(buffers.out)[:n])
+            if up.transport.get_write_buffer_size():
+                buffers.lent_out()
         self.server.count_in(self, n)
 
     # ----------------------------------------------------------------- idle

@@ -19,6 +19,7 @@ from mtproxy.protocol.obfs2 import TAG_PADDED
 from mtproxy.protocol.replay import ReplayFilter
 from mtproxy.stats.counters import Counters
 
+from .buffers import Buffers
 from .connection import ClientConnection
 from .dc import DcTable
 from .secrets import SecretSet
@@ -86,6 +87,7 @@ class Server:
         self.random_bytes = random_bytes
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self.counters = Counters(started_at=clock())
+        self.buffers = Buffers(cfg.limits.read_size)
         self.replay = ReplayFilter(replay_memory)
         self._replay_guard = (lambda: replay_lock) if replay_lock is not None else None
         self.dc_table = DcTable(cfg.dc_overrides, cfg.prefer_ipv6)

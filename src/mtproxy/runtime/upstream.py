@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mtproxy.upstream")
 
-_SLACK = 16
 _HEADER = faketls.RECORD_HEADER_SIZE
 _MAX_RECORD = faketls.MAX_RECORD_PAYLOAD
 
@@ -47,7 +46,7 @@ class _Leg(asyncio.BufferedProtocol):
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
-        self._recv = bytearray(client.server.cfg.limits.read_size)
+        self._buffers = client.server.buffers
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # uvloop's transport class is not a subclass
@@ -69,7 +68,7 @@ class _Leg(asyncio.BufferedProtocol):
         return True
 
     def get_buffer(self, sizehint: int) -> bytearray:
-        return self._recv
+        return self._buffers.recv
 
     # Backpressure: this leg's write buffer is full, so stop reading the client.
     def pause_writing(self) -> None:
@@ -89,9 +88,9 @@ class MaskProtocol(_Leg):
         if client is None or client.is_closing():
             return
         self.client.activity += nbytes
-        client.write(memoryview(self._recv)[:nbytes])
+        client.write(memoryview(self._buffers.recv)[:nbytes])
         if client.get_write_buffer_size():
-            self._recv = bytearray(len(self._recv))  # the transport may still hold the old buffer
+            self._buffers.lent_recv()  # the transport still holds it
 
 
 class DcProtocol(_Leg):
@@ -103,31 +102,26 @@ class DcProtocol(_Leg):
         self._from_dc: CipherContext | None = None
         self._to_client: CipherContext | None = None
         self._tls = False
-        self._out = bytearray(0)
 
     def start(self, link: DcLink, tls: bool) -> None:
         self._from_dc = link.from_dc
         self._to_client = link.to_client
         self._tls = tls
-        if tls or link.from_dc is not None:
-            n = len(self._recv)
-            records = -(-n // _MAX_RECORD)
-            self._out = bytearray(n + records * _HEADER + _SLACK)
 
     def buffer_updated(self, nbytes: int) -> None:
         client = self.client.transport
         if client is None or client.is_closing():
             return
         self.client.activity += nbytes
-        data = memoryview(self._recv)[:nbytes]
+        buffers = self._buffers
+        data = memoryview(buffers.recv)[:nbytes]
         if self._from_dc is not None:
-            # Not fast mode: decrypt from the DC into _out's tail, re-encrypt below.
-            plain = bytearray(nbytes + _SLACK)
-            self._from_dc.update_into(data, plain)
-            data = memoryview(plain)[:nbytes]
+            # not fast mode: decrypt what the DC sent, re-encrypt for the client below
+            self._from_dc.update_into(data, buffers.tmp)
+            data = memoryview(buffers.tmp)[:nbytes]
         if self._tls:
-            out, pos = self._out, 0
-            view = memoryview(out)
+            pos = 0
+            view = memoryview(buffers.out)
             for start in range(0, nbytes, _MAX_RECORD):
                 chunk = data[start : start + _MAX_RECORD]
                 size = len(chunk)
@@ -141,14 +135,14 @@ class DcProtocol(_Leg):
                 pos += size
             client.write(view[:pos])
             if client.get_write_buffer_size():
-                self._out = bytearray(len(self._out))
+                buffers.lent_out()
         elif self._to_client is not None:
-            self._to_client.update_into(data, self._out)
-            client.write(memoryview(self._out)[:nbytes])
+            self._to_client.update_into(data, buffers.out)
+            client.write(memoryview(buffers.out)[:nbytes])
             if client.get_write_buffer_size():
-                self._out = bytearray(len(self._out))
+                buffers.lent_out()
         else:
-            client.write(data)
+            client.write(data)  # fast mode: the DC's bytes are already what the client expects
             if client.get_write_buffer_size():
-                self._recv = bytearray(len(self._recv))
+                buffers.lent_recv()
         self.client.server.count_out(self.client, nbytes)
