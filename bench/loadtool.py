@@ -196,13 +196,17 @@ class Bench:
         svc = self.start_subject(subject)
         try:
             mb = 1_000_000
-            out["up1"] = self.bulk(subject, svc, "up", 1, a.one_mb * mb, 1)
-            out["down1"] = self.bulk(subject, svc, "down", 1, a.one_mb * mb, 1)
-            if a.many:
+            phases = a.phases.split(",")
+            if "bulk1" in phases:
+                out["up1"] = self.bulk(subject, svc, "up", 1, a.one_mb * mb, 1)
+                out["down1"] = self.bulk(subject, svc, "down", 1, a.one_mb * mb, 1)
+            if a.many and "bulkN" in phases:
                 out["upN"] = self.bulk(subject, svc, "up", a.many, a.many_mb * mb // a.many, a.client_workers)
                 out["downN"] = self.bulk(subject, svc, "down", a.many, a.many_mb * mb // a.many, a.client_workers)
-            out["hs"] = self.handshakes(subject, svc, a.handshakes)
-            out["lat"] = self.latency(subject, svc)
+            if "hs" in phases:
+                out["hs"] = self.handshakes(subject, svc, a.handshakes)
+            if "lat" in phases:
+                out["lat"] = self.latency(subject, svc)
             if svc is not None:
                 import bench.procstat as procstat
 
@@ -235,6 +239,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-engine", action="store_true", help="baselines only (plain relay, direct path)")
     p.add_argument("--engine-cmd", default=DEFAULT_ENGINE, help="command template for the proxy under test")
     p.add_argument("--runs", type=int, default=3, help="interleaved runs; medians are reported")
+    p.add_argument("--phases", default="bulk1,bulkN,hs,lat", help="which per-subject phases to run")
     p.add_argument("--one-mb", type=int, default=512, help="MB per direction over one connection")
     p.add_argument("--many", type=int, default=1000, help="concurrent connections for the bulk phase (0: skip)")
     p.add_argument("--many-mb", type=int, default=1000, help="MB per direction over the concurrent connections")
@@ -244,6 +249,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pings", type=int, default=500)
     p.add_argument("--idle", default="10000,50000", help="idle session counts for the memory phase ('': skip)")
     p.add_argument("--idle-modes", default="plain,classic,ee")
+    p.add_argument(
+        "--max-memory-share",
+        type=float,
+        default=0.4,
+        help="skip an idle step whose estimated memory exceeds this share of MemAvailable",
+    )
     p.add_argument("--secrets", type=int, default=10000, help="configured secrets for the lookup phase (0: skip)")
     p.add_argument("--secrets-modes", default="classic,ee")
     p.add_argument("--client-workers", type=int, default=2)
@@ -300,8 +311,16 @@ def main(argv: list[str] | None = None) -> int:
                 name = subject if subject in ("plain",) else f"engine-{subject}"
                 if name != "plain" and (args.no_engine or subject not in args.modes.split(",")):
                     continue
-                for n in (int(x) for x in args.idle.split(",")):
+                for n in sorted(int(x) for x in args.idle.split(",")):
                     print(f"idle: {name} {n} sessions", file=sys.stderr, flush=True)
+                    need = _memory_estimate(extra["idle"].get(name, {}), n)
+                    if need is not None and need > args.max_memory_share * _available_memory():
+                        # The machine is shared: do not push other people's processes into the OOM killer.
+                        extra["idle"].setdefault(name, {})[str(n)] = {
+                            "error": f"skipped: would need about {need / 1e9:.1f} GB "
+                            f"(more than {args.max_memory_share:.0%} of available memory)"
+                        }
+                        continue
                     try:
                         extra["idle"].setdefault(name, {})[str(n)] = bench.idle(name, n)
                     except harness.BenchError as exc:
@@ -321,6 +340,23 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table(doc))
     print(f"\nJSON: {path}")
     return 0
+
+
+def _available_memory() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _memory_estimate(measured: dict[str, Any], sessions: int) -> float | None:
+    """Bytes `sessions` idle sessions would take, from the largest count already measured."""
+    done = [(int(k), v) for k, v in measured.items() if "KB_per_session_pss" in v]
+    if not done:
+        return None
+    _, v = max(done)
+    return float(v["KB_per_session_pss"]) * 1024 * sessions
 
 
 def secrets_phase(bench: Bench, mode: str) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Client side of fake-TLS for the load tool: a ClientHello shaped like a modern Telegram client's
-(X25519MLKEM768 + x25519 key shares, ~1.7 KB) and the check of the server's three-record flight."""
+(X25519MLKEM768 + x25519 key shares, ~1.7 KB, so the proxy's HMAC cost is that of real clients; the
+protocol core's client builds a 517-byte browser-like hello) and the flight check from the core."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import os
 import struct
 import time
 
-from mtproxy.protocol import faketls
+from mtproxy.protocol import client, faketls
+from mtproxy.protocol.errors import ProtocolError
 from mtproxy.protocol.secret import Secret
 
 _SUITES = (0x1301, 0x1302, 0x1303, 0xC02B, 0xC02F, 0xC02C, 0xC030, 0xCCA9, 0xCCA8)
@@ -71,21 +73,12 @@ def build_client_hello(secret: Secret, now: float | None = None) -> tuple[bytes,
 
 
 def flight_length(data: bytes | bytearray) -> int | None:
-    """Length of the complete three-record flight at the start of `data`, None while incomplete;
-    raises ValueError when the shape is not what clients accept."""
-    pos = 0
-    for expected in (faketls.SERVER_HELLO_PREFIX, faketls.CHANGE_CIPHER_SPEC[:3], faketls.APPLICATION_DATA):
-        if len(data) < pos + 5:
-            return None
-        if bytes(data[pos : pos + 3]) != expected:
-            raise ValueError("server flight has the wrong record types")
-        pos += 5 + int.from_bytes(data[pos + 3 : pos + 5], "big")
-    return pos if len(data) >= pos else None
+    """Length of the complete server flight, None while incomplete; ValueError on a wrong shape."""
+    try:
+        return client.server_flight_length(bytes(data))
+    except ProtocolError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def check_flight(secret: Secret, hello_random: bytes, flight: bytes) -> bool:
-    zeroed = bytearray(flight)
-    server_random = bytes(zeroed[faketls.RANDOM_OFFSET : faketls.RANDOM_OFFSET + 32])
-    zeroed[faketls.RANDOM_OFFSET : faketls.RANDOM_OFFSET + 32] = bytes(32)
-    expected = hmac.new(secret.key, hello_random + bytes(zeroed), hashlib.sha256).digest()
-    return hmac.compare_digest(expected, server_random)
+    return client.verify_server_flight(secret.key, hello_random, flight)
