@@ -29,10 +29,8 @@ async def open_upstream(server: Server, addresses: list[HostPort], factory: Call
     """Dial the addresses in order, each bounded by the connect timeout; None when none answers."""
     for address in addresses:
         try:
-            _, proto = await asyncio.wait_for(
-                server.loop.create_connection(factory, address.host, address.port),
-                server.cfg.limits.connect_timeout,
-            )
+            async with asyncio.timeout(server.cfg.limits.connect_timeout):  # no extra task, unlike wait_for
+                _, proto = await server.loop.create_connection(factory, address.host, address.port)
         except (OSError, TimeoutError) as exc:
             log.debug("connect to %s failed: %s", address, exc)
             continue
