@@ -15,7 +15,7 @@ from mtproxy.protocol.secret import Secret, SecretKind, parse_secret, validate_d
 
 DEFAULT_ROOT = "/opt/vless"
 DEFAULT_STATS_PORT = 8888
-DEFAULT_PORT = 443
+DEFAULT_PORT = 8443  # as the CLI's settings and the image; the official binary has none
 MAX_WORKERS = 64
 
 
@@ -189,14 +189,16 @@ def _apply_config_file(ns: argparse.Namespace, path: Path) -> None:
     """Fill options the command line left unset from the JSON settings file (flags win)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return  # not written yet: every setting has its default
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read settings: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: settings must be a JSON object")
     for key, value in data.items():
         dest = _CONFIG_KEYS.get(key)
-        if dest is None:
-            continue  # other tools keep their own keys in this file
+        if dest is None or value is None:
+            continue  # other tools keep their own keys in this file; null means "the default"
         if dest == "no_fast_mode":
             value = not value
         current = getattr(ns, dest)
@@ -245,8 +247,11 @@ def resolve(argv: list[str], environ: dict[str, str] | None = None) -> EngineCon
     env = dict(os.environ) if environ is None else environ
     ns = build_parser().parse_args(argv)
     root = root_dir(ns.root, env)
+    root_settings = root / "config" / "mtproxy" / "mtproxy_config.json"
     if ns.config:
         _apply_config_file(ns, Path(ns.config))
+    elif root_settings.exists():
+        _apply_config_file(ns, root_settings)  # the settings the CLI manages, as for the secrets store
     warnings: list[str] = []
     middle = [flag for flag, v in (("-P", ns.proxy_tag), ("--aes-pwd", ns.aes_pwd),
                                    ("proxy-multi.conf", ns.proxy_multi_conf)) if v]

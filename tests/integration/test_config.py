@@ -90,3 +90,15 @@ def test_dc_overrides() -> None:
     assert DcTable({2: one}, False).lookup(-2).addresses == (one,)
     assert DcTable({2: one, None: star}, False).lookup(4).addresses == (star,)
     assert DcTable({2: one, None: star}, False).lookup(2).addresses == (one,)
+
+
+def test_root_settings_read_without_config_flag(tmp_path: Path) -> None:
+    settings = tmp_path / "config" / "mtproxy" / "mtproxy_config.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps({"version": 1, "port": 9443, "workers": 1, "domain": None, "server": None,
+                                    "mask": None, "stats_port": 8888}))
+    cfg = resolve(["-S", KEY], environ={"MTPROXY_ROOT": str(tmp_path)})
+    assert cfg.listen == (HostPort("0.0.0.0", 9443), HostPort("::", 9443))
+    assert cfg.domains == () and cfg.allow_classic and cfg.mask is None
+    missing = resolve(["-S", KEY, "--config", str(tmp_path / "nope.json")], environ={"MTPROXY_ROOT": str(tmp_path)})
+    assert missing.listen == (HostPort("0.0.0.0", 8443), HostPort("::", 8443))

@@ -21,7 +21,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 class ProxyProcess:
     """One engine process; its stderr goes to a file the test can read."""
 
-    def __init__(self, args: list[str], log_path: Path, ready_lines: int = 1, cwd: Path | None = None) -> None:
+    def __init__(self, args: list[str], log_path: Path, ready_lines: int = 1, cwd: Path | None = None,
+                 root: Path | None = None, env: dict[str, str] | None = None) -> None:
+        """`root` (MTPROXY_ROOT) defaults to a directory beside the log: the host's /opt/vless stays out."""
         self.args = args
         self.log_path = log_path
         self._ready_lines = ready_lines
@@ -33,7 +35,7 @@ class ProxyProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mtproxy.runtime", *args],
             stdout=self._out, stderr=self._log, cwd=cwd,
-            env=dict(os.environ, MTPROXY_QR="0"),
+            env={**os.environ, "MTPROXY_QR": "0", "MTPROXY_ROOT": str(root or log_path.parent / "root"), **(env or {})},
         )
 
     @property
