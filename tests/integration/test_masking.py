@@ -188,3 +188,12 @@ def test_short_http_probe_is_masked_at_once(start_proxy: ProxyFactory, peers: Ba
 
     assert run(scenario()) < 3
     assert reasons(proxy.wait_log("rejected handshake")) == ["unknown-secret"]
+
+
+def test_reject_lines_also_in_log_file(start_proxy: ProxyFactory, peers: BackgroundPeers, secret: Secret,
+                                       tmp_path) -> None:  # type: ignore[no-untyped-def]
+    log_file = tmp_path / "logs" / "mtproxy.log"
+    proxy = start_proxy("-S", secret.to_hex(), "--log-file", str(log_file))
+    probe(peers, proxy.port, os.urandom(100))
+    proxy.wait_log("rejected handshake")
+    assert reasons(log_file.read_text()) == ["unknown-secret"]

@@ -67,3 +67,27 @@ def test_replay_is_caught_by_every_worker(start_proxy: ProxyFactory, peers: Back
     log = proxy.wait_log("reason=replay", count=16)
     pids = {line.split("[")[1].split("]")[0] for line in log.splitlines() if "reason=replay" in line}
     assert len(pids) == 2, "all replays landed on one worker; the test proves nothing"
+
+
+def test_workers_reload_on_sighup_and_file_change(start_proxy: ProxyFactory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from mtproxy.protocol.secret import SecretKind
+    from mtproxy.store import SecretRecord, StoreData, write_store
+
+    store = tmp_path / "secrets.json"
+    a = Secret(os.urandom(16), SecretKind.FAKE_TLS, DOMAIN)
+    b = Secret(os.urandom(16), SecretKind.FAKE_TLS, DOMAIN)
+    write_store(store, StoreData((SecretRecord.from_secret("a", a),)))
+    proxy = start_proxy("--secrets-file", str(store), "-M", "2", "--reload-interval", "0.1", ready=2)
+    write_store(store, StoreData((SecretRecord.from_secret("a", a), SecretRecord.from_secret("b", b))))
+    proxy.wait_log("secrets reloaded", count=2)  # each worker on its own
+    proxy.signal(signal.SIGHUP)
+    proxy.wait_log("secrets reloaded", count=4)  # the supervisor forwards SIGHUP to both
+
+    async def sessions() -> None:
+        for _ in range(6):
+            client = await open_client("127.0.0.1", proxy.port, b)
+            await client.send(b"new!")
+            assert await client.recv_exactly(4) == b"new!"
+            await client.close()
+
+    run(sessions())
