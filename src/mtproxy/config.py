@@ -279,8 +279,7 @@ def resolve(argv: list[str], environ: dict[str, str] | None = None) -> EngineCon
     for s in list(secrets):
         if s.kind is SecretKind.FAKE_TLS and s.domain and s.domain not in domains:
             domains.append(s.domain)
-    if domains and not ns.domain:
-        pass  # domains only from ee secrets: classic still allowed unless -D was given
+    # only -D restricts the modes; domains that come from ee secrets alone leave classic and dd allowed
     allow_classic = bool(ns.allow_classic) or not ns.domain
     allow_tls = not ns.no_tls
     if not allow_classic and not allow_tls:

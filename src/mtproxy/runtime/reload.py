@@ -46,7 +46,7 @@ class Reloader:
         try:
             new = self._load()
         except SecretsError as exc:
-            log.error("secrets reload failed, keeping the previous %s: %s", "set", exc)
+            log.error("secrets reload failed, keeping the previous set: %s", exc)
             self._on_result(False)
             return False
         closed = self._apply(new)
