@@ -121,3 +121,34 @@ def test_without_fast_mode(start_proxy: ProxyFactory, secret: Secret, mode: str)
             await client.close()
 
     assert run(scenario()) == data
+
+
+def test_fake_tls_server_records_are_application_data_at_most_16384(start_proxy: ProxyFactory,
+                                                                      secret: Secret) -> None:
+    proxy = start_proxy("-S", secret.to_hex())
+    data = os.urandom(1024 * 1024)
+
+    async def scenario() -> tuple[list[tuple[int, int]], bytes]:
+        client = await open_client("127.0.0.1", proxy.port, secret)
+        sender = asyncio.create_task(client.send(data))
+        raw = bytearray()
+        records: list[tuple[int, int]] = []
+        plain = bytearray()
+        while len(plain) < len(data):
+            chunk = await asyncio.wait_for(client.reader.read(1 << 18), 10)
+            assert chunk, "closed early"
+            raw += chunk
+            while len(raw) >= 5 and len(raw) >= 5 + int.from_bytes(raw[3:5], "big"):
+                size = int.from_bytes(raw[3:5], "big")
+                records.append((raw[0], size))
+                assert bytes(raw[1:3]) == b"\x03\x03"
+                plain += client.conn.decrypt(bytes(raw[: 5 + size]))
+                del raw[: 5 + size]
+        await sender
+        await client.close()
+        return records, bytes(plain)
+
+    records, plain = run(scenario())
+    assert plain == data
+    assert {kind for kind, _ in records} == {0x17}
+    assert max(size for _, size in records) <= 16384
