@@ -91,3 +91,15 @@ def test_workers_reload_on_sighup_and_file_change(start_proxy: ProxyFactory, tmp
             await client.close()
 
     run(sessions())
+
+
+def test_workers_exit_when_the_supervisor_is_killed(start_proxy: ProxyFactory, secret: Secret) -> None:
+    proxy = start_proxy("-S", secret.to_hex(), "-M", "2", ready=2)
+    pids = worker_pids(proxy.proc.pid)
+    proxy.proc.kill()
+    proxy.proc.wait(5)
+    deadline = time.monotonic() + 10
+    for pid in pids:
+        while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+            assert time.monotonic() < deadline, f"worker {pid} outlived its supervisor"
+            time.sleep(0.05)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ from .shared import SharedState
 
 log = logging.getLogger("mtproxy.workers")
 
+_PR_SET_PDEATHSIG = 1
 RESTART_BACKOFF = 1.0  # a worker that keeps crashing is restarted at most once a second
 POLL = 0.05
 
@@ -42,12 +44,14 @@ class Supervisor:
 
     def _spawn(self, slot: int) -> None:
         self._last_start[slot] = time.monotonic()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
+                _term_with_parent(parent)
                 code = self._run_worker(slot)
             except BaseException:
                 log.exception("worker %d crashed", slot)
@@ -146,3 +150,14 @@ def worker_listen(listen: tuple[HostPort, ...]) -> tuple[HostPort, ...]:
         if address.port == 0:
             raise ValueError(f"-M needs a fixed port, not {address}")
     return listen
+
+
+def _term_with_parent(parent: int) -> None:
+    """A worker drains and exits when the supervisor dies (even by SIGKILL), instead of holding the port."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
