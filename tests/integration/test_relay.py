@@ -152,3 +152,37 @@ def test_fake_tls_server_records_are_application_data_at_most_16384(start_proxy:
     assert plain == data
     assert {kind for kind, _ in records} == {0x17}
     assert max(size for _, size in records) <= 16384
+
+
+@pytest.mark.parametrize("mode", ["dd", "ee"])
+def test_handshake_split_across_segments(start_proxy: ProxyFactory, secret: Secret, mode: str) -> None:
+    import time
+
+    from mtproxy.protocol import client as core
+
+    proxy = start_proxy("-S", secret.to_hex(), "--allow-classic")
+
+    async def scenario() -> bytes:
+        conn = core.ClientConnection(secret_for_mode(secret, mode), os.urandom, time.time())
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        first = conn.first_bytes()
+        for i in range(0, len(first), 37):  # many small TCP segments (asyncio sets TCP_NODELAY)
+            writer.write(first[i : i + 37])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        inbox = b""
+        while not conn.ready:
+            chunk = await asyncio.wait_for(reader.read(65536), 5)
+            assert chunk
+            inbox += conn.feed_handshake(chunk)
+        wire = conn.encrypt(b"split-payload!")
+        for i in range(len(wire)):  # the init (and for ee the first record) one byte at a time
+            writer.write(wire[i : i + 1])
+            await writer.drain()
+        got = bytearray(inbox)
+        while len(got) < 14:
+            got += conn.decrypt(await asyncio.wait_for(reader.read(65536), 5))
+        writer.close()
+        return bytes(got)
+
+    assert run(scenario()) == b"split-payload!"
