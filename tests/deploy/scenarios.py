@@ -36,15 +36,19 @@ def sh(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.Comple
     return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=timeout)
 
 
-def refuse_unless_isolated() -> None:
-    """Never run against a real host: this namespace must have no interface but lo, and its own mounts."""
-    # /proc/self/net follows the network namespace (/sys/class/net would show the host's until remounted).
-    lines = Path("/proc/self/net/dev").read_text().splitlines()[2:]
-    links = sorted(line.split(":", 1)[0].strip() for line in lines)
-    if links != ["lo"]:
-        sys.exit(f"scenario refused: not a fresh network namespace (interfaces: {links})")
-    if os.readlink("/proc/self/ns/mnt") == os.readlink(f"/proc/{os.getppid()}/ns/mnt"):
-        sys.exit("scenario refused: not in a private mount namespace")
+def refuse_unless_isolated(fresh: bool) -> None:
+    """Never run against a real host: our network and mount namespaces must not be our parent's, and a
+    fresh network namespace has no interface but lo."""
+    parent = os.getppid()
+    for kind in ("net", "mnt"):
+        if os.readlink(f"/proc/self/ns/{kind}") == os.readlink(f"/proc/{parent}/ns/{kind}"):
+            sys.exit(f"scenario refused: not in a private {kind} namespace")
+    if fresh:
+        # /proc/self/net follows the network namespace (/sys/class/net would show the host's).
+        lines = Path("/proc/self/net/dev").read_text().splitlines()[2:]
+        links = sorted(line.split(":", 1)[0].strip() for line in lines)
+        if links != ["lo"]:
+            sys.exit(f"scenario refused: not a fresh network namespace (interfaces: {links})")
 
 
 def private_copy(source: str, workdir: Path) -> Path:
@@ -204,10 +208,11 @@ def scenario_fail2ban_ban(workdir: Path) -> dict[str, object]:
         out["a_bad"] = from_client(holder, "bad", SERVER_IP, str(port), CLIENT_A, "5")
         proxy.wait_log("reason=", count=5, timeout=15)
         banned: list[str] = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not banned:
+        started = time.monotonic()
+        while time.monotonic() - started < 60 and not banned:
             banned = fail2ban.banned(runner)
             time.sleep(0.2)
+        out["ban_latency"] = round(time.monotonic() - started, 1)
         out["banned"] = banned
         out["a_after"] = from_client(holder, "connect", SERVER_IP, str(port), CLIENT_A, "1")
         out["b_after"] = from_client(holder, "echo", SERVER_IP, str(port), CLIENT_B, SECRET)
@@ -222,19 +227,134 @@ def scenario_fail2ban_ban(workdir: Path) -> dict[str, object]:
     return out
 
 
+def _in_container(net: str, image: str, code: str) -> object:
+    out = sh("docker", "run", "--rm", "--network", net, "--entrypoint", "python3", image, "-c", code,
+             timeout=120, check=False)
+    if out.returncode != 0:
+        return f"error: {out.stderr.strip().splitlines()[-1:]}"
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+PROBE = """
+import json, os, socket, sys
+results = []
+for _ in range({count}):
+    s = socket.socket(); s.settimeout(3)
+    try:
+        s.connect(({host!r}, {port}))
+    except ConnectionRefusedError:
+        results.append("refused"); continue
+    except OSError:
+        results.append("timeout"); continue
+    if {bad}:
+        s.sendall(os.urandom(64)); s.shutdown(socket.SHUT_WR)
+        try:
+            s.recv(100)
+        except OSError:
+            pass
+    s.close(); results.append("ok")
+print(json.dumps(results))
+"""
+
+ECHO = """
+import asyncio, json, os
+from mtproxy.protocol.secret import parse_secret
+from mtproxy.testkit.client import open_client
+async def main():
+    c = await open_client({host!r}, {port}, parse_secret({secret!r}), timeout=10)
+    data = os.urandom(5000)
+    await c.send(data)
+    ok = await c.recv_exactly(len(data)) == data
+    await c.close()
+    return "ok" if ok else "mismatch"
+print(json.dumps(asyncio.run(main())))
+"""
+
+
+def scenario_fail2ban_container(workdir: Path, net: str, image: str, host_ip: str, log_file: str,
+                                secret: str) -> dict[str, object]:
+    """In the network namespace a host-networked proxy container shares (the test's holder container):
+    the shipped jail bans the container that sent 5 bad handshakes; another container still gets through."""
+    port = 8443
+    runner = Runner()
+    layout = HostLayout(Path("/etc"), workdir)
+    out: dict[str, object] = {}
+    fail2ban.install(runner, layout, Path(log_file), port)
+    sh("fail2ban-server", "-x", "-b")
+    try:
+        for _ in range(100):
+            if fail2ban.running(runner):
+                break
+            time.sleep(0.1)
+        for _ in range(100):
+            if sh("fail2ban-client", "status", "mtproxy", check=False).returncode == 0:
+                break
+            time.sleep(0.1)
+        # One prober container for all of A's attempts, kept alive until B has run: a container that exits
+        # frees its address and Docker hands it to the next one, which would then be "A" to the firewall.
+        prober = f"mtptest-a-{os.getpid()}"
+        probe = PROBE.format(count=5, host=host_ip, port=port, bad=True)
+        recheck = PROBE.format(count=1, host=host_ip, port=port, bad=False)
+        code = ("import os, sys, time\n"
+                "def wait(flag):\n"
+                "    for _ in range(1200):\n"
+                "        if os.path.exists(flag):\n            return\n"
+                "        time.sleep(0.1)\n"
+                f"exec({probe!r})\nsys.stdout.flush()\nopen('/tmp/phase1', 'w').close()\n"
+                f"wait('/tmp/go')\nexec({recheck!r})\nsys.stdout.flush()\nopen('/tmp/phase2', 'w').close()\n"
+                "wait('/tmp/done')\n")
+        sh("docker", "run", "-d", "--name", prober, "--network", net, "--tmpfs", "/tmp", "--entrypoint",
+           "python3", image, "-c", code)
+
+        def wait_flag(flag: str) -> None:
+            deadline = time.monotonic() + 60
+            while sh("docker", "exec", prober, "test", "-e", flag, check=False).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"prober never reached {flag}")
+                time.sleep(0.2)
+
+        try:
+            a_ip = sh("docker", "inspect", "--format",
+                      f'{{{{(index .NetworkSettings.Networks "{net}").IPAddress}}}}', prober).stdout.strip()
+            out["a_ip"] = a_ip
+            wait_flag("/tmp/phase1")
+            started = time.monotonic()
+            banned: list[str] = []
+            while time.monotonic() - started < 60 and not banned:
+                banned = fail2ban.banned(runner)
+                time.sleep(0.2)
+            out["ban_latency"] = round(time.monotonic() - started, 1)
+            out["banned"] = banned
+            sh("docker", "exec", prober, "touch", "/tmp/go")
+            wait_flag("/tmp/phase2")
+            lines = sh("docker", "logs", prober).stdout.strip().splitlines()
+            out["a_bad"], out["a_after"] = json.loads(lines[0]), json.loads(lines[-1])
+            out["b_after"] = _in_container(net, image, ECHO.format(host=host_ip, port=port, secret=secret))
+            sh("docker", "exec", prober, "touch", "/tmp/done")
+        finally:
+            sh("docker", "rm", "-f", prober, check=False)
+        out["iptables"] = sh("iptables", "-S").stdout
+    finally:
+        sh("fail2ban-client", "stop", check=False)
+    return out
+
+
 SCENARIOS = {
     "ufw_rules": scenario_ufw_rules,
     "ufw_traffic": scenario_ufw_traffic,
     "fail2ban_ban": scenario_fail2ban_ban,
+    "fail2ban_container": scenario_fail2ban_container,
 }
 
 
 def main(argv: list[str]) -> None:
-    refuse_unless_isolated()
-    name, workdir = argv[0], Path(argv[1])
-    sh("ip", "link", "set", "lo", "up")
+    name, workdir, extra = argv[0], Path(argv[1]), argv[2:]
+    fresh = name != "fail2ban_container"
+    refuse_unless_isolated(fresh)
+    if fresh:
+        sh("ip", "link", "set", "lo", "up")
     setup_mounts(workdir)
-    result = SCENARIOS[name](workdir)
+    result = SCENARIOS[name](workdir, *extra)
     print(json.dumps(result))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -122,6 +123,7 @@ def _wait_health(container: str, want: str, timeout: float) -> float:
             return time.monotonic() - started
         time.sleep(0.2)
     raise AssertionError(f"{container} not {want} after {timeout} s:\n"
+                         + inspect(container, "{{json .State}}") + "\n"
                          + sh("docker", "logs", container, check=False).stderr[-3000:])
 
 
@@ -207,7 +209,29 @@ def test_killed_process_is_restarted(stack: Stack) -> None:
     while int(inspect(stack.container, "{{.RestartCount}}")) <= restarts:
         assert time.monotonic() < deadline, "Docker did not restart the container"
         time.sleep(0.2)
+    _wait_health(stack.container, "healthy", 30)
+
+
+def test_fail2ban_ban_blocks_a_container_client(stack: Stack, tmp_path: Path) -> None:
+    """The real fail2ban with the shipped jail, in the namespace the proxy container shares: the client
+    container that sent 5 bad handshakes is refused, another client container still gets through."""
     _wait_health(stack.container, "healthy", 20)
+    holder_pid = inspect(stack.holder, "{{.State.Pid}}")
+    log_file = stack.root / "logs/mtproxy" / templates.LOG_NAME
+    proc = subprocess.run(
+        ["nsenter", f"--net=/proc/{holder_pid}/ns/net", "unshare", "-m", "--", sys.executable, "-m",
+         "tests.deploy.scenarios", "fail2ban_container", str(tmp_path), stack.net, IMAGE, stack.holder_ip,
+         str(log_file), SECRET],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"\nban latency after the 5th bad handshake: {r['ban_latency']} s")
+    assert r["a_bad"] == ["ok"] * 5
+    assert r["banned"] == [r["a_ip"]]
+    assert r["a_after"] == ["refused"]
+    assert r["b_after"] == "ok"
+    assert f"-A f2b-mtproxy -s {r['a_ip']}/32 -j REJECT" in r["iptables"]
 
 
 def test_sigterm_stops_gracefully_before_the_deadline(stack: Stack) -> None:

@@ -73,7 +73,7 @@ def systemd_unit(mtproxy_bin: str, root: Path, port: int, user: str) -> str:
     return render(SYSTEMD_UNIT, exec_start=f"{mtproxy_bin} {args}", root=root, user=user, capabilities=caps)
 
 
-def fail2ban_jail(log_file: Path, port: int, banaction: str = "iptables-multiport", backend: str = "auto") -> str:
+def fail2ban_jail(log_file: Path, port: int, banaction: str = "iptables-multiport", backend: str = "polling") -> str:
     return render(FAIL2BAN_JAIL, log_file=log_file, port=port, banaction=banaction, backend=backend)
 
 
