@@ -21,8 +21,11 @@ import time
 from pathlib import Path
 
 from mtproxy.host import fail2ban, ufw
+from mtproxy.host.install import InstallRecord
 from mtproxy.host.layout import HostLayout
 from mtproxy.host.runner import Runner
+from mtproxy.host.service import follow_port
+from mtproxy.paths import Paths
 from mtproxy.testkit.process import ProxyProcess
 from mtproxy.testkit.servers import FakeDc
 
@@ -140,6 +143,13 @@ def scenario_ufw_rules(workdir: Path) -> dict[str, object]:
     out["remove_again"] = ufw.remove_rule(runner, 8443)
     out["after_remove"] = list(ufw.state(runner).rules)
     out["iptables_after_remove"] = sh("iptables", "-S", "ufw-user-input").stdout
+    # `mtproxy set-port` on an installed proxy: the rule follows the port (host/service.py).
+    ufw.add_rule(runner, 8443, "limit")
+    record = InstallRecord(8443, "none", "limit", "mtproxy:local")
+    layout = HostLayout(workdir / "etc", workdir / "root")
+    follow_port(runner, Paths(workdir / "root"), layout, record, 8444)
+    out["after_port_change"] = list(ufw.state(runner).rules)
+    out["record_port"] = InstallRecord.load(layout.install_record).port  # type: ignore[union-attr]
     return out
 
 

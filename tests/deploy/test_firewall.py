@@ -22,6 +22,8 @@ def test_ufw_rule_add_switch_remove(run_scenario: Scenario) -> None:
     assert r["remove"] is True and r["remove_again"] is False
     assert r["after_remove"] == []
     assert "8443" not in r["iptables_after_remove"]
+    assert r["after_port_change"] == ["ufw limit 8444/tcp comment 'MTProxy'"]
+    assert r["record_port"] == 8444
 
 
 def test_ufw_rule_governs_the_port(run_scenario: Scenario) -> None:
