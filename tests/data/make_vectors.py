@@ -118,7 +118,8 @@ def client_hello(secret: bytes, domain: bytes, timestamp: int, seed: bytes) -> b
     handshake = b"\x01" + len(body).to_bytes(3, "big") + body
     record = bytearray(b"\x16\x03\x01" + len(handshake).to_bytes(2, "big") + handshake)
     digest = hmac.new(secret, bytes(record), hashlib.sha256).digest()
-    record[11:43] = digest[:28] + bytes(a ^ b for a, b in zip(digest[28:], timestamp.to_bytes(4, "little"), strict=True))
+    stamp = timestamp.to_bytes(4, "little")
+    record[11:43] = digest[:28] + bytes(a ^ b for a, b in zip(digest[28:], stamp, strict=True))
     return bytes(record)
 
 
