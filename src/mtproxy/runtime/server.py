@@ -22,11 +22,11 @@ from mtproxy.stats.counters import Counters
 from .buffers import Buffers
 from .connection import ClientConnection
 from .dc import DcTable
+from .hints import HintCache
 from .secrets import SecretSet
 
 log = logging.getLogger("mtproxy.server")
 
-MAX_HINTS = 4096
 LISTEN_BACKLOG = 1024
 
 
@@ -94,7 +94,7 @@ class Server:
         self.connections: set[ClientConnection] = set()
         self.by_secret: dict[str, set[ClientConnection]] = {}
         self.per_ip: dict[str, int] = {}
-        self._hints: dict[str, int] = {}
+        self._hints = HintCache()
         self.accepting = True
         self.cert_size = cert_size
         self.counters.cert_size = cert_size
@@ -205,9 +205,7 @@ class Server:
         per.active += 1
         per.total += 1
         self.by_secret.setdefault(session.secret_id, set()).add(conn)
-        if len(self._hints) >= MAX_HINTS:
-            self._hints.clear()
-        self._hints[conn.peer[0]] = session.secret_index
+        self._hints.put(conn.peer[0], session.secret_index)
 
     def session_ended(self, conn: ClientConnection) -> None:
         session = conn.session
