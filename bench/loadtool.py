@@ -288,58 +288,59 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
     try:
-        for run in range(args.runs):
-            one: dict[str, Any] = {"direct": {"lat": bench.latency("direct", None)}}
-            one["direct"].update(
-                up1=bench.bulk("direct", None, "up", 1, args.one_mb * 1_000_000, 1),
-                down1=bench.bulk("direct", None, "down", 1, args.one_mb * 1_000_000, 1),
-            )
-            # Interleave: each run visits every subject once, so drift on the shared machine hits all alike.
-            order = subjects if run % 2 == 0 else subjects[::-1]
-            for subject in order:
-                print(f"run {run + 1}/{args.runs}: {subject}", file=sys.stderr, flush=True)
-                one[subject] = bench.run_subject(subject)
-            runs.append(one)
-        if not args.no_engine and args.secrets:
-            extra["secrets"] = {}
-            for mode in args.secrets_modes.split(","):
-                if mode in args.modes.split(","):
-                    extra["secrets"][mode] = secrets_phase(bench, mode)
-        if args.idle:
-            extra["idle"] = {}
-            for subject in args.idle_modes.split(","):
-                name = subject if subject in ("plain",) else f"engine-{subject}"
-                if name != "plain" and (args.no_engine or subject not in args.modes.split(",")):
-                    continue
-                for n in sorted(int(x) for x in args.idle.split(",")):
-                    print(f"idle: {name} {n} sessions", file=sys.stderr, flush=True)
-                    need = _memory_estimate(extra["idle"].get(name, {}), n)
-                    if need is not None and need > args.max_memory_share * _available_memory():
-                        # The machine is shared: do not push other people's processes into the OOM killer.
-                        extra["idle"].setdefault(name, {})[str(n)] = {
-                            "error": f"skipped: would need about {need / 1e9:.1f} GB "
-                            f"(more than {args.max_memory_share:.0%} of available memory)"
-                        }
-                        continue
-                    try:
-                        extra["idle"].setdefault(name, {})[str(n)] = bench.idle(name, n)
-                    except harness.BenchError as exc:
-                        extra["idle"].setdefault(name, {})[str(n)] = {"error": str(exc)}
+        measure(bench, subjects, runs, extra)
     finally:
         dc.stop()
-    summary = report.summarize(runs)
-    doc = {
-        "machine": machine(),
-        "args": {k: v for k, v in vars(args).items()},
-        "summary": summary,
-        "extra": extra,
-        "runs": runs,
-    }
-    path = bench.out_dir / f"bench-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    path.write_text(json.dumps(doc, indent=1, default=str))
-    print(report.table(doc))
-    print(f"\nJSON: {path}")
+        # Whatever was measured is written, also when a stage failed or the run was interrupted.
+        summary = report.summarize(runs)
+        doc = {"machine": machine(), "args": dict(vars(args)), "summary": summary, "extra": extra, "runs": runs}
+        path = bench.out_dir / f"bench-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+        path.write_text(json.dumps(doc, indent=1, default=str))
+        print(report.table(doc))
+        print(f"\nJSON: {path}")
     return 0
+
+
+def measure(bench: Bench, subjects: list[str], runs: list[dict[str, Any]], extra: dict[str, Any]) -> None:
+    """The interleaved runs, then the secrets and idle stages; results are appended as they come."""
+    args = bench.args
+    for run in range(args.runs):
+        one: dict[str, Any] = {"direct": {"lat": bench.latency("direct", None)}}
+        one["direct"].update(
+            up1=bench.bulk("direct", None, "up", 1, args.one_mb * 1_000_000, 1),
+            down1=bench.bulk("direct", None, "down", 1, args.one_mb * 1_000_000, 1),
+        )
+        # Interleave: each run visits every subject once, so drift on the shared machine hits all alike.
+        order = subjects if run % 2 == 0 else subjects[::-1]
+        for subject in order:
+            print(f"run {run + 1}/{args.runs}: {subject}", file=sys.stderr, flush=True)
+            one[subject] = bench.run_subject(subject)
+        runs.append(one)
+    if not args.no_engine and args.secrets:
+        extra["secrets"] = {}
+        for mode in args.secrets_modes.split(","):
+            if mode in args.modes.split(","):
+                extra["secrets"][mode] = secrets_phase(bench, mode)
+    if args.idle:
+        extra["idle"] = {}
+        for subject in args.idle_modes.split(","):
+            name = subject if subject in ("plain",) else f"engine-{subject}"
+            if name != "plain" and (args.no_engine or subject not in args.modes.split(",")):
+                continue
+            for n in sorted(int(x) for x in args.idle.split(",")):
+                print(f"idle: {name} {n} sessions", file=sys.stderr, flush=True)
+                need = _memory_estimate(extra["idle"].get(name, {}), n)
+                if need is not None and need > args.max_memory_share * _available_memory():
+                    # The machine is shared: do not push other people's processes into the OOM killer.
+                    extra["idle"].setdefault(name, {})[str(n)] = {
+                        "error": f"skipped: would need about {need / 1e9:.1f} GB "
+                        f"(more than {args.max_memory_share:.0%} of available memory)"
+                    }
+                    continue
+                try:
+                    extra["idle"].setdefault(name, {})[str(n)] = bench.idle(name, n)
+                except harness.BenchError as exc:
+                    extra["idle"].setdefault(name, {})[str(n)] = {"error": str(exc)}
 
 
 def _available_memory() -> int:

@@ -48,9 +48,10 @@ def ensure_isolated(module: str) -> None:
 
 def tune_namespace() -> None:
     """Per-namespace sysctls so tens of thousands of loopback connections fit: a wide ephemeral port
-    range and TIME_WAIT reuse for the handshake churn. Only touches this private namespace."""
+    range (kept above the fixed service ports, all below 10000, so no leftover connection sits on a port a
+    server must bind next) and TIME_WAIT reuse for the handshake churn. Only touches this private namespace."""
     for key, value in (
-        ("net/ipv4/ip_local_port_range", "1024 65535"),
+        ("net/ipv4/ip_local_port_range", "10000 65535"),
         ("net/ipv4/tcp_tw_reuse", "1"),
         ("net/core/somaxconn", "65535"),
         ("net/ipv4/tcp_max_syn_backlog", "65535"),
