@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -243,3 +244,21 @@ def test_sigterm_stops_gracefully_before_the_deadline(stack: Stack) -> None:
     assert inspect(stack.container, "{{.State.ExitCode}}") == "0"
     assert took < 15
     assert "stopped" in sh("docker", "logs", "--tail", "5", stack.container).stderr
+
+
+def test_wizard_docker_dry_run_checks_and_changes_nothing(tmp_path: Path) -> None:
+    """With the Docker manager the wizard checks the engine and the image (or its build script) and,
+    in a dry run, stops there."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MTPROXY_")}
+    env.update(MTPROXY_SYSCONF=str(tmp_path / "etc"), MTPROXY_ROOT=str(tmp_path / "root"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "mtproxy.cli.main", "setup", "-n", "--manager", "docker", "--ufw", "skip",
+         "--port", str(port), "--type", "dd", "--image", "mtproxy:not-built-yet", "--dry-run"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "would install docker" in result.stdout and "nothing changed" in result.stdout
+    assert not (tmp_path / "root").exists() and not (tmp_path / "etc").exists()
