@@ -195,10 +195,14 @@ def _apply_config_file(ns: argparse.Namespace, path: Path) -> None:
         raise ConfigError(f"{path}: cannot read settings: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: settings must be a JSON object")
+    # Where to listen is one choice: -H or --listen on the command line replaces the file's port and listen.
+    listen_given = bool(ns.listen) or bool(ns.port)
     for key, value in data.items():
         dest = _CONFIG_KEYS.get(key)
         if dest is None or value is None:
             continue  # other tools keep their own keys in this file; null means "the default"
+        if listen_given and dest in ("port", "listen"):
+            continue
         if dest == "no_fast_mode":
             value = not value
         current = getattr(ns, dest)

@@ -102,3 +102,13 @@ def test_root_settings_read_without_config_flag(tmp_path: Path) -> None:
     assert cfg.domains == () and cfg.allow_classic and cfg.mask is None
     missing = resolve(["-S", KEY, "--config", str(tmp_path / "nope.json")], environ={"MTPROXY_ROOT": str(tmp_path)})
     assert missing.listen == (HostPort("0.0.0.0", 8443), HostPort("::", 8443))
+
+
+def test_command_line_listen_replaces_the_settings_port(tmp_path: Path) -> None:
+    settings = tmp_path / "config" / "mtproxy" / "mtproxy_config.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps({"version": 1, "port": 9443, "stats_port": 8888}))
+    environ = {"MTPROXY_ROOT": str(tmp_path)}
+    assert resolve(["-S", KEY, "--listen", "127.0.0.1:7000"], environ=environ).listen == (HostPort("127.0.0.1", 7000),)
+    assert resolve(["-S", KEY, "-H", "7001"], environ=environ).listen == (
+        HostPort("0.0.0.0", 7001), HostPort("::", 7001))
