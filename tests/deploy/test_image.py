@@ -262,3 +262,51 @@ def test_wizard_docker_dry_run_checks_and_changes_nothing(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stdout + result.stderr
     assert "would install docker" in result.stdout and "nothing changed" in result.stdout
     assert not (tmp_path / "root").exists() and not (tmp_path / "etc").exists()
+
+
+def test_wizard_installs_the_container_and_uninstall_removes_everything(image: str, tmp_path: Path) -> None:
+    """The wizard for real with Docker: Compose service (host networking), healthy, port answers; then
+    uninstall leaves no container, no image tag, no host files. The secret is dd (no mask site to probe)
+    and nobody authenticates, so the proxy never dials out."""
+    if host_docker.state(Runner()) is not None:
+        pytest.skip("a vless_mtproxy container already exists on this host; not touching it")
+    tag = f"mtproxy:wizard-{uuid.uuid4().hex[:6]}"
+    sh("docker", "tag", image, tag)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MTPROXY_")}
+    env.update(MTPROXY_SYSCONF=str(tmp_path / "etc"), MTPROXY_ROOT=str(tmp_path / "root"))
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    port, stats_port = ports
+    config = tmp_path / "root/config/mtproxy"
+    config.mkdir(parents=True)
+    (config / "mtproxy_config.json").write_text(json.dumps({"version": 1, "stats_port": stats_port}))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mtproxy.cli.main", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+    try:
+        started = time.monotonic()
+        setup = cli("setup", "-n", "--manager", "docker", "--ufw", "skip", "--type", "dd", "--port", str(port),
+                    "--server", "192.0.2.1", "--image", tag)
+        print(f"\nwizard with Docker: {time.monotonic() - started:.1f} s")
+        assert setup.returncode == 0, setup.stdout + setup.stderr
+        assert "healthy" in setup.stdout and f"server=192.0.2.1&port={port}&secret=dd" in setup.stdout
+        assert inspect("vless_mtproxy", "{{.State.Health.Status}}") == "healthy"
+        assert inspect("vless_mtproxy", "{{.HostConfig.NetworkMode}}") == "host"
+        again = cli("setup", "-n", "--manager", "docker", "--ufw", "skip", "--type", "dd", "--port", str(port),
+                    "--server", "192.0.2.1", "--image", tag)
+        assert again.returncode == 0, again.stdout + again.stderr  # its own running proxy is no conflict
+        removed = cli("uninstall", "--yes")
+        assert removed.returncode == 0, removed.stdout + removed.stderr
+        assert host_docker.state(Runner()) is None
+        assert not host_docker.image_exists(Runner(), tag)
+        files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")
+                       if p.is_file() and not p.name.endswith(".lock"))
+        assert files == ["root/config/mtproxy/mtproxy_config.json", "root/config/mtproxy/mtproxy_secrets.json"]
+    finally:
+        sh("docker", "rm", "-f", "vless_mtproxy", check=False)
+        sh("docker", "image", "rm", tag, check=False)
