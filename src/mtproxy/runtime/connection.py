@@ -162,13 +162,18 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     # ----------------------------------------------------------------- backpressure (client side is full)
 
+    # (never while splicing: the client's transport buffer is not written then, and the DC transport
+    # must stay paused because the splice relay reads that socket)
     def pause_writing(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.pause_reading()
+        up = self.upstream
+        if up is not None and up.transport is not None and not getattr(up, "spliced", None):
+            up.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None and self.phase != Phase.CLOSED:
-            self.upstream.transport.resume_reading()
+        up = self.upstream
+        if up is not None and up.transport is not None and self.phase != Phase.CLOSED \
+                and not getattr(up, "spliced", None):
+            up.transport.resume_reading()
 
     # ----------------------------------------------------------------- handshake
 

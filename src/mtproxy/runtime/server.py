@@ -24,6 +24,7 @@ from .connection import ClientConnection
 from .dc import DcTable
 from .hints import HintCache
 from .secrets import SecretSet
+from .splice import PipePool
 
 log = logging.getLogger("mtproxy.server")
 
@@ -88,6 +89,7 @@ class Server:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self.counters = Counters(started_at=clock())
         self.buffers = Buffers(cfg.limits.read_size)
+        self.pipes = PipePool()
         self.replay = ReplayFilter(replay_memory)
         self._replay_guard = (lambda: replay_lock) if replay_lock is not None else None
         self.dc_table = DcTable(cfg.dc_overrides, cfg.prefer_ipv6)

@@ -13,6 +13,8 @@ from mtproxy.config import HostPort
 from mtproxy.protocol import faketls
 from mtproxy.protocol.obfs2 import DcLink
 
+from . import splice
+
 if TYPE_CHECKING:
     from .connection import ClientConnection
     from .server import Server
@@ -52,10 +54,15 @@ class _Leg(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(high=self.client.server.cfg.limits.buffer_size)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.stop_splice()
         self.transport = None
         self.client.close()
 
+    def stop_splice(self) -> None:
+        """Only the DC leg splices; see DcProtocol."""
+
     def close(self) -> None:
+        self.stop_splice()
         if self.transport is not None:
             # keep reading (and dropping) so a peer blocked on writing to us can take our last bytes
             self.transport.resume_reading()
@@ -100,6 +107,8 @@ class DcProtocol(_Leg):
         self._from_dc: CipherContext | None = None
         self._to_client: CipherContext | None = None
         self._tls = False
+        self._relayed = 0  # DC->client bytes through the transport, until splicing starts
+        self.spliced: splice.SpliceRelay | None = None
 
     def start(self, link: DcLink, tls: bool) -> None:
         self._from_dc = link.from_dc
@@ -143,4 +152,36 @@ class DcProtocol(_Leg):
             client.write(data)  # fast mode: the DC's bytes are already what the client expects
             if client.get_write_buffer_size():
                 buffers.lent_recv()
+            else:
+                self._relayed += nbytes
+                if self._relayed >= splice.SPLICE_AFTER and splice.AVAILABLE:
+                    self._start_splice(client)
         self.client.server.count_out(self.client, nbytes)
+
+    # ---------------------------------------------------------------- zero-copy (fast mode, no TLS)
+
+    def _start_splice(self, client: asyncio.Transport) -> None:
+        """A bulk session: hand DC->client to the kernel. Only with the client's write buffer empty,
+        since from now on the client socket is written beside its transport."""
+        assert self.transport is not None
+        server = self.client.server
+        try:
+            self.spliced = splice.SpliceRelay(
+                server.loop, server.pipes,
+                self.transport.get_extra_info("socket").fileno(), client.get_extra_info("socket").fileno(),
+                self._spliced_bytes, self.client.upstream_eof, self.client.close,
+            )
+        except OSError as exc:  # out of descriptors: the transport path goes on
+            log.debug("splice unavailable: %s", exc)
+            self._relayed = -(1 << 62)
+            return
+        self.transport.pause_reading()
+
+    def _spliced_bytes(self, n: int) -> None:
+        self.client.activity += n
+        self.client.server.count_out(self.client, n)
+
+    def stop_splice(self) -> None:
+        if self.spliced is not None:
+            self.spliced.close()
+            self.spliced = None
