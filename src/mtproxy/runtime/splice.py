@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 from collections.abc import Callable
+
+log = logging.getLogger("mtproxy.splice")
 
 PIPE_SIZE = 1 << 20  # bytes per splice; the kernel caps it at /proc/sys/fs/pipe-max-size
 SPLICE_AFTER = 256 * 1024  # DC->client bytes before a session switches: short sessions never pay the setup
@@ -119,7 +122,8 @@ class SpliceRelay:
             n = os.splice(self._dc, pipe.w, pipe.size, flags=_FLAGS)
         except BlockingIOError:
             return
-        except OSError:
+        except OSError as exc:
+            log.debug("splice from the DC failed: %s", exc)
             self._fail()
             return
         if n == 0:
@@ -144,7 +148,8 @@ class SpliceRelay:
             self._read_off()
             self._write_on()
             return
-        except OSError:
+        except OSError as exc:
+            log.debug("splice to the client failed: %s", exc)
             self._fail()
             return
         self._pipe = None
@@ -167,8 +172,9 @@ class SpliceRelay:
         os.close(self._dc)
         os.close(self._client)
         if self._pipe is not None:
-            if self._queued:
-                self._pipe.close()  # residue for a client that is gone
+            if self._queued:  # residue for a client that is gone: that pipe must never be read again
+                self._pool.lend(self._pipe)
+                self._pipe.close()
             else:
                 self._pool.give_back(self._pipe)
             self._pipe = None

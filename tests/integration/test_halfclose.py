@@ -1,0 +1,154 @@
+"""Half-closes, resets and slow readers around the relay (both the transport and the splice path):
+the engine keeps serving, delivers everything before an EOF, and frees every session."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import socket
+import struct
+import time
+
+from mtproxy.protocol.secret import Secret
+from mtproxy.testkit.client import ProxyClient, open_client, secret_for_mode
+
+from .conftest import ProxyFactory, run
+from .test_lifecycle import stats_of
+
+BIG = 2 * 1024 * 1024  # well past the point where a fast-mode session starts splicing
+
+
+def _reset_on_close(client: ProxyClient) -> None:
+    sock = client.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+async def _read_to_eof(client: ProxyClient, limit: int) -> bytes:
+    got = bytearray()
+    while len(got) <= limit:
+        chunk = await asyncio.wait_for(client.reader.read(1 << 18), client.timeout)
+        if not chunk:
+            break
+        got += client.conn.decrypt(chunk)
+    return bytes(got)
+
+
+def _wait_idle(port: int, timeout: float = 15.0) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = stats_of(port)
+        if stats.get("active_connections") == "0" or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.1)
+
+
+def test_half_close_delivers_everything_then_eof(start_proxy: ProxyFactory, secret: Secret) -> None:
+    proxy = start_proxy("-S", secret.to_hex(), "--allow-classic")
+    data = os.urandom(BIG)
+
+    async def one(mode: str) -> bytes:
+        client = await open_client("127.0.0.1", proxy.port, secret_for_mode(secret, mode))
+        try:
+            sender = asyncio.create_task(client.send(data))
+            reader = asyncio.create_task(_read_to_eof(client, BIG + 1))
+            await sender
+            client.writer.write_eof()
+            return await reader
+        finally:
+            await client.close()
+
+    for mode in ("classic", "dd", "ee"):
+        got = run(one(mode))
+        assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest(), mode
+    stats = _wait_idle(proxy.stats_port)
+    assert stats["active_connections"] == "0"
+    assert int(stats["bytes_dc_to_client"]) >= 3 * BIG  # spliced bytes are counted too
+
+
+def test_slow_reader_on_the_splice_path_gets_everything(start_proxy: ProxyFactory, secret: Secret) -> None:
+    proxy = start_proxy("-S", secret.to_hex(), "--allow-classic", "--buffer-size", "65536")
+    data = os.urandom(4 * 1024 * 1024)
+
+    async def scenario() -> bytes:
+        client = await open_client("127.0.0.1", proxy.port, secret_for_mode(secret, "classic"))
+        try:
+            sender = asyncio.create_task(client.send(data))
+            got = bytearray()
+            while len(got) < len(data):
+                await asyncio.sleep(0.002)  # read slower than the DC echoes: the proxy must hold back
+                chunk = await asyncio.wait_for(client.reader.read(32768), client.timeout)
+                assert chunk, "closed early"
+                got += client.conn.decrypt(chunk)
+            await sender
+            return bytes(got)
+        finally:
+            await client.close()
+
+    got = run(scenario(), timeout=60)
+    assert got == data
+
+
+def test_storm_of_half_closes_and_resets(start_proxy: ProxyFactory, secret: Secret) -> None:
+    """Many short sessions that half-close, and sessions reset mid-transfer (some while splicing)."""
+    proxy = start_proxy("-S", secret.to_hex(), "--allow-classic")
+    rng = random.Random(5)
+    counts = {"echoed": 0, "reset": 0}
+
+    async def short(mode: str) -> None:
+        client = await open_client("127.0.0.1", proxy.port, secret_for_mode(secret, mode))
+        try:
+            payload = os.urandom(rng.choice([1, 300, 5000, 70000]))
+            await client.send(payload)
+            if rng.random() < 0.7:
+                client.writer.write_eof()
+            assert await client.recv_exactly(len(payload)) == payload
+            counts["echoed"] += 1
+            if rng.random() < 0.3:
+                _reset_on_close(client)
+        finally:
+            await client.close()
+
+    async def abrupt(mode: str) -> None:
+        client = await open_client("127.0.0.1", proxy.port, secret_for_mode(secret, mode))
+        try:
+            blob = os.urandom(65536)
+            for _ in range(rng.randint(1, 12)):
+                client.writer.write(client.conn.encrypt(blob))
+                if rng.random() < 0.5:
+                    try:
+                        await asyncio.wait_for(client.reader.read(65536), 0.02)
+                    except TimeoutError:
+                        pass
+            if rng.random() < 0.5:
+                client.writer.write_eof()
+            _reset_on_close(client)
+            counts["reset"] += 1
+        finally:
+            await client.close()
+
+    async def scenario() -> None:
+        gate = asyncio.Semaphore(32)
+
+        async def guarded(i: int) -> None:
+            async with gate:
+                mode = ("classic", "dd", "ee")[i % 3]
+                await (abrupt(mode) if i % 4 == 3 else short(mode))
+
+        await asyncio.gather(*(guarded(i) for i in range(240)))
+
+    run(scenario(), timeout=120)
+    assert counts == {"echoed": 180, "reset": 60}
+    assert proxy.proc.poll() is None
+
+    async def still_serving() -> None:
+        client = await open_client("127.0.0.1", proxy.port, secret_for_mode(secret, "dd"))
+        await client.send(b"ping")
+        assert await client.recv_exactly(4) == b"ping"
+        await client.close()
+
+    run(still_serving())
+    stats = _wait_idle(proxy.stats_port)
+    assert stats["active_connections"] == "0"
+    assert "internal error" not in proxy.log
