@@ -236,14 +236,44 @@ def test_fail2ban_ban_blocks_a_container_client(stack: Stack, tmp_path: Path) ->
 
 
 def test_sigterm_stops_gracefully_before_the_deadline(stack: Stack) -> None:
-    _wait_health(stack.container, "healthy", 20)
-    started = time.monotonic()
-    sh("docker", "stop", "-t", "20", stack.container, timeout=60)
-    took = time.monotonic() - started
-    print(f"\ndocker stop took {took:.1f} s")
-    assert inspect(stack.container, "{{.State.ExitCode}}") == "0"
-    assert took < 15
-    assert "stopped" in sh("docker", "logs", "--tail", "5", stack.container).stderr
+    """SIGTERM with a live session: the engine stops accepting, drains for up to its 10 s, exits 0 —
+    well inside the 20 s Docker waits before SIGKILL."""
+    _wait_health(stack.container, "healthy", 30)
+    holder = f"mtptest-session-{uuid.uuid4().hex[:6]}"
+    code = (
+        "import asyncio, os, time\n"
+        "from mtproxy.protocol.secret import parse_secret\n"
+        "from mtproxy.testkit.client import open_client\n"
+        "async def main():\n"
+        f"    c = await open_client('{stack.holder_ip}', 8443, parse_secret('{SECRET}'), timeout=10)\n"
+        "    await c.send(b'x' * 100)\n"
+        "    assert await c.recv_exactly(100) == b'x' * 100\n"
+        "    print('session-up', flush=True)\n"
+        "    t = time.monotonic()\n"
+        "    while not await c.reader.read(65536):\n"
+        "        break\n"
+        "    print(f'closed-after {time.monotonic() - t:.1f}', flush=True)\n"
+        "asyncio.run(main())\n"
+    )
+    sh("docker", "run", "-d", "--name", holder, "--network", stack.net, "--entrypoint", "python3", IMAGE,
+       "-c", code)
+    try:
+        deadline = time.monotonic() + 30
+        while "session-up" not in sh("docker", "logs", holder).stdout:
+            assert time.monotonic() < deadline, sh("docker", "logs", holder).stderr
+            time.sleep(0.2)
+        started = time.monotonic()
+        sh("docker", "stop", "-t", "20", stack.container, timeout=60)
+        took = time.monotonic() - started
+        print(f"\ndocker stop with a live session took {took:.1f} s")
+        assert inspect(stack.container, "{{.State.ExitCode}}") == "0"
+        assert took < 15
+        logs = sh("docker", "logs", "--tail", "5", stack.container).stderr
+        assert "draining" in logs and "stopped" in logs, logs
+        sh("docker", "wait", holder, timeout=30)
+        assert "closed-after" in sh("docker", "logs", holder).stdout
+    finally:
+        sh("docker", "rm", "-f", holder, check=False)
 
 
 def test_wizard_docker_dry_run_checks_and_changes_nothing(tmp_path: Path) -> None:

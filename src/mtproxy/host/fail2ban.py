@@ -12,6 +12,11 @@ from .runner import Runner
 JAIL = "mtproxy"
 
 
+def _serves(layout: HostLayout) -> bool:
+    """A running fail2ban reads /etc/fail2ban; files written elsewhere (tests, MTPROXY_SYSCONF) are not its."""
+    return layout.fail2ban_dir == Path("/etc/fail2ban")
+
+
 def running(runner: Runner) -> bool:
     if not runner.available("fail2ban-client"):
         return False
@@ -30,14 +35,14 @@ def install(runner: Runner, layout: HostLayout, log_file: Path, port: int) -> li
             (layout.fail2ban_jail, templates.fail2ban_jail(log_file, port)),
         ) if write_file(path, text, 0o644)
     ]
-    if running(runner):
+    if _serves(layout) and running(runner):
         runner.run(["fail2ban-client", "reload"], timeout=60)
     return written
 
 
 def remove(runner: Runner, layout: HostLayout) -> list[Path]:
     removed = [p for p in (layout.fail2ban_jail, layout.fail2ban_filter) if remove_file(p)]
-    if removed and running(runner):
+    if removed and _serves(layout) and running(runner):
         runner.run(["fail2ban-client", "reload"], timeout=60)
     return removed
 
