@@ -15,18 +15,21 @@ MAX_RECORD = faketls.MAX_RECORD_PAYLOAD
 
 
 class Buffers:
-    """`recv` takes every socket read; `tmp` holds decrypted bytes; `out` what is written (with room
-    for fake-TLS record headers)."""
+    """`recv` takes every socket read (through `recv_in`, which leaves the slack `update_into` needs, so
+    the upload direction is decrypted and re-encrypted in place); `tmp` holds decrypted bytes; `out` what
+    is written (with room for fake-TLS record headers)."""
 
     def __init__(self, read_size: int) -> None:
         self.read_size = read_size
-        self.recv = bytearray(read_size)
+        self.recv = bytearray(read_size + SLACK)
+        self.recv_in = memoryview(self.recv)[:read_size]
         self.tmp = bytearray(read_size + SLACK)
         self._out_size = read_size + -(-read_size // MAX_RECORD) * HEADER + SLACK
         self.out = bytearray(self._out_size)
 
     def lent_recv(self) -> None:
-        self.recv = bytearray(self.read_size)
+        self.recv = bytearray(self.read_size + SLACK)
+        self.recv_in = memoryview(self.recv)[: self.read_size]
 
     def lent_out(self) -> None:
         self.out = bytearray(self._out_size)

@@ -123,8 +123,8 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     # ----------------------------------------------------------------- reading
 
-    def get_buffer(self, sizehint: int) -> bytearray:
-        return self._buffers.recv
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffers.recv_in
 
     def buffer_updated(self, nbytes: int) -> None:
         self.activity += nbytes
@@ -304,11 +304,14 @@ class ClientConnection(asyncio.BufferedProtocol):
             data_out = self._to_dc.update(self._from_client.update(data))
             up.transport.write(data_out)
         else:
-            self._from_client.update_into(data, buffers.tmp)
-            self._to_dc.update_into(memoryview(buffers.tmp)[:n], buffers.out)
-            up.transport.write(memoryview(buffers.out)[:n])
+            # both passes in place in the receive buffer (the handshake's `pending` is copied in by the first)
+            buf = buffers.recv
+            self._from_client.update_into(data, buf)
+            out = memoryview(buf)[:n]
+            self._to_dc.update_into(out, buf)
+            up.transport.write(out)
             if up.transport.get_write_buffer_size():
-                buffers.lent_out()
+                buffers.lent_recv()
         self.server.count_in(self, n)
 
     # ----------------------------------------------------------------- idle

@@ -72,8 +72,8 @@ class _Leg(asyncio.BufferedProtocol):
         self.client.upstream_eof()
         return True
 
-    def get_buffer(self, sizehint: int) -> bytearray:
-        return self._buffers.recv
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffers.recv_in
 
     # Backpressure: this leg's write buffer is full, so stop reading the client.
     def pause_writing(self) -> None:
