@@ -65,11 +65,13 @@ def test_secret_change_signals_the_container(with_docker: Callable[..., Result],
     assert "a proxy is running; signalled it" in result.out
 
 
-def test_port_change_restarts_through_compose(with_docker: Callable[..., Result], docker_log: Path) -> None:
+def test_port_change_restarts_the_container(with_docker: Callable[..., Result], docker_log: Path) -> None:
+    # No install record and no Compose file of ours under the root: host.service.restart_proxy restarts the
+    # running container as it is (tests/deploy cover the rewrite of our own Compose file).
     result = with_docker("set-port", "2087")
     assert result.status == ExitStatus.OK, result.err
     calls = docker_log.read_text().splitlines()
-    assert "compose --project-directory /srv/stack -f /srv/stack/docker-compose.yml restart vless_mtproxy" in calls
+    assert "restart vless_mtproxy" in calls
     assert "restarted the proxy (docker)" in result.out
 
 
