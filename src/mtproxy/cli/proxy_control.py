@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from ..host.runner import CommandError, Runner
+from ..host.service import restart_proxy
 
 CONTAINER = "vless_mtproxy"
 COMPOSE_SERVICE = "vless_mtproxy"
@@ -125,14 +124,8 @@ def restart(runner: Runner) -> ApplyOutcome:
         if deployment.manager == "none":
             return ApplyOutcome("no proxy is running: saved, and used when the proxy starts", False)
         return ApplyOutcome(f"the proxy is {deployment.state}: saved, and used when it starts", False)
-    hook = _deployment_hook()
     try:
-        if hook is not None:
-            hook(runner)
-        elif deployment.manager == "docker":
-            runner.run(_compose_restart_argv(runner), timeout=120)
-        else:
-            runner.run(["systemctl", "restart", SYSTEMD_UNIT], timeout=120)
+        restart_proxy(runner)  # rewrites our Compose file or unit for the new settings, moves the UFW rule and jail
     except CommandError as exc:
         from .errors import CliError, ExitStatus
 
@@ -144,30 +137,3 @@ def restart(runner: Runner) -> ApplyOutcome:
     if runner.dry_run:
         return ApplyOutcome("would restart the proxy", False)
     return ApplyOutcome(f"restarted the proxy ({deployment.manager})", True)
-
-
-def _compose_restart_argv(runner: Runner) -> list[str]:
-    """`docker compose restart vless_mtproxy` in the project that created the container (from its labels)."""
-    labels = runner.run(
-        ["docker", "inspect", "--format",
-         '{{index .Config.Labels "com.docker.compose.project.working_dir"}}|'
-         '{{index .Config.Labels "com.docker.compose.project.config_files"}}', CONTAINER],
-        check=False, mutates=False, timeout=15,
-    )
-    workdir, _, files = labels.stdout.strip().partition("|")
-    if labels.ok and workdir and files:
-        argv = ["docker", "compose", "--project-directory", workdir]
-        for name in files.split(","):
-            argv += ["-f", name]
-        return [*argv, "restart", COMPOSE_SERVICE]
-    return ["docker", "restart", CONTAINER]
-
-
-def _deployment_hook() -> Callable[[Runner], Any] | None:
-    """The deployment code may own restarts (e.g. to rewrite a published port): use its hook if it has one."""
-    try:
-        module = importlib.import_module("mtproxy.host.service")
-    except ImportError:
-        return None
-    hook = getattr(module, "restart_proxy", None)
-    return hook if callable(hook) else None
