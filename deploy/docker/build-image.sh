@@ -107,6 +107,8 @@ trap 'rm -rf "$ctx"' EXIT
 started=$(now)
 build_context "$ctx"
 log "docker build $tag FROM $base"
-DOCKER_BUILDKIT=0 docker build -q --build-arg "BASE_IMAGE=$base" -t "$tag" "$ctx" >&2
+DOCKER_BUILDKIT=0 docker build -q --rm --force-rm --build-arg "BASE_IMAGE=$base" -t "$tag" "$ctx" >&2
+# Untagged leftovers of our own builds only: build stages, and images a rebuild took the tag from.
+docker image prune -f --filter label=mtproxy.stage >/dev/null
 log "image $tag built in $(( $(now) - started )) s, $(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.1f MB", $1/1e6}')"
 echo "$tag"
