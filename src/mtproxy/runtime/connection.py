@@ -27,6 +27,14 @@ _EOF_REASON: RejectReason = getattr(RejectReason, "HANDSHAKE_EOF", RejectReason.
 LINGER = 5.0  # seconds a closed connection may spend flushing to a slow peer
 
 
+def half_close(transport: asyncio.Transport | None) -> None:
+    """Pass an EOF on, never to a transport that is already closing. A shutdown request racing the
+    handle's close is the suspected cause of the uvloop "double free" aborts the bench's plain relay hit
+    when it propagated half-closes; the engine never reproduced them, this keeps it out of that path."""
+    if transport is not None and not transport.is_closing() and transport.can_write_eof():
+        transport.write_eof()
+
+
 class Phase(enum.IntEnum):
     HANDSHAKE = 0
     CONNECTING = 1
@@ -152,9 +160,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             # A probe that sent a short request and half-closed expects the site's answer now.
             self._reject(_EOF_REASON, received, maskable=not self._answered)
             return True
-        if self.upstream is not None and self.upstream.transport is not None:
-            if self.upstream.transport.can_write_eof():
-                self.upstream.transport.write_eof()
+        if self.upstream is not None:
+            half_close(self.upstream.transport)
         if self._eof_out or self.phase not in (Phase.RELAY, Phase.MASK, Phase.CONNECTING):
             self.close()
             return False
@@ -233,8 +240,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if received:
             proto.transport.write(received)
         if self._eof_in:
-            if proto.transport.can_write_eof():
-                proto.transport.write_eof()
+            half_close(proto.transport)
         else:
             self.transport.resume_reading()
         self._start_idle_timer()
@@ -278,8 +284,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if session.pending:
             self._relay_to_dc(memoryview(session.pending), unwrapped=True)
         if self._eof_in:
-            if proto.transport.can_write_eof():
-                proto.transport.write_eof()
+            half_close(proto.transport)
         else:
             self.transport.resume_reading()
         self._start_idle_timer()
@@ -331,7 +336,6 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def upstream_eof(self) -> None:
         self._eof_out = True
-        if self.transport is not None and self.transport.can_write_eof() and not self.transport.is_closing():
-            self.transport.write_eof()
+        half_close(self.transport)
         if self._eof_in:
             self.close()
