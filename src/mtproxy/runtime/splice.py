@@ -20,7 +20,7 @@ from collections.abc import Callable
 log = logging.getLogger("mtproxy.splice")
 
 PIPE_SIZE = 1 << 20  # bytes per splice; the kernel caps it at /proc/sys/fs/pipe-max-size
-SPLICE_AFTER = 256 * 1024  # DC->client bytes before a session switches: short sessions never pay the setup
+SPLICE_AFTER = 64 * 1024  # DC->client bytes before a session switches: short sessions never pay the setup
 _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _SPARE = 4  # drained pipes kept for reuse
 
