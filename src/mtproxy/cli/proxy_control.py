@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..host.runner import CommandError, Runner
 from ..host.service import restart_proxy
+from ..paths import Paths
 
 CONTAINER = "vless_mtproxy"
 COMPOSE_SERVICE = "vless_mtproxy"
@@ -117,7 +118,7 @@ def reload_secrets(
     return ApplyOutcome(f"a proxy is running; {how} picks up the file within a few seconds (no restart)", False)
 
 
-def restart(runner: Runner) -> ApplyOutcome:
+def restart(runner: Runner, paths: Paths) -> ApplyOutcome:
     """Restart the proxy so a new port or worker count takes effect; a stopped proxy stays stopped."""
     deployment = detect(runner)
     if not deployment.running:
@@ -125,7 +126,7 @@ def restart(runner: Runner) -> ApplyOutcome:
             return ApplyOutcome("no proxy is running: saved, and used when the proxy starts", False)
         return ApplyOutcome(f"the proxy is {deployment.state}: saved, and used when it starts", False)
     try:
-        restart_proxy(runner)  # rewrites our Compose file or unit for the new settings, moves the UFW rule and jail
+        restart_proxy(runner, paths)  # rewrites our Compose file or unit, moves the UFW rule and jail
     except CommandError as exc:
         from .errors import CliError, ExitStatus
 

@@ -75,7 +75,7 @@ def set_port_cmd(env: Env, port: int, do_restart: bool) -> None:
         env.warn(f"port {port} is privileged: the proxy needs CAP_NET_BIND_SERVICE (the image grants it)")
     _save(env, port=port)
     firewall = _move_firewall_rule(env, settings.port, port)
-    outcome = restart(env.runner) if do_restart else ApplyOutcome(_later(env), False)
+    outcome = restart(env.runner, env.paths) if do_restart else ApplyOutcome(_later(env), False)
     _report(env, f"port set to {port} (was {settings.port})", outcome)
     env.out("  links:   rewritten; hand out the new ones (`mtproxy show-config`)")
     env.out(f"  firewall: {firewall}")
@@ -138,7 +138,7 @@ def set_workers(env: Env, workers: int, do_restart: bool) -> None:
     if workers > cores:
         env.warn(f"{workers} workers on {cores} CPU core(s): more workers than cores only adds overhead")
     _save(env, workers=workers)
-    outcome = restart(env.runner) if do_restart else ApplyOutcome(_later(env), False)
+    outcome = restart(env.runner, env.paths) if do_restart else ApplyOutcome(_later(env), False)
     _report(env, f"workers set to {workers} (was {settings.workers})", outcome)
 
 
