@@ -152,3 +152,33 @@ def test_storm_of_half_closes_and_resets(start_proxy: ProxyFactory, secret: Secr
     stats = _wait_idle(proxy.stats_port)
     assert stats["active_connections"] == "0"
     assert "internal error" not in proxy.log
+
+
+def test_removed_secret_closes_a_spliced_session(start_proxy: ProxyFactory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The splice relay holds dup()s of both sockets: closing the session must still end the connection."""
+    from mtproxy.protocol.secret import SecretKind
+    from mtproxy.store import SecretRecord, StoreData, write_store
+
+    key = Secret(os.urandom(16), SecretKind.CLASSIC)
+    store = tmp_path / "mtproxy_secrets.json"
+    write_store(store, StoreData((SecretRecord.from_secret("s1", key),)))
+    proxy = start_proxy("--secrets-file", str(store), "--reload-interval", "0.1", "--allow-classic")
+    data = os.urandom(512 * 1024)
+
+    async def scenario() -> bytes:
+        client = await open_client("127.0.0.1", proxy.port, key)
+        try:
+            sender = asyncio.create_task(client.send(data))
+            assert await client.recv_exactly(len(data)) == data  # past the switch point: spliced now
+            await sender
+            write_store(store, StoreData((SecretRecord.from_secret("s1", key, active=False),)))
+            await asyncio.get_running_loop().run_in_executor(None, proxy.wait_log, "secrets reloaded")
+            try:
+                return await asyncio.wait_for(client.reader.read(1024), 5)  # EOF, not a hang
+            except ConnectionResetError:
+                return b""
+        finally:
+            await client.close()
+
+    assert run(scenario()) == b""
+    assert _wait_idle(proxy.stats_port)["active_connections"] == "0"
