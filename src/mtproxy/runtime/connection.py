@@ -279,10 +279,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._tls_reader = session.tls_reader
         proto.start(link, session.fake_tls)
         self.upstream = proto
-        proto.transport.write(link.header)
         self.phase = Phase.RELAY
-        if session.pending:
-            self._relay_to_dc(memoryview(session.pending), unwrapped=True)
+        pending = session.pending
+        if pending:
+            # what the client sent along with its handshake goes out with the DC header: one send, not two
+            proto.transport.write(link.header + self._to_dc.update(self._from_client.update(pending)))
+            server.count_in(self, len(pending))
+        else:
+            proto.transport.write(link.header)
         if self._eof_in:
             half_close(proto.transport)
         else:
