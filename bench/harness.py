@@ -181,7 +181,8 @@ def run_phase(job: dict[str, Any], workers: int, proxy_pids: list[int], timeout:
                 worker_job["parallel"] = max(1, job["parallel"] // workers)
             # Distinct loopback source addresses per worker keep every (src, dst) pair well below the
             # ephemeral port range.
-            worker_job["sources"] = [f"127.{i + 1}.{j // 250}.{j % 250 + 1}" for j in range(job.get("ips", 4))]
+            base = job.get("ip_base", 0) + i + 1
+            worker_job["sources"] = [f"127.{base}.{j // 250}.{j % 250 + 1}" for j in range(job.get("ips", 4))]
             procs.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "bench.loadclient", json.dumps(worker_job)],

@@ -129,13 +129,11 @@ class Bench:
             "conns": conns,
         }
 
-    def handshakes(self, subject: str, svc: harness.Service | None, total: int) -> dict[str, float]:
-        res = self.phase(
-            subject,
-            svc,
-            {"phase": "handshake", "total": total, "parallel": self.args.hs_parallel, "ips": 8},
-            self.args.client_workers,
-        )
+    def handshakes(
+        self, subject: str, svc: harness.Service | None, total: int, ips: int = 8, ip_base: int = 0
+    ) -> dict[str, float]:
+        job = {"phase": "handshake", "total": total, "parallel": self.args.hs_parallel, "ips": ips, "ip_base": ip_base}
+        res = self.phase(subject, svc, job, self.args.client_workers)
         ok = sum(r["ok"] for r in res.results)
         span = max(r["end"] for r in res.results) - min(r["start"] for r in res.results)
         durations = sorted(d for r in res.results for d in r["durations"])
@@ -257,6 +255,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--secrets", type=int, default=10000, help="configured secrets for the lookup phase (0: skip)")
     p.add_argument("--secrets-modes", default="classic,ee")
+    p.add_argument("--new-clients", type=int, default=200, help="handshakes from fresh addresses (no hint)")
     p.add_argument("--client-workers", type=int, default=2)
     p.add_argument("--dc-workers", type=int, default=4)
     p.add_argument("--phase-timeout", type=float, default=300.0)
@@ -362,8 +361,10 @@ def _memory_estimate(measured: dict[str, Any], sessions: int) -> float | None:
 
 def secrets_phase(bench: Bench, mode: str) -> dict[str, Any]:
     """Handshake cost with one configured secret and with many, for returning clients (same source
-    addresses, the last secret in the list). Interleaved over the runs; medians."""
-    out: dict[str, list[dict[str, float]]] = {"1": [], str(bench.args.secrets): []}
+    addresses, the last secret in the list), and for new clients (every handshake from an address the
+    proxy has not seen, so no hint). Interleaved over the runs; medians."""
+    many = str(bench.args.secrets)
+    out: dict[str, list[dict[str, float]]] = {"1": [], many: [], f"{many} new clients": []}
     for _ in range(bench.args.runs):
         for extra_keys in (0, bench.args.secrets - 1):
             subject = f"engine-{mode}"
@@ -371,6 +372,11 @@ def secrets_phase(bench: Bench, mode: str) -> dict[str, Any]:
             try:
                 bench.handshakes(subject, svc, min(300, bench.args.handshakes))  # warm: clients "return"
                 out[str(extra_keys + 1)].append(bench.handshakes(subject, svc, bench.args.handshakes))
+                if extra_keys and bench.args.new_clients:
+                    # One handshake per fresh source address (second octet 100+ is never used elsewhere).
+                    n = bench.args.new_clients
+                    per_worker = -(-n // bench.args.client_workers)
+                    out[f"{many} new clients"].append(bench.handshakes(subject, svc, n, ips=per_worker, ip_base=100))
             finally:
                 if svc is not None:
                     svc.stop()
