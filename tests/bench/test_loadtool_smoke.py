@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# The tool isolates itself (re-exec under `unshare -n`) when run outside a private namespace.
+pytestmark = pytest.mark.netns
 
 
 def _run(tmp_path: Path, *extra: str) -> dict[str, object]:
