@@ -46,6 +46,11 @@ class Phase(enum.IntEnum):
 class ClientConnection(asyncio.BufferedProtocol):
     """Reads into one preallocated buffer; the handshake sees copies, the relay transforms in place."""
 
+    # slots: tens of thousands of these live at once; no per-object dict
+    __slots__ = ("_answered", "_buffers", "_eof_in", "_eof_out", "_from_client", "_handshake", "_seen_activity",
+                 "_table", "_task", "_timer", "_tls_reader", "_to_dc", "activity", "admitted", "listener", "peer",
+                 "phase", "server", "session", "transport", "upstream")
+
     def __init__(self, server: Server, listener: HostPort) -> None:
         self.server = server
         self.listener = listener

@@ -43,6 +43,8 @@ async def open_upstream(server: Server, addresses: list[HostPort], factory: Call
 class _Leg(asyncio.BufferedProtocol):
     """Shared plumbing of an outgoing leg tied to one client connection."""
 
+    __slots__ = ("_buffers", "client", "transport")
+
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
@@ -88,6 +90,8 @@ class _Leg(asyncio.BufferedProtocol):
 class MaskProtocol(_Leg):
     """Mask site -> client, byte for byte."""
 
+    __slots__ = ()
+
     def buffer_updated(self, nbytes: int) -> None:
         client = self.client.transport
         if client is None or client.is_closing():
@@ -101,6 +105,8 @@ class MaskProtocol(_Leg):
 class DcProtocol(_Leg):
     """DC -> client. Fast mode forwards the DC's bytes (already encrypted for the client) untouched;
     fake-TLS only wraps them into application-data records of at most 16384 bytes."""
+
+    __slots__ = ("_from_dc", "_relayed", "_tls", "_to_client", "spliced")
 
     def __init__(self, client: ClientConnection) -> None:
         super().__init__(client)
