@@ -192,10 +192,13 @@ class Handshake:
                 return self._reject(RejectReason.UNKNOWN_SECRET)
             return NeedMore()
         init = bytes(self._received[: obfs2.INIT_SIZE])
+        trial = obfs2.InitTrial(init)
+        secrets = self._table.secrets
         for index in self._table.candidates(self._hint, None):
-            decoded = obfs2.decode_init(init, self._table.secrets[index].key)
-            if decoded is not None:
-                break
+            if trial.matches(secrets[index].key):
+                decoded = obfs2.decode_init(init, secrets[index].key)
+                if decoded is not None:
+                    break
         else:
             return self._reject(RejectReason.UNKNOWN_SECRET)
         if self._check_replay(init[8:24], self._now, OBFS2_REPLAY_TTL):

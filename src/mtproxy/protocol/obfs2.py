@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
+from . import aesblock
 from .errors import ProtocolError
 
 INIT_SIZE = 64
@@ -69,6 +70,28 @@ def is_acceptable_init(init: bytes | bytearray) -> bool:
 def is_forbidden_start(head: bytes) -> bool:
     """True when the first bytes received already rule out an obfuscated2 init (needs 1 to 4 bytes)."""
     return (len(head) >= 1 and head[0] == 0xEF) or (len(head) >= 4 and head[:4] in _FORBIDDEN_STARTS)
+
+
+_TAG_BLOCK = 3  # stream bytes 48..64: the tag and DC id sit in this CTR block
+_KNOWN_TAG_INTS = frozenset(int.from_bytes(tag, "little") for tag in KNOWN_TAGS)
+
+
+class InitTrial:
+    """Tries keys on one received init by decrypting only the block that holds the tag: the secret scan's
+    inner loop, one SHA-256 and one AES block per key (`decode_init` then builds the full stream)."""
+
+    def __init__(self, init: bytes) -> None:
+        if len(init) < INIT_SIZE:
+            raise ProtocolError("an obfuscated2 init is 64 bytes")
+        self._key_material = bytes(init[8:40])
+        counter = (int.from_bytes(init[40:56], "big") + _TAG_BLOCK) % (1 << 128)
+        self._counter_block = counter.to_bytes(IV_SIZE, "big")
+        self._tag_cipher = int.from_bytes(init[56:60], "little")
+
+    def matches(self, secret_key: bytes) -> bool:
+        key = hashlib.sha256(self._key_material + secret_key).digest()
+        keystream = aesblock.encrypt_block(key, self._counter_block)
+        return (self._tag_cipher ^ int.from_bytes(keystream[8:12], "little")) in _KNOWN_TAG_INTS
 
 
 @dataclass
