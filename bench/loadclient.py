@@ -15,9 +15,10 @@ from typing import Any, cast
 
 import uvloop
 
-from bench import tlshello, wire
+from bench import wire
 from bench.fakedc import raise_nofile
-from mtproxy.protocol import faketls
+from mtproxy.protocol import client, faketls
+from mtproxy.protocol.errors import ProtocolError
 from mtproxy.protocol.secret import Secret
 
 RECV = memoryview(bytearray(256 * 1024))  # one receive buffer per process: data is consumed synchronously
@@ -70,14 +71,14 @@ class Conn(asyncio.BufferedProtocol):
         if self._flight is not None:
             self._flight += data
             try:
-                size = tlshello.flight_length(self._flight)
-            except ValueError as exc:
+                size = client.server_flight_length(bytes(self._flight))
+            except ProtocolError as exc:
                 self._fail(exc)
                 return
             if size is None:
                 return
             assert self.secret is not None and self.transport is not None
-            if not tlshello.check_flight(self.secret, self.session.hello_random, bytes(self._flight[:size])):
+            if not client.verify_server_flight(self.secret.key, self.session.hello_random, bytes(self._flight[:size])):
                 self._fail(ValueError("server flight HMAC does not verify"))
                 return
             rest = memoryview(bytes(self._flight[size:]))

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers import CipherContext
 
-from mtproxy.protocol import faketls, obfs2
+from mtproxy.protocol import client, faketls, obfs2
 from mtproxy.protocol.secret import Secret, SecretKind
 
 # The command follows the 64-byte init inside the client→DC stream, so the fake DC can only read it when
@@ -67,9 +68,9 @@ def client_session(kind: str, secret: Secret | None, first_payload: bytes) -> Cl
     opening = built.wire + built.to_acceptor.update(first_payload)
     if kind in ("classic", "dd"):
         return ClientSession(opening, b"", False, built.to_acceptor, built.from_acceptor.new_cipher(), False)
-    from bench import tlshello  # ee only
-
-    hello, hello_random = tlshello.build_client_hello(secret)
+    assert secret.domain is not None
+    hello = client.build_client_hello(secret.key, secret.domain, os.urandom, time.time())
+    hello_random = hello[faketls.RANDOM_OFFSET : faketls.RANDOM_OFFSET + 32]
     after = faketls.CHANGE_CIPHER_SPEC + faketls.wrap_records(opening, CLIENT_RECORD_PAYLOAD)
     return ClientSession(hello, after, True, built.to_acceptor, built.from_acceptor.new_cipher(), True, hello_random)
 

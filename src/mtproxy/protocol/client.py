@@ -23,31 +23,43 @@ def _vec16(body: bytes) -> bytes:
     return len(body).to_bytes(2, "big") + body
 
 
+_X25519_MLKEM768 = 0x11EC
+_MLKEM_SHARE = 1216  # ML-KEM-768 encapsulation key (1184) + x25519 share (32)
+_HELLO_SIZE = 1795  # the record size TDLib 1.8 sends (tests/data/tdlib_hellos)
+
+
 def build_client_hello(secret_key: bytes, domain: str, random_bytes: RandomBytes, now: float) -> bytes:
-    """A ClientHello shaped like a browser's (GREASE, x25519 key share, padding to 517 bytes) whose
-    random carries the HMAC and the client's clock as protocol.md describes."""
+    """A ClientHello shaped like a current Telegram client's or browser's (GREASE, an X25519MLKEM768 and an
+    x25519 key share: about 1.8 KB, so tests and the load tool cost the proxy what real clients cost),
+    whose random carries the HMAC and the client's clock as protocol.md describes."""
     name = domain.encode("ascii")
     suites = [_GREASE, 0x1301, 0x1302, 0x1303, 0xC02B, 0xC02F, 0xC02C, 0xC030, 0xCCA9, 0xCCA8, 0xC013, 0xC014]
+    shares = (
+        b"\x0a\x0a\x00\x01\x00"
+        + _X25519_MLKEM768.to_bytes(2, "big") + _MLKEM_SHARE.to_bytes(2, "big") + random_bytes(_MLKEM_SHARE)
+        + b"\x00\x1d\x00\x20" + random_bytes(32)
+    )
     extensions = b"".join(
         [
             _ext(_GREASE, b""),
             _ext(0x0000, _vec16(b"\x00" + _vec16(name))),
             _ext(0x0017, b""),
             _ext(0xFF01, b"\x00"),
-            _ext(0x000A, _vec16(b"\x0a\x0a\x00\x1d\x00\x17\x00\x18")),
+            _ext(0x000A, _vec16(b"\x0a\x0a\x11\xec\x00\x1d\x00\x17\x00\x18")),
             _ext(0x000B, b"\x01\x00"),
             _ext(0x0023, b""),
             _ext(0x0010, _vec16(b"\x02h2\x08http/1.1")),
             _ext(0x0005, b"\x01\x00\x00\x00\x00"),
             _ext(0x000D, _vec16(b"\x04\x03\x08\x04\x04\x01\x05\x03\x08\x05\x05\x01\x08\x06\x06\x01")),
             _ext(0x0012, b""),
-            _ext(0x0033, _vec16(b"\x0a\x0a\x00\x01\x00" + b"\x00\x1d\x00\x20" + random_bytes(32))),
+            _ext(0x0033, _vec16(shares)),
             _ext(0x002D, b"\x01\x01"),
             _ext(0x002B, b"\x06\x0a\x0a\x03\x04\x03\x03"),
             _ext(0x001B, b"\x02\x00\x02"),
+            _ext(0x1A1A, b"\x00"),
         ]
     )
-    body_wo_padding = (
+    head = (
         b"\x03\x03"
         + bytes(32)
         + b"\x20"
@@ -55,14 +67,13 @@ def build_client_hello(secret_key: bytes, domain: str, random_bytes: RandomBytes
         + _vec16(b"".join(s.to_bytes(2, "big") for s in suites))
         + b"\x01\x00"
     )
-    base = 5 + 4 + len(body_wo_padding) + 2 + len(extensions)
-    pad = max(0, 517 - base - 4)
-    extensions += _ext(0x0015, bytes(pad))
-    body = body_wo_padding + _vec16(extensions)
+    unpadded = 5 + 4 + len(head) + 2 + len(extensions)
+    extensions += _ext(0x0015, bytes(max(0, _HELLO_SIZE - unpadded - 4)))  # padding, as TDLib's 1795 bytes
+    body = head + _vec16(extensions)
     handshake = b"\x01" + len(body).to_bytes(3, "big") + body
     record = bytearray(faketls.HELLO_PREFIX + len(handshake).to_bytes(2, "big") + handshake)
     digest = hmac.new(secret_key, bytes(record), hashlib.sha256).digest()
-    stamp = int(now).to_bytes(4, "little")
+    stamp = (int(now) & 0xFFFFFFFF).to_bytes(4, "little")
     random = digest[:28] + bytes(a ^ b for a, b in zip(digest[28:], stamp, strict=True))
     record[faketls.RANDOM_OFFSET : faketls.RANDOM_OFFSET + 32] = random
     return bytes(record)
