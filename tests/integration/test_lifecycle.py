@@ -140,7 +140,7 @@ def test_official_command_line(tmp_path: Path, peers: BackgroundPeers) -> None:
     """`-u nobody -p 8888 -H 443 -S <hex> --aes-pwd proxy-secret proxy-multi.conf -M 1` with our ports."""
     secret = Secret(os.urandom(16), SecretKind.CLASSIC)
     (tmp_path / "proxy-secret").write_bytes(os.urandom(128))
-    (tmp_path / "proxy-multi.conf").write_text("proxy_for 1 149.154.175.50:8888;\n")
+    (tmp_path / "proxy-multi.conf").write_text("proxy_for 1 192.0.2.50:8888;\n")
     port, stats_port = free_port(), free_port()
     args = ["-u", "nobody", "-p", str(stats_port), "-H", str(port), "-S", secret.to_hex(),
             "--aes-pwd", "proxy-secret", "proxy-multi.conf", "-M", "1", "-P", "0" * 32,
