@@ -232,13 +232,22 @@ class TlsRecordReader:
                 self._ccs_body_due = False
                 continue
             if not self._header and end - pos >= RECORD_HEADER_SIZE and view[pos] == 0x17:
-                # The common case, kept cheap: a whole application-data header in the buffer.
-                length = view[pos + 3] << 8 | view[pos + 4]
-                if view[pos + 1] != 3 or view[pos + 2] != 3 or not 0 < length <= MAX_CLIENT_RECORD:
-                    raise TlsFormatError("unexpected TLS record from the client")
-                self._remaining = length
+                # The common case, kept cheap: run over whole application-data records in one tight loop.
                 self._ccs_allowed = False
-                pos += RECORD_HEADER_SIZE
+                while True:
+                    length = view[pos + 3] << 8 | view[pos + 4]
+                    if view[pos + 1] != 3 or view[pos + 2] != 3 or not 0 < length <= MAX_CLIENT_RECORD:
+                        raise TlsFormatError("unexpected TLS record from the client")
+                    pos += RECORD_HEADER_SIZE
+                    take = length if length <= end - pos else end - pos
+                    view[out : out + take] = view[pos : pos + take]
+                    out += take
+                    pos += take
+                    if take < length:
+                        self._remaining = length - take
+                        break
+                    if end - pos < RECORD_HEADER_SIZE or view[pos] != 0x17:
+                        break
                 continue
             need = RECORD_HEADER_SIZE - len(self._header)
             self._header += view[pos : pos + need]
