@@ -12,6 +12,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -290,10 +291,14 @@ def _parse_document(doc: dict[str, Any]) -> StoreData:
     return StoreData(secrets=tuple(records), last_modified=last_modified, version=STORE_VERSION)
 
 
+_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def _parse_entry(entry: dict[str, Any], where: str) -> SecretRecord:
     secret_id = _field(entry, "id", str, where, None)
-    if not secret_id or not secret_id.isprintable() or len(secret_id) > 64:
-        raise ValueError(f"{where}: 'id' must be a short non-empty string")
+    # Ids name the per-secret link and QR files, so they must be safe as one path component.
+    if not isinstance(secret_id, str) or not _ID_PATTERN.fullmatch(secret_id):
+        raise ValueError(f"{where}: 'id' must be 1 to 64 of A-Z, a-z, 0-9, '_' or '-'")
     value = _field(entry, "value", str, where, None)
     try:
         secret = parse_secret(value)
@@ -471,8 +476,11 @@ def write_store(
     """Stamp and write the store; caller holds the lock (see `update_store`). Returns what was written."""
     file = Path(path)
     stamped = replace(data, last_modified=now_iso(clock), version=STORE_VERSION)
+    payload = serialize(stamped)
+    # What is written must read back: a duplicate label or a bad id is refused before the file changes.
+    parse_store(payload, file)
     try:
-        write_atomic(file, serialize(stamped))
+        write_atomic(file, payload)
     except OSError as exc:
         raise _access_error(file, exc, "writing") from None
     return stamped

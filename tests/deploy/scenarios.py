@@ -145,11 +145,16 @@ def scenario_ufw_rules(workdir: Path) -> dict[str, object]:
     out["iptables_after_remove"] = sh("iptables", "-S", "ufw-user-input").stdout
     # `mtproxy set-port` on an installed proxy: the rule follows the port (host/service.py).
     ufw.add_rule(runner, 8443, "limit")
-    record = InstallRecord(8443, "none", "limit", "mtproxy:local")
+    record = InstallRecord(8443, "none", "limit", "mtproxy:local", ufw_added=True)
     layout = HostLayout(workdir / "etc", workdir / "root")
     follow_port(runner, Paths(workdir / "root"), layout, record, 8444)
     out["after_port_change"] = list(ufw.state(runner).rules)
     out["record_port"] = InstallRecord.load(layout.install_record).port  # type: ignore[union-attr]
+    # The operator's own rule for a port (no MTProxy comment) is never replaced or deleted.
+    sh("ufw", "allow", "9443/tcp")
+    out["operator_add"] = ufw.add_rule(runner, 9443, "limit")
+    out["operator_remove"] = ufw.remove_rule(runner, 9443)
+    out["operator_rules"] = [r for r in ufw.state(runner).rules if "9443" in r]
     return out
 
 

@@ -24,6 +24,8 @@ def test_ufw_rule_add_switch_remove(run_scenario: Scenario) -> None:
     assert "8443" not in r["iptables_after_remove"]
     assert r["after_port_change"] == ["ufw limit 8444/tcp comment 'MTProxy'"]
     assert r["record_port"] == 8444
+    assert r["operator_add"] is False and r["operator_remove"] is False
+    assert r["operator_rules"] == ["ufw allow 9443/tcp"]
 
 
 def test_ufw_rule_governs_the_port(run_scenario: Scenario) -> None:

@@ -92,18 +92,28 @@ def healthcheck_cmd(args: tuple[str, ...]) -> None:
     raise SystemExit(_lazy("mtproxy.cli.healthcheck", "healthcheck_command")(list(args)))
 
 
+def _with_dry_run(ctx: click.Context, argv: list[str]) -> list[str]:
+    """The global `mtproxy --dry-run` reaches setup/uninstall, which parse their own flags."""
+    env = ctx.find_object(Env)
+    if env is not None and env.runner.dry_run and "--dry-run" not in argv:
+        return [*argv, "--dry-run"]
+    return argv
+
+
 @cli.command("setup", context_settings=_PASS_THROUGH, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def setup_cmd(args: tuple[str, ...]) -> None:
+@click.pass_context
+def setup_cmd(ctx: click.Context, args: tuple[str, ...]) -> None:
     """Install the proxy on this host (the same as `mtproxy-setup`)."""
-    raise SystemExit(_lazy_main("mtproxy.cli.setup", list(args)))
+    raise SystemExit(_lazy_main("mtproxy.cli.setup", _with_dry_run(ctx, list(args))))
 
 
 @cli.command("uninstall", context_settings=_PASS_THROUGH, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def uninstall_cmd(args: tuple[str, ...]) -> None:
+@click.pass_context
+def uninstall_cmd(ctx: click.Context, args: tuple[str, ...]) -> None:
     """Remove the proxy from this host (the same as `mtproxy-uninstall`)."""
-    raise SystemExit(_lazy_main("mtproxy.cli.uninstall", list(args)))
+    raise SystemExit(_lazy_main("mtproxy.cli.uninstall", _with_dry_run(ctx, list(args))))
 
 
 @cli.command("completion")

@@ -82,29 +82,24 @@ def set_port_cmd(env: Env, port: int, do_restart: bool) -> None:
 
 
 def _move_firewall_rule(env: Env, old: int, new: int) -> str:
-    """When setup added a UFW rule (its install record says so), move it to the new port and record that."""
+    """Move what setup installed for the old port (its UFW rule, only if setup added it, and the fail2ban
+    jail) to the new one, whether or not the proxy restarts now."""
     manual = f"allow the new port, e.g. `ufw limit {new}/tcp comment 'MTProxy'`"
     try:
-        from ..host import ufw
         from ..host.install import InstallRecord
         from ..host.layout import HostLayout
+        from ..host.service import follow_port
     except ImportError:
         return manual
-    record_path = HostLayout.resolve(env.paths.root).install_record
-    record = InstallRecord.load(record_path)
-    if record is None or record.ufw_mode not in ufw.MODES or not env.runner.available("ufw"):
+    layout = HostLayout.resolve(env.paths.root)
+    record = InstallRecord.load(layout.install_record)
+    if record is None:
         return manual
-    if env.runner.dry_run:
-        return f"would move the UFW rule: ufw {record.ufw_mode} {old}/tcp -> {new}/tcp"
     try:
-        ufw.add_rule(env.runner, new, record.ufw_mode)
-        ufw.remove_rule(env.runner, old)
-        record.port = new
-        record.save(record_path)
+        return follow_port(env.runner, env.paths, layout, record, new)
     except (CommandError, OSError) as exc:
-        env.warn(f"could not move the UFW rule: {exc}")
+        env.warn(f"could not move the UFW rule and the jail: {exc}")
         return manual
-    return f"UFW rule moved: ufw {record.ufw_mode} {new}/tcp (the rule for {old} removed)"
 
 
 def _later(env: Env) -> str:

@@ -30,7 +30,7 @@ from ..paths import Paths
 from ..protocol.errors import SecretFormatError
 from ..protocol.secret import SecretKind, generate_secret, validate_domain
 from ..settings import check_port, check_server, check_workers, read_settings, update_settings
-from ..store import SecretRecord, StoreData, now_iso, update_store
+from ..store import SecretRecord, StoreData, StoreError, now_iso, update_store
 
 TYPES = {"ee": SecretKind.FAKE_TLS, "dd": SecretKind.PADDED, "plain": SecretKind.CLASSIC}
 TYPE_WORDS = {"ee": "ee", "fake-tls": "ee", "tls": "ee", "dd": "dd", "padded": "dd",
@@ -122,13 +122,22 @@ def _check_yes(text: str) -> str:
     return text
 
 
+def _env_int(env: Mapping[str, str], name: str) -> int | None:
+    text = env.get(name, "").strip()
+    if not text:
+        return None
+    if not text.isdigit():
+        raise InstallError(f"{name} must be a whole number, not {text!r}", f"fix or unset {name}")
+    return int(text)
+
+
 def gather(ns: argparse.Namespace, env: Mapping[str, str], asker: Asker | None, runner: Runner,
            paths: Paths, layout: HostLayout) -> InstallPlan | None:
     """Turn flags, variables and answers into a plan. None: the operator declined."""
     settings = read_settings(paths.settings_file)
     record = InstallRecord.load(layout.install_record)
-    port = ns.port or (int(env["MTPROXY_PORT"]) if env.get("MTPROXY_PORT") else None)
-    workers = ns.workers or (int(env["MTPROXY_WORKERS"]) if env.get("MTPROXY_WORKERS") else None)
+    port = ns.port or _env_int(env, "MTPROXY_PORT")
+    workers = ns.workers or _env_int(env, "MTPROXY_WORKERS")
     domain = ns.domain or env.get("MTPROXY_DOMAIN") or settings.domain
     server = ns.server or env.get("MTPROXY_SERVER") or settings.server
     kind = ns.secret_type or ("ee" if domain else ("dd" if _truthy(env.get("MTPROXY_PADDING", "1")) else "plain"))
@@ -195,6 +204,16 @@ def _find_build_script() -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def _free_label(data: StoreData) -> str:
+    """"default", or "default-2", "default-3" … when a re-run with another type already used it."""
+    taken = {rec.label for rec in data.secrets}
+    label, n = "default", 1
+    while label in taken:
+        n += 1
+        label = f"default-{n}"
+    return label
+
+
 def _ensure_secret(plan: InstallPlan, paths: Paths, random16: Callable[[], bytes]) -> SecretRecord:
     """The first secret, unless an active one of the chosen type exists (a re-run keeps it)."""
 
@@ -203,7 +222,7 @@ def _ensure_secret(plan: InstallPlan, paths: Paths, random16: Callable[[], bytes
             if rec.type == plan.secret_type and (rec.domain or None) == plan.domain:
                 return data, rec
         secret = generate_secret(random16(), TYPES[plan.secret_type], plan.domain)
-        rec = SecretRecord.from_secret(os.urandom(4).hex(), secret, label="default", created_at=now_iso(),
+        rec = SecretRecord.from_secret(os.urandom(4).hex(), secret, label=_free_label(data), created_at=now_iso(),
                                        created_by="mtproxy-setup")
         return data.with_record(rec), rec
 
@@ -251,9 +270,10 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
         notes = write_all(paths, data, settings, server)
         progress.finish("; ".join(notes) or "ok")
 
-        files = install_services(plan, runner, layout, txn, progress)
-        InstallRecord(plan.port, plan.manager, plan.ufw_mode, plan.image, files).save(layout.install_record)
-    except (InstallError, CommandError, OSError, ValueError) as exc:
+        files, ufw_added = install_services(plan, runner, layout, txn, progress)
+        InstallRecord(plan.port, plan.manager, plan.ufw_mode, plan.image, files,
+                      ufw_added).save(layout.install_record)
+    except (InstallError, CommandError, OSError, ValueError, StoreError) as exc:
         out.write("failed\n")
         what, todo = (exc.what, exc.todo) if isinstance(exc, InstallError) else (str(exc), "")
         out.write(f"mtproxy-setup: {what}\nUndoing what this run changed:\n")

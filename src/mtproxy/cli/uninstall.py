@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None,
     layout = HostLayout.resolve(paths.root, environ)
     runner = runner or Runner(dry_run=ns.dry_run)
     keep = "" if ns.purge else f" (the secrets in {paths.config_dir} are kept)"
-    if not ns.yes:
+    if not ns.yes and not runner.dry_run:  # a dry run removes nothing, so it needs no confirmation
         if not (stdin.isatty() and stdout.isatty()):
             stdout.write("mtproxy-uninstall: refusing to remove without confirmation — pass --yes\n")
             return 6
@@ -51,11 +51,14 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None,
     if os.geteuid() != 0:
         stdout.write("mtproxy-uninstall: must run as root — run it again with sudo\n")
         return 5
-    stdout.write("Removing mtproxy:\n")
+    stdout.write("Dry run, nothing is removed:\n" if runner.dry_run else "Removing mtproxy:\n")
     try:
         removed = uninstall(runner, paths, layout, ns.purge, stdout)
     except (CommandError, OSError) as exc:
         stdout.write(f"mtproxy-uninstall: {exc} — fix it and run mtproxy-uninstall again (it is safe to repeat)\n")
         return 1
-    stdout.write(("Done" if removed else "Nothing was installed") + keep + ".\n")
+    if runner.dry_run:
+        stdout.write("Dry run: nothing was removed.\n")
+    else:
+        stdout.write(("Done" if removed else "Nothing was installed") + keep + ".\n")
     return 0

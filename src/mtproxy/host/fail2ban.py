@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from . import templates
@@ -40,8 +41,13 @@ def install(runner: Runner, layout: HostLayout, log_file: Path, port: int) -> li
     return written
 
 
-def remove(runner: Runner, layout: HostLayout) -> list[Path]:
-    removed = [p for p in (layout.fail2ban_jail, layout.fail2ban_filter) if remove_file(p)]
+def remove(runner: Runner, layout: HostLayout, only: Collection[Path] | None = None) -> list[Path]:
+    """Remove the jail and filter (or just those of them in `only`, e.g. what the install record lists).
+    With runner.dry_run nothing is removed: the files that would go are returned."""
+    targets = [p for p in (layout.fail2ban_jail, layout.fail2ban_filter) if only is None or p in only]
+    if runner.dry_run:
+        return [p for p in targets if p.exists()]
+    removed = [p for p in targets if remove_file(p)]
     if removed and _serves(layout) and running(runner):
         runner.run(["fail2ban-client", "reload"], timeout=60)
     return removed

@@ -62,13 +62,14 @@ class InstallRecord:
     ufw_mode: str
     image: str
     files: list[str] = field(default_factory=list)
+    ufw_added: bool = False  # setup added our tagged UFW rule (so uninstall and set-port may touch it)
 
     @classmethod
     def load(cls, path: Path) -> InstallRecord | None:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
             return cls(int(doc["port"]), str(doc["manager"]), str(doc["ufw_mode"]), str(doc["image"]),
-                       [str(f) for f in doc.get("files", [])])
+                       [str(f) for f in doc.get("files", [])], bool(doc.get("ufw_added", False)))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -214,10 +215,13 @@ def _verify_port(port: int, timeout: float, sleep: Callable[[float], None] = tim
 
 
 def install_services(plan: InstallPlan, runner: Runner, layout: HostLayout, txn: Transaction,
-                     progress: Progress) -> list[str]:
-    """Compose/unit, UFW, fail2ban, logrotate, start and verify. Returns the files written."""
+                     progress: Progress) -> tuple[list[str], bool]:
+    """Compose/unit, UFW, fail2ban, logrotate, start and verify. Returns the files written and whether our
+    UFW rule is in place (added by this or an earlier run)."""
     paths = Paths(plan.root)
     files: list[str] = []
+    previous = InstallRecord.load(layout.install_record)
+    ufw_added = False
     log_file = paths.logs_dir / templates.LOG_NAME
 
     if plan.manager == "docker":
@@ -239,11 +243,20 @@ def install_services(plan: InstallPlan, runner: Runner, layout: HostLayout, txn:
     if plan.ufw_mode == "skip" or not runner.available("ufw"):
         progress.finish("skipped")
     else:
+        if previous is not None and previous.ufw_added and previous.port != plan.port:
+            # A re-run on a new port: our tagged rule for the old port goes (the operator's rules stay).
+            if ufw.remove_rule(runner, previous.port):
+                txn.add(f"the UFW rule for {previous.port}",
+                        lambda: ufw.add_rule(runner, previous.port, previous.ufw_mode))
         if ufw.add_rule(runner, plan.port, plan.ufw_mode):
             txn.add("the UFW rule", lambda: ufw.remove_rule(runner, plan.port))
+            ufw_added = True
             progress.finish("added")
-        else:
+        elif ufw.has_rule(runner, plan.port, plan.ufw_mode):
+            ufw_added = previous is not None and previous.ufw_added and previous.port == plan.port
             progress.finish("already there")
+        else:
+            progress.finish("the operator's own rule for this port is kept; none added")
 
     progress.start("fail2ban jail and filter, logrotate")
     for path in (layout.fail2ban_filter, layout.fail2ban_jail, layout.logrotate):
@@ -270,7 +283,7 @@ def install_services(plan: InstallPlan, runner: Runner, layout: HostLayout, txn:
         docker.compose_up(runner, layout.compose_file)
         if runner.dry_run:
             progress.finish("(dry run)")
-            return files
+            return files, ufw_added
         try:
             docker.wait_healthy(runner, timeout=plan.verify_timeout)
         except TimeoutError as exc:
@@ -280,20 +293,26 @@ def install_services(plan: InstallPlan, runner: Runner, layout: HostLayout, txn:
         progress.start(f"Checking that port {plan.port} answers")
         _verify_port(plan.port, plan.verify_timeout)
         progress.finish()
-    return files
+    return files, ufw_added
 
 
 def uninstall(runner: Runner, paths: Paths, layout: HostLayout, purge: bool, out: TextIO) -> list[str]:
-    """Remove what setup installed; keep the secrets (config/) unless `purge`. Returns what was removed."""
+    """Remove what setup installed (its install record says what); keep the secrets (config/) unless `purge`.
+    With runner.dry_run nothing is removed, only reported. Returns what was (or would be) removed."""
     record = InstallRecord.load(layout.install_record)
+    dry = runner.dry_run
     removed: list[str] = []
 
     def note(what: str) -> None:
         removed.append(what)
-        out.write(f"  removed {what}\n")
+        out.write(f"  {'would remove' if dry else 'removed'} {what}\n")
 
+    if record is None:
+        out.write(f"  no install record ({layout.install_record}): nothing under {layout.etc} and no firewall "
+                  "rule is touched\n")
     # Docker is touched only for an installation this root made (its record or its Compose file), so an
-    # uninstall pointed at another root never removes a container or image it does not own.
+    # uninstall pointed at another root never removes a container or image it does not own. The runner
+    # records the docker commands instead of running them in a dry run.
     ours = (record is not None and record.manager == "docker") or layout.compose_file.exists()
     if ours and runner.available("docker") and docker.engine_problem(runner) is None:
         if layout.compose_file.exists():
@@ -308,19 +327,22 @@ def uninstall(runner: Runner, paths: Paths, layout: HostLayout, purge: bool, out
         image = record.image if record else docker.DEFAULT_IMAGE
         if docker.remove_image(runner, image):
             note(f"image {image}")
-    if systemd.remove(runner, layout):
-        note("systemd unit mtproxy.service")
-    if record is not None and runner.available("ufw") and ufw.remove_rule(runner, record.port):
-        note(f"UFW rule for {record.port}/tcp")
-    for path in fail2ban.remove(runner, layout):
-        note(str(path))
-    if remove_file(layout.logrotate):
-        note(str(layout.logrotate))
-    if layout.compose_dir.exists():
-        shutil.rmtree(layout.compose_dir)
-        note(str(layout.compose_dir))
-    for directory in (paths.logs_dir, paths.data_dir, *([paths.config_dir] if purge else [])):
+    if record is not None:
+        listed = {Path(f) for f in record.files}
+        if record.manager == "systemd" and layout.systemd_unit in listed and systemd.remove(runner, layout):
+            note("systemd unit mtproxy.service")
+        if record.ufw_added and runner.available("ufw") and ufw.remove_rule(runner, record.port):
+            note(f"UFW rule for {record.port}/tcp")
+        f2b = {layout.fail2ban_jail, layout.fail2ban_filter} & listed
+        for path in fail2ban.remove(runner, layout, f2b):
+            note(str(path))
+        if layout.logrotate in listed and layout.logrotate.exists():
+            if not dry:
+                remove_file(layout.logrotate)
+            note(str(layout.logrotate))
+    for directory in (layout.compose_dir, paths.logs_dir, paths.data_dir, *([paths.config_dir] if purge else [])):
         if directory.exists():
-            shutil.rmtree(directory)
+            if not dry:
+                shutil.rmtree(directory)
             note(str(directory))
     return removed

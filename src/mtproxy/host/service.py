@@ -15,16 +15,28 @@ from .layout import HostLayout
 from .runner import Runner
 
 
-def follow_port(runner: Runner, paths: Paths, layout: HostLayout, record: InstallRecord, port: int) -> None:
-    """Move our UFW rule and the jail from the recorded port to `port`, then record it."""
-    if record.ufw_mode != "skip" and runner.available("ufw"):
-        ufw.remove_rule(runner, record.port)
+def follow_port(runner: Runner, paths: Paths, layout: HostLayout, record: InstallRecord, port: int) -> str:
+    """Move our UFW rule (only when setup added it) and the jail from the recorded port to `port`, then
+    record it. With runner.dry_run nothing changes. Returns a line saying what happened to the firewall."""
+    old = record.port
+    move_ufw = record.ufw_added and record.ufw_mode in ufw.MODES and runner.available("ufw")
+    if runner.dry_run:
+        if move_ufw:
+            return f"would move the UFW rule: ufw {record.ufw_mode} {old}/tcp -> {port}/tcp, and the jail"
+        return "would move the fail2ban jail; no UFW rule of ours to move"
+    firewall = f"no UFW rule of ours to move: open {port}/tcp in your firewall"
+    if move_ufw:
+        ufw.remove_rule(runner, old)
         ufw.add_rule(runner, port, record.ufw_mode)
+        record.ufw_added = ufw.has_rule(runner, port, record.ufw_mode)
+        firewall = (f"UFW rule moved: ufw {record.ufw_mode} {port}/tcp (the rule for {old} removed)"
+                    if record.ufw_added else
+                    f"the UFW rule for {old} removed; your own rule for {port} is kept, none added")
     if layout.fail2ban_jail.exists():
         fail2ban.install(runner, layout, paths.logs_dir / templates.LOG_NAME, port)
     record.port = port
-    if not runner.dry_run:
-        record.save(layout.install_record)
+    record.save(layout.install_record)
+    return firewall
 
 
 def restart_proxy(runner: Runner, paths: Paths | None = None) -> None:

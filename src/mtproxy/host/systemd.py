@@ -28,6 +28,8 @@ def install(runner: Runner, layout: HostLayout, mtproxy_bin: str, port: int, use
 def remove(runner: Runner, layout: HostLayout) -> bool:
     if not layout.systemd_unit.exists():
         return False
+    if runner.dry_run:  # report only; the unit stays
+        return True
     runner.run(["systemctl", "disable", "--now", UNIT], check=False, timeout=120)
     remove_file(layout.systemd_unit)
     runner.run(["systemctl", "daemon-reload"], check=False, timeout=60)

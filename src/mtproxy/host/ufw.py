@@ -42,9 +42,17 @@ def state(runner: Runner) -> UfwState:
 
 
 def port_rules(ufw: UfwState, port: int) -> list[str]:
-    """Our rules for this port (any mode), as `ufw show added` prints them."""
-    pattern = re.compile(rf"^ufw (limit|allow) {port}/tcp\b")
+    """Our rules for this port (any mode): only those carrying our comment, never the operator's own."""
+    pattern = re.compile(rf"^ufw (limit|allow) {port}/tcp comment '{COMMENT}'$")
     return [r for r in ufw.rules if pattern.match(r)]
+
+
+def foreign_rules(ufw: UfwState, port: int) -> list[str]:
+    """Rules for this port that are not ours (no MTProxy comment): never replaced or deleted."""
+    # The shapes ufw treats as the same match as ours (it would "update" them in place).
+    pattern = re.compile(rf"^ufw (?:limit|allow|deny|reject) {port}(?:/tcp)?(?: |$)")
+    ours = set(port_rules(ufw, port))
+    return [r for r in ufw.rules if r not in ours and pattern.match(r)]
 
 
 def has_rule(runner: Runner, port: int, mode: str | None = None) -> bool:
@@ -53,20 +61,24 @@ def has_rule(runner: Runner, port: int, mode: str | None = None) -> bool:
 
 
 def add_rule(runner: Runner, port: int, mode: str = "limit") -> bool:
-    """Add the rule unless it is there already; True when something changed. Works with UFW inactive
-    (the rule is stored and takes effect when UFW is enabled)."""
-    existing = port_rules(state(runner), port)
+    """Add our rule unless it is there already; True when something changed. Works with UFW inactive
+    (the rule is stored and takes effect when UFW is enabled). When the operator has a rule of their own
+    for the port, it is left alone and nothing is added (ufw would overwrite theirs with ours)."""
+    current = state(runner)
+    existing = port_rules(current, port)
     wanted = f"ufw {mode} {port}/tcp"
-    if any(r.startswith(wanted) for r in existing):
+    if any(r.startswith(wanted + " ") for r in existing):
         return False
-    for rule in existing:  # the other mode for the same port: replace it
+    if foreign_rules(current, port):
+        return False
+    for rule in existing:  # our rule in the other mode for the same port: replace it
         remove_rule(runner, port, rule.split()[1])
     runner.run(["ufw", *rule_args(port, mode), "comment", COMMENT], timeout=60)
     return True
 
 
 def remove_rule(runner: Runner, port: int, mode: str | None = None) -> bool:
-    """Delete our rule(s) for the port; True when something was removed."""
+    """Delete our tagged rule(s) for the port; True when something was removed."""
     removed = False
     for rule in port_rules(state(runner), port):
         rule_mode = rule.split()[1]
