@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,7 +326,8 @@ def resolve(argv: list[str], environ: dict[str, str] | None = None) -> EngineCon
         handshake_timeout=_positive(ns.handshake_timeout, d.handshake_timeout, "--handshake-timeout"),
         idle_timeout=_positive(ns.idle_timeout, d.idle_timeout, "--idle-timeout"),
         max_connections=int(_positive(ns.max_connections, d.max_connections, "--max-connections")),
-        max_connections_per_ip=int(ns.max_connections_per_ip or 0),
+        max_connections_per_ip=int(_positive(ns.max_connections_per_ip or 0, 0, "--max-connections-per-ip",
+                                             allow_zero=True)),
         buffer_size=int(_positive(ns.buffer_size, d.buffer_size, "--buffer-size")),
         read_size=int(_positive(ns.read_size, d.read_size, "--read-size")),
         drain_timeout=_positive(ns.drain_timeout, d.drain_timeout, "--drain-timeout", allow_zero=True),
@@ -380,8 +382,8 @@ def _positive(value: Any, default: float, flag: str, allow_zero: bool = False) -
         number = float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{flag}: {value!r} is not a number") from None
-    if number < 0 or (number == 0 and not allow_zero):
-        raise ConfigError(f"{flag}: must be positive, got {value}")
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        raise ConfigError(f"{flag}: must be a finite positive number, got {value}")
     return number
 
 

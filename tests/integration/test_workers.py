@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 from mtproxy.protocol import client as core
-from mtproxy.protocol.secret import Secret
+from mtproxy.protocol.secret import Secret, SecretKind
+from mtproxy.store import SecretRecord, StoreData, write_store
 from mtproxy.testkit.background import BackgroundPeers
 from mtproxy.testkit.client import open_client, send_raw
 from mtproxy.testkit.servers import expected_mask_reply
@@ -103,3 +105,22 @@ def test_workers_exit_when_the_supervisor_is_killed(start_proxy: ProxyFactory, s
         while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
             assert time.monotonic() < deadline, f"worker {pid} outlived its supervisor"
             time.sleep(0.05)
+
+
+def test_a_respawned_worker_does_not_serve_a_revoked_secret(start_proxy: ProxyFactory, tmp_path: Path) -> None:
+    store = tmp_path / "secrets.json"
+    revoked = Secret(os.urandom(16), SecretKind.FAKE_TLS, DOMAIN)
+    kept = Secret(os.urandom(16), SecretKind.FAKE_TLS, DOMAIN)
+    write_store(store, StoreData((SecretRecord.from_secret("a", revoked),)))
+    proxy = start_proxy("--secrets-file", str(store), "-M", "2", "--reload-interval", "0.1", ready=2)
+    write_store(store, StoreData((SecretRecord.from_secret("b", kept),)))
+    proxy.wait_log("secrets reloaded", count=2)
+    os.kill(worker_pids(proxy.proc.pid)[0], signal.SIGKILL)
+    proxy.wait_log("ready:", count=3)
+    time.sleep(1.0)  # a few reload ticks of the new worker
+    accepted = 0
+    for _ in range(16):  # SO_REUSEPORT spreads these over both workers
+        hello = core.build_client_hello(revoked.key, DOMAIN, os.urandom, time.time())
+        reply = run(send_raw("127.0.0.1", proxy.port, hello))
+        accepted += reply.startswith(b"\x16\x03\x03")
+    assert accepted == 0

@@ -45,3 +45,13 @@ def test_never_a_false_negative_within_capacity(digests: list[bytes]) -> None:
         assert not replay.check_and_add(d, 100.0, 60)
     # Within capacity a bucket overflow is still possible; it only ever forgets, never invents.
     assert sum(replay.check_and_add(d, 101.0, 60) for d in unique) >= len(unique) * 0.9
+
+
+def test_long_lived_entries_do_not_push_out_a_younger_hello() -> None:
+    replay = ReplayFilter(bytearray(ReplayFilter.memory_size(8)))  # one bucket of 8
+    for i in range(8):
+        replay.check_and_add(os.urandom(16), 1000.0 + i, 24 * 3600)  # classic inits, kept a day
+    hello = os.urandom(16)
+    assert not replay.check_and_add(hello, 1010.0, 240)  # evicts the oldest init
+    assert not replay.check_and_add(os.urandom(16), 1011.0, 24 * 3600)  # evicts the next oldest init
+    assert replay.check_and_add(hello, 1012.0, 240)  # the hello is still remembered

@@ -1,8 +1,9 @@
 """A bounded replay filter over caller-provided memory (a bytearray, or shared memory across workers).
 
 The caller passes the time, and when several processes share the memory, holds their common lock
-around `check_and_add`. Entries are 16-byte digests with an expiry; a full bucket evicts the entry that
-expires first, so memory never grows and the newest entries are kept."""
+around `check_and_add`. Entries are 16-byte digests with their insertion time and expiry. A full bucket
+evicts an expired entry, else the oldest one: long-lived entries (classic inits) must not push out
+short-lived ones (fake-TLS hellos) that are younger, or a prober could replay a fresh hello."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import struct
 
 DIGEST_SIZE = 16
 WAYS = 8  # slots per bucket: a lookup scans one bucket, never the whole table
-_SLOT = struct.Struct("<16sI")  # digest, expiry as unix seconds (0 = empty)
+_SLOT = struct.Struct("<16sII")  # digest, inserted and expiry as unix seconds (expiry 0 = empty)
 SLOT_SIZE = _SLOT.size
 _HEADER = 16  # reserved for a layout version and future counters
 
@@ -49,14 +50,14 @@ class ReplayFilter:
         bucket = int.from_bytes(key[:8], "little") % self._buckets
         base = _HEADER + bucket * WAYS * SLOT_SIZE
         victim = base
-        victim_expiry = None
+        victim_rank: tuple[int, int] | None = None
         for offset in range(base, base + WAYS * SLOT_SIZE, SLOT_SIZE):
-            stored, expiry = _SLOT.unpack_from(self._view, offset)
+            stored, inserted, expiry = _SLOT.unpack_from(self._view, offset)
             live = expiry > now_s
             if live and stored == key:
                 return True
-            effective = expiry if live else 0
-            if victim_expiry is None or effective < victim_expiry:
-                victim, victim_expiry = offset, effective
-        _SLOT.pack_into(self._view, victim, key, min(now_s + max(1, int(ttl)), 0xFFFFFFFF))
+            rank = (1, inserted) if live else (0, 0)  # a dead slot first, else the oldest insertion
+            if victim_rank is None or rank < victim_rank:
+                victim, victim_rank = offset, rank
+        _SLOT.pack_into(self._view, victim, key, now_s & 0xFFFFFFFF, min(now_s + max(1, int(ttl)), 0xFFFFFFFF))
         return False

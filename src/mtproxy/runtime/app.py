@@ -16,7 +16,7 @@ from mtproxy.config import EngineConfig, HostPort
 from mtproxy.protocol.secret import Secret
 
 from .certsize import fallback_size, probe_cert_size
-from .reload import Reloader
+from .reload import FileId, Reloader
 from .secrets import SecretSet, load_secret_set
 from .server import Server
 
@@ -36,6 +36,7 @@ class WorkerPlan:
     publish: Callable[[dict[str, Any]], None] | None = None  # workers: hand the snapshot to the supervisor
     on_server: Callable[[Server], None] | None = None  # single process: the stats thread reads live counters
     cert_size: int = field(default=0)
+    loaded_id: FileId = None  # the secrets file's identity when `initial` was read
 
 
 async def serve(plan: WorkerPlan) -> int:
@@ -56,7 +57,7 @@ async def serve(plan: WorkerPlan) -> int:
             server.counters.reloads_failed += 1
 
     reloader = Reloader(cfg.secrets_file, lambda: load_secret_set(cfg, cfg.secrets_file, plan.generated),
-                        server.set_secrets, cfg.reload_interval, reloaded)
+                        server.set_secrets, cfg.reload_interval, reloaded, plan.loaded_id)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloader.request)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import pwd
+import resource
 import sys
 import time
 from typing import TextIO
@@ -22,6 +23,7 @@ from mtproxy.stats.http import SnapshotProvider, StatsServer
 
 from .app import WorkerPlan, serve
 from .logs import setup_logging
+from .reload import file_id
 from .secrets import GENERATED_ID, SecretsError, generated_secret, load_secret_set
 from .server import Server, bind_all
 from .shared import SharedState
@@ -71,14 +73,32 @@ def cfg_generated_secret(cfg: EngineConfig) -> Secret:
     return generated_secret(cfg.state_file, cfg.domains[0] if cfg.domains else None, os.urandom)
 
 
+def raise_descriptor_limit() -> int:
+    """Lift the soft descriptor limit to the hard one: a session holds two sockets, a spliced one two dups
+    and a pipe as well, and the usual soft limit of 1024 would stop the proxy after a few hundred users."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the descriptor limit from %d: %s", soft, exc)
+    return soft
+
+
 def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
     setup_logging(cfg.log_file)
+    limit = raise_descriptor_limit()
+    if limit < cfg.limits.max_connections * 6:
+        log.warning("the descriptor limit (%d) is below 6 per allowed connection (--max-connections %d):"
+                    " raise LimitNOFILE / ulimit -n", limit, cfg.limits.max_connections)
     for warning in cfg.warnings:
         log.warning("%s", warning)
     generated: list[tuple[str, Secret]] = []
     if not cfg.secrets and cfg.secrets_file is None:
         generated = [(GENERATED_ID, cfg_generated_secret(cfg))]
         _print_generated(cfg, out)
+    loaded_id = file_id(cfg.secrets_file) if cfg.secrets_file is not None else None
     try:
         initial = load_secret_set(cfg, cfg.secrets_file, generated)
     except SecretsError as exc:
@@ -94,7 +114,7 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
         if cfg.user:
             drop_privileges(cfg.user)
         plan = WorkerPlan(cfg, sockets, generated, initial, bytearray(ReplayFilter.memory_size(
-            cfg.tls.replay_entries)), on_server=holder.append)
+            cfg.tls.replay_entries)), on_server=holder.append, loaded_id=loaded_id)
         try:
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 return runner.run(serve(plan))
@@ -118,7 +138,7 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
                 for _, sock in sockets:
                     sock.close()
         plan = WorkerPlan(cfg, slots[slot], generated, initial, shared.replay_memory, shared.replay_lock,
-                          publish=lambda snap: shared.publish(slot, snap))
+                          publish=lambda snap: shared.publish(slot, snap), loaded_id=loaded_id)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(serve(plan))
 

@@ -27,13 +27,15 @@ class Reloader:
     """Loads a new set when the file changed or on request; a broken file keeps the old set live."""
 
     def __init__(self, path: Path | None, load: Callable[[], SecretSet], apply: Callable[[SecretSet], int],
-                 interval: float, on_result: Callable[[bool], None]) -> None:
+                 interval: float, on_result: Callable[[bool], None], loaded: FileId) -> None:
+        """`loaded` is the file's identity when the live set was read (before any fork): a worker started
+        later, with the file changed since, then reloads on its first tick instead of serving a stale set."""
         self._path = path
         self._load = load
         self._apply = apply
         self._interval = interval
         self._on_result = on_result
-        self._seen: FileId = file_id(path) if path is not None else None
+        self._seen: FileId = loaded
         self._requested = asyncio.Event()
 
     def request(self) -> None:
@@ -47,6 +49,10 @@ class Reloader:
             new = self._load()
         except SecretsError as exc:
             log.error("secrets reload failed, keeping the previous set: %s", exc)
+            self._on_result(False)
+            return False
+        except Exception:  # a bug or a pathological file must not end reloading for good
+            log.exception("secrets reload failed, keeping the previous set")
             self._on_result(False)
             return False
         closed = self._apply(new)

@@ -117,8 +117,8 @@ class SpliceRelay:
     # ---------------------------------------------------------------- moving bytes
 
     def _readable(self) -> None:
-        pipe = self._pool.shared()
         try:
+            pipe = self._pool.shared()  # may need a new pipe: EMFILE must fail the session, not spin
             n = os.splice(self._dc, pipe.w, pipe.size, flags=_FLAGS)
         except BlockingIOError:
             return
