@@ -106,7 +106,10 @@ def _ufw_check(runner: Runner, port: int) -> Check | None:
     fix = f"ufw limit {port}/tcp comment 'MTProxy' (or rerun `mtproxy setup`)"
     if ufw is not None and hasattr(ufw, "state") and hasattr(ufw, "port_rules"):
         current = ufw.state(runner)
-        rules = ufw.port_rules(current, port)
+        # ours first; an operator's own allow/limit rule for the port opens it just as well
+        rules = ufw.port_rules(current, port) + [
+            r for r in ufw.foreign_rules(current, port) if r.startswith(("ufw allow ", "ufw limit "))
+        ]
         if not current.active:
             shown = "rule present" if rules else "no rule for the port yet"
             return Check("firewall", None, f"UFW is inactive ({shown})")
