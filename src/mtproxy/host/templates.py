@@ -53,13 +53,15 @@ class ProxyFiles:
 
 
 def compose_file(image: str, root: Path, port: int, stats_port: int) -> str:
-    """The Compose service. Below port 1024 the engine starts as root with only NET_BIND_SERVICE (and
-    SETUID/SETGID to drop to the mtproxy user after binding: a non-root process cannot use a bounding-set
-    capability, and no-new-privileges rules out file capabilities)."""
+    """The Compose service. Below port 1024 the engine starts as root with only NET_BIND_SERVICE, SETUID and
+    SETGID to drop to the mtproxy user after binding (a non-root process cannot use a bounding-set
+    capability, and no-new-privileges rules out file capabilities), and DAC_OVERRIDE because the files it
+    reads before dropping belong to that user with mode 0600; the drop clears all of them."""
     low = port < 1024
     args = ProxyFiles(CONTAINER_ROOT).run_args(drop_to="mtproxy" if low else None)
     command = "\n".join(f'      - "{a}"' for a in args)
-    caps = "    cap_add: [NET_BIND_SERVICE, SETUID, SETGID]" if low else "    # no capabilities: port >= 1024"
+    caps = ("    cap_add: [NET_BIND_SERVICE, SETUID, SETGID, DAC_OVERRIDE]" if low
+            else "    # no capabilities: port >= 1024")
     return render(
         COMPOSE, image=image, root=root, port=port, stats_port=stats_port,
         user="0:0" if low else f"{CONTAINER_UID}:{CONTAINER_UID}", command=command, cap_add=caps,
