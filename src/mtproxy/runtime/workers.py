@@ -49,8 +49,11 @@ class Supervisor:
         if pid == 0:
             code = 1
             try:
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
+                # a SIGHUP forwarded before the worker's loop installs its handler must not kill it; the
+                # worker compares the file with the one read at start-up anyway
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 _term_with_parent(parent)
                 code = self._run_worker(slot)
             except BaseException:
@@ -68,7 +71,8 @@ class Supervisor:
             snap["workers"] = 0
             for figures in snap.get("secrets", {}).values():
                 figures["active"] = 0
-            self._retired.append(snap)
+            # folded into one snapshot: a crash-looping worker must not grow the supervisor
+            self._retired = [merge([*self._retired, snap], self.started_at)]
         self._shared.clear(slot)
 
     def run(self) -> int:
