@@ -24,6 +24,7 @@ from .connection import ClientConnection
 from .dc import DcTable
 from .hints import HintCache
 from .secrets import SecretSet
+from .shared import held
 from .splice import PipePool
 
 log = logging.getLogger("mtproxy.server")
@@ -91,7 +92,7 @@ class Server:
         self.buffers = Buffers(cfg.limits.read_size)
         self.pipes = PipePool()
         self.replay = ReplayFilter(replay_memory)
-        self._replay_guard = (lambda: replay_lock) if replay_lock is not None else None
+        self._replay_guard = (lambda: held(replay_lock)) if replay_lock is not None else None
         self.dc_table = DcTable(cfg.dc_overrides, cfg.prefer_ipv6)
         self.connections: set[ClientConnection] = set()
         self.by_secret: dict[str, set[ClientConnection]] = {}
