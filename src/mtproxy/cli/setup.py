@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TextIO
 
-from ..host import docker, templates
+from ..host import docker, systemd
 from ..host.install import (
     MANAGERS,
     UFW_MODES,
@@ -18,10 +18,12 @@ from ..host.install import (
     InstallRecord,
     Progress,
     Transaction,
+    give_to,
     install_services,
     make_dirs,
     port_problem,
     preflight,
+    service_owner,
     snapshot,
 )
 from ..host.layout import HostLayout
@@ -235,15 +237,24 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
     for warning in warnings:
         out.write(f"warning: {warning}\n")
     if runner.dry_run:
+        if plan.manager == "systemd" and systemd.user_ids(runner) is None:
+            out.write(f"dry run: would add the system user {systemd.USER} ({' '.join(systemd.USERADD)})\n")
         out.write(f"dry run: would install {plan.manager} on port {plan.port} (ufw {plan.ufw_mode}); "
                   "checks passed, nothing changed\n")
         return 0
     txn = Transaction()
-    steps = {"docker": 10, "systemd": 8, "none": 6}[plan.manager]
+    steps = {"docker": 10, "systemd": 9, "none": 6}[plan.manager]
     progress = Progress(out, steps)
+    previous = InstallRecord.load(layout.install_record)
     try:
+        if plan.manager == "systemd":
+            progress.start(f"System user {systemd.USER}")
+        owner = service_owner(plan, runner, txn)
+        if plan.manager == "systemd":
+            progress.finish("added" if owner.user_created else "present")
+
         progress.start(f"Directories under {paths.root}")
-        make_dirs(plan, paths, layout, txn)
+        make_dirs(paths, layout, txn, owner)
         progress.finish()
 
         progress.start("Settings (port, workers, domain, server)")
@@ -255,10 +266,7 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
         progress.start("Secret")
         txn.add("the secrets store", snapshot(paths.secrets_file))
         record = _ensure_secret(plan, paths, random16)
-        uid, gid = (templates.CONTAINER_UID,) * 2 if plan.manager == "docker" else (0, 0)
-        for file in (paths.secrets_file, paths.settings_file):
-            os.chown(file, uid, gid)
-            os.chmod(file, 0o600)
+        give_to(owner, (paths.secrets_file, paths.settings_file), 0o600)
         progress.finish(f"{record.type} {record.masked()}")
 
         progress.start("Links and QR codes")
@@ -270,9 +278,11 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
         notes = write_all(paths, data, settings, server)
         progress.finish("; ".join(notes) or "ok")
 
-        files, ufw_added = install_services(plan, runner, layout, txn, progress)
+        files, ufw_added = install_services(plan, runner, layout, txn, progress, owner)
+        # A re-run finds the user it added last time already there: it stays setup's to delete.
+        user_created = owner.user_created or (previous is not None and previous.user_created)
         InstallRecord(plan.port, plan.manager, plan.ufw_mode, plan.image, files,
-                      ufw_added).save(layout.install_record)
+                      ufw_added, user_created).save(layout.install_record)
     except (InstallError, CommandError, OSError, ValueError, StoreError) as exc:
         out.write("failed\n")
         what, todo = (exc.what, exc.todo) if isinstance(exc, InstallError) else (str(exc), "")

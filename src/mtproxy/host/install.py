@@ -12,7 +12,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -63,13 +63,15 @@ class InstallRecord:
     image: str
     files: list[str] = field(default_factory=list)
     ufw_added: bool = False  # setup added our tagged UFW rule (so uninstall and set-port may touch it)
+    user_created: bool = False  # setup added the system user `mtproxy` (so uninstall may delete it)
 
     @classmethod
     def load(cls, path: Path) -> InstallRecord | None:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
             return cls(int(doc["port"]), str(doc["manager"]), str(doc["ufw_mode"]), str(doc["image"]),
-                       [str(f) for f in doc.get("files", [])], bool(doc.get("ufw_added", False)))
+                       [str(f) for f in doc.get("files", [])], bool(doc.get("ufw_added", False)),
+                       bool(doc.get("user_created", False)))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -175,12 +177,37 @@ def preflight(plan: InstallPlan, runner: Runner, layout: HostLayout) -> list[str
     return warnings
 
 
-def _owner(plan: InstallPlan) -> tuple[int, int]:
-    return (templates.CONTAINER_UID, templates.CONTAINER_UID) if plan.manager == "docker" else (0, 0)
+@dataclass(frozen=True)
+class Owner:
+    """Who the proxy runs as: the files and directories it reads and writes are given to them."""
+
+    uid: int
+    gid: int
+    user_created: bool = False  # this run added the system user
 
 
-def make_dirs(plan: InstallPlan, paths: Paths, layout: HostLayout, txn: Transaction) -> None:
-    uid, gid = _owner(plan)
+def service_owner(plan: InstallPlan, runner: Runner, txn: Transaction) -> Owner:
+    """The image's fixed uid under Docker; the unit's `mtproxy` system user under systemd (added when the
+    host lacks it, and deleted again if the install rolls back); root when nothing runs the proxy."""
+    if plan.manager == "docker":
+        return Owner(templates.CONTAINER_UID, templates.CONTAINER_UID)
+    if plan.manager == "systemd":
+        uid, gid, created = systemd.ensure_user(runner)
+        if created:
+            txn.add(f"the system user {systemd.USER}", lambda: systemd.remove_user(runner))
+        return Owner(uid, gid, created)
+    return Owner(0, 0)
+
+
+def give_to(owner: Owner, files: Iterable[Path], mode: int | None = None) -> None:
+    """chown (and optionally chmod) to the service's user: the one ownership path for every manager."""
+    for path in files:
+        os.chown(path, owner.uid, owner.gid)
+        if mode is not None:
+            os.chmod(path, mode)
+
+
+def make_dirs(paths: Paths, layout: HostLayout, txn: Transaction, owner: Owner) -> None:
     for directory, mode, owned in (
         (paths.config_dir, 0o750, True),
         (paths.logs_dir, 0o750, True),
@@ -195,7 +222,7 @@ def make_dirs(plan: InstallPlan, paths: Paths, layout: HostLayout, txn: Transact
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, mode)
         if owned:
-            os.chown(directory, uid, gid)
+            give_to(owner, [directory])
         for path in created:
             txn.add(f"created {path}", lambda p=path: p.exists() and shutil.rmtree(p))
 
@@ -215,7 +242,7 @@ def _verify_port(port: int, timeout: float, sleep: Callable[[float], None] = tim
 
 
 def install_services(plan: InstallPlan, runner: Runner, layout: HostLayout, txn: Transaction,
-                     progress: Progress) -> tuple[list[str], bool]:
+                     progress: Progress, owner: Owner) -> tuple[list[str], bool]:
     """Compose/unit, UFW, fail2ban, logrotate, start and verify. Returns the files written and whether our
     UFW rule is in place (added by this or an earlier run)."""
     paths = Paths(plan.root)
@@ -235,7 +262,7 @@ def install_services(plan: InstallPlan, runner: Runner, layout: HostLayout, txn:
         progress.start(f"Writing the systemd unit ({layout.systemd_unit})")
         txn.add("the systemd unit", lambda: systemd.remove(runner, layout))
         mtproxy_bin = shutil.which("mtproxy") or "/usr/local/bin/mtproxy"
-        systemd.install(runner, layout, mtproxy_bin, plan.port, "mtproxy")
+        systemd.install(runner, layout, mtproxy_bin, plan.port, systemd.USER)
         files.append(str(layout.systemd_unit))
         progress.finish()
 
@@ -262,8 +289,7 @@ def install_services(plan: InstallPlan, runner: Runner, layout: HostLayout, txn:
     for path in (layout.fail2ban_filter, layout.fail2ban_jail, layout.logrotate):
         txn.add(str(path), snapshot(path))
     fail2ban.install(runner, layout, log_file, plan.port)
-    uid, gid = _owner(plan)
-    os.chown(log_file, uid, gid)
+    give_to(owner, [log_file])
     write_file(layout.logrotate, templates.logrotate(paths.logs_dir), 0o644)
     files += [str(layout.fail2ban_filter), str(layout.fail2ban_jail), str(layout.logrotate)]
     progress.finish()
@@ -331,6 +357,9 @@ def uninstall(runner: Runner, paths: Paths, layout: HostLayout, purge: bool, out
         listed = {Path(f) for f in record.files}
         if record.manager == "systemd" and layout.systemd_unit in listed and systemd.remove(runner, layout):
             note("systemd unit mtproxy.service")
+        # After the unit is stopped (userdel refuses a user with running processes); only a user setup added.
+        if record.user_created and (dry or systemd.remove_user(runner)):
+            note(f"system user {systemd.USER}")
         if record.ufw_added and runner.available("ufw") and ufw.remove_rule(runner, record.port):
             note(f"UFW rule for {record.port}/tcp")
         f2b = {layout.fail2ban_jail, layout.fail2ban_filter} & listed
