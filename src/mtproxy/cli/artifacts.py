@@ -11,7 +11,7 @@ from ..links import ProxyLinks, ServerUnknownError, guess_public_address, make_l
 from ..paths import Paths
 from ..qr import write_qr_files
 from ..settings import Settings
-from ..store import SecretRecord, StoreData, write_atomic
+from ..store import SecretRecord, StoreData, update_store, write_atomic
 from .errors import CliError, ExitStatus
 
 
@@ -100,6 +100,19 @@ def write_all(paths: Paths, data: StoreData, settings: Settings, server: ServerC
             paths.default_qr_png, paths.default_qr_png.with_suffix(".svg"),
         )
     return notes
+
+
+def rewrite_all(paths: Paths, settings: Settings, server: ServerChoice | None) -> None:
+    """Rewrite every link file and QR code from the store, under its lock so no concurrent command's
+    change is written over; raises the store's errors and OSError for the caller to judge."""
+
+    def same(data: StoreData) -> tuple[StoreData, None]:
+        return data, None
+
+    def write(data: StoreData) -> None:
+        write_all(paths, data, settings, server)
+
+    update_store(paths.secrets_file, same, after=write)
 
 
 def _write_if_changed(link_file: Path, link_text: bytes, qr_text: str, png: Path, svg: Path) -> None:

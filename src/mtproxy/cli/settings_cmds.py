@@ -9,7 +9,7 @@ import click
 
 from ..host.runner import CommandError
 from ..settings import MAX_WORKERS, check_server, update_settings
-from ..store import StoreData, StoreError, update_store
+from ..store import StoreError
 from . import artifacts
 from .env import Env
 from .errors import CliError, ExitStatus
@@ -26,15 +26,8 @@ def _save(env: Env, **changes: Any) -> None:
     _old, new = update_settings(env.paths.settings_file, **changes)
     server = artifacts.choose_server(new, env.server_override)
 
-    def same(data: StoreData) -> tuple[StoreData, None]:
-        return data, None
-
-    # Links carry the port and server, so every link file and QR code is rewritten.
-    def write(data: StoreData) -> None:
-        artifacts.write_all(env.paths, data, new, server)
-
-    try:
-        update_store(env.paths.secrets_file, same, after=write)
+    try:  # links carry the port and server, so every link file and QR code is rewritten
+        artifacts.rewrite_all(env.paths, new, server)
     except (StoreError, OSError) as exc:
         # The setting is saved; stale links are worth a warning, not a failure of the whole command.
         env.warn(f"links and QR codes not rewritten: {exc}")

@@ -6,7 +6,7 @@ import click
 
 from ..qr import terminal_text
 from ..settings import Settings
-from ..store import StoreAccessError, StoreData, read_store, update_store
+from ..store import StoreAccessError, read_store
 from . import artifacts
 from .env import Env
 from .output import dump_json
@@ -69,15 +69,8 @@ def show_config(env: Env, ref: str | None, draw: bool, as_json: bool) -> None:
 
 def _refresh_files(env: Env, settings: Settings, server: artifacts.ServerChoice) -> None:
     """Make sure the files shown exist and match; a read-only root is only worth a warning here."""
-
-    def same(data: StoreData) -> tuple[StoreData, None]:
-        return data, None
-
-    def write(data: StoreData) -> None:
-        artifacts.write_all(env.paths, data, settings, server)
-
     try:
-        update_store(env.paths.secrets_file, same, after=write)
+        artifacts.rewrite_all(env.paths, settings, server)
     except (StoreAccessError, OSError) as exc:
         env.warn(f"could not refresh the QR files: {exc}")
 

@@ -9,15 +9,34 @@ import hashlib
 import os
 import ssl
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from mtproxy.protocol import obfs2
 
 MASK_BANNER = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nmask-site "
 
 
+class _Listening:
+    """What every stand-in server shares: listen on loopback, report the port, close within a bound."""
+
+    server: asyncio.Server | None
+
+    async def _listen(self, handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+                      host: str, port: int, **kwargs: Any) -> int:
+        self.server = await asyncio.start_server(handle, host, port, **kwargs)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+
+
 @dataclass
-class FakeDc:
+class FakeDc(_Listening):
     """Accepts the proxy's obfuscated2 header (no secret on this leg) and then, by `mode`:
     echo (returns what it got), sink (counts), source (sends `source_bytes` then waits)."""
 
@@ -29,8 +48,7 @@ class FakeDc:
     server: asyncio.Server | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        self.server = await asyncio.start_server(self._handle, host, port)
-        return int(self.server.sockets[0].getsockname()[1])
+        return await self._listen(self._handle, host, port)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -64,15 +82,10 @@ class FakeDc:
         finally:
             writer.close()
 
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 2)
 
 
 @dataclass
-class MaskStub:
+class MaskStub(_Listening):
     """Stands in for the real web site: answers MASK_BANNER to the first bytes, records every byte until the
     peer half-closes, then sends the sha256 of what it got and closes."""
 
@@ -81,8 +94,7 @@ class MaskStub:
     events: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        self.server = await asyncio.start_server(self._handle, host, port)
-        return int(self.server.sockets[0].getsockname()[1])
+        return await self._listen(self._handle, host, port)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         data = bytearray()
@@ -108,11 +120,6 @@ class MaskStub:
     async def next_connection(self, timeout: float = 10) -> bytes:
         return await asyncio.wait_for(self.events.get(), timeout)
 
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 2)
 
 
 def expected_mask_reply(sent: bytes) -> bytes:
@@ -151,7 +158,7 @@ def self_signed_context(host: str, extra_names: int = 0) -> ssl.SSLContext:
 
 
 @dataclass
-class TlsSite:
+class TlsSite(_Listening):
     """A real TLS 1.3 web site stand-in, for learning the certificate flight size."""
 
     context: ssl.SSLContext
@@ -159,9 +166,7 @@ class TlsSite:
     server: asyncio.Server | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        self.server = await asyncio.start_server(self._handle, host, port, ssl=self.context,
-                                                 ssl_handshake_timeout=5)
-        return int(self.server.sockets[0].getsockname()[1])
+        return await self._listen(self._handle, host, port, ssl=self.context, ssl_handshake_timeout=5)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.handshakes += 1
@@ -169,8 +174,3 @@ class TlsSite:
             await asyncio.wait_for(reader.read(1), 5)
         writer.close()
 
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 2)
