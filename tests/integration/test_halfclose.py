@@ -1,4 +1,5 @@
-"""Half-closes, resets and slow readers around the relay (both the transport and the splice path):
+"""Half-closes, resets and slow readers around the relay (the transport path, and the raw relays that take
+over DC->client for bulk sessions: splice for classic/dd, record-framed reads for fake-TLS):
 the engine keeps serving, delivers everything before an EOF, and frees every session."""
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import socket
 import struct
 import time
 
+import pytest
+
 from mtproxy.protocol.secret import Secret
 from mtproxy.testkit.client import ProxyClient, open_client, secret_for_mode
 
 from .conftest import ProxyFactory, run
 from .test_lifecycle import stats_of
 
-BIG = 2 * 1024 * 1024  # well past the point where a fast-mode session starts splicing
+BIG = 2 * 1024 * 1024  # well past the point where a fast-mode session switches to a raw relay
 
 
 def _reset_on_close(client: ProxyClient) -> None:
@@ -64,15 +67,53 @@ def test_half_close_delivers_everything_then_eof(start_proxy: ProxyFactory, secr
         assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest(), mode
     stats = _wait_idle(proxy.stats_port)
     assert stats["active_connections"] == "0"
-    assert int(stats["bytes_dc_to_client"]) >= 3 * BIG  # spliced bytes are counted too
+    assert int(stats["bytes_dc_to_client"]) >= 3 * BIG  # raw-relayed bytes are counted too
 
 
-def test_slow_reader_on_the_splice_path_gets_everything(start_proxy: ProxyFactory, secret: Secret) -> None:
+def test_fake_tls_download_stays_framed_as_tls_records(start_proxy: ProxyFactory, secret: Secret) -> None:
+    """Past the switch to the record relay the stream must still be application-data records of at most
+    16384 bytes (older TDLib rejects larger, DPI sees anything else), with the content intact."""
+    proxy = start_proxy("-S", secret.to_hex())
+    data = os.urandom(BIG)
+
+    async def scenario() -> tuple[list[int], bytes]:
+        client = await open_client("127.0.0.1", proxy.port, secret_for_mode(secret, "ee"))
+        sizes: list[int] = []
+        plain = bytearray()  # nothing comes before the DC answers what we send
+        stream = bytearray()
+        try:
+            sender = asyncio.create_task(client.send(data))
+            while len(plain) < len(data):
+                chunk = await asyncio.wait_for(client.reader.read(1 << 18), client.timeout)
+                assert chunk, "closed early"
+                plain += client.conn.decrypt(chunk)
+                stream += chunk
+                while len(stream) >= 5:
+                    assert stream[:3] == b"\x17\x03\x03", bytes(stream[:5])
+                    size = int.from_bytes(stream[3:5], "big")
+                    if len(stream) < 5 + size:
+                        break
+                    sizes.append(size)
+                    del stream[: 5 + size]
+            await sender
+            assert not stream
+            return sizes, bytes(plain)
+        finally:
+            await client.close()
+
+    sizes, got = run(scenario(), timeout=60)
+    assert got == data
+    assert all(0 < size <= 16384 for size in sizes)
+    assert sizes.count(16384) > len(data) // 16384 // 2  # bulk goes out in full-size records
+
+
+@pytest.mark.parametrize("mode", ["classic", "ee"])
+def test_slow_reader_on_the_raw_relay_gets_everything(start_proxy: ProxyFactory, secret: Secret, mode: str) -> None:
     proxy = start_proxy("-S", secret.to_hex(), "--allow-classic", "--buffer-size", "65536")
     data = os.urandom(4 * 1024 * 1024)
 
     async def scenario() -> bytes:
-        client = await open_client("127.0.0.1", proxy.port, secret_for_mode(secret, "classic"))
+        client = await open_client("127.0.0.1", proxy.port, secret_for_mode(secret, mode))
         try:
             sender = asyncio.create_task(client.send(data))
             got = bytearray()
@@ -154,12 +195,13 @@ def test_storm_of_half_closes_and_resets(start_proxy: ProxyFactory, secret: Secr
     assert "internal error" not in proxy.log
 
 
-def test_removed_secret_closes_a_spliced_session(start_proxy: ProxyFactory, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """The splice relay holds dup()s of both sockets: closing the session must still end the connection."""
+@pytest.mark.parametrize("kind", ["classic", "ee"])
+def test_removed_secret_closes_a_raw_relayed_session(start_proxy: ProxyFactory, tmp_path, kind: str) -> None:  # type: ignore[no-untyped-def]
+    """A raw relay holds dup()s of both sockets: closing the session must still end the connection."""
     from mtproxy.protocol.secret import SecretKind
     from mtproxy.store import SecretRecord, StoreData, write_store
 
-    key = Secret(os.urandom(16), SecretKind.CLASSIC)
+    key = secret_for_mode(Secret(os.urandom(16), SecretKind.CLASSIC), kind)
     store = tmp_path / "mtproxy_secrets.json"
     write_store(store, StoreData((SecretRecord.from_secret("s1", key),)))
     proxy = start_proxy("--secrets-file", str(store), "--reload-interval", "0.1", "--allow-classic")
@@ -169,7 +211,7 @@ def test_removed_secret_closes_a_spliced_session(start_proxy: ProxyFactory, tmp_
         client = await open_client("127.0.0.1", proxy.port, key)
         try:
             sender = asyncio.create_task(client.send(data))
-            assert await client.recv_exactly(len(data)) == data  # past the switch point: spliced now
+            assert await client.recv_exactly(len(data)) == data  # past the switch point: raw relay now
             await sender
             write_store(store, StoreData((SecretRecord.from_secret("s1", key, active=False),)))
             await asyncio.get_running_loop().run_in_executor(None, proxy.wait_log, "secrets reloaded")

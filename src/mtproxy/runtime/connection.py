@@ -174,17 +174,17 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     # ----------------------------------------------------------------- backpressure (client side is full)
 
-    # (never while splicing: the client's transport buffer is not written then, and the DC transport
-    # must stay paused because the splice relay reads that socket)
+    # (never while a raw relay runs: the client's transport buffer is not written then, and the DC
+    # transport must stay paused because the raw relay reads that socket)
     def pause_writing(self) -> None:
         up = self.upstream
-        if up is not None and up.transport is not None and not getattr(up, "spliced", None):
+        if up is not None and up.transport is not None and not getattr(up, "raw", None):
             up.transport.pause_reading()
 
     def resume_writing(self) -> None:
         up = self.upstream
         if up is not None and up.transport is not None and self.phase != Phase.CLOSED \
-                and not getattr(up, "spliced", None):
+                and not getattr(up, "raw", None):
             up.transport.resume_reading()
 
     # ----------------------------------------------------------------- handshake

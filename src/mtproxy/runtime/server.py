@@ -23,9 +23,9 @@ from .buffers import Buffers
 from .connection import ClientConnection
 from .dc import DcTable
 from .hints import HintCache
+from .rawrelay import PipePool, RecordBuffer
 from .secrets import SecretSet
 from .shared import held
-from .splice import PipePool
 
 log = logging.getLogger("mtproxy.server")
 
@@ -91,6 +91,7 @@ class Server:
         self.counters = Counters(started_at=clock())
         self.buffers = Buffers(cfg.limits.read_size)
         self.pipes = PipePool()
+        self.record_buffer = RecordBuffer(cfg.limits.read_size)
         self.replay = ReplayFilter(replay_memory)
         self._replay_guard = (lambda: held(replay_lock)) if replay_lock is not None else None
         self.dc_table = DcTable(cfg.dc_overrides, cfg.prefer_ipv6)

@@ -13,7 +13,7 @@ from mtproxy.config import HostPort
 from mtproxy.protocol import faketls
 from mtproxy.protocol.obfs2 import DcLink
 
-from . import splice
+from . import rawrelay
 
 if TYPE_CHECKING:
     from .connection import ClientConnection
@@ -56,15 +56,15 @@ class _Leg(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(high=self.client.server.cfg.limits.buffer_size)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.stop_splice()
+        self.stop_raw()
         self.transport = None
         self.client.close()
 
-    def stop_splice(self) -> None:
-        """Only the DC leg splices; see DcProtocol."""
+    def stop_raw(self) -> None:
+        """Only the DC leg has a raw relay; see DcProtocol."""
 
     def close(self) -> None:
-        self.stop_splice()
+        self.stop_raw()
         if self.transport is not None:
             # keep reading (and dropping) so a peer blocked on writing to us can take our last bytes
             self.transport.resume_reading()
@@ -106,15 +106,15 @@ class DcProtocol(_Leg):
     """DC -> client. Fast mode forwards the DC's bytes (already encrypted for the client) untouched;
     fake-TLS only wraps them into application-data records of at most 16384 bytes."""
 
-    __slots__ = ("_from_dc", "_relayed", "_tls", "_to_client", "spliced")
+    __slots__ = ("_from_dc", "_relayed", "_tls", "_to_client", "raw")
 
     def __init__(self, client: ClientConnection) -> None:
         super().__init__(client)
         self._from_dc: CipherContext | None = None
         self._to_client: CipherContext | None = None
         self._tls = False
-        self._relayed = 0  # DC->client bytes through the transport, until splicing starts
-        self.spliced: splice.SpliceRelay | None = None
+        self._relayed = 0  # DC->client bytes through the transport, until a raw relay takes over
+        self.raw: rawrelay.SpliceRelay | rawrelay.RecordRelay | None = None
 
     def start(self, link: DcLink, tls: bool) -> None:
         self._from_dc = link.from_dc
@@ -149,6 +149,8 @@ class DcProtocol(_Leg):
             client.write(view[:pos])
             if client.get_write_buffer_size():
                 buffers.lent_out()
+            elif self._to_client is None:
+                self._count_towards_raw(client, nbytes)
         elif self._to_client is not None:
             self._to_client.update_into(data, buffers.out)
             client.write(memoryview(buffers.out)[:nbytes])
@@ -159,35 +161,44 @@ class DcProtocol(_Leg):
             if client.get_write_buffer_size():
                 buffers.lent_recv()
             else:
-                self._relayed += nbytes
-                if self._relayed >= splice.SPLICE_AFTER and splice.AVAILABLE:
-                    self._start_splice(client)
+                self._count_towards_raw(client, nbytes)
         self.client.server.count_out(self.client, nbytes)
 
-    # ---------------------------------------------------------------- zero-copy (fast mode, no TLS)
+    # ---------------------------------------------------------------- raw relay (fast mode)
 
-    def _start_splice(self, client: asyncio.Transport) -> None:
-        """A bulk session: hand DC->client to the kernel. Only with the client's write buffer empty,
-        since from now on the client socket is written beside its transport."""
+    def _count_towards_raw(self, client: asyncio.Transport, nbytes: int) -> None:
+        self._relayed += nbytes
+        if self._relayed >= rawrelay.RAW_AFTER and (
+            rawrelay.RECORDS_AVAILABLE if self._tls else rawrelay.SPLICE_AVAILABLE
+        ):
+            self._start_raw(client)
+
+    def _start_raw(self, client: asyncio.Transport) -> None:
+        """A bulk session: hand DC->client to a raw relay (splice, or record-framed reads for fake-TLS).
+        Only with the client's write buffer empty, since from now on the client socket is written beside
+        its transport."""
         assert self.transport is not None
         server = self.client.server
+        dc_fd = self.transport.get_extra_info("socket").fileno()
+        client_fd = client.get_extra_info("socket").fileno()
         try:
-            self.spliced = splice.SpliceRelay(
-                server.loop, server.pipes,
-                self.transport.get_extra_info("socket").fileno(), client.get_extra_info("socket").fileno(),
-                self._spliced_bytes, self.client.upstream_eof, self.client.close,
-            )
+            if self._tls:
+                self.raw = rawrelay.RecordRelay(server.loop, server.record_buffer, dc_fd, client_fd,
+                                                self._raw_bytes, self.client.upstream_eof, self.client.close)
+            else:
+                self.raw = rawrelay.SpliceRelay(server.loop, server.pipes, dc_fd, client_fd,
+                                                self._raw_bytes, self.client.upstream_eof, self.client.close)
         except OSError as exc:  # out of descriptors: the transport path goes on
-            log.debug("splice unavailable: %s", exc)
+            log.debug("raw relay unavailable: %s", exc)
             self._relayed = -(1 << 62)
             return
         self.transport.pause_reading()
 
-    def _spliced_bytes(self, n: int) -> None:
+    def _raw_bytes(self, n: int) -> None:
         self.client.activity += n
         self.client.server.count_out(self.client, n)
 
-    def stop_splice(self) -> None:
-        if self.spliced is not None:
-            self.spliced.close()
-            self.spliced = None
+    def stop_raw(self) -> None:
+        if self.raw is not None:
+            self.raw.close()
+            self.raw = None

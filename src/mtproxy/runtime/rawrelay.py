@@ -1,0 +1,311 @@
+"""DC -> client relays on raw sockets, for fast-mode sessions once they carry bulk data.
+
+In fast mode the DC's bytes are already what the client expects, so Python never needs to see them:
+- classic/dd: `SpliceRelay` moves them socket -> pipe -> socket with os.splice (zero copy);
+- fake-TLS: `RecordRelay` reads the DC with one readv() straight into the payload windows of a buffer laid
+  out as back-to-back 16384-byte records with their headers already in place, and sends the filled part with
+  one write(): the same two syscalls as a plain relay, no copy in Python.
+
+uvloop refuses add_reader/add_writer on a descriptor a transport owns, so the relays work on dup()s of the
+two sockets: the DC transport stops reading (it still writes the upload direction) and the client transport
+keeps reading but is no longer written to.
+
+Pipes and record buffers come from per-loop pools. A relay borrows the pool's shared one for one read and
+normally empties it again at once; only when the client cannot take everything does the relay keep it (with
+its residue) until it drains, and the pool makes a fresh one for everyone else."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+from collections.abc import Callable
+
+from mtproxy.protocol import faketls
+
+log = logging.getLogger("mtproxy.rawrelay")
+
+PIPE_SIZE = 1 << 20  # bytes per splice; the kernel caps it at /proc/sys/fs/pipe-max-size
+RAW_AFTER = 64 * 1024  # DC->client bytes before a session switches: short sessions never pay the setup
+_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+_SPARE = 4  # drained pipes/buffers kept for reuse
+_HEADER = faketls.RECORD_HEADER_SIZE
+_RECORD = faketls.MAX_RECORD_PAYLOAD
+_SLOT = _HEADER + _RECORD
+_FULL_HEADER = faketls.APPLICATION_DATA + _RECORD.to_bytes(2, "big")
+
+# MTPROXY_SPLICE=0 keeps DC->client on the transport path (A/B measurements, or a kernel without splice)
+ENABLED = os.environ.get("MTPROXY_SPLICE", "1") != "0"
+SPLICE_AVAILABLE = ENABLED and hasattr(os, "splice")
+RECORDS_AVAILABLE = ENABLED and hasattr(os, "readv")
+
+
+class Pipe:
+    __slots__ = ("r", "size", "w")
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self.size = fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            self.size = fcntl.fcntl(self.w, fcntl.F_GETPIPE_SZ)
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+
+class PipePool:
+    """The loop's shared pipe plus a few spare ones; all empty whenever they are in here."""
+
+    def __init__(self) -> None:
+        self._shared: Pipe | None = None
+        self._spare: list[Pipe] = []
+
+    def shared(self) -> Pipe:
+        if self._shared is None:
+            self._shared = self._spare.pop() if self._spare else Pipe()
+        return self._shared
+
+    def lend(self, pipe: Pipe) -> None:
+        """`pipe` holds a relay's residue now: it leaves the pool until given back."""
+        if pipe is self._shared:
+            self._shared = None
+
+    def give_back(self, pipe: Pipe) -> None:
+        if pipe is self._shared:
+            return
+        if len(self._spare) < _SPARE:
+            self._spare.append(pipe)
+        else:
+            pipe.close()
+
+
+class RecordBuffer:
+    """Back-to-back fake-TLS application-data records of full size, shared by the loop's record relays;
+    `windows` are their payloads, the iovecs one readv() fills in order, so whatever it read is already a
+    contiguous run of records."""
+
+    __slots__ = ("data", "view", "windows")
+
+    def __init__(self, read_size: int) -> None:
+        slots = max(1, read_size // _RECORD)
+        self.data = bytearray(_FULL_HEADER + bytes(_RECORD)) * slots
+        self.view = memoryview(self.data)
+        self.windows = [self.view[i * _SLOT + _HEADER : (i + 1) * _SLOT] for i in range(slots)]
+
+    def frame(self, n: int) -> int:
+        """The length of the records carrying the n payload bytes just read; the last one may be short."""
+        full, tail = divmod(n, _RECORD)
+        if not tail:
+            return full * _SLOT
+        at = full * _SLOT + 3
+        self.data[at : at + 2] = tail.to_bytes(2, "big")
+        return at + 2 + tail
+
+    def unframe(self, n: int) -> None:
+        """Undo frame(n)'s short header: all full records again for the next read."""
+        full, tail = divmod(n, _RECORD)
+        if tail:
+            at = full * _SLOT + 3
+            self.data[at : at + 2] = _FULL_HEADER[3:]
+
+
+class _RawRelay:
+    """DC -> client for one session. `on_bytes(n)` counts what was moved, `on_eof()` is called once the
+    DC half-closed and everything before it reached the client, `on_error()` when either socket failed."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, dc_fd: int, client_fd: int,
+                 on_bytes: Callable[[int], None], on_eof: Callable[[], None], on_error: Callable[[], None]) -> None:
+        self._loop = loop
+        self._dc = os.dup(dc_fd)
+        try:
+            self._client = os.dup(client_fd)
+        except OSError:
+            os.close(self._dc)
+            raise
+        self._on_bytes = on_bytes
+        self._on_eof = on_eof
+        self._on_error = on_error
+        self._reading = False
+        self._writing = False
+        self.closed = False
+        self._read_on()
+
+    # ---------------------------------------------------------------- readiness switches
+
+    def _read_on(self) -> None:
+        if not self._reading:
+            self._loop.add_reader(self._dc, self._readable)
+            self._reading = True
+
+    def _read_off(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self._dc)
+            self._reading = False
+
+    def _write_on(self) -> None:
+        if not self._writing:
+            self._loop.add_writer(self._client, self._drain)
+            self._writing = True
+
+    def _write_off(self) -> None:
+        if self._writing:
+            self._loop.remove_writer(self._client)
+            self._writing = False
+
+    def _stalled(self) -> None:
+        """The client is slow: keep the residue, stop reading the DC until it drains (backpressure)."""
+        self._read_off()
+        self._write_on()
+
+    def _drained(self) -> None:
+        if self._writing:
+            self._write_off()
+            self._read_on()
+
+    def _dc_closed(self) -> None:
+        self._read_off()
+        self._on_eof()
+
+    # ---------------------------------------------------------------- subclass work
+
+    def _readable(self) -> None:
+        raise NotImplementedError
+
+    def _drain(self) -> None:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def _fail(self) -> None:
+        self.close()
+        self._on_error()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._read_off()
+        self._write_off()
+        # unregister before closing: an epoll entry keyed on a closed dup would outlive it
+        os.close(self._dc)
+        os.close(self._client)
+        self._release()
+
+
+class SpliceRelay(_RawRelay):
+    """Classic/dd: the DC's bytes go to the client through a pipe, never through user space."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pool: PipePool, dc_fd: int, client_fd: int,
+                 on_bytes: Callable[[int], None], on_eof: Callable[[], None], on_error: Callable[[], None]) -> None:
+        self._pool = pool
+        self._pipe: Pipe | None = None  # set while it holds bytes the client has not taken
+        self._queued = 0
+        super().__init__(loop, dc_fd, client_fd, on_bytes, on_eof, on_error)
+
+    def _readable(self) -> None:
+        try:
+            pipe = self._pool.shared()  # may need a new pipe: EMFILE must fail the session, not spin
+            n = os.splice(self._dc, pipe.w, pipe.size, flags=_FLAGS)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            log.debug("splice from the DC failed: %s", exc)
+            self._fail()
+            return
+        if n == 0:
+            self._dc_closed()
+            return
+        self._queued = n
+        self._on_bytes(n)
+        self._pipe = pipe
+        self._drain()
+
+    def _drain(self) -> None:
+        pipe = self._pipe
+        if pipe is None or self.closed:
+            return
+        try:
+            while self._queued:
+                self._queued -= os.splice(pipe.r, self._client, self._queued, flags=_FLAGS)
+        except BlockingIOError:
+            self._pool.lend(pipe)
+            self._stalled()
+            return
+        except OSError as exc:
+            log.debug("splice to the client failed: %s", exc)
+            self._fail()
+            return
+        self._pipe = None
+        self._pool.give_back(pipe)
+        self._drained()
+
+    def _release(self) -> None:
+        if self._pipe is not None:
+            if self._queued:  # residue for a client that is gone: that pipe must never be read again
+                self._pool.lend(self._pipe)
+                self._pipe.close()
+            else:
+                self._pool.give_back(self._pipe)
+            self._pipe = None
+
+
+class RecordRelay(_RawRelay):
+    """Fake-TLS: the DC's bytes land in the payload windows of ready-made records (one readv) and the
+    filled records go out in one write; only a short last record's length is patched. The shared buffer
+    is never held across callbacks: what a slow client has not taken is copied out (just that much)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, buffer: RecordBuffer, dc_fd: int, client_fd: int,
+                 on_bytes: Callable[[int], None], on_eof: Callable[[], None], on_error: Callable[[], None]) -> None:
+        self._buffer = buffer
+        self._residue = memoryview(b"")  # framed records the client has not taken yet
+        super().__init__(loop, dc_fd, client_fd, on_bytes, on_eof, on_error)
+
+    def _readable(self) -> None:
+        buffer = self._buffer
+        try:
+            n = os.readv(self._dc, buffer.windows)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            log.debug("read from the DC failed: %s", exc)
+            self._fail()
+            return
+        if n == 0:
+            self._dc_closed()
+            return
+        self._on_bytes(n)
+        end = buffer.frame(n)
+        sent = self._write(buffer.view[:end])
+        if sent < end:
+            self._residue = memoryview(bytes(buffer.view[sent:end]))  # framed: before unframe()
+        buffer.unframe(n)
+        if self._residue and not self.closed:
+            self._stalled()
+
+    def _drain(self) -> None:
+        if self.closed:
+            return
+        sent = self._write(self._residue)
+        self._residue = self._residue[sent:]
+        if not self._residue and not self.closed:
+            self._drained()
+
+    def _write(self, data: memoryview) -> int:
+        """Write as much as the client takes now; fails the relay on a socket error."""
+        sent, end = 0, len(data)
+        try:
+            while sent < end:
+                sent += os.write(self._client, data[sent:])
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            log.debug("write to the client failed: %s", exc)
+            self._fail()
+        return sent
+
+    def _release(self) -> None:
+        self._residue = memoryview(b"")
