@@ -11,7 +11,7 @@ import socket
 import pytest
 
 from mtproxy.protocol.faketls import MAX_RECORD_PAYLOAD, TlsRecordReader
-from mtproxy.runtime.rawrelay import RecordBuffer, RecordRelay
+from mtproxy.runtime.rawrelay import Pool, RecordBuffer, RecordRelay
 
 READ_SIZE = 256 * 1024
 
@@ -70,7 +70,7 @@ async def _relay_through(payload_chunks: list[bytes], client_rcvbuf: int, read_p
         relay.close()
         client_near.close()
 
-    relay = RecordRelay(loop, RecordBuffer(READ_SIZE), dc_near.fileno(), client_near.fileno(),
+    relay = RecordRelay(loop, Pool(lambda: RecordBuffer(READ_SIZE)), dc_near.fileno(), client_near.fileno(),
                         moved.append, dc_done, lambda: failed.append("relay failed"))
 
     async def dc_side() -> None:
@@ -113,3 +113,26 @@ def test_record_relay_frames_everything_for_a_slow_client(pause: float) -> None:
     payload, sizes = asyncio.run(_relay_through(chunks, 8192, pause))
     assert payload == b"".join(chunks)
     assert all(0 < size <= MAX_RECORD_PAYLOAD for size in sizes)
+
+
+def test_record_relay_survives_every_kind_of_short_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Partial writes of every size and refusals, in a fixed pattern, so each path runs: all sent at once,
+    a residue small enough to copy out, a large one that keeps the buffer, and a refusal mid-drain."""
+    real_write = os.write
+    pattern = [None, 100, 300000, 5000, 0, 20000, 16000, 0, 70000]
+    calls = [0]
+
+    def short_write(fd: int, data: bytes | memoryview) -> int:
+        limit = pattern[calls[0] % len(pattern)]
+        calls[0] += 1
+        if limit == 0:
+            raise BlockingIOError
+        return real_write(fd, data if limit is None else memoryview(data)[:limit])
+
+    monkeypatch.setattr(os, "write", short_write)
+    rng = random.Random(11)
+    chunks = [os.urandom(rng.choice([1, 999, 16384, 30000, 100000, 262144])) for _ in range(60)]
+    payload, sizes = asyncio.run(_relay_through(chunks, 1 << 22, 0.0))
+    assert payload == b"".join(chunks)
+    assert all(0 < size <= MAX_RECORD_PAYLOAD for size in sizes)
+    assert calls[0] > len(chunks)

@@ -21,6 +21,7 @@ import fcntl
 import logging
 import os
 from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
 from mtproxy.protocol import faketls
 
@@ -41,6 +42,13 @@ SPLICE_AVAILABLE = ENABLED and hasattr(os, "splice")
 RECORDS_AVAILABLE = ENABLED and hasattr(os, "readv")
 
 
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+T = TypeVar("T", bound=_Closable)
+
+
 class Pipe:
     __slots__ = ("r", "size", "w")
 
@@ -56,30 +64,31 @@ class Pipe:
         os.close(self.w)
 
 
-class PipePool:
-    """The loop's shared pipe plus a few spare ones; all empty whenever they are in here."""
+class Pool(Generic[T]):
+    """The loop's shared pipe (or record buffer) plus a few spare ones; all empty whenever they are in here."""
 
-    def __init__(self) -> None:
-        self._shared: Pipe | None = None
-        self._spare: list[Pipe] = []
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._shared: T | None = None
+        self._spare: list[T] = []
 
-    def shared(self) -> Pipe:
+    def shared(self) -> T:
         if self._shared is None:
-            self._shared = self._spare.pop() if self._spare else Pipe()
+            self._shared = self._spare.pop() if self._spare else self._make()
         return self._shared
 
-    def lend(self, pipe: Pipe) -> None:
-        """`pipe` holds a relay's residue now: it leaves the pool until given back."""
-        if pipe is self._shared:
+    def lend(self, item: T) -> None:
+        """`item` holds a relay's residue now: it leaves the pool until given back."""
+        if item is self._shared:
             self._shared = None
 
-    def give_back(self, pipe: Pipe) -> None:
-        if pipe is self._shared:
+    def give_back(self, item: T) -> None:
+        if item is self._shared:
             return
         if len(self._spare) < _SPARE:
-            self._spare.append(pipe)
+            self._spare.append(item)
         else:
-            pipe.close()
+            item.close()
 
 
 class RecordBuffer:
@@ -110,6 +119,9 @@ class RecordBuffer:
         if tail:
             at = full * _SLOT + 3
             self.data[at : at + 2] = _FULL_HEADER[3:]
+
+    def close(self) -> None:
+        """Holds no descriptor: dropping it is enough."""
 
 
 class _RawRelay:
@@ -199,7 +211,7 @@ class _RawRelay:
 class SpliceRelay(_RawRelay):
     """Classic/dd: the DC's bytes go to the client through a pipe, never through user space."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, pool: PipePool, dc_fd: int, client_fd: int,
+    def __init__(self, loop: asyncio.AbstractEventLoop, pool: Pool[Pipe], dc_fd: int, client_fd: int,
                  on_bytes: Callable[[int], None], on_eof: Callable[[], None], on_error: Callable[[], None]) -> None:
         self._pool = pool
         self._pipe: Pipe | None = None  # set while it holds bytes the client has not taken
@@ -255,17 +267,20 @@ class SpliceRelay(_RawRelay):
 
 class RecordRelay(_RawRelay):
     """Fake-TLS: the DC's bytes land in the payload windows of ready-made records (one readv) and the
-    filled records go out in one write; only a short last record's length is patched. The shared buffer
-    is never held across callbacks: what a slow client has not taken is copied out (just that much)."""
+    filled records go out in one write; only a short last record's length is patched. When the client
+    cannot take everything, a small residue is copied out and a large one keeps the buffer (the pool makes
+    another for everyone else), as the transport path would keep its buffer."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, buffer: RecordBuffer, dc_fd: int, client_fd: int,
+    def __init__(self, loop: asyncio.AbstractEventLoop, pool: Pool[RecordBuffer], dc_fd: int, client_fd: int,
                  on_bytes: Callable[[int], None], on_eof: Callable[[], None], on_error: Callable[[], None]) -> None:
-        self._buffer = buffer
+        self._pool = pool
         self._residue = memoryview(b"")  # framed records the client has not taken yet
+        self._held: RecordBuffer | None = None  # the buffer _residue points into, when not copied out
+        self._held_read = 0  # payload bytes read into _held (to unframe it)
         super().__init__(loop, dc_fd, client_fd, on_bytes, on_eof, on_error)
 
     def _readable(self) -> None:
-        buffer = self._buffer
+        buffer = self._pool.shared()
         try:
             n = os.readv(self._dc, buffer.windows)
         except BlockingIOError:
@@ -280,11 +295,17 @@ class RecordRelay(_RawRelay):
         self._on_bytes(n)
         end = buffer.frame(n)
         sent = self._write(buffer.view[:end])
-        if sent < end:
-            self._residue = memoryview(bytes(buffer.view[sent:end]))  # framed: before unframe()
-        buffer.unframe(n)
-        if self._residue and not self.closed:
-            self._stalled()
+        if sent == end or self.closed:
+            buffer.unframe(n)
+            return
+        if end - sent <= _SLOT:
+            self._residue = memoryview(bytes(buffer.view[sent:end]))  # framed: copied before unframe()
+            buffer.unframe(n)
+        else:
+            self._pool.lend(buffer)
+            self._held, self._held_read = buffer, n
+            self._residue = buffer.view[sent:end]
+        self._stalled()
 
     def _drain(self) -> None:
         if self.closed:
@@ -292,6 +313,7 @@ class RecordRelay(_RawRelay):
         sent = self._write(self._residue)
         self._residue = self._residue[sent:]
         if not self._residue and not self.closed:
+            self._give_back()
             self._drained()
 
     def _write(self, data: memoryview) -> int:
@@ -307,5 +329,13 @@ class RecordRelay(_RawRelay):
             self._fail()
         return sent
 
+    def _give_back(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            held.unframe(self._held_read)
+            self._pool.give_back(held)
+
     def _release(self) -> None:
         self._residue = memoryview(b"")
+        self._give_back()

@@ -23,7 +23,7 @@ from .buffers import Buffers
 from .connection import ClientConnection
 from .dc import DcTable
 from .hints import HintCache
-from .rawrelay import PipePool, RecordBuffer
+from .rawrelay import Pipe, Pool, RecordBuffer
 from .secrets import SecretSet
 from .shared import held
 
@@ -90,8 +90,8 @@ class Server:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self.counters = Counters(started_at=clock())
         self.buffers = Buffers(cfg.limits.read_size)
-        self.pipes = PipePool()
-        self.record_buffer = RecordBuffer(cfg.limits.read_size)
+        self.pipes = Pool(Pipe)
+        self.record_buffers = Pool(lambda: RecordBuffer(cfg.limits.read_size))
         self.replay = ReplayFilter(replay_memory)
         self._replay_guard = (lambda: held(replay_lock)) if replay_lock is not None else None
         self.dc_table = DcTable(cfg.dc_overrides, cfg.prefer_ipv6)

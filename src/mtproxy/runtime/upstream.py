@@ -183,7 +183,7 @@ class DcProtocol(_Leg):
         client_fd = client.get_extra_info("socket").fileno()
         try:
             if self._tls:
-                self.raw = rawrelay.RecordRelay(server.loop, server.record_buffer, dc_fd, client_fd,
+                self.raw = rawrelay.RecordRelay(server.loop, server.record_buffers, dc_fd, client_fd,
                                                 self._raw_bytes, self.client.upstream_eof, self.client.close)
             else:
                 self.raw = rawrelay.SpliceRelay(server.loop, server.pipes, dc_fd, client_fd,
