@@ -67,3 +67,48 @@ def test_frames_round_trip(tag: bytes, payloads: list[bytes], step: int) -> None
     for i in range(0, len(wire), step):
         frames += decoder.feed(wire[i : i + step])
     assert frames == payloads
+
+
+def _records(sizes: list[int]) -> tuple[bytes, bytes]:
+    payload = os.urandom(sum(sizes))
+    wire, at = bytearray(), 0
+    for size in sizes:
+        wire += faketls.APPLICATION_DATA + size.to_bytes(2, "big") + payload[at : at + size]
+        at += size
+    return bytes(wire), payload
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from([1, 17, 2878, 5891, 16384]), st.integers(1, 40)), min_size=1, max_size=5),
+       st.lists(st.integers(1, 120_000), max_size=12), st.booleans())
+def test_relay_payload_matches_the_record_stream_under_any_split(
+        runs: list[tuple[int, int]], cuts: list[int], ccs: bool) -> None:
+    """payload() on relay-sized reads of runs of equal records (the strided fast path) and of mixed sizes
+    and cuts anywhere (the compacting path) gives exactly the payload, whatever it returns."""
+    wire, payload = _records([size for size, count in runs for _ in range(count)])
+    if ccs:
+        wire = faketls.CHANGE_CIPHER_SPEC + wire
+    reader = faketls.TlsRecordReader()
+    out, pos = bytearray(), 0
+    for cut in [*cuts, len(wire)]:
+        out += reader.payload(memoryview(bytearray(wire[pos : pos + cut])))
+        pos += cut
+        if pos >= len(wire):
+            break
+    assert bytes(out) == payload
+
+
+def test_relay_payload_gathers_a_bulk_run_and_still_checks_every_header() -> None:
+    wire, payload = _records([2878] * 90)
+    reader = faketls.TlsRecordReader()
+    got = reader.payload(memoryview(bytearray(wire[:100_000])))
+    assert isinstance(got, bytes)  # the gathered fast path, not the in-place compaction
+    assert got + reader.payload(memoryview(bytearray(wire[100_000:]))) == payload
+    for at, value in ((50 * 2883, 0x16), (50 * 2883 + 2, 0x01), (89 * 2883 + 3, 0x7f)):
+        broken = bytearray(wire)
+        broken[at] = value
+        try:
+            faketls.TlsRecordReader().payload(memoryview(broken))
+        except faketls.TlsFormatError:
+            continue
+        raise AssertionError(f"a broken header at {at} was accepted")

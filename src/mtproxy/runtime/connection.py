@@ -300,32 +300,29 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     # ----------------------------------------------------------------- relay
 
-    def _relay_to_dc(self, data: memoryview, unwrapped: bool = False) -> None:
+    def _relay_to_dc(self, data: memoryview) -> None:
+        """`data` is a view of the receive buffer; both AES passes land in that buffer."""
         up = self.upstream
         assert up is not None and up.transport is not None
-        if self._tls_reader is not None and not unwrapped:
+        payload: bytes | memoryview = data
+        if self._tls_reader is not None:
             try:
-                data = data[: self._tls_reader.unwrap_in_place(data)]
+                payload = self._tls_reader.payload(data)  # a prefix of `data`, or gathered bytes
             except faketls.TlsFormatError:
                 log.info("client %s broke TLS framing; closing", self.peer[0])
                 self.close()
                 return
-        n = len(data)
+        n = len(payload)
         if not n:
             return
         buffers = self._buffers
-        if n > buffers.read_size:  # only `pending` from the handshake can be longer than one read
-            data_out = self._to_dc.update(self._from_client.update(data))
-            up.transport.write(data_out)
-        else:
-            # both passes in place in the receive buffer (the handshake's `pending` is copied in by the first)
-            buf = buffers.recv
-            self._from_client.update_into(data, buf)
-            out = memoryview(buf)[:n]
-            self._to_dc.update_into(out, buf)
-            up.transport.write(out)
-            if up.transport.get_write_buffer_size():
-                buffers.lent_recv()
+        buf = buffers.recv
+        self._from_client.update_into(payload, buf)
+        out = memoryview(buf)[:n]
+        self._to_dc.update_into(out, buf)
+        up.transport.write(out)
+        if up.transport.get_write_buffer_size():
+            buffers.lent_recv()
         self.server.count_in(self, n)
 
     # ----------------------------------------------------------------- idle
