@@ -224,3 +224,44 @@ def test_removed_secret_closes_a_raw_relayed_session(start_proxy: ProxyFactory, 
 
     assert run(scenario()) == b""
     assert _wait_idle(proxy.stats_port)["active_connections"] == "0"
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.parametrize("mode", ["classic", "ee"])
+def test_a_backlogged_bulk_session_still_switches_to_the_raw_relay(
+        start_proxy: ProxyFactory, secret: Secret, mode: str) -> None:
+    """A client with a small window that reads slower than the DC sends (a phone on a slow link) keeps the
+    proxy's write buffer backlogged; the session must still move to the raw relay (which may also happen
+    when that buffer drains: resume_writing) and deliver everything (the relay holds dups of both
+    sockets: +2 descriptors)."""
+    proxy = start_proxy("-S", secret.to_hex(), "--allow-classic", "--buffer-size", "65536")
+    data = os.urandom(2 * 1024 * 1024)
+
+    async def scenario() -> tuple[int, int, bytes]:
+        client = await open_client("127.0.0.1", proxy.port, secret_for_mode(secret, mode), rcvbuf=4096)
+        try:
+            await client.send(b"ping")
+            assert await client.recv_exactly(4) == b"ping"
+            before = _open_fds(proxy.proc.pid)
+            sender = asyncio.create_task(client.send(data))
+            got = bytearray()
+            while len(got) < len(data):
+                await asyncio.sleep(0.003)
+                chunk = await asyncio.wait_for(client.reader.read(16384), client.timeout)
+                assert chunk, "closed early"
+                got += client.conn.decrypt(chunk)
+                if len(got) > len(data) // 2 and sender.done():
+                    break
+            during = _open_fds(proxy.proc.pid)
+            got += await client.recv_exactly(len(data) - len(got))
+            await sender
+            return before, during, bytes(got)
+        finally:
+            await client.close()
+
+    before, during, got = run(scenario(), timeout=90)
+    assert got == data
+    assert during >= before + 2, (before, during)

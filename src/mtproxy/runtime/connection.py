@@ -87,7 +87,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             transport.abort()
             return
         self.admitted = True
-        transport.set_write_buffer_limits(high=self.server.cfg.limits.buffer_size)
+        transport.set_write_buffer_limits(high=self.server.cfg.limits.buffer_size, low=0)
         self._handshake, self._table = self.server.new_handshake(self.peer[0])
         self._timer = self.server.loop.call_later(
             self.server.cfg.limits.handshake_timeout, self._on_handshake_timeout
@@ -183,9 +183,12 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         up = self.upstream
-        if up is not None and up.transport is not None and self.phase != Phase.CLOSED \
-                and not getattr(up, "raw", None):
-            up.transport.resume_reading()
+        if up is None or up.transport is None or self.phase == Phase.CLOSED or getattr(up, "raw", None):
+            return
+        # the low-water mark is 0: the buffer is empty now, the moment a bulk session can switch to a raw relay
+        if isinstance(up, DcProtocol) and self.transport is not None and up.client_drained(self.transport):
+            return
+        up.transport.resume_reading()
 
     # ----------------------------------------------------------------- handshake
 

@@ -149,7 +149,7 @@ class DcProtocol(_Leg):
             client.write(view[:pos])
             if client.get_write_buffer_size():
                 buffers.lent_out()
-            elif self._to_client is None:
+            if self._to_client is None:
                 self._count_towards_raw(client, nbytes)
         elif self._to_client is not None:
             self._to_client.update_into(data, buffers.out)
@@ -160,18 +160,24 @@ class DcProtocol(_Leg):
             client.write(data)  # fast mode: the DC's bytes are already what the client expects
             if client.get_write_buffer_size():
                 buffers.lent_recv()
-            else:
-                self._count_towards_raw(client, nbytes)
+            self._count_towards_raw(client, nbytes)
         self.client.server.count_out(self.client, nbytes)
 
     # ---------------------------------------------------------------- raw relay (fast mode)
 
     def _count_towards_raw(self, client: asyncio.Transport, nbytes: int) -> None:
         self._relayed += nbytes
-        if self._relayed >= rawrelay.RAW_AFTER and (
-            rawrelay.RECORDS_AVAILABLE if self._tls else rawrelay.SPLICE_AVAILABLE
-        ):
-            self._start_raw(client)
+        self.client_drained(client)
+
+    def client_drained(self, client: asyncio.Transport) -> bool:
+        """Switch to a raw relay if this fast-mode session is due and the client's transport holds nothing
+        (a backlogged client gets here from resume_writing once its buffer is empty). True if switched."""
+        if self.raw is not None or self._relayed < rawrelay.RAW_AFTER or client.get_write_buffer_size():
+            return False
+        if not (rawrelay.RECORDS_AVAILABLE if self._tls else rawrelay.SPLICE_AVAILABLE):
+            return False
+        self._start_raw(client)
+        return self.raw is not None
 
     def _start_raw(self, client: asyncio.Transport) -> None:
         """A bulk session: hand DC->client to a raw relay (splice, or record-framed reads for fake-TLS).

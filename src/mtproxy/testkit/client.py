@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from dataclasses import dataclass
 
@@ -68,11 +69,24 @@ async def open_client(
     now: float | None = None,
     domain: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    rcvbuf: int | None = None,
 ) -> ProxyClient:
-    """Connect and authenticate. For ee, waits for and verifies the server flight."""
+    """Connect and authenticate. For ee, waits for and verifies the server flight. `rcvbuf` sets the socket's
+    receive buffer before connecting (a small one makes a slow mobile-like reader: the proxy backlogs)."""
     conn = core.ClientConnection(secret, os.urandom, time.time() if now is None else now,
                                  tag=tag, dc_id=dc_id, domain=domain)
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    if rcvbuf is None:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    else:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (host, port)), timeout)
+            reader, writer = await asyncio.open_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
     writer.write(conn.first_bytes())
     inbox = bytearray()
     try:
