@@ -163,6 +163,7 @@ class PhaseResult:
     wall: float
     memory: procstat.Memory | None  # proxy memory while all sessions were open (before "go")
     cpu_setup: float  # proxy CPU seconds while the sessions were being opened
+    client_cpu: float  # the load clients' CPU seconds between "go" and the last result
 
 
 def run_phase(job: dict[str, Any], workers: int, proxy_pids: list[int], timeout: float) -> PhaseResult:
@@ -197,6 +198,8 @@ def run_phase(job: dict[str, Any], workers: int, proxy_pids: list[int], timeout:
         ready = [_read_event(p, "ready", timeout) for p in procs]
         memory = procstat.memory(proxy_pids) if proxy_pids else None
         cpu_go = procstat.cpu_seconds(proxy_pids)
+        client_pids = [p.pid for p in procs]
+        client_go = procstat.cpu_seconds(client_pids)
         t0 = time.monotonic()
         for p in procs:
             assert p.stdin is not None
@@ -205,9 +208,10 @@ def run_phase(job: dict[str, Any], workers: int, proxy_pids: list[int], timeout:
         results = [_read_event(p, "result", timeout) for p in procs]
         wall = time.monotonic() - t0
         cpu = procstat.cpu_seconds(proxy_pids) - cpu_go
+        client_cpu = procstat.cpu_seconds(client_pids) - client_go
         for p in procs:
             p.wait(30)
-        return PhaseResult(results, ready, cpu, wall, memory, cpu_go - cpu_start)
+        return PhaseResult(results, ready, cpu, wall, memory, cpu_go - cpu_start, client_cpu)
     finally:
         for p in procs:
             if p.poll() is None:

@@ -125,6 +125,8 @@ class Bench:
             "MBps": total / span / 1e6 if span > 0 else 0.0,
             "cpu": res.cpu,
             "cpu_s_per_GB": res.cpu / (total / 1e9) if total else float("nan"),
+            # the load clients share the box: when they are busy, throughput says more about them
+            "client_cpu_s_per_GB": res.client_cpu / (total / 1e9) if total else float("nan"),
             "ok": ok,
             "conns": conns,
         }

@@ -100,6 +100,13 @@ def table(doc: dict[str, Any]) -> str:
                 row.append(_fmt(a / b if a is not None and b else None, 2))
             rows.append(row)
         parts.append(_table(["subject"] + [c[0] for c in ratio_cols], rows))
+    client_cols = [(c, f"{phase}.client_cpu_s_per_GB", 3) for c, phase in
+                   (("1c up", "up1"), ("1c down", "down1"), ("1000c up", "upN"), ("1000c down", "downN"))]
+    if any(summary[s].get(key) is not None for s in subjects for _, key, _d in client_cols):
+        parts += ["", "the load clients' own CPU s/GB (they share the box: when they are busy, throughput "
+                      "tells more about them than about the subject)"]
+        parts.append(_table(["subject"] + [c[0] for c in client_cols],
+                            [[s] + [_fmt(summary[s].get(key), d) for _, key, d in client_cols] for s in subjects]))
     extra = doc.get("extra", {})
     if extra.get("secrets"):
         parts += ["", "handshakes with 1 vs many configured secrets (returning clients)"]

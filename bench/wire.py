@@ -102,6 +102,12 @@ class RecordStripper:
                 pos += take
                 self._remaining -= take
                 continue
+            if not self._header and end - pos >= faketls.RECORD_HEADER_SIZE:  # a whole header: no copies
+                if view[pos] != 0x17 or view[pos + 1] != 3 or view[pos + 2] != 3:
+                    raise ValueError("server sent a non-application-data record after the flight")
+                self._remaining = view[pos + 3] << 8 | view[pos + 4]
+                pos += faketls.RECORD_HEADER_SIZE
+                continue
             need = faketls.RECORD_HEADER_SIZE - len(self._header)
             self._header += view[pos : pos + need]
             pos += min(need, end - pos)

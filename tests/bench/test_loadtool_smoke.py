@@ -45,6 +45,8 @@ def test_baselines_relay_every_phase(tmp_path: Path) -> None:
     assert plain["hs"]["ok"] == 20
     assert plain["lat"]["n"] == 10
     assert runs[0]["direct"]["lat"]["n"] == 10
+    # the load clients' own CPU is reported beside the subject's (they share the box)
+    assert plain["up1"]["client_cpu_s_per_GB"] >= 0 and plain["down1"]["client_cpu_s_per_GB"] >= 0
 
 
 def _engine_runs() -> bool:
