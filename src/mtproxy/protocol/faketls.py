@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -71,38 +72,57 @@ def hello_record_length(header: bytes) -> int:
 
 
 def parse_client_hello(record: bytes) -> ClientHello:
-    """Parse the fields we need from one whole ClientHello record."""
+    """Parse the fields we need from one whole ClientHello record. Plain index arithmetic rather than a
+    cursor object: this runs for every fake-TLS connection (and every probe), ~20 extensions each."""
     total = hello_record_length(record)
     if len(record) != total:
         raise TlsFormatError("ClientHello record is incomplete or has trailing bytes")
-    reader = _Reader(record, RECORD_HEADER_SIZE, total)
-    if reader.u8() != 0x01:
+    pos = RECORD_HEADER_SIZE
+    if record[pos] != 0x01:
         raise TlsFormatError("handshake message is not a ClientHello")
-    body_length = reader.u24()
-    body_end = reader.pos + body_length
+    body_end = pos + 4 + int.from_bytes(record[pos + 1 : pos + 4], "big")
     if body_end > total:
         raise TlsFormatError("ClientHello longer than its record")
-    reader.end = body_end
-    reader.take(2)  # legacy version
-    random = reader.take(RANDOM_SIZE)
-    session_id = reader.take(reader.u8())
-    suites_bytes = reader.take(reader.u16())
+    pos += 4 + 2  # the handshake header, the legacy version
+    if pos + RANDOM_SIZE > body_end:
+        raise TlsFormatError("truncated ClientHello")
+    random = record[pos : pos + RANDOM_SIZE]
+    session_id, pos = _vector(record, pos + RANDOM_SIZE, 1, body_end)
+    suites_bytes, pos = _vector(record, pos, 2, body_end)
     if len(suites_bytes) % 2:
         raise TlsFormatError("odd cipher suite list")
-    suites = tuple(int.from_bytes(suites_bytes[i : i + 2], "big") for i in range(0, len(suites_bytes), 2))
-    reader.take(reader.u8())  # compression methods
+    suites = struct.unpack(f">{len(suites_bytes) // 2}H", suites_bytes)
+    _compression, pos = _vector(record, pos, 1, body_end)
     sni = None
-    if reader.pos < reader.end:
-        extensions_length = reader.u16()
-        extensions = _Reader(record, reader.pos, reader.pos + extensions_length)
-        if extensions.end > body_end:
+    if pos < body_end:
+        if pos + 2 > body_end:
+            raise TlsFormatError("truncated ClientHello")
+        extensions_end = pos + 2 + (record[pos] << 8 | record[pos + 1])
+        if extensions_end > body_end:
             raise TlsFormatError("extensions longer than the ClientHello")
-        while extensions.pos < extensions.end:
-            ext_type = extensions.u16()
-            ext_data = extensions.take(extensions.u16())
+        pos += 2
+        while pos < extensions_end:
+            if pos + 4 > extensions_end:
+                raise TlsFormatError("truncated ClientHello")
+            ext_type = record[pos] << 8 | record[pos + 1]
+            ext_end = pos + 4 + (record[pos + 2] << 8 | record[pos + 3])
+            if ext_end > extensions_end:
+                raise TlsFormatError("truncated ClientHello")
             if ext_type == _EXT_SERVER_NAME:
-                sni = _parse_sni(ext_data)
+                sni = _parse_sni(record[pos + 4 : ext_end])
+            pos = ext_end
     return ClientHello(record, random, session_id, suites, sni)
+
+
+def _vector(data: bytes, pos: int, width: int, end: int) -> tuple[bytes, int]:
+    """A TLS vector with a `width`-byte length prefix at `pos`: its bytes and the position after it."""
+    start = pos + width
+    if start > end:
+        raise TlsFormatError("truncated ClientHello")
+    stop = start + int.from_bytes(data[pos:start], "big")
+    if stop > end:
+        raise TlsFormatError("truncated ClientHello")
+    return data[start:stop], stop
 
 
 def _parse_sni(data: bytes) -> str | None:
