@@ -7,8 +7,8 @@ import os
 import random
 
 import pytest
-
 from bench.wire import RecordStripper
+
 from mtproxy.protocol import faketls
 
 
