@@ -265,3 +265,4 @@ def test_a_backlogged_bulk_session_still_switches_to_the_raw_relay(
     before, during, got = run(scenario(), timeout=90)
     assert got == data
     assert during >= before + 2, (before, during)
+

@@ -11,7 +11,7 @@ import socket
 import pytest
 
 from mtproxy.protocol.faketls import MAX_RECORD_PAYLOAD, TlsRecordReader
-from mtproxy.runtime.rawrelay import Pool, RecordBuffer, RecordRelay
+from mtproxy.runtime.rawrelay import Pipe, Pool, RecordBuffer, RecordRelay, SpliceRelay
 
 READ_SIZE = 256 * 1024
 
@@ -136,3 +136,64 @@ def test_record_relay_survives_every_kind_of_short_write(monkeypatch: pytest.Mon
     assert payload == b"".join(chunks)
     assert all(0 < size <= MAX_RECORD_PAYLOAD for size in sizes)
     assert calls[0] > len(chunks)
+
+
+def _parse_records(stream: bytes) -> bytes:
+    payload, at = bytearray(), 0
+    while at < len(stream):
+        assert stream[at : at + 3] == b"\x17\x03\x03", at
+        size = int.from_bytes(stream[at + 3 : at + 5], "big")
+        assert 0 < size <= MAX_RECORD_PAYLOAD
+        payload += stream[at + 5 : at + 5 + size]
+        at += 5 + size
+    assert at == len(stream)
+    return bytes(payload)
+
+
+@pytest.mark.parametrize("kind", ["splice", "records"])
+def test_a_closing_relay_hands_over_what_the_client_has_not_taken(kind: str) -> None:
+    """A session that ends while its client is backlogged passes the relay's pending bytes on (the engine
+    writes them to the client transport, which flushes them): what the client got plus what was handed
+    over is exactly what was read from the DC, and for fake-TLS whole records."""
+
+    async def scenario() -> tuple[bytes, bytes, int, bytes]:
+        loop = asyncio.get_running_loop()
+        dc_far, dc_near = socket.socketpair()
+        client_near, client_far = socket.socketpair()
+        client_near.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        client_far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        for s in (dc_far, dc_near, client_near, client_far):
+            s.setblocking(False)
+        moved: list[int] = []
+        relay: SpliceRelay | RecordRelay
+        if kind == "splice":
+            relay = SpliceRelay(loop, Pool(Pipe), dc_near.fileno(), client_near.fileno(),
+                                moved.append, lambda: None, lambda: None)
+        else:
+            relay = RecordRelay(loop, Pool(lambda: RecordBuffer(READ_SIZE)), dc_near.fileno(), client_near.fileno(),
+                                moved.append, lambda: None, lambda: None)
+        sent = os.urandom(1 << 20)
+        try:
+            dc_far.sendall(sent[:200_000])  # the client reads nothing yet: the relay stalls with residue
+            async with asyncio.timeout(10):
+                while not moved:
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.05)
+            pending = relay.take_pending()
+            relay.close()
+            client_near.close()
+            got = bytearray()
+            while chunk := client_far.recv(1 << 16):
+                got += chunk
+            return bytes(got), pending, sum(moved), sent
+        finally:
+            relay.close()
+            for s in (dc_far, dc_near, client_near, client_far):
+                s.close()
+
+    got, pending, moved, sent = asyncio.run(scenario())
+    assert pending, "the relay should have been holding bytes for the backlogged client"
+    stream = got + pending
+    payload = _parse_records(stream) if kind == "records" else stream
+    assert 0 < moved == len(payload)
+    assert payload == sent[:moved]

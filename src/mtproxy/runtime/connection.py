@@ -108,6 +108,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._timer.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        if self.upstream is not None:
+            self.upstream.stop_raw()  # first: a raw relay hands what it still holds to the client transport
         if self.transport is not None:
             self.transport.close()
         if self.upstream is not None:

@@ -143,7 +143,12 @@ class _RawRelay:
         self._reading = False
         self._writing = False
         self.closed = False
-        self._read_on()
+        try:
+            self._read_on()
+        except BaseException:  # the dups must not outlive a relay that never started
+            os.close(self._dc)
+            os.close(self._client)
+            raise
 
     # ---------------------------------------------------------------- readiness switches
 
@@ -190,6 +195,11 @@ class _RawRelay:
         raise NotImplementedError
 
     def _release(self) -> None:
+        raise NotImplementedError
+
+    def take_pending(self) -> bytes:
+        """The bytes read from the DC that the client has not taken yet, removed from the relay: a session
+        that closes hands them to the client's transport, which flushes them (bounded by the linger)."""
         raise NotImplementedError
 
     def _fail(self) -> None:
@@ -254,6 +264,19 @@ class SpliceRelay(_RawRelay):
         self._pipe = None
         self._pool.give_back(pipe)
         self._drained()
+
+    def take_pending(self) -> bytes:
+        pipe, parts = self._pipe, []
+        try:
+            while pipe is not None and self._queued > 0:
+                chunk = os.read(pipe.r, self._queued)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                self._queued -= len(chunk)
+        except OSError as exc:
+            log.debug("could not take the pending bytes out of the pipe: %s", exc)
+        return b"".join(parts)
 
     def _release(self) -> None:
         if self._pipe is not None:
@@ -335,6 +358,11 @@ class RecordRelay(_RawRelay):
             self._held = None
             held.unframe(self._held_read)
             self._pool.give_back(held)
+
+    def take_pending(self) -> bytes:
+        pending = bytes(self._residue)
+        self._residue = memoryview(b"")
+        return pending
 
     def _release(self) -> None:
         self._residue = memoryview(b"")

@@ -205,6 +205,12 @@ class DcProtocol(_Leg):
         self.client.server.count_out(self.client, n)
 
     def stop_raw(self) -> None:
-        if self.raw is not None:
-            self.raw.close()
-            self.raw = None
+        raw, self.raw = self.raw, None
+        if raw is None:
+            return
+        client = self.client.transport
+        if client is not None and not client.is_closing():
+            pending = raw.take_pending()  # whole records (fake-TLS) the client is still owed
+            if pending:
+                client.write(pending)
+        raw.close()
