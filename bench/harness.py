@@ -166,7 +166,19 @@ class PhaseResult:
     client_cpu: float  # the load clients' CPU seconds between "go" and the last result
 
 
-def run_phase(job: dict[str, Any], workers: int, proxy_pids: list[int], timeout: float) -> PhaseResult:
+def pin(roots: list[int], cpus: set[int] | None) -> None:
+    """Confine the processes and all their descendants to `cpus` (None: leave them where they are)."""
+    if cpus is None:
+        return
+    for pid in procstat.tree(roots):
+        try:
+            os.sched_setaffinity(pid, cpus)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def run_phase(job: dict[str, Any], workers: int, proxy_pids: list[int], timeout: float,
+              client_cpus: set[int] | None = None) -> PhaseResult:
     """Run one phase over `workers` client processes: they open their sessions and report ready, then
     all are told to go together; proxy CPU is sampled around the measured part only."""
     procs: list[subprocess.Popen[bytes]] = []
@@ -195,6 +207,7 @@ def run_phase(job: dict[str, Any], workers: int, proxy_pids: list[int], timeout:
                     preexec_fn=_die_with_parent,
                 )
             )
+        pin([p.pid for p in procs], client_cpus)
         ready = [_read_event(p, "ready", timeout) for p in procs]
         memory = procstat.memory(proxy_pids) if proxy_pids else None
         cpu_go = procstat.cpu_seconds(proxy_pids)

@@ -39,6 +39,11 @@ class Bench:
         self.out_dir = Path(args.out)
         self.log = self.out_dir / "servers.log"
         self.key = os.urandom(16)
+        # --pin: the subject gets CPU 0 to itself, the fake DC and the load clients share the others
+        cpus = sorted(os.sched_getaffinity(0))
+        pinned = args.pin and len(cpus) > 1
+        self.subject_cpus: set[int] | None = {cpus[0]} if pinned else None
+        self.load_cpus: set[int] | None = set(cpus[1:]) if pinned else None
 
     # ---- subjects -------------------------------------------------------------------------------
     def start_subject(self, subject: str, workers: int = 1, extra_keys: int = 0) -> harness.Service | None:
@@ -92,7 +97,8 @@ class Bench:
     ) -> harness.PhaseResult:
         job = {**self.target(subject), **job}
         pids = svc.pids if svc is not None else []
-        res = harness.run_phase(job, workers, pids, self.args.phase_timeout)
+        harness.pin(pids, self.subject_cpus)  # again: a worker may have been (re)started since
+        res = harness.run_phase(job, workers, pids, self.args.phase_timeout, self.load_cpus)
         errors: dict[str, int] = {}
         for r in res.results + res.ready:
             for k, v in r.get("errors", {}).items():
@@ -252,6 +258,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--engine-cmd", default=DEFAULT_ENGINE, help="command template for the proxy under test")
     p.add_argument("--runs", type=int, default=3, help="interleaved runs; medians are reported")
     p.add_argument("--phases", default="bulk1,bulkN,hs,lat", help="which per-subject phases to run")
+    p.add_argument("--pin", action="store_true",
+                   help="give the subject CPU 0 to itself and the fake DC and load clients the other CPUs "
+                        "(steadier numbers on a small machine)")
     p.add_argument("--one-mb", type=int, default=512, help="MB per direction over one connection")
     p.add_argument("--many", type=int, default=1000, help="concurrent connections for the bulk phase (0: skip)")
     p.add_argument("--many-mb", type=int, default=1000, help="MB per direction over the concurrent connections")
@@ -298,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     dc = harness.start_module(
         "fakedc", "bench.fakedc", ["--port", str(DC_PORT), "--mask-port", str(MASK_PORT)], copies=args.dc_workers
     )
+    harness.pin(dc.pids, bench.load_cpus)
     runs: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
     try:

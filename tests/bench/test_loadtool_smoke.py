@@ -56,9 +56,10 @@ def _engine_runs() -> bool:
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(not _engine_runs(), reason="the engine (mtproxy run) is not there yet")
 def test_engine_modes_relay_every_phase(tmp_path: Path) -> None:
-    doc = _run(tmp_path)
+    doc = _run(tmp_path, "--pin")  # the subject on CPU 0, the load elsewhere: the same phases must pass
     runs = doc["runs"]
     assert isinstance(runs, list)
+    assert doc["args"]["pin"] is True  # type: ignore[index]
     for mode in ("classic", "dd", "ee"):
         engine = runs[0][f"engine-{mode}"]
         assert engine["up1"]["ok"] == 1 and engine["down1"]["ok"] == 1, mode
