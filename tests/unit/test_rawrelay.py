@@ -197,3 +197,38 @@ def test_a_closing_relay_hands_over_what_the_client_has_not_taken(kind: str) -> 
     payload = _parse_records(stream) if kind == "records" else stream
     assert 0 < moved == len(payload)
     assert payload == sent[:moved]
+
+
+def test_a_client_that_falls_behind_gets_reads_sized_to_what_it_took(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a partial write the next read asks for only as many record windows as the client took (at
+    least one), then doubles on every complete write up to the whole buffer: a slow client holds about
+    what it can take, a fast one gets full reads again."""
+    real_readv, real_write = os.readv, os.write
+    windows_asked: list[int] = []
+    writes: list[tuple[int, int]] = []  # (offered, taken) per write call
+    limits = iter([None] * 3 + [40_000, 0] + [None] * 10 + [5_000, 0] + [None] * 1000)
+
+    def counting_readv(fd: int, buffers: list[memoryview]) -> int:
+        windows_asked.append(len(buffers))
+        return real_readv(fd, buffers)
+
+    def limited_write(fd: int, data: bytes | memoryview) -> int:
+        limit = next(limits)
+        if limit == 0:
+            raise BlockingIOError
+        taken = real_write(fd, data if limit is None else memoryview(data)[:limit])
+        writes.append((len(data), taken))
+        return taken
+
+    monkeypatch.setattr(os, "readv", counting_readv)
+    monkeypatch.setattr(os, "write", limited_write)
+    chunks = [os.urandom(READ_SIZE) for _ in range(24)]
+    payload, _sizes = asyncio.run(_relay_through(chunks, 1 << 22, 0.0))
+    assert payload == b"".join(chunks)
+    full = READ_SIZE // MAX_RECORD_PAYLOAD
+    assert max(windows_asked) == full
+    # after the write that took 40,000 bytes (2 whole records), a read asks for 2 windows, then 4, 8, 16
+    shrunk = windows_asked.index(2)
+    assert windows_asked[shrunk : shrunk + 4] == [2, 4, 8, 16]
+    # after the write that took 5,000 bytes (no whole record), a read asks for one window
+    assert 1 in windows_asked[shrunk + 4 :]

@@ -292,7 +292,9 @@ class RecordRelay(_RawRelay):
     """Fake-TLS: the DC's bytes land in the payload windows of ready-made records (one readv) and the
     filled records go out in one write; only a short last record's length is patched. When the client
     cannot take everything, a small residue is copied out and a large one keeps the buffer (the pool makes
-    another for everyone else), as the transport path would keep its buffer."""
+    another for everyone else), as the transport path would keep its buffer. A client that fell behind
+    gets reads sized to what it took last time, doubling back to full reads as it keeps up: a slow phone
+    holds about what it can take, not a whole read."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pool: Pool[RecordBuffer], dc_fd: int, client_fd: int,
                  on_bytes: Callable[[int], None], on_eof: Callable[[], None], on_error: Callable[[], None]) -> None:
@@ -300,12 +302,14 @@ class RecordRelay(_RawRelay):
         self._residue = memoryview(b"")  # framed records the client has not taken yet
         self._held: RecordBuffer | None = None  # the buffer _residue points into, when not copied out
         self._held_read = 0  # payload bytes read into _held (to unframe it)
+        self._windows = 1 << 30  # record windows per read: all of them until the client falls behind
         super().__init__(loop, dc_fd, client_fd, on_bytes, on_eof, on_error)
 
     def _readable(self) -> None:
         buffer = self._pool.shared()
+        windows = buffer.windows if self._windows >= len(buffer.windows) else buffer.windows[: self._windows]
         try:
-            n = os.readv(self._dc, buffer.windows)
+            n = os.readv(self._dc, windows)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -320,7 +324,10 @@ class RecordRelay(_RawRelay):
         sent = self._write(buffer.view[:end])
         if sent == end or self.closed:
             buffer.unframe(n)
+            if self._windows < len(buffer.windows):
+                self._windows *= 2
             return
+        self._windows = max(1, sent // _SLOT)
         if end - sent <= _SLOT:
             self._residue = memoryview(bytes(buffer.view[sent:end]))  # framed: copied before unframe()
             buffer.unframe(n)
