@@ -51,17 +51,17 @@ class SecretTable:
 
     def candidates(self, hint: int | None, domain: str | None) -> Iterator[int]:
         """Every index once: the client's last secret first, then secrets whose domain is the SNI,
-        then the rest. With hints and per-secret domains a returning client costs one try."""
-        tried: set[int] = set()
-        first: list[int] = []
-        if hint is not None and 0 <= hint < len(self.secrets):
-            first.append(hint)
-        if domain is not None:
-            first.extend(self._by_domain.get(domain, ()))
-        for index in first:
-            if index not in tried:
-                tried.add(index)
+        then the rest. With hints and per-secret domains a returning client costs one try. Lazy: a hit on
+        the hint must not pay for listing thousands of secrets that share its domain."""
+        first = hint if hint is not None and 0 <= hint < len(self.secrets) else -1
+        if first >= 0:
+            yield first
+        same_domain = self._by_domain.get(domain, ()) if domain is not None else ()
+        for index in same_domain:
+            if index != first:
                 yield index
+        tried = set(same_domain)
+        tried.add(first)
         for index in range(len(self.secrets)):
             if index not in tried:
                 yield index
