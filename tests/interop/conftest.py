@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mtproxy.protocol.secret import SecretKind, generate_secret
 from mtproxy.testkit.process import ProxyProcess, free_port
 
 from .fake_dc import FakeDC
@@ -50,7 +51,7 @@ class RunningProxy:
 def default_keys() -> dict[str, str]:
     """One classic, one dd and one ee secret, each with its own key."""
     return {
-        "classic": os.urandom(16).hex(),
+        "classic": generate_secret(os.urandom(16), SecretKind.CLASSIC).to_hex(),  # never dd…/ee… (Telethon)
         "dd": "dd" + os.urandom(16).hex(),
         "ee": "ee" + os.urandom(16).hex() + DOMAIN.encode("ascii").hex(),
     }

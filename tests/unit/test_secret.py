@@ -51,3 +51,18 @@ def test_domain_limits() -> None:
         Secret(KEY, SecretKind.PADDED, "example.com")
     with pytest.raises(SecretFormatError):
         Secret(KEY[:8], SecretKind.CLASSIC)
+
+
+def test_a_generated_classic_secret_never_reads_as_dd_or_ee() -> None:
+    """Telethon strips a leading "dd"/"ee" from any secret string: a classic key starting with 0xdd or 0xee
+    would fail there, so the generator never makes one (and keeps every other key as drawn)."""
+    from mtproxy.protocol.secret import generate_secret
+
+    for first in range(256):
+        drawn = bytes([first]) + bytes(range(1, 16))
+        secret = generate_secret(drawn, SecretKind.CLASSIC)
+        assert secret.to_hex()[:2] not in ("dd", "ee")
+        assert secret.key[1:] == drawn[1:]
+        if first not in (0xDD, 0xEE):
+            assert secret.key == drawn
+    assert generate_secret(b"\xdd" + bytes(15), SecretKind.PADDED).key[0] == 0xDD  # dd/ee kinds are untouched

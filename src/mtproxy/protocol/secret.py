@@ -115,5 +115,9 @@ def parse_secret(text: str) -> Secret:
 
 
 def generate_secret(random_bytes: bytes, kind: SecretKind, domain: str | None = None) -> Secret:
-    """Build a secret from 16 bytes the caller drew from the OS CSPRNG."""
+    """Build a secret from 16 bytes the caller drew from the OS CSPRNG. A classic key never starts with
+    0xdd or 0xee: some clients (Telethon) read a leading "dd"/"ee" of a classic secret's hex as the type
+    marker and strip it, which fails 1 in 128 random keys; flipping one bit costs < 0.01 bit of entropy."""
+    if kind is SecretKind.CLASSIC and random_bytes[:1] in (b"\xdd", b"\xee"):
+        random_bytes = bytes([random_bytes[0] ^ 0x01]) + random_bytes[1:]
     return Secret(random_bytes, kind, domain if kind is SecretKind.FAKE_TLS else None)
