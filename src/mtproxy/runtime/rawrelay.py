@@ -41,6 +41,8 @@ ENABLED = os.environ.get("MTPROXY_SPLICE", "1") != "0"
 SPLICE_AVAILABLE = ENABLED and hasattr(os, "splice")
 RECORDS_AVAILABLE = ENABLED and hasattr(os, "readv")
 
+_NOTHING, _DC, _CLIENT = 0, 1, 2  # what a relay waits for (see _RawRelay._watch)
+
 
 class _Closable(Protocol):
     def close(self) -> None: ...
@@ -140,50 +142,43 @@ class _RawRelay:
         self._on_bytes = on_bytes
         self._on_eof = on_eof
         self._on_error = on_error
-        self._reading = False
-        self._writing = False
+        self._watching = _NOTHING
         self.closed = False
         try:
-            self._read_on()
+            self._watch(_DC)
         except BaseException:  # the dups must not outlive a relay that never started
             os.close(self._dc)
             os.close(self._client)
             raise
 
-    # ---------------------------------------------------------------- readiness switches
+    # ---------------------------------------------------------------- readiness
 
-    def _read_on(self) -> None:
-        if not self._reading:
-            self._loop.add_reader(self._dc, self._readable)
-            self._reading = True
-
-    def _read_off(self) -> None:
-        if self._reading:
+    def _watch(self, what: int) -> None:
+        """Wait for the DC to be readable, or for the client to be writable, or for nothing: a relay never
+        needs both at once, since it reads only while it holds nothing for the client."""
+        if what == self._watching:
+            return
+        if self._watching == _DC:
             self._loop.remove_reader(self._dc)
-            self._reading = False
-
-    def _write_on(self) -> None:
-        if not self._writing:
-            self._loop.add_writer(self._client, self._drain)
-            self._writing = True
-
-    def _write_off(self) -> None:
-        if self._writing:
+        elif self._watching == _CLIENT:
             self._loop.remove_writer(self._client)
-            self._writing = False
+        self._watching = _NOTHING
+        if what == _DC:
+            self._loop.add_reader(self._dc, self._readable)
+        elif what == _CLIENT:
+            self._loop.add_writer(self._client, self._drain)
+        self._watching = what
 
     def _stalled(self) -> None:
         """The client is slow: keep the residue, stop reading the DC until it drains (backpressure)."""
-        self._read_off()
-        self._write_on()
+        self._watch(_CLIENT)
 
     def _drained(self) -> None:
-        if self._writing:
-            self._write_off()
-            self._read_on()
+        if self._watching == _CLIENT:
+            self._watch(_DC)
 
     def _dc_closed(self) -> None:
-        self._read_off()
+        self._watch(_NOTHING)
         self._on_eof()
 
     # ---------------------------------------------------------------- subclass work
@@ -210,8 +205,7 @@ class _RawRelay:
         if self.closed:
             return
         self.closed = True
-        self._read_off()
-        self._write_off()
+        self._watch(_NOTHING)
         # unregister before closing: an epoll entry keyed on a closed dup would outlive it
         os.close(self._dc)
         os.close(self._client)
