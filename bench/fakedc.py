@@ -13,10 +13,10 @@ import sys
 from typing import cast
 
 import uvloop
-from cryptography.hazmat.primitives.ciphers import CipherContext
 
 from bench import wire
 from mtproxy.protocol import obfs2
+from mtproxy.protocol.ctr import CtrStream
 
 HEAD_SIZE = obfs2.INIT_SIZE + wire.COMMAND_SIZE
 RECV_SIZE = 256 * 1024
@@ -38,8 +38,8 @@ class DcProtocol(asyncio.BufferedProtocol):
         self._mode = 0
         self._count = 0
         self._seen = 0
-        self._decrypt: CipherContext | None = None
-        self._encrypt: CipherContext | None = None
+        self._decrypt: CtrStream | None = None
+        self._encrypt: CtrStream | None = None
         self._to_send = 0
         self._paused = False
 

@@ -8,9 +8,8 @@ import struct
 import time
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.ciphers import CipherContext
-
 from mtproxy.protocol import client, faketls, obfs2
+from mtproxy.protocol.ctr import CtrStream
 from mtproxy.protocol.secret import Secret, SecretKind
 
 # The command follows the 64-byte init inside the client→DC stream, so the fake DC can only read it when
@@ -47,8 +46,8 @@ class ClientSession:
     first: bytes  # sent on connect: the init (raw/classic/dd) or the ClientHello (ee)
     after_flight: bytes  # ee: sent once the server flight arrived (CCS + the record carrying the init)
     flight_expected: bool
-    encrypt: CipherContext  # client→DC, positioned after the init
-    decrypt: CipherContext  # DC→client, at position 0
+    encrypt: CtrStream  # client→DC, positioned after the init
+    decrypt: CtrStream  # DC→client, at position 0
     framed: bool
     hello_random: bytes = b""
 

@@ -58,11 +58,11 @@ ProxyFactory = Callable[..., ProxyProcess]
 
 @pytest.fixture
 def start_proxy(tmp_path: Path, peers: BackgroundPeers) -> Iterator[ProxyFactory]:
-    """start_proxy(*flags, workers=1, port=None, stats=True) -> a ready ProxyProcess with .port and .stats_port."""
+    """start_proxy(*flags, port=None, stats=True, env=None) -> a ready ProxyProcess with .port and .stats_port."""
     started: list[ProxyProcess] = []
 
     def start(*flags: str, port: int | None = None, stats: bool = True, ready: int = 1,
-              base: bool = True, wait: bool = True) -> ProxyProcess:
+              base: bool = True, wait: bool = True, env: dict[str, str] | None = None) -> ProxyProcess:
         port = port or free_port()
         stats_port = free_port() if stats else 0
         args = list(flags)
@@ -71,7 +71,7 @@ def start_proxy(tmp_path: Path, peers: BackgroundPeers) -> Iterator[ProxyFactory
                      "--mask", f"127.0.0.1:{peers.mask_port}", "--cert-size", "2345",
                      "--state-file", str(tmp_path / "state.json")]
         args += ["-p", str(stats_port)]
-        proc = ProxyProcess(args, tmp_path / f"proxy{len(started)}.log", ready_lines=ready)
+        proc = ProxyProcess(args, tmp_path / f"proxy{len(started)}.log", ready_lines=ready, env=env)
         proc.port, proc.stats_port = port, stats_port
         started.append(proc)
         return proc.wait_ready() if wait else proc

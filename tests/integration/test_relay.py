@@ -7,6 +7,7 @@ import hashlib
 import os
 
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from mtproxy.protocol import obfs2
 from mtproxy.protocol.secret import Secret
@@ -186,3 +187,35 @@ def test_handshake_split_across_segments(start_proxy: ProxyFactory, secret: Secr
         return bytes(got)
 
     assert run(scenario()) == b"split-payload!"
+
+
+def _plain_ctr_streams(client: ProxyClient) -> None:
+    """Swap the test client's streams for cryptography's plain AES-CTR, positioned where the client's own
+    streams are, so the proxy's keystream is checked against an independent implementation."""
+    conn = client.conn
+    to_server, from_server = obfs2.derive_keys(conn._init, conn._key)
+    conn._to_server = Cipher(algorithms.AES(to_server.key), modes.CTR(to_server.iv)).encryptor()
+    conn._to_server.update(bytes(obfs2.INIT_SIZE))  # the init already went out
+    conn._from_server = Cipher(algorithms.AES(from_server.key), modes.CTR(from_server.iv)).encryptor()
+
+
+@pytest.mark.parametrize("gcm", ["1", "0"])
+@pytest.mark.parametrize("mode", ["classic", "ee"])
+def test_bulk_upload_keystream_matches_plain_ctr(start_proxy: ProxyFactory, secret: Secret, mode: str,
+                                                 gcm: str) -> None:
+    """Past ACCELERATE_AFTER the proxy's upload streams move to the GCM keystream (where that wins, or
+    when told to); a client on plain AES-CTR must still read its megabytes back."""
+    proxy = start_proxy("-S", secret.to_hex(), "--allow-classic", env={"MTPROXY_GCM_KEYSTREAM": gcm})
+    assert ("runs on the AES-GCM keystream" in proxy.log) == (gcm == "1")
+    data = os.urandom(SIZE)
+
+    async def scenario() -> bytes:
+        client = await open_client("127.0.0.1", proxy.port, secret_for_mode(secret, mode))
+        _plain_ctr_streams(client)
+        try:
+            return await round_trip(client, data, chunk=200_000)
+        finally:
+            await client.close()
+
+    got = run(scenario())
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -40,3 +41,12 @@ def test_counter_wraps_around_128_bits() -> None:
 @given(st.binary(min_size=64, max_size=64), st.binary(min_size=16, max_size=16))
 def test_trial_agrees_with_the_full_decoder(init: bytes, key: bytes) -> None:
     assert obfs2.InitTrial(init).matches(key) == (obfs2.decode_init(init, key) is not None)
+
+
+def test_threads_sharing_the_libcrypto_context_get_their_own_answers() -> None:
+    """ctypes releases the GIL inside libcrypto; without the lock, threads re-key each other's block."""
+    jobs = [(os.urandom(32), os.urandom(16)) for _ in range(4000)]
+    expected = [aesblock._cryptography_encrypt(key, block) for key, block in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda job: aesblock.encrypt_block(*job), jobs, chunksize=50))
+    assert got == expected

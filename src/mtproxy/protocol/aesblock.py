@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import threading
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -41,16 +42,19 @@ class _EvpBlock:
         self._ctx = ctx
         self._out = ctypes.create_string_buffer(2 * BLOCK)
         self._out_len = ctypes.c_int()
+        # ctypes lets go of the GIL inside libcrypto: one thread at a time on the shared context
+        self._lock = threading.Lock()
 
     def encrypt(self, key: bytes, block: bytes) -> bytes:
         if len(key) != KEY or len(block) != BLOCK:
             raise ValueError("AES-256 takes a 32-byte key and a 16-byte block")
         lib = self._lib
-        if lib.EVP_EncryptInit_ex(self._ctx, None, None, key, None) != 1:
-            raise OSError("libcrypto refused the key")
-        if lib.EVP_EncryptUpdate(self._ctx, self._out, ctypes.byref(self._out_len), block, BLOCK) != 1:
-            raise OSError("libcrypto failed to encrypt a block")
-        return self._out.raw[:BLOCK]
+        with self._lock:
+            if lib.EVP_EncryptInit_ex(self._ctx, None, None, key, None) != 1:
+                raise OSError("libcrypto refused the key")
+            if lib.EVP_EncryptUpdate(self._ctx, self._out, ctypes.byref(self._out_len), block, BLOCK) != 1:
+                raise OSError("libcrypto failed to encrypt a block")
+            return self._out.raw[:BLOCK]
 
 
 def _cryptography_encrypt(key: bytes, block: bytes) -> bytes:

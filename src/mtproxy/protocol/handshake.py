@@ -10,9 +10,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives.ciphers import CipherContext
-
 from . import faketls, obfs2
+from .ctr import CtrStream
 from .errors import RejectReason
 from .replay import ReplayFilter
 from .secret import Secret
@@ -87,7 +86,7 @@ class Session:
     tag: bytes
     dc_id: int
     fake_tls: bool
-    from_client: CipherContext = field(repr=False)  # positioned after the 64-byte init
+    from_client: CtrStream = field(repr=False)  # positioned after the 64-byte init
     to_client_keys: obfs2.StreamKeys = field(repr=False)
     pending: bytes = field(repr=False)  # obfuscated stream bytes that followed the init, still encrypted
     tls_reader: faketls.TlsRecordReader | None = field(default=None, repr=False)

@@ -7,10 +7,9 @@ import enum
 import logging
 from typing import TYPE_CHECKING, cast
 
-from cryptography.hazmat.primitives.ciphers import CipherContext
-
 from mtproxy.config import HostPort
 from mtproxy.protocol import faketls, obfs2
+from mtproxy.protocol.ctr import CtrStream
 from mtproxy.protocol.errors import RejectReason
 from mtproxy.protocol.handshake import Authenticated, Handshake, NeedMore, Rejected, SecretTable, Session
 
@@ -68,8 +67,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._handshake: Handshake | None = None
         self._table: SecretTable | None = None
         self._tls_reader: faketls.TlsRecordReader | None = None
-        self._from_client: CipherContext  # both set when the DC leg opens, before any relaying
-        self._to_dc: CipherContext
+        self._from_client: CtrStream  # both set when the DC leg opens, before any relaying
+        self._to_dc: CtrStream
         self._eof_in = False  # client sent EOF
         self._eof_out = False  # upstream sent EOF
         self._answered = False

@@ -15,6 +15,7 @@ import uvloop
 
 from mtproxy.config import EngineConfig
 from mtproxy.links import ServerUnknownError, guess_public_address, make_links
+from mtproxy.protocol import ctr
 from mtproxy.protocol.replay import ReplayFilter
 from mtproxy.protocol.secret import Secret
 from mtproxy.qr import terminal_text
@@ -105,6 +106,9 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
         raise StartupError(f"cannot read the secrets file: {exc}") from None
     if not initial.entries:
         log.warning("no active secret: every connection goes to the mask until the secrets file gets one")
+
+    gcm, why = ctr.keystream_choice()  # before forking: every worker inherits the decision
+    log.info("bulk AES-CTR runs on %s (%s)", "the AES-GCM keystream" if gcm else "plain AES-CTR", why)
 
     if cfg.workers == 1:
         sockets = bind_all(cfg.listen, reuse_port=False)

@@ -1,0 +1,270 @@
+"""AES-256-CTR streams that switch to OpenSSL's AES-GCM code once they carry bulk.
+
+Why: the relay runs two CTR passes over every uploaded byte. OpenSSL encrypts CTR with AES-NI (about
+0.13 s/GB on this project's reference machine) but GCM with VAES where the CPU has it (about 0.07 s/GB,
+GHASH included). GCM encryption *is* CTR encryption, except that only the low 32 bits of the counter
+block count (inc32), and its first counter block is inc32(J0), where for a 16-byte IV
+
+    J0 = GHASH_H(IV, L) = IV·H² ⊕ L·H        (H = AES_K(0¹²⁸), L = the IV's length block)
+
+in GF(2¹²⁸). So IV = (J0 ⊕ L·H) / H² starts a GCM keystream at any counter block we choose, and until
+the low 32 bits wrap it is byte for byte the CTR keystream. At the wrap (where CTR carries into the upper
+96 bits) the stream starts a new context. The tag is never asked for; GHASH is wasted work that VAES
+makes cheap. Whether GCM wins is measured once per process on the running OpenSSL, so a CPU without
+VAES keeps plain CTR. Starting a GCM context costs ~20 µs, so a stream switches only once it has
+carried `ACCELERATE_AFTER` bytes."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import threading
+import time
+from typing import Final
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from . import aesblock
+
+BLOCK: Final = 16
+ACCELERATE_AFTER: Final = 64 * 1024  # bytes a stream carries before it moves to the GCM keystream
+# A GCM context may encrypt at most 2^36 - 32 bytes (NIST SP 800-38D); well inside that, a new context.
+CONTEXT_BYTES: Final = 1 << 35
+NEVER: Final = 1 << 62
+
+_LOW32: Final = 0xFFFFFFFF
+_COUNTER_SPACE: Final = 1 << 128
+_ENV = "MTPROXY_GCM_KEYSTREAM"  # "0": plain CTR always, "1": GCM without measuring first
+
+
+# ---------------------------------------------------------------------------------------------- GF(2^128)
+
+# GCM's field, in the ordinary polynomial basis (bit i of an int = coefficient of x^i); a GCM block maps to
+# it by reversing its 128 bits (GCM puts x^0 in the most significant bit of the first byte).
+_POLY: Final = (1 << 128) | 0x87  # x^128 + x^7 + x^2 + x + 1
+_BIT_REVERSED = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
+# GHASH's last block for a 16-byte IV, 0^64 || [128]_64, is the monomial x^120 in this basis
+_LENGTH_DEGREE: Final = 120
+
+
+def block_to_poly(block: bytes) -> int:
+    return int.from_bytes(block.translate(_BIT_REVERSED), "little")
+
+
+def poly_to_block(value: int) -> bytes:
+    return value.to_bytes(BLOCK, "little").translate(_BIT_REVERSED)
+
+
+def _reduce(value: int) -> int:
+    """value mod the field polynomial, folding 128 high bits at a time (x^128 = x^7 + x^2 + x + 1)."""
+    while high := value >> 128:
+        value = (value & _MASK128) ^ high ^ (high << 1) ^ (high << 2) ^ (high << 7)
+    return value
+
+
+_MASK128: Final = (1 << 128) - 1
+_SPREAD = [int("".join(f"0{bit}" for bit in f"{i:08b}"), 2).to_bytes(2, "little") for i in range(256)]
+
+
+def gf_square(a: int) -> int:
+    """a² in GF(2^128): squaring a binary polynomial spreads its bits apart (x^i -> x^2i)."""
+    return _reduce(int.from_bytes(b"".join(map(_SPREAD.__getitem__, a.to_bytes(BLOCK, "little"))), "little"))
+
+
+def gf_div_python(a: int, b: int) -> int:
+    """a / b in GF(2^128), b ≠ 0: binary extended Euclid carrying `a` instead of 1 (about 20 µs)."""
+    if b == 0:
+        raise ZeroDivisionError("division by zero in GF(2^128)")
+    u, v, g1, g2 = _reduce(b), _POLY, a, 0
+    u_size, v_size = u.bit_length(), v.bit_length()
+    while u != 1:
+        shift = u_size - v_size
+        if shift < 0:
+            u, v, g1, g2, u_size, v_size = v, u, g2, g1, v_size, u_size
+            shift = -shift
+        u ^= v << shift
+        g1 ^= g2 << shift
+        u_size = u.bit_length()
+    return _reduce(g1)
+
+
+class _Gf2mDivider:
+    """a / b through libcrypto's BN_GF2m_mod_div (about 5 µs): the same libcrypto as `aesblock`."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        vp = ctypes.c_void_p
+        lib.BN_new.restype = vp
+        lib.BN_new.argtypes = []
+        lib.BN_CTX_new.restype = vp
+        lib.BN_CTX_new.argtypes = []
+        lib.BN_bin2bn.restype = vp
+        lib.BN_bin2bn.argtypes = [ctypes.c_char_p, ctypes.c_int, vp]
+        lib.BN_bn2binpad.restype = ctypes.c_int
+        lib.BN_bn2binpad.argtypes = [vp, ctypes.c_char_p, ctypes.c_int]
+        lib.BN_GF2m_mod_div.restype = ctypes.c_int
+        lib.BN_GF2m_mod_div.argtypes = [vp, vp, vp, vp, vp]
+        self._lib = lib
+        self._ctx = lib.BN_CTX_new()
+        self._numbers = [lib.BN_new() for _ in range(4)]
+        if not self._ctx or not all(self._numbers):
+            raise OSError("libcrypto could not allocate big numbers")
+        self._out = ctypes.create_string_buffer(BLOCK)
+        self._lock = threading.Lock()  # one set of scratch numbers
+        if not lib.BN_bin2bn(_POLY.to_bytes(17, "big"), 17, self._numbers[0]):
+            raise OSError("libcrypto refused the field polynomial")
+
+    def __call__(self, a: int, b: int) -> int:
+        if b == 0:
+            raise ZeroDivisionError("division by zero in GF(2^128)")
+        lib = self._lib
+        poly, dividend, divisor, quotient = self._numbers
+        with self._lock:
+            lib.BN_bin2bn(a.to_bytes(BLOCK, "big"), BLOCK, dividend)
+            lib.BN_bin2bn(b.to_bytes(BLOCK, "big"), BLOCK, divisor)
+            if lib.BN_GF2m_mod_div(quotient, dividend, divisor, poly, self._ctx) != 1:
+                raise OSError("libcrypto failed to divide in GF(2^128)")
+            lib.BN_bn2binpad(quotient, self._out, BLOCK)
+            return int.from_bytes(self._out.raw, "big")
+
+
+def _load_divider() -> _Gf2mDivider | None:
+    name = ctypes.util.find_library("crypto")
+    if name is None:
+        return None
+    try:
+        divider = _Gf2mDivider(ctypes.CDLL(name))
+        a, b = block_to_poly(bytes(range(16))), block_to_poly(bytes(range(100, 116)))
+        return divider if divider(a, b) == gf_div_python(a, b) else None
+    except (OSError, AttributeError):  # no libcrypto, or one built without GF(2^m)
+        return None
+
+
+_divider = _load_divider()
+gf_div = _divider if _divider is not None else gf_div_python
+
+
+def gcm_iv_for(key: bytes, counter_block: bytes) -> bytes:
+    """The 16-byte GCM IV whose first keystream block is AES_K(counter_block)."""
+    h = block_to_poly(aesblock.encrypt_block(key, bytes(BLOCK)))
+    counter = int.from_bytes(counter_block, "big")
+    j0 = (counter & ~_LOW32) | ((counter - 1) & _LOW32)  # inc32(J0) = counter
+    target = block_to_poly(j0.to_bytes(BLOCK, "big")) ^ _reduce(h << _LENGTH_DEGREE)  # J0 ⊕ L·H
+    return poly_to_block(gf_div(target, gf_square(h)))
+
+
+# ----------------------------------------------------------------------------------- which one is faster
+
+_GCM_WINS_BELOW: Final = 0.8  # GCM's time over CTR's on the same bytes; it must clearly win
+_choice: tuple[bool, str] | None = None
+
+
+def gcm_keystream_wins() -> bool:
+    """Decided once per process (a forked worker inherits it): is OpenSSL's GCM clearly faster than its
+    CTR here? Measured on 256 KiB, unless `MTPROXY_GCM_KEYSTREAM` is 0 or 1."""
+    return keystream_choice()[0]
+
+
+def keystream_choice() -> tuple[bool, str]:
+    """(GCM wins, why) for the start-up log."""
+    global _choice
+    if _choice is None:
+        forced = os.environ.get(_ENV)
+        if forced in ("0", "1"):
+            _choice = (forced == "1", f"{_ENV}={forced}")
+        else:
+            ratio = _gcm_time_over_ctr()
+            _choice = (ratio < _GCM_WINS_BELOW, f"measured: GCM takes {ratio:.2f}x the time of CTR")
+    return _choice
+
+
+def _gcm_time_over_ctr() -> float:
+    key, data = bytes(32), bytearray(256 * 1024)
+    out = bytearray(len(data) + BLOCK)
+    best = []
+    for mode in (modes.CTR(bytes(BLOCK)), modes.GCM(bytes(BLOCK))):
+        context = Cipher(algorithms.AES(key), mode).encryptor()
+        context.update_into(data, out)  # warm
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            context.update_into(data, out)
+            times.append(time.perf_counter() - start)
+        best.append(min(times))
+    return best[1] / best[0]
+
+
+# ------------------------------------------------------------------------------------------------ stream
+
+
+class CtrStream:
+    """AES-256-CTR from `iv` (a 128-bit big-endian counter, as OpenSSL counts), usable like a cipher
+    context. Plain CTR until `accelerate_after` bytes, then the GCM keystream where that is faster."""
+
+    __slots__ = ("_allowance", "_budget", "_context", "_context_bytes", "_iv", "_key", "_started_at", "on_gcm")
+
+    def __init__(self, key: bytes, iv: bytes, *, accelerate_after: int = ACCELERATE_AFTER,
+                 context_bytes: int = CONTEXT_BYTES) -> None:
+        if len(key) != 32 or len(iv) != BLOCK:
+            raise ValueError("AES-256-CTR takes a 32-byte key and a 16-byte counter block")
+        if accelerate_after < 0 or context_bytes < 2 * BLOCK:
+            raise ValueError("accelerate_after must be >= 0 and context_bytes >= 32")
+        self._key = key
+        self._iv = int.from_bytes(iv, "big")
+        self._context_bytes = context_bytes
+        self._context = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+        self._started_at = 0  # stream position where the current context began
+        self._allowance = accelerate_after  # bytes the current context may take in all
+        self._budget = accelerate_after  # of which this many are left (the hot path's one check)
+        self.on_gcm = False
+
+    def update(self, data: bytes | bytearray | memoryview, /) -> bytes:
+        n = len(data)
+        if n <= self._budget:
+            self._budget -= n
+            return self._context.update(data)
+        out = bytearray(n + BLOCK)
+        return bytes(out[: self.update_into(data, out)])
+
+    def update_into(self, data: bytes | bytearray | memoryview, buf: bytearray | memoryview, /) -> int:
+        n = len(data)
+        if n <= self._budget:
+            self._budget -= n
+            return self._context.update_into(data, buf)
+        return self._boundary(memoryview(data), memoryview(buf))
+
+    @property
+    def position(self) -> int:
+        """Bytes of keystream used so far."""
+        return self._started_at + self._allowance - self._budget
+
+    def _boundary(self, data: memoryview, buf: memoryview) -> int:
+        """This call crosses the end of the current context: finish it, start the next, go on."""
+        done = 0
+        n = len(data)
+        while done < n:
+            take = min(self._budget, n - done)
+            if take:
+                self._context.update_into(data[done : done + take], buf[done:])
+                self._budget -= take
+                done += take
+            if done < n:
+                self._next_context()
+        return n
+
+    def _next_context(self) -> None:
+        position = self.position
+        if not gcm_keystream_wins():
+            self._started_at, self._allowance, self._budget = position, NEVER, NEVER  # plain CTR carries on
+            return
+        blocks, skip = divmod(position, BLOCK)
+        counter = (self._iv + blocks) % _COUNTER_SPACE
+        to_wrap = ((1 << 32) - (counter & _LOW32)) * BLOCK - skip  # bytes until the low 32 bits wrap
+        iv = gcm_iv_for(self._key, counter.to_bytes(BLOCK, "big"))
+        context = Cipher(algorithms.AES(self._key), modes.GCM(iv)).encryptor()
+        if skip:
+            context.update(bytes(skip))
+        self._context = context
+        self.on_gcm = True
+        self._started_at = position
+        self._allowance = self._budget = min(to_wrap, self._context_bytes - skip)
