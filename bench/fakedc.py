@@ -15,7 +15,7 @@ from typing import cast
 import uvloop
 
 from bench import wire
-from mtproxy.protocol import obfs2
+from mtproxy.protocol import ctr, obfs2
 from mtproxy.protocol.ctr import CtrStream
 
 HEAD_SIZE = obfs2.INIT_SIZE + wire.COMMAND_SIZE
@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--mask-port", type=int)
     args = parser.parse_args(argv)
+    ctr.decide(False, "the load side stays on plain AES-CTR: comparing engines measures the engines")
     raise_nofile()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve(args.host, args.port, args.mask_port))

@@ -171,3 +171,11 @@ def test_the_environment_decides_without_measuring(value: str, gcm: bool) -> Non
 def test_measuring_gives_a_ratio() -> None:
     ratio = ctr._gcm_time_over_ctr()
     assert 0 < ratio < 10
+
+
+def test_a_fixed_choice_replaces_the_measurement(force_gcm: None) -> None:
+    ctr.decide(False, "load side")
+    assert ctr.keystream_choice() == (False, "load side")
+    stream = ctr.CtrStream(os.urandom(32), os.urandom(16), accelerate_after=0)
+    stream.update(bytes(100))
+    assert not stream.on_gcm
