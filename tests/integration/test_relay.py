@@ -9,7 +9,7 @@ import os
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from mtproxy.protocol import obfs2
+from mtproxy.protocol import ctr, obfs2
 from mtproxy.protocol.secret import Secret
 from mtproxy.testkit.client import ProxyClient, open_client, secret_for_mode
 
@@ -203,8 +203,18 @@ def _plain_ctr_streams(client: ProxyClient) -> None:
 @pytest.mark.parametrize("mode", ["classic", "ee"])
 def test_bulk_upload_keystream_matches_plain_ctr(start_proxy: ProxyFactory, secret: Secret, mode: str,
                                                  gcm: str) -> None:
-    """Past ACCELERATE_AFTER the proxy's upload streams move to the GCM keystream (where that wins, or
-    when told to); a client on plain AES-CTR must still read its megabytes back."""
+    """Past ACCELERATE_AFTER the proxy's streams move to the GCM keystream when told to (or where it wins);
+    the client and the fake DC (which runs in this process) stay on plain AES-CTR, so with "1" the
+    engine's GCM keystream is checked against plain CTR on both legs, and "0" is the control."""
+    saved = ctr.keystream_choice()
+    ctr.decide(False, "this test's client and fake DC")
+    try:
+        _bulk_round_trip_on_plain_ctr(start_proxy, secret, mode, gcm)
+    finally:
+        ctr.decide(*saved)
+
+
+def _bulk_round_trip_on_plain_ctr(start_proxy: ProxyFactory, secret: Secret, mode: str, gcm: str) -> None:
     proxy = start_proxy("-S", secret.to_hex(), "--allow-classic", env={"MTPROXY_GCM_KEYSTREAM": gcm})
     assert ("runs on the AES-GCM keystream" in proxy.log) == (gcm == "1")
     data = os.urandom(SIZE)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -156,8 +157,9 @@ def test_bad_arguments_are_refused() -> None:
         ctr.CtrStream(bytes(16), bytes(16))
     with pytest.raises(ValueError, match="16-byte counter"):
         ctr.CtrStream(bytes(32), bytes(12))
-    with pytest.raises(ValueError, match="context_bytes"):
-        ctr.CtrStream(bytes(32), bytes(16), context_bytes=16)
+    for bad in (16, ctr.CONTEXT_BYTES + 1):
+        with pytest.raises(ValueError, match="context_bytes"):
+            ctr.CtrStream(bytes(32), bytes(16), context_bytes=bad)
 
 
 @pytest.mark.parametrize(("value", "gcm"), [("0", False), ("1", True)])
@@ -171,6 +173,59 @@ def test_the_environment_decides_without_measuring(value: str, gcm: bool) -> Non
 def test_measuring_gives_a_ratio() -> None:
     ratio = ctr._gcm_time_over_ctr()
     assert 0 < ratio < 10
+
+
+@pytest.fixture
+def undecided(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    saved = ctr._choice
+    ctr._choice = None
+    monkeypatch.delenv("MTPROXY_GCM_KEYSTREAM", raising=False)
+    yield
+    ctr._choice = saved
+
+
+@pytest.mark.parametrize(("ratio", "gcm"), [(0.45, True), (0.79, True), (0.81, False), (1.3, False)])
+def test_gcm_is_chosen_only_when_clearly_faster(undecided: None, monkeypatch: pytest.MonkeyPatch, ratio: float,
+                                                gcm: bool) -> None:
+    monkeypatch.setattr(ctr, "_gcm_time_over_ctr", lambda: ratio)
+    assert ctr.keystream_choice() == (gcm, f"measured: GCM takes {ratio:.2f}x the time of CTR")
+
+
+def test_a_gcm_that_fails_the_self_test_is_never_used(undecided: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MTPROXY_GCM_KEYSTREAM", "1")
+    monkeypatch.setattr(ctr, "gcm_iv_for", lambda key, counter: bytes(16))  # as if OpenSSL's GCM differed
+    gcm, why = ctr.keystream_choice()
+    assert not gcm and "self-test" in why
+
+
+def test_a_new_context_every_context_bytes(force_gcm: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    starts: list[bytes] = []
+    real = ctr.gcm_iv_for
+
+    def counting(key: bytes, counter: bytes) -> bytes:
+        starts.append(counter)
+        return real(key, counter)
+
+    monkeypatch.setattr(ctr, "gcm_iv_for", counting)
+    key, iv = os.urandom(32), bytes(16)  # the low 32 bits are far from wrapping
+    stream = ctr.CtrStream(key, iv, accelerate_after=0, context_bytes=1000)
+    data = os.urandom(10_000)
+    assert stream.update(data) == reference_ctr(key, iv, data)
+    # a context takes context_bytes in all, counting the bytes it skips into its first block
+    positions = [0]
+    while (nxt := positions[-1] + 1000 - positions[-1] % 16) < len(data):
+        positions.append(nxt)
+    assert [int.from_bytes(c, "big") for c in starts] == [p // 16 for p in positions]
+
+
+def test_threads_sharing_the_libcrypto_divider_get_their_own_answers() -> None:
+    assert ctr._divider is not None
+    divider = ctr._divider
+    jobs = [(int.from_bytes(os.urandom(16), "big"), int.from_bytes(os.urandom(16), "big") | 1) for _ in range(3000)]
+    expected = [ctr.gf_div_python(a, b) for a, b in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda job: divider(*job), jobs, chunksize=50))
+    assert got == expected
 
 
 def test_a_fixed_choice_replaces_the_measurement(force_gcm: None) -> None:
