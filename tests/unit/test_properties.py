@@ -112,3 +112,18 @@ def test_relay_payload_gathers_a_bulk_run_and_still_checks_every_header() -> Non
         except faketls.TlsFormatError:
             continue
         raise AssertionError(f"a broken header at {at} was accepted")
+
+
+def test_relay_payload_gathers_any_count_of_records() -> None:
+    """The gather takes power-of-two blocks of records: every count, after a partial record and before
+    one, comes out whole."""
+    for length in (17, 2878):
+        for count in [*range(8, 70), 127, 128, 129, 255, 256, 257, 363, 364, 511, 512, 513]:
+            wire, payload = _records([length] * (count + 2))
+            reader = faketls.TlsRecordReader()
+            first = reader.payload(memoryview(bytearray(wire[:9])))  # leaves a partial first record
+            cut = 9 + (count + 1) * (length + 5) + 3
+            middle = reader.payload(memoryview(bytearray(wire[9:cut])))
+            assert isinstance(middle, bytes)  # the gathered path
+            last = reader.payload(memoryview(bytearray(wire[cut:])))
+            assert bytes(first) + middle + bytes(last) == payload, (length, count)
