@@ -3,6 +3,7 @@ stream against cryptography's plain AES-CTR at any counter, chunking and context
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -35,20 +36,26 @@ def reference_ctr(key: bytes, iv: bytes, data: bytes) -> bytes:
     return Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor().update(data)
 
 
+@contextlib.contextmanager
+def chosen(gcm: bool) -> Iterator[None]:
+    saved = ctr._choice
+    ctr.decide(gcm, "test")
+    try:
+        yield
+    finally:
+        ctr._choice = saved
+
+
 @pytest.fixture
 def force_gcm() -> Iterator[None]:
-    saved = ctr._choice
-    ctr._choice = (True, "test")
-    yield
-    ctr._choice = saved
+    with chosen(True):
+        yield
 
 
 @pytest.fixture
 def force_ctr() -> Iterator[None]:
-    saved = ctr._choice
-    ctr._choice = (False, "test")
-    yield
-    ctr._choice = saved
+    with chosen(False):
+        yield
 
 
 # ------------------------------------------------------------------------------------------- the field
