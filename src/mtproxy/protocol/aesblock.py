@@ -61,12 +61,24 @@ def _cryptography_encrypt(key: bytes, block: bytes) -> bytes:
     return Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(block)
 
 
-def _load() -> _EvpBlock | None:
-    name = ctypes.util.find_library("crypto")
+def _open_libcrypto() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("crypto")  # runs ldconfig: once per process
     if name is None:
         return None
     try:
-        evp = _EvpBlock(ctypes.CDLL(name))
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+libcrypto = _open_libcrypto()  # the libcrypto the Python runtime links (ctr.py divides with it too), or None
+
+
+def _load() -> _EvpBlock | None:
+    if libcrypto is None:
+        return None
+    try:
+        evp = _EvpBlock(libcrypto)
         probe_key, probe_block = bytes(range(KEY)), bytes(range(BLOCK))
         if evp.encrypt(probe_key, probe_block) != _cryptography_encrypt(probe_key, probe_block):
             return None

@@ -18,7 +18,6 @@ bytes."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import threading
 import time
@@ -130,11 +129,10 @@ class _Gf2mDivider:
 
 
 def _load_divider() -> _Gf2mDivider | None:
-    name = ctypes.util.find_library("crypto")
-    if name is None:
+    if aesblock.libcrypto is None:
         return None
     try:
-        divider = _Gf2mDivider(ctypes.CDLL(name))
+        divider = _Gf2mDivider(aesblock.libcrypto)
         a, b = block_to_poly(bytes(range(16))), block_to_poly(bytes(range(100, 116)))
         return divider if divider(a, b) == gf_div_python(a, b) else None
     except (OSError, AttributeError):  # no libcrypto, or one built without GF(2^m)
