@@ -12,8 +12,8 @@ the low 32 bits wrap it is byte for byte the CTR keystream. At the wrap (where C
 96 bits) the stream starts a new context. The tag is never asked for; GHASH is wasted work that
 VPCLMULQDQ makes cheap. Once per process the arithmetic is checked against the running OpenSSL and both
 modes are timed, so a CPU without VAES (or an OpenSSL that differs) keeps plain CTR (docs/protocol.md).
-Starting a GCM context costs ~20 µs, so a stream switches only once it has carried `ACCELERATE_AFTER`
-bytes."""
+Moving a stream to GCM costs ~35 µs (the IV ~19 µs, a context with a fresh key ~15 µs), so a stream
+switches only once it has carried `ACCELERATE_AFTER` bytes."""
 
 from __future__ import annotations
 
@@ -158,15 +158,10 @@ _GCM_WINS_BELOW: Final = 0.8  # GCM's time over CTR's on the same bytes; it must
 _choice: tuple[bool, str] | None = None
 
 
-def gcm_keystream_wins() -> bool:
-    """Decided once per process (a forked worker inherits it): does the GCM keystream work on the running
-    OpenSSL, and is it clearly faster than CTR here? `MTPROXY_GCM_KEYSTREAM` = 0 or 1 skips the measurement
-    (not the self-test)."""
-    return keystream_choice()[0]
-
-
 def keystream_choice() -> tuple[bool, str]:
-    """(use GCM, why) for the start-up log."""
+    """(use GCM, why), decided once per process (a forked worker inherits it): does the GCM keystream work
+    on the running OpenSSL, and is it clearly faster than CTR here? `MTPROXY_GCM_KEYSTREAM` = 0 or 1
+    replaces the timing, not the self-test."""
     global _choice
     if _choice is None:
         forced = os.environ.get(_ENV)
@@ -224,7 +219,7 @@ class CtrStream:
     """AES-256-CTR from `iv` (a 128-bit big-endian counter, as OpenSSL counts), usable like a cipher
     context. Plain CTR until `accelerate_after` bytes, then the GCM keystream where that is faster."""
 
-    __slots__ = ("_allowance", "_budget", "_context", "_context_bytes", "_iv", "_key", "_started_at", "on_gcm")
+    __slots__ = ("_budget", "_context", "_context_bytes", "_end", "_iv", "_key", "on_gcm")
 
     def __init__(self, key: bytes, iv: bytes, *, accelerate_after: int = ACCELERATE_AFTER,
                  context_bytes: int = CONTEXT_BYTES) -> None:
@@ -236,9 +231,8 @@ class CtrStream:
         self._iv = int.from_bytes(iv, "big")
         self._context_bytes = context_bytes
         self._context = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
-        self._started_at = 0  # stream position where the current context began
-        self._allowance = accelerate_after  # bytes the current context may take in all
-        self._budget = accelerate_after  # of which this many are left (the hot path's one check)
+        self._end = accelerate_after  # stream position where the current context must stop
+        self._budget = accelerate_after  # bytes left before `_end` (the hot path's one check)
         self.on_gcm = False
 
     def update(self, data: bytes | bytearray | memoryview, /) -> bytes:
@@ -259,7 +253,7 @@ class CtrStream:
     @property
     def position(self) -> int:
         """Bytes of keystream used so far."""
-        return self._started_at + self._allowance - self._budget
+        return self._end - self._budget
 
     def _boundary(self, data: memoryview, buf: memoryview) -> int:
         """This call crosses the end of the current context: finish it, start the next, go on."""
@@ -277,21 +271,22 @@ class CtrStream:
 
     def _next_context(self) -> None:
         position = self.position
-        if not self.on_gcm and not gcm_keystream_wins():
-            self._started_at, self._allowance, self._budget = position, NEVER, NEVER  # plain CTR carries on
-            return
         blocks, skip = divmod(position, BLOCK)
         counter = (self._iv + blocks) % _COUNTER_SPACE
-        to_wrap = ((1 << 32) - (counter & _LOW32)) * BLOCK - skip  # bytes until the low 32 bits wrap
-        try:
-            iv = gcm_iv_for(self._key, counter.to_bytes(BLOCK, "big"))
-        except ZeroDivisionError:  # H = AES_K(0) is 0 (odds 2^-128): no IV reaches this counter; stay on CTR
-            self._started_at, self._allowance, self._budget = position, NEVER, NEVER
-            return
-        context = Cipher(algorithms.AES(self._key), modes.GCM(iv)).encryptor()
-        if skip:
-            context.update(bytes(skip))
-        self._context = context
-        self.on_gcm = True
-        self._started_at = position
-        self._allowance = self._budget = min(to_wrap, self._context_bytes - skip)
+        iv = None
+        if self.on_gcm or keystream_choice()[0]:  # a stream on GCM stays there: its CTR context is gone
+            try:
+                iv = gcm_iv_for(self._key, counter.to_bytes(BLOCK, "big"))
+            except ZeroDivisionError:  # H = AES_K(0) is 0 (odds 2^-128, never after a first GCM context)
+                pass
+        if iv is None:  # plain CTR carries on, for good
+            self._budget = NEVER
+        else:
+            context = Cipher(algorithms.AES(self._key), modes.GCM(iv)).encryptor()
+            if skip:
+                context.update(bytes(skip))
+            self._context = context
+            self.on_gcm = True
+            to_wrap = ((1 << 32) - (counter & _LOW32)) * BLOCK - skip  # bytes until the low 32 bits wrap
+            self._budget = min(to_wrap, self._context_bytes - skip)
+        self._end = position + self._budget
