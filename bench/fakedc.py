@@ -16,7 +16,7 @@ import uvloop
 
 from bench import wire
 from mtproxy.protocol import ctr, obfs2
-from mtproxy.protocol.ctr import CtrStream
+from mtproxy.protocol.ctr import Keystream
 
 HEAD_SIZE = obfs2.INIT_SIZE + wire.COMMAND_SIZE
 RECV_SIZE = 256 * 1024
@@ -38,8 +38,8 @@ class DcProtocol(asyncio.BufferedProtocol):
         self._mode = 0
         self._count = 0
         self._seen = 0
-        self._decrypt: CtrStream | None = None
-        self._encrypt: CtrStream | None = None
+        self._decrypt: Keystream | None = None
+        self._encrypt: Keystream | None = None
         self._to_send = 0
         self._paused = False
 
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--mask-port", type=int)
     args = parser.parse_args(argv)
-    ctr.decide(False, "the load side stays on plain AES-CTR: comparing engines measures the engines")
+    ctr.decide("ctr", "the load side stays on OpenSSL's AES-CTR: comparing engines measures the engines")
     raise_nofile()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve(args.host, args.port, args.mask_port))

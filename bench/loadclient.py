@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("job", help="the job as JSON")
     args = parser.parse_args(argv)
     job = json.loads(args.job)
-    ctr.decide(False, "the load side stays on plain AES-CTR: comparing engines measures the engines")
+    ctr.decide("ctr", "the load side stays on OpenSSL's AES-CTR: comparing engines measures the engines")
     raise_nofile()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(PHASES[job["phase"]](Worker(job)))

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from mtproxy.protocol import client, faketls, obfs2
-from mtproxy.protocol.ctr import CtrStream
+from mtproxy.protocol.ctr import Keystream
 from mtproxy.protocol.secret import Secret, SecretKind
 
 # The command follows the 64-byte init inside the client→DC stream, so the fake DC can only read it when
@@ -46,8 +46,8 @@ class ClientSession:
     first: bytes  # sent on connect: the init (raw/classic/dd) or the ClientHello (ee)
     after_flight: bytes  # ee: sent once the server flight arrived (CCS + the record carrying the init)
     flight_expected: bool
-    encrypt: CtrStream  # client→DC, positioned after the init
-    decrypt: CtrStream  # DC→client, at position 0
+    encrypt: Keystream  # client→DC, positioned after the init
+    decrypt: Keystream  # DC→client, at position 0
     framed: bool
     hello_random: bytes = b""
 

@@ -84,7 +84,8 @@ build_context() {
   mkdir -p "$ctx/wheels"
   log "building the mtproxy wheel"
   python3 -m pip wheel -q --no-deps -w "$ctx/wheels" "$repo" >&2
-  # The image's Python decides the wheel ABI; both bases are CPython 3.11 on glibc >= 2.36.
+  # The image's Python decides the wheel ABI; both bases are CPython 3.11 on glibc >= 2.36. Our wheel is
+  # tagged linux_x86_64 when it carries the native AES library, built here by cargo (docs/engine.md).
   pyver=$(docker run --rm --network none --entrypoint python3 "$base" -c \
     'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
   log "downloading dependency wheels for CPython $pyver (manylinux, x86_64)"
@@ -93,7 +94,8 @@ build_context() {
   local platforms=() minor
   for minor in $(seq 17 36); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
   python3 -m pip download -q --only-binary=:all: --python-version "$pyver" --implementation cp \
-    "${platforms[@]}" --platform manylinux2014_x86_64 -c "$repo/constraints.txt" -d "$ctx/wheels" \
+    "${platforms[@]}" --platform manylinux2014_x86_64 --platform linux_x86_64 \
+    -c "$repo/constraints.txt" -d "$ctx/wheels" \
     "$(ls "$ctx"/wheels/mtproxy-*.whl)" pip >&2
   cp "$dockerfile" "$ctx/Dockerfile"
 }

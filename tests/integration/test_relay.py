@@ -199,24 +199,29 @@ def _plain_ctr_streams(client: ProxyClient) -> None:
     conn._from_server = Cipher(algorithms.AES(from_server.key), modes.CTR(from_server.iv)).encryptor()
 
 
-@pytest.mark.parametrize("gcm", ["1", "0"])
+@pytest.mark.parametrize("keystream", ["native", "gcm", "ctr"])
 @pytest.mark.parametrize("mode", ["classic", "ee"])
 def test_bulk_upload_keystream_matches_plain_ctr(start_proxy: ProxyFactory, secret: Secret, mode: str,
-                                                 gcm: str) -> None:
-    """Past ACCELERATE_AFTER the proxy's streams move to the GCM keystream when told to (or where it wins);
-    the client and the fake DC (which runs in this process) stay on plain AES-CTR, so with "1" the
-    engine's GCM keystream is checked against plain CTR on both legs, and "0" is the control."""
+                                                 keystream: str) -> None:
+    """The engine on each keystream it can run: the native library (its fused gather and two passes), the
+    GCM keystream (past ACCELERATE_AFTER), and OpenSSL's CTR as the control. The client and the fake DC
+    (which runs in this process) stay on OpenSSL's CTR, so the engine's keystream is checked against an
+    independent implementation on both legs."""
+    if keystream == "native" and ctr.NATIVE_LIBRARY is None:
+        pytest.skip("the native library is not built here")
     saved = ctr.keystream_choice()
-    ctr.decide(False, "this test's client and fake DC")
+    ctr.decide("ctr", "this test's client and fake DC")
     try:
-        _bulk_round_trip_on_plain_ctr(start_proxy, secret, mode, gcm)
+        _bulk_round_trip_on_plain_ctr(start_proxy, secret, mode, keystream)
     finally:
         ctr.decide(*saved)
 
 
-def _bulk_round_trip_on_plain_ctr(start_proxy: ProxyFactory, secret: Secret, mode: str, gcm: str) -> None:
-    proxy = start_proxy("-S", secret.to_hex(), "--allow-classic", env={"MTPROXY_GCM_KEYSTREAM": gcm})
-    assert ("runs on the AES-GCM keystream" in proxy.log) == (gcm == "1")
+def _bulk_round_trip_on_plain_ctr(start_proxy: ProxyFactory, secret: Secret, mode: str, keystream: str) -> None:
+    proxy = start_proxy("-S", secret.to_hex(), "--allow-classic", env={"MTPROXY_KEYSTREAM": keystream})
+    names = {"native": "the native library", "gcm": "OpenSSL's AES-GCM keystream", "ctr": "OpenSSL's AES-CTR"}
+    assert f"AES-CTR runs on {names[keystream]}" in proxy.log
+    assert f"(MTPROXY_KEYSTREAM={keystream})" in proxy.log
     data = os.urandom(SIZE)
 
     async def scenario() -> bytes:

@@ -37,9 +37,9 @@ def reference_ctr(key: bytes, iv: bytes, data: bytes) -> bytes:
 
 
 @contextlib.contextmanager
-def chosen(gcm: bool) -> Iterator[None]:
+def chosen(name: str) -> Iterator[None]:
     saved = ctr._choice
-    ctr.decide(gcm, "test")
+    ctr.decide(name, "test")
     try:
         yield
     finally:
@@ -48,13 +48,13 @@ def chosen(gcm: bool) -> Iterator[None]:
 
 @pytest.fixture
 def force_gcm() -> Iterator[None]:
-    with chosen(True):
+    with chosen("gcm"):
         yield
 
 
 @pytest.fixture
 def force_ctr() -> Iterator[None]:
-    with chosen(False):
+    with chosen("ctr"):
         yield
 
 
@@ -169,12 +169,23 @@ def test_bad_arguments_are_refused() -> None:
             ctr.CtrStream(bytes(32), bytes(16), context_bytes=bad)
 
 
-@pytest.mark.parametrize(("value", "gcm"), [("0", False), ("1", True)])
-def test_the_environment_decides_without_measuring(value: str, gcm: bool) -> None:
+@pytest.mark.parametrize("value", ["native", "gcm", "ctr"])
+def test_the_environment_decides_without_measuring(value: str) -> None:
     code = "from mtproxy.protocol import ctr; print(ctr.keystream_choice())"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MTPROXY_GCM_KEYSTREAM": value},
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MTPROXY_KEYSTREAM": value},
                          capture_output=True, text=True, check=True, timeout=60).stdout
-    assert out.strip() == repr((gcm, f"MTPROXY_GCM_KEYSTREAM={value}"))
+    if value == "native" and ctr.NATIVE_LIBRARY is None:
+        assert out.startswith("('ctr', 'native: not built here")
+    else:
+        assert out.strip() == repr((value, f"MTPROXY_KEYSTREAM={value}"))
+
+
+def test_an_unknown_keystream_name_is_refused(undecided: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MTPROXY_KEYSTREAM", "fast")
+    with pytest.raises(ValueError, match="MTPROXY_KEYSTREAM must be one of native, gcm, ctr, not 'fast'"):
+        ctr.keystream_choice()
+    with pytest.raises(ValueError, match="unknown keystream"):
+        ctr.decide("aes", "test")
 
 
 def test_the_timing_is_gcm_over_ctr_best_of_alternating_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,7 +200,7 @@ def test_the_timing_is_gcm_over_ctr_best_of_alternating_rounds(monkeypatch: pyte
 def undecided(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     saved = ctr._choice
     ctr._choice = None
-    monkeypatch.delenv("MTPROXY_GCM_KEYSTREAM", raising=False)
+    monkeypatch.delenv("MTPROXY_KEYSTREAM", raising=False)
     yield
     ctr._choice = saved
 
@@ -197,15 +208,33 @@ def undecided(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.mark.parametrize(("ratio", "gcm"), [(0.45, True), (0.79, True), (0.81, False), (1.3, False)])
 def test_gcm_is_chosen_only_when_clearly_faster(undecided: None, monkeypatch: pytest.MonkeyPatch, ratio: float,
                                                 gcm: bool) -> None:
+    monkeypatch.setattr(ctr, "NATIVE_LIBRARY", None)  # as on a machine without the native library
     monkeypatch.setattr(ctr, "_gcm_time_over_ctr", lambda: ratio)
-    assert ctr.keystream_choice() == (gcm, f"measured: GCM takes {ratio:.2f}x the time of CTR")
+    name, why = ctr.keystream_choice()
+    assert name == ("gcm" if gcm else "ctr")
+    assert f"GCM takes {ratio:.2f}x the time of CTR" in why or f"it takes {ratio:.2f}x the time of CTR" in why
+
+
+def test_the_native_library_comes_first_when_it_passes(undecided: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    if ctr.NATIVE_LIBRARY is None:
+        pytest.skip("the native library is not built here")
+    monkeypatch.setattr(ctr, "_gcm_time_over_ctr", lambda: pytest.fail("GCM need not be timed"))
+    assert ctr.keystream_choice() == ("native", "the native library passed its self-test")
+
+
+def test_a_native_library_that_fails_its_self_test_is_never_used(undecided: None,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MTPROXY_KEYSTREAM", "native")
+    monkeypatch.setattr(ctr, "NativeCtr", lambda key, iv: ctr.CtrStream(key, bytes(16)))  # a wrong keystream
+    name, why = ctr.keystream_choice()
+    assert name == "ctr" and why.startswith("native: ")
 
 
 def test_a_gcm_that_fails_the_self_test_is_never_used(undecided: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MTPROXY_GCM_KEYSTREAM", "1")
+    monkeypatch.setenv("MTPROXY_KEYSTREAM", "gcm")
     monkeypatch.setattr(ctr, "gcm_iv_for", lambda key, counter: bytes(16))  # as if OpenSSL's GCM differed
-    gcm, why = ctr.keystream_choice()
-    assert not gcm and "self-test" in why
+    name, why = ctr.keystream_choice()
+    assert name == "ctr" and why == "gcm: GCM's keystream is not AES-CTR's"
 
 
 def test_a_new_context_every_context_bytes(force_gcm: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -239,8 +268,8 @@ def test_threads_sharing_the_libcrypto_divider_get_their_own_answers() -> None:
 
 
 def test_a_fixed_choice_replaces_the_measurement(force_gcm: None) -> None:
-    ctr.decide(False, "load side")
-    assert ctr.keystream_choice() == (False, "load side")
+    ctr.decide("ctr", "load side")
+    assert ctr.keystream_choice() == ("ctr", "load side")
     stream = ctr.CtrStream(os.urandom(32), os.urandom(16), accelerate_after=0)
     stream.update(bytes(100))
     assert not stream.on_gcm

@@ -1,6 +1,12 @@
-"""AES-256-CTR streams that switch to OpenSSL's AES-GCM code once they carry bulk.
+"""AES-256-CTR streams: the native library where it runs, else OpenSSL's CTR, switching to OpenSSL's AES-GCM
+code once a stream carries bulk where that is faster.
 
-Why: the relay runs two CTR passes over every uploaded byte. OpenSSL encrypts CTR with AES-NI (about
+`new_stream` gives the chosen kind; `transform_upload` is the relay's upload step. The native library
+(`native.py`) is preferred wherever it is built and passes its self-test: it gathers fake-TLS payloads
+and runs both upload passes in one walk, and starts a stream for ~1 µs. The rest of this module is the
+OpenSSL path.
+
+Why the GCM keystream: the relay runs two CTR passes over every uploaded byte. OpenSSL encrypts CTR with AES-NI (about
 0.13 s/GB on this project's reference machine) but GCM with VAES where the CPU has it (about 0.07 s/GB,
 GHASH included). GCM encryption *is* CTR encryption, except that only the low 32 bits of the counter
 block count (inc32), and its first counter block is inc32(J0), where for a 16-byte IV
@@ -25,7 +31,9 @@ from typing import Final
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from . import aesblock
+from . import aesblock, faketls
+from .native import LIBRARY as NATIVE_LIBRARY
+from .native import NativeCtr, gather_twice, xor_twice
 
 BLOCK: Final = 16
 ACCELERATE_AFTER: Final = 64 * 1024  # bytes a stream carries before it moves to the GCM keystream
@@ -35,7 +43,9 @@ NEVER: Final = 1 << 62
 
 _LOW32: Final = 0xFFFFFFFF
 _COUNTER_SPACE: Final = 1 << 128
-_ENV = "MTPROXY_GCM_KEYSTREAM"  # "0": plain CTR, "1": GCM without the timing (the self-test still runs)
+KEYSTREAMS: Final = ("native", "gcm", "ctr")
+# names one of KEYSTREAMS instead of choosing; its self-test still runs, and plain CTR takes over on a failure
+_ENV = "MTPROXY_KEYSTREAM"
 
 
 # ---------------------------------------------------------------------------------------------- GF(2^128)
@@ -155,34 +165,83 @@ def gcm_iv_for(key: bytes, counter_block: bytes) -> bytes:
 # ----------------------------------------------------------------------------------- which one is faster
 
 _GCM_WINS_BELOW: Final = 0.8  # GCM's time over CTR's on the same bytes; it must clearly win
-_choice: tuple[bool, str] | None = None
+_choice: tuple[str, str] | None = None
 
 
-def keystream_choice() -> tuple[bool, str]:
-    """(use GCM, why), decided once per process (a forked worker inherits it): does the GCM keystream work
-    on the running OpenSSL, and is it clearly faster than CTR here? `MTPROXY_GCM_KEYSTREAM` = 0 or 1
-    replaces the timing, not the self-test."""
+def keystream_choice() -> tuple[str, str]:
+    """(one of KEYSTREAMS, why), decided once per process (a forked worker inherits it): the native library
+    if it is here and passes its self-test, else the GCM keystream if it passes its own and is clearly
+    faster than CTR on this machine, else plain CTR. `MTPROXY_KEYSTREAM` names one instead; a name that
+    fails its self-test still gets plain CTR."""
     global _choice
     if _choice is None:
-        forced = os.environ.get(_ENV)
-        try:
-            _self_test()
-        except Exception as exc:  # whatever OpenSSL or cryptography refuses, plain CTR still works
-            _choice = (False, f"the GCM keystream failed its self-test: {exc!r}")
-        else:
-            if forced in ("0", "1"):
-                _choice = (forced == "1", f"{_ENV}={forced}")
-            else:
-                ratio = _gcm_time_over_ctr()
-                _choice = (ratio < _GCM_WINS_BELOW, f"measured: GCM takes {ratio:.2f}x the time of CTR")
+        forced = os.environ.get(_ENV, "")
+        if forced and forced not in KEYSTREAMS:
+            raise ValueError(f"{_ENV} must be one of {', '.join(KEYSTREAMS)}, not {forced!r}")
+        _choice = _choose(forced)
     return _choice
 
 
-def decide(gcm: bool, why: str) -> None:
-    """Fix the choice instead of measuring it (the load tool keeps its own side on plain CTR, so that
+def _choose(forced: str) -> tuple[str, str]:
+    if forced == "ctr":
+        return "ctr", f"{_ENV}=ctr"
+    failures: list[str] = []
+    for name in [forced] if forced else ["native", "gcm"]:
+        try:
+            (_native_self_test if name == "native" else _self_test)()
+        except Exception as exc:  # whatever the library, OpenSSL or cryptography refuses, plain CTR works
+            failures.append(f"{name}: {exc}")
+            continue
+        if forced:
+            return name, f"{_ENV}={name}"
+        if name == "gcm":
+            ratio = _gcm_time_over_ctr()
+            if ratio >= _GCM_WINS_BELOW:
+                failures.append(f"gcm: measured, it takes {ratio:.2f}x the time of CTR")
+                continue
+            return name, f"measured: GCM takes {ratio:.2f}x the time of CTR"
+        return name, "the native library passed its self-test"
+    return "ctr", "; ".join(failures)
+
+
+def decide(name: str, why: str) -> None:
+    """Fix the choice instead of making it (the load tool keeps its own side on plain CTR, so that
     comparing two engines measures the engines alone)."""
     global _choice
-    _choice = (gcm, why)
+    if name not in KEYSTREAMS:
+        raise ValueError(f"unknown keystream {name!r}")
+    _choice = (name, why)
+
+
+def _native_self_test() -> None:
+    """The native library against OpenSSL's CTR: a stream crossing the 64-bit and the 128-bit counter
+    carries in uneven pieces, both passes at once, and a gathered run of records."""
+    if NATIVE_LIBRARY is None:
+        raise RuntimeError("not built here, or this CPU lacks AES-NI, AVX2 or VAES")
+    key, other = bytes(range(32)), bytes(range(32, 64))
+    for top in (b"\x01" * 8, b"\xff" * 8):
+        iv = top + b"\xff" * 7 + b"\xf0"  # 16 blocks before the low 64 bits carry (or all 128 do)
+        data = bytes(range(256)) * 4 + b"tail"
+        expected = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor().update(data)
+        stream, got = NativeCtr(key, iv), bytearray()
+        for piece in (data[:7], data[7:300], data[300:301], data[301:]):
+            got += stream.update(piece)
+        if got != expected:
+            raise ValueError("its keystream is not AES-CTR's")
+        twice = Cipher(algorithms.AES(other), modes.CTR(iv)).encryptor().update(expected)
+        buf = bytearray(data)
+        xor_twice(NativeCtr(key, iv), NativeCtr(other, iv), buf, len(buf))
+        if buf != twice:
+            raise ValueError("its two-pass walk is not two AES-CTR passes")
+        records = faketls.wrap_records(data, 100)
+        buf = bytearray(records)
+        stride = faketls.RECORD_HEADER_SIZE + 100
+        count = len(data) // 100
+        layout = (0, 0, stride, 100, count, count * stride, len(records) - count * stride - 5)
+        buf[layout[5] : layout[5] + layout[6]] = records[count * stride + 5 :]
+        n = gather_twice(NativeCtr(key, iv), NativeCtr(other, iv), buf, layout)
+        if buf[:n] != twice:
+            raise ValueError("its record gather is not two AES-CTR passes over the payload")
 
 
 def _self_test() -> None:
@@ -274,7 +333,7 @@ class CtrStream:
         blocks, skip = divmod(position, BLOCK)
         counter = (self._iv + blocks) % _COUNTER_SPACE
         iv = None
-        if self.on_gcm or keystream_choice()[0]:  # a stream on GCM stays there: its CTR context is gone
+        if self.on_gcm or keystream_choice()[0] == "gcm":  # a stream on GCM stays there: its CTR context is gone
             try:
                 iv = gcm_iv_for(self._key, counter.to_bytes(BLOCK, "big"))
             except ZeroDivisionError:  # H = AES_K(0) is 0 (odds 2^-128, never after a first GCM context)
@@ -290,3 +349,35 @@ class CtrStream:
             to_wrap = ((1 << 32) - (counter & _LOW32)) * BLOCK - skip  # bytes until the low 32 bits wrap
             self._budget = min(to_wrap, self._context_bytes - skip)
         self._end = position + self._budget
+
+
+Keystream = CtrStream | NativeCtr
+# where a read's payload lies in the receive buffer: faketls.TlsRecordReader.layout
+Layout = tuple[int, int, int, int, int, int, int]
+
+
+def new_stream(key: bytes, iv: bytes) -> Keystream:
+    """An AES-256-CTR stream of the kind `keystream_choice` picked."""
+    if keystream_choice()[0] == "native":
+        return NativeCtr(key, iv)
+    return CtrStream(key, iv)
+
+
+def plain_layout(n: int) -> Layout:
+    """The layout of `n` payload bytes at the front of the buffer (no records)."""
+    return (n, n, 0, 0, 0, n, 0)
+
+
+def transform_upload(from_client: Keystream, to_dc: Keystream, buf: bytearray, layout: Layout) -> int:
+    """The relay's upload step: decrypt the client's payload, found in `buf` where `layout` says, and
+    re-encrypt it for the DC. It ends at buf[:n]; returns n."""
+    if isinstance(from_client, NativeCtr) and isinstance(to_dc, NativeCtr):
+        if layout[4]:
+            return gather_twice(from_client, to_dc, buf, layout)
+        xor_twice(from_client, to_dc, buf, layout[0])
+        return layout[0]
+    payload = faketls.gather(memoryview(buf), layout)
+    n = len(payload)
+    from_client.update_into(payload, buf)
+    to_dc.update_into(memoryview(buf)[:n], buf)
+    return n

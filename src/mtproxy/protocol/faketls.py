@@ -224,6 +224,20 @@ _Gatherer = Callable[[memoryview], tuple[memoryview, ...]]
 _gatherers: dict[int, list[_Gatherer]] = {}
 
 
+def gather(view: memoryview, layout: tuple[int, int, int, int, int, int, int]) -> bytes | memoryview:
+    """The payload `TlsRecordReader.layout` found in `view`, contiguous: a prefix of `view` when nothing
+    needs gathering, else a new bytes object."""
+    head, first_record, stride, length, count, tail_start, tail_len = layout
+    if not count:
+        return view[:head]
+    payloads = _gather(view[first_record : first_record + count * stride], length, count)
+    if tail_len:
+        payloads.append(view[tail_start : tail_start + tail_len])
+    if head:
+        payloads.insert(0, view[:head])
+    return b"".join(payloads)
+
+
 def _gather(run: memoryview, length: int, count: int) -> list[memoryview]:
     """The payloads of `count` back-to-back records of `length` in `run`. Slicing record by record costs a
     Python step each; an itemgetter of precomputed slices takes a whole block in one C call. Blocks are
@@ -267,33 +281,39 @@ class TlsRecordReader:
         return bytes(self.payload(memoryview(bytearray(data))))
 
     def payload(self, view: memoryview) -> bytes | memoryview:
-        """The payload carried by the raw bytes in `view` (which it may overwrite), for the relay. Clients cut
-        a bulk write into records of one size, so a run of equal records is checked with five strided
-        compares (every header at once) and gathered with one join; anything else is compacted in place
-        and returned as a prefix of `view`. Raises TlsFormatError like `unwrap`."""
+        """The payload carried by the raw bytes in `view` (which it may overwrite). Raises TlsFormatError
+        like `unwrap`."""
+        return gather(view, self.layout(view))
+
+    def layout(self, view: memoryview) -> tuple[int, int, int, int, int, int, int]:
+        """Where the payload carried by the raw bytes in `view` lies, as (head, first_record, stride,
+        length, count, tail_start, tail_len): view[:head], then `count` records of `length` payload bytes
+        whose headers start at `first_record`, `stride` apart, then view[tail_start:tail_start+tail_len]
+        (see `gather`). Clients cut a bulk write into records of one size, so a run of equal records is
+        checked with five strided compares (every header at once) and left where it is; anything else is
+        compacted in place (head only). `view` may be overwritten. Raises TlsFormatError like `unwrap`."""
         n = len(view)
         head = self._remaining
         if self._header or self._ccs_body_due or n - head < 2 * (RECORD_HEADER_SIZE + 1):
-            return view[: self._compact(view)]
+            compacted = self._compact(view)
+            return (compacted, compacted, 0, 0, 0, compacted, 0)
         length = view[head + 3] << 8 | view[head + 4]
         stride = RECORD_HEADER_SIZE + length
         count = (n - head) // stride
         if count < _GATHER_FROM or not 0 < length <= MAX_CLIENT_RECORD:  # few records: compacting is cheaper
-            return view[: self._compact(view)]
+            compacted = self._compact(view)
+            return (compacted, compacted, 0, 0, 0, compacted, 0)
         end = head + count * stride
         header = APPLICATION_DATA + bytes(view[head + 3 : head + 5])
         run = view[head:end]
         for i in range(RECORD_HEADER_SIZE):
             if run[i::stride] != header[i : i + 1] * count:
-                return view[: self._compact(view)]
+                compacted = self._compact(view)
+                return (compacted, compacted, 0, 0, 0, compacted, 0)
         self._remaining = 0
         self._ccs_allowed = False
-        payloads = _gather(run, length, count)
-        if end < n:
-            payloads.append(view[end : end + self._compact(view[end:])])
-        if head:
-            payloads.insert(0, view[:head])
-        return b"".join(payloads)
+        tail = self._compact(view[end:]) if end < n else 0
+        return (head, head, stride, length, count, end, tail)
 
     def _compact(self, view: memoryview) -> int:
         """Move the payload carried by the raw bytes in `view` to its start and return its length."""

@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from . import faketls, obfs2
-from .ctr import CtrStream
+from .ctr import Keystream
 from .errors import RejectReason
 from .replay import ReplayFilter
 from .secret import Secret
@@ -86,7 +86,7 @@ class Session:
     tag: bytes
     dc_id: int
     fake_tls: bool
-    from_client: CtrStream = field(repr=False)  # positioned after the 64-byte init
+    from_client: Keystream = field(repr=False)  # positioned after the 64-byte init
     to_client_keys: obfs2.StreamKeys = field(repr=False)
     pending: bytes = field(repr=False)  # obfuscated stream bytes that followed the init, still encrypted
     tls_reader: faketls.TlsRecordReader | None = field(default=None, repr=False)

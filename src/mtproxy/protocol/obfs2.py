@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import aesblock
-from .ctr import CtrStream
+from .ctr import Keystream, new_stream
 from .errors import ProtocolError
 
 INIT_SIZE = 64
@@ -41,9 +41,9 @@ class StreamKeys:
     def __repr__(self) -> str:
         return "StreamKeys(<hidden>)"
 
-    def new_cipher(self) -> CtrStream:
+    def new_cipher(self) -> Keystream:
         # CTR is symmetric: the same stream encrypts and decrypts.
-        return CtrStream(self.key, self.iv)
+        return new_stream(self.key, self.iv)
 
 
 def derive_keys(init: bytes, secret_key: bytes | None) -> tuple[StreamKeys, StreamKeys]:
@@ -99,7 +99,7 @@ class DecodedInit:
 
     tag: bytes
     dc_id: int
-    from_initiator: CtrStream  # positioned after the 64 init bytes
+    from_initiator: Keystream  # positioned after the 64 init bytes
     to_initiator: StreamKeys
 
 
@@ -120,7 +120,7 @@ class BuiltInit:
     """An init as an initiator sends it, with both stream keys."""
 
     wire: bytes
-    to_acceptor: CtrStream  # positioned after the 64 init bytes
+    to_acceptor: Keystream  # positioned after the 64 init bytes
     from_acceptor: StreamKeys
 
 
@@ -158,9 +158,9 @@ class DcLink:
     """The proxy's header towards a DC and the ciphers of that leg."""
 
     header: bytes
-    to_dc: CtrStream  # positioned after the header
-    from_dc: CtrStream | None  # None in fast mode: the DC already encrypts for the client
-    to_client: CtrStream | None  # None in fast mode
+    to_dc: Keystream  # positioned after the header
+    from_dc: Keystream | None  # None in fast mode: the DC already encrypts for the client
+    to_client: Keystream | None  # None in fast mode
 
 
 def dc_link(

@@ -8,8 +8,8 @@ import logging
 from typing import TYPE_CHECKING, cast
 
 from mtproxy.config import HostPort
-from mtproxy.protocol import faketls, obfs2
-from mtproxy.protocol.ctr import CtrStream
+from mtproxy.protocol import ctr, faketls, obfs2
+from mtproxy.protocol.ctr import Keystream
 from mtproxy.protocol.errors import RejectReason
 from mtproxy.protocol.handshake import Authenticated, Handshake, NeedMore, Rejected, SecretTable, Session
 
@@ -67,8 +67,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._handshake: Handshake | None = None
         self._table: SecretTable | None = None
         self._tls_reader: faketls.TlsRecordReader | None = None
-        self._from_client: CtrStream  # both set when the DC leg opens, before any relaying
-        self._to_dc: CtrStream
+        self._from_client: Keystream  # both set when the DC leg opens, before any relaying
+        self._to_dc: Keystream
         self._eof_in = False  # client sent EOF
         self._eof_out = False  # upstream sent EOF
         self._answered = False
@@ -305,26 +305,24 @@ class ClientConnection(asyncio.BufferedProtocol):
     # ----------------------------------------------------------------- relay
 
     def _relay_to_dc(self, data: memoryview) -> None:
-        """`data` is a view of the receive buffer; both AES passes land in that buffer."""
+        """`data` is a view of the receive buffer; the payload is decrypted and re-encrypted in that buffer."""
         up = self.upstream
         assert up is not None and up.transport is not None
-        payload: bytes | memoryview = data
         if self._tls_reader is not None:
             try:
-                payload = self._tls_reader.payload(data)  # a prefix of `data`, or gathered bytes
+                layout = self._tls_reader.layout(data)
             except faketls.TlsFormatError:
                 log.info("client %s broke TLS framing; closing", self.peer[0])
                 self.close()
                 return
-        n = len(payload)
-        if not n:
-            return
+        else:
+            layout = ctr.plain_layout(len(data))
         buffers = self._buffers
         buf = buffers.recv
-        self._from_client.update_into(payload, buf)
-        out = memoryview(buf)[:n]
-        self._to_dc.update_into(out, buf)
-        up.transport.write(out)
+        n = ctr.transform_upload(self._from_client, self._to_dc, buf, layout)
+        if not n:
+            return
+        up.transport.write(memoryview(buf)[:n])
         if up.transport.get_write_buffer_size():
             buffers.lent_recv()
         self.server.count_in(self, n)

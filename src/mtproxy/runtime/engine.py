@@ -31,6 +31,11 @@ from .shared import SharedState
 from .workers import Supervisor, worker_listen
 
 log = logging.getLogger("mtproxy")
+_KEYSTREAM_NAMES = {
+    "native": "the native library (VAES)",
+    "gcm": "OpenSSL's AES-GCM keystream",
+    "ctr": "OpenSSL's AES-CTR",
+}
 
 
 class StartupError(Exception):
@@ -107,8 +112,11 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
     if not initial.entries:
         log.warning("no active secret: every connection goes to the mask until the secrets file gets one")
 
-    gcm, why = ctr.keystream_choice()  # before forking: every worker inherits the decision
-    log.info("bulk AES-CTR runs on %s (%s)", "the AES-GCM keystream" if gcm else "plain AES-CTR", why)
+    try:
+        keystream, why = ctr.keystream_choice()  # before forking: every worker inherits the decision
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    log.info("AES-CTR runs on %s (%s)", _KEYSTREAM_NAMES[keystream], why)
 
     if cfg.workers == 1:
         sockets = bind_all(cfg.listen, reuse_port=False)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, TypeVar, cast
 
 from mtproxy.config import HostPort
 from mtproxy.protocol import faketls
-from mtproxy.protocol.ctr import CtrStream
+from mtproxy.protocol.ctr import Keystream
 from mtproxy.protocol.obfs2 import DcLink
 
 from . import rawrelay
@@ -109,8 +109,8 @@ class DcProtocol(_Leg):
 
     def __init__(self, client: ClientConnection) -> None:
         super().__init__(client)
-        self._from_dc: CtrStream | None = None
-        self._to_client: CtrStream | None = None
+        self._from_dc: Keystream | None = None
+        self._to_client: Keystream | None = None
         self._tls = False
         self._relayed = 0  # DC->client bytes through the transport, until a raw relay takes over
         self.raw: rawrelay.SpliceRelay | rawrelay.RecordRelay | None = None

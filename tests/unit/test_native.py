@@ -1,0 +1,143 @@
+"""The native AES-256-CTR library against OpenSSL's CTR (through `cryptography`): any counter, any chunking,
+both passes in one walk, and the fake-TLS gather, reached the way the relay reaches it."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mtproxy.protocol import ctr, faketls, native
+
+needs_library = pytest.mark.skipif(native.LIBRARY is None, reason="the native library is not built here")
+
+# counters just before a carry out of the low 64 bits, or out of all 128, and anywhere
+COUNTERS = st.one_of(
+    st.integers(0, (1 << 128) - 1),
+    st.tuples(st.integers(0, (1 << 64) - 1), st.integers(0, 40)).map(lambda t: (t[0] << 64) | ((1 << 64) - 1 - t[1])),
+    st.integers(0, 40).map(lambda k: (1 << 128) - 1 - k),
+)
+CHUNKS = st.lists(st.integers(0, 700), min_size=1, max_size=12)
+
+
+def reference(key: bytes, counter: int, data: bytes, skip: int = 0) -> bytes:
+    """OpenSSL's CTR keystream from `skip` bytes into the stream, XORed onto `data`."""
+    out = Cipher(algorithms.AES(key), modes.CTR(counter.to_bytes(16, "big"))).encryptor().update(bytes(skip) + data)
+    return out[skip:]
+
+
+def cpu_has(*flags: str) -> bool:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    line = next((row for row in text.splitlines() if row.startswith("flags")), "")
+    return set(flags) <= set(line.split())
+
+
+def test_the_library_is_built_where_it_can_be() -> None:
+    """pip builds it when cargo is there; on a CPU that can run it, it must then load (else the relay
+    silently runs the slower path: this is what catches a broken build)."""
+    if shutil.which("cargo") is None or not cpu_has("aes", "avx2", "vaes"):
+        pytest.skip("no cargo, or the CPU lacks AES-NI, AVX2 or VAES")
+    assert native.LIBRARY is not None
+
+
+@needs_library
+@settings(max_examples=300, deadline=None)
+@given(key=st.binary(min_size=32, max_size=32), counter=COUNTERS, chunks=CHUNKS)
+def test_one_stream_is_openssl_ctr(key: bytes, counter: int, chunks: list[int]) -> None:
+    data = os.urandom(sum(chunks))
+    stream = native.NativeCtr(key, counter.to_bytes(16, "big"))
+    got, at = bytearray(), 0
+    for i, size in enumerate(chunks):
+        piece = data[at : at + size]
+        if i % 3 == 0:
+            got += stream.update(piece)  # read-only input
+        elif i % 3 == 1:
+            out = bytearray(size + 3)
+            assert stream.update_into(bytearray(piece), memoryview(out)[1:]) == size  # another buffer
+            got += out[1 : 1 + size]
+        else:
+            buf = bytearray(piece)
+            stream.update_into(buf, buf)  # in place
+            got += buf
+        at += size
+    assert bytes(got) == reference(key, counter, data)
+
+
+@needs_library
+@settings(max_examples=300, deadline=None)
+@given(keys=st.tuples(st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32)),
+       counters=st.tuples(COUNTERS, COUNTERS), lead=st.tuples(st.integers(0, 40), st.integers(0, 40)), chunks=CHUNKS)
+def test_two_passes_in_one_walk(keys: tuple[bytes, bytes], counters: tuple[int, int], lead: tuple[int, int],
+                                chunks: list[int]) -> None:
+    """Streams already `lead` bytes in: at the same offset within a block they share the walk, at
+    different offsets they take turns; either way the result is two CTR passes."""
+    streams = [native.NativeCtr(k, c.to_bytes(16, "big")) for k, c in zip(keys, counters, strict=True)]
+    for stream, skip in zip(streams, lead, strict=True):
+        stream.update(bytes(skip))
+    data = os.urandom(sum(chunks))
+    got, at = bytearray(), 0
+    for size in chunks:
+        buf = bytearray(data[at : at + size] + b"slack")
+        native.xor_twice(streams[0], streams[1], buf, size)
+        assert buf[size:] == b"slack"
+        got += buf[:size]
+        at += size
+    once = reference(keys[0], counters[0], data, lead[0])
+    assert bytes(got) == reference(keys[1], counters[1], once, lead[1])
+
+
+def _reads(wire: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(wire)) for c in cuts} | {0, len(wire)})
+    return [wire[a:b] for a, b in itertools.pairwise(points)]
+
+
+@needs_library
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.tuples(st.sampled_from([1, 17, 2878, 5000, 16384]), st.integers(1, 30)), min_size=1,
+                        max_size=4),
+       cuts=st.lists(st.integers(0, 400_000), max_size=8), key_seed=st.binary(min_size=64, max_size=64))
+def test_the_fake_tls_upload_step_matches_openssl(lengths: list[tuple[int, int]], cuts: list[int],
+                                                  key_seed: bytes) -> None:
+    """The relay's upload step, `ctr.transform_upload`, over any cut of a record stream: the native walk
+    (gathering runs of equal records) gives what OpenSSL's CTR gives on the Python gather."""
+    payload_parts = [os.urandom(length * count) for length, count in lengths]
+    wire = b"".join(faketls.wrap_records(part, length) for part, (length, _) in zip(payload_parts, lengths,
+                                                                                       strict=True))
+    keys = (key_seed[:32], key_seed[32:])
+    ivs = (key_seed[:16], key_seed[16:32])
+    results = []
+    for make in (native.NativeCtr, ctr.CtrStream):
+        reader = faketls.TlsRecordReader()
+        first, second = make(keys[0], ivs[0]), make(keys[1], ivs[1])
+        out = bytearray()
+        for piece in _reads(wire, cuts):
+            buf = bytearray(piece) + bytearray(16)
+            layout = reader.layout(memoryview(buf)[: len(piece)])
+            n = ctr.transform_upload(first, second, buf, layout)
+            out += buf[:n]
+        results.append(bytes(out))
+    assert results[0] == results[1]
+    assert results[0] == reference(keys[1], int.from_bytes(ivs[1], "big"),
+                                   reference(keys[0], int.from_bytes(ivs[0], "big"), b"".join(payload_parts)))
+
+
+@needs_library
+def test_bad_input_is_refused_before_the_library_sees_it() -> None:
+    with pytest.raises(ValueError, match="32-byte key"):
+        native.NativeCtr(bytes(16), bytes(16))
+    with pytest.raises(ValueError, match="16-byte counter"):
+        native.NativeCtr(bytes(32), bytes(8))
+    stream = native.NativeCtr(bytes(32), bytes(16))
+    with pytest.raises(ValueError, match="smaller than the input"):
+        stream.update_into(bytes(100), bytearray(99))
+    other = native.NativeCtr(bytes(32), bytes(16))
+    buf = bytearray(1000)
+    for layout in [(0, 0, 105, 100, 10, 1000, 20), (0, 0, 105, 100, 10, 900, 0), (50, 40, 105, 100, 1, 200, 0)]:
+        with pytest.raises(ValueError, match="does not fit"):
+            native.gather_twice(stream, other, buf, layout)
