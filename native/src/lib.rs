@@ -306,14 +306,18 @@ pub unsafe extern "C" fn mtp_ctr_xor2(
 /// `first_record`, `stride` bytes apart, then `buf[tail_start..tail_start + tail_len]`. It lands at
 /// `buf[..head + count * length + tail_len]`. The caller has checked the record headers.
 ///
+/// Returns -2, touching nothing, unless every range lies within `buf_len` bytes and the payload only
+/// moves toward the front: `head <= first_record`, `length + 5 <= stride`, the records end by
+/// `tail_start`.
+///
 /// # Safety
-/// As `mtp_ctr_xor2`; every range above within `buf`, with `head <= first_record`, records at or past
-/// the head, and `tail_start` at or past the last record's end.
+/// As `mtp_ctr_xor2`; `buf` writable for `buf_len` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn mtp_gather_xor2(
     first: *mut u8,
     second: *mut u8,
     buf: *mut u8,
+    buf_len: usize,
     head: usize,
     first_record: usize,
     stride: usize,
@@ -324,6 +328,20 @@ pub unsafe extern "C" fn mtp_gather_xor2(
 ) -> i32 {
     if !cpu_ok() {
         return -1;
+    }
+    let records_end = count.checked_mul(stride).and_then(|r| r.checked_add(first_record));
+    let tail_end = tail_start.checked_add(tail_len);
+    let fits = match (records_end, tail_end) {
+        (Some(records_end), Some(tail_end)) => {
+            head <= first_record
+                && (count == 0 || length.checked_add(RECORD_HEADER).is_some_and(|l| l <= stride))
+                && records_end <= tail_start
+                && tail_end <= buf_len
+        }
+        _ => false,
+    };
+    if !fits {
+        return -2;
     }
     let mut a = Stream::load(first);
     let mut b = Stream::load(second);

@@ -60,6 +60,7 @@ def test_one_stream_is_openssl_ctr(key: bytes, counter: int, chunks: list[int]) 
         elif i % 3 == 1:
             out = bytearray(size + 3)
             assert stream.update_into(bytearray(piece), memoryview(out)[1:]) == size  # another buffer
+            assert out[0] == 0 and out[1 + size :] == bytes(2)  # nothing written outside
             got += out[1 : 1 + size]
         else:
             buf = bytearray(piece)
@@ -120,11 +121,72 @@ def test_the_fake_tls_upload_step_matches_openssl(lengths: list[tuple[int, int]]
             buf = bytearray(piece) + bytearray(16)
             layout = reader.layout(memoryview(buf)[: len(piece)])
             n = ctr.transform_upload(first, second, buf, layout)
+            assert buf[len(piece) :] == bytes(16)
             out += buf[:n]
         results.append(bytes(out))
     assert results[0] == results[1]
     assert results[0] == reference(keys[1], int.from_bytes(ivs[1], "big"),
                                    reference(keys[0], int.from_bytes(ivs[0], "big"), b"".join(payload_parts)))
+
+
+@needs_library
+@settings(max_examples=300, deadline=None)
+@given(keys=st.tuples(st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32)),
+       counters=st.tuples(COUNTERS, COUNTERS), lead=st.tuples(st.integers(0, 40), st.integers(0, 40)),
+       head=st.integers(0, 50), gap=st.integers(0, 20), length=st.integers(1, 300), spare=st.integers(0, 9),
+       count=st.integers(0, 12), tail_gap=st.integers(0, 20), tail=st.integers(0, 60))
+def test_a_gather_of_any_layout_is_two_passes_over_its_payload(
+        keys: tuple[bytes, bytes], counters: tuple[int, int], lead: tuple[int, int], head: int, gap: int,
+        length: int, spare: int, count: int, tail_gap: int, tail: int) -> None:
+    """Any layout the library accepts, beyond the ones the reader makes: records after a gap, slots
+    wider than their records, streams at different offsets within a block (they take turns then, and
+    the second pass works on the gathered bytes)."""
+    streams = [native.NativeCtr(k, c.to_bytes(16, "big")) for k, c in zip(keys, counters, strict=True)]
+    for stream, skip in zip(streams, lead, strict=True):
+        stream.update(bytes(skip))
+    stride = length + native.RECORD_HEADER + spare
+    first_record = head + gap
+    tail_start = first_record + count * stride + tail_gap
+    buf = bytearray(os.urandom(tail_start + tail) + bytes(16))
+    payload = bytes(buf[:head]) + b"".join(
+        bytes(buf[first_record + i * stride + 5 : first_record + i * stride + 5 + length]) for i in range(count)
+    ) + bytes(buf[tail_start : tail_start + tail])
+    n = native.gather_twice(streams[0], streams[1], buf, (head, first_record, stride, length, count, tail_start, tail))
+    once = reference(keys[0], counters[0], payload, lead[0])
+    assert n == len(payload)
+    assert buf[:n] == reference(keys[1], counters[1], once, lead[1])
+    assert buf[tail_start + tail :] == bytes(16)
+
+
+@needs_library
+@pytest.mark.parametrize("layout", [
+    (0, 0, 105, 100, 10, 1000, 20),  # the tail runs past the buffer
+    (0, 0, 105, 100, 10, 900, 0),  # the records run past the tail
+    (50, 40, 105, 100, 1, 200, 0),  # the head runs into the first record
+    (0, 0, 50, 100, 8, 400, 0),  # records longer than their slots: output would overtake input
+    (0, 0, 10, 1_000_000, 1, 10, 0),  # the same, reaching far past the buffer
+    (-1000, 0, 105, 100, 1, 105, 0),  # negative
+    (0, 0, 105, 100, -1, 0, 0),
+])
+def test_a_layout_outside_the_buffer_is_refused(layout: tuple[int, int, int, int, int, int, int]) -> None:
+    first, second = native.NativeCtr(bytes(32), bytes(16)), native.NativeCtr(bytes(32), bytes(16))
+    buf = bytearray(1000)
+    with pytest.raises(ValueError, match="does not fit"):
+        native.gather_twice(first, second, buf, layout)
+    assert buf == bytearray(1000)
+
+
+@needs_library
+def test_the_library_checks_a_layout_itself() -> None:
+    """Its own check, behind the one in Python: -2 and nothing touched."""
+    assert native.LIBRARY is not None
+    first, second = native.NativeCtr(bytes(32), bytes(16)), native.NativeCtr(bytes(32), bytes(16))
+    buf = bytearray(1000)
+    addr, pin = native.address(buf)
+    for layout in [(0, 0, 10, 1_000_000, 1, 10, 0), (0, 0, 105, 100, 10, 1000, 20), (0, 0, 2**63, 100, 4, 0, 0)]:
+        assert native.LIBRARY.mtp_gather_xor2(first._addr, second._addr, addr, len(buf), *layout) == -2
+    del pin
+    assert buf == bytearray(1000)
 
 
 @needs_library
@@ -137,7 +199,10 @@ def test_bad_input_is_refused_before_the_library_sees_it() -> None:
     with pytest.raises(ValueError, match="smaller than the input"):
         stream.update_into(bytes(100), bytearray(99))
     other = native.NativeCtr(bytes(32), bytes(16))
-    buf = bytearray(1000)
-    for layout in [(0, 0, 105, 100, 10, 1000, 20), (0, 0, 105, 100, 10, 900, 0), (50, 40, 105, 100, 1, 200, 0)]:
-        with pytest.raises(ValueError, match="does not fit"):
-            native.gather_twice(stream, other, buf, layout)
+    for n in (-1, 101):
+        with pytest.raises(ValueError, match="do not fit"):
+            native.xor_twice(stream, other, bytearray(100), n)
+    with pytest.raises(ValueError, match="two streams"):
+        native.xor_twice(stream, stream, bytearray(100), 100)
+    with pytest.raises(ValueError, match="two streams"):
+        native.gather_twice(stream, stream, bytearray(100), (100, 100, 0, 0, 0, 100, 0))

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Final
 
 BLOCK: Final = 16
+RECORD_HEADER: Final = 5  # a TLS record's type, version and length
 _NAME: Final = "_native_aes"
+_STATE_SIZE: Final = 288  # what this module expects of native/src/lib.rs
 
 
 def _open() -> ctypes.CDLL | None:
@@ -25,27 +27,28 @@ def _open() -> ctypes.CDLL | None:
             continue
         try:
             lib = ctypes.CDLL(str(path))
-        except OSError:
-            return None
-        size, vp = ctypes.c_size_t, ctypes.c_void_p
-        lib.mtp_available.restype = ctypes.c_int
-        lib.mtp_available.argtypes = []
-        lib.mtp_state_size.restype = size
-        lib.mtp_state_size.argtypes = []
-        lib.mtp_ctr_init.restype = ctypes.c_int
-        lib.mtp_ctr_init.argtypes = [vp, ctypes.c_char_p, ctypes.c_char_p]
-        lib.mtp_ctr_xor.restype = ctypes.c_int
-        lib.mtp_ctr_xor.argtypes = [vp, vp, vp, size]
-        lib.mtp_ctr_xor2.restype = ctypes.c_int
-        lib.mtp_ctr_xor2.argtypes = [vp, vp, vp, vp, size]
-        lib.mtp_gather_xor2.restype = ctypes.c_int
-        lib.mtp_gather_xor2.argtypes = [vp, vp, vp] + [size] * 7
-        return lib if lib.mtp_available() == 1 else None
+            size, vp = ctypes.c_size_t, ctypes.c_void_p
+            lib.mtp_available.restype = ctypes.c_int
+            lib.mtp_available.argtypes = []
+            lib.mtp_state_size.restype = size
+            lib.mtp_state_size.argtypes = []
+            lib.mtp_ctr_init.restype = ctypes.c_int
+            lib.mtp_ctr_init.argtypes = [vp, ctypes.c_char_p, ctypes.c_char_p]
+            lib.mtp_ctr_xor.restype = ctypes.c_int
+            lib.mtp_ctr_xor.argtypes = [vp, vp, vp, size]
+            lib.mtp_ctr_xor2.restype = ctypes.c_int
+            lib.mtp_ctr_xor2.argtypes = [vp, vp, vp, vp, size]
+            lib.mtp_gather_xor2.restype = ctypes.c_int
+            lib.mtp_gather_xor2.argtypes = [vp, vp, vp] + [size] * 8
+        except (OSError, AttributeError):  # not loadable here, or a stale build without these functions
+            continue
+        if lib.mtp_available() == 1 and lib.mtp_state_size() == _STATE_SIZE:
+            return lib
     return None
 
 
 LIBRARY: Final = _open()  # None: not built here, or this CPU lacks what it needs
-STATE_SIZE: Final = LIBRARY.mtp_state_size() if LIBRARY is not None else 0
+STATE_SIZE: Final = _STATE_SIZE
 
 
 def address(buf: bytearray | memoryview) -> tuple[int, ctypes.Array[ctypes.c_char]]:
@@ -55,7 +58,8 @@ def address(buf: bytearray | memoryview) -> tuple[int, ctypes.Array[ctypes.c_cha
 
 
 class NativeCtr:
-    """One AES-256-CTR stream in the native library: the same counting as OpenSSL's CTR mode."""
+    """One AES-256-CTR stream in the native library: the same counting as OpenSSL's CTR mode. Like an
+    OpenSSL context, one thread at a time (ctypes lets go of the GIL during a call)."""
 
     __slots__ = ("_addr", "_state")
 
@@ -94,9 +98,17 @@ class NativeCtr:
         return n
 
 
+def _two_streams(first: NativeCtr, second: NativeCtr) -> None:
+    if first is second:  # the same keystream twice would cancel out and send the bytes in the clear
+        raise ValueError("the two passes need two streams")
+
+
 def xor_twice(first: NativeCtr, second: NativeCtr, buf: bytearray, n: int) -> None:
     """buf[:n] ^= first's keystream ^ second's, in one walk."""
     assert LIBRARY is not None
+    _two_streams(first, second)
+    if not 0 <= n <= len(buf):
+        raise ValueError(f"{n} bytes do not fit a {len(buf)}-byte buffer")
     addr, pin = address(buf)
     LIBRARY.mtp_ctr_xor2(first._addr, second._addr, addr, addr, n)
     del pin
@@ -107,10 +119,14 @@ def gather_twice(first: NativeCtr, second: NativeCtr, buf: bytearray,
     """Gather a fake-TLS read's payload (`faketls.TlsRecordReader.layout`) to the front of `buf` and pass
     it through both keystreams in the same walk; returns the payload's length."""
     assert LIBRARY is not None
+    _two_streams(first, second)
     head, first_record, stride, length, count, tail_start, tail_len = layout
-    if first_record + count * stride > tail_start or tail_start + tail_len > len(buf) or head > first_record:
+    if (min(layout) < 0 or head > first_record or (count and stride < length + RECORD_HEADER)
+            or first_record + count * stride > tail_start or tail_start + tail_len > len(buf)):
         raise ValueError(f"record layout {layout} does not fit a {len(buf)}-byte buffer")
     addr, pin = address(buf)
-    LIBRARY.mtp_gather_xor2(first._addr, second._addr, addr, *layout)
+    result = LIBRARY.mtp_gather_xor2(first._addr, second._addr, addr, len(buf), *layout)
     del pin
+    if result != 0:
+        raise ValueError(f"the native library refused record layout {layout}")
     return head + count * length + tail_len
