@@ -276,42 +276,19 @@ pub unsafe extern "C" fn mtp_ctr_xor(state: *mut u8, src: *const u8, dst: *mut u
     0
 }
 
-/// dst = src XOR `first`'s next `len` keystream bytes XOR `second`'s: the upload's decrypt and re-encrypt
-/// in one walk. `src` and `dst` are the same or do not overlap; `first` and `second` are distinct.
-///
-/// # Safety
-/// As `mtp_ctr_xor`, for both states.
-#[no_mangle]
-pub unsafe extern "C" fn mtp_ctr_xor2(
-    first: *mut u8,
-    second: *mut u8,
-    src: *const u8,
-    dst: *mut u8,
-    len: usize,
-) -> i32 {
-    if !cpu_ok() {
-        return -1;
-    }
-    let mut a = Stream::load(first);
-    let mut b = Stream::load(second);
-    walk_two(&mut a, &mut b, src, dst, len);
-    a.store(first);
-    b.store(second);
-    0
-}
-
-/// The fake-TLS upload in one walk: gather the payload of a run of equal records toward the front of
-/// `buf` and pass it through both keystreams, like `mtp_ctr_xor2`. The payload is `buf[..head]` (the rest
-/// of a record begun earlier), then `count` records of `length` payload bytes whose headers start at
-/// `first_record`, `stride` bytes apart, then `buf[tail_start..tail_start + tail_len]`. It lands at
-/// `buf[..head + count * length + tail_len]`. The caller has checked the record headers.
+/// The upload in one walk: gather the payload toward the front of `buf` and pass it through both
+/// keystreams (`first`'s, then `second`'s: the client's decrypt and the DC's encrypt). The payload is
+/// `buf[..head]` (all of it for classic, or the rest of a record begun earlier), then `count` records of
+/// `length` payload bytes whose headers start at `first_record`, `stride` bytes apart, then
+/// `buf[tail_start..tail_start + tail_len]`. It lands at `buf[..head + count * length + tail_len]`. The
+/// caller has checked the record headers.
 ///
 /// Returns -2, touching nothing, unless every range lies within `buf_len` bytes and the payload only
 /// moves toward the front: `head <= first_record`, `length + 5 <= stride`, the records end by
 /// `tail_start`.
 ///
 /// # Safety
-/// As `mtp_ctr_xor2`; `buf` writable for `buf_len` bytes.
+/// `first` and `second` as from `mtp_ctr_init`, distinct; `buf` writable for `buf_len` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn mtp_gather_xor2(
     first: *mut u8,

@@ -85,7 +85,7 @@ def test_two_passes_in_one_walk(keys: tuple[bytes, bytes], counters: tuple[int, 
     got, at = bytearray(), 0
     for size in chunks:
         buf = bytearray(data[at : at + size] + b"slack")
-        native.xor_twice(streams[0], streams[1], buf, size)
+        assert native.gather_twice(streams[0], streams[1], buf, faketls.plain_layout(size)) == size
         assert buf[size:] == b"slack"
         got += buf[:size]
         at += size
@@ -144,7 +144,7 @@ def test_a_gather_of_any_layout_is_two_passes_over_its_payload(
     streams = [native.NativeCtr(k, c.to_bytes(16, "big")) for k, c in zip(keys, counters, strict=True)]
     for stream, skip in zip(streams, lead, strict=True):
         stream.update(bytes(skip))
-    stride = length + native.RECORD_HEADER + spare
+    stride = length + faketls.RECORD_HEADER_SIZE + spare
     first_record = head + gap
     tail_start = first_record + count * stride + tail_gap
     buf = bytearray(os.urandom(tail_start + tail) + bytes(16))
@@ -190,6 +190,25 @@ def test_the_library_checks_a_layout_itself() -> None:
 
 
 @needs_library
+def test_the_relay_takes_the_native_walk_for_native_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`transform_upload` would give the same bytes through the streams' own `update_into`; this checks
+    that native streams really take the one-walk path (classic and fake-TLS reads alike)."""
+    walks: list[tuple[int, ...]] = []
+    real = ctr.gather_twice
+
+    def counting(first: native.NativeCtr, second: native.NativeCtr, buf: bytearray, layout: faketls.Layout) -> int:
+        walks.append(layout)
+        return real(first, second, buf, layout)
+
+    monkeypatch.setattr(ctr, "gather_twice", counting)
+    first, second = native.NativeCtr(bytes(32), bytes(16)), native.NativeCtr(bytes(range(32)), bytes(16))
+    ctr.transform_upload(first, second, bytearray(100), faketls.plain_layout(100))
+    wire = bytearray(faketls.wrap_records(bytes(2878 * 10), 2878))
+    ctr.transform_upload(first, second, wire, faketls.TlsRecordReader().layout(memoryview(wire)))
+    assert [layout[4] for layout in walks] == [0, 10]
+
+
+@needs_library
 def test_bad_input_is_refused_before_the_library_sees_it() -> None:
     with pytest.raises(ValueError, match="32-byte key"):
         native.NativeCtr(bytes(16), bytes(16))
@@ -200,9 +219,7 @@ def test_bad_input_is_refused_before_the_library_sees_it() -> None:
         stream.update_into(bytes(100), bytearray(99))
     other = native.NativeCtr(bytes(32), bytes(16))
     for n in (-1, 101):
-        with pytest.raises(ValueError, match="do not fit"):
-            native.xor_twice(stream, other, bytearray(100), n)
-    with pytest.raises(ValueError, match="two streams"):
-        native.xor_twice(stream, stream, bytearray(100), 100)
+        with pytest.raises(ValueError, match="does not fit"):
+            native.gather_twice(stream, other, bytearray(100), faketls.plain_layout(n))
     with pytest.raises(ValueError, match="two streams"):
         native.gather_twice(stream, stream, bytearray(100), (100, 100, 0, 0, 0, 100, 0))

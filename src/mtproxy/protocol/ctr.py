@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from . import aesblock, faketls
 from .native import LIBRARY as NATIVE_LIBRARY
-from .native import NativeCtr, gather_twice, xor_twice
+from .native import NativeCtr, gather_twice
 
 BLOCK: Final = 16
 ACCELERATE_AFTER: Final = 64 * 1024  # bytes a stream carries before it moves to the GCM keystream
@@ -43,7 +43,11 @@ NEVER: Final = 1 << 62
 
 _LOW32: Final = 0xFFFFFFFF
 _COUNTER_SPACE: Final = 1 << 128
-KEYSTREAMS: Final = ("native", "gcm", "ctr")
+KEYSTREAMS: Final = {  # the names `keystream_choice` gives, and what each is, for the start-up log line
+    "native": "the native library (VAES)",
+    "gcm": "OpenSSL's AES-GCM keystream",
+    "ctr": "OpenSSL's AES-CTR",
+}
 # names one of KEYSTREAMS instead of choosing; its self-test still runs, and plain CTR takes over on a failure
 _ENV = "MTPROXY_KEYSTREAM"
 
@@ -230,17 +234,13 @@ def _native_self_test() -> None:
             raise ValueError("its keystream is not AES-CTR's")
         twice = Cipher(algorithms.AES(other), modes.CTR(iv)).encryptor().update(expected)
         buf = bytearray(data)
-        xor_twice(NativeCtr(key, iv), NativeCtr(other, iv), buf, len(buf))
+        transform_upload(NativeCtr(key, iv), NativeCtr(other, iv), buf, faketls.plain_layout(len(buf)))
         if buf != twice:
             raise ValueError("its two-pass walk is not two AES-CTR passes")
-        records = faketls.wrap_records(data, 100)
-        buf = bytearray(records)
-        stride = faketls.RECORD_HEADER_SIZE + 100
-        count = len(data) // 100
-        layout = (0, 0, stride, 100, count, count * stride, len(records) - count * stride - 5)
-        buf[layout[5] : layout[5] + layout[6]] = records[count * stride + 5 :]
-        n = gather_twice(NativeCtr(key, iv), NativeCtr(other, iv), buf, layout)
-        if buf[:n] != twice:
+        buf = bytearray(faketls.wrap_records(data, 100))
+        layout = faketls.TlsRecordReader().layout(memoryview(buf))
+        n = transform_upload(NativeCtr(key, iv), NativeCtr(other, iv), buf, layout)
+        if not layout[4] or buf[:n] != twice:
             raise ValueError("its record gather is not two AES-CTR passes over the payload")
 
 
@@ -352,8 +352,6 @@ class CtrStream:
 
 
 Keystream = CtrStream | NativeCtr
-# where a read's payload lies in the receive buffer: faketls.TlsRecordReader.layout
-Layout = tuple[int, int, int, int, int, int, int]
 
 
 def new_stream(key: bytes, iv: bytes) -> Keystream:
@@ -363,19 +361,11 @@ def new_stream(key: bytes, iv: bytes) -> Keystream:
     return CtrStream(key, iv)
 
 
-def plain_layout(n: int) -> Layout:
-    """The layout of `n` payload bytes at the front of the buffer (no records)."""
-    return (n, n, 0, 0, 0, n, 0)
-
-
-def transform_upload(from_client: Keystream, to_dc: Keystream, buf: bytearray, layout: Layout) -> int:
+def transform_upload(from_client: Keystream, to_dc: Keystream, buf: bytearray, layout: faketls.Layout) -> int:
     """The relay's upload step: decrypt the client's payload, found in `buf` where `layout` says, and
     re-encrypt it for the DC. It ends at buf[:n]; returns n."""
     if isinstance(from_client, NativeCtr) and isinstance(to_dc, NativeCtr):
-        if layout[4]:
-            return gather_twice(from_client, to_dc, buf, layout)
-        xor_twice(from_client, to_dc, buf, layout[0])
-        return layout[0]
+        return gather_twice(from_client, to_dc, buf, layout)
     payload = faketls.gather(memoryview(buf), layout)
     n = len(payload)
     from_client.update_into(payload, buf)

@@ -223,8 +223,17 @@ _LENGTHS_KEPT = 64  # record lengths whose gatherers are cached (clients use one
 _Gatherer = Callable[[memoryview], tuple[memoryview, ...]]
 _gatherers: dict[int, list[_Gatherer]] = {}
 
+# Where a read's payload lies in its buffer: (head, first_record, stride, length, count, tail_start,
+# tail_len), see `TlsRecordReader.layout`.
+Layout = tuple[int, int, int, int, int, int, int]
 
-def gather(view: memoryview, layout: tuple[int, int, int, int, int, int, int]) -> bytes | memoryview:
+
+def plain_layout(n: int) -> Layout:
+    """`n` payload bytes at the front of the buffer, no records (classic and dd, or compacted fake-TLS)."""
+    return (n, n, 0, 0, 0, n, 0)
+
+
+def gather(view: memoryview, layout: Layout) -> bytes | memoryview:
     """The payload `TlsRecordReader.layout` found in `view`, contiguous: a prefix of `view` when nothing
     needs gathering, else a new bytes object."""
     head, first_record, stride, length, count, tail_start, tail_len = layout
@@ -285,7 +294,7 @@ class TlsRecordReader:
         like `unwrap`."""
         return gather(view, self.layout(view))
 
-    def layout(self, view: memoryview) -> tuple[int, int, int, int, int, int, int]:
+    def layout(self, view: memoryview) -> Layout:
         """Where the payload carried by the raw bytes in `view` lies, as (head, first_record, stride,
         length, count, tail_start, tail_len): view[:head], then `count` records of `length` payload bytes
         whose headers start at `first_record`, `stride` apart, then view[tail_start:tail_start+tail_len]
@@ -295,21 +304,17 @@ class TlsRecordReader:
         n = len(view)
         head = self._remaining
         if self._header or self._ccs_body_due or n - head < 2 * (RECORD_HEADER_SIZE + 1):
-            compacted = self._compact(view)
-            return (compacted, compacted, 0, 0, 0, compacted, 0)
+            return plain_layout(self._compact(view))
         length = view[head + 3] << 8 | view[head + 4]
         stride = RECORD_HEADER_SIZE + length
         count = (n - head) // stride
         if count < _GATHER_FROM or not 0 < length <= MAX_CLIENT_RECORD:  # few records: compacting is cheaper
-            compacted = self._compact(view)
-            return (compacted, compacted, 0, 0, 0, compacted, 0)
+            return plain_layout(self._compact(view))
         end = head + count * stride
         header = APPLICATION_DATA + bytes(view[head + 3 : head + 5])
         run = view[head:end]
-        for i in range(RECORD_HEADER_SIZE):
-            if run[i::stride] != header[i : i + 1] * count:
-                compacted = self._compact(view)
-                return (compacted, compacted, 0, 0, 0, compacted, 0)
+        if any(run[i::stride] != header[i : i + 1] * count for i in range(RECORD_HEADER_SIZE)):
+            return plain_layout(self._compact(view))
         self._remaining = 0
         self._ccs_allowed = False
         tail = self._compact(view[end:]) if end < n else 0

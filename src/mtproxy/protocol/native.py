@@ -2,7 +2,7 @@
 
 Why: the upload takes two CTR passes over every byte, and a fake-TLS upload also gathers record payloads
 first. The library does the gather and both passes in one walk over the bytes, with VAES (two AES blocks
-per instruction, AVX2), and starts a stream in ~1 µs where a `cryptography` context with a fresh key takes
+per instruction, AVX2), and starts a stream in ~4 µs where a `cryptography` context with a fresh key takes
 ~15-25 µs. pip builds it where cargo is present; without it, or on a CPU without AES-NI/AVX2/VAES,
 `LIBRARY` is None and `ctr` keeps OpenSSL (docs/engine.md)."""
 
@@ -13,10 +13,11 @@ import importlib.machinery
 from pathlib import Path
 from typing import Final
 
+from .faketls import RECORD_HEADER_SIZE, Layout
+
 BLOCK: Final = 16
-RECORD_HEADER: Final = 5  # a TLS record's type, version and length
+STATE_SIZE: Final = 288  # what this module expects of native/src/lib.rs (checked when it loads)
 _NAME: Final = "_native_aes"
-_STATE_SIZE: Final = 288  # what this module expects of native/src/lib.rs
 
 
 def _open() -> ctypes.CDLL | None:
@@ -36,19 +37,16 @@ def _open() -> ctypes.CDLL | None:
             lib.mtp_ctr_init.argtypes = [vp, ctypes.c_char_p, ctypes.c_char_p]
             lib.mtp_ctr_xor.restype = ctypes.c_int
             lib.mtp_ctr_xor.argtypes = [vp, vp, vp, size]
-            lib.mtp_ctr_xor2.restype = ctypes.c_int
-            lib.mtp_ctr_xor2.argtypes = [vp, vp, vp, vp, size]
             lib.mtp_gather_xor2.restype = ctypes.c_int
             lib.mtp_gather_xor2.argtypes = [vp, vp, vp] + [size] * 8
         except (OSError, AttributeError):  # not loadable here, or a stale build without these functions
             continue
-        if lib.mtp_available() == 1 and lib.mtp_state_size() == _STATE_SIZE:
+        if lib.mtp_available() == 1 and lib.mtp_state_size() == STATE_SIZE:
             return lib
     return None
 
 
 LIBRARY: Final = _open()  # None: not built here, or this CPU lacks what it needs
-STATE_SIZE: Final = _STATE_SIZE
 
 
 def address(buf: bytearray | memoryview) -> tuple[int, ctypes.Array[ctypes.c_char]]:
@@ -98,30 +96,15 @@ class NativeCtr:
         return n
 
 
-def _two_streams(first: NativeCtr, second: NativeCtr) -> None:
+def gather_twice(first: NativeCtr, second: NativeCtr, buf: bytearray, layout: Layout) -> int:
+    """The upload's two passes in one walk: gather the payload `layout` finds in `buf` (a fake-TLS read,
+    `faketls.TlsRecordReader.layout`, or `faketls.plain_layout`) to the front of `buf`, applying first's
+    keystream and second's on the way; returns the payload's length."""
+    assert LIBRARY is not None
     if first is second:  # the same keystream twice would cancel out and send the bytes in the clear
         raise ValueError("the two passes need two streams")
-
-
-def xor_twice(first: NativeCtr, second: NativeCtr, buf: bytearray, n: int) -> None:
-    """buf[:n] ^= first's keystream ^ second's, in one walk."""
-    assert LIBRARY is not None
-    _two_streams(first, second)
-    if not 0 <= n <= len(buf):
-        raise ValueError(f"{n} bytes do not fit a {len(buf)}-byte buffer")
-    addr, pin = address(buf)
-    LIBRARY.mtp_ctr_xor2(first._addr, second._addr, addr, addr, n)
-    del pin
-
-
-def gather_twice(first: NativeCtr, second: NativeCtr, buf: bytearray,
-                 layout: tuple[int, int, int, int, int, int, int]) -> int:
-    """Gather a fake-TLS read's payload (`faketls.TlsRecordReader.layout`) to the front of `buf` and pass
-    it through both keystreams in the same walk; returns the payload's length."""
-    assert LIBRARY is not None
-    _two_streams(first, second)
     head, first_record, stride, length, count, tail_start, tail_len = layout
-    if (min(layout) < 0 or head > first_record or (count and stride < length + RECORD_HEADER)
+    if (min(layout) < 0 or head > first_record or (count and stride < length + RECORD_HEADER_SIZE)
             or first_record + count * stride > tail_start or tail_start + tail_len > len(buf)):
         raise ValueError(f"record layout {layout} does not fit a {len(buf)}-byte buffer")
     addr, pin = address(buf)

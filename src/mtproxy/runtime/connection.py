@@ -316,7 +316,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                 self.close()
                 return
         else:
-            layout = ctr.plain_layout(len(data))
+            layout = faketls.plain_layout(len(data))
         buffers = self._buffers
         buf = buffers.recv
         n = ctr.transform_upload(self._from_client, self._to_dc, buf, layout)

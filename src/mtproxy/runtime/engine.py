@@ -31,11 +31,6 @@ from .shared import SharedState
 from .workers import Supervisor, worker_listen
 
 log = logging.getLogger("mtproxy")
-_KEYSTREAM_NAMES = {
-    "native": "the native library (VAES)",
-    "gcm": "OpenSSL's AES-GCM keystream",
-    "ctr": "OpenSSL's AES-CTR",
-}
 
 
 class StartupError(Exception):
@@ -116,7 +111,7 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
         keystream, why = ctr.keystream_choice()  # before forking: every worker inherits the decision
     except ValueError as exc:
         raise StartupError(str(exc)) from None
-    log.info("AES-CTR runs on %s (%s)", _KEYSTREAM_NAMES[keystream], why)
+    log.info("AES-CTR runs on %s (%s)", ctr.KEYSTREAMS[keystream], why)
 
     if cfg.workers == 1:
         sockets = bind_all(cfg.listen, reuse_port=False)
