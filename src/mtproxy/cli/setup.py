@@ -18,7 +18,9 @@ from ..host.install import (
     InstallRecord,
     Progress,
     Transaction,
+    choose_manager,
     give_to,
+    host_checks,
     install_services,
     make_dirs,
     port_problem,
@@ -69,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--ufw", choices=UFW_MODES, help="UFW rule: limit (default), allow or skip (MTPROXY_UFW)")
     a("--manager", choices=MANAGERS, help="docker (default), systemd, or none (files only)")
     a("--image", default=None, help=f"image to run (default {docker.DEFAULT_IMAGE})")
-    a("--build-script", help="deploy/docker/build-image.sh to build the image when it is missing")
+    a("--build-script", help="a checkout's deploy/docker/build-image.sh to build a missing image with "
+                             "(default: the build step shipped in this package, from the installed package)")
     a("--local-base", action="store_true", help="build the image on a debootstrapped local base")
     a("--dry-run", action="store_true", help="check and show the plan; change nothing")
     return p
@@ -190,20 +193,36 @@ def gather(ns: argparse.Namespace, env: Mapping[str, str], asker: Asker | None, 
         if server:
             check_server(server)
         _check_ufw(ufw_mode)
-    manager = ns.manager or ("docker" if runner.available("docker") else "systemd")
-    build_script = Path(ns.build_script) if ns.build_script else _find_build_script()
+    manager, _ = choose_manager(ns.manager, runner)
     return InstallPlan(
         root=paths.root, port=port, workers=workers, secret_type=kind,
         domain=domain if kind == "ee" else None, server=server, ufw_mode=ufw_mode, manager=manager,
-        image=ns.image or (record.image if record else docker.DEFAULT_IMAGE), build_script=build_script,
-        local_base=ns.local_base or _truthy(env.get("MTPROXY_LOCAL_BASE")), stats_port=settings.stats_port,
+        image=_image(ns, record), build_script=Path(ns.build_script) if ns.build_script else None,
+        local_base=_local_base(ns, env), stats_port=settings.stats_port,
     )
 
 
-def _find_build_script() -> Path | None:
-    """deploy/docker/build-image.sh of the checkout this package runs from (an editable install)."""
-    candidate = Path(__file__).resolve().parents[3] / "deploy" / "docker" / "build-image.sh"
-    return candidate if candidate.is_file() else None
+def _image(ns: argparse.Namespace, record: InstallRecord | None) -> str:
+    return str(ns.image or (record.image if record else docker.DEFAULT_IMAGE))
+
+
+def _local_base(ns: argparse.Namespace, env: Mapping[str, str]) -> bool:
+    return bool(ns.local_base) or _truthy(env.get("MTPROXY_LOCAL_BASE"))
+
+
+def check_host(ns: argparse.Namespace, env: Mapping[str, str], runner: Runner, layout: HostLayout,
+               out: TextIO) -> None:
+    """Root, Docker (or systemd) and the image, before the first question: an operator never answers every
+    question only to learn the host cannot take the install. Fixes ns.manager (the default may fall back
+    to systemd, and says so)."""
+    ns.manager, note = choose_manager(ns.manager, runner)
+    if note:
+        out.write(f"note: {note}\n")
+    record = InstallRecord.load(layout.install_record)
+    build_script = Path(ns.build_script) if ns.build_script else None
+    image_note = host_checks(ns.manager, _image(ns, record), build_script, _local_base(ns, env), runner)
+    if image_note:
+        out.write(f"note: {image_note}\n")
 
 
 def _free_label(data: StoreData) -> str:
@@ -324,6 +343,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None,
                      "(and flags or MTPROXY_* variables)\n")
         return 6
     try:
+        check_host(ns, environ, runner, layout, stdout)
         plan = gather(ns, environ, Asker(stdin, stdout) if interactive else None, runner, paths, layout)
         if plan is None:
             stdout.write("Nothing installed.\n")
