@@ -9,7 +9,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TextIO
 
-from ..host import docker, systemd
+from ..host import docker, systemd, templates
+from ..host.files import write_file
 from ..host.install import (
     MANAGERS,
     UFW_MODES,
@@ -22,6 +23,7 @@ from ..host.install import (
     give_to,
     host_checks,
     install_services,
+    installed_program,
     make_dirs,
     port_problem,
     preflight,
@@ -225,6 +227,19 @@ def check_host(ns: argparse.Namespace, env: Mapping[str, str], runner: Runner, l
         out.write(f"note: {image_note}\n")
 
 
+def host_extras(layout: HostLayout) -> dict[Path, tuple[str, int]]:
+    """What fits mtproxy into the host's tools: shell completions (secret ids and labels complete from the
+    store), the man page generated from the CLI, and the drop-in for the host's status command."""
+    from .completion import SHELLS, source
+    from .main import cli
+    from .manpage import render
+
+    extras = {layout.completions[shell]: (source(cli, shell) + "\n", 0o644) for shell in SHELLS}
+    extras[layout.man_page] = (render(cli), 0o644)
+    extras[layout.status_hook] = (templates.status_hook(installed_program("mtproxy"), layout.root), 0o755)
+    return extras
+
+
 def _free_label(data: StoreData) -> str:
     """"default", or "default-2", "default-3" … when a re-run with another type already used it."""
     taken = {rec.label for rec in data.secrets}
@@ -262,7 +277,7 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
                   "checks passed, nothing changed\n")
         return 0
     txn = Transaction()
-    steps = {"docker": 10, "systemd": 9, "none": 6}[plan.manager]
+    steps = {"docker": 11, "systemd": 10, "none": 7}[plan.manager]
     progress = Progress(out, steps)
     previous = InstallRecord.load(layout.install_record)
     try:
@@ -298,6 +313,13 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
         progress.finish("; ".join(notes) or "ok")
 
         files, ufw_added = install_services(plan, runner, layout, txn, progress, owner)
+
+        progress.start("Shell completions, man page, status hook")
+        for path, (text, mode) in host_extras(layout).items():
+            txn.add(str(path), snapshot(path))
+            write_file(path, text, mode)
+            files.append(str(path))
+        progress.finish()
         # A re-run finds the user it added last time already there: it stays setup's to delete.
         user_created = owner.user_created or (previous is not None and previous.user_created)
         InstallRecord(plan.port, plan.manager, plan.ufw_mode, plan.image, files,

@@ -18,7 +18,7 @@ from pathlib import Path
 from .runner import Runner
 
 DISTRIBUTION = "mtproxy"
-BUILD_STEP = ("docker", "build-image.sh")  # under mtproxy/templates, beside the Dockerfile
+BUILD_STEP = ("templates", "docker", "build-image.sh")  # beside the Dockerfile
 # Zip entries get one fixed time, so packing the same tree twice gives the same wheel.
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -120,7 +120,12 @@ def installed_constraints() -> str:
 @contextmanager
 def build_step() -> Iterator[Path]:
     """The packaged build-image.sh as a file path (the Dockerfile sits beside it)."""
-    with resources.as_file(resources.files("mtproxy.templates").joinpath(*BUILD_STEP)) as script:
+    # From the regular package mtproxy: templates/ has no __init__.py, and a namespace package's
+    # MultiplexedPath joins only one name at a time.
+    step = resources.files(DISTRIBUTION)
+    for name in BUILD_STEP:
+        step = step / name
+    with resources.as_file(step) as script:
         yield script
 
 

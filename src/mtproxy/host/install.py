@@ -402,6 +402,11 @@ def uninstall(runner: Runner, paths: Paths, layout: HostLayout, purge: bool, out
         f2b = {layout.fail2ban_jail, layout.fail2ban_filter} & listed
         for path in fail2ban.remove(runner, layout, f2b):
             note(str(path))
+        for path in (*layout.completions.values(), layout.man_page):
+            if path in listed and path.exists():
+                if not dry:
+                    remove_file(path)
+                note(str(path))
         if layout.logrotate in listed and layout.logrotate.exists():
             if not dry:
                 remove_file(layout.logrotate)

@@ -12,6 +12,7 @@ SYSTEMD_UNIT = "mtproxy.service"
 FAIL2BAN_FILTER = "fail2ban-filter.conf"
 FAIL2BAN_JAIL = "fail2ban-jail.conf"
 LOGROTATE = "logrotate.conf"
+STATUS_HOOK = "status-hook.sh"
 
 CONTAINER_UID = 10001  # the image's fixed user; the wizard gives it the mounted directories
 CONTAINER_ROOT = "/opt/vless"  # where the image expects the installation root
@@ -85,3 +86,7 @@ def fail2ban_filter() -> str:
 
 def logrotate(log_dir: Path) -> str:
     return render(LOGROTATE, log_dir=log_dir)
+
+
+def status_hook(mtproxy_bin: str, root: Path) -> str:
+    return render(STATUS_HOOK, mtproxy_bin=mtproxy_bin, root=root)
