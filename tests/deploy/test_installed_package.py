@@ -281,3 +281,54 @@ def test_questions_come_after_the_host_checks(tmp_path: Path) -> None:
     assert "Install the MTProxy add-on now?" not in term.screen
     assert not (tmp_path / "root").exists()
 
+
+
+FAKE_DOCKER = """#!/bin/sh
+# An engine that answers, without the image and without a cached local base.
+case "$1 $2" in
+  "info "*) echo 27.0.0 ;;
+  "image inspect") echo "No such image: $3" >&2; exit 1 ;;
+  "image ls") ;;
+  *) exit 1 ;;
+esac
+"""
+
+
+def test_default_falls_back_to_systemd_when_the_image_cannot_be_built(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Docker answers but the image is missing and --local-base has no debootstrap: without --manager the
+    wizard installs the systemd unit and says why, before anything is asked or changed."""
+    if os.geteuid() != 0:
+        pytest.skip("setup runs as root")
+    import io
+
+    from mtproxy.cli import setup
+    from mtproxy.host import install, systemd
+    from mtproxy.host.runner import Runner
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "docker").write_text(FAKE_DOCKER)
+    (bindir / "docker").chmod(0o755)
+    path = f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    runner = Runner(dry_run=True, env={**os.environ, "PATH": path},
+                    which=lambda name: None if name == "debootstrap" else shutil.which(name, path=path))
+    monkeypatch.setattr(systemd, "available", lambda runner: True)
+
+    manager, note = install.choose_manager(None, runner, "mtproxy:absent", local_base=True)
+    assert manager == "systemd"
+    assert "the image mtproxy:absent is missing and cannot be built here" in note and "debootstrap" in note
+    assert install.choose_manager("docker", runner, "mtproxy:absent", local_base=True) == ("docker", "")
+
+    env = {"MTPROXY_SYSCONF": str(tmp_path / "etc"), "PATH": path}
+    out = io.StringIO()
+    argv = ["-n", "--root", str(tmp_path / "root"), "--image", "mtproxy:absent", "--local-base", "--type", "dd",
+            "--ufw", "skip", "--port", str(free_port()), "--server", "192.0.2.1", "--dry-run"]
+    assert setup.main(argv, env=env, stdin=io.StringIO(), stdout=out, runner=runner) == 0, out.getvalue()
+    text = out.getvalue()
+    assert text.startswith("note: Docker cannot be used (the image mtproxy:absent is missing")
+    assert "dry run: would install systemd" in text
+    # With --manager docker the same host is refused, before any question, with what to do.
+    out = io.StringIO()
+    assert setup.main([*argv, "--manager", "docker"], env=env, stdin=io.StringIO(), stdout=out, runner=runner) == 1
+    assert "cannot be built here" in out.getvalue() and "--manager systemd" in out.getvalue()

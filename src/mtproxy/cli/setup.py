@@ -195,7 +195,7 @@ def gather(ns: argparse.Namespace, env: Mapping[str, str], asker: Asker | None, 
         if server:
             check_server(server)
         _check_ufw(ufw_mode)
-    manager, _ = choose_manager(ns.manager, runner)
+    manager, _ = choose_manager(ns.manager, runner, _image(ns, record), _local_base(ns, env))
     return InstallPlan(
         root=paths.root, port=port, workers=workers, secret_type=kind,
         domain=domain if kind == "ee" else None, server=server, ufw_mode=ufw_mode, manager=manager,
@@ -217,10 +217,10 @@ def check_host(ns: argparse.Namespace, env: Mapping[str, str], runner: Runner, l
     """Root, Docker (or systemd) and the image, before the first question: an operator never answers every
     question only to learn the host cannot take the install. Fixes ns.manager (the default may fall back
     to systemd, and says so)."""
-    ns.manager, note = choose_manager(ns.manager, runner)
+    record = InstallRecord.load(layout.install_record)
+    ns.manager, note = choose_manager(ns.manager, runner, _image(ns, record), _local_base(ns, env))
     if note:
         out.write(f"note: {note}\n")
-    record = InstallRecord.load(layout.install_record)
     build_script = Path(ns.build_script) if ns.build_script else None
     image_note = host_checks(ns.manager, _image(ns, record), build_script, _local_base(ns, env), runner)
     if image_note:

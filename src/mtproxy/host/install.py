@@ -148,12 +148,17 @@ def port_problem(port: int, own_port: int | None, runner: Runner) -> str | None:
     return None if current is not None and current.status == "running" else problem
 
 
-def choose_manager(requested: str | None, runner: Runner) -> tuple[str, str]:
-    """The service manager to install, and a note to show when the default (Docker) cannot be used and the
-    systemd unit is installed instead. An explicit choice is kept (host_checks then says what is missing)."""
+def choose_manager(requested: str | None, runner: Runner, image: str = docker.DEFAULT_IMAGE,
+                   local_base: bool = False) -> tuple[str, str]:
+    """The service manager to install, and a note to show when the default (Docker) cannot be used — no
+    engine, or the image is missing and cannot be built here — and the systemd unit is installed instead.
+    An explicit choice is kept (host_checks then says what is missing)."""
     if requested is not None:
         return requested, ""
     problem = docker.engine_problem(runner)
+    if problem is None and not docker.image_exists(runner, image):
+        build = image_build.build_problem(runner, local_base)
+        problem = f"the image {image} is missing and cannot be built here: {build}" if build else None
     if problem is None:
         return "docker", ""
     if systemd.available(runner):
