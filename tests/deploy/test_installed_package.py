@@ -332,3 +332,45 @@ def test_default_falls_back_to_systemd_when_the_image_cannot_be_built(tmp_path: 
     out = io.StringIO()
     assert setup.main([*argv, "--manager", "docker"], env=env, stdin=io.StringIO(), stdout=out, runner=runner) == 1
     assert "cannot be built here" in out.getvalue() and "--manager systemd" in out.getvalue()
+
+
+class _EggInfo:
+    """What importlib.metadata finds for a checkout after an in-tree build: src/mtproxy.egg-info (PKG-INFO)."""
+
+    def __init__(self, pkg_info: str | None) -> None:
+        self.files = {"PKG-INFO": pkg_info, "entry_points.txt": "[console_scripts]\nmtproxy = mtproxy.cli.entry:main\n"}
+
+    def read_text(self, name: str) -> str | None:
+        return self.files.get(name)
+
+    def locate_file(self, path: str) -> Path:
+        return Path("/checkout/src") / path
+
+
+def test_packed_wheel_takes_egg_info_metadata_and_records_every_file(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+    import hashlib
+    import zipfile
+
+    from mtproxy import __version__
+
+    monkeypatch.setattr(image, "_distribution", lambda: _EggInfo("Metadata-Version: 2.1\nName: mtproxy\nVersion: 0\n"))
+    wheel = image.pack_wheel(tmp_path)
+    info = f"mtproxy-{__version__}.dist-info"
+    with zipfile.ZipFile(wheel) as archive:
+        assert f"Version: {__version__}\n" in archive.read(f"{info}/METADATA").decode()
+        record = archive.read(f"{info}/RECORD").decode().splitlines()
+        names = set(archive.namelist())
+        for line in record:
+            name, digest, size = line.rsplit(",", 2)
+            if name == f"{info}/RECORD":
+                continue
+            data = archive.read(name)
+            assert digest == "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            assert int(size) == len(data)
+        assert {line.rsplit(",", 2)[0] for line in record} == names
+        assert "mtproxy/templates/docker/build-image.sh" in names
+    monkeypatch.setattr(image, "_distribution", lambda: _EggInfo(None))
+    with pytest.raises(ValueError, match="no version"):
+        image.pack_wheel(tmp_path / "again")

@@ -65,7 +65,11 @@ def pack_wheel(dest: Path) -> Path:
     files = _package_files(top)
     tag = wheel_tag(files)
     info = f"{DISTRIBUTION}-{__version__}.dist-info"
-    meta = re.sub(r"(?m)^Version: .*$", f"Version: {__version__}", dist.read_text("METADATA") or "", count=1)
+    # A checkout's in-tree build leaves src/mtproxy.egg-info, whose metadata file is PKG-INFO.
+    source_meta = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    meta, versions = re.subn(r"(?m)^Version: .*$", f"Version: {__version__}", source_meta, count=1)
+    if versions != 1:
+        raise ValueError(f"the installed metadata of mtproxy ({dist.locate_file('')}) has no version: reinstall it")
     extra = {
         f"{info}/METADATA": meta.encode(),
         f"{info}/entry_points.txt": (dist.read_text("entry_points.txt") or "").encode(),
