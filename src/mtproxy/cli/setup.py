@@ -281,8 +281,8 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
         files, ufw_added = install_services(plan, runner, layout, txn, progress, owner)
         # A re-run finds the user it added last time already there: it stays setup's to delete.
         user_created = owner.user_created or (previous is not None and previous.user_created)
-        InstallRecord(plan.port, plan.manager, plan.ufw_mode, plan.image, files,
-                      ufw_added, user_created).save(layout.install_record)
+        InstallRecord.new(paths, plan.port, plan.manager, plan.ufw_mode, plan.image, files,
+                          ufw_added, user_created, plan.stats_port).save(layout.install_record)
     except (InstallError, CommandError, OSError, ValueError, StoreError) as exc:
         out.write("failed\n")
         what, todo = (exc.what, exc.todo) if isinstance(exc, InstallError) else (str(exc), "")
