@@ -90,20 +90,22 @@ def _store_check(env: Env, service: ServiceState, engine: dict[str, Any] | None)
         return Check("secrets", False, "no active secret: clients cannot connect",
                      "create one with `mtproxy add-secret`")
     uid = _proxy_uid(env.runner, service)
+    if uid is None and engine is not None and isinstance(engine.get("uid"), int):
+        uid = int(engine["uid"])
     chown = f"chown {uid} {path} (the engine picks the fix up by itself)" if uid is not None else (
         f"make {path} readable by the proxy's user (or rerun `mtproxy setup`)")
+    if engine is not None:  # what the engine itself says beats any prediction from the file's mode
+        verdict = compare(engine, data)
+        if verdict.ok:
+            return Check("secrets", True, f"{active} active in {path}; {verdict.detail}")
+        fix = chown if "cannot read" in verdict.detail else "wait a few seconds; if it stays, read the proxy's log"
+        return Check("secrets", False, verdict.detail, fix)
     if uid is not None and not _readable_by(path, uid):
         st = path.stat()
         return Check("secrets", False,
                      f"the proxy (uid {uid}) cannot read {path} (mode {stat.S_IMODE(st.st_mode):o}, "
                      f"owner {st.st_uid}); the VPN installer resets config/ to 600 root", chown)
-    if engine is None:
-        return Check("secrets", True, f"{active} active in {path} (no engine of this root to compare with)")
-    verdict = compare(engine, data)
-    if verdict.ok:
-        return Check("secrets", True, f"{active} active in {path}; {verdict.detail}")
-    fix = chown if "cannot read" in verdict.detail else "wait a few seconds; if it stays, read the proxy's log"
-    return Check("secrets", False, verdict.detail, fix)
+    return Check("secrets", True, f"{active} active in {path} (no engine of this root to compare with)")
 
 
 def _ufw_check(runner: Runner, port: int) -> Check | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -72,8 +73,10 @@ JSON_VERSION = 1
 def render_json(snap: dict[str, Any], now: float, store: str | None) -> dict[str, Any]:
     """The snapshot as versioned JSON; a single process's own snapshot is its only worker set."""
     sets = snap["secret_sets"] if "secret_sets" in snap else worker_sets([snap])
+    # uid: whom the store must be readable by (read here, after the engine dropped its privileges)
     return {"kind": "mtproxy-stats", "version": JSON_VERSION, "uptime": int(now - snap["started_at"]),
-            "store": store, **{k: v for k, v in snap.items() if k != "secret_sets"}, "secret_sets": sets}
+            "store": store, "uid": os.geteuid(), **{k: v for k, v in snap.items() if k != "secret_sets"},
+            "secret_sets": sets}
 
 
 def _is_loopback(host: str) -> bool:
