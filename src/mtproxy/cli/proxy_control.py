@@ -132,7 +132,7 @@ def reload_secrets(
     paths: Paths,
     settings: Settings,
     store: StoreData,
-    wait: float = RELOAD_WAIT,
+    wait: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> ApplyOutcome:
     """SIGHUP this root's service (the engine also watches the file), then confirm from /stats.json that
@@ -156,7 +156,7 @@ def reload_secrets(
         why = f" ({own.problem})" if own.record is None else ""
         return ApplyOutcome(f"no proxy is running for this root{why}: the store is saved and is read when "
                             "it starts", False)
-    deadline = time.monotonic() + wait
+    deadline = time.monotonic() + (RELOAD_WAIT if wait is None else wait)
     verdict = compare(engine, store) if engine is not None else Verdict(False, "no answer")
     while not verdict.ok and not verdict.final and time.monotonic() < deadline:
         sleep(0.1)
