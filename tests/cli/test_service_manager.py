@@ -29,6 +29,7 @@ _DOCKER = """#!/bin/sh
 printf '%s\\n' "$*" >> "$HOST_LOG"
 case "$*" in
   *"{{.State.Status}}"*) echo "running|healthy|$CONFIG_FILES" ;;
+  *config_files*) echo "$CONFIG_FILES" ;;
   *"{{.State.Pid}}"*) echo 0 ;;
 esac
 exit 0
@@ -210,3 +211,23 @@ def test_dry_run_shows_but_does_not_restart(host: Host, capsys: pytest.CaptureFi
     assert status == ExitStatus.OK
     assert "would restart the proxy" in out
     assert not any("restart" in c or " up " in c for c in host.calls())
+
+
+def test_setup_refuses_to_replace_another_roots_container(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
+    """The container name is fixed: setup for a second root would recreate the first root's container."""
+    if os.geteuid() != 0:
+        pytest.skip("preflight needs root")
+    from mtproxy.host.install import InstallError, InstallPlan, preflight
+    from mtproxy.testkit.process import free_port
+
+    host.run(capsys, "status")  # builds the runner with the fake docker on PATH
+    assert host.runner is not None
+    layout = HostLayout.resolve(host.paths.root)
+    plan = InstallPlan(host.paths.root, free_port(), 1, "dd", None, None, ufw_mode="skip")
+    with pytest.raises(InstallError) as refused:
+        preflight(plan, host.runner, layout)
+    assert refused.value.what == ("the container vless_mtproxy belongs to another installation "
+                                  "(created from /opt/vless/mtproxy/docker-compose.yml)")
+    host.config_files = str(layout.compose_file)  # a re-run for the root that made it
+    host.run(capsys, "status")
+    preflight(plan, host.runner, layout)

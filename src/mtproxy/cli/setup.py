@@ -15,7 +15,6 @@ from ..host.install import (
     UFW_MODES,
     InstallError,
     InstallPlan,
-    InstallRecord,
     Progress,
     Transaction,
     give_to,
@@ -27,6 +26,7 @@ from ..host.install import (
     snapshot,
 )
 from ..host.layout import HostLayout
+from ..host.record import InstallRecord, ownership
 from ..host.runner import CommandError, Runner
 from ..paths import Paths
 from ..protocol.errors import SecretFormatError
@@ -245,7 +245,7 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
     txn = Transaction()
     steps = {"docker": 10, "systemd": 9, "none": 6}[plan.manager]
     progress = Progress(out, steps)
-    previous = InstallRecord.load(layout.install_record)
+    previous = ownership(paths, layout).record  # only this root's record says which user setup added
     try:
         if plan.manager == "systemd":
             progress.start(f"System user {systemd.USER}")

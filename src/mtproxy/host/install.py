@@ -20,9 +20,9 @@ from ..paths import Paths
 from . import docker, fail2ban, systemd, templates, ufw
 from .files import remove_file, write_file
 from .layout import HostLayout
-from .record import InstallRecord, ownership
+from .record import ownership
 from .runner import CommandError, Runner
-from .service import service_state
+from .service import foreign_service, service_state
 
 MANAGERS = ("docker", "systemd", "none")
 UFW_MODES = ("limit", "allow", "skip")
@@ -137,7 +137,11 @@ def preflight(plan: InstallPlan, runner: Runner, layout: HostLayout) -> list[str
                                "build it with deploy/docker/build-image.sh, or pass --image")
     elif plan.manager == "systemd" and not systemd.available(runner):
         raise InstallError("systemd is not running on this host", "use --manager docker")
-    record = InstallRecord.load(layout.install_record)
+    foreign = foreign_service(runner, layout, plan.manager)
+    if foreign:
+        raise InstallError(foreign, "uninstall that one first (mtproxy-uninstall --root <its root>), or run "
+                                    "setup with its root")
+    record = ownership(Paths(plan.root), layout).record  # another root's port is no "own port"
     problem = port_problem(plan.port, record.port if record else None, runner)
     if problem:
         from ..cli.ports import suggest_free
@@ -222,7 +226,7 @@ def install_services(plan: InstallPlan, runner: Runner, layout: HostLayout, txn:
     UFW rule is in place (added by this or an earlier run)."""
     paths = Paths(plan.root)
     files: list[str] = []
-    previous = InstallRecord.load(layout.install_record)
+    previous = ownership(paths, layout).record  # a copied root's record must not move the original's rule
     ufw_added = False
     log_file = paths.logs_dir / templates.LOG_NAME
 

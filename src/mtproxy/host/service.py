@@ -15,7 +15,7 @@ from ..settings import read_settings
 from . import docker, fail2ban, systemd, templates, ufw
 from .files import write_file
 from .layout import HostLayout
-from .record import InstallRecord, Ownership, same_root
+from .record import InstallRecord, Ownership, same_root, service_name
 from .runner import Runner
 
 
@@ -95,6 +95,26 @@ def service_state(runner: Runner, layout: HostLayout, own: Ownership) -> Service
                 f"the unit {name} does not run `--root {record.root}`"))
         return ServiceState("systemd", name, state, state == "active")
     return ServiceState("none", "", "not installed", False, problem="setup installed no service (--manager none)")
+
+
+def foreign_service(runner: Runner, layout: HostLayout, manager: str) -> str:
+    """Setup's guard: the container or unit name is fixed, so one that already serves another root would be
+    replaced by this root's. Returns what it is, or "" when there is none or it is this root's."""
+    name = service_name(manager)
+    if manager == "docker" and runner.available("docker"):
+        result = runner.run(["docker", "inspect", "--format",
+                             "{{index .Config.Labels \"com.docker.compose.project.config_files\"}}", name],
+                            check=False, mutates=False, timeout=15)
+        made_from = result.stdout.strip() or "no Compose file"
+        if result.ok and str(layout.compose_file) not in made_from.split(","):
+            return f"the container {name} belongs to another installation (created from {made_from})"
+    if manager == "systemd" and layout.systemd_unit.exists():
+        for line in layout.systemd_unit.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("ExecStart="):
+                root = _unit_root(line)
+                if root is not None and not same_root(root, layout.root):
+                    return f"the unit {name} ({layout.systemd_unit}) serves another installation (--root {root})"
+    return ""
 
 
 def _unit_root(exec_start: str) -> str | None:
