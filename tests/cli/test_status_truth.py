@@ -101,6 +101,8 @@ def test_another_installations_stats_endpoint_is_not_this_roots(cli: Cli, paths:
         assert "7 active" not in result.out and "99 total" not in result.out
         added = cli("add-secret")
         assert "no proxy is running for this root" in added.out
+        shown = cli("stats")
+        assert shown.status == ExitStatus.UNAVAILABLE and "answers for another installation" in shown.err
     finally:
         next(other, None)
 
