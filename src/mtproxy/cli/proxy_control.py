@@ -28,9 +28,6 @@ from ..store import StoreData
 STATS_TIMEOUT = 2.0
 RELOAD_WAIT = 5.0  # SIGHUP reloads at once; the file watcher alone needs up to its interval (1 s) + a publish
 
-Deployment = ServiceState  # the name the commands use
-
-
 def detect(runner: Runner, paths: Paths) -> ServiceState:
     """This root's service as its manager reports it; "not installed" (and no query) without its record."""
     return service_state(runner, HostLayout.resolve(paths.root), ownership(paths))

@@ -17,18 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import Paths
+from ..settings import DEFAULT_STATS_PORT, read_settings
+from ..store import StoreError
+from . import docker, systemd
 from .files import write_file
 from .layout import HostLayout
 
 RECORD_SCHEMA = 2
-DOCKER_CONTAINER = "vless_mtproxy"  # fixed by the Compose template (container_name)
-SYSTEMD_UNIT = "mtproxy"
-DEFAULT_STATS_PORT = 8888
 
 
 def service_name(manager: str) -> str:
     """The container or unit setup creates for a manager; "" when nothing runs the proxy."""
-    return {"docker": DOCKER_CONTAINER, "systemd": SYSTEMD_UNIT}.get(manager, "")
+    return {"docker": docker.CONTAINER, "systemd": systemd.UNIT}.get(manager, "")
 
 
 @dataclass
@@ -121,9 +121,8 @@ def _root_in(file: Path, pattern: str) -> str:
 
 def _settings_stats_port(paths: Paths) -> int:
     try:
-        return int(json.loads(paths.settings_file.read_text(encoding="utf-8")).get("stats_port",
-                                                                                 DEFAULT_STATS_PORT))
-    except (OSError, ValueError, TypeError, AttributeError):
+        return read_settings(paths.settings_file).stats_port
+    except (StoreError, ValueError):
         return DEFAULT_STATS_PORT
 
 
