@@ -54,7 +54,8 @@ class InstallRecord:
             ufw_added: bool, user_created: bool, stats_port: int) -> InstallRecord:
         """A record for what setup just installed under `paths.root`."""
         return cls(port, manager, ufw_mode, image, files, ufw_added, user_created,
-                   root=str(paths.root), service=service_name(manager), store=str(paths.secrets_file),
+                   root=os.path.abspath(paths.root), service=service_name(manager),
+                   store=os.path.abspath(paths.secrets_file),
                    stats_port=stats_port)
 
     @classmethod

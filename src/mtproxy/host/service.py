@@ -75,7 +75,7 @@ def service_state(runner: Runner, layout: HostLayout, own: Ownership) -> Service
             return ServiceState("docker", name, "not created", False, problem=f"there is no container {name}")
         status, _, rest = result.stdout.strip().partition("|")
         health, _, config_files = rest.partition("|")
-        if str(layout.compose_file) not in config_files.split(","):
+        if not _made_from(config_files, layout):
             made_from = config_files or "no Compose file"
             return ServiceState("docker", name, "not ours", False, health, problem=(
                 f"the container {name} was created from {made_from}, not from {layout.compose_file}"))
@@ -106,7 +106,7 @@ def foreign_service(runner: Runner, layout: HostLayout, manager: str) -> str:
                              "{{index .Config.Labels \"com.docker.compose.project.config_files\"}}", name],
                             check=False, mutates=False, timeout=15)
         made_from = result.stdout.strip() or "no Compose file"
-        if result.ok and str(layout.compose_file) not in made_from.split(","):
+        if result.ok and not _made_from(made_from, layout):
             return f"the container {name} belongs to another installation (created from {made_from})"
     if manager == "systemd" and layout.systemd_unit.exists():
         for line in layout.systemd_unit.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -115,6 +115,12 @@ def foreign_service(runner: Runner, layout: HostLayout, manager: str) -> str:
                 if root is not None and not same_root(root, layout.root):
                     return f"the unit {name} ({layout.systemd_unit}) serves another installation (--root {root})"
     return ""
+
+
+def _made_from(config_files: str, layout: HostLayout) -> bool:
+    """Was the container created from this root's Compose file? (Compose's config_files label: absolute
+    paths, comma-separated; compared resolved, as a relative or symlinked --root names the same file.)"""
+    return any(f and same_root(f, layout.compose_file) for f in config_files.split(","))
 
 
 def _unit_root(exec_start: str) -> str | None:
