@@ -105,7 +105,8 @@ def host(paths: Paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
 
 
 COMMANDS: list[tuple[str, ...]] = [
-    ("add-secret",), ("set-port", "2087"), ("set-workers", "2"), ("status",), ("status", "--json"),
+    ("add-secret",), ("regenerate-secret", "first", "--yes"), ("set-port", "2087"), ("set-workers", "2"),
+    ("status",), ("status", "--json"),
 ]
 
 
@@ -231,3 +232,29 @@ def test_setup_refuses_to_replace_another_roots_container(host: Host, capsys: py
     host.config_files = str(layout.compose_file)  # a re-run for the root that made it
     host.run(capsys, "status")
     preflight(plan, host.runner, layout)
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_uninstall_of_a_copied_root_leaves_the_original_alone(host: Host, capsys: pytest.CaptureFixture[str],
+                                                               tmp_path: Path, dry_run: bool) -> None:
+    """The copy has the original's record and Compose file: `compose down -p vless_mtproxy` would remove the
+    original's container, so nothing naming it runs; the copy's own directories go."""
+    if os.geteuid() != 0:
+        pytest.skip("uninstall needs root")
+    import io
+
+    from mtproxy.cli import uninstall
+
+    _first_secret(host, capsys)
+    host.record("docker", root=Path("/opt/vless"))
+    assert host.runner is not None
+    runner = Runner(dry_run=dry_run, env=host.runner.env, which=host.runner.which)
+    host.runner = runner
+    out = io.StringIO()
+    environ = {"MTPROXY_SYSCONF": str(tmp_path / "etc")}
+    status = uninstall.main(["--yes", "--root", str(host.paths.root)], env=environ, stdout=out, runner=runner)
+    assert status == 0, out.getvalue()
+    assert host.named_service() == []
+    assert "belongs to /opt/vless" in out.getvalue()
+    compose_dir = HostLayout.resolve(host.paths.root).compose_dir
+    assert compose_dir.exists() == dry_run
