@@ -175,7 +175,7 @@ def collect(env: Env) -> tuple[list[Check], Settings | None, dict[str, Any] | No
     else:
         checks.append(Check("stats", False, f"nothing answers on {endpoint}", "start the proxy and read its log"))
     accepting = _port_accepts(effective.port)
-    if accepting and engine is None:
+    if accepting and engine is None and not service.running:
         checks.append(Check("port", None, f"{effective.port}/tcp accepts connections, but not for a proxy of "
                                           "this root"))
     else:
