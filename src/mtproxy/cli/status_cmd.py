@@ -1,4 +1,7 @@
-"""status: the block `vless status` shows — service state, port, connections, uptime — and a health exit code."""
+"""status: the block `vless status` shows — service state, port, connections, uptime — and a health exit code.
+
+Only the root in use is looked at: its own installation (host/record.py) and an engine that serves its store.
+"""
 
 from __future__ import annotations
 
