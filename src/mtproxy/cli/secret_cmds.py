@@ -18,7 +18,7 @@ from . import artifacts
 from .env import Env
 from .errors import CliError, ExitStatus
 from .output import dump_json, table
-from .proxy_control import ApplyOutcome, fetch_stats, reload_secrets
+from .proxy_control import ApplyOutcome, reload_secrets
 
 pass_env = click.make_pass_decorator(Env)
 
@@ -43,10 +43,11 @@ def change_secrets(
     """Change the store under its lock, rewrite links and QR codes, then get the running proxy to reload."""
     settings = load_settings(env)
     server = artifacts.choose_server(settings, env.server_override)
-    before = fetch_stats(settings.stats_port)
     notes: list[str] = []
+    written: list[StoreData] = []
 
     def after(data: StoreData) -> None:
+        written.append(data)
         try:
             notes.extend(artifacts.write_all(env.paths, data, settings, server))
         except OSError as exc:
@@ -57,10 +58,16 @@ def change_secrets(
         return ChangeReport(record, ["dry run: the store was not changed"],
                             ApplyOutcome("dry run: the proxy was not told", False), server)
     record = update_store(env.paths.secrets_file, change, env.clock, after=after)
-    outcome = reload_secrets(env.runner, settings.stats_port, before)
+    outcome = reload_secrets(env.runner, env.paths, settings, written[-1] if written else
+                             read_store(env.paths.secrets_file))
     if server is not None and server.warning:
         notes.append(server.warning)
     return ChangeReport(record, notes, outcome, server)
+
+
+def proxy_line(env: Env, apply: ApplyOutcome) -> str:
+    """The running proxy's part of a report; ✗ when it runs but cannot take the change."""
+    return f"{env.ok_mark(False)} {apply.message}" if apply.failed else apply.message
 
 
 def resolve(data: StoreData, ref: str) -> SecretRecord:
@@ -122,7 +129,8 @@ def _print_change(env: Env, title: str, report: ChangeReport, settings: Settings
             "id": record.id, "label": record.label, "type": record.type, "domain": record.domain,
             "secret": record.value, "tg": links.tg if links else None, "https": links.https if links else None,
             "qr_png": str(files.png), "qr_svg": str(files.svg), "dry_run": env.runner.dry_run,
-            "proxy": {"message": report.apply.message, "live": report.apply.live}, "notes": report.notes,
+            "proxy": {"message": report.apply.message, "live": report.apply.live,
+                      "failed": report.apply.failed}, "notes": report.notes,
         }))
         return
     env.out(env.style("✓ ", fg="green") + title)
@@ -141,7 +149,7 @@ def _print_change(env: Env, title: str, report: ChangeReport, settings: Settings
         env.out(f"  server:  {report.server.address} ({report.server.source})")
     for note in report.notes:
         env.warn(note)
-    env.out(f"  proxy:   {report.apply.message}")
+    env.out(f"  proxy:   {proxy_line(env, report.apply)}")
 
 
 # ------------------------------------------------------------------------------------------------- commands
@@ -268,7 +276,7 @@ def remove_secret(env: Env, ref: str, yes: bool, dry_run: bool) -> None:
     env.out(env.style("✓ ", fg="green") + f"{verb} secret {target.name} ({target.masked()})")
     for note in report.notes:
         env.warn(note)
-    env.out(f"  proxy:   {report.apply.message}")
+    env.out(f"  proxy:   {proxy_line(env, report.apply)}")
 
 
 @click.command("regenerate-secret", epilog="""\b

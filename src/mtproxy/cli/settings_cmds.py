@@ -78,14 +78,12 @@ def _move_firewall_rule(env: Env, old: int, new: int) -> str:
     """Move what setup installed for the old port (its UFW rule, only if setup added it, and the fail2ban
     jail) to the new one, whether or not the proxy restarts now."""
     manual = f"allow the new port, e.g. `ufw limit {new}/tcp comment 'MTProxy'`"
-    try:
-        from ..host.install import InstallRecord
-        from ..host.layout import HostLayout
-        from ..host.service import follow_port
-    except ImportError:
-        return manual
+    from ..host.layout import HostLayout
+    from ..host.record import ownership
+    from ..host.service import follow_port
+
     layout = HostLayout.resolve(env.paths.root)
-    record = InstallRecord.load(layout.install_record)
+    record = ownership(env.paths, layout).record  # another root's record moves nothing of ours
     if record is None:
         return manual
     try:
@@ -96,7 +94,7 @@ def _move_firewall_rule(env: Env, old: int, new: int) -> str:
 
 
 def _later(env: Env) -> str:
-    state = detect(env.runner)
+    state = detect(env.runner, env.paths)
     if state.running:
         return "saved; the running proxy keeps the old value until it restarts"
     return "no proxy is running: saved, and used when the proxy starts"

@@ -15,7 +15,6 @@ from ..host.install import (
     UFW_MODES,
     InstallError,
     InstallPlan,
-    InstallRecord,
     Progress,
     Transaction,
     give_to,
@@ -27,6 +26,7 @@ from ..host.install import (
     snapshot,
 )
 from ..host.layout import HostLayout
+from ..host.record import InstallRecord, ownership
 from ..host.runner import CommandError, Runner
 from ..paths import Paths
 from ..protocol.errors import SecretFormatError
@@ -245,7 +245,7 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
     txn = Transaction()
     steps = {"docker": 10, "systemd": 9, "none": 6}[plan.manager]
     progress = Progress(out, steps)
-    previous = InstallRecord.load(layout.install_record)
+    previous = ownership(paths, layout).record  # only this root's record says which user setup added
     try:
         if plan.manager == "systemd":
             progress.start(f"System user {systemd.USER}")
@@ -281,8 +281,8 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
         files, ufw_added = install_services(plan, runner, layout, txn, progress, owner)
         # A re-run finds the user it added last time already there: it stays setup's to delete.
         user_created = owner.user_created or (previous is not None and previous.user_created)
-        InstallRecord(plan.port, plan.manager, plan.ufw_mode, plan.image, files,
-                      ufw_added, user_created).save(layout.install_record)
+        InstallRecord.new(paths, plan.port, plan.manager, plan.ufw_mode, plan.image, files,
+                          ufw_added, user_created, plan.stats_port).save(layout.install_record)
     except (InstallError, CommandError, OSError, ValueError, StoreError) as exc:
         out.write("failed\n")
         what, todo = (exc.what, exc.todo) if isinstance(exc, InstallError) else (str(exc), "")
