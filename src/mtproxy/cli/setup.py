@@ -114,27 +114,27 @@ def _check_yes(text: str) -> str:
 
 
 def _number(flag: int | None, env: Mapping[str, str], option: str, name: str,
-            check: Callable[[int], object]) -> int | None:
+            check: Callable[[str | int], object]) -> int | None:
     """The flag, else the variable; None when neither is given. 0 or out of range is refused here, before
     any question: 0 never means "the default" (leaving it out does)."""
     source = option if flag is not None else name
-    text = flag if flag is not None else env.get(name, "").strip()
-    if text == "":
+    value = flag if flag is not None else env.get(name, "").strip()
+    if value == "":
         return None
     try:
-        value = whole_number(text, source)
         check(value)
     except Invalid as exc:
         raise InstallError(f"{source}: {exc.what}", exc.todo) from None
-    return value
+    return int(value)
 
 
 def gather(ns: argparse.Namespace, env: Mapping[str, str], asker: Asker | None, runner: Runner,
-           paths: Paths, layout: HostLayout) -> InstallPlan | None:
-    """Turn flags, variables and answers into a plan. None: the operator declined."""
+           paths: Paths, layout: HostLayout, out: TextIO | None = None) -> InstallPlan | None:
+    """Turn flags, variables and answers into a plan. None: the operator declined. Warnings about the
+    values go to `out` (the asker's terminal when there is one)."""
     settings = read_settings(paths.settings_file)
     record = InstallRecord.load(layout.install_record)
-    say = asker.stdout if asker is not None else sys.stdout
+    say = asker.stdout if asker is not None else out or sys.stdout
     port = _number(ns.port, env, "--port", "MTPROXY_PORT", port_number)
     workers = _number(ns.workers, env, "--workers", "MTPROXY_WORKERS", check_workers)
     domain = ns.domain or env.get("MTPROXY_DOMAIN") or settings.domain
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None,
                      "(and flags or MTPROXY_* variables)\n")
         return 6
     try:
-        plan = gather(ns, environ, Asker(stdin, stdout) if interactive else None, runner, paths, layout)
+        plan = gather(ns, environ, Asker(stdin, stdout) if interactive else None, runner, paths, layout, stdout)
         if plan is None:
             stdout.write("Nothing installed.\n")
             return 0

@@ -155,6 +155,11 @@ def check_server(value: str) -> Checked[str]:
 def check_domain(value: str, source: str = "the fake-TLS domain") -> str:
     """The fake-TLS domain: a real HTTPS site's host name that fits in an ee secret and a TLS SNI."""
     text = value.strip().lower()
+    hint = "give the host name of a real HTTPS site, e.g. www.example.com"
+    if secret_tokens(text) or "://" in text:
+        raise Invalid(f"{source}: that looks like a secret or a link, not a domain", hint)
+    if "." not in text.strip("."):
+        raise Invalid(f"{source}: {shown(value)} is not a public host name (no dot)", hint)
     try:
         return validate_domain(text)
     except SecretFormatError as exc:
