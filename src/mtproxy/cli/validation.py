@@ -73,8 +73,7 @@ def port_number(value: str | int | None, what: str = "port") -> int:
     """1 to 65535. 0 is refused, never read as "the default" (that is what leaving it out means)."""
     port = whole_number(value, what)
     if port == 0:
-        raise Invalid(f"{what} 0 is not a port (0 does not mean the default)",
-                      f"give a port from 1 to 65535, or leave the {what} out for the default")
+        raise Invalid(f"{what} 0 is not a port (0 does not mean the default)", "give a port from 1 to 65535")
     if not 1 <= port <= 65535:
         raise Invalid(f"{what} {port} is out of range", "give a port from 1 to 65535")
     return port
