@@ -194,7 +194,7 @@ def _setup(tmp_path: Path, *args: str, **variables: str) -> tuple[int, str]:
     (("--type", "dd", "--port", "0"), {}, "--port: port 0 is not a port"),
     (("--type", "dd"), {"MTPROXY_PORT": "0"}, "MTPROXY_PORT: port 0 is not a port"),
     (("--type", "dd", "--workers", "0"), {}, "--workers: 0 workers is out of range"),
-    (("--type", "dd"), {"MTPROXY_WORKERS": "two"}, "MTPROXY_WORKERS: workers must be a whole number, not 'two'"),
+    (("--type", "dd"), {"MTPROXY_WORKERS": "two"}, "MTPROXY_WORKERS must be a whole number, not 'two'"),
 ])
 def test_setup_bad_values_are_one_line_with_a_hint(tmp_path: Path, args: tuple[str, ...],
                                                    variables: dict[str, str], words: str) -> None:

@@ -122,10 +122,14 @@ def _number(flag: int | None, env: Mapping[str, str], option: str, name: str,
     if value == "":
         return None
     try:
-        check(value)
+        number = whole_number(value, source)
+    except Invalid as exc:
+        raise InstallError(exc.what, exc.todo) from None
+    try:
+        check(number)
     except Invalid as exc:
         raise InstallError(f"{source}: {exc.what}", exc.todo) from None
-    return int(value)
+    return number
 
 
 def gather(ns: argparse.Namespace, env: Mapping[str, str], asker: Asker | None, runner: Runner,

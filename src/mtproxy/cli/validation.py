@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from ..host.install import UFW_MODES
 from ..protocol.errors import SecretFormatError
 from ..protocol.secret import validate_domain
 from ..settings import MAX_WORKERS
@@ -20,7 +21,6 @@ from .ports import RESERVED, bind_error, suggest_free, vpn_ports
 
 SECRET_TYPES = {"ee": "ee", "fake-tls": "ee", "tls": "ee", "dd": "dd", "padded": "dd",
                 "plain": "plain", "classic": "plain"}
-UFW_MODES = ("limit", "allow", "skip")
 T = TypeVar("T", covariant=True)
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
