@@ -139,9 +139,11 @@ def check_server(value: str) -> Checked[str]:
             return Checked(text, (f"{text} is a private or reserved address: clients on the Internet cannot "
                                   "reach it (set the public address or a domain name)",))
         return Checked(text)
-    if text.count(":") == 1 or (":" not in text and text.replace(".", "").isdigit()):
-        raise Invalid(f"{shown(value)} is not an IP address or host name",
+    if ":" in text:
+        raise Invalid(f"{shown(value)} is not a bare address: a port or scheme does not belong in it",
                       f"{bare}; the port comes from `mtproxy set-port`")
+    if text.replace(".", "").isdigit():
+        raise Invalid(f"{shown(value)} is not a valid IPv4 address", bare)
     labels = text.split(".")
     if len(text) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
         raise Invalid(f"{shown(value)} is not a valid host name",
