@@ -16,7 +16,7 @@ from ..store import StoreAccessError, StoreError
 from .entry import version_asked
 from .env import Env, OutputClosed
 from .errors import CliError, ExitStatus
-from .validation import Invalid
+from .validation import Invalid, check_server
 
 ROOT_HELP = "Installation root (default: $MTPROXY_ROOT or /opt/vless)."
 
@@ -69,8 +69,6 @@ def cli(
 def _checked_server(value: str, given: bool) -> str:
     """--server / MTPROXY_SERVER is refused on the same grounds as `set-server`'s argument. Its warnings
     (a private address) are left to `set-server` and setup, which keep the value; this one is per command."""
-    from .validation import check_server
-
     try:
         return check_server(value).value
     except Invalid as exc:
