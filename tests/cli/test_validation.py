@@ -137,7 +137,8 @@ def test_set_server_warns_about_a_private_address(cli: Cli, paths: Paths) -> Non
 
 @pytest.mark.parametrize("args", [("set-server", LINK), ("set-server", SECRET), ("set-port", SECRET),
                                   ("--server", LINK, "list-secrets"), ("show-config", SECRET),
-                                  ("add-secret", "--fake-tls", SECRET)])
+                                  ("add-secret", "--fake-tls", SECRET), ("list-secrets", SECRET),
+                                  ("set-port", LINK)])
 def test_errors_never_echo_a_secret(cli: Cli, args: tuple[str, ...]) -> None:
     result = cli(*args)
     assert result.status != ExitStatus.OK
