@@ -150,7 +150,7 @@ def preflight(plan: InstallPlan, runner: Runner, layout: HostLayout) -> list[str
         raise InstallError(f"port {plan.port} cannot be used: {problem}",
                            f"choose another port (for example {free})" if free else "choose another port")
     if plan.ufw_mode != "skip" and not runner.available("ufw"):
-        warnings.append("ufw is not installed: no firewall rule added (open the port in your firewall)")
+        warnings.append(f"ufw is not installed: no firewall rule added (open {plan.port}/tcp in your firewall)")
     if not runner.available("fail2ban-client"):
         warnings.append("fail2ban is not installed: the jail and filter are written but nothing enforces them")
     return warnings
