@@ -50,7 +50,7 @@ def _dry_run(env: Env, what: str, restarts: bool = False) -> None:
     """Say what would change; nothing is saved or rewritten, and the service manager is only asked."""
     env.out(f"dry run: would {what}; nothing was saved")
     if restarts:
-        state = detect(env.runner)
+        state = detect(env.runner, env.paths)
         env.out("  proxy:   " + (f"would restart the proxy ({state.manager})" if state.running
                                  else "no proxy is running: nothing to restart"))
 
