@@ -14,7 +14,9 @@ import pytest
 from mtproxy.cli.errors import ExitStatus
 from mtproxy.paths import Paths
 from mtproxy.stats.counters import Counters
+from mtproxy.stats.digest import secrets_digest
 from mtproxy.stats.http import StatsServer
+from mtproxy.store import read_store
 
 from .conftest import Result
 
@@ -33,8 +35,9 @@ def counters() -> Counters:
 
 
 @pytest.fixture
-def stats_server(counters: Counters) -> Iterator[StatsServer]:
-    server = StatsServer("127.0.0.1", 0, counters.snapshot, allow_remote=False)
+def stats_server(counters: Counters, paths: Paths) -> Iterator[StatsServer]:
+    """An engine run by hand for this root: it says it reads the root's store."""
+    server = StatsServer("127.0.0.1", 0, counters.snapshot, allow_remote=False, store=str(paths.secrets_file))
     server.start()
     yield server
     server.close()
@@ -123,9 +126,17 @@ def test_stats_tolerates_missing_and_unknown_keys(cli: Cli, paths: Paths) -> Non
         server.server_close()
 
 
-def test_status_healthy(cli: Cli, paths: Paths, stats_server: StatsServer, proxy_port: int) -> None:
+def serve_store(counters: Counters, paths: Paths) -> None:
+    """The engine loaded what the store holds now."""
+    counters.secrets_digest = secrets_digest(read_store(paths.secrets_file).active_secrets())
+    counters.secrets_loaded = len(read_store(paths.secrets_file).active_records())
+
+
+def test_status_healthy(cli: Cli, paths: Paths, stats_server: StatsServer, proxy_port: int,
+                        counters: Counters) -> None:
     _settings(paths, stats_port=stats_server.port, port=proxy_port)
     cli("add-secret")
+    serve_store(counters, paths)
     result = cli("status")
     assert result.status == ExitStatus.OK, result.out
     assert "MTProxy: healthy" in result.out

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from mtproxy.host import fail2ban, ufw
-from mtproxy.host.install import InstallRecord
 from mtproxy.host.layout import HostLayout
+from mtproxy.host.record import InstallRecord
 from mtproxy.host.runner import Runner
 from mtproxy.host.service import follow_port
 from mtproxy.paths import Paths

@@ -10,8 +10,8 @@ from pathlib import Path
 from ..links import ProxyLinks, ServerUnknownError, guess_public_address, make_links
 from ..paths import Paths
 from ..qr import write_qr_files
-from ..settings import Settings
-from ..store import SecretRecord, StoreData, update_store, write_atomic
+from ..settings import Settings, read_settings
+from ..store import SecretRecord, StoreData, _remove_stale_temps, update_store, write_atomic
 from .errors import CliError, ExitStatus
 
 
@@ -71,7 +71,9 @@ def _link_text(links: ProxyLinks) -> bytes:
 def write_all(paths: Paths, data: StoreData, settings: Settings, server: ServerChoice | None) -> list[str]:
     """Rewrite every active secret's files and the default ones; drop files of removed/inactive secrets.
 
-    Returns notes for the operator (e.g. why nothing was written). The files hold secrets: mode 0600.
+    Called with the store's lock held (see `rewrite_all`), so no other writer is live and the temp files
+    of one that was killed mid-write can go. Returns notes for the operator (e.g. why nothing was written).
+    The files hold secrets: mode 0600.
     """
     notes: list[str] = []
     secrets_dir = paths.data_dir / "secrets"
@@ -81,8 +83,12 @@ def write_all(paths: Paths, data: StoreData, settings: Settings, server: ServerC
         for entry in secrets_dir.iterdir():
             if entry.is_dir() and entry.name not in keep:
                 shutil.rmtree(entry, ignore_errors=True)
+    for rec in active:
+        _remove_temps(*_files(files_for(paths, rec)))
+    default_files = (paths.default_link_file, paths.default_qr_png, paths.default_qr_png.with_suffix(".svg"))
+    _remove_temps(*default_files)
     if server is None:
-        notes.append("links and QR codes not written: no server address (use `mtproxy set-server HOST`)")
+        notes.append(NO_SERVER_NOTE)
         return notes
     for rec in active:
         links = links_for(rec, settings, server)
@@ -90,29 +96,57 @@ def write_all(paths: Paths, data: StoreData, settings: Settings, server: ServerC
         _write_if_changed(files.link_file, _link_text(links), links.tg, files.png, files.svg)
     default = data.default_record()
     if default is None:
-        for stale in (paths.default_link_file, paths.default_qr_png, paths.default_qr_png.with_suffix(".svg")):
+        for stale in default_files:
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
     else:
         links = links_for(default, settings, server)
-        _write_if_changed(
-            paths.default_link_file, _link_text(links), links.tg,
-            paths.default_qr_png, paths.default_qr_png.with_suffix(".svg"),
-        )
+        _write_if_changed(paths.default_link_file, _link_text(links), links.tg, *default_files[1:])
     return notes
 
 
-def rewrite_all(paths: Paths, settings: Settings, server: ServerChoice | None) -> None:
-    """Rewrite every link file and QR code from the store, under its lock so no concurrent command's
-    change is written over; raises the store's errors and OSError for the caller to judge."""
+NO_SERVER_NOTE = "links and QR codes not written: no server address (use `mtproxy set-server HOST`)"
+
+
+def _files(files: SecretFiles) -> tuple[Path, Path, Path]:
+    return files.link_file, files.png, files.svg
+
+
+def _remove_temps(*files: Path) -> None:
+    for file in files:
+        _remove_stale_temps(file)
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """What `rewrite_all` wrote the links from, and why some were not written (empty when all were)."""
+
+    settings: Settings
+    server: ServerChoice | None
+    notes: list[str]
+
+    @property
+    def written(self) -> bool:
+        return not self.notes
+
+
+def rewrite_all(paths: Paths, override: str | None) -> Refresh:
+    """Rewrite every link file and QR code from the store and the settings, both read under the store's
+    lock: a command that changes the port or server and then calls this, and one that changes a secret
+    (which writes links under the same lock), cannot leave links behind on the old port. Raises the
+    store's errors and OSError for the caller to judge."""
+    refresh: list[Refresh] = []
 
     def same(data: StoreData) -> tuple[StoreData, None]:
         return data, None
 
     def write(data: StoreData) -> None:
-        write_all(paths, data, settings, server)
+        settings = read_settings(paths.settings_file)
+        server = choose_server(settings, override)
+        refresh.append(Refresh(settings, server, write_all(paths, data, settings, server)))
 
     update_store(paths.secrets_file, same, after=write)
+    return refresh[0]
 
 
 def _write_if_changed(link_file: Path, link_text: bytes, qr_text: str, png: Path, svg: Path) -> None:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import enum
+import re
+from collections.abc import Iterable
+
+from ..protocol.errors import SecretFormatError
+from ..protocol.secret import parse_secret
 
 
 class ExitStatus(enum.IntEnum):
@@ -29,5 +34,38 @@ class CliError(Exception):
         self.todo = todo
         self.status = status
 
-    def line(self) -> str:
-        return f"mtproxy: {self.what}" + (f" — {self.todo}" if self.todo else "")
+    def line(self, typed: Iterable[str] = ()) -> str:
+        """The one-line message; secrets inside `typed` (the command line) are masked if it repeats them."""
+        text = f"mtproxy: {self.what}" + (f" — {self.todo}" if self.todo else "")
+        return mask_secrets(text, typed)
+
+
+_TOKEN_SPLIT = re.compile(r"[^0-9A-Za-z_-]+")
+_MIN_SECRET_TEXT = 22  # the shortest way to write a secret: 16 bytes in unpadded base64url
+
+
+def secret_tokens(text: str) -> list[str]:
+    """The parts of `text` a client would accept as a secret (hex or base64url, with dd/ee prefixes)."""
+    found = []
+    for token in _TOKEN_SPLIT.split(text):
+        if len(token) < _MIN_SECRET_TEXT:
+            continue
+        try:
+            parse_secret(token)
+        except SecretFormatError:
+            continue
+        found.append(token)
+    return found
+
+
+def mask_secrets(text: str, typed: Iterable[str] | None = None) -> str:
+    """`text` with every secret it contains shown masked (`dd1a2b…4b5c`), so an error never echoes one.
+
+    `typed`: look only for secrets inside these strings (what the operator typed), so a long path or
+    word in an error that merely decodes as base64 is left alone; None: look in `text` itself.
+    """
+    sources = [text] if typed is None else list(typed)
+    for source in sources:
+        for token in secret_tokens(source):
+            text = text.replace(token, parse_secret(token).masked())
+    return text

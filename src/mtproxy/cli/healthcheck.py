@@ -7,6 +7,7 @@ import http.client
 import socket
 import sys
 
+from mtproxy import __version__
 from mtproxy.config import DEFAULT_STATS_PORT
 
 
@@ -18,6 +19,7 @@ def healthcheck_command(argv: list[str]) -> int:
     p.add_argument("--port", type=int, help="proxy port: also check that it accepts connections")
     p.add_argument("--timeout", type=float, default=3.0)
     p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--version", action="version", version=f"mtproxy healthcheck {__version__}")
     ns = p.parse_args(argv)
     problems: list[str] = []
     if ns.stats_port:

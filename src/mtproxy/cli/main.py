@@ -13,8 +13,10 @@ import click
 from .. import __version__
 from ..host.runner import CommandError
 from ..store import StoreAccessError, StoreError
+from .entry import version_asked
 from .env import Env, OutputClosed
 from .errors import CliError, ExitStatus
+from .validation import Invalid, check_server
 
 ROOT_HELP = "Installation root (default: $MTPROXY_ROOT or /opt/vless)."
 
@@ -36,6 +38,7 @@ Shell completion (bash, zsh, fish):
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=EPILOG,
+    invoke_without_command=True,
 )
 @click.option("--root", type=click.Path(file_okay=False), envvar="MTPROXY_ROOT", help=ROOT_HELP)
 @click.option("--server", metavar="HOST", help="Address or domain for links (default: config, then a guess).")
@@ -56,12 +59,28 @@ def cli(
     else:  # an Env given by a test: the flags still apply on top of it
         ctx.obj.runner.dry_run = ctx.obj.runner.dry_run or dry_run
         ctx.obj.server_override = server or ctx.obj.server_override
+    if ctx.obj.server_override:
+        ctx.obj.server_override = _checked_server(ctx.obj.server_override, given=server is not None)
+    if ctx.invoked_subcommand is None:  # `mtproxy` alone: the help, and that is not an error
+        click.echo(ctx.get_help())
+        ctx.exit(0)
 
 
-def _lazy(module: str, function: str) -> Callable[[list[str]], int]:
+def _checked_server(value: str, given: bool) -> str:
+    """--server / MTPROXY_SERVER is refused on the same grounds as `set-server`'s argument. Its warnings
+    (a private address) are left to `set-server` and setup, which keep the value; this one is per command."""
+    try:
+        return check_server(value).value
+    except Invalid as exc:
+        raise CliError(f"{'--server' if given else 'MTPROXY_SERVER'}: {exc.what}", exc.todo, exc.status) from None
+
+
+def _lazy(module: str, function: str, prog: str) -> Callable[[list[str]], int]:
     """Import the engine's command only when it runs, so the operator commands work without it."""
 
     def call(argv: list[str]) -> int:
+        if version_asked(prog, argv):
+            return 0
         try:
             target = getattr(importlib.import_module(module), function)
         except (ImportError, AttributeError):
@@ -82,14 +101,14 @@ _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run_cmd(args: tuple[str, ...]) -> None:
     """Run the proxy (flags as the official mtproto-proxy: -H, -S, -D, -p, -M …; see `mtproxy run --help`)."""
-    raise SystemExit(_lazy("mtproxy.cli.run", "run_command")(list(args)))
+    raise SystemExit(_lazy("mtproxy.cli.run", "run_command", "mtproxy run")(list(args)))
 
 
 @cli.command("healthcheck", context_settings=_PASS_THROUGH, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def healthcheck_cmd(args: tuple[str, ...]) -> None:
     """Exit 0 only when the local proxy answers (for container health checks)."""
-    raise SystemExit(_lazy("mtproxy.cli.healthcheck", "healthcheck_command")(list(args)))
+    raise SystemExit(_lazy("mtproxy.cli.healthcheck", "healthcheck_command", "mtproxy healthcheck")(list(args)))
 
 
 def _with_dry_run(ctx: click.Context, argv: list[str]) -> list[str]:
@@ -105,7 +124,7 @@ def _with_dry_run(ctx: click.Context, argv: list[str]) -> list[str]:
 @click.pass_context
 def setup_cmd(ctx: click.Context, args: tuple[str, ...]) -> None:
     """Install the proxy on this host (the same as `mtproxy-setup`)."""
-    raise SystemExit(_lazy_main("mtproxy.cli.setup", _with_dry_run(ctx, list(args))))
+    raise SystemExit(_lazy_main("mtproxy.cli.setup", _with_dry_run(ctx, list(args)), "mtproxy setup"))
 
 
 @cli.command("uninstall", context_settings=_PASS_THROUGH, add_help_option=False)
@@ -113,7 +132,7 @@ def setup_cmd(ctx: click.Context, args: tuple[str, ...]) -> None:
 @click.pass_context
 def uninstall_cmd(ctx: click.Context, args: tuple[str, ...]) -> None:
     """Remove the proxy from this host (the same as `mtproxy-uninstall`)."""
-    raise SystemExit(_lazy_main("mtproxy.cli.uninstall", _with_dry_run(ctx, list(args))))
+    raise SystemExit(_lazy_main("mtproxy.cli.uninstall", _with_dry_run(ctx, list(args)), "mtproxy uninstall"))
 
 
 @cli.command("completion")
@@ -143,7 +162,9 @@ def _register() -> None:
 _register()
 
 
-def _lazy_main(module: str, argv: list[str]) -> int:
+def _lazy_main(module: str, argv: list[str], prog: str) -> int:
+    if version_asked(prog, argv):
+        return 0
     try:
         entry = importlib.import_module(module).main
     except (ImportError, AttributeError):
@@ -153,9 +174,9 @@ def _lazy_main(module: str, argv: list[str]) -> int:
     return int(result or 0)
 
 
-def _fail(error: CliError) -> None:
+def _fail(error: CliError, typed: Sequence[str] = ()) -> None:
     try:
-        sys.stderr.write(error.line() + "\n")
+        sys.stderr.write(error.line(typed) + "\n")
         sys.stderr.flush()
     except (BrokenPipeError, ValueError):
         pass
@@ -200,27 +221,30 @@ def _dispatch(args: list[str], debug: bool, env: Env | None = None) -> int:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else int(ExitStatus.FAILURE))
     except click.exceptions.Abort:
-        _fail(CliError("interrupted", "", ExitStatus.INTERRUPTED))
+        _fail(CliError("interrupted", "", ExitStatus.INTERRUPTED), args)
         return int(ExitStatus.INTERRUPTED)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
         ctx = getattr(exc, "ctx", None)
         command = ctx.command_path if ctx is not None else "mtproxy"
-        _fail(CliError(exc.format_message(), f"see `{command} --help`", ExitStatus.USAGE))
+        _fail(CliError(exc.format_message(), f"see `{command} --help`", ExitStatus.USAGE), args)
         return int(ExitStatus.USAGE)
     except CliError as exc:
-        _fail(exc)
+        _fail(exc, args)
+        return int(exc.status)
+    except Invalid as exc:  # a check of validation.py not caught by the command: same one line
+        _fail(exc.cli_error(), args)
         return int(exc.status)
     except StoreError as exc:
         error = _store_error(exc)
-        _fail(error)
+        _fail(error, args)
         return int(error.status)
     except CommandError as exc:
-        _fail(CliError(f"`{exc.result.display}` failed: {exc.problem}", "check the tool's own logs"))
+        _fail(CliError(f"`{exc.result.display}` failed: {exc.problem}", "check the tool's own logs"), args)
         return int(ExitStatus.FAILURE)
     except KeyboardInterrupt:
-        _fail(CliError("interrupted", "", ExitStatus.INTERRUPTED))
+        _fail(CliError("interrupted", "", ExitStatus.INTERRUPTED), args)
         return int(ExitStatus.INTERRUPTED)
     except (BrokenPipeError, OutputClosed):
         _quiet_broken_pipe()
@@ -229,18 +253,18 @@ def _dispatch(args: list[str], debug: bool, env: Env | None = None) -> int:
         if debug:
             traceback.print_exc()
         _fail(CliError(f"internal error: {type(exc).__name__}: {exc}",
-                       "rerun with --debug and report the traceback", ExitStatus.FAILURE))
+                       "rerun with --debug and report the traceback", ExitStatus.FAILURE), args)
         return int(ExitStatus.FAILURE)
 
 
 def setup_main() -> None:
     """`mtproxy-setup`: the deployment wizard."""
-    sys.exit(_lazy_main("mtproxy.cli.setup", sys.argv[1:]))
+    sys.exit(_lazy_main("mtproxy.cli.setup", sys.argv[1:], "mtproxy-setup"))
 
 
 def uninstall_main() -> None:
     """`mtproxy-uninstall`."""
-    sys.exit(_lazy_main("mtproxy.cli.uninstall", sys.argv[1:]))
+    sys.exit(_lazy_main("mtproxy.cli.uninstall", sys.argv[1:], "mtproxy-uninstall"))
 
 
 if __name__ == "__main__":

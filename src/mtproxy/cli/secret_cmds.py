@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import click
 
 from ..protocol.errors import SecretFormatError
-from ..protocol.secret import SecretKind, generate_secret, parse_secret, validate_domain
+from ..protocol.secret import SecretKind, generate_secret, parse_secret
 from ..settings import Settings, read_settings
 from ..store import SecretRecord, StoreData, now_iso, read_store, update_store
 from . import artifacts
@@ -19,7 +19,8 @@ from .completion import complete_secret_ref
 from .env import Env
 from .errors import CliError, ExitStatus
 from .output import dump_json, table
-from .proxy_control import ApplyOutcome, fetch_stats, reload_secrets
+from .proxy_control import ApplyOutcome, reload_secrets
+from .validation import check_domain
 
 pass_env = click.make_pass_decorator(Env)
 
@@ -32,6 +33,7 @@ class ChangeReport:
     notes: list[str]
     apply: ApplyOutcome
     server: artifacts.ServerChoice | None
+    settings: Settings  # as read under the store's lock, so the links shown are the links written
 
 
 def load_settings(env: Env) -> Settings:
@@ -41,27 +43,43 @@ def load_settings(env: Env) -> Settings:
 def change_secrets(
     env: Env, change: Callable[[StoreData], tuple[StoreData, SecretRecord | None]]
 ) -> ChangeReport:
-    """Change the store under its lock, rewrite links and QR codes, then get the running proxy to reload."""
+    """Change the store under its lock, rewrite links and QR codes, then get the running proxy to reload.
+
+    The settings (port, server) are read again under the lock before the links are written: a `set-port`
+    that finished while this command waited for the lock must not leave the links on the old port.
+    """
     settings = load_settings(env)
-    server = artifacts.choose_server(settings, env.server_override)
-    before = fetch_stats(settings.stats_port)
     notes: list[str] = []
+    written: list[StoreData] = []
+    used: list[tuple[Settings, artifacts.ServerChoice | None]] = []
 
     def after(data: StoreData) -> None:
+        written.append(data)
+        current = load_settings(env)
+        server = artifacts.choose_server(current, env.server_override)
+        used.append((current, server))
         try:
-            notes.extend(artifacts.write_all(env.paths, data, settings, server))
+            notes.extend(artifacts.write_all(env.paths, data, current, server))
         except OSError as exc:
             notes.append(f"links and QR codes not written to {env.paths.data_dir}: {exc.strerror}")
 
     if env.runner.dry_run:
         record = change(read_store(env.paths.secrets_file))[1]
         return ChangeReport(record, ["dry run: the store was not changed"],
-                            ApplyOutcome("dry run: the proxy was not told", False), server)
+                            ApplyOutcome("dry run: the proxy was not told", False),
+                            artifacts.choose_server(settings, env.server_override), settings)
     record = update_store(env.paths.secrets_file, change, env.clock, after=after)
-    outcome = reload_secrets(env.runner, settings.stats_port, before)
+    settings, server = used[-1] if used else (settings, artifacts.choose_server(settings, env.server_override))
+    outcome = reload_secrets(env.runner, env.paths, settings, written[-1] if written else
+                             read_store(env.paths.secrets_file))
     if server is not None and server.warning:
         notes.append(server.warning)
-    return ChangeReport(record, notes, outcome, server)
+    return ChangeReport(record, notes, outcome, server, settings)
+
+
+def proxy_line(env: Env, apply: ApplyOutcome) -> str:
+    """The running proxy's part of a report; ✗ when it runs but cannot take the change."""
+    return f"{env.ok_mark(False)} {apply.message}" if apply.failed else apply.message
 
 
 def resolve(data: StoreData, ref: str) -> SecretRecord:
@@ -113,8 +131,8 @@ def _check_label(data: StoreData, label: str, own_id: str | None = None) -> None
                            "pick another label", ExitStatus.CONFLICT)
 
 
-def _print_change(env: Env, title: str, report: ChangeReport, settings: Settings, as_json: bool = False) -> None:
-    record = report.record
+def _print_change(env: Env, title: str, report: ChangeReport, as_json: bool = False) -> None:
+    record, settings = report.record, report.settings
     assert record is not None
     if as_json:
         links = artifacts.links_for(record, settings, report.server) if report.server is not None else None
@@ -123,7 +141,8 @@ def _print_change(env: Env, title: str, report: ChangeReport, settings: Settings
             "id": record.id, "label": record.label, "type": record.type, "domain": record.domain,
             "secret": record.value, "tg": links.tg if links else None, "https": links.https if links else None,
             "qr_png": str(files.png), "qr_svg": str(files.svg), "dry_run": env.runner.dry_run,
-            "proxy": {"message": report.apply.message, "live": report.apply.live}, "notes": report.notes,
+            "proxy": {"message": report.apply.message, "live": report.apply.live,
+                      "failed": report.apply.failed}, "notes": report.notes,
         }))
         return
     env.out(env.style("✓ ", fg="green") + title)
@@ -142,7 +161,7 @@ def _print_change(env: Env, title: str, report: ChangeReport, settings: Settings
         env.out(f"  server:  {report.server.address} ({report.server.source})")
     for note in report.notes:
         env.warn(note)
-    env.out(f"  proxy:   {report.apply.message}")
+    env.out(f"  proxy:   {proxy_line(env, report.apply)}")
 
 
 # ------------------------------------------------------------------------------------------------- commands
@@ -173,12 +192,7 @@ def add_secret(
     if domain is None and kind is None and settings.domain:
         domain = settings.domain
     if domain is not None:
-        try:
-            validate_domain(domain.strip().lower())
-        except SecretFormatError as exc:
-            raise CliError(f"--fake-tls {domain!r}: {exc}", "give a host name like www.example.com",
-                           ExitStatus.USAGE) from None
-        secret_kind, domain = SecretKind.FAKE_TLS, domain.strip().lower()
+        secret_kind, domain = SecretKind.FAKE_TLS, check_domain(domain, "--fake-tls")
     else:
         secret_kind = SecretKind.CLASSIC if kind == "plain" else SecretKind.PADDED
 
@@ -200,7 +214,8 @@ def add_secret(
                  "allow_classic is set in the settings file; this secret will be refused until then")
     report = change_secrets(env, change)
     assert report.record is not None
-    _print_change(env, f"added secret {report.record.name}", report, settings, as_json)
+    verb = "would add" if env.runner.dry_run else "added"
+    _print_change(env, f"{verb} secret {report.record.name}", report, as_json)
 
 
 @click.command("list-secrets", epilog="""\b
@@ -269,7 +284,7 @@ def remove_secret(env: Env, ref: str, yes: bool, dry_run: bool) -> None:
     env.out(env.style("✓ ", fg="green") + f"{verb} secret {target.name} ({target.masked()})")
     for note in report.notes:
         env.warn(note)
-    env.out(f"  proxy:   {report.apply.message}")
+    env.out(f"  proxy:   {proxy_line(env, report.apply)}")
 
 
 @click.command("regenerate-secret", epilog="""\b
@@ -301,9 +316,8 @@ def regenerate_secret(env: Env, ref: str, yes: bool, dry_run: bool, as_json: boo
         return data.with_record(record), record
 
     report = change_secrets(env, change)
-    settings = load_settings(env)
     verb = "would regenerate" if env.runner.dry_run else "regenerated"
-    _print_change(env, f"{verb} secret {target.name} (was {target.masked()})", report, settings, as_json)
+    _print_change(env, f"{verb} secret {target.name} (was {target.masked()})", report, as_json)
 
 
 COMMANDS = [add_secret, list_secrets, remove_secret, regenerate_secret]

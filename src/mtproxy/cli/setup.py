@@ -16,7 +16,6 @@ from ..host.install import (
     UFW_MODES,
     InstallError,
     InstallPlan,
-    InstallRecord,
     Progress,
     Transaction,
     choose_manager,
@@ -31,16 +30,26 @@ from ..host.install import (
     snapshot,
 )
 from ..host.layout import HostLayout
+from ..host.record import InstallRecord, ownership
 from ..host.runner import CommandError, Runner
 from ..paths import Paths
-from ..protocol.errors import SecretFormatError
-from ..protocol.secret import SecretKind, generate_secret, validate_domain
-from ..settings import check_port, check_server, check_workers, read_settings, update_settings
+from ..protocol.secret import SecretKind, generate_secret
+from ..settings import read_settings, update_settings
 from ..store import SecretRecord, StoreData, StoreError, now_iso, update_store
+from .validation import (
+    Checked,
+    Invalid,
+    check_domain,
+    check_port,
+    check_secret_type,
+    check_server,
+    check_ufw_mode,
+    check_workers,
+    port_number,
+    whole_number,
+)
 
 TYPES = {"ee": SecretKind.FAKE_TLS, "dd": SecretKind.PADDED, "plain": SecretKind.CLASSIC}
-TYPE_WORDS = {"ee": "ee", "fake-tls": "ee", "tls": "ee", "dd": "dd", "padded": "dd",
-              "plain": "plain", "classic": "plain"}
 
 UFW_EXPLAIN = (
     "UFW: `ufw limit` refuses a source address's 6th and later new connections within 30 seconds. Telegram apps open\n"
@@ -103,98 +112,98 @@ class Asker:
         raise InstallError("too many invalid answers", "run it again")
 
 
-def _check_type(text: str) -> str:
-    word = TYPE_WORDS.get(text.strip().lower())
-    if word is None:
-        raise ValueError("answer ee (fake-TLS), dd or plain")
-    return word
-
-
-def _check_domain(text: str) -> str:
-    try:
-        return validate_domain(text.strip().lower())
-    except SecretFormatError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _check_ufw(text: str) -> str:
-    if text not in UFW_MODES:
-        raise ValueError(f"answer one of {', '.join(UFW_MODES)}")
-    return text
-
-
 def _check_yes(text: str) -> str:
     if text.lower() not in ("y", "yes", "n", "no"):
         raise ValueError("answer y or n")
     return text
 
 
-def _env_int(env: Mapping[str, str], name: str) -> int | None:
-    text = env.get(name, "").strip()
-    if not text:
+def _number(flag: int | None, env: Mapping[str, str], option: str, name: str,
+            check: Callable[[str | int], object]) -> int | None:
+    """The flag, else the variable; None when neither is given. 0 or out of range is refused here, before
+    any question: 0 never means "the default" (leaving it out does)."""
+    source = option if flag is not None else name
+    value = flag if flag is not None else env.get(name, "").strip()
+    if value == "":
         return None
-    if not text.isdigit():
-        raise InstallError(f"{name} must be a whole number, not {text!r}", f"fix or unset {name}")
-    return int(text)
+    try:
+        number = whole_number(value, source)
+    except Invalid as exc:
+        raise InstallError(exc.what, exc.todo) from None
+    try:
+        check(number)
+    except Invalid as exc:
+        raise InstallError(f"{source}: {exc.what}", exc.todo) from None
+    return number
 
 
 def gather(ns: argparse.Namespace, env: Mapping[str, str], asker: Asker | None, runner: Runner,
-           paths: Paths, layout: HostLayout) -> InstallPlan | None:
-    """Turn flags, variables and answers into a plan. None: the operator declined."""
+           paths: Paths, layout: HostLayout, out: TextIO | None = None) -> InstallPlan | None:
+    """Turn flags, variables and answers into a plan. None: the operator declined. Warnings about the
+    values go to `out` (the asker's terminal when there is one)."""
     settings = read_settings(paths.settings_file)
     record = InstallRecord.load(layout.install_record)
-    port = ns.port or _env_int(env, "MTPROXY_PORT")
-    workers = ns.workers or _env_int(env, "MTPROXY_WORKERS")
+    say = asker.stdout if asker is not None else out or sys.stdout
+    port = _number(ns.port, env, "--port", "MTPROXY_PORT", port_number)
+    workers = _number(ns.workers, env, "--workers", "MTPROXY_WORKERS", check_workers)
     domain = ns.domain or env.get("MTPROXY_DOMAIN") or settings.domain
     server = ns.server or env.get("MTPROXY_SERVER") or settings.server
     kind = ns.secret_type or ("ee" if domain else ("dd" if _truthy(env.get("MTPROXY_PADDING", "1")) else "plain"))
     ufw_mode = ns.ufw or env.get("MTPROXY_UFW") or (record.ufw_mode if record else "limit")
     default_port = port or (record.port if record else settings.port)
+    own_port = record.port if record else None
 
     def usable(text: str) -> int:
-        value = check_port(int(text) if text.isdigit() else -1)
-        problem = port_problem(value, record.port if record else None, runner)
-        if problem:
-            from .ports import suggest_free
+        checked = check_port(text, paths.root, settings.stats_port, lambda p: port_problem(p, own_port, runner))
+        _warn(say, checked)
+        return checked.value
 
-            free = suggest_free({value, settings.stats_port})
-            raise ValueError(f"port {value}: {problem}" + (f"; {free} is free" if free else ""))
-        return value
+    def worker_count(text: str | int) -> int:
+        checked = check_workers(text)
+        _warn(say, checked)
+        return checked.value
+
+    def link_server(text: str) -> str | None:
+        if text == "auto":
+            return None
+        checked = check_server(text)
+        _warn(say, checked)
+        return checked.value
 
     if asker is not None:
         if asker.ask("Install the MTProxy add-on now? (y/n)", "y", _check_yes).lower().startswith("n"):
             return None
-        if port is None and port_problem(default_port, record.port if record else None, runner):
+        if port is None and port_problem(default_port, own_port, runner):
             from .ports import suggest_free
 
             default_port = suggest_free({default_port, settings.stats_port}) or default_port
             asker.stdout.write(f"  port {settings.port} is taken here; proposing {default_port}\n")
-        port = int(asker.ask("Public port", str(port or default_port), usable))
-        workers = int(asker.ask("Worker processes", str(workers or settings.workers),
-                                lambda t: check_workers(int(t) if t.isdigit() else -1)))
-        kind = _check_type(asker.ask("Secret type: ee = fake-TLS (recommended), dd, plain", kind, _check_type))
+        port = port_number(asker.ask("Public port", str(port or default_port), usable))
+        workers = whole_number(asker.ask("Worker processes", str(workers or settings.workers), worker_count),
+                               "workers")
+        kind = check_secret_type(asker.ask("Secret type: ee = fake-TLS (recommended), dd, plain", kind,
+                                           check_secret_type))
         if kind == "ee":
-            domain = asker.ask("Fake-TLS domain (a real HTTPS site)", domain or "www.google.com", _check_domain)
-        server = asker.ask("Server address or domain for links", server or "auto",
-                           lambda t: t == "auto" or check_server(t))
-        server = None if server == "auto" else server
+            domain = asker.ask("Fake-TLS domain (a real HTTPS site)", domain or "www.google.com", check_domain)
+            domain = check_domain(domain)
+        server = link_server(asker.ask("Server address or domain for links", server or "auto",
+                                       lambda t: t == "auto" or check_server(t)))
         asker.stdout.write(UFW_EXPLAIN + "\n")
-        ufw_mode = asker.ask("UFW rule: limit, allow or skip", ufw_mode, _check_ufw)
+        ufw_mode = check_ufw_mode(asker.ask("UFW rule: limit, allow or skip", ufw_mode, check_ufw_mode))
     else:
-        port = port or default_port
         try:
-            usable(str(port))
-        except ValueError as exc:
-            raise InstallError(str(exc), "pass --port or MTPROXY_PORT with a free port") from None
-        workers = check_workers(workers or settings.workers)
-        kind = _check_type(kind)
-        if kind == "ee":
-            if not domain:
-                raise InstallError("fake-TLS (ee) needs a domain", "pass --domain or MTPROXY_DOMAIN")
-            domain = _check_domain(domain)
-        if server:
-            check_server(server)
-        _check_ufw(ufw_mode)
+            port = usable(str(default_port if port is None else port))
+            workers = worker_count(settings.workers if workers is None else workers)
+            kind = check_secret_type(kind)
+            if kind == "ee":
+                if not domain:
+                    raise InstallError("fake-TLS (ee) needs a domain", "pass --domain or MTPROXY_DOMAIN")
+                domain = check_domain(domain)
+            server = link_server(server) if server else None
+            ufw_mode = check_ufw_mode(ufw_mode, "--ufw" if ns.ufw else "MTPROXY_UFW" if env.get("MTPROXY_UFW")
+                                      else "the recorded UFW mode")
+        except Invalid as exc:
+            raise InstallError(exc.what, exc.todo) from None
     manager, _ = choose_manager(ns.manager, runner, _image(ns, record), _local_base(ns, env))
     return InstallPlan(
         root=paths.root, port=port, workers=workers, secret_type=kind,
@@ -202,6 +211,11 @@ def gather(ns: argparse.Namespace, env: Mapping[str, str], asker: Asker | None, 
         image=_image(ns, record), build_script=Path(ns.build_script) if ns.build_script else None,
         local_base=_local_base(ns, env), stats_port=settings.stats_port,
     )
+
+
+def _warn(out: TextIO, checked: Checked[object]) -> None:
+    for warning in checked.warnings:
+        out.write(f"warning: {warning}\n")
 
 
 def _image(ns: argparse.Namespace, record: InstallRecord | None) -> str:
@@ -279,7 +293,7 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
     txn = Transaction()
     steps = {"docker": 11, "systemd": 10, "none": 7}[plan.manager]
     progress = Progress(out, steps)
-    previous = InstallRecord.load(layout.install_record)
+    previous = ownership(paths, layout).record  # only this root's record says which user setup added
     try:
         if plan.manager == "systemd":
             progress.start(f"System user {systemd.USER}")
@@ -322,8 +336,8 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
         progress.finish()
         # A re-run finds the user it added last time already there: it stays setup's to delete.
         user_created = owner.user_created or (previous is not None and previous.user_created)
-        InstallRecord(plan.port, plan.manager, plan.ufw_mode, plan.image, files,
-                      ufw_added, user_created).save(layout.install_record)
+        InstallRecord.new(paths, plan.port, plan.manager, plan.ufw_mode, plan.image, files,
+                          ufw_added, user_created, plan.stats_port).save(layout.install_record)
     except (InstallError, CommandError, OSError, ValueError, StoreError) as exc:
         out.write("failed\n")
         what, todo = (exc.what, exc.todo) if isinstance(exc, InstallError) else (str(exc), "")
@@ -366,7 +380,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None,
         return 6
     try:
         check_host(ns, environ, runner, layout, stdout)
-        plan = gather(ns, environ, Asker(stdin, stdout) if interactive else None, runner, paths, layout)
+        plan = gather(ns, environ, Asker(stdin, stdout) if interactive else None, runner, paths, layout, stdout)
         if plan is None:
             stdout.write("Nothing installed.\n")
             return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from ..qr import terminal_text
-from ..settings import Settings
 from ..store import StoreAccessError, read_store
 from . import artifacts
 from .completion import complete_secret_ref
@@ -33,7 +32,7 @@ def show_config(env: Env, ref: str | None, draw: bool, as_json: bool) -> None:
     records = [resolve(data, ref)] if ref is not None else data.active_records()
     server = artifacts.require_server(settings, env.server_override)
     if not env.runner.dry_run:
-        _refresh_files(env, settings, server)
+        _refresh_files(env)
     items = []
     for rec in records:
         links = artifacts.links_for(rec, settings, server)
@@ -68,10 +67,10 @@ def show_config(env: Env, ref: str | None, draw: bool, as_json: bool) -> None:
             env.out(terminal_text(links.tg))
 
 
-def _refresh_files(env: Env, settings: Settings, server: artifacts.ServerChoice) -> None:
+def _refresh_files(env: Env) -> None:
     """Make sure the files shown exist and match; a read-only root is only worth a warning here."""
     try:
-        artifacts.rewrite_all(env.paths, settings, server)
+        artifacts.rewrite_all(env.paths, env.server_override)
     except (StoreAccessError, OSError) as exc:
         env.warn(f"could not refresh the QR files: {exc}")
 

@@ -7,11 +7,12 @@ from typing import Any
 
 import click
 
+from ..host.record import ownership
 from ..store import StoreError, read_store
 from .env import Env
 from .errors import CliError, ExitStatus
 from .output import dump_json, human_bytes, human_count, human_duration, table
-from .proxy_control import fetch_stats, stat_int
+from .proxy_control import engine_of_root, fetch_engine, fetch_stats, stat_int, stats_port
 from .secret_cmds import load_settings
 
 pass_env = click.make_pass_decorator(Env)
@@ -109,8 +110,13 @@ Examples:
 @pass_env
 def stats(env: Env, live: bool, json_out: bool, interval: float, count: int | None) -> None:
     """Show traffic, connections and handshake counters of the running proxy (from 127.0.0.1:<stats_port>)."""
-    port = load_settings(env).stats_port
+    own = ownership(env.paths)
+    port = stats_port(own, load_settings(env))
     endpoint = f"http://127.0.0.1:{port}/stats"
+    engine = fetch_engine(port)
+    if engine is not None and not engine_of_root(engine, own, env.paths):  # one root, one installation
+        raise CliError(f"{endpoint} answers for another installation (it reads {engine.get('store')})",
+                       "use that installation's --root, or give this root its own stats_port", ExitStatus.UNAVAILABLE)
     if not live:
         data = fetch_stats(port)
         if data is None:

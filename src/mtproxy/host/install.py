@@ -7,14 +7,13 @@ What was installed is recorded in <root>/mtproxy/install.json so uninstall remov
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
 import sysconfig
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -23,7 +22,9 @@ from . import docker, fail2ban, systemd, templates, ufw
 from . import image as image_build
 from .files import remove_file, write_file
 from .layout import HostLayout
+from .record import ownership
 from .runner import CommandError, Runner
+from .service import foreign_service, service_state
 
 MANAGERS = ("docker", "systemd", "none")
 UFW_MODES = ("limit", "allow", "skip")
@@ -53,32 +54,6 @@ class InstallPlan:
     local_base: bool = False
     verify_timeout: float = 60.0
     stats_port: int = 8888
-
-
-@dataclass
-class InstallRecord:
-    """Persisted by setup, read by uninstall and by a setup re-run (to know its own port is not a conflict)."""
-
-    port: int
-    manager: str
-    ufw_mode: str
-    image: str
-    files: list[str] = field(default_factory=list)
-    ufw_added: bool = False  # setup added our tagged UFW rule (so uninstall and set-port may touch it)
-    user_created: bool = False  # setup added the system user `mtproxy` (so uninstall may delete it)
-
-    @classmethod
-    def load(cls, path: Path) -> InstallRecord | None:
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            return cls(int(doc["port"]), str(doc["manager"]), str(doc["ufw_mode"]), str(doc["image"]),
-                       [str(f) for f in doc.get("files", [])], bool(doc.get("ufw_added", False)),
-                       bool(doc.get("user_created", False)))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def save(self, path: Path) -> None:
-        write_file(path, json.dumps(asdict(self), indent=2) + "\n", 0o600)
 
 
 class Progress:
@@ -197,7 +172,11 @@ def preflight(plan: InstallPlan, runner: Runner, layout: HostLayout) -> list[str
     """Everything checked before anything changes. Raises InstallError; returns warnings."""
     warnings: list[str] = []
     host_checks(plan.manager, plan.image, plan.build_script, plan.local_base, runner)
-    record = InstallRecord.load(layout.install_record)
+    foreign = foreign_service(runner, layout, plan.manager)
+    if foreign:
+        raise InstallError(foreign, "uninstall that one first (mtproxy-uninstall --root <its root>), or run "
+                                    "setup with its root")
+    record = ownership(Paths(plan.root), layout).record  # another root's port is no "own port"
     problem = port_problem(plan.port, record.port if record else None, runner)
     if problem:
         from ..cli.ports import suggest_free
@@ -206,7 +185,7 @@ def preflight(plan: InstallPlan, runner: Runner, layout: HostLayout) -> list[str
         raise InstallError(f"port {plan.port} cannot be used: {problem}",
                            f"choose another port (for example {free})" if free else "choose another port")
     if plan.ufw_mode != "skip" and not runner.available("ufw"):
-        warnings.append("ufw is not installed: no firewall rule added (open the port in your firewall)")
+        warnings.append(f"ufw is not installed: no firewall rule added (open {plan.port}/tcp in your firewall)")
     if not runner.available("fail2ban-client"):
         warnings.append("fail2ban is not installed: the jail and filter are written but nothing enforces them")
     return warnings
@@ -291,7 +270,7 @@ def install_services(plan: InstallPlan, runner: Runner, layout: HostLayout, txn:
     UFW rule is in place (added by this or an earlier run)."""
     paths = Paths(plan.root)
     files: list[str] = []
-    previous = InstallRecord.load(layout.install_record)
+    previous = ownership(paths, layout).record  # a copied root's record must not move the original's rule
     ufw_added = False
     log_file = paths.logs_dir / templates.LOG_NAME
 
@@ -367,7 +346,8 @@ def install_services(plan: InstallPlan, runner: Runner, layout: HostLayout, txn:
 def uninstall(runner: Runner, paths: Paths, layout: HostLayout, purge: bool, out: TextIO) -> list[str]:
     """Remove what setup installed (its install record says what); keep the secrets (config/) unless `purge`.
     With runner.dry_run nothing is removed, only reported. Returns what was (or would be) removed."""
-    record = InstallRecord.load(layout.install_record)
+    own = ownership(paths, layout)
+    record = own.record
     dry = runner.dry_run
     removed: list[str] = []
 
@@ -376,12 +356,17 @@ def uninstall(runner: Runner, paths: Paths, layout: HostLayout, purge: bool, out
         out.write(f"  {'would remove' if dry else 'removed'} {what}\n")
 
     if record is None:
-        out.write(f"  no install record ({layout.install_record}): nothing under {layout.etc} and no firewall "
+        out.write(f"  {own.problem}: no container, unit or image, nothing under {layout.etc} and no firewall "
                   "rule is touched\n")
-    # Docker is touched only for an installation this root made (its record or its Compose file), so an
-    # uninstall pointed at another root never removes a container or image it does not own. The runner
-    # records the docker commands instead of running them in a dry run.
-    ours = (record is not None and record.manager == "docker") or layout.compose_file.exists()
+    # Docker is touched only for an installation this root's own record names: a Compose file alone is
+    # no proof (a copied root carries the original's, and `compose down` by project name would remove the
+    # original's container). The runner records the docker commands instead of running them in a dry run.
+    ours = record is not None and record.manager == "docker"
+    if ours and runner.available("docker") and docker.engine_problem(runner) is None:
+        live = service_state(runner, layout, own)
+        if live.state == "not ours":  # recreated by another root's setup: leave it to that root
+            out.write(f"  {live.problem}: it is left alone\n")
+            ours = False
     if ours and runner.available("docker") and docker.engine_problem(runner) is None:
         if layout.compose_file.exists():
             try:

@@ -2,16 +2,20 @@
 
 `mtproxy set-port` / `set-workers` call `restart_proxy` (see cli/proxy_control.py): a new port must also
 move the UFW rule and the fail2ban jail, or the new port is unprotected and the old one stays open.
+Every action here takes the root's `Ownership` (host/record.py): without this root's own install record
+no container or unit is queried, signalled or restarted.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from ..paths import Paths
 from ..settings import read_settings
 from . import docker, fail2ban, systemd, templates, ufw
 from .files import write_file
-from .install import InstallRecord
 from .layout import HostLayout
+from .record import InstallRecord, Ownership, same_root, service_name
 from .runner import Runner
 
 
@@ -39,24 +43,118 @@ def follow_port(runner: Runner, paths: Paths, layout: HostLayout, record: Instal
     return firewall
 
 
-def restart_proxy(runner: Runner, paths: Paths | None = None) -> None:
-    """Apply the settings file to the running installation (Compose service or systemd unit)."""
-    paths = paths or Paths.resolve()
+@dataclass(frozen=True)
+class ServiceState:
+    """The container or unit this root's record names, as its manager reports it."""
+
+    manager: str  # "docker", "systemd" or "none"
+    name: str  # the container or unit ("" for none)
+    state: str  # the manager's word (running, exited, active, failed, …), "not installed" or "not ours"
+    running: bool  # running AND serving this root: the only state that may be signalled or restarted
+    health: str = ""  # Docker's healthcheck status when the image defines one
+    problem: str = ""  # why nothing may be signalled or restarted ("" when it may)
+
+
+def service_state(runner: Runner, layout: HostLayout, own: Ownership) -> ServiceState:
+    """Read-only queries (they run under --dry-run too), and only about the service the record names:
+    without this root's record no container or unit is asked about at all. A service that exists but
+    serves another root (the container was recreated from another root's Compose file; the unit runs
+    another `--root`) is "not ours", never "running"."""
+    record = own.record
+    if record is None:
+        return ServiceState("none", "", "not installed", False, problem=own.problem)
+    name = record.service
+    if record.manager == "docker" and name:
+        if not runner.available("docker"):
+            return ServiceState("docker", name, "unknown", False, problem="the docker command is not installed")
+        result = runner.run(
+            ["docker", "inspect", "--format", "{{.State.Status}}|{{if .State.Health}}{{.State.Health.Status}}"
+             "{{end}}|{{index .Config.Labels \"com.docker.compose.project.config_files\"}}", name],
+            check=False, mutates=False, timeout=15)
+        if not result.ok:
+            return ServiceState("docker", name, "not created", False, problem=f"there is no container {name}")
+        status, _, rest = result.stdout.strip().partition("|")
+        health, _, config_files = rest.partition("|")
+        if not _made_from(config_files, layout):
+            made_from = config_files or "no Compose file"
+            return ServiceState("docker", name, "not ours", False, health, problem=(
+                f"the container {name} was created from {made_from}, not from {layout.compose_file}"))
+        return ServiceState("docker", name, status, status == "running", health)
+    if record.manager == "systemd" and name:
+        if not runner.available("systemctl"):
+            return ServiceState("systemd", name, "unknown", False, problem="systemctl is not installed")
+        show = runner.run(["systemctl", "show", "--property=LoadState,ActiveState,ExecStart", name],
+                          check=False, mutates=False, timeout=15)
+        fields = dict(line.partition("=")[::2] for line in show.stdout.splitlines())
+        if not show.ok or fields.get("LoadState", "not-found") in ("", "not-found"):
+            return ServiceState("systemd", name, "not installed", False, problem=f"there is no unit {name}")
+        state = fields.get("ActiveState", "") or "unknown"
+        unit_root = _unit_root(fields.get("ExecStart", ""))
+        if unit_root is None or not same_root(unit_root, record.root):
+            return ServiceState("systemd", name, "not ours", False, problem=(
+                f"the unit {name} does not run `--root {record.root}`"))
+        return ServiceState("systemd", name, state, state == "active")
+    return ServiceState("none", "", "not installed", False, problem="setup installed no service (--manager none)")
+
+
+def foreign_service(runner: Runner, layout: HostLayout, manager: str) -> str:
+    """Setup's guard: the container or unit name is fixed, so one that already serves another root would be
+    replaced by this root's. Returns what it is, or "" when there is none or it is this root's."""
+    name = service_name(manager)
+    if manager == "docker" and runner.available("docker"):
+        result = runner.run(["docker", "inspect", "--format",
+                             "{{index .Config.Labels \"com.docker.compose.project.config_files\"}}", name],
+                            check=False, mutates=False, timeout=15)
+        made_from = result.stdout.strip() or "no Compose file"
+        if result.ok and not _made_from(made_from, layout):
+            return f"the container {name} belongs to another installation (created from {made_from})"
+    if manager == "systemd" and layout.systemd_unit.exists():
+        for line in layout.systemd_unit.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("ExecStart="):
+                root = _unit_root(line)
+                if root is not None and not same_root(root, layout.root):
+                    return f"the unit {name} ({layout.systemd_unit}) serves another installation (--root {root})"
+    return ""
+
+
+def _made_from(config_files: str, layout: HostLayout) -> bool:
+    """Was the container created from this root's Compose file? (Compose's config_files label: absolute
+    paths, comma-separated; compared resolved, as a relative or symlinked --root names the same file.)"""
+    return any(f and same_root(f, layout.compose_file) for f in config_files.split(","))
+
+
+def _unit_root(exec_start: str) -> str | None:
+    """The `--root` of `systemctl show`'s ExecStart ("{ path=… ; argv[]=mtproxy run --root /x … }")."""
+    words = exec_start.replace(";", " ").split()
+    for i, word in enumerate(words[:-1]):
+        if word == "--root":
+            return words[i + 1]
+    return None
+
+
+def restart_proxy(runner: Runner, paths: Paths, own: Ownership) -> None:
+    """Apply the settings file to this root's own installation (Compose service or systemd unit).
+    Refuses (ValueError) without this root's record: nothing else is ever restarted."""
+    record = own.record
+    if record is None:
+        raise ValueError(own.problem)
     layout = HostLayout.resolve(paths.root)
-    record = InstallRecord.load(layout.install_record)
     settings = read_settings(paths.settings_file)
-    if record is not None and record.port != settings.port:
+    if record.port != settings.port:
         follow_port(runner, paths, layout, record, settings.port)
-    if record is not None and record.manager == "systemd":
+    if record.stats_port != settings.stats_port and not runner.dry_run:
+        record.stats_port = settings.stats_port  # the restarted engine serves stats there
+        record.save(layout.install_record)
+    if record.manager == "systemd":
         systemd.install(runner, layout, systemd_bin(layout), settings.port, "mtproxy")
-    elif layout.compose_file.exists():
-        image = record.image if record else docker.DEFAULT_IMAGE
+    elif record.manager == "docker":
+        if not layout.compose_file.exists():
+            raise ValueError(f"the Compose file {layout.compose_file} is missing (rerun `mtproxy setup`)")
         # Crossing port 1024 changes the user and capabilities, so the Compose file is rewritten too.
-        write_file(layout.compose_file, templates.compose_file(image, paths.root, settings.port,
-                                                               settings.stats_port), 0o644)
+        if not runner.dry_run:
+            write_file(layout.compose_file, templates.compose_file(record.image, paths.root, settings.port,
+                                                                   settings.stats_port), 0o644)
         docker.compose_up(runner, layout.compose_file)
-    else:
-        runner.run(["docker", "restart", docker.CONTAINER], timeout=120)
 
 
 def systemd_bin(layout: HostLayout) -> str:

@@ -21,8 +21,9 @@ MODES = ("limit", "allow")
 @dataclass(frozen=True)
 class UfwState:
     installed: bool
-    active: bool
+    active: bool | None  # None: unknown (`ufw status` failed), never taken for "inactive"
     rules: tuple[str, ...]  # `ufw show added` lines, e.g. "ufw limit 8443/tcp comment 'MTProxy'"
+    error: str = ""  # why `ufw status` failed
 
 
 def rule_args(port: int, mode: str) -> list[str]:
@@ -35,10 +36,16 @@ def state(runner: Runner) -> UfwState:
     if not runner.available("ufw"):
         return UfwState(False, False, ())
     status = runner.run(["ufw", "status"], check=False, mutates=False, timeout=30)
-    active = status.ok and "Status: active" in status.stdout
+    active: bool | None = None
+    if status.ok and "Status: active" in status.stdout:
+        active = True
+    elif status.ok and "Status: inactive" in status.stdout:
+        active = False
+    error = "" if active is not None else (status.last_error_line() if not status.ok
+                                            else "`ufw status` printed no status line")
     added = runner.run(["ufw", "show", "added"], check=False, mutates=False, timeout=30)
     rules = tuple(line.strip() for line in added.stdout.splitlines() if line.strip().startswith("ufw "))
-    return UfwState(True, active, rules)
+    return UfwState(True, active, rules, error)
 
 
 def port_rules(ufw: UfwState, port: int) -> list[str]:

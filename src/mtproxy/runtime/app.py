@@ -14,6 +14,7 @@ from typing import Any
 
 from mtproxy.config import EngineConfig, HostPort
 from mtproxy.protocol.secret import Secret
+from mtproxy.stats.digest import secrets_digest
 
 from .certsize import fallback_size, probe_cert_size
 from .reload import FileId, Reloader
@@ -50,11 +51,17 @@ async def serve(plan: WorkerPlan) -> int:
     stop = asyncio.Event()
     loop.set_exception_handler(_internal_error)
 
-    def reloaded(ok: bool) -> None:
-        if ok:
+    server.counters.secrets_digest = secrets_digest(server.secrets.entries)
+
+    def reloaded(error: str | None) -> None:
+        if error is None:
             server.counters.reloads_ok += 1
+            server.counters.secrets_digest = secrets_digest(server.secrets.entries)
         else:
             server.counters.reloads_failed += 1
+        server.counters.reload_error = error or ""
+        if plan.publish is not None:  # the supervisor sees the outcome now, not at the next tick
+            plan.publish(server.counters.snapshot())
 
     reloader = Reloader(cfg.secrets_file, lambda: load_secret_set(cfg, cfg.secrets_file, plan.generated),
                         server.set_secrets, cfg.reload_interval, reloaded, plan.loaded_id)

@@ -46,9 +46,9 @@ class ClientConnection(asyncio.BufferedProtocol):
     """Reads into one preallocated buffer; the handshake sees copies, the relay transforms in place."""
 
     # slots: tens of thousands of these live at once; no per-object dict
-    __slots__ = ("_answered", "_buffers", "_eof_in", "_eof_out", "_from_client", "_handshake", "_seen_activity",
-                 "_table", "_task", "_timer", "_tls_reader", "_to_dc", "activity", "admitted", "listener", "peer",
-                 "phase", "server", "session", "transport", "upstream")
+    __slots__ = ("_answered", "_buffers", "_counted", "_eof_in", "_eof_out", "_from_client", "_handshake",
+                 "_seen_activity", "_table", "_task", "_timer", "_tls_reader", "_to_dc", "activity", "admitted",
+                 "listener", "peer", "phase", "server", "session", "transport", "upstream")
 
     def __init__(self, server: Server, listener: HostPort) -> None:
         self.server = server
@@ -72,6 +72,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._eof_in = False  # client sent EOF
         self._eof_out = False  # upstream sent EOF
         self._answered = False
+        self._counted = False  # in the `total` counter (see Server.count_client)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -195,6 +196,9 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def _feed_handshake(self, data: bytes) -> None:
         assert self._handshake is not None and self.transport is not None
+        if not self._counted:
+            self._counted = True
+            self.server.count_client()
         step = self._handshake.feed(data, self.server.clock())
         if isinstance(step, NeedMore):
             if step.send:
@@ -220,6 +224,9 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._timer.cancel()
             self._timer = None
         self._handshake = self._table = None  # what it buffered is not needed any more
+        if not self._counted:  # a silent connection that timed out
+            self._counted = True
+            self.server.count_client()
         self.server.counters.reject(reason)
         log_reject(self.peer, (self.listener.host, self.listener.port), reason)
         mask = self.server.mask

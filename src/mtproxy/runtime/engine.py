@@ -166,10 +166,11 @@ def _start_stats(cfg: EngineConfig, provider: SnapshotProvider, start: bool = Tr
     if cfg.stats is None:
         return None
     try:
-        server = StatsServer(cfg.stats.host, cfg.stats.port, provider, cfg.stats_allow_remote)
+        store = os.path.abspath(cfg.secrets_file) if cfg.secrets_file is not None else None
+        server = StatsServer(cfg.stats.host, cfg.stats.port, provider, cfg.stats_allow_remote, store)
     except OSError as exc:
         raise StartupError(f"cannot serve stats on {cfg.stats}: {exc.strerror}") from None
     if start:
         server.start()
-    log.info("stats on http://%s/stats and /metrics", cfg.stats)
+    log.info("stats on http://%s/stats, /stats.json and /metrics", cfg.stats)
     return server

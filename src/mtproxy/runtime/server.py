@@ -177,8 +177,12 @@ class Server:
         self.connections.add(conn)
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         self.counters.active += 1
-        self.counters.total += 1
         return True
+
+    def count_client(self) -> None:
+        """A connection counts in `total` once it sent a byte or was rejected, not when accepted: a port
+        check that connects and closes (`mtproxy status`, a health check) is no client."""
+        self.counters.total += 1
 
     def release(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)

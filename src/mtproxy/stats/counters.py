@@ -41,6 +41,8 @@ class Counters:
     reloads_ok: int = 0
     reloads_failed: int = 0
     cert_size: int = 0
+    secrets_digest: str = ""  # stats/digest.py over the live set: the CLI compares it with the store
+    reload_error: str = ""  # why the last reload failed; "" once one succeeds
 
     def for_secret(self, secret_id: str) -> SecretCounters:
         found = self.secrets.get(secret_id)
@@ -74,6 +76,8 @@ class Counters:
             "reloads_ok": self.reloads_ok,
             "reloads_failed": self.reloads_failed,
             "cert_size": self.cert_size,
+            "secrets_digest": self.secrets_digest,
+            "reload_error": self.reload_error,
             "workers": 1,
         }
 
@@ -99,4 +103,13 @@ def merge(snapshots: list[dict[str, Any]], started_at: float) -> dict[str, Any]:
                 slot[k] = slot.get(k, 0) + int(v)
         out["secrets_loaded"] = max(out["secrets_loaded"], int(snap.get("secrets_loaded", 0)))
         out["cert_size"] = max(out["cert_size"], int(snap.get("cert_size", 0)))
+    out["secret_sets"] = worker_sets(snapshots)
     return out
+
+
+def worker_sets(snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What each live worker has loaded: a reload is confirmed only when every one of them has it.
+    A retired (dead) worker's folded snapshot reports 0 workers and is left out."""
+    return [{"count": int(s.get("secrets_loaded", 0)), "digest": str(s.get("secrets_digest", "")),
+             "error": str(s.get("reload_error", ""))}
+            for s in snapshots if int(s.get("workers", 1)) > 0 and "secret_sets" not in s]

@@ -1,9 +1,16 @@
-"""The stats HTTP endpoint (`/stats`, `/metrics`) on a thread; loopback peers only unless allowed."""
+"""The stats HTTP endpoint (`/stats`, `/metrics`, `/stats.json`) on a thread; loopback peers only unless allowed.
+
+`/stats.json` is for the CLI (`status`, the reload confirmation of `add-secret`): the same figures plus what
+the engine loaded (count and digest of its secret set, per worker), why its last reload failed, and which
+store it reads, so the CLI compares the engine with the store instead of parsing the human `/stats` text.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -11,6 +18,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .counters import worker_sets
 from .render import render_metrics, render_stats
 
 log = logging.getLogger("mtproxy.stats")
@@ -22,6 +30,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_remote = False
     provider: SnapshotProvider
+    store: str | None = None
     request_queue_size = 64
 
 
@@ -34,12 +43,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(403, "stats are served to loopback peers only")
             return
         path = self.path.split("?", 1)[0]
-        if path not in ("/stats", "/metrics", "/"):
+        if path not in ("/stats", "/metrics", "/stats.json", "/"):
             self.send_error(404)
             return
         snap = self.server.provider()
         now = time.time()
-        if path == "/metrics":
+        if path == "/stats.json":
+            body = json.dumps(render_json(snap, now, self.server.store)).encode()
+            ctype = "application/json"
+        elif path == "/metrics":
             body = render_metrics(snap, now)
             ctype = "text/plain; version=0.0.4; charset=utf-8"
         else:
@@ -55,6 +67,18 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # scrapes every few seconds would drown the log
 
 
+JSON_VERSION = 1
+
+
+def render_json(snap: dict[str, Any], now: float, store: str | None) -> dict[str, Any]:
+    """The snapshot as versioned JSON; a single process's own snapshot is its only worker set."""
+    sets = snap["secret_sets"] if "secret_sets" in snap else worker_sets([snap])
+    # uid: whom the store must be readable by (read here, after the engine dropped its privileges)
+    return {"kind": "mtproxy-stats", "version": JSON_VERSION, "uptime": int(now - snap["started_at"]),
+            "store": store, "uid": os.geteuid(), **{k: v for k, v in snap.items() if k != "secret_sets"},
+            "secret_sets": sets}
+
+
 def _is_loopback(host: str) -> bool:
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
@@ -67,12 +91,15 @@ def _is_loopback(host: str) -> bool:
 class StatsServer:
     """Owns the listening socket and the serving thread."""
 
-    def __init__(self, host: str, port: int, provider: SnapshotProvider, allow_remote: bool) -> None:
+    def __init__(self, host: str, port: int, provider: SnapshotProvider, allow_remote: bool,
+                 store: str | None = None) -> None:
+        """`store`: the secrets file the engine reads (absolute), served so the CLI can tell whose it is."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         _Server.address_family = family
         self._server = _Server((host, port), _Handler)
         self._server.allow_remote = allow_remote
         self._server.provider = provider
+        self._server.store = store
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="mtproxy-stats", daemon=True)
 
