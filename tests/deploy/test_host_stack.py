@@ -168,3 +168,14 @@ def test_docs_fail2ban_commands_use_the_jail_and_files_setup_writes(tmp_path: Pa
 def test_docs_failregex_is_the_shipped_filter() -> None:
     shipped = next(line for line in templates.fail2ban_filter().splitlines() if line.startswith("failregex"))
     assert f"`{shipped.split('=', 1)[1].strip()}`" in (REPO / "docs/engine.md").read_text()
+
+
+def test_status_hook_says_when_mtproxy_is_gone(tmp_path: Path) -> None:
+    """Uninstalled by pip but the hook still there: one ✗ line for the host's report, not a shell error."""
+    hook = tmp_path / "status-hook"
+    missing = tmp_path / "old venv" / "bin" / "mtproxy"
+    hook.write_text(templates.status_hook(str(missing), tmp_path / "a root"))
+    result = subprocess.run(["sh", str(hook)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and result.stderr == ""
+    assert result.stdout.splitlines() == ["MTProxy", f"  ✗ mtproxy: {missing} is missing — reinstall mtproxy and "
+                                                     "run mtproxy-setup"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import string
 from dataclasses import dataclass
 from importlib import resources
@@ -89,4 +90,5 @@ def logrotate(log_dir: Path) -> str:
 
 
 def status_hook(mtproxy_bin: str, root: Path) -> str:
-    return render(STATUS_HOOK, mtproxy_bin=mtproxy_bin, root=root)
+    """The shell drop-in; both values are shell-quoted (they are paths chosen by the operator)."""
+    return render(STATUS_HOOK, mtproxy_bin=shlex.quote(mtproxy_bin), root=shlex.quote(str(root)))
