@@ -255,12 +255,12 @@ def _migrate(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def _migrate_v0_entry(entry: Any, index: int) -> dict[str, Any]:
-    if isinstance(entry, str):
-        entry = {"value": entry}
-    if not isinstance(entry, dict):
+def _migrate_v0_entry(item: Any, index: int) -> dict[str, Any]:
+    if isinstance(item, str):
+        item = {"value": item}
+    if not isinstance(item, dict):
         raise ValueError(f"secrets[{index}] must be an object")
-    entry = dict(entry)
+    entry: dict[str, Any] = {str(key): value for key, value in item.items()}
     if "value" not in entry and "secret" in entry:
         entry["value"] = entry.pop("secret")
     entry.setdefault("id", f"s{index + 1}")
