@@ -104,6 +104,11 @@ def _record_state(record: Path) -> str:
         return f"unreadable ({exc.strerror})"
 
 
+def _keeps_anything(paths: Paths, *more: Path) -> bool:
+    """A secret (stored or generated) is there, so the operator has already been told where it is."""
+    return any(path.exists() for path in (paths.secrets_file, paths.engine_state_file, *more))
+
+
 def choose_root(
     explicit: str | os.PathLike[str] | None,
     environ: Mapping[str, str],
@@ -126,17 +131,16 @@ def choose_root(
     record = HostLayout(Path("/etc"), system_root).install_record
     state = _record_state(record)
     mine = user_root(environ)
+    own = Paths(mine)
     if state == "readable":
-        if mine.exists():
+        if _keeps_anything(own, own.settings_file):
             return RootChoice(system, f"using the installation at {system_root}; your own files in {mine} are"
                                       f" not used (--root {mine} to work on them)")
         return RootChoice(system)
     if state == "missing":
-        if mine.exists():
-            return RootChoice(Paths(mine))
-        return RootChoice(Paths(mine), f"not root and nothing installed at {system_root}: keeping secrets,"
-                                       f" settings, links and logs in {mine} (--root DIR or MTPROXY_ROOT to"
-                                       " choose another place)")
-    return RootChoice(Paths(mine), f"an installation at {system_root} exists but {record} is {state}: using"
-                                   f" your own files in {mine}; run as root (sudo) to manage the installed"
-                                   " proxy")
+        if _keeps_anything(own):
+            return RootChoice(own)
+        return RootChoice(own, f"not root and nothing installed at {system_root}: keeping secrets, settings,"
+                               f" links and logs in {mine} (--root DIR or MTPROXY_ROOT to choose another place)")
+    return RootChoice(own, f"an installation at {system_root} exists but {record} is {state}: using your own"
+                           f" files in {mine}; run as root (sudo) to manage the installed proxy")

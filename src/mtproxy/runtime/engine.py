@@ -9,6 +9,7 @@ import pwd
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
@@ -16,7 +17,7 @@ from typing import TextIO
 import uvloop
 
 from mtproxy.config import EngineConfig, HostPort
-from mtproxy.links import ServerUnknownError, guess_public_address, make_links
+from mtproxy.links import AddressGuess, ServerUnknownError, guess_public_address, make_links
 from mtproxy.protocol import ctr
 from mtproxy.protocol.replay import ReplayFilter
 from mtproxy.protocol.secret import Secret
@@ -65,12 +66,14 @@ def drop_privileges(user: str) -> None:
     log.info("running as %s", user)
 
 
-def _print_generated(cfg: EngineConfig, secret: Secret, out: TextIO) -> None:
+def print_generated(cfg: EngineConfig, secret: Secret, out: TextIO,
+                    guess_address: Callable[[], AddressGuess] = guess_public_address) -> None:
+    """The generated secret's links and QR; a link nobody else can use says so and how to fix it."""
     host = cfg.public_host
     note: str | None = None
     if host is None:
         try:
-            guess = guess_public_address()
+            guess = guess_address()
             host, note = guess.address, (None if guess.public else private_address_note(guess.address))
         except ServerUnknownError:
             host = "127.0.0.1"
@@ -129,7 +132,7 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
     if not cfg.secrets and cfg.secrets_file is None:
         secret = cfg_generated_secret(cfg)
         generated = [(GENERATED_ID, secret)]
-        _print_generated(cfg, secret, out)
+        print_generated(cfg, secret, out)
     loaded_id = file_id(cfg.secrets_file) if cfg.secrets_file is not None else None
     try:
         initial = load_secret_set(cfg, cfg.secrets_file, generated)
