@@ -105,6 +105,11 @@ def sandbox() -> Iterator[UserSandbox]:
         pytest.skip(why)
     if (DEFAULT_ROOT / "mtproxy" / "install.json").exists():
         pytest.skip(f"mtproxy is installed at {DEFAULT_ROOT}: a user would (rightly) get that installation")
+    try:
+        import setuptools.command.bdist_wheel  # noqa: F401  (setuptools >= 70.1 builds wheels by itself)
+    except ImportError:
+        pytest.fail("the offline build needs setuptools >= 70.1 in the test interpreter: install the test"
+                    " extras (scripts/install-test-deps)")
     box = UserSandbox.create()
     yield box
     box.remove()

@@ -53,7 +53,7 @@ _ROOT_HINT = "choose a place you can write with --root DIR (or MTPROXY_ROOT)"
 def file_error(what: str, exc: OSError) -> str:
     """`cannot <what> <path>: <why> — <fix>` for an OSError from the file system."""
     path = exc.filename if exc.filename is not None else ""
-    where = f" ({path})" if path and str(path) not in what else ""
+    where = f" ({path})" if path and str(path) not in what.split() else ""
     code = exc.errno
     if code in (errno.EACCES, errno.EPERM):
         why, fix = "permission denied", f"run as the owner of that directory (or root), or {_ROOT_HINT}"
