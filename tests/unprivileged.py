@@ -73,9 +73,10 @@ class UserSandbox:
             for name in files:
                 os.chown(os.path.join(dirpath, name), self.uid, self.uid, follow_symlinks=False)
 
-    def start(self, script: str, *args: str, cwd: Path | None = None,
-              env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    def start(self, script: str, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+              as_root_first: str = "") -> subprocess.Popen[str]:
         """`bash -c script args…` as the user, with only HOME, PATH, LANG and `env` in its environment.
+        `as_root_first` runs before, as root, inside the private mount namespace (e.g. a tmpfs over /opt).
         Its own process group, so `stop` ends everything it started."""
         user_env = {"HOME": str(self.home), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **(env or {})}
         if sysconfig.get_config_var("Py_ENABLE_SHARED"):
@@ -86,8 +87,8 @@ class UserSandbox:
             "setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", "--",
             "env", "-i", *(f"{k}={v}" for k, v in user_env.items()), "bash", "-c", script, "user", *args,
         ]  # fmt: skip
-        outer = (f"mount --bind {sys.base_prefix} {self.base / 'py'} && cd {cwd or self.home}"
-                 ' && exec "$@"')
+        outer = (f"mount --bind {sys.base_prefix} {self.base / 'py'} && {as_root_first or 'true'}"
+                 f' && cd {cwd or self.home} && exec "$@"')
         return subprocess.Popen(
             ["unshare", "-m", "--", "bash", "-c", outer, "mount", *inner],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,

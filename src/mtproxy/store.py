@@ -400,7 +400,8 @@ def _read_bytes(path: Path) -> bytes | None:
         raise StoreAccessError(path, "is a directory, not a file", "move it away") from None
     except PermissionError:
         raise StoreAccessError(
-            path, "permission denied while reading", "run as root or as the file's owner"
+            path, "permission denied while reading",
+            "run as root or as the file's owner, or choose another root with --root DIR",
         ) from None
     except OSError as exc:
         raise StoreAccessError(path, f"cannot read: {exc.strerror}", "check the disk and the path") from None
@@ -436,7 +437,8 @@ def _access_error(path: Path, exc: OSError, doing: str) -> StoreAccessError:
         return StoreAccessError(path, f"read-only file system while {doing}", "remount it read-write or use --root")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return StoreAccessError(
-            path, f"permission denied while {doing}", "run as root, or fix the directory's permissions"
+            path, f"permission denied while {doing}",
+            "run as root, choose another root with --root DIR, or fix the directory's permissions",
         )
     if exc.errno == errno.ENOSPC:
         return StoreAccessError(path, f"disk full while {doing}", "free some space and try again")
