@@ -52,8 +52,17 @@ _ROOT_HINT = "choose a place you can write with --root DIR (or MTPROXY_ROOT)"
 
 def file_error(what: str, exc: OSError) -> str:
     """`cannot <what> <path>: <why> — <fix>` for an OSError from the file system."""
+    problem, fix = file_problem(what, exc)
+    return f"{problem} — {fix}"
+
+
+def file_problem(what: str, exc: OSError) -> tuple[str, str]:
+    """(`cannot <what> <path>: <why>`, what to do). `what` may name a file; the path the OS names (often
+    its directory) is then added in parentheses."""
     path = exc.filename if exc.filename is not None else ""
-    where = f" ({path})" if path and str(path) not in what.split() else ""
+    where = ""
+    if path and str(path) not in what.split():
+        where = f" ({path})" if "/" in what else f" {path}"
     code = exc.errno
     if code in (errno.EACCES, errno.EPERM):
         why, fix = "permission denied", f"run as the owner of that directory (or root), or {_ROOT_HINT}"
@@ -65,7 +74,7 @@ def file_error(what: str, exc: OSError) -> str:
         why, fix = exc.strerror or "not what was expected there", f"move it away, or {_ROOT_HINT}"
     else:
         why, fix = exc.strerror or str(exc), "check the path and the disk"
-    return f"cannot {what}{where}: {why.lower()} — {fix}"
+    return f"cannot {what}{where}: {why.lower()}", fix
 
 
 def listen_error(exc: OSError) -> str:
