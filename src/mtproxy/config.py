@@ -197,6 +197,9 @@ def _apply_config_file(ns: argparse.Namespace, path: Path) -> None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return  # not written yet: every setting has its default
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied while reading settings — run as its owner (or root), or"
+                          " choose another root with --root DIR") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read settings: {exc}") from None
     if not isinstance(data, dict):

@@ -27,7 +27,8 @@ class Paths:
     def resolve(
         cls, root: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
     ) -> Paths:
-        """Pick the root: an explicit value (``--root``) wins, then ``MTPROXY_ROOT``, then /opt/vless."""
+        """The installer's root (setup, uninstall): ``--root``, then ``MTPROXY_ROOT``, then /opt/vless.
+        Every other command asks `choose_root`, which may pick a per-user root instead."""
         environ = os.environ if env is None else env
         if root is not None and str(root) != "":
             return cls(Path(root))

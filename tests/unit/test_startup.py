@@ -172,3 +172,21 @@ def test_a_settings_directory_that_cannot_be_searched_is_a_one_line_error(tmp_pa
     message = str(info.value)
     assert str(root / "config" / "mtproxy" / "mtproxy_config.json") in message
     assert "permission denied" in message and "--root" in message and "\n" not in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_a_settings_file_that_cannot_be_read_is_a_one_line_error(tmp_path: Path) -> None:
+    from mtproxy.config import ConfigError
+
+    settings = tmp_path / "settings.json"
+    settings.write_text("{}")
+    settings.chmod(0o600)
+    tmp_path.chmod(0o755)
+    os.seteuid(USER)
+    try:
+        with pytest.raises(ConfigError) as info:
+            resolve(["--root", str(tmp_path), "--config", str(settings)], environ={})
+    finally:
+        os.seteuid(0)
+    assert str(info.value) == (f"{settings}: permission denied while reading settings — run as its owner (or"
+                               " root), or choose another root with --root DIR")
