@@ -75,7 +75,19 @@ def test_a_root_under_a_file_names_the_path(peers: BackgroundPeers, tmp_path: Pa
     line = one_line(result.stderr)
     state = blocker / "root" / "data" / "mtproxy" / "engine_state.json"
     assert line.startswith(f"mtproxy run: cannot keep the generated secret in {state}")
-    assert "not a directory" in line and "--root DIR" in line
+    assert "a file is where a directory must be" in line and "--root DIR" in line
+
+
+def test_a_log_file_that_cannot_be_written_names_it(peers: BackgroundPeers, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    log_file = blocker / "mtproxy.log"
+    result = run("--root", str(tmp_path), "--log-file", str(log_file), "--listen", f"127.0.0.1:{free_port()}",
+                 "-p", "0", *engine_flags(peers))
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert line.startswith(f"mtproxy run: cannot write the log file {log_file}")
+    assert "a file is where a directory must be — move it away, or choose another file with --log-file" in line
 
 
 @pytest.fixture

@@ -100,7 +100,8 @@ def _start_logging(log_file: Path | None) -> None:
     try:
         setup_logging(log_file)
     except OSError as exc:
-        raise StartupError(file_error(f"write the log file {log_file}", exc)) from None
+        raise StartupError(file_error(f"write the log file {log_file}", exc,
+                                      "choose another file with --log-file FILE")) from None
 
 
 def fit_connections(cfg: EngineConfig, descriptor_limit: int) -> EngineConfig:

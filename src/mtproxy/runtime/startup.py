@@ -47,16 +47,17 @@ def capacity_warning(explicit: int, descriptor_limit: int) -> str | None:
             " limit (LimitNOFILE= in the unit, `ulimit -Hn` as root) or leave --max-connections out to fit it")
 
 
-_ROOT_HINT = "choose a place you can write with --root DIR (or MTPROXY_ROOT)"
+ROOT_HINT = "choose a place you can write with --root DIR (or MTPROXY_ROOT)"
 
 
-def file_error(what: str, exc: OSError) -> str:
-    """`cannot <what> <path>: <why> — <fix>` for an OSError from the file system."""
-    problem, fix = file_problem(what, exc)
+def file_error(what: str, exc: OSError, elsewhere: str = ROOT_HINT) -> str:
+    """`cannot <what> <path>: <why> — <fix>` for an OSError from the file system; `elsewhere` says how to
+    choose another place."""
+    problem, fix = file_problem(what, exc, elsewhere)
     return f"{problem} — {fix}"
 
 
-def file_problem(what: str, exc: OSError) -> tuple[str, str]:
+def file_problem(what: str, exc: OSError, elsewhere: str = ROOT_HINT) -> tuple[str, str]:
     """(`cannot <what> <path>: <why>`, what to do). `what` may name a file; the path the OS names (often
     its directory) is then added in parentheses."""
     path = exc.filename if exc.filename is not None else ""
@@ -65,13 +66,15 @@ def file_problem(what: str, exc: OSError) -> tuple[str, str]:
         where = f" ({path})" if "/" in what else f" {path}"
     code = exc.errno
     if code in (errno.EACCES, errno.EPERM):
-        why, fix = "permission denied", f"run as the owner of that directory (or root), or {_ROOT_HINT}"
+        why, fix = "permission denied", f"run as the owner of that directory (or root), or {elsewhere}"
     elif code == errno.EROFS:
-        why, fix = "read-only file system", _ROOT_HINT
+        why, fix = "read-only file system", elsewhere
     elif code == errno.ENOSPC:
         why, fix = "disk full", "free some space and start again"
-    elif code in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
-        why, fix = exc.strerror or "not what was expected there", f"move it away, or {_ROOT_HINT}"
+    elif code in (errno.ENOTDIR, errno.EEXIST):
+        why, fix = "a file is where a directory must be", f"move it away, or {elsewhere}"
+    elif code == errno.EISDIR:
+        why, fix = "a directory is where the file must be", f"move it away, or {elsewhere}"
     else:
         why, fix = exc.strerror or str(exc), "check the path and the disk"
     return f"cannot {what}{where}: {why.lower()}", fix
