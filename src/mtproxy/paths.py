@@ -82,12 +82,18 @@ class RootChoice:
     note: str | None = None
 
 
-def user_root(environ: Mapping[str, str]) -> Path:
+def user_root(environ: Mapping[str, str]) -> Path | None:
     """$XDG_STATE_HOME/mtproxy (~/.local/state/mtproxy): one root with the system layout beneath it, so
-    --root can name it and everything derived from a root (engine, links, logs) works unchanged."""
+    --root can name it and everything derived from a root (engine, links, logs) works unchanged. None when
+    the user has no home directory to put it in."""
     state = environ.get("XDG_STATE_HOME", "")
     if not os.path.isabs(state):  # the XDG spec: relative values are invalid and ignored
-        home = environ.get("HOME") or str(Path.home())
+        home = environ.get("HOME", "")
+        if not os.path.isabs(home):
+            try:
+                home = str(Path.home())
+            except (RuntimeError, KeyError):
+                return None
         state = os.path.join(home, ".local", "state")
     return Path(state) / "mtproxy"
 
@@ -132,6 +138,9 @@ def choose_root(
     record = HostLayout(Path("/etc"), system_root).install_record
     state = _record_state(record)
     mine = user_root(environ)
+    if mine is None:
+        return RootChoice(system, f"no home directory to keep your own files in: using {system_root}; set HOME,"
+                                  " or choose a root with --root DIR")
     own = Paths(mine)
     if state == "readable":
         if _keeps_anything(own, own.settings_file):

@@ -75,7 +75,9 @@ def test_a_readable_install_is_used_and_both_found_are_named(system: Path, envir
     install(system)
     choice = choose_root(None, environ, USER, system)
     assert choice.paths == Paths(system) and choice.note is None
-    mine = Paths(user_root(environ))
+    mine_root = user_root(environ)
+    assert mine_root is not None
+    mine = Paths(mine_root)
     mine.data_dir.mkdir(parents=True)
     mine.engine_state_file.write_text("{}")
     both = choose_root(None, environ, USER, system)
@@ -108,5 +110,16 @@ def test_an_unreadable_install_is_named_and_the_per_user_root_used(system: Path,
 def test_a_record_that_is_no_file_is_not_taken_for_an_install(system: Path, environ: dict[str, str]) -> None:
     (system / "mtproxy" / "install.json").mkdir(parents=True)
     choice = choose_root(None, environ, USER, system)
-    assert choice.paths == Paths(user_root(environ))
+    assert choice.paths == Paths(Path(environ["HOME"]) / ".local" / "state" / "mtproxy")
     assert choice.note is not None and "unreadable" in choice.note
+
+
+def test_without_a_home_the_system_root_is_used_and_said(system: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert user_root({}) is None
+    choice = choose_root(None, {}, USER, system)
+    assert choice.paths == Paths(system)
+    assert choice.note is not None and "set HOME" in choice.note and "--root DIR" in choice.note
