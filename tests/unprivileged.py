@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import subprocess
@@ -87,8 +88,9 @@ class UserSandbox:
             "setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", "--",
             "env", "-i", *(f"{k}={v}" for k, v in user_env.items()), "bash", "-c", script, "user", *args,
         ]  # fmt: skip
-        outer = (f"mount --bind {sys.base_prefix} {self.base / 'py'} && {as_root_first or 'true'}"
-                 f' && cd {cwd or self.home} && exec "$@"')
+        prefix, mount_point = shlex.quote(sys.base_prefix), shlex.quote(str(self.base / "py"))
+        outer = (f"mount --bind {prefix} {mount_point} && {as_root_first or 'true'}"
+                 f' && cd {shlex.quote(str(cwd or self.home))} && exec "$@"')
         return subprocess.Popen(
             ["unshare", "-m", "--", "bash", "-c", outer, "mount", *inner],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
