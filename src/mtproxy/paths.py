@@ -138,15 +138,15 @@ def choose_root(
     record = HostLayout(Path("/etc"), system_root).install_record
     state = _record_state(record)
     mine = user_root(environ)
+    if state == "readable":
+        if mine is not None and _keeps_anything(Paths(mine), Paths(mine).settings_file):
+            return RootChoice(system, f"using the installation at {system_root}; your own files in {mine} are"
+                                      f" not used (--root {mine} to work on them)")
+        return RootChoice(system)
     if mine is None:
         return RootChoice(system, f"no home directory to keep your own files in: using {system_root}; set HOME,"
                                   " or choose a root with --root DIR")
     own = Paths(mine)
-    if state == "readable":
-        if _keeps_anything(own, own.settings_file):
-            return RootChoice(system, f"using the installation at {system_root}; your own files in {mine} are"
-                                      f" not used (--root {mine} to work on them)")
-        return RootChoice(system)
     if state == "missing":
         if _keeps_anything(own):
             return RootChoice(own)
