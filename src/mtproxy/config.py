@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtproxy.paths import choose_root
 from mtproxy.protocol.errors import SecretFormatError
 from mtproxy.protocol.secret import Secret, SecretKind, parse_secret, validate_domain
 
-DEFAULT_ROOT = "/opt/vless"
 DEFAULT_STATS_PORT = 8888
 DEFAULT_PORT = 8443  # as the CLI's settings and the image; the official binary has none
 MAX_WORKERS = 64
@@ -90,6 +90,8 @@ class EngineConfig:
     public_host: str | None
     warnings: tuple[str, ...] = field(default=())
     secret_ids: tuple[str, ...] = field(default=())  # ids for the -S secrets, parallel to `secrets`
+    root_note: str | None = None  # where the engine keeps things, when worth saying (paths.choose_root)
+    max_connections_auto: bool = False  # no --max-connections: start-up fits it to the descriptor limit
 
 
 def parse_host_port(text: str, what: str, default_port: int | None = None) -> HostPort:
@@ -169,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--log-file", help="also write logs (rejected handshakes included) to this file")
     a("--public-host", help="host name or IP printed in links for a generated secret")
     a("--config", help="JSON settings file (keys as in docs/engine.md)")
-    a("--root", help="installation root (default $MTPROXY_ROOT or /opt/vless)")
+    a("--root", help="installation root (default $MTPROXY_ROOT, else /opt/vless when installed there or run as"
+      " root, else ~/.local/state/mtproxy)")
     return p
 
 
@@ -194,6 +197,9 @@ def _apply_config_file(ns: argparse.Namespace, path: Path) -> None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return  # not written yet: every setting has its default
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied while reading settings — run as its owner (or root), or"
+                          " choose another root with --root DIR") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read settings: {exc}") from None
     if not isinstance(data, dict):
@@ -244,20 +250,30 @@ def _parse_dc_override(text: str) -> tuple[int | None, HostPort]:
     return dc, parse_host_port(target, "--dc-override", 443)
 
 
-def root_dir(ns_root: str | None, environ: dict[str, str]) -> Path:
-    """The one installation root: --root, then $MTPROXY_ROOT, then /opt/vless."""
-    return Path(ns_root or environ.get("MTPROXY_ROOT") or DEFAULT_ROOT)
+def _exists(path: Path) -> bool:
+    """Whether a file the root should hold is there; a directory we may not look into is an error saying so."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied while looking for it — run as its owner (or root), or"
+                          " choose another place with --root / MTPROXY_ROOT") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror} — check the path and the disk") from None
+    return True
 
 
-def resolve(argv: list[str], environ: dict[str, str] | None = None) -> EngineConfig:
+def resolve(argv: list[str], environ: dict[str, str] | None = None, euid: int | None = None) -> EngineConfig:
     """Parse a `mtproxy run` command line and resolve it; raises ConfigError or SystemExit (usage)."""
     env = dict(os.environ) if environ is None else environ
     ns = build_parser().parse_args(argv)
-    root = root_dir(ns.root, env)
-    root_settings = root / "config" / "mtproxy" / "mtproxy_config.json"
+    choice = choose_root(ns.root, env, os.geteuid() if euid is None else euid)
+    paths = choice.paths
+    root_settings = paths.settings_file
     if ns.config:
         _apply_config_file(ns, Path(ns.config))
-    elif root_settings.exists():
+    elif _exists(root_settings):
         _apply_config_file(ns, root_settings)  # the settings the CLI manages, as for the secrets store
     warnings: list[str] = []
     middle = [flag for flag, v in (("-P", ns.proxy_tag), ("--aes-pwd", ns.aes_pwd),
@@ -346,10 +362,10 @@ def resolve(argv: list[str], environ: dict[str, str] | None = None) -> EngineCon
         cert_jitter=_cert_jitter(ns.cert_jitter, ns.cert_size, t.cert_jitter),
     )
     secrets_file = Path(ns.secrets_file) if ns.secrets_file else None
-    root_store = root / "config" / "mtproxy" / "mtproxy_secrets.json"
-    if secrets_file is None and not secrets and root_store.exists():
+    root_store = paths.secrets_file
+    if secrets_file is None and not secrets and _exists(root_store):
         secrets_file = root_store  # an unconfigured `mtproxy run` serves what the CLI manages
-    state_file = Path(ns.state_file) if ns.state_file else root / "data" / "mtproxy" / "engine_state.json"
+    state_file = Path(ns.state_file) if ns.state_file else paths.engine_state_file
     return EngineConfig(
         listen=tuple(dict.fromkeys(listen)),
         secrets=tuple(secrets),
@@ -374,6 +390,8 @@ def resolve(argv: list[str], environ: dict[str, str] | None = None) -> EngineCon
         public_host=ns.public_host,
         warnings=tuple(warnings),
         secret_ids=tuple(f"cli-{i + 1}" for i in range(len(secrets))),
+        root_note=choice.note,
+        max_connections_auto=ns.max_connections is None,
     )
 
 

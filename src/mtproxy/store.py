@@ -125,12 +125,25 @@ class SecretRecord:
 
 
 @dataclass(frozen=True)
+class Migration:
+    """One upgrade of the file's schema, kept in metadata.migrations so the operator can see it happened."""
+
+    from_version: str
+    to_version: int
+    at: str = ""  # stamped when the migrated file is first written
+
+    def to_json(self) -> dict[str, Any]:
+        return {"from": self.from_version, "to": self.to_version, "at": self.at}
+
+
+@dataclass(frozen=True)
 class StoreData:
     """The whole store as read from disk; immutable, so the engine can swap it in one step."""
 
     secrets: tuple[SecretRecord, ...] = ()
     last_modified: str = ""
     version: int = STORE_VERSION
+    migrations: tuple[Migration, ...] = ()
 
     def active_secrets(self) -> list[tuple[str, Secret]]:
         """(id, Secret) for every active entry, in file order: what the engine serves."""
@@ -183,7 +196,8 @@ class StoreData:
     def to_json(self) -> dict[str, Any]:
         return {
             "secrets": [rec.to_json() for rec in self.secrets],
-            "metadata": {"last_modified": self.last_modified, "version": self.version},
+            "metadata": {"last_modified": self.last_modified, "version": self.version,
+                         **({"migrations": [m.to_json() for m in self.migrations]} if self.migrations else {})},
         }
 
 
@@ -203,14 +217,25 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
+# The plan's own file carries its release number as a string; it is version 0's layout under another name.
+PLAN_VERSION = "6.0.0"
+
+
 def _migrate(doc: dict[str, Any]) -> dict[str, Any]:
     """Bring an older document up to STORE_VERSION, in memory; the next write saves the new form.
 
-    Version 0 is the plan's original file: no metadata, entries with "secret" instead of "value" and
-    possibly no id or label.
+    Version 0 is the plan's original file: no metadata (or the plan's own `"version": "6.0.0"`), entries with
+    "secret" instead of "value", possibly no id or label, and a bare 16-byte key whose `padding_enabled`
+    says whether clients get it as dd. Any other version string is refused, not guessed at. The migration is
+    recorded in metadata.migrations (stamped when the file is next written).
     """
     metadata = doc.get("metadata")
     version = metadata.get("version", 0) if isinstance(metadata, dict) else 0
+    if version == PLAN_VERSION:
+        version = 0
+    elif isinstance(version, str):
+        raise ValueError(f"metadata.version {version!r} is not a schema this mtproxy knows"
+                         f" (a number up to {STORE_VERSION}, or the plan's {PLAN_VERSION!r})")
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise ValueError("metadata.version must be a non-negative integer")
     if version > STORE_VERSION:
@@ -221,23 +246,31 @@ def _migrate(doc: dict[str, Any]) -> dict[str, Any]:
         entries = doc.get("secrets", [])
         if not isinstance(entries, list):
             raise ValueError("'secrets' must be a list")
-        migrated = []
-        for index, entry in enumerate(entries):
-            if isinstance(entry, str):
-                entry = {"value": entry}
-            if not isinstance(entry, dict):
-                raise ValueError(f"secrets[{index}] must be an object")
-            entry = dict(entry)
-            if "value" not in entry and "secret" in entry:
-                entry["value"] = entry.pop("secret")
-            entry.setdefault("id", f"s{index + 1}")
-            if "type" not in entry and isinstance(entry.get("value"), str):
-                with contextlib.suppress(SecretFormatError):
-                    entry["type"] = KIND_TO_TYPE[parse_secret(entry["value"]).kind]
-            migrated.append(entry)
+        migrated = [_migrate_v0_entry(entry, index) for index, entry in enumerate(entries)]
         last = metadata.get("last_modified", "") if isinstance(metadata, dict) else ""
-        doc = {"secrets": migrated, "metadata": {"last_modified": last or "", "version": 1}}
+        found = metadata.get("version", 0) if isinstance(metadata, dict) else 0
+        doc = {"secrets": migrated, "metadata": {
+            "last_modified": last or "", "version": 1,
+            "migrations": [{"from": str(found), "to": 1, "at": ""}]}}
     return doc
+
+
+def _migrate_v0_entry(item: Any, index: int) -> dict[str, Any]:
+    if isinstance(item, str):
+        item = {"value": item}
+    if not isinstance(item, dict):
+        raise ValueError(f"secrets[{index}] must be an object")
+    entry: dict[str, Any] = {str(key): value for key, value in item.items()}
+    if "value" not in entry and "secret" in entry:
+        entry["value"] = entry.pop("secret")
+    entry.setdefault("id", f"s{index + 1}")
+    if "type" not in entry and isinstance(entry.get("value"), str):
+        with contextlib.suppress(SecretFormatError):
+            kind = parse_secret(entry["value"]).kind
+            if kind is SecretKind.CLASSIC and entry.get("padding_enabled") is True:
+                kind = SecretKind.PADDED  # the plan kept the bare key and handed it out with the dd prefix
+            entry["type"] = KIND_TO_TYPE[kind]
+    return entry
 
 
 def parse_store(text: str | bytes, path: Path) -> StoreData:
@@ -288,7 +321,22 @@ def _parse_document(doc: dict[str, Any]) -> StoreData:
             seen_labels.add(record.label)
         seen_keys.add(key)
         records.append(record)
-    return StoreData(secrets=tuple(records), last_modified=last_modified, version=STORE_VERSION)
+    return StoreData(secrets=tuple(records), last_modified=last_modified, version=STORE_VERSION,
+                     migrations=_parse_migrations(metadata.get("migrations", [])))
+
+
+def _parse_migrations(value: Any) -> tuple[Migration, ...]:
+    if not isinstance(value, list):
+        raise ValueError("metadata.migrations must be a list")
+    migrations: list[Migration] = []
+    for index, item in enumerate(value):
+        where = f"metadata.migrations[{index}]"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} must be an object")
+        migrations.append(Migration(str(_field(item, "from", (str, int), where, "")),
+                                    _field(item, "to", int, where, STORE_VERSION),
+                                    _field(item, "at", str, where, "")))
+    return tuple(migrations)
 
 
 _ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -352,7 +400,8 @@ def _read_bytes(path: Path) -> bytes | None:
         raise StoreAccessError(path, "is a directory, not a file", "move it away") from None
     except PermissionError:
         raise StoreAccessError(
-            path, "permission denied while reading", "run as root or as the file's owner"
+            path, "permission denied while reading",
+            "run as root or as the file's owner, or choose another root with --root DIR",
         ) from None
     except OSError as exc:
         raise StoreAccessError(path, f"cannot read: {exc.strerror}", "check the disk and the path") from None
@@ -388,7 +437,8 @@ def _access_error(path: Path, exc: OSError, doing: str) -> StoreAccessError:
         return StoreAccessError(path, f"read-only file system while {doing}", "remount it read-write or use --root")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return StoreAccessError(
-            path, f"permission denied while {doing}", "run as root, or fix the directory's permissions"
+            path, f"permission denied while {doing}",
+            "run as root, choose another root with --root DIR, or fix the directory's permissions",
         )
     if exc.errno == errno.ENOSPC:
         return StoreAccessError(path, f"disk full while {doing}", "free some space and try again")
@@ -475,7 +525,9 @@ def write_store(
 ) -> StoreData:
     """Stamp and write the store; caller holds the lock (see `update_store`). Returns what was written."""
     file = Path(path)
-    stamped = replace(data, last_modified=now_iso(clock), version=STORE_VERSION)
+    moment = now_iso(clock)
+    migrations = tuple(m if m.at else replace(m, at=moment) for m in data.migrations)
+    stamped = replace(data, last_modified=moment, version=STORE_VERSION, migrations=migrations)
     payload = serialize(stamped)
     # What is written must read back: a duplicate label or a bad id is refused before the file changes.
     parse_store(payload, file)

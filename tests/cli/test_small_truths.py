@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,15 +62,15 @@ def test_set_port_during_add_secret_leaves_no_link_on_the_old_port(
     store's lock: the links add-secret writes must carry the new port, as set-port's did."""
     assert cli("add-secret", "--label", "first").status == ExitStatus.OK
     new_port = free_port()
-    real_fetch = secret_cmds.fetch_stats
+    real_update = secret_cmds.update_store
     moved: list[subprocess.CompletedProcess[str]] = []
 
-    def fetch_then_race(port: int, timeout: float = 2.0) -> dict[str, str] | None:
-        if not moved:
+    def race_then_update(*args: Any, **kwargs: Any) -> Any:
+        if not moved:  # add-secret has read the settings; it has not taken the store's lock yet
             moved.append(run_process(paths.root, "set-port", str(new_port), "--no-restart"))
-        return real_fetch(port, timeout)
+        return real_update(*args, **kwargs)
 
-    monkeypatch.setattr(secret_cmds, "fetch_stats", fetch_then_race)
+    monkeypatch.setattr(secret_cmds, "update_store", race_then_update)
     added = cli("add-secret", "--label", "second", "--json")
     assert moved[0].returncode == 0, moved[0].stderr
     assert added.status == ExitStatus.OK, added.err

@@ -52,6 +52,8 @@ def test_unreachable_mask_falls_back_to_realistic_size(start_proxy: ProxyFactory
     port = free_port()
     proxy = start_proxy("-S", secret.to_hex(), "--listen", f"127.0.0.1:{port}", "--mask",
                         f"127.0.0.1:{free_port()}", "--state-file", str(tmp_path / "s.json"), base=False, port=port)
-    proxy.wait_log("could not learn the certificate size")
+    proxy.wait_log("could not learn the certificate size from 127.0.0.1:")
+    line = next(x for x in proxy.log.splitlines() if "could not learn" in x)
+    assert "connection refused — a typical size is used until it answers; check --mask" in line, line
     size = int(stats_of(proxy.stats_port)["fake_cert_size"])
     assert 2000 <= size <= 5000

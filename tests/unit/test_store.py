@@ -110,6 +110,9 @@ def test_repr_never_shows_the_secret() -> None:
         ('{"secrets": [{"id": "a", "value": "' + "00" * 16 + '"}, {"id": "a", "value": "' + "01" * 16
          + '"}], "metadata": {"version": 1}}', "appears twice"),
         ('{"secrets": [], "metadata": {"version": 99}}', "newer mtproxy"),
+        # Only the plan's own release string is a known format; a neighbour of it is not guessed at.
+        ('{"secrets": [], "metadata": {"version": "6.0.1"}}', "not a schema this mtproxy knows"),
+        ('{"secrets": [], "metadata": {"version": "1"}}', "not a schema this mtproxy knows"),
     ],
 )
 def test_malformed_file_names_file_and_problem_and_is_left_untouched(
@@ -150,6 +153,46 @@ def test_version_0_plan_file_is_migrated_on_next_write(tmp_path: Path) -> None:
     assert doc["metadata"]["version"] == STORE_VERSION
     assert doc["secrets"][0]["value"] == "dd" + "11" * 16
     assert "secret" not in doc["secrets"][0]
+
+
+def test_the_plans_own_6_0_0_file_is_read_migrated_and_the_migration_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    plan = {
+        "secrets": [
+            {"secret": "11" * 16, "created_at": "2025-01-01T00:00:00Z", "description": "phones",
+             "padding_enabled": True},
+            {"secret": "22" * 16, "created_at": "2025-01-02T00:00:00Z", "padding_enabled": False},
+        ],
+        "metadata": {"version": "6.0.0", "last_modified": "2025-01-02T00:00:00Z"},
+    }
+    path.write_text(json.dumps(plan))
+    data = read_store(path)
+    # padding_enabled is what the plan handed out: the same key with the dd prefix, or the bare classic key.
+    assert [(r.id, r.type, r.padding_enabled) for r in data.secrets] == [("s1", "dd", True),
+                                                                        ("s2", "plain", False)]
+    assert data.active_secrets()[0][1] == parse_secret("dd" + "11" * 16)
+    assert data.secrets[0].description == "phones" and data.secrets[0].created_at == "2025-01-01T00:00:00Z"
+    assert [(m.from_version, m.to_version, m.at) for m in data.migrations] == [("6.0.0", STORE_VERSION, "")]
+
+    update_store(path, _add(_record("new", key=bytes([9] * 16))))
+    doc = json.loads(path.read_text())
+    assert doc["metadata"]["version"] == STORE_VERSION
+    assert [s["value"] for s in doc["secrets"]] == ["dd" + "11" * 16, "22" * 16, "dd" + "09" * 16]
+    recorded = doc["metadata"]["migrations"]
+    assert len(recorded) == 1 and recorded[0]["from"] == "6.0.0" and recorded[0]["to"] == STORE_VERSION
+    assert recorded[0]["at"] == doc["metadata"]["last_modified"]
+    # Later writes keep the record as it was first stamped.
+    first = recorded[0]["at"]
+    update_store(path, lambda d: (d.without("new"), None))
+    again = json.loads(path.read_text())["metadata"]["migrations"]
+    assert again == [{"from": "6.0.0", "to": STORE_VERSION, "at": first}]
+
+
+def test_a_current_file_records_no_migration(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    update_store(path, _add(_record("a")))
+    assert "migrations" not in json.loads(path.read_text())["metadata"]
+    assert read_store(path).migrations == ()
 
 
 def test_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:

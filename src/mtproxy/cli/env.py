@@ -12,7 +12,7 @@ from typing import TextIO
 import click
 
 from ..host.runner import Runner
-from ..paths import Paths
+from ..paths import Paths, choose_root
 
 
 class OutputClosed(Exception):
@@ -43,14 +43,17 @@ class Env:
     clock: Callable[[], datetime] = field(default_factory=lambda: (lambda: datetime.now(UTC)))
     random16: Callable[[], bytes] = field(default_factory=lambda: (lambda: os.urandom(16)))
     debug: bool = False
+    root_note: str | None = None  # which root is used and why, when that is worth saying (paths.choose_root)
 
     @classmethod
     def from_process(
         cls, root: str | None, *, colour: bool | None, dry_run: bool, server: str | None, debug: bool
     ) -> Env:
         stdin_tty = sys.stdin is not None and sys.stdin.isatty()
+        choice = choose_root(root, os.environ, os.geteuid())
         return cls(
-            paths=Paths.resolve(root),
+            paths=choice.paths,
+            root_note=choice.note,
             runner=Runner(dry_run=dry_run),
             colour=_colour_wanted(sys.stdout, colour),
             interactive=stdin_tty and sys.stdout.isatty(),

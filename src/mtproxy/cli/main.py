@@ -18,7 +18,10 @@ from .env import Env, OutputClosed
 from .errors import CliError, ExitStatus
 from .validation import Invalid, check_server
 
-ROOT_HELP = "Installation root (default: $MTPROXY_ROOT or /opt/vless)."
+ROOT_HELP = ("Installation root (default: $MTPROXY_ROOT, else /opt/vless when installed there or run as root,"
+             " else ~/.local/state/mtproxy).")
+# These parse their own flags and choose the root themselves (the engine says where it keeps things).
+_OWN_ROOT = frozenset({"run", "setup", "uninstall", "healthcheck", "completion"})
 
 EPILOG = """\b
 Examples:
@@ -56,6 +59,8 @@ def cli(
         if root:
             # `mtproxy --root X run|setup|uninstall` : those parse their own flags but read the same variable.
             os.environ["MTPROXY_ROOT"] = root
+        if ctx.obj.root_note and ctx.invoked_subcommand not in _OWN_ROOT:
+            ctx.obj.err(f"mtproxy: {ctx.obj.root_note}")
     else:  # an Env given by a test: the flags still apply on top of it
         ctx.obj.runner.dry_run = ctx.obj.runner.dry_run or dry_run
         ctx.obj.server_override = server or ctx.obj.server_override

@@ -29,7 +29,10 @@ async def probe_cert_size(target: HostPort, sni: str, timeout: float = PROBE_TIM
     try:
         return await asyncio.wait_for(_probe(target, sni), timeout)
     except (OSError, TimeoutError, ssl.SSLError, ValueError) as exc:
-        log.info("could not learn the certificate size from %s: %s", target, exc)
+        reason = "no answer in time" if isinstance(exc, TimeoutError) else (
+            exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__)
+        log.info("could not learn the certificate size from %s: %s — a typical size is used until it answers;"
+                 " check --mask, or fix the size with --cert-size", target, reason.lower())
         return None
 
 

@@ -6,15 +6,18 @@ import asyncio
 import logging
 import os
 import pwd
-import resource
+import socket
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import TextIO
 
 import uvloop
 
-from mtproxy.config import EngineConfig
-from mtproxy.links import ServerUnknownError, guess_public_address, make_links
+from mtproxy.config import EngineConfig, HostPort
+from mtproxy.links import AddressGuess, ServerUnknownError, guess_public_address, make_links
 from mtproxy.protocol import ctr
 from mtproxy.protocol.replay import ReplayFilter
 from mtproxy.protocol.secret import Secret
@@ -28,6 +31,16 @@ from .reload import file_id
 from .secrets import GENERATED_ID, SecretsError, generated_secret, load_secret_set
 from .server import Server, bind_all
 from .shared import SharedState
+from .startup import (
+    capacity_warning,
+    connection_capacity,
+    file_error,
+    listen_error,
+    no_public_address_note,
+    private_address_note,
+    raise_descriptor_limit,
+    stats_error,
+)
 from .workers import Supervisor, worker_listen
 
 log = logging.getLogger("mtproxy")
@@ -53,52 +66,74 @@ def drop_privileges(user: str) -> None:
     log.info("running as %s", user)
 
 
-def _print_generated(cfg: EngineConfig, out: TextIO) -> None:
-    secret = cfg_generated_secret(cfg)
+def print_generated(cfg: EngineConfig, secret: Secret, out: TextIO,
+                    guess_address: Callable[[], AddressGuess] = guess_public_address) -> None:
+    """The generated secret's links and QR; a link nobody else can use says so and how to fix it."""
     host = cfg.public_host
+    note: str | None = None
     if host is None:
         try:
-            host = guess_public_address().address
+            guess = guess_address()
+            host, note = guess.address, (None if guess.public else private_address_note(guess.address))
         except ServerUnknownError:
             host = "127.0.0.1"
+            note = no_public_address_note(host)
     port = cfg.listen[0].port if cfg.listen else 443
     links = make_links(host, port, secret)
     out.write("No secret configured: serving a generated fake-TLS secret (kept in "
               f"{cfg.state_file}).\n{links.tg}\n{links.https}\n")
+    if note is not None:
+        out.write(f"note: {note}\n")
     if out.isatty() or os.environ.get("MTPROXY_QR", "1") == "1":
         out.write(terminal_text(links.tg))
     out.flush()
 
 
 def cfg_generated_secret(cfg: EngineConfig) -> Secret:
-    return generated_secret(cfg.state_file, cfg.domains[0] if cfg.domains else None, os.urandom)
+    try:
+        return generated_secret(cfg.state_file, cfg.domains[0] if cfg.domains else None, os.urandom)
+    except OSError as exc:
+        raise StartupError(file_error(f"keep the generated secret in {cfg.state_file}", exc)) from None
 
 
-def raise_descriptor_limit() -> int:
-    """Lift the soft descriptor limit to the hard one: a session holds two sockets, a spliced one two dups
-    and a pipe as well, and the usual soft limit of 1024 would stop the proxy after a few hundred users."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the descriptor limit from %d: %s", soft, exc)
-    return soft
+def _start_logging(log_file: Path | None) -> None:
+    try:
+        setup_logging(log_file)
+    except OSError as exc:
+        raise StartupError(file_error(f"write the log file {log_file}", exc,
+                                      "choose another file with --log-file FILE")) from None
+
+
+def fit_connections(cfg: EngineConfig, descriptor_limit: int) -> EngineConfig:
+    """Without --max-connections, allow what the descriptor limit can hold; an explicit value that
+    cannot fit is kept and warned about, since the operator asked for it."""
+    if cfg.max_connections_auto:
+        return replace(cfg, limits=replace(cfg.limits, max_connections=connection_capacity(descriptor_limit)))
+    warning = capacity_warning(cfg.limits.max_connections, descriptor_limit)
+    if warning is not None:
+        log.warning("%s", warning)
+    return cfg
+
+
+def _bind(listen: tuple[HostPort, ...], reuse_port: bool) -> list[tuple[HostPort, socket.socket]]:
+    try:
+        return bind_all(listen, reuse_port=reuse_port)
+    except OSError as exc:
+        raise StartupError(listen_error(exc)) from None
 
 
 def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
-    setup_logging(cfg.log_file)
-    limit = raise_descriptor_limit()
-    if limit < cfg.limits.max_connections * 6:
-        log.warning("the descriptor limit (%d) is below 6 per allowed connection (--max-connections %d):"
-                    " raise LimitNOFILE / ulimit -n", limit, cfg.limits.max_connections)
+    _start_logging(cfg.log_file)
+    if cfg.root_note:
+        log.info("%s", cfg.root_note)
+    cfg = fit_connections(cfg, raise_descriptor_limit())
     for warning in cfg.warnings:
         log.warning("%s", warning)
     generated: list[tuple[str, Secret]] = []
     if not cfg.secrets and cfg.secrets_file is None:
-        generated = [(GENERATED_ID, cfg_generated_secret(cfg))]
-        _print_generated(cfg, out)
+        secret = cfg_generated_secret(cfg)
+        generated = [(GENERATED_ID, secret)]
+        print_generated(cfg, secret, out)
     loaded_id = file_id(cfg.secrets_file) if cfg.secrets_file is not None else None
     try:
         initial = load_secret_set(cfg, cfg.secrets_file, generated)
@@ -114,7 +149,7 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
     log.info("AES-CTR runs on %s (%s)", ctr.KEYSTREAMS[keystream], why)
 
     if cfg.workers == 1:
-        sockets = bind_all(cfg.listen, reuse_port=False)
+        sockets = _bind(cfg.listen, reuse_port=False)
         holder: list[Server] = []
         idle = Counters(started_at=time.time())
         stats = _start_stats(cfg, lambda: (holder[0].counters if holder else idle).snapshot())
@@ -133,7 +168,7 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
         listen = worker_listen(cfg.listen)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
-    slots = [bind_all(listen, reuse_port=True) for _ in range(cfg.workers)]
+    slots = [_bind(listen, reuse_port=True) for _ in range(cfg.workers)]
     shared = SharedState(cfg.workers, cfg.tls.replay_entries)
     supervisor: Supervisor
 
@@ -169,7 +204,7 @@ def _start_stats(cfg: EngineConfig, provider: SnapshotProvider, start: bool = Tr
         store = os.path.abspath(cfg.secrets_file) if cfg.secrets_file is not None else None
         server = StatsServer(cfg.stats.host, cfg.stats.port, provider, cfg.stats_allow_remote, store)
     except OSError as exc:
-        raise StartupError(f"cannot serve stats on {cfg.stats}: {exc.strerror}") from None
+        raise StartupError(stats_error(str(cfg.stats), exc)) from None
     if start:
         server.start()
     log.info("stats on http://%s/stats, /stats.json and /metrics", cfg.stats)

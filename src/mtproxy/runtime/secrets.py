@@ -44,7 +44,9 @@ def read_secrets_file(path: Path) -> list[tuple[str, Secret]]:
     try:
         data = read_store(path)
         return data.active_secrets()
-    except (StoreError, SecretFormatError) as exc:
+    except StoreError as exc:
+        raise SecretsError(f"{exc} — {exc.hint}" if exc.hint else str(exc)) from None
+    except SecretFormatError as exc:
         raise SecretsError(str(exc)) from None
 
 
