@@ -179,3 +179,29 @@ def test_status_hook_says_when_mtproxy_is_gone(tmp_path: Path) -> None:
     assert result.returncode == 1 and result.stderr == ""
     assert result.stdout.splitlines() == ["MTProxy", f"  ✗ mtproxy: {missing} is missing — reinstall mtproxy and "
                                                      "run mtproxy-setup"]
+
+
+
+def test_completion_reads_the_root_the_commands_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user without --root or MTPROXY_ROOT and nothing installed works on a per-user root: completion
+    offers that store's secrets (the commands' own choice of root, paths.choose_root)."""
+    if (Path("/opt/vless") / "mtproxy" / "install.json").exists():
+        pytest.skip("this host has an installation at /opt/vless")
+    from mtproxy.cli.completion import complete_secret_ref
+    from mtproxy.paths import choose_root, user_root
+    from mtproxy.store import SecretRecord, update_store
+
+    for name in [k for k in os.environ if k.startswith(("MTPROXY_", "XDG_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    mine = user_root(os.environ)
+    assert mine is not None and choose_root(None, os.environ, 1000).paths.root == mine
+    record = SecretRecord(id="0badc0de", value="dd" + "11" * 16, type="dd", label="mine", padding_enabled=True)
+    update_store(mine / "config/mtproxy/mtproxy_secrets.json", lambda data: (data.with_record(record), None))
+    ctx = click.Context(cli, info_name="mtproxy")
+    ctx.params["root"] = None
+    command = cli.commands["show-config"]
+    sub = click.Context(command, info_name="show-config", parent=ctx)
+    offered = complete_secret_ref(sub, command.params[0], "")
+    assert [item.value for item in offered] == ["0badc0de", "mine"]

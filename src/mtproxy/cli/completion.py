@@ -1,5 +1,5 @@
 """Shell completion: the scripts for bash, zsh and fish, and completing a secret argument with the ids and
-labels in the store of the root on the command line (or $MTPROXY_ROOT)."""
+labels in the store of the root the command would use (--root, $MTPROXY_ROOT, the system's or your own)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import click
 from click.shell_completion import CompletionItem, get_completion_class
 
-from ..paths import Paths
+from ..paths import choose_root
 from ..store import StoreError, read_store
 
 SHELLS = ("bash", "zsh", "fish")
@@ -28,7 +28,7 @@ def complete_secret_ref(ctx: click.Context, param: click.Parameter, incomplete: 
     Nothing (never an error) when the store cannot be read, e.g. a 0600 store completed by another user."""
     root = ctx.find_root().params.get("root")
     try:
-        data = read_store(Paths.resolve(root, os.environ).secrets_file)
+        data = read_store(choose_root(root, os.environ, os.geteuid()).paths.secrets_file)
     except (StoreError, OSError):
         return []
     items: list[CompletionItem] = []
