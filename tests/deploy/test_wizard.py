@@ -75,7 +75,7 @@ def test_non_interactive_from_environment(tmp_path: Path) -> None:
     assert f"port     = {port}" in jail and str(root / "logs/mtproxy/mtproxy.log") in jail
     assert (etc / "fail2ban/filter.d/mtproxy.conf").exists()
     assert str(root / "logs/mtproxy") in (etc / "logrotate.d/mtproxy").read_text()
-    assert "[6/6]" in result.stdout  # progress
+    assert "[7/7]" in result.stdout  # progress
 
 
 def test_rerun_is_idempotent(tmp_path: Path) -> None:

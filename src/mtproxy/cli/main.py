@@ -150,11 +150,9 @@ def completion_cmd(shell: str) -> None:
       eval "$(mtproxy completion bash)"                      in ~/.bashrc
       mtproxy completion fish > ~/.config/fish/completions/mtproxy.fish
     """
-    from click.shell_completion import get_completion_class
+    from .completion import source
 
-    completion_class = get_completion_class(shell)
-    assert completion_class is not None
-    click.echo(completion_class(cli, {}, "mtproxy", "_MTPROXY_COMPLETE").source())
+    click.echo(source(cli, shell))
 
 
 def _register() -> None:

@@ -15,6 +15,7 @@ from ..protocol.secret import SecretKind, generate_secret, parse_secret
 from ..settings import Settings, read_settings
 from ..store import SecretRecord, StoreData, now_iso, read_store, update_store
 from . import artifacts
+from .completion import complete_secret_ref
 from .env import Env
 from .errors import CliError, ExitStatus
 from .output import dump_json, table
@@ -260,7 +261,7 @@ Examples:
   mtproxy remove-secret 3f2a9c1d --yes
   mtproxy remove-secret dd1a2b…  (the full secret, as in a link)
 """)
-@click.argument("ref", metavar="SECRET|ID|LABEL")
+@click.argument("ref", metavar="SECRET|ID|LABEL", shell_complete=complete_secret_ref)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask, even before removing the last active secret.")
 @click.option("--dry-run", is_flag=True, help="Say what would be removed, change nothing.")
 @pass_env
@@ -291,7 +292,7 @@ Examples:
   mtproxy regenerate-secret phones --yes
   mtproxy regenerate-secret 3f2a9c1d
 """)
-@click.argument("ref", metavar="SECRET|ID|LABEL")
+@click.argument("ref", metavar="SECRET|ID|LABEL", shell_complete=complete_secret_ref)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask (the old links stop working).")
 @click.option("--dry-run", is_flag=True, help="Say what would change, change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (includes the new secret).")

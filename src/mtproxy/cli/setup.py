@@ -9,7 +9,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TextIO
 
-from ..host import docker, systemd
+from ..host import docker, systemd, templates
+from ..host.files import write_file
 from ..host.install import (
     MANAGERS,
     UFW_MODES,
@@ -17,8 +18,11 @@ from ..host.install import (
     InstallPlan,
     Progress,
     Transaction,
+    choose_manager,
     give_to,
+    host_checks,
     install_services,
+    installed_program,
     make_dirs,
     port_problem,
     preflight,
@@ -78,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--ufw", choices=UFW_MODES, help="UFW rule: limit (default), allow or skip (MTPROXY_UFW)")
     a("--manager", choices=MANAGERS, help="docker (default), systemd, or none (files only)")
     a("--image", default=None, help=f"image to run (default {docker.DEFAULT_IMAGE})")
-    a("--build-script", help="deploy/docker/build-image.sh to build the image when it is missing")
+    a("--build-script", help="a checkout's deploy/docker/build-image.sh to build a missing image with "
+                             "(default: the build step shipped in this package, from the installed package)")
     a("--local-base", action="store_true", help="build the image on a debootstrapped local base")
     a("--dry-run", action="store_true", help="check and show the plan; change nothing")
     return p
@@ -199,13 +204,12 @@ def gather(ns: argparse.Namespace, env: Mapping[str, str], asker: Asker | None, 
                                       else "the recorded UFW mode")
         except Invalid as exc:
             raise InstallError(exc.what, exc.todo) from None
-    manager = ns.manager or ("docker" if runner.available("docker") else "systemd")
-    build_script = Path(ns.build_script) if ns.build_script else _find_build_script()
+    manager, _ = choose_manager(ns.manager, runner, _image(ns, record), _local_base(ns, env))
     return InstallPlan(
         root=paths.root, port=port, workers=workers, secret_type=kind,
         domain=domain if kind == "ee" else None, server=server, ufw_mode=ufw_mode, manager=manager,
-        image=ns.image or (record.image if record else docker.DEFAULT_IMAGE), build_script=build_script,
-        local_base=ns.local_base or _truthy(env.get("MTPROXY_LOCAL_BASE")), stats_port=settings.stats_port,
+        image=_image(ns, record), build_script=Path(ns.build_script) if ns.build_script else None,
+        local_base=_local_base(ns, env), stats_port=settings.stats_port,
     )
 
 
@@ -214,10 +218,40 @@ def _warn(out: TextIO, checked: Checked[object]) -> None:
         out.write(f"warning: {warning}\n")
 
 
-def _find_build_script() -> Path | None:
-    """deploy/docker/build-image.sh of the checkout this package runs from (an editable install)."""
-    candidate = Path(__file__).resolve().parents[3] / "deploy" / "docker" / "build-image.sh"
-    return candidate if candidate.is_file() else None
+def _image(ns: argparse.Namespace, record: InstallRecord | None) -> str:
+    return str(ns.image or (record.image if record else docker.DEFAULT_IMAGE))
+
+
+def _local_base(ns: argparse.Namespace, env: Mapping[str, str]) -> bool:
+    return bool(ns.local_base) or _truthy(env.get("MTPROXY_LOCAL_BASE"))
+
+
+def check_host(ns: argparse.Namespace, env: Mapping[str, str], runner: Runner, layout: HostLayout,
+               out: TextIO) -> None:
+    """Root, Docker (or systemd) and the image, before the first question: an operator never answers every
+    question only to learn the host cannot take the install. Fixes ns.manager (the default may fall back
+    to systemd, and says so)."""
+    record = InstallRecord.load(layout.install_record)
+    ns.manager, note = choose_manager(ns.manager, runner, _image(ns, record), _local_base(ns, env))
+    if note:
+        out.write(f"note: {note}\n")
+    build_script = Path(ns.build_script) if ns.build_script else None
+    image_note = host_checks(ns.manager, _image(ns, record), build_script, _local_base(ns, env), runner)
+    if image_note:
+        out.write(f"note: {image_note}\n")
+
+
+def host_extras(layout: HostLayout) -> dict[Path, tuple[str, int]]:
+    """What fits mtproxy into the host's tools: shell completions (secret ids and labels complete from the
+    store), the man page generated from the CLI, and the drop-in for the host's status command."""
+    from .completion import SHELLS, source
+    from .main import cli
+    from .manpage import render
+
+    extras = {layout.completions[shell]: (source(cli, shell) + "\n", 0o644) for shell in SHELLS}
+    extras[layout.man_page] = (render(cli), 0o644)
+    extras[layout.status_hook] = (templates.status_hook(installed_program("mtproxy"), layout.root), 0o755)
+    return extras
 
 
 def _free_label(data: StoreData) -> str:
@@ -257,7 +291,7 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
                   "checks passed, nothing changed\n")
         return 0
     txn = Transaction()
-    steps = {"docker": 10, "systemd": 9, "none": 6}[plan.manager]
+    steps = {"docker": 11, "systemd": 10, "none": 7}[plan.manager]
     progress = Progress(out, steps)
     previous = ownership(paths, layout).record  # only this root's record says which user setup added
     try:
@@ -293,6 +327,13 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
         progress.finish("; ".join(notes) or "ok")
 
         files, ufw_added = install_services(plan, runner, layout, txn, progress, owner)
+
+        progress.start("Shell completions, man page, status hook")
+        for path, (text, mode) in host_extras(layout).items():
+            txn.add(str(path), snapshot(path))
+            write_file(path, text, mode)
+            files.append(str(path))
+        progress.finish()
         # A re-run finds the user it added last time already there: it stays setup's to delete.
         user_created = owner.user_created or (previous is not None and previous.user_created)
         InstallRecord.new(paths, plan.port, plan.manager, plan.ufw_mode, plan.image, files,
@@ -338,6 +379,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None,
                      "(and flags or MTPROXY_* variables)\n")
         return 6
     try:
+        check_host(ns, environ, runner, layout, stdout)
         plan = gather(ns, environ, Asker(stdin, stdout) if interactive else None, runner, paths, layout, stdout)
         if plan is None:
             stdout.write("Nothing installed.\n")

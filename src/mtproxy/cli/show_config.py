@@ -7,6 +7,7 @@ import click
 from ..qr import terminal_text
 from ..store import StoreAccessError, read_store
 from . import artifacts
+from .completion import complete_secret_ref
 from .env import Env
 from .output import dump_json
 from .secret_cmds import load_settings, resolve
@@ -20,7 +21,7 @@ Examples:
   mtproxy show-config phones          one secret, by label, id or value
   mtproxy show-config --no-qr --json  links only, for scripts
 """)
-@click.argument("ref", metavar="[SECRET|ID|LABEL]", required=False)
+@click.argument("ref", metavar="[SECRET|ID|LABEL]", required=False, shell_complete=complete_secret_ref)
 @click.option("--qr/--no-qr", "draw", default=True, help="Draw the QR code in the terminal (default: yes).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (includes the secrets).")
 @pass_env

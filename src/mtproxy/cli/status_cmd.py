@@ -26,6 +26,7 @@ from .errors import ExitStatus
 from .output import dump_json, human_count, human_duration
 from .proxy_control import compare, engine_of_root, fetch_engine, stats_port
 from .secret_cmds import load_settings
+from .status_section import section_lines
 
 pass_env = click.make_pass_decorator(Env)
 
@@ -203,11 +204,13 @@ Examples:
   mtproxy status
   mtproxy status --json
   mtproxy status >/dev/null && echo healthy
+  mtproxy status --section        the block for `vless status`
 Exit status: 0 when every check passes, 8 when one fails.
 """)
 @click.option("--json", "json_out", is_flag=True, help="Machine-readable output.")
+@click.option("--section", is_flag=True, help="One ✓/✗ block for the host's status report (`vless status`).")
 @pass_env
-def status(env: Env, json_out: bool) -> int:
+def status(env: Env, json_out: bool, section: bool) -> int:
     """Check the service, the stats endpoint, the port, the secrets store and the firewall rule."""
     checks, settings, engine = collect(env)
     healthy = all(c.ok is not False for c in checks)
@@ -215,7 +218,10 @@ def status(env: Env, json_out: bool) -> int:
     active = _engine_int(engine, "active")
     total = _engine_int(engine, "total")
     uptime = _engine_int(engine, "uptime")
-    if json_out:
+    if section:
+        summary = f"{port}/tcp, {human_count(active)} active, {human_count(total)} total, up {human_duration(uptime)}"
+        env.out("\n".join(section_lines(checks, env.ok_mark, summary)))
+    elif json_out:
         env.out(dump_json("status", {
             "healthy": healthy, "port": port, "uptime_seconds": uptime,
             "connections": {"active": active, "total": total},

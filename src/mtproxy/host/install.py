@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sysconfig
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import TextIO
 
 from ..paths import Paths
 from . import docker, fail2ban, systemd, templates, ufw
+from . import image as image_build
 from .files import remove_file, write_file
 from .layout import HostLayout
 from .record import ownership
@@ -48,7 +50,7 @@ class InstallPlan:
     ufw_mode: str = "limit"
     manager: str = "docker"
     image: str = docker.DEFAULT_IMAGE
-    build_script: Path | None = None  # deploy/docker/build-image.sh when the image must be built
+    build_script: Path | None = None  # a checkout's build-image.sh; None: the packaged build step
     local_base: bool = False
     verify_timeout: float = 60.0
     stats_port: int = 8888
@@ -121,22 +123,55 @@ def port_problem(port: int, own_port: int | None, runner: Runner) -> str | None:
     return None if current is not None and current.status == "running" else problem
 
 
-def preflight(plan: InstallPlan, runner: Runner, layout: HostLayout) -> list[str]:
-    """Everything checked before anything changes. Raises InstallError; returns warnings."""
-    warnings: list[str] = []
+def choose_manager(requested: str | None, runner: Runner, image: str = docker.DEFAULT_IMAGE,
+                   local_base: bool = False) -> tuple[str, str]:
+    """The service manager to install, and a note to show when the default (Docker) cannot be used — no
+    engine, or the image is missing and cannot be built here — and the systemd unit is installed instead.
+    An explicit choice is kept (host_checks then says what is missing)."""
+    if requested is not None:
+        return requested, ""
+    problem = docker.engine_problem(runner)
+    if problem is None and not docker.image_exists(runner, image):
+        build = image_build.build_problem(runner, local_base)
+        problem = f"the image {image} is missing and cannot be built here: {build}" if build else None
+    if problem is None:
+        return "docker", ""
+    if systemd.available(runner):
+        return "systemd", f"Docker cannot be used ({problem}): installing the systemd unit instead"
+    return "docker", ""  # neither: host_checks reports Docker's problem
+
+
+def host_checks(manager: str, image: str, build_script: Path | None, local_base: bool, runner: Runner) -> str:
+    """Root, the service manager, and for Docker the image (present, or buildable here). Runs before the
+    wizard's first question. Raises InstallError; returns a note about the image ("" when none)."""
     if os.geteuid() != 0:
         raise InstallError("setup must run as root (it writes under /etc and manages the firewall)",
                            "run it again with sudo")
-    if plan.manager == "docker":
+    if manager == "docker":
         problem = docker.engine_problem(runner)
         if problem:
             raise InstallError(problem, "install Docker (https://docs.docker.com/engine/install/) or use "
                                         "--manager systemd")
-        if not docker.image_exists(runner, plan.image) and plan.build_script is None:
-            raise InstallError(f"the image {plan.image} does not exist and there is no build script",
-                               "build it with deploy/docker/build-image.sh, or pass --image")
-    elif plan.manager == "systemd" and not systemd.available(runner):
+        if docker.image_exists(runner, image):
+            return ""
+        if build_script is not None:
+            if not build_script.is_file():
+                raise InstallError(f"the build script {build_script} does not exist", "pass a valid --build-script")
+            return f"the image {image} is not here: {build_script} will build it"
+        problem = image_build.build_problem(runner, local_base)
+        if problem:
+            raise InstallError(f"the image {image} does not exist and cannot be built here: {problem}",
+                               "pass --image with an existing image, or use --manager systemd")
+        return f"the image {image} is not here: it will be built from this installed package (a few minutes)"
+    if manager == "systemd" and not systemd.available(runner):
         raise InstallError("systemd is not running on this host", "use --manager docker")
+    return ""
+
+
+def preflight(plan: InstallPlan, runner: Runner, layout: HostLayout) -> list[str]:
+    """Everything checked before anything changes. Raises InstallError; returns warnings."""
+    warnings: list[str] = []
+    host_checks(plan.manager, plan.image, plan.build_script, plan.local_base, runner)
     foreign = foreign_service(runner, layout, plan.manager)
     if foreign:
         raise InstallError(foreign, "uninstall that one first (mtproxy-uninstall --root <its root>), or run "
@@ -206,6 +241,15 @@ def make_dirs(paths: Paths, layout: HostLayout, txn: Transaction, owner: Owner) 
             txn.add(f"created {path}", lambda p=path: p.exists() and shutil.rmtree(p))
 
 
+def installed_program(name: str) -> str:
+    """The entry script installed with the running package (a venv's or pipx's bin/ is not always on PATH,
+    and PATH may find another installation's script first); PATH when it is not there."""
+    beside = Path(sysconfig.get_path("scripts")) / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name) or f"/usr/local/bin/{name}"
+
+
 def _verify_port(port: int, timeout: float, sleep: Callable[[float], None] = time.sleep) -> None:
     """The port answers a TCP connect (the proxy accepted it)."""
     deadline = time.monotonic() + timeout
@@ -240,7 +284,7 @@ def install_services(plan: InstallPlan, runner: Runner, layout: HostLayout, txn:
     elif plan.manager == "systemd":
         progress.start(f"Writing the systemd unit ({layout.systemd_unit})")
         txn.add("the systemd unit", lambda: systemd.remove(runner, layout))
-        mtproxy_bin = shutil.which("mtproxy") or "/usr/local/bin/mtproxy"
+        mtproxy_bin = installed_program("mtproxy")
         systemd.install(runner, layout, mtproxy_bin, plan.port, systemd.USER)
         files.append(str(layout.systemd_unit))
         progress.finish()
@@ -278,9 +322,7 @@ def install_services(plan: InstallPlan, runner: Runner, layout: HostLayout, txn:
         if docker.image_exists(runner, plan.image):
             progress.finish("present")
         else:
-            assert plan.build_script is not None  # preflight made sure
-            argv = [str(plan.build_script), "--tag", plan.image, *(["--local-base"] if plan.local_base else [])]
-            runner.run(argv, timeout=1800)
+            image_build.build(runner, plan.image, plan.local_base, plan.build_script)
             txn.add(f"the image {plan.image}", lambda: docker.remove_image(runner, plan.image))
             progress.finish("built")
         progress.start("Starting the container vless_mtproxy")
@@ -350,6 +392,11 @@ def uninstall(runner: Runner, paths: Paths, layout: HostLayout, purge: bool, out
         f2b = {layout.fail2ban_jail, layout.fail2ban_filter} & listed
         for path in fail2ban.remove(runner, layout, f2b):
             note(str(path))
+        for path in (*layout.completions.values(), layout.man_page):
+            if path in listed and path.exists():
+                if not dry:
+                    remove_file(path)
+                note(str(path))
         if layout.logrotate in listed and layout.logrotate.exists():
             if not dry:
                 remove_file(layout.logrotate)

@@ -41,6 +41,29 @@ class HostLayout:
         return self.etc / "systemd" / "system" / "mtproxy.service"
 
     @property
+    def share(self) -> Path:
+        """/usr/local/share; beside a test's MTPROXY_SYSCONF (<dir>/etc → <dir>/usr/local/share) otherwise."""
+        return Path("/usr/local/share") if self.etc == Path("/etc") else self.etc.parent / "usr" / "local" / "share"
+
+    @property
+    def completions(self) -> dict[str, Path]:
+        """Where bash-completion, zsh and fish look for a command's completion without any configuration."""
+        return {
+            "bash": self.share / "bash-completion" / "completions" / "mtproxy",
+            "zsh": self.share / "zsh" / "site-functions" / "_mtproxy",
+            "fish": self.share / "fish" / "vendor_completions.d" / "mtproxy.fish",
+        }
+
+    @property
+    def man_page(self) -> Path:
+        return self.share / "man" / "man1" / "mtproxy.1"
+
+    @property
+    def status_hook(self) -> Path:
+        """The drop-in a host's `vless status` calls for mtproxy's section (docs/deploy.md)."""
+        return self.compose_dir / "status-hook"
+
+    @property
     def compose_dir(self) -> Path:
         """Outside config/: the VPN stack's installer resets that tree to root 0600 on every run."""
         return self.root / "mtproxy"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import string
 from dataclasses import dataclass
 from importlib import resources
@@ -12,6 +13,7 @@ SYSTEMD_UNIT = "mtproxy.service"
 FAIL2BAN_FILTER = "fail2ban-filter.conf"
 FAIL2BAN_JAIL = "fail2ban-jail.conf"
 LOGROTATE = "logrotate.conf"
+STATUS_HOOK = "status-hook.sh"
 
 CONTAINER_UID = 10001  # the image's fixed user; the wizard gives it the mounted directories
 CONTAINER_ROOT = "/opt/vless"  # where the image expects the installation root
@@ -85,3 +87,8 @@ def fail2ban_filter() -> str:
 
 def logrotate(log_dir: Path) -> str:
     return render(LOGROTATE, log_dir=log_dir)
+
+
+def status_hook(mtproxy_bin: str, root: Path) -> str:
+    """The shell drop-in; both values are shell-quoted (they are paths chosen by the operator)."""
+    return render(STATUS_HOOK, mtproxy_bin=shlex.quote(mtproxy_bin), root=shlex.quote(str(root)))
