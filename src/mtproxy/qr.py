@@ -11,6 +11,7 @@ import segno
 
 PNG_SIZE = 300
 QUIET_ZONE = 4  # modules; the QR standard's minimum
+TERMINAL_BORDER = 2  # modules
 
 
 def _encode(text: str) -> segno.QRCode:
@@ -61,31 +62,15 @@ def svg_bytes(text: str) -> bytes:
 
 
 def terminal_text(text: str) -> str:
-    """The code drawn with half-block characters, two modules per character cell.
+    """The code drawn by segno's compact terminal writer: half-block characters, two modules per cell.
 
-    The light modules are the printed blocks, so the code scans on the light-on-dark terminals servers
-    usually have.
+    segno prints the light modules as blocks, so the code scans on the light-on-dark terminals servers
+    usually have. A two-module border (half the standard quiet zone) keeps it small on screen; the
+    terminal's dark background around it completes the quiet zone.
     """
-    matrix = [list(row) for row in _encode(text).matrix]
-    size = len(matrix)
-    border = 2
-    full = size + 2 * border
-
-    def light(x: int, y: int) -> bool:
-        mx, my = x - border, y - border
-        if 0 <= mx < size and 0 <= my < size:
-            return not matrix[my][mx]
-        return True
-
-    lines = []
-    for y in range(0, full, 2):
-        chars = []
-        for x in range(full):
-            top = light(x, y)
-            bottom = light(x, y + 1) if y + 1 < full else False
-            chars.append("█" if top and bottom else "▀" if top else "▄" if bottom else " ")
-        lines.append("".join(chars))
-    return "\n".join(lines) + "\n"
+    out = io.StringIO()
+    _encode(text).terminal(out, border=TERMINAL_BORDER, compact=True)
+    return out.getvalue()
 
 
 def write_qr_files(text: str, png_path: Path, svg_path: Path | None = None) -> None:

@@ -475,24 +475,35 @@ def locked(path: str | os.PathLike[str], timeout: float = 60.0) -> Iterator[None
         os.close(fd)  # closing the descriptor releases the flock
 
 
-def _remove_stale_temps(file: Path) -> None:
-    """Temp files left by a writer killed mid-write; only called with the lock held, so none is live."""
-    prefix = f".{file.name}."
+def _temp_name_parts(file: Path) -> tuple[str, str]:
+    """`write_atomic`'s temp files are `.<name>.<random>.tmp` beside the file; `remove_stale_temps`
+    removes exactly those."""
+    return f".{file.name}.", ".tmp"
+
+
+def remove_stale_temps(file: Path) -> None:
+    """Temp files left by a writer killed mid-write; call it only with the file's writers excluded (the
+    store's lock held), so none is live."""
+    prefix, suffix = _temp_name_parts(file)
     with contextlib.suppress(OSError):
         for entry in file.parent.iterdir():
-            if entry.name.startswith(prefix) and entry.name.endswith(".tmp"):
+            if entry.name.startswith(prefix) and entry.name.endswith(suffix):
                 with contextlib.suppress(OSError):
                     entry.unlink()
 
 
 def write_atomic(path: Path, payload: bytes, mode: int = FILE_MODE) -> None:
-    """Write a whole file so that readers see the old or the new bytes, never a mix (temp, fsync, rename)."""
+    """Write a whole file so that readers see the old or the new bytes, never a mix, and a crash keeps
+    one of them: a temp file in the same directory, mode (and, as root, the old owner) set before any
+    byte is written, fsync, rename over the file, fsync of the directory. The one way the package writes
+    a file (the store, settings, links, QR codes, host files through `host.files.write_file`)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     owner: tuple[int, int] | None = None
     with contextlib.suppress(OSError):
         st = path.stat()
         owner = (st.st_uid, st.st_gid)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix, suffix = _temp_name_parts(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), mode)
@@ -552,7 +563,7 @@ def update_store(
     """
     file = Path(path)
     with locked(file):
-        _remove_stale_temps(file)
+        remove_stale_temps(file)
         current = read_store(file)
         new, result = change(current)
         if new is not current:

@@ -24,6 +24,7 @@ import pytest
 from mtproxy.paths import DEFAULT_ROOT, Paths
 from mtproxy.qr import terminal_text
 
+from ..qr_decode import decode_terminal_qr
 from ..unprivileged import UserSandbox, missing_tools
 from .fake_dc import FakeDC
 from .tdlib_client import run_tdlib
@@ -80,22 +81,6 @@ class Output:
             time.sleep(0.1)
         raise AssertionError(f"no {pattern.pattern!r} within {timeout} s; output so far:\n{self.text}"
                              f"\nexit status: {process.poll()}")
-
-
-def decode_terminal_qr(drawing: str, scratch: Path) -> str:
-    """Turn the half-block drawing back into an image (printed blocks are light) and let zbarimg read it."""
-    rows: list[list[bool]] = []
-    for line in drawing.splitlines():
-        rows.append([c in "█▀" for c in line])
-        rows.append([c in "█▄" for c in line])
-    scale = 6
-    pixels = [[not light for light in row for _ in range(scale)] for row in rows for _ in range(scale)]
-    image = scratch / "terminal-qr.pbm"
-    body = "\n".join(" ".join("1" if dark else "0" for dark in row) for row in pixels)
-    image.write_text(f"P1\n{len(pixels[0])} {len(pixels)}\n{body}\n")
-    decoded = subprocess.run(["zbarimg", "--quiet", "--raw", "-Sdisable", "-Sqrcode.enable", str(image)],
-                             capture_output=True, text=True, timeout=30, check=True)
-    return decoded.stdout.rstrip("\n")
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ from mtproxy.links import AddressGuess, ServerUnknownError, guess_public_address
 from mtproxy.protocol.secret import SecretKind, generate_secret
 from mtproxy.qr import png_bytes, svg_bytes, terminal_text, write_qr_files
 
+from ..qr_decode import decode_terminal_qr
+
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
 SECRETS = [
     generate_secret(KEY, SecretKind.CLASSIC),
@@ -107,3 +109,10 @@ def test_svg_and_terminal_text() -> None:
     lines = drawing.splitlines()
     assert len({len(line) for line in lines}) == 1  # a rectangle
     assert set(drawing) <= set("█▀▄ \n")
+
+
+@pytest.mark.skipif(shutil.which("zbarimg") is None, reason="zbarimg (zbar-tools) is not installed")
+@pytest.mark.parametrize("secret", SECRETS, ids=["classic", "dd", "ee", "ee-long"])
+def test_terminal_qr_decodes_to_exactly_the_link(tmp_path: Path, secret: object) -> None:
+    link = make_links("proxy.example.net", 8443, secret).tg  # type: ignore[arg-type]
+    assert decode_terminal_qr(terminal_text(link), tmp_path) == link

@@ -11,7 +11,7 @@ from ..links import ProxyLinks, ServerUnknownError, guess_public_address, make_l
 from ..paths import Paths
 from ..qr import write_qr_files
 from ..settings import Settings, read_settings
-from ..store import SecretRecord, StoreData, _remove_stale_temps, update_store, write_atomic
+from ..store import SecretRecord, StoreData, remove_stale_temps, update_store, write_atomic
 from .errors import CliError, ExitStatus
 
 
@@ -114,7 +114,7 @@ def _files(files: SecretFiles) -> tuple[Path, Path, Path]:
 
 def _remove_temps(*files: Path) -> None:
     for file in files:
-        _remove_stale_temps(file)
+        remove_stale_temps(file)
 
 
 @dataclass(frozen=True)

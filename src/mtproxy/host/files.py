@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from ..store import write_atomic
 
 
 def write_file(path: Path, text: str, mode: int = 0o644) -> bool:
-    """Write atomically; True when the content or mode changed (so re-running setup changes nothing)."""
+    """Write atomically through the store's `write_atomic`; True when the content or mode changed (so
+    re-running setup changes nothing)."""
     data = text.encode("utf-8")
     try:
         if path.read_bytes() == data and (path.stat().st_mode & 0o7777) == mode:
             return False
     except OSError:
         pass
+    # Host directories (/etc/fail2ban/filter.d, ...) a missing parent is created in get the usual mode,
+    # not the 0700 `write_atomic` gives the directories of secrets.
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data, mode)
     return True
 
 
