@@ -105,9 +105,6 @@ ALLOWED = {
     "store.py": "write_atomic itself",
     "testkit/process.py": "a test engine's stdout/stderr, streamed into log files",
     "testkit/servers.py": "a throw-away test certificate in a private TemporaryDirectory, read once by ssl",
-    # restore() puts back a host file after a failed install; the file is being reworked in parallel:
-    # route it through write_file (or write_atomic) and drop this entry.
-    "host/install.py": "restore() of a host file after a failed install (to be routed through write_file)",
 }
 WRITERS = re.compile(r"\.write_(?:text|bytes)\(|os\.(?:replace|rename)\(|mkstemp\(|NamedTemporaryFile\("
                      r"|\bopen\([^)]*[\"'][wax]b?\+?[\"']")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..paths import Paths
+from ..store import write_atomic
 from . import docker, fail2ban, systemd, templates, ufw
 from . import image as image_build
 from .files import remove_file, write_file
@@ -105,8 +106,7 @@ def snapshot(path: Path) -> Callable[[], None]:
         if before is None:
             remove_file(path)
         else:
-            path.write_bytes(before)
-            os.chmod(path, st.st_mode & 0o7777)
+            write_atomic(path, before, st.st_mode & 0o7777)
             os.chown(path, st.st_uid, st.st_gid)
 
     return restore
@@ -238,7 +238,17 @@ def make_dirs(paths: Paths, layout: HostLayout, txn: Transaction, owner: Owner) 
         if owned:
             give_to(owner, [directory])
         for path in created:
-            txn.add(f"created {path}", lambda p=path: p.exists() and shutil.rmtree(p))
+            txn.add(f"created {path}", _remover(path))
+
+
+def _remover(directory: Path) -> Callable[[], None]:
+    """An undo step that takes away a directory this transaction created, if it is still there."""
+
+    def remove() -> None:
+        if directory.exists():
+            shutil.rmtree(directory)
+
+    return remove
 
 
 def installed_program(name: str) -> str:
