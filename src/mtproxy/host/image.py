@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
+from ..store import write_atomic
 from .runner import Runner
 
 DISTRIBUTION = "mtproxy"
@@ -162,6 +163,6 @@ def build(runner: Runner, tag: str, local_base: bool, script: Path | None = None
     with tempfile.TemporaryDirectory(prefix="mtproxy-build.") as tmp, build_step() as packaged:
         wheel = pack_wheel(Path(tmp))
         constraints = Path(tmp) / "constraints.txt"
-        constraints.write_text(installed_constraints(), encoding="utf-8")
+        write_atomic(constraints, installed_constraints().encode(), 0o644)
         runner.run(["bash", str(packaged), "--wheel", str(wheel), "--constraints", str(constraints), *options],
                    timeout=timeout)
