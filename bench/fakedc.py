@@ -15,8 +15,8 @@ from typing import cast
 import uvloop
 
 from bench import wire
-from mtproxy.protocol import ctr, obfs2
-from mtproxy.protocol.ctr import Keystream
+from mtproxy.protocol import obfs2
+from mtproxy.protocol.cipher import Keystream
 
 HEAD_SIZE = obfs2.INIT_SIZE + wire.COMMAND_SIZE
 RECV_SIZE = 256 * 1024
@@ -78,7 +78,7 @@ class DcProtocol(asyncio.BufferedProtocol):
 
     def _start(self) -> bool:
         assert self._transport is not None
-        decoded = obfs2.decode_init(bytes(self._head[: obfs2.INIT_SIZE]), None)
+        decoded = obfs2.decode_init(bytes(self._head[: obfs2.INIT_SIZE]), None, wire.LOAD_SIDE_AES)
         parsed = None
         if decoded is not None:
             parsed = wire.parse_command(decoded.from_initiator.update(bytes(self._head[obfs2.INIT_SIZE :])))
@@ -175,7 +175,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--mask-port", type=int)
     args = parser.parse_args(argv)
-    ctr.decide("ctr", "the load side stays on OpenSSL's AES-CTR: comparing engines measures the engines")
     raise_nofile()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve(args.host, args.port, args.mask_port))

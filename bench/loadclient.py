@@ -18,7 +18,7 @@ import uvloop
 
 from bench import wire
 from bench.fakedc import raise_nofile
-from mtproxy.protocol import client, ctr, faketls
+from mtproxy.protocol import client, faketls
 from mtproxy.protocol.errors import ProtocolError
 from mtproxy.protocol.secret import Secret
 
@@ -352,7 +352,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("job", help="the job as JSON")
     args = parser.parse_args(argv)
     job = json.loads(args.job)
-    ctr.decide("ctr", "the load side stays on OpenSSL's AES-CTR: comparing engines measures the engines")
     raise_nofile()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(PHASES[job["phase"]](Worker(job)))

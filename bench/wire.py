@@ -8,8 +8,9 @@ import struct
 import time
 from dataclasses import dataclass
 
+from mtproxy.crypto.backend import Backend, openssl_ctr
 from mtproxy.protocol import client, faketls, obfs2
-from mtproxy.protocol.ctr import Keystream
+from mtproxy.protocol.cipher import Keystream
 from mtproxy.protocol.secret import Secret, SecretKind
 
 # The command follows the 64-byte init inside the client→DC stream, so the fake DC can only read it when
@@ -52,18 +53,24 @@ class ClientSession:
     hello_random: bytes = b""
 
 
-def client_session(kind: str, secret: Secret | None, first_payload: bytes) -> ClientSession:
+# The load side's AES, whatever the engine under test runs: OpenSSL's CTR through `cryptography` (it opens no
+# library), so that comparing two engines measures the engines alone.
+LOAD_SIDE_AES = openssl_ctr(why="the load side stays on OpenSSL's AES-CTR: comparing engines measures the engines")
+
+
+def client_session(kind: str, secret: Secret | None, first_payload: bytes,
+                   aes: Backend = LOAD_SIDE_AES) -> ClientSession:
     """Build the opening bytes for `kind` ("raw" = a DC client without secret, used for the direct path
     and the plain relay; "classic", "dd", "ee" = through an MTProxy). `first_payload` (plain) is sent
     encrypted right after the init, in the same segment, as real clients do."""
     if kind == "raw":
-        built = obfs2.build_init(os.urandom, obfs2.TAG_INTERMEDIATE, DC_ID, None)
+        built = obfs2.build_init(os.urandom, obfs2.TAG_INTERMEDIATE, DC_ID, None, aes)
         wire = built.wire + built.to_acceptor.update(first_payload)
         return ClientSession(wire, b"", False, built.to_acceptor, built.from_acceptor.new_cipher(), False)
     if secret is None:
         raise ValueError(f"mode {kind} needs a secret")
     tag = obfs2.TAG_ABRIDGED if kind == "classic" else obfs2.TAG_PADDED
-    built = obfs2.build_init(os.urandom, tag, DC_ID, secret.key)
+    built = obfs2.build_init(os.urandom, tag, DC_ID, secret.key, aes)
     opening = built.wire + built.to_acceptor.update(first_payload)
     if kind in ("classic", "dd"):
         return ClientSession(opening, b"", False, built.to_acceptor, built.from_acceptor.new_cipher(), False)

@@ -1,4 +1,4 @@
-//! AES-256-CTR for mtproxy's relay, called from Python through ctypes (`mtproxy.protocol.native`).
+//! AES-256-CTR for mtproxy's relay, called from Python through ctypes (`mtproxy.crypto.native`).
 //!
 //! Why it exists: every uploaded byte takes two CTR passes (the client's key, then the DC's). OpenSSL's CTR
 //! runs AES-NI, one block per instruction; VAES (AVX2) does two, and both passes can share one walk over

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from mtproxy.crypto import native
 from mtproxy.host import docker as host_docker
 from mtproxy.host import templates
 from mtproxy.host.runner import Runner
-from mtproxy.protocol import native
 
 from .conftest import REPO
 
@@ -141,8 +141,8 @@ def test_image_is_small_and_unprivileged(image: str) -> None:
     assert no_pip == "True"
     # the wheel is built on this host: where the native AES library loads here, it must load in the image
     loads = sh("docker", "run", "--rm", "--network", "none", "--entrypoint", "python3", image, "-c",
-               "from mtproxy.protocol import native; print(native.LIBRARY is not None)").stdout.strip()
-    assert loads == str(native.LIBRARY is not None)
+               "from mtproxy.crypto import native; print(native.open_library() is not None)").stdout.strip()
+    assert loads == str(native.open_library() is not None)
 
 
 def test_compose_service_healthy_within_10s_and_relays(stack: Stack) -> None:

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from mtproxy.crypto.backend import openssl_ctr
 from mtproxy.protocol import faketls, obfs2, transport
 from mtproxy.protocol.errors import ProtocolError
 from mtproxy.protocol.handshake import (
@@ -44,6 +45,7 @@ _TABLE = SecretTable(
         ("tdlib", Secret(KEY, SecretKind.FAKE_TLS, DOMAIN)),
     ]
 )
+_AES = openssl_ctr(why="the fuzz targets: OpenSSL's CTR, no library of their own to load")
 _SETTINGS = (
     HandshakeSettings(),
     HandshakeSettings(allow_obfuscated=False, tls_domains=frozenset({DOMAIN})),
@@ -53,7 +55,7 @@ _SETTINGS = (
 
 def _new_handshake(settings: HandshakeSettings) -> Handshake:
     # A fresh, small replay filter each run: runs must not depend on one another.
-    return Handshake(_TABLE, settings, ReplayFilter.in_process(64), os.urandom)
+    return Handshake(_TABLE, settings, ReplayFilter.in_process(64), os.urandom, aes=_AES)
 
 
 def _drive(handshake: Handshake, data: bytes, chunk: int, now: float, first: int = 0) -> None:
@@ -140,7 +142,7 @@ def tls_records(data: bytes) -> None:
 def obfs2_init(data: bytes) -> None:
     """Any 64 bytes as an init under a fixed key: a decoded init or None, never an exception."""
     init = (data + bytes(64))[:64]
-    decoded = obfs2.decode_init(init, KEY)
+    decoded = obfs2.decode_init(init, KEY, _AES)
     if decoded is not None and decoded.tag not in obfs2.KNOWN_TAGS:
         raise AssertionError("decode_init accepted an unknown tag")
 

@@ -11,7 +11,7 @@ import pytest
 from mtproxy.protocol import client as core
 from mtproxy.protocol.secret import Secret, SecretKind
 from mtproxy.testkit.background import BackgroundPeers
-from mtproxy.testkit.client import open_client, secret_for_mode, send_raw
+from mtproxy.testkit.client import PEER_AES, open_client, secret_for_mode, send_raw
 from mtproxy.testkit.process import free_port
 from mtproxy.testkit.servers import MASK_BANNER, expected_mask_reply
 
@@ -42,7 +42,8 @@ def reasons(log: str) -> list[str]:
 
 CASES = {
     "wrong-secret": ("unknown-secret", lambda s: core.ClientConnection(
-        Secret(os.urandom(16), SecretKind.PADDED), os.urandom, time.time()).first_bytes() + os.urandom(100)),
+        Secret(os.urandom(16), SecretKind.PADDED), os.urandom, time.time(), aes=PEER_AES).first_bytes()
+        + os.urandom(100)),
     "random-bytes": ("unknown-secret", lambda s: os.urandom(300)),
     "http": ("unknown-secret", lambda s: b"GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8.0\r\n"
                                           b"Accept: */*\r\n\r\n"),
@@ -102,7 +103,7 @@ def test_replayed_obfuscated2_init_goes_to_mask(start_proxy: ProxyFactory, peers
 def test_fake_tls_only_with_domain(start_proxy: ProxyFactory, peers: BackgroundPeers, secret: Secret) -> None:
     """-D means fake-TLS only: a classic client with the right key is masked (mode-disabled)."""
     proxy = start_proxy("-S", secret.key.hex(), "-D", DOMAIN)
-    classic = core.ClientConnection(secret_for_mode(secret, "classic"), os.urandom, time.time())
+    classic = core.ClientConnection(secret_for_mode(secret, "classic"), os.urandom, time.time(), aes=PEER_AES)
     probe(peers, proxy.port, classic.first_bytes())
     assert reasons(proxy.wait_log("rejected handshake")) == ["mode-disabled"]
 

@@ -9,9 +9,10 @@ import os
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from mtproxy.protocol import ctr, obfs2
+from mtproxy.crypto import backend, native
+from mtproxy.protocol import obfs2
 from mtproxy.protocol.secret import Secret
-from mtproxy.testkit.client import ProxyClient, open_client, secret_for_mode
+from mtproxy.testkit.client import PEER_AES, ProxyClient, open_client, secret_for_mode
 
 from .conftest import ProxyFactory, run
 
@@ -164,7 +165,7 @@ def test_handshake_split_across_segments(start_proxy: ProxyFactory, secret: Secr
     proxy = start_proxy("-S", secret.to_hex(), "--allow-classic")
 
     async def scenario() -> bytes:
-        conn = core.ClientConnection(secret_for_mode(secret, mode), os.urandom, time.time())
+        conn = core.ClientConnection(secret_for_mode(secret, mode), os.urandom, time.time(), aes=PEER_AES)
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         first = conn.first_bytes()
         for i in range(0, len(first), 37):  # many small TCP segments (asyncio sets TCP_NODELAY)
@@ -193,7 +194,7 @@ def _plain_ctr_streams(client: ProxyClient) -> None:
     """Swap the test client's streams for cryptography's plain AES-CTR, positioned where the client's own
     streams are, so the proxy's keystream is checked against an independent implementation."""
     conn = client.conn
-    to_server, from_server = obfs2.derive_keys(conn._init, conn._key)
+    to_server, from_server = obfs2.derive_keys(conn._init, conn._key, PEER_AES)
     conn._to_server = Cipher(algorithms.AES(to_server.key), modes.CTR(to_server.iv)).encryptor()
     conn._to_server.update(bytes(obfs2.INIT_SIZE))  # the init already went out
     conn._from_server = Cipher(algorithms.AES(from_server.key), modes.CTR(from_server.iv)).encryptor()
@@ -205,21 +206,13 @@ def test_bulk_upload_keystream_matches_plain_ctr(start_proxy: ProxyFactory, secr
                                                  keystream: str) -> None:
     """The engine on each keystream it can run: the native library (its fused gather and two passes), the
     GCM keystream (past ACCELERATE_AFTER), and OpenSSL's CTR as the control. The client and the fake DC
-    (which runs in this process) stay on OpenSSL's CTR, so the engine's keystream is checked against an
-    independent implementation on both legs."""
-    if keystream == "native" and ctr.NATIVE_LIBRARY is None:
+    (which runs in this process) run the test kit's own backend (PEER_AES, OpenSSL's CTR), and the client's
+    streams are swapped for cryptography's, so the engine's keystream is checked against an independent
+    implementation on both legs."""
+    if keystream == "native" and native.open_library() is None:
         pytest.skip("the native library is not built here")
-    saved = ctr.keystream_choice()
-    ctr.decide("ctr", "this test's client and fake DC")
-    try:
-        _bulk_round_trip_on_plain_ctr(start_proxy, secret, mode, keystream)
-    finally:
-        ctr.decide(*saved)
-
-
-def _bulk_round_trip_on_plain_ctr(start_proxy: ProxyFactory, secret: Secret, mode: str, keystream: str) -> None:
     proxy = start_proxy("-S", secret.to_hex(), "--allow-classic", env={"MTPROXY_KEYSTREAM": keystream})
-    assert f"AES-CTR runs on {ctr.KEYSTREAMS[keystream]} (MTPROXY_KEYSTREAM={keystream})" in proxy.log
+    assert f"AES-CTR runs on {backend.KEYSTREAMS[keystream]} (MTPROXY_KEYSTREAM={keystream})" in proxy.log
     data = os.urandom(SIZE)
 
     async def scenario() -> bytes:

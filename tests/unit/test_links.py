@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
 import socket
 import struct
 import subprocess
+import sys
 import zlib
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -65,13 +68,36 @@ def test_public_address_guess_falls_back_to_ipv6_then_fails_clearly() -> None:
         guess_public_address(lambda _f, _p: None)
 
 
-def test_public_address_guess_sends_nothing_and_works_offline() -> None:
-    # In a namespace with only loopback there is no route: a clear error, no exception from the socket layer.
-    try:
-        guess = guess_public_address()
-    except ServerUnknownError:
-        return
-    assert not guess.address.startswith("127.")
+def _guess_in_a_private_namespace(setup: str) -> list[str]:
+    """Run the real guess (its own route lookup) in a fresh network namespace prepared by `setup`; returns
+    the guess (or the error's class name) and the probe interface's transmit count before and after."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs root, unshare and ip to make a private network namespace")
+    guess = ("from mtproxy.links import ServerUnknownError, guess_public_address\n"
+             "try:\n    g = guess_public_address(); print(g.address, g.public)\n"
+             "except ServerUnknownError as exc:\n    print(type(exc).__name__)\n")
+    # /proc/net/dev is the namespace's own (sysfs still shows the host's); field 11 is packets sent
+    count = """awk '/probe0:/ {n = $11} END {print (n == "" ? "none" : n)}' /proc/net/dev"""
+    script = f"set -e; ip link set lo up; {setup}; {count}; {sys.executable} -c {shlex.quote(guess)}; {count}"
+    done = subprocess.run(["unshare", "-n", "--", "sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split("\n")[:3]
+
+
+def test_public_address_guess_fails_clearly_without_a_route() -> None:
+    """Only loopback, as in the test namespaces: a clear error, no exception from the socket layer."""
+    assert _guess_in_a_private_namespace("true") == ["none", "ServerUnknownError", "none"]
+
+
+def test_public_address_guess_takes_the_default_route_and_sends_nothing() -> None:
+    """With a default route on one end of a veth pair (the other end in the same private namespace), the
+    guess is that interface's address, found without a single packet leaving it."""
+    setup = ("sysctl -qw net.ipv6.conf.default.disable_ipv6=1; ip link add probe0 type veth peer name probe1; "
+             "ip addr add 198.51.100.7/24 dev probe0; ip link set probe1 up; ip link set probe0 up; "
+             "ip route add default via 198.51.100.1 dev probe0")
+    before, guess, after = _guess_in_a_private_namespace(setup)
+    assert guess == "198.51.100.7 False"  # a documentation range: not a public address
+    assert before == after
 
 
 def _png_size(data: bytes) -> tuple[int, int]:

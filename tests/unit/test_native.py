@@ -3,6 +3,8 @@ both passes in one walk, and the fake-TLS gather, reached the way the relay reac
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import itertools
 import os
 import shutil
@@ -13,9 +15,16 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtproxy.protocol import ctr, faketls, native
+from mtproxy.crypto import ctr, native
+from mtproxy.protocol import faketls
 
-needs_library = pytest.mark.skipif(native.LIBRARY is None, reason="the native library is not built here")
+
+@pytest.fixture(scope="module")
+def lib() -> ctypes.CDLL:
+    loaded = native.open_library()
+    if loaded is None:
+        pytest.skip("the native library is not built here")
+    return loaded
 
 # counters just before a carry out of the low 64 bits, or out of all 128, and anywhere
 COUNTERS = st.one_of(
@@ -43,15 +52,14 @@ def test_the_library_is_built_where_it_can_be() -> None:
     silently runs the slower path: this is what catches a broken build)."""
     if shutil.which("cargo") is None or not cpu_has("aes", "avx2", "vaes"):
         pytest.skip("no cargo, or the CPU lacks AES-NI, AVX2 or VAES")
-    assert native.LIBRARY is not None
+    assert native.open_library() is not None
 
 
-@needs_library
 @settings(max_examples=300, deadline=None)
 @given(key=st.binary(min_size=32, max_size=32), counter=COUNTERS, chunks=CHUNKS)
-def test_one_stream_is_openssl_ctr(key: bytes, counter: int, chunks: list[int]) -> None:
+def test_one_stream_is_openssl_ctr(lib: ctypes.CDLL, key: bytes, counter: int, chunks: list[int]) -> None:
     data = os.urandom(sum(chunks))
-    stream = native.NativeCtr(key, counter.to_bytes(16, "big"))
+    stream = native.NativeCtr(lib, key, counter.to_bytes(16, "big"))
     got, at = bytearray(), 0
     for i, size in enumerate(chunks):
         piece = data[at : at + size]
@@ -70,15 +78,14 @@ def test_one_stream_is_openssl_ctr(key: bytes, counter: int, chunks: list[int]) 
     assert bytes(got) == reference(key, counter, data)
 
 
-@needs_library
 @settings(max_examples=300, deadline=None)
 @given(keys=st.tuples(st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32)),
        counters=st.tuples(COUNTERS, COUNTERS), lead=st.tuples(st.integers(0, 40), st.integers(0, 40)), chunks=CHUNKS)
-def test_two_passes_in_one_walk(keys: tuple[bytes, bytes], counters: tuple[int, int], lead: tuple[int, int],
-                                chunks: list[int]) -> None:
+def test_two_passes_in_one_walk(lib: ctypes.CDLL, keys: tuple[bytes, bytes], counters: tuple[int, int],
+                                lead: tuple[int, int], chunks: list[int]) -> None:
     """Streams already `lead` bytes in: at the same offset within a block they share the walk, at
     different offsets they take turns; either way the result is two CTR passes."""
-    streams = [native.NativeCtr(k, c.to_bytes(16, "big")) for k, c in zip(keys, counters, strict=True)]
+    streams = [native.NativeCtr(lib, k, c.to_bytes(16, "big")) for k, c in zip(keys, counters, strict=True)]
     for stream, skip in zip(streams, lead, strict=True):
         stream.update(bytes(skip))
     data = os.urandom(sum(chunks))
@@ -98,12 +105,11 @@ def _reads(wire: bytes, cuts: list[int]) -> list[bytes]:
     return [wire[a:b] for a, b in itertools.pairwise(points)]
 
 
-@needs_library
 @settings(max_examples=200, deadline=None)
 @given(lengths=st.lists(st.tuples(st.sampled_from([1, 17, 2878, 5000, 16384]), st.integers(1, 30)), min_size=1,
                         max_size=4),
        cuts=st.lists(st.integers(0, 400_000), max_size=8), key_seed=st.binary(min_size=64, max_size=64))
-def test_the_fake_tls_upload_step_matches_openssl(lengths: list[tuple[int, int]], cuts: list[int],
+def test_the_fake_tls_upload_step_matches_openssl(lib: ctypes.CDLL, lengths: list[tuple[int, int]], cuts: list[int],
                                                   key_seed: bytes) -> None:
     """The relay's upload step, `ctr.transform_upload`, over any cut of a record stream: the native walk
     (gathering runs of equal records) gives what OpenSSL's CTR gives on the Python gather."""
@@ -113,7 +119,7 @@ def test_the_fake_tls_upload_step_matches_openssl(lengths: list[tuple[int, int]]
     keys = (key_seed[:32], key_seed[32:])
     ivs = (key_seed[:16], key_seed[16:32])
     results = []
-    for make in (native.NativeCtr, ctr.CtrStream):
+    for make in (functools.partial(native.NativeCtr, lib), ctr.CtrStream):
         reader = faketls.TlsRecordReader()
         first, second = make(keys[0], ivs[0]), make(keys[1], ivs[1])
         out = bytearray()
@@ -129,19 +135,18 @@ def test_the_fake_tls_upload_step_matches_openssl(lengths: list[tuple[int, int]]
                                    reference(keys[0], int.from_bytes(ivs[0], "big"), b"".join(payload_parts)))
 
 
-@needs_library
 @settings(max_examples=300, deadline=None)
 @given(keys=st.tuples(st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32)),
        counters=st.tuples(COUNTERS, COUNTERS), lead=st.tuples(st.integers(0, 40), st.integers(0, 40)),
        head=st.integers(0, 50), gap=st.integers(0, 20), length=st.integers(1, 300), spare=st.integers(0, 9),
        count=st.integers(0, 12), tail_gap=st.integers(0, 20), tail=st.integers(0, 60))
-def test_a_gather_of_any_layout_is_two_passes_over_its_payload(
+def test_a_gather_of_any_layout_is_two_passes_over_its_payload(lib: ctypes.CDLL,
         keys: tuple[bytes, bytes], counters: tuple[int, int], lead: tuple[int, int], head: int, gap: int,
         length: int, spare: int, count: int, tail_gap: int, tail: int) -> None:
     """Any layout the library accepts, beyond the ones the reader makes: records after a gap, slots
     wider than their records, streams at different offsets within a block (they take turns then, and
     the second pass works on the gathered bytes)."""
-    streams = [native.NativeCtr(k, c.to_bytes(16, "big")) for k, c in zip(keys, counters, strict=True)]
+    streams = [native.NativeCtr(lib, k, c.to_bytes(16, "big")) for k, c in zip(keys, counters, strict=True)]
     for stream, skip in zip(streams, lead, strict=True):
         stream.update(bytes(skip))
     stride = length + faketls.RECORD_HEADER_SIZE + spare
@@ -158,7 +163,6 @@ def test_a_gather_of_any_layout_is_two_passes_over_its_payload(
     assert buf[tail_start + tail :] == bytes(16)
 
 
-@needs_library
 @pytest.mark.parametrize("layout", [
     (0, 0, 105, 100, 10, 1000, 20),  # the tail runs past the buffer
     (0, 0, 105, 100, 10, 900, 0),  # the records run past the tail
@@ -168,29 +172,27 @@ def test_a_gather_of_any_layout_is_two_passes_over_its_payload(
     (-1000, 0, 105, 100, 1, 105, 0),  # negative
     (0, 0, 105, 100, -1, 0, 0),
 ])
-def test_a_layout_outside_the_buffer_is_refused(layout: tuple[int, int, int, int, int, int, int]) -> None:
-    first, second = native.NativeCtr(bytes(32), bytes(16)), native.NativeCtr(bytes(32), bytes(16))
+def test_a_layout_outside_the_buffer_is_refused(lib: ctypes.CDLL,
+                                               layout: tuple[int, int, int, int, int, int, int]) -> None:
+    first, second = native.NativeCtr(lib, bytes(32), bytes(16)), native.NativeCtr(lib, bytes(32), bytes(16))
     buf = bytearray(1000)
     with pytest.raises(ValueError, match="does not fit"):
         native.gather_twice(first, second, buf, layout)
     assert buf == bytearray(1000)
 
 
-@needs_library
-def test_the_library_checks_a_layout_itself() -> None:
+def test_the_library_checks_a_layout_itself(lib: ctypes.CDLL) -> None:
     """Its own check, behind the one in Python: -2 and nothing touched."""
-    assert native.LIBRARY is not None
-    first, second = native.NativeCtr(bytes(32), bytes(16)), native.NativeCtr(bytes(32), bytes(16))
+    first, second = native.NativeCtr(lib, bytes(32), bytes(16)), native.NativeCtr(lib, bytes(32), bytes(16))
     buf = bytearray(1000)
     addr, pin = native.address(buf)
     for layout in [(0, 0, 10, 1_000_000, 1, 10, 0), (0, 0, 105, 100, 10, 1000, 20), (0, 0, 2**63, 100, 4, 0, 0)]:
-        assert native.LIBRARY.mtp_gather_xor2(first._addr, second._addr, addr, len(buf), *layout) == -2
+        assert lib.mtp_gather_xor2(first._addr, second._addr, addr, len(buf), *layout) == -2
     del pin
     assert buf == bytearray(1000)
 
 
-@needs_library
-def test_the_relay_takes_the_native_walk_for_native_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_relay_takes_the_native_walk_for_native_streams(lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch) -> None:
     """`transform_upload` would give the same bytes through the streams' own `update_into`; this checks
     that native streams really take the one-walk path (classic and fake-TLS reads alike)."""
     walks: list[tuple[int, ...]] = []
@@ -201,23 +203,22 @@ def test_the_relay_takes_the_native_walk_for_native_streams(monkeypatch: pytest.
         return real(first, second, buf, layout)
 
     monkeypatch.setattr(ctr, "gather_twice", counting)
-    first, second = native.NativeCtr(bytes(32), bytes(16)), native.NativeCtr(bytes(range(32)), bytes(16))
+    first, second = native.NativeCtr(lib, bytes(32), bytes(16)), native.NativeCtr(lib, bytes(range(32)), bytes(16))
     ctr.transform_upload(first, second, bytearray(100), faketls.plain_layout(100))
     wire = bytearray(faketls.wrap_records(bytes(2878 * 10), 2878))
     ctr.transform_upload(first, second, wire, faketls.TlsRecordReader().layout(memoryview(wire)))
     assert [layout[4] for layout in walks] == [0, 10]
 
 
-@needs_library
-def test_bad_input_is_refused_before_the_library_sees_it() -> None:
+def test_bad_input_is_refused_before_the_library_sees_it(lib: ctypes.CDLL) -> None:
     with pytest.raises(ValueError, match="32-byte key"):
-        native.NativeCtr(bytes(16), bytes(16))
+        native.NativeCtr(lib, bytes(16), bytes(16))
     with pytest.raises(ValueError, match="16-byte counter"):
-        native.NativeCtr(bytes(32), bytes(8))
-    stream = native.NativeCtr(bytes(32), bytes(16))
+        native.NativeCtr(lib, bytes(32), bytes(8))
+    stream = native.NativeCtr(lib, bytes(32), bytes(16))
     with pytest.raises(ValueError, match="smaller than the input"):
         stream.update_into(bytes(100), bytearray(99))
-    other = native.NativeCtr(bytes(32), bytes(16))
+    other = native.NativeCtr(lib, bytes(32), bytes(16))
     for n in (-1, 101):
         with pytest.raises(ValueError, match="does not fit"):
             native.gather_twice(stream, other, bytearray(100), faketls.plain_layout(n))

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from mtproxy.crypto.backend import Backend
 from mtproxy.protocol import faketls
 from mtproxy.protocol.errors import RejectReason
 from mtproxy.protocol.handshake import Authenticated, Handshake, HandshakeSettings, NeedMore, Rejected, SecretTable
@@ -21,10 +22,10 @@ INDEX: dict[str, Any] = json.loads((CAPTURES / "index.json").read_text())
 REQ_PQ_MULTI = (0xBE7E8EF1).to_bytes(4, "little")
 
 
-def server(*secrets: str) -> Handshake:
+def server(aes: Backend, *secrets: str) -> Handshake:
     table = SecretTable([(f"s{i}", parse_secret(s)) for i, s in enumerate(secrets)])
     settings = HandshakeSettings(tls_domains=frozenset({INDEX["domain"]}))
-    return Handshake(table, settings, ReplayFilter.in_process(256), os.urandom)
+    return Handshake(table, settings, ReplayFilter.in_process(256), os.urandom, aes=aes)
 
 
 def by_kind(kind: str) -> list[dict[str, Any]]:
@@ -32,14 +33,14 @@ def by_kind(kind: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("capture", by_kind("ee"), ids=lambda c: c["file"])
-def test_tdlib_fake_tls_hello_is_accepted_in_every_split(capture: dict[str, Any]) -> None:
+def test_tdlib_fake_tls_hello_is_accepted_in_every_split(aes: Backend, capture: dict[str, Any]) -> None:
     data = (CAPTURES / capture["file"]).read_bytes()
     hello = data[: 5 + capture["record_length"]]
     now = float(capture["timestamp"])
     parsed = faketls.parse_client_hello(hello)
     assert parsed.sni == INDEX["domain"] and len(parsed.session_id) == 32
     for cut in range(0, len(hello), 7):
-        hs = server("dd" + "00" * 16, capture["secret"])
+        hs = server(aes, "dd" + "00" * 16, capture["secret"])
         first = hs.feed(hello[:cut], now) if cut else NeedMore()
         assert isinstance(first, NeedMore) and not first.send
         step = hs.feed(hello[cut:], now)
@@ -47,16 +48,16 @@ def test_tdlib_fake_tls_hello_is_accepted_in_every_split(capture: dict[str, Any]
 
 
 @pytest.mark.parametrize("capture", by_kind("ee_other_key"), ids=lambda c: c["file"])
-def test_tdlib_hello_under_another_key_is_rejected(capture: dict[str, Any]) -> None:
+def test_tdlib_hello_under_another_key_is_rejected(aes: Backend, capture: dict[str, Any]) -> None:
     data = (CAPTURES / capture["file"]).read_bytes()
-    step = server("ee" + INDEX["key"] + INDEX["domain"].encode().hex()).feed(data, float(capture["timestamp"]))
+    step = server(aes, "ee" + INDEX["key"] + INDEX["domain"].encode().hex()).feed(data, float(capture["timestamp"]))
     assert isinstance(step, Rejected) and step.reason is RejectReason.TLS_BAD_HMAC and step.received == data
 
 
 @pytest.mark.parametrize("capture", by_kind("classic") + by_kind("dd"), ids=lambda c: c["file"])
-def test_tdlib_obfuscated_init_decodes_to_req_pq_multi(capture: dict[str, Any]) -> None:
+def test_tdlib_obfuscated_init_decodes_to_req_pq_multi(aes: Backend, capture: dict[str, Any]) -> None:
     data = (CAPTURES / capture["file"]).read_bytes()
-    step = server(capture["secret"]).feed(data, 0.0)
+    step = server(aes, capture["secret"]).feed(data, 0.0)
     assert isinstance(step, Authenticated), step
     session = step.session
     assert session.dc_id == 1 and session.tag == (b"\xdd" * 4 if capture["name"] == "dd" else b"\xee" * 4)
@@ -66,11 +67,11 @@ def test_tdlib_obfuscated_init_decodes_to_req_pq_multi(capture: dict[str, Any]) 
 
 
 @pytest.mark.parametrize("capture", by_kind("ee_full"), ids=lambda c: c["file"])
-def test_tdlib_complete_fake_tls_flight_authenticates_in_every_split(capture: dict[str, Any]) -> None:
+def test_tdlib_complete_fake_tls_flight_authenticates_in_every_split(aes: Backend, capture: dict[str, Any]) -> None:
     data = (CAPTURES / capture["file"]).read_bytes()
     now = float(capture["timestamp"])
     for cut in range(1, len(data), 13):
-        hs = server(capture["secret"])
+        hs = server(aes, capture["secret"])
         steps = [hs.feed(data[:cut], now)]
         if isinstance(steps[0], NeedMore):
             steps.append(hs.feed(data[cut:], now))

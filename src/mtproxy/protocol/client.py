@@ -7,6 +7,7 @@ import hmac
 from collections.abc import Callable
 
 from . import faketls, obfs2
+from .cipher import Aes
 from .errors import ProtocolError
 from .secret import Secret, SecretKind
 
@@ -112,6 +113,7 @@ class ClientConnection:
         random_bytes: RandomBytes,
         now: float,
         *,
+        aes: Aes,
         tag: bytes | None = None,
         dc_id: int = 2,
         fake_tls: bool | None = None,
@@ -121,7 +123,7 @@ class ClientConnection:
         if tag is None:
             tag = obfs2.TAG_INTERMEDIATE if secret.kind is SecretKind.CLASSIC else obfs2.TAG_PADDED
         self._key = secret.key
-        built = obfs2.build_init(random_bytes, tag, dc_id, secret.key)
+        built = obfs2.build_init(random_bytes, tag, dc_id, secret.key, aes)
         self._init = built.wire
         self._to_server = built.to_acceptor
         self._from_server = built.from_acceptor.new_cipher()

@@ -9,6 +9,10 @@ class ProtocolError(Exception):
     """Base of every error raised by the protocol core."""
 
 
+class TlsFormatError(ProtocolError):
+    """Bytes that are not the TLS shape we require (`faketls`)."""
+
+
 class SecretFormatError(ProtocolError, ValueError):
     """A secret or fake-TLS domain as written by an operator or a link is not valid."""
 

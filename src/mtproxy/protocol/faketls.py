@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import ProtocolError
+from .errors import TlsFormatError as TlsFormatError  # its callers catch it here, beside the readers
 
 RECORD_HEADER_SIZE = 5
 HELLO_PREFIX = b"\x16\x03\x01"
@@ -24,10 +25,6 @@ SERVER_HELLO_PREFIX = b"\x16\x03\x03"
 TLS13_SUITES = (0x1301, 0x1302, 0x1303)
 _EXT_SERVER_NAME = 0x0000
 _X25519 = 0x001D
-
-
-class TlsFormatError(ProtocolError):
-    """Bytes that are not the TLS shape we require."""
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from . import faketls, obfs2
-from .ctr import Keystream
-from .errors import RejectReason
+from .cipher import Aes, Keystream
+from .errors import RejectReason, TlsFormatError
 from .replay import ReplayFilter
 from .secret import Secret
 
@@ -117,7 +117,7 @@ _MAX_TLS_INIT_BUFFER = 2 * (faketls.RECORD_HEADER_SIZE + faketls.MAX_CLIENT_RECO
 
 
 class Handshake:
-    """One connection's handshake. Time and randomness come from the caller, so tests are exact."""
+    """One connection's handshake. Time, randomness and the AES come from the caller, so tests are exact."""
 
     def __init__(
         self,
@@ -126,6 +126,7 @@ class Handshake:
         replay: ReplayFilter,
         random_bytes: RandomBytes,
         *,
+        aes: Aes,
         hint: int | None = None,
         replay_guard: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
@@ -133,6 +134,7 @@ class Handshake:
         self._settings = settings
         self._replay = replay
         self._random = random_bytes
+        self._aes = aes
         self._hint = hint
         self._replay_guard = replay_guard
         self._state = _START
@@ -191,11 +193,11 @@ class Handshake:
                 return self._reject(RejectReason.UNKNOWN_SECRET)
             return NeedMore()
         init = bytes(self._received[: obfs2.INIT_SIZE])
-        trial = obfs2.InitTrial(init)
+        trial = obfs2.InitTrial(init, self._aes)
         secrets = self._table.secrets
         for index in self._table.candidates(self._hint, None):
             if trial.matches(secrets[index].key):
-                decoded = obfs2.decode_init(init, secrets[index].key)
+                decoded = obfs2.decode_init(init, secrets[index].key, self._aes)
                 if decoded is not None:
                     break
         else:
@@ -209,14 +211,14 @@ class Handshake:
             return NeedMore()
         try:
             total = faketls.hello_record_length(bytes(self._received[: faketls.RECORD_HEADER_SIZE]))
-        except faketls.TlsFormatError:
+        except TlsFormatError:
             return self._reject(RejectReason.TLS_MALFORMED)
         if len(self._received) < total:
             return NeedMore()
         try:
             hello = faketls.parse_client_hello(bytes(self._received[:total]))
             faketls.choose_cipher_suite(hello)
-        except faketls.TlsFormatError:
+        except TlsFormatError:
             return self._reject(RejectReason.TLS_MALFORMED)
         domains = self._settings.tls_domains
         if domains and hello.sni not in domains:
@@ -259,14 +261,14 @@ class Handshake:
         self._received += data
         try:
             self._tls_payload += self._tls_reader.unwrap(data)
-        except faketls.TlsFormatError:
+        except TlsFormatError:
             return self._reject(RejectReason.TLS_BAD_INIT, maskable=False)
         if len(self._tls_payload) < obfs2.INIT_SIZE:
             if len(self._received) > _MAX_TLS_INIT_BUFFER + 20000:
                 return self._reject(RejectReason.TLS_BAD_INIT, maskable=False)
             return NeedMore()
         init = bytes(self._tls_payload[: obfs2.INIT_SIZE])
-        decoded = obfs2.decode_init(init, self._table.secrets[self._secret_index].key)
+        decoded = obfs2.decode_init(init, self._table.secrets[self._secret_index].key, self._aes)
         if decoded is None:
             return self._reject(RejectReason.TLS_BAD_INIT, maskable=False)
         session = self._session(

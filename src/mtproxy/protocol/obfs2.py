@@ -6,8 +6,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import aesblock
-from .ctr import Keystream, new_stream
+from .cipher import Aes, Keystream
 from .errors import ProtocolError
 
 INIT_SIZE = 64
@@ -37,18 +36,19 @@ class StreamKeys:
 
     key: bytes = field(repr=False)
     iv: bytes = field(repr=False)
+    aes: Aes = field(repr=False, compare=False)  # the AES the streams run on; `dc_link` uses it for the DC leg
 
     def __repr__(self) -> str:
         return "StreamKeys(<hidden>)"
 
     def new_cipher(self) -> Keystream:
         # CTR is symmetric: the same stream encrypts and decrypts.
-        return new_stream(self.key, self.iv)
+        return self.aes.new_stream(self.key, self.iv)
 
 
-def derive_keys(init: bytes, secret_key: bytes | None) -> tuple[StreamKeys, StreamKeys]:
-    """Keys of (initiator→acceptor, acceptor→initiator). With a secret the keys are hashed with it;
-    without one (the proxy→DC leg) the raw 32 bytes are the keys."""
+def derive_keys(init: bytes, secret_key: bytes | None, aes: Aes) -> tuple[StreamKeys, StreamKeys]:
+    """Keys of (initiator→acceptor, acceptor→initiator), for streams on `aes`. With a secret the keys are
+    hashed with it; without one (the proxy→DC leg) the raw 32 bytes are the keys."""
     if len(init) < INIT_SIZE:
         raise ProtocolError("an obfuscated2 init is 64 bytes")
     material = bytes(init[_MATERIAL])
@@ -58,7 +58,7 @@ def derive_keys(init: bytes, secret_key: bytes | None) -> tuple[StreamKeys, Stre
     if secret_key is not None:
         forward_key = hashlib.sha256(forward_key + secret_key).digest()
         backward_key = hashlib.sha256(backward_key + secret_key).digest()
-    return StreamKeys(forward_key, forward_iv), StreamKeys(backward_key, backward_iv)
+    return StreamKeys(forward_key, forward_iv, aes), StreamKeys(backward_key, backward_iv, aes)
 
 
 def is_acceptable_init(init: bytes | bytearray) -> bool:
@@ -79,17 +79,18 @@ class InitTrial:
     """Tries keys on one received init by decrypting only the block that holds the tag: the secret scan's
     inner loop, one SHA-256 and one AES block per key (`decode_init` then builds the full stream)."""
 
-    def __init__(self, init: bytes) -> None:
+    def __init__(self, init: bytes, aes: Aes) -> None:
         if len(init) < INIT_SIZE:
             raise ProtocolError("an obfuscated2 init is 64 bytes")
         self._key_material = bytes(init[8:40])
         counter = (int.from_bytes(init[40:56], "big") + _TAG_BLOCK) % (1 << 128)
         self._counter_block = counter.to_bytes(IV_SIZE, "big")
         self._tag_cipher = int.from_bytes(init[56:60], "little")
+        self._encrypt_block = aes.encrypt_block  # bound once: the scan calls it once per secret
 
     def matches(self, secret_key: bytes) -> bool:
         key = hashlib.sha256(self._key_material + secret_key).digest()
-        keystream = aesblock.encrypt_block(key, self._counter_block)
+        keystream = self._encrypt_block(key, self._counter_block)
         return (self._tag_cipher ^ int.from_bytes(keystream[8:12], "little")) in _KNOWN_TAG_INTS
 
 
@@ -103,9 +104,9 @@ class DecodedInit:
     to_initiator: StreamKeys
 
 
-def decode_init(init: bytes, secret_key: bytes | None) -> DecodedInit | None:
+def decode_init(init: bytes, secret_key: bytes | None, aes: Aes) -> DecodedInit | None:
     """Try one key on a received init; None when the decrypted tag is not one we know."""
-    forward, backward = derive_keys(init, secret_key)
+    forward, backward = derive_keys(init, secret_key, aes)
     cipher = forward.new_cipher()
     plain = cipher.update(bytes(init[:INIT_SIZE]))
     tag = plain[_TAG]
@@ -129,10 +130,11 @@ def build_init(
     tag: bytes,
     dc_id: int,
     secret_key: bytes | None,
+    aes: Aes,
     material: bytes | None = None,
 ) -> BuiltInit:
-    """Make an init as a client (with a secret) or the proxy towards a DC (without). `material` fixes
-    bytes 8..56, which fast mode uses to choose the DC's reply keys."""
+    """Make an init as a client (with a secret) or the proxy towards a DC (without), its streams on `aes`.
+    `material` fixes bytes 8..56, which fast mode uses to choose the DC's reply keys."""
     if tag not in KNOWN_TAGS:
         raise ProtocolError("unknown framing tag")
     if material is not None and len(material) != KEY_SIZE + IV_SIZE:
@@ -147,7 +149,7 @@ def build_init(
             break
     else:
         raise ProtocolError("the random source gave no acceptable init")
-    forward, backward = derive_keys(bytes(init), secret_key)
+    forward, backward = derive_keys(bytes(init), secret_key, aes)
     cipher = forward.new_cipher()
     encrypted = cipher.update(bytes(init))
     return BuiltInit(bytes(init[:56]) + encrypted[56:], cipher, backward)
@@ -168,10 +170,12 @@ def dc_link(
 ) -> DcLink:
     """Build the DC header. In fast mode the DC's reply stream is exactly the stream the client
     expects: the DC takes its reply keys from the reversed bytes 8..56, so we place the client's reply
-    key and IV there reversed, and the proxy forwards DC bytes untouched."""
+    key and IV there reversed, and the proxy forwards DC bytes untouched. The DC leg runs on the same AES
+    as the client's keys."""
+    aes = to_client_keys.aes
     if fast:
         material = (to_client_keys.key + to_client_keys.iv)[::-1]
-        built = build_init(random_bytes, tag, dc_id, None, material)
+        built = build_init(random_bytes, tag, dc_id, None, aes, material)
         return DcLink(built.wire, built.to_acceptor, None, None)
-    built = build_init(random_bytes, tag, dc_id, None)
+    built = build_init(random_bytes, tag, dc_id, None, aes)
     return DcLink(built.wire, built.to_acceptor, built.from_acceptor.new_cipher(), to_client_keys.new_cipher())

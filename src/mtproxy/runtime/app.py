@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mtproxy.config import EngineConfig, HostPort
+from mtproxy.protocol.cipher import Aes
 from mtproxy.protocol.secret import Secret
 from mtproxy.stats.digest import secrets_digest
 
@@ -38,6 +39,7 @@ class WorkerPlan:
     on_server: Callable[[Server], None] | None = None  # single process: the stats thread reads live counters
     cert_size: int = field(default=0)
     loaded_id: FileId = None  # the secrets file's identity when `initial` was read
+    aes: Aes = field(kw_only=True)  # the AES backend chosen at start-up (crypto.backend.load)
 
 
 async def serve(plan: WorkerPlan) -> int:
@@ -45,7 +47,7 @@ async def serve(plan: WorkerPlan) -> int:
     cfg = plan.cfg
     loop = asyncio.get_running_loop()
     cert_size = cfg.tls.cert_size or plan.cert_size or fallback_size(random.SystemRandom())
-    server = Server(cfg, plan.initial, plan.replay_memory, plan.replay_lock, cert_size=cert_size)
+    server = Server(cfg, plan.initial, plan.replay_memory, plan.replay_lock, aes=plan.aes, cert_size=cert_size)
     if plan.on_server is not None:
         plan.on_server(server)
     stop = asyncio.Event()

@@ -8,8 +8,9 @@ import logging
 from typing import TYPE_CHECKING, cast
 
 from mtproxy.config import HostPort
-from mtproxy.protocol import ctr, faketls, obfs2
-from mtproxy.protocol.ctr import Keystream
+from mtproxy.crypto import ctr
+from mtproxy.protocol import faketls, obfs2
+from mtproxy.protocol.cipher import Keystream
 from mtproxy.protocol.errors import RejectReason
 from mtproxy.protocol.handshake import Authenticated, Handshake, NeedMore, Rejected, SecretTable, Session
 

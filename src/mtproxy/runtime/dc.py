@@ -11,7 +11,9 @@ DEFAULT_DC = 2  # where an unknown or invalid id goes; DC 2 is the one every cli
 CDN_DC = 203
 TEST_DC_OFFSET = 10000
 
-# Source: /work/shared/protocol.md (core.telegram.org, TDLib's built-in list).
+# Source: Telegram Desktop's built-in lists kBuiltInDcs, kBuiltInDcsIPv6, kBuiltInDcsTest and kBuiltInDcsIPv6Test in
+# https://github.com/telegramdesktop/tdesktop/blob/dev/Telegram/SourceFiles/mtproto/mtproto_dc_options.cpp;
+# the CDN DC 203 from Telegram's proxy-multi.conf (https://core.telegram.org/getProxyConfig).
 _IPV4 = {
     1: "149.154.175.50",
     2: "149.154.167.51",

@@ -17,8 +17,8 @@ from typing import TextIO
 import uvloop
 
 from mtproxy.config import EngineConfig, HostPort
+from mtproxy.crypto import backend as crypto
 from mtproxy.links import AddressGuess, ServerUnknownError, guess_public_address, make_links
-from mtproxy.protocol import ctr
 from mtproxy.protocol.replay import ReplayFilter
 from mtproxy.protocol.secret import Secret
 from mtproxy.qr import terminal_text
@@ -143,10 +143,10 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
         log.warning("no active secret: every connection goes to the mask until the secrets file gets one")
 
     try:
-        keystream, why = ctr.keystream_choice()  # before forking: every worker inherits the decision
+        aes = crypto.load(os.environ.get(crypto.KEYSTREAM_ENV, ""))  # before forking: every worker inherits it
     except ValueError as exc:
         raise StartupError(str(exc)) from None
-    log.info("AES-CTR runs on %s (%s)", ctr.KEYSTREAMS[keystream], why)
+    log.info("AES-CTR runs on %s (%s)", crypto.KEYSTREAMS[aes.name], aes.why)
 
     if cfg.workers == 1:
         sockets = _bind(cfg.listen, reuse_port=False)
@@ -156,7 +156,7 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
         if cfg.user:
             drop_privileges(cfg.user)
         plan = WorkerPlan(cfg, sockets, generated, initial, bytearray(ReplayFilter.memory_size(
-            cfg.tls.replay_entries)), on_server=holder.append, loaded_id=loaded_id)
+            cfg.tls.replay_entries)), on_server=holder.append, loaded_id=loaded_id, aes=aes)
         try:
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 return runner.run(serve(plan))
@@ -180,7 +180,7 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
                 for _, sock in sockets:
                     sock.close()
         plan = WorkerPlan(cfg, slots[slot], generated, initial, shared.replay_memory, shared.replay_lock,
-                          publish=lambda snap: shared.publish(slot, snap), loaded_id=loaded_id)
+                          publish=lambda snap: shared.publish(slot, snap), loaded_id=loaded_id, aes=aes)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(serve(plan))
 

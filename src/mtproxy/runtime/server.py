@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mtproxy.config import EngineConfig, HostPort
+from mtproxy.protocol.cipher import Aes
 from mtproxy.protocol.handshake import Handshake, HandshakeSettings, SecretTable
 from mtproxy.protocol.obfs2 import TAG_PADDED
 from mtproxy.protocol.replay import ReplayFilter
@@ -80,11 +81,13 @@ class Server:
         replay_memory: memoryview | bytearray,
         replay_lock: Any | None = None,
         *,
+        aes: Aes,
         clock: Callable[[], float] = time.time,
         random_bytes: Callable[[int], bytes] = os.urandom,
         cert_size: int = 2500,
     ) -> None:
         self.cfg = cfg
+        self.aes = aes  # chosen once at start-up (crypto.backend.load)
         self.clock = clock
         self.random_bytes = random_bytes
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
@@ -160,7 +163,7 @@ class Server:
     def new_handshake(self, ip: str) -> tuple[Handshake, SecretTable]:
         """A handshake over the live table; the table is returned so a reload during the handshake
         can be noticed when it completes."""
-        return Handshake(self.table, self.settings, self.replay, self.random_bytes,
+        return Handshake(self.table, self.settings, self.replay, self.random_bytes, aes=self.aes,
                          hint=self._hints.get(ip), replay_guard=self._replay_guard), self.table
 
     # ----------------------------------------------------------------- admission and accounting

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, TypeVar, cast
 
 from mtproxy.config import HostPort
 from mtproxy.protocol import faketls
-from mtproxy.protocol.ctr import Keystream
+from mtproxy.protocol.cipher import Keystream
 from mtproxy.protocol.obfs2 import DcLink
 
 from . import rawrelay

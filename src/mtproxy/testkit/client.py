@@ -8,10 +8,15 @@ import socket
 import time
 from dataclasses import dataclass
 
+from mtproxy.crypto.backend import openssl_ctr
 from mtproxy.protocol import client as core
+from mtproxy.protocol.cipher import Aes
 from mtproxy.protocol.secret import Secret, SecretKind
 
 DEFAULT_TIMEOUT = 10.0
+# The test peers' AES: OpenSSL's CTR through `cryptography` (it opens no library), an independent control for
+# whichever backend the engine under test chose.
+PEER_AES = openssl_ctr(why="the test peers run OpenSSL's CTR")
 
 
 class ProxyClientError(Exception):
@@ -70,10 +75,11 @@ async def open_client(
     domain: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     rcvbuf: int | None = None,
+    aes: Aes = PEER_AES,
 ) -> ProxyClient:
     """Connect and authenticate. For ee, waits for and verifies the server flight. `rcvbuf` sets the socket's
     receive buffer before connecting (a small one makes a slow mobile-like reader: the proxy backlogs)."""
-    conn = core.ClientConnection(secret, os.urandom, time.time() if now is None else now,
+    conn = core.ClientConnection(secret, os.urandom, time.time() if now is None else now, aes=aes,
                                  tag=tag, dc_id=dc_id, domain=domain)
     if rcvbuf is None:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mtproxy.protocol import obfs2
+from mtproxy.protocol.cipher import Aes
+
+from .client import PEER_AES
 
 MASK_BANNER = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nmask-site "
 
@@ -46,6 +49,7 @@ class FakeDc(_Listening):
     received: int = 0
     connections: int = 0
     server: asyncio.Server | None = None
+    aes: Aes = PEER_AES
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         return await self._listen(self._handle, host, port)
@@ -54,7 +58,7 @@ class FakeDc(_Listening):
         self.connections += 1
         try:
             init = await asyncio.wait_for(reader.readexactly(obfs2.INIT_SIZE), 10)
-            decoded = obfs2.decode_init(init, None)
+            decoded = obfs2.decode_init(init, None, self.aes)
             if decoded is None:
                 return
             self.dc_ids.append(decoded.dc_id)

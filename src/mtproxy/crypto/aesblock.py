@@ -3,13 +3,14 @@
 Finding which secret a client holds means trying every key on the init's last block. Building a cipher
 context in `cryptography` costs ~11 µs; re-keying one OpenSSL EVP context costs ~3 µs, which makes a scan of
 10,000 secrets about four times cheaper (what a prober can make the proxy spend). We call the same
-libcrypto the Python runtime links; without it we fall back to `cryptography`."""
+libcrypto the Python runtime links (opened once at start-up, `open_libcrypto`); without it, `cryptography`."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import threading
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -17,7 +18,7 @@ BLOCK = 16
 KEY = 32
 
 
-class _EvpBlock:
+class EvpBlock:
     """A reusable EVP AES-256-ECB context without padding (ECB of one block is the raw cipher)."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
@@ -57,12 +58,17 @@ class _EvpBlock:
             return self._out.raw[:BLOCK]
 
 
-def _cryptography_encrypt(key: bytes, block: bytes) -> bytes:
+BlockEncrypt = Callable[[bytes, bytes], bytes]  # (32-byte key, 16-byte block) -> AES-256 of the block
+
+
+def cryptography_encrypt_block(key: bytes, block: bytes) -> bytes:
+    """AES-256 of one block through `cryptography`: needs no library of its own, builds a context per key."""
     return Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(block)
 
 
-def _open_libcrypto() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("crypto")  # runs ldconfig: once per process
+def open_libcrypto() -> ctypes.CDLL | None:
+    """The libcrypto the Python runtime links, or None. Start-up only: finding it runs ldconfig."""
+    name = ctypes.util.find_library("crypto")
     if name is None:
         return None
     try:
@@ -71,31 +77,16 @@ def _open_libcrypto() -> ctypes.CDLL | None:
         return None
 
 
-libcrypto = _open_libcrypto()  # the libcrypto the Python runtime links (ctr.py divides with it too), or None
-
-
-def _load() -> _EvpBlock | None:
+def block_encryptor(libcrypto: ctypes.CDLL | None) -> BlockEncrypt:
+    """A re-keyed EVP context of `libcrypto` where it loads and agrees with `cryptography`, else
+    `cryptography_encrypt_block`."""
     if libcrypto is None:
-        return None
+        return cryptography_encrypt_block
     try:
-        evp = _EvpBlock(libcrypto)
+        evp = EvpBlock(libcrypto)
         probe_key, probe_block = bytes(range(KEY)), bytes(range(BLOCK))
-        if evp.encrypt(probe_key, probe_block) != _cryptography_encrypt(probe_key, probe_block):
-            return None
-        return evp
+        if evp.encrypt(probe_key, probe_block) == cryptography_encrypt_block(probe_key, probe_block):
+            return evp.encrypt
     except (OSError, AttributeError):
-        return None
-
-
-_evp = _load()
-
-
-def encrypt_block(key: bytes, block: bytes) -> bytes:
-    """AES-256 of one 16-byte block."""
-    if _evp is not None:
-        return _evp.encrypt(key, block)
-    return _cryptography_encrypt(key, block)
-
-
-def uses_libcrypto() -> bool:
-    return _evp is not None
+        pass
+    return cryptography_encrypt_block

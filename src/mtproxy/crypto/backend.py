@@ -1,0 +1,154 @@
+"""Which AES the engine runs on, decided once at start-up and handed down as one `Backend`.
+
+`load` opens the libraries (libcrypto, the native library), self-tests each candidate against OpenSSL's CTR
+and times GCM against CTR: the native library if it is here and passes, else the GCM keystream if it passes
+and is clearly faster on this machine, else plain CTR. The engine calls it before forking (every worker
+inherits the result) with the name the operator forced, if any (`MTPROXY_KEYSTREAM`, read by the engine).
+Importing this module loads, runs and reads nothing."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Final
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from mtproxy.protocol import faketls
+from mtproxy.protocol.cipher import Keystream
+
+from .aesblock import BlockEncrypt, block_encryptor, cryptography_encrypt_block, open_libcrypto
+from .ctr import ACCELERATE_AFTER, BLOCK, CtrStream, transform_upload
+from .gcm import GcmIv, load_divider
+from .native import NativeCtr, open_library
+
+KEYSTREAM_ENV: Final = "MTPROXY_KEYSTREAM"  # names one of KEYSTREAMS instead of choosing (read by the engine)
+KEYSTREAMS: Final = {  # the backends' names, and what each is, for the start-up log line
+    "native": "the native library (VAES)",
+    "gcm": "OpenSSL's AES-GCM keystream",
+    "ctr": "OpenSSL's AES-CTR",
+}
+_GCM_WINS_BELOW: Final = 0.8  # GCM's time over CTR's on the same bytes; it must clearly win
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One AES implementation: what the protocol core (`protocol.cipher.Aes`) and the relay run on. The
+    functions are bound once here, so a stream costs its constructor and nothing per chunk."""
+
+    name: str  # one of KEYSTREAMS
+    why: str  # why this one: forced, measured, or what the others failed
+    new_stream: Callable[[bytes, bytes], Keystream]
+    encrypt_block: BlockEncrypt
+
+
+def openssl_ctr(encrypt_block: BlockEncrypt = cryptography_encrypt_block, why: str = "chosen by the caller") -> Backend:
+    """OpenSSL's CTR through `cryptography`. With the default block cipher it opens no library: the load tool
+    and the tests' peers use it as the independent control."""
+    return Backend("ctr", why, CtrStream, encrypt_block)
+
+
+def gcm_keystream(libcrypto: ctypes.CDLL | None, encrypt_block: BlockEncrypt,
+                  why: str = "chosen by the caller") -> Backend:
+    """OpenSSL's CTR, moving each stream to the GCM keystream after ACCELERATE_AFTER bytes."""
+    return Backend("gcm", why, functools.partial(CtrStream, gcm_iv=GcmIv(encrypt_block, load_divider(libcrypto))),
+                   encrypt_block)
+
+
+def native_library(lib: ctypes.CDLL, encrypt_block: BlockEncrypt, why: str = "chosen by the caller") -> Backend:
+    """The native library's streams (`native.open_library` gives `lib`)."""
+    return Backend("native", why, functools.partial(NativeCtr, lib), encrypt_block)
+
+
+def load(forced: str = "") -> Backend:
+    """Open the libraries and choose (see the module's docstring); `forced` names one of KEYSTREAMS instead
+    (its self-test still runs, and plain CTR takes over on a failure). Raises ValueError on an unknown name."""
+    if forced and forced not in KEYSTREAMS:
+        raise ValueError(f"{KEYSTREAM_ENV} must be one of {', '.join(KEYSTREAMS)}, not {forced!r}")
+    libcrypto = open_libcrypto()
+    encrypt_block = block_encryptor(libcrypto)
+    lib = open_library() if forced in ("", "native") else None
+    return choose(forced, native_library(lib, encrypt_block) if lib is not None else None,
+                  gcm_keystream(libcrypto, encrypt_block), openssl_ctr(encrypt_block), gcm_time_over_ctr)
+
+
+def choose(forced: str, native: Backend | None, gcm: Backend, ctr: Backend,
+           gcm_over_ctr: Callable[[], float]) -> Backend:
+    """The first candidate that passes its self-test (and, for GCM unforced, is clearly faster than CTR)."""
+    if forced == "ctr":
+        return replace(ctr, why=f"{KEYSTREAM_ENV}=ctr")
+    failures: list[str] = []
+    for name in [forced] if forced else ["native", "gcm"]:
+        candidate = native if name == "native" else gcm
+        try:
+            if candidate is None:
+                raise RuntimeError("not built here, or this CPU lacks AES-NI, AVX2 or VAES")
+            self_test(candidate)
+        except Exception as exc:  # whatever the library, OpenSSL or cryptography refuses, plain CTR works
+            failures.append(f"{name}: {exc}")
+            continue
+        if forced:
+            return replace(candidate, why=f"{KEYSTREAM_ENV}={name}")
+        if name == "gcm":
+            ratio = gcm_over_ctr()
+            if ratio >= _GCM_WINS_BELOW:
+                failures.append(f"gcm: measured, it takes {ratio:.2f}x the time of CTR")
+                continue
+            return replace(candidate, why=f"measured: GCM takes {ratio:.2f}x the time of CTR")
+        return replace(candidate, why="the native library passed its self-test")
+    return replace(ctr, why="; ".join(failures))
+
+
+def _reference(key: bytes, iv: bytes, data: bytes) -> bytes:
+    return Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor().update(data)
+
+
+def self_test(backend: Backend) -> None:
+    """A backend's streams against OpenSSL's CTR: across the 64-bit and 128-bit counter carries and, past
+    ACCELERATE_AFTER, across a 32-bit wrap (where a GCM keystream must start a new context), in uneven
+    pieces; then the upload's two passes, plain and over a gathered run of records. Raises ValueError."""
+    key, other = bytes(range(32)), bytes(range(32, 64))
+    data = bytes(range(256)) * 4 + b"tail"
+    # at ACCELERATE_AFTER the counter is two blocks before its low 32 bits wrap
+    near_wrap = (1 << 32) - ACCELERATE_AFTER // BLOCK - 2
+    cases = [(top + b"\xff" * 7 + b"\xf0", data) for top in (b"\x01" * 8, b"\xff" * 8)]  # 16 blocks to the carry
+    cases.append((bytes(range(100, 112)) + near_wrap.to_bytes(4, "big"), bytes(ACCELERATE_AFTER) + data))
+    for iv, plain in cases:
+        stream, got = backend.new_stream(key, iv), bytearray()
+        for piece in (plain[:7], plain[7:300], plain[300:301], plain[301:]):
+            got += stream.update(piece)
+        if got != _reference(key, iv, plain):
+            raise ValueError("its keystream is not AES-CTR's")
+    iv = cases[0][0]
+    twice = _reference(other, iv, _reference(key, iv, data))
+    buf = bytearray(data)
+    transform_upload(backend.new_stream(key, iv), backend.new_stream(other, iv), buf, faketls.plain_layout(len(buf)))
+    if buf != twice:
+        raise ValueError("its two-pass walk is not two AES-CTR passes")
+    buf = bytearray(faketls.wrap_records(data, 100))
+    layout = faketls.TlsRecordReader().layout(memoryview(buf))
+    n = transform_upload(backend.new_stream(key, iv), backend.new_stream(other, iv), buf, layout)
+    if not layout[4] or buf[:n] != twice:
+        raise ValueError("its record gather is not two AES-CTR passes over the payload")
+    block = bytes(range(16))
+    if backend.encrypt_block(key, block) != Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(block):
+        raise ValueError("its block cipher is not AES-256")
+
+
+def gcm_time_over_ctr() -> float:
+    """GCM's best time over CTR's on the same 1 MiB, in alternating rounds (a CPU still raising its clock
+    must not favour whichever runs second)."""
+    key, data = bytes(32), bytearray(1 << 20)
+    out = bytearray(len(data) + BLOCK)
+    contexts = [Cipher(algorithms.AES(key), mode).encryptor() for mode in (modes.CTR(bytes(BLOCK)),
+                                                                            modes.GCM(bytes(BLOCK)))]
+    best = [float("inf"), float("inf")]
+    for _ in range(4):
+        for i, context in enumerate(contexts):
+            start = time.perf_counter()
+            context.update_into(data, out)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best[1] / best[0]

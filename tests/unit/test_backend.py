@@ -1,0 +1,110 @@
+"""The start-up choice of AES backend: self-tests, the measurement, a forced name, and what each backend is."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mtproxy.crypto import aesblock, backend, ctr, native
+
+
+def never_timed() -> float:
+    raise AssertionError("GCM need not be timed")
+
+
+def candidates(libcrypto: ctypes.CDLL | None) -> tuple[backend.Backend | None, backend.Backend, backend.Backend]:
+    block = aesblock.block_encryptor(libcrypto)
+    lib = native.open_library()
+    return (backend.native_library(lib, block) if lib is not None else None,
+            backend.gcm_keystream(libcrypto, block), backend.openssl_ctr(block))
+
+
+def test_every_backend_passes_its_own_self_test(aes: backend.Backend) -> None:
+    backend.self_test(aes)
+
+
+@pytest.mark.parametrize("name", backend.KEYSTREAMS)
+def test_a_forced_name_is_used_without_measuring(libcrypto: ctypes.CDLL | None, name: str) -> None:
+    native_backend, gcm, plain = candidates(libcrypto)
+    chosen = backend.choose(name, native_backend, gcm, plain, never_timed)
+    if name == "native" and native_backend is None:
+        assert chosen.name == "ctr" and chosen.why.startswith("native: not built here")
+    else:
+        assert (chosen.name, chosen.why) == (name, f"MTPROXY_KEYSTREAM={name}")
+
+
+def test_the_engine_reads_the_name_it_is_given_not_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MTPROXY_KEYSTREAM", "fast")  # would be refused if `load` read it
+    assert backend.load("ctr").name == "ctr"
+    with pytest.raises(ValueError, match="MTPROXY_KEYSTREAM must be one of native, gcm, ctr, not 'fast'"):
+        backend.load("fast")
+
+
+def test_the_timing_is_gcm_over_ctr_best_of_alternating_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake clock: CTR's rounds take 4, 2, 3, 2 ticks and GCM's 3, 1, 5, 1 (they alternate, CTR first),
+    so the ratio is GCM's best over CTR's best, 1/2."""
+    ticks = iter([0, 4, 10, 13, 20, 22, 30, 31, 40, 43, 50, 55, 60, 62, 70, 71])
+    monkeypatch.setattr(backend.time, "perf_counter", lambda: next(ticks))
+    assert backend.gcm_time_over_ctr() == 0.5
+
+
+@pytest.mark.parametrize(("ratio", "gcm"), [(0.45, True), (0.79, True), (0.81, False), (1.3, False)])
+def test_gcm_is_chosen_only_when_clearly_faster(libcrypto: ctypes.CDLL | None, ratio: float, gcm: bool) -> None:
+    _, gcm_backend, plain = candidates(libcrypto)
+    chosen = backend.choose("", None, gcm_backend, plain, lambda: ratio)  # as on a machine without the library
+    assert chosen.name == ("gcm" if gcm else "ctr")
+    missing = "native: not built here, or this CPU lacks AES-NI, AVX2 or VAES"
+    expected = f"measured: GCM takes {ratio:.2f}x" if gcm else f"{missing}; gcm: measured, it takes {ratio:.2f}x"
+    assert chosen.why == f"{expected} the time of CTR"
+
+
+def test_the_native_library_comes_first_when_it_passes(libcrypto: ctypes.CDLL | None) -> None:
+    native_backend, gcm, plain = candidates(libcrypto)
+    if native_backend is None:
+        pytest.skip("the native library is not built here")
+    chosen = backend.choose("", native_backend, gcm, plain, never_timed)
+    assert (chosen.name, chosen.why) == ("native", "the native library passed its self-test")
+    assert type(chosen.new_stream(bytes(32), bytes(16))) is native.NativeCtr
+
+
+def test_a_native_library_that_fails_its_self_test_is_never_used(libcrypto: ctypes.CDLL | None) -> None:
+    _, gcm, plain = candidates(libcrypto)
+    broken = backend.Backend("native", "", lambda key, iv: ctr.CtrStream(key, bytes(16)), plain.encrypt_block)
+    chosen = backend.choose("native", broken, gcm, plain, never_timed)
+    assert chosen.name == "ctr" and chosen.why == "native: its keystream is not AES-CTR's"
+
+
+def test_a_gcm_that_fails_the_self_test_is_never_used(libcrypto: ctypes.CDLL | None) -> None:
+    """As if OpenSSL's GCM differed: a stream that moves to a wrong GCM IV past ACCELERATE_AFTER."""
+    _, _, plain = candidates(libcrypto)
+    broken = backend.Backend("gcm", "", lambda key, iv: ctr.CtrStream(key, iv, gcm_iv=lambda k, c: bytes(16)),
+                             plain.encrypt_block)
+    chosen = backend.choose("gcm", None, broken, plain, never_timed)
+    assert chosen.name == "ctr" and chosen.why == "gcm: its keystream is not AES-CTR's"
+
+
+def test_a_wrong_block_cipher_fails_the_self_test(libcrypto: ctypes.CDLL | None) -> None:
+    plain = candidates(libcrypto)[2]
+    with pytest.raises(ValueError, match="block cipher"):
+        backend.self_test(backend.Backend("ctr", "", plain.new_stream, lambda key, block: bytes(16)))
+
+
+def test_each_backend_makes_its_own_kind_of_stream(aes: backend.Backend) -> None:
+    stream = aes.new_stream(os.urandom(32), os.urandom(16))
+    assert type(stream) is {"native": native.NativeCtr, "gcm": ctr.CtrStream, "ctr": ctr.CtrStream}[aes.name]
+    if isinstance(stream, ctr.CtrStream):  # the GCM backend's streams move to GCM past ACCELERATE_AFTER
+        stream.update(bytes(ctr.ACCELERATE_AFTER + 1))
+        assert stream.on_gcm == (aes.name == "gcm")
+
+
+def test_a_fresh_interpreter_loads_the_name_it_passes_in() -> None:
+    """As the engine starts: it reads the environment itself and passes the name to `load`."""
+    code = ("import os; from mtproxy.crypto import backend as c; "
+            "b = c.load(os.environ.get(c.KEYSTREAM_ENV, '')); print(b.name, c.KEYSTREAMS[b.name])")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MTPROXY_KEYSTREAM": "gcm"},
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    assert out.strip() == "gcm OpenSSL's AES-GCM keystream"
