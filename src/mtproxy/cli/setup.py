@@ -174,7 +174,7 @@ def gather(ns: argparse.Namespace, env: Mapping[str, str], asker: Asker | None, 
         if asker.ask("Install the MTProxy add-on now? (y/n)", "y", _check_yes).lower().startswith("n"):
             return None
         if port is None and port_problem(default_port, own_port, runner):
-            from .ports import suggest_free
+            from ..host.ports import suggest_free
 
             default_port = suggest_free({default_port, settings.stats_port}) or default_port
             asker.stdout.write(f"  port {settings.port} is taken here; proposing {default_port}\n")
