@@ -13,6 +13,8 @@ from mtproxy.protocol.ctr import Keystream
 from mtproxy.protocol.errors import RejectReason
 from mtproxy.protocol.handshake import Authenticated, Handshake, NeedMore, Rejected, SecretTable, Session
 
+from .buffers import send, socket_fd
+from .guard import OutOfDescriptors
 from .logs import log_reject
 from .upstream import DcProtocol, MaskProtocol, open_upstream
 
@@ -47,16 +49,18 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     # slots: tens of thousands of these live at once; no per-object dict
     __slots__ = ("_answered", "_buffers", "_eof_in", "_eof_out", "_from_client", "_handshake", "_seen_activity",
-                 "_table", "_task", "_timer", "_tls_reader", "_to_dc", "activity", "admitted", "listener", "peer",
-                 "phase", "server", "session", "transport", "upstream")
+                 "_table", "_task", "_timer", "_tls_reader", "_to_dc", "activity", "admitted", "fd", "listener",
+                 "peer", "phase", "server", "session", "transport", "unauthenticated", "upstream")
 
     def __init__(self, server: Server, listener: HostPort) -> None:
         self.server = server
         self.listener = listener
         self.phase = Phase.HANDSHAKE
         self.transport: asyncio.Transport | None = None
+        self.fd = -1  # the client socket, which the relay writes directly while its transport holds nothing
         self.peer: tuple[str, int] = ("?", 0)
         self.admitted = False
+        self.unauthenticated = False  # counted under the unauthenticated caps (set by Server.admit)
         self.session: Session | None = None
         self.upstream: DcProtocol | MaskProtocol | None = None
         self.activity = 0  # bytes moved either way; the idle timer compares it between ticks
@@ -81,7 +85,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = (str(peer[0]), int(peer[1]))
-        if not self.server.admit(self):
+        self.fd = socket_fd(transport)
+        if not self.server.admit(self, self.fd):
             self.phase = Phase.CLOSED
             transport.abort()
             return
@@ -138,6 +143,11 @@ class ClientConnection(asyncio.BufferedProtocol):
     # ----------------------------------------------------------------- reading
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            held = up.transport.get_write_buffer_size()
+            if held:  # the DC (or mask) is behind: read only what fits under --buffer-size
+                return self._buffers.room(held)
         return self._buffers.recv_in
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -147,11 +157,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         if phase == Phase.RELAY:
             self._relay_to_dc(memoryview(buffers.recv)[:nbytes])
         elif phase == Phase.MASK:
-            assert self.upstream is not None and self.upstream.transport is not None
-            up = self.upstream.transport
-            up.write(memoryview(buffers.recv)[:nbytes])
-            if up.get_write_buffer_size():
-                buffers.lent_recv()  # the transport still holds it
+            up = self.upstream
+            assert up is not None and up.transport is not None
+            send(up.transport, up.fd, memoryview(buffers.recv)[:nbytes])
         elif phase == Phase.HANDSHAKE:
             self._feed_handshake(bytes(buffers.recv[:nbytes]))
 
@@ -171,6 +179,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self._eof_out or self.phase not in (Phase.RELAY, Phase.MASK, Phase.CONNECTING):
             self.close()
             return False
+        self._half_closed()
         return True
 
     # ----------------------------------------------------------------- backpressure (client side is full)
@@ -232,7 +241,12 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._task = self.server.loop.create_task(self._open_mask(mask, received))
 
     async def _open_mask(self, mask: HostPort, received: bytes) -> None:
-        proto = await open_upstream(self.server, [mask], lambda: MaskProtocol(self))
+        try:
+            proto = await open_upstream(self.server, [mask], lambda: MaskProtocol(self))
+        except OutOfDescriptors:
+            self.server.guard.out_of_fds()
+            self.close()
+            return
         if proto is None or self.phase == Phase.CLOSED:
             self.server.counters.mask_failed += 1
             log.warning("mask %s unreachable; closing the unauthenticated connection", mask)
@@ -274,7 +288,12 @@ class ClientConnection(asyncio.BufferedProtocol):
     async def _open_dc(self, session: Session) -> None:
         server = self.server
         target = server.dc_table.lookup(session.dc_id)
-        proto = await open_upstream(server, list(target.addresses), lambda: DcProtocol(self))
+        try:
+            proto = await open_upstream(server, list(target.addresses), lambda: DcProtocol(self))
+        except OutOfDescriptors:
+            server.guard.out_of_fds()  # our shortage, not the DC's: neither an upstream failure nor its warning
+            self.close()
+            return
         if proto is None or self.phase == Phase.CLOSED:
             server.counters.upstream_failed += 1
             log.warning("DC %d unreachable at %s", target.dc, ", ".join(map(str, target.addresses)))
@@ -322,28 +341,41 @@ class ClientConnection(asyncio.BufferedProtocol):
         n = ctr.transform_upload(self._from_client, self._to_dc, buf, layout)
         if not n:
             return
-        up.transport.write(memoryview(buf)[:n])
-        if up.transport.get_write_buffer_size():
-            buffers.lent_recv()
+        send(up.transport, up.fd, memoryview(buf)[:n])
         self.server.count_in(self, n)
 
     # ----------------------------------------------------------------- idle
 
     def _start_idle_timer(self) -> None:
+        limits = self.server.cfg.limits
+        # once either side has said it is done, the other gets a short while to finish, not the idle timeout
+        timeout = limits.halfclose_timeout if self._eof_in or self._eof_out else limits.idle_timeout
         self._seen_activity = self.activity
-        self._timer = self.server.loop.call_later(self.server.cfg.limits.idle_timeout, self._idle_tick)
+        self._timer = self.server.loop.call_later(timeout, self._idle_tick)
 
     def _idle_tick(self) -> None:
         if self.phase == Phase.CLOSED:
             return
         if self.activity == self._seen_activity:
-            log.debug("closing idle connection from %s", self.peer[0])
+            if self._eof_in or self._eof_out:
+                self.server.counters.halfclose_released += 1
+                log.debug("closing half-closed connection from %s", self.peer[0])
+            else:
+                log.debug("closing idle connection from %s", self.peer[0])
             self.close()
             return
         self._start_idle_timer()
+
+    def _half_closed(self) -> None:
+        """Re-arm a running idle timer with the half-close timeout (none runs yet while a leg is dialled)."""
+        if self._timer is not None and self.phase in (Phase.RELAY, Phase.MASK):
+            self._timer.cancel()
+            self._start_idle_timer()
 
     def upstream_eof(self) -> None:
         self._eof_out = True
         half_close(self.transport)
         if self._eof_in:
             self.close()
+        else:
+            self._half_closed()

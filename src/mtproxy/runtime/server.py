@@ -22,6 +22,7 @@ from mtproxy.stats.counters import Counters
 from .buffers import Buffers
 from .connection import ClientConnection
 from .dc import DcTable
+from .guard import Guard
 from .hints import HintCache
 from .rawrelay import Pipe, Pool, RecordBuffer
 from .secrets import SecretSet
@@ -89,7 +90,7 @@ class Server:
         self.random_bytes = random_bytes
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self.counters = Counters(started_at=clock())
-        self.buffers = Buffers(cfg.limits.read_size)
+        self.buffers = Buffers(cfg.limits.read_size, cfg.limits.buffer_size)
         self.pipes = Pool(Pipe)
         self.record_buffers = Pool(lambda: RecordBuffer(cfg.limits.read_size))
         self.replay = ReplayFilter(replay_memory)
@@ -98,6 +99,7 @@ class Server:
         self.connections: set[ClientConnection] = set()
         self.by_secret: dict[str, set[ClientConnection]] = {}
         self.per_ip: dict[str, int] = {}
+        self.guard = Guard(cfg.limits, self.counters)
         self._hints = HintCache()
         self.accepting = True
         self.cert_size = cert_size
@@ -165,15 +167,21 @@ class Server:
 
     # ----------------------------------------------------------------- admission and accounting
 
-    def admit(self, conn: ClientConnection) -> bool:
+    def admit(self, conn: ClientConnection, fileno: int) -> bool:
+        """Every new connection starts unauthenticated, so it must fit under those caps too."""
         limits = self.cfg.limits
         ip = conn.peer[0]
+        if not self.guard.fd_headroom(fileno):
+            return False
         if not self.accepting or len(self.connections) >= limits.max_connections:
             self.counters.refused_limit += 1
             return False
         if limits.max_connections_per_ip and self.per_ip.get(ip, 0) >= limits.max_connections_per_ip:
             self.counters.refused_limit += 1
             return False
+        if not self.guard.admit_unauthenticated(ip):
+            return False
+        conn.unauthenticated = True
         self.connections.add(conn)
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         self.counters.active += 1
@@ -183,6 +191,9 @@ class Server:
     def release(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
         ip = conn.peer[0]
+        if conn.unauthenticated:
+            conn.unauthenticated = False
+            self.guard.authenticated_or_gone(ip)
         left = self.per_ip.get(ip, 1) - 1
         if left > 0:
             self.per_ip[ip] = left
@@ -202,6 +213,9 @@ class Server:
         assert session is not None
         c = self.counters
         c.handshakes_ok += 1
+        if conn.unauthenticated:
+            conn.unauthenticated = False
+            self.guard.authenticated_or_gone(conn.peer[0])
         # by what the client sent, not by the secret's kind: the same key serves every mode
         mode = "ee" if session.fake_tls else ("dd" if session.tag == TAG_PADDED else "classic")
         c.modes[mode] = c.modes.get(mode, 0) + 1
@@ -263,6 +277,7 @@ class Server:
             log.info("drain deadline reached: closing %d sessions", len(self.connections))
         for conn in list(self.connections):
             conn.abort()
+        self.guard.close()
         for srv in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(srv.wait_closed(), 1.0)
