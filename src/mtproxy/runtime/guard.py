@@ -70,16 +70,15 @@ class Guard:
             self.per_ip.pop(ip, None)
 
     def _report_unauthenticated(self, count: int) -> None:
-        log.warning("unauthenticated connections at their cap (%d per worker, %d per IP): refused %d",
+        log.warning("unauthenticated connections at their cap (%d per worker, %d per IP): %d connections refused",
                     self._limits.max_unauthenticated, self._limits.max_unauthenticated_per_ip, count)
 
     # ----------------------------------------------------------------- descriptors
 
     def fd_headroom(self, fileno: int) -> bool:
-        """Descriptors are handed out lowest first, so a new socket's number is how many are in use."""
-        if fileno < self._fd_limit - FD_RESERVE:
-            return True
-        self._fd_limit = fd_limit()  # start-up (or an operator) may have raised it since
+        """Descriptors are handed out lowest first, so a new socket's number is how many are in use. The
+        limit is read each time (one getrlimit, well under a microsecond): prlimit may change it any time."""
+        self._fd_limit = fd_limit()
         if fileno < self._fd_limit - FD_RESERVE:
             return True
         self.out_of_fds()
@@ -90,7 +89,8 @@ class Guard:
         self._fd_notice.hit()
 
     def _report_fds(self, count: int) -> None:
-        log.warning("out of file descriptors (limit %d): refused %d connections", self._fd_limit, count)
+        self._fd_limit = fd_limit()
+        log.warning("out of file descriptors (limit %d): %d connections refused", self._fd_limit, count)
 
     def close(self) -> None:
         self._fd_notice.cancel()
