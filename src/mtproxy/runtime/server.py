@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import functools
+import gc
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ from .connection import ClientConnection
 from .dc import DcTable
 from .guard import Guard
 from .hints import HintCache
+from .memory import INTERVAL, Trimmer, load_malloc_trim
 from .rawrelay import Pipe, Pool, RecordBuffer
 from .secrets import SecretSet
 from .shared import held
@@ -105,6 +107,9 @@ class Server:
         self.cert_size = cert_size
         self.counters.cert_size = cert_size
         self._servers: list[asyncio.Server] = []
+        self._trimmer = Trimmer()
+        self._malloc_trim: Callable[[int], int] | None = None
+        self._memory_timer: asyncio.TimerHandle | None = None
         self.listening: list[HostPort] = []
         self.secrets = secrets
         self.table = SecretTable(list(secrets.entries))
@@ -252,10 +257,25 @@ class Server:
             if per is not None:
                 per.bytes_out += n
 
+    def _memory_tick(self) -> None:
+        """After a burst: tables shrink to their present size (Python never shrinks a dict or set), and
+        glibc hands its free pages back."""
+        if self._trimmer.due(len(self.connections)):
+            self.connections = set(self.connections)
+            self.per_ip = dict(self.per_ip)
+            self.guard.per_ip = dict(self.guard.per_ip)
+            gc.collect()  # a burst leaves cycles (tasks, exceptions, frames) that pin whole allocator arenas
+            if self._malloc_trim is not None:
+                self._malloc_trim(0)
+            log.debug("burst over: %d connections, memory trimmed", len(self.connections))
+        self._memory_timer = self.loop.call_later(INTERVAL, self._memory_tick)
+
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self, sockets: list[tuple[HostPort, socket.socket]]) -> None:
         self.loop = asyncio.get_running_loop()
+        self._malloc_trim = load_malloc_trim()
+        self._memory_timer = self.loop.call_later(INTERVAL, self._memory_tick)
         for address, sock in sockets:
             srv = await self.loop.create_server(
                 functools.partial(ClientConnection, self, address), sock=sock, backlog=LISTEN_BACKLOG
@@ -278,6 +298,8 @@ class Server:
         for conn in list(self.connections):
             conn.abort()
         self.guard.close()
+        if self._memory_timer is not None:
+            self._memory_timer.cancel()
         for srv in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(srv.wait_closed(), 1.0)
