@@ -85,3 +85,19 @@ def test_send_with_a_peer_that_keeps_up_queues_nothing() -> None:
         return held
 
     assert uvloop.run(scenario()) == 0
+
+
+def test_send_says_whether_the_peer_kept_up() -> None:
+    async def scenario() -> tuple[bool, bool]:
+        loop = asyncio.get_running_loop()
+        near, far = socket.socketpair()
+        near.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        transport, _ = await loop.create_connection(_Sink, sock=near)
+        fd = socket_fd(transport)
+        kept = send(transport, fd, memoryview(b"small"))
+        behind = send(transport, fd, memoryview(bytes(1 << 20)))
+        transport.abort()
+        far.close()
+        return kept, behind
+
+    assert uvloop.run(scenario()) == (True, False)

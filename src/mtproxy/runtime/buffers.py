@@ -6,7 +6,9 @@ its `buffer_updated` call. The hazard is a peer that does not take everything at
 a view of a shared buffer would keep the whole buffer (a whole read size) alive for as long as that peer
 is behind. So `send` writes the view to the socket itself while the transport holds nothing, and hands
 the transport only a copy of what the socket did not take; and a connection whose peer is behind reads
-no more than the room left under --buffer-size (`room`), so those copies stay within that bound."""
+no more than the room left under --buffer-size (`reading`), so those copies stay within that bound. A peer
+that was once behind gets reads of --buffer-size, doubling back to full reads while it keeps up: a slow
+phone holds about what it can take, not a whole read each time its socket fills."""
 
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class Buffers:
         self.recv_in = memoryview(self.recv)[:read_size]
         self.tmp = bytearray(read_size + SLACK)
         self.out = bytearray(read_size + -(-read_size // MAX_RECORD) * HEADER + SLACK)
+        self.slow_read = min(read_size, buffer_size)  # what a reader reads once its peer fell behind
 
     def room(self, held: int) -> memoryview:
         """Where to read for a connection whose peer still has `held` bytes queued: only what fits under
@@ -40,24 +43,30 @@ class Buffers:
         record to what is read here."""
         return self.recv_in[: max(MIN_READ, min(self.read_size, self.buffer_size - held))]
 
+    def capped(self, cap: int) -> memoryview:
+        return self.recv_in[:cap]
 
-def send(transport: asyncio.Transport, fd: int, data: memoryview) -> None:
+
+def send(transport: asyncio.Transport, fd: int, data: memoryview) -> bool:
     """Write `data`, a view of a shared buffer, towards `transport` (whose socket is `fd`) without the
     transport keeping that buffer. A transport with bytes queued gets a copy behind them (ordering); one
     with nothing queued is bypassed: the socket takes what it can now, as the transport would have done
-    itself, and only the rest is copied. With a peer that keeps up nothing is ever copied."""
+    itself, and only the rest is copied. With a peer that keeps up nothing is ever copied. True when the
+    socket took everything (the peer keeps up)."""
     if transport.get_write_buffer_size():
         transport.write(bytes(data))
-        return
+        return False
     try:
         sent = os.write(fd, data)
     except BlockingIOError:
         sent = 0
     except OSError:
         transport.write(bytes(data))  # a broken socket: let the transport meet the error and close its way
-        return
+        return False
     if sent < len(data):
         transport.write(bytes(data[sent:]))
+        return False
+    return True
 
 
 def socket_fd(transport: asyncio.BaseTransport) -> int:

@@ -48,7 +48,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     """Reads into one preallocated buffer; the handshake sees copies, the relay transforms in place."""
 
     # slots: tens of thousands of these live at once; no per-object dict
-    __slots__ = ("_answered", "_buffers", "_eof_in", "_eof_out", "_from_client", "_handshake", "_seen_activity",
+    __slots__ = ("_answered", "_buffers", "_cap", "_eof_in", "_eof_out", "_from_client", "_handshake", "_seen_activity",
                  "_table", "_task", "_timer", "_tls_reader", "_to_dc", "activity", "admitted", "fd", "listener",
                  "peer", "phase", "server", "session", "transport", "unauthenticated", "upstream")
 
@@ -68,6 +68,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._buffers = server.buffers
+        self._cap = server.buffers.read_size  # bytes per client read (smaller once the upstream fell behind)
         self._handshake: Handshake | None = None
         self._table: SecretTable | None = None
         self._tls_reader: faketls.TlsRecordReader | None = None
@@ -148,6 +149,10 @@ class ClientConnection(asyncio.BufferedProtocol):
             held = up.transport.get_write_buffer_size()
             if held:  # the DC (or mask) is behind: read only what fits under --buffer-size
                 return self._buffers.room(held)
+        cap = self._cap
+        if cap < self._buffers.read_size:
+            self._cap = cap * 2  # back towards full reads while the upstream keeps up (send() resets it)
+            return self._buffers.capped(cap)
         return self._buffers.recv_in
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -159,7 +164,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         elif phase == Phase.MASK:
             up = self.upstream
             assert up is not None and up.transport is not None
-            send(up.transport, up.fd, memoryview(buffers.recv)[:nbytes])
+            if not send(up.transport, up.fd, memoryview(buffers.recv)[:nbytes]):
+                self._cap = buffers.slow_read
         elif phase == Phase.HANDSHAKE:
             self._feed_handshake(bytes(buffers.recv[:nbytes]))
 
@@ -341,7 +347,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         n = ctr.transform_upload(self._from_client, self._to_dc, buf, layout)
         if not n:
             return
-        send(up.transport, up.fd, memoryview(buf)[:n])
+        if not send(up.transport, up.fd, memoryview(buf)[:n]):
+            self._cap = buffers.slow_read
         self.server.count_in(self, n)
 
     # ----------------------------------------------------------------- idle

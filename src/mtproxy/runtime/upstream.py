@@ -50,13 +50,14 @@ async def open_upstream(server: Server, addresses: list[HostPort], factory: Call
 class _Leg(asyncio.BufferedProtocol):
     """Shared plumbing of an outgoing leg tied to one client connection."""
 
-    __slots__ = ("_buffers", "client", "fd", "transport")
+    __slots__ = ("_buffers", "_cap", "client", "fd", "transport")
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
         self.fd = -1  # this leg's socket, written directly while its transport holds nothing (buffers.send)
         self._buffers = client.server.buffers
+        self._cap = self._buffers.read_size  # bytes per read (smaller once the client fell behind)
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # uvloop's transport class is not a subclass
@@ -89,6 +90,10 @@ class _Leg(asyncio.BufferedProtocol):
             held = client.get_write_buffer_size()
             if held:  # the client is behind: read only what fits under --buffer-size
                 return self._buffers.room(held)
+        cap = self._cap
+        if cap < self._buffers.read_size:
+            self._cap = cap * 2  # back towards full reads while the client keeps up (send() resets it)
+            return self._buffers.capped(cap)
         return self._buffers.recv_in
 
     # Backpressure: this leg's write buffer is full, so stop reading the client.
@@ -111,7 +116,8 @@ class MaskProtocol(_Leg):
         if client is None or client.is_closing():
             return
         self.client.activity += nbytes
-        send(client, self.client.fd, memoryview(self._buffers.recv)[:nbytes])
+        if not send(client, self.client.fd, memoryview(self._buffers.recv)[:nbytes]):
+            self._cap = self._buffers.slow_read
 
 
 class DcProtocol(_Leg):
@@ -158,14 +164,17 @@ class DcProtocol(_Leg):
                 else:
                     view[pos : pos + size] = chunk
                 pos += size
-            send(client, self.client.fd, view[:pos])
+            if not send(client, self.client.fd, view[:pos]):
+                self._cap = buffers.slow_read
             if self._to_client is None:
                 self._count_towards_raw(client, nbytes)
         elif self._to_client is not None:
             self._to_client.update_into(data, buffers.out)
-            send(client, self.client.fd, memoryview(buffers.out)[:nbytes])
-        else:
-            send(client, self.client.fd, data)  # fast mode: the DC's bytes are already what the client expects
+            if not send(client, self.client.fd, memoryview(buffers.out)[:nbytes]):
+                self._cap = buffers.slow_read
+        else:  # fast mode: the DC's bytes are already what the client expects
+            if not send(client, self.client.fd, data):
+                self._cap = buffers.slow_read
             self._count_towards_raw(client, nbytes)
         self.client.server.count_out(self.client, nbytes)
 
