@@ -30,17 +30,16 @@ FULL = os.environ.get("MTPROXY_STRESS", "small") == "full"
 @dataclass(frozen=True)
 class Sizes:
     stalled_sessions: int  # sessions whose client (or DC) stops reading
-    slowloris: int  # connections trickling a handshake
-    probes: int  # FIN-ignoring masked probes
+    slowloris: int  # connections trickling a handshake, then ignoring our FIN once masked
     flood_seconds: float  # garbage flood length
     burst: int  # slow connections in the memory-return burst
     secrets: int  # secrets in the unhinted flood
     unhinted: int  # handshakes with unknown keys against them
 
 
-SIZES = Sizes(stalled_sessions=200, slowloris=5000, probes=2000, flood_seconds=30.0, burst=5000, secrets=10000,
-              unhinted=2000) if FULL else \
-    Sizes(stalled_sessions=24, slowloris=300, probes=150, flood_seconds=4.0, burst=600, secrets=2000, unhinted=150)
+SIZES = Sizes(stalled_sessions=200, slowloris=5000, flood_seconds=30.0, burst=5000, secrets=10000,
+              unhinted=500) if FULL else \
+    Sizes(stalled_sessions=24, slowloris=300, flood_seconds=4.0, burst=600, secrets=2000, unhinted=150)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
