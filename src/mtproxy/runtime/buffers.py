@@ -6,9 +6,10 @@ its `buffer_updated` call. The hazard is a peer that does not take everything at
 a view of a shared buffer would keep the whole buffer (a whole read size) alive for as long as that peer
 is behind. So `send` writes the view to the socket itself while the transport holds nothing, and hands
 the transport only a copy of what the socket did not take; and a connection whose peer is behind reads
-no more than the room left under --buffer-size (`reading`), so those copies stay within that bound. A peer
-that was once behind gets reads of --buffer-size, doubling back to full reads while it keeps up: a slow
-phone holds about what it can take, not a whole read each time its socket fills."""
+no more than the room left under --buffer-size (`room`), so those copies stay within that bound. A read
+that left more than --buffer-size unsent makes the next reads of that direction --buffer-size, doubling
+back to full reads while the peer keeps up: a slow phone holds about what it can take, not a whole read
+each time its socket fills, and a peer that is only briefly behind keeps its full reads."""
 
 from __future__ import annotations
 
@@ -47,26 +48,26 @@ class Buffers:
         return self.recv_in[:cap]
 
 
-def send(transport: asyncio.Transport, fd: int, data: memoryview) -> bool:
+def send(transport: asyncio.Transport, fd: int, data: memoryview) -> int:
     """Write `data`, a view of a shared buffer, towards `transport` (whose socket is `fd`) without the
     transport keeping that buffer. A transport with bytes queued gets a copy behind them (ordering); one
     with nothing queued is bypassed: the socket takes what it can now, as the transport would have done
-    itself, and only the rest is copied. With a peer that keeps up nothing is ever copied. True when the
-    socket took everything (the peer keeps up)."""
+    itself, and only the rest is copied. With a peer that keeps up nothing is ever copied. Returns how many
+    bytes it left queued (0: the peer keeps up)."""
     if transport.get_write_buffer_size():
         transport.write(bytes(data))
-        return False
+        return len(data)
     try:
         sent = os.write(fd, data)
     except BlockingIOError:
         sent = 0
     except OSError:
         transport.write(bytes(data))  # a broken socket: let the transport meet the error and close its way
-        return False
+        return len(data)
     if sent < len(data):
         transport.write(bytes(data[sent:]))
-        return False
-    return True
+        return len(data) - sent
+    return 0
 
 
 def socket_fd(transport: asyncio.BaseTransport) -> int:

@@ -151,7 +151,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                 return self._buffers.room(held)
         cap = self._cap
         if cap < self._buffers.read_size:
-            self._cap = cap * 2  # back towards full reads while the upstream keeps up (send() resets it)
+            self._cap = cap * 2  # back towards full reads while the upstream keeps up (a large residue resets it)
             return self._buffers.capped(cap)
         return self._buffers.recv_in
 
@@ -164,7 +164,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         elif phase == Phase.MASK:
             up = self.upstream
             assert up is not None and up.transport is not None
-            if not send(up.transport, up.fd, memoryview(buffers.recv)[:nbytes]):
+            if send(up.transport, up.fd, memoryview(buffers.recv)[:nbytes]) > buffers.buffer_size:
                 self._cap = buffers.slow_read
         elif phase == Phase.HANDSHAKE:
             self._feed_handshake(bytes(buffers.recv[:nbytes]))
@@ -347,7 +347,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         n = ctr.transform_upload(self._from_client, self._to_dc, buf, layout)
         if not n:
             return
-        if not send(up.transport, up.fd, memoryview(buf)[:n]):
+        if send(up.transport, up.fd, memoryview(buf)[:n]) > buffers.buffer_size:
             self._cap = buffers.slow_read
         self.server.count_in(self, n)
 

@@ -92,7 +92,7 @@ class _Leg(asyncio.BufferedProtocol):
                 return self._buffers.room(held)
         cap = self._cap
         if cap < self._buffers.read_size:
-            self._cap = cap * 2  # back towards full reads while the client keeps up (send() resets it)
+            self._cap = cap * 2  # back towards full reads while the client keeps up (a large residue resets it)
             return self._buffers.capped(cap)
         return self._buffers.recv_in
 
@@ -116,7 +116,7 @@ class MaskProtocol(_Leg):
         if client is None or client.is_closing():
             return
         self.client.activity += nbytes
-        if not send(client, self.client.fd, memoryview(self._buffers.recv)[:nbytes]):
+        if send(client, self.client.fd, memoryview(self._buffers.recv)[:nbytes]) > self._buffers.buffer_size:
             self._cap = self._buffers.slow_read
 
 
@@ -164,16 +164,16 @@ class DcProtocol(_Leg):
                 else:
                     view[pos : pos + size] = chunk
                 pos += size
-            if not send(client, self.client.fd, view[:pos]):
+            if send(client, self.client.fd, view[:pos]) > buffers.buffer_size:
                 self._cap = buffers.slow_read
             if self._to_client is None:
                 self._count_towards_raw(client, nbytes)
         elif self._to_client is not None:
             self._to_client.update_into(data, buffers.out)
-            if not send(client, self.client.fd, memoryview(buffers.out)[:nbytes]):
+            if send(client, self.client.fd, memoryview(buffers.out)[:nbytes]) > buffers.buffer_size:
                 self._cap = buffers.slow_read
         else:  # fast mode: the DC's bytes are already what the client expects
-            if not send(client, self.client.fd, data):
+            if send(client, self.client.fd, data) > buffers.buffer_size:
                 self._cap = buffers.slow_read
             self._count_towards_raw(client, nbytes)
         self.client.server.count_out(self.client, nbytes)
