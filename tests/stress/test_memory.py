@@ -76,7 +76,7 @@ def _stalled_cost(proxy_pid: int, stats_port: int, open_all: object, moving_key:
 def test_clients_that_stop_reading_hold_at_most_the_buffer_size(start_proxy: ProxyFactory, source_dc: BackgroundPeers,
                                                                secret: Secret, mode: str, fast: bool) -> None:
     flags = ["-S", secret.to_hex(), "--allow-classic", "--buffer-size", str(BUFFER_SIZE),
-             "--read-size", str(READ_SIZE)] + ([] if fast else ["--no-fast-mode"])
+             "--read-size", str(READ_SIZE), "--drain-timeout", "1"] + ([] if fast else ["--no-fast-mode"])
     proxy = start_proxy(*flags)
     n = SIZES.stalled_sessions
 
@@ -106,7 +106,8 @@ def test_clients_that_stop_reading_hold_at_most_the_buffer_size(start_proxy: Pro
 
 def test_dcs_that_stop_reading_hold_at_most_the_buffer_size(start_proxy: ProxyFactory, stalled_dc: BackgroundPeers,
                                                            secret: Secret) -> None:
-    proxy = start_proxy("-S", secret.to_hex(), "--buffer-size", str(BUFFER_SIZE), "--read-size", str(READ_SIZE))
+    proxy = start_proxy("-S", secret.to_hex(), "--buffer-size", str(BUFFER_SIZE), "--read-size", str(READ_SIZE),
+                        "--drain-timeout", "1")
     n = SIZES.stalled_sessions
     chunk = os.urandom(1 << 20)
 
