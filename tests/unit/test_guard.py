@@ -30,7 +30,10 @@ def test_a_notice_reports_the_first_at_once_and_the_rest_per_interval() -> None:
         await asyncio.sleep(0.3)  # nothing new: no line, and the next hit is reported at once again
         notice.hit()
         assert reported == [1, 99, 1]
-        notice.cancel()
+        notice.hit()
+        notice.hit()
+        notice.close()  # shutting down: the count since the last line is not lost
+        assert reported == [1, 99, 1, 2]
 
     asyncio.run(scenario())
 

@@ -93,5 +93,5 @@ class Guard:
         log.warning("out of file descriptors (limit %d): %d connections refused", self._fd_limit, count)
 
     def close(self) -> None:
-        self._fd_notice.cancel()
-        self._unauth_notice.cancel()
+        self._fd_notice.close()
+        self._unauth_notice.close()

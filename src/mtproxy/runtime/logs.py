@@ -81,7 +81,11 @@ class Notice:
             self._emit(count)
             self._timer = asyncio.get_running_loop().call_later(self._interval, self._flush)
 
-    def cancel(self) -> None:
+    def close(self) -> None:
+        """Stop the timer; what was counted since the last line is reported now, not lost."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._pending:
+            count, self._pending = self._pending, 0
+            self._emit(count)
