@@ -49,6 +49,13 @@ class Limits:
     read_size: int = 1024 * 1024
     drain_timeout: float = 10.0
     connect_timeout: float = 10.0
+    # once either side has sent its EOF, a connection quiet for this long is closed: a client that
+    # ignores our FIN must not keep its slot and two descriptors until the idle timeout
+    halfclose_timeout: float = 15.0
+    # connections not authenticated yet (in the handshake, or handed to the mask): probes need no secret,
+    # so they get their own, lower caps and can never crowd out users
+    max_unauthenticated: int = 2500  # unless set: a quarter of max_connections, at least 64 (config.py)
+    max_unauthenticated_per_ip: int = 64  # 0 = no cap
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--idle-timeout", type=float)
     a("--max-connections", type=int)
     a("--max-connections-per-ip", type=int)
+    a("--halfclose-timeout", type=float, help="seconds a half-closed connection may stay quiet (default 15)")
+    a("--max-unauthenticated", type=int, help="per worker: connections not yet authenticated or masked"
+      " (default a quarter of --max-connections)")
+    a("--max-unauthenticated-per-ip", type=int, help="per worker and client IP (default 64, 0=off)")
     a("--buffer-size", type=int, help="bytes queued per direction before reading pauses")
     a("--read-size", type=int, help="bytes read per socket read (default 1048576)")
     a("--drain-timeout", type=float, help="seconds SIGTERM waits for sessions to finish")
@@ -183,6 +194,8 @@ _CONFIG_KEYS = {
     "allow_classic": "allow_classic", "prefer_ipv6": "prefer_ipv6", "dc_override": "dc_override",
     "handshake_timeout": "handshake_timeout", "idle_timeout": "idle_timeout",
     "max_connections": "max_connections", "max_connections_per_ip": "max_connections_per_ip",
+    "halfclose_timeout": "halfclose_timeout", "max_unauthenticated": "max_unauthenticated",
+    "max_unauthenticated_per_ip": "max_unauthenticated_per_ip",
     "buffer_size": "buffer_size", "read_size": "read_size", "drain_timeout": "drain_timeout", "tls_skew": "tls_skew",
     "replay_cache_size": "replay_cache_size", "cert_size": "cert_size", "cert_refresh": "cert_refresh",
     "cert_jitter": "cert_jitter",
@@ -340,15 +353,21 @@ def resolve(argv: list[str], environ: dict[str, str] | None = None, euid: int | 
         raise ConfigError(f"-M: workers must be 1..{MAX_WORKERS}, got {workers}")
 
     d = Limits()
+    max_connections = int(_positive(ns.max_connections, d.max_connections, "--max-connections"))
     limits = Limits(
         handshake_timeout=_positive(ns.handshake_timeout, d.handshake_timeout, "--handshake-timeout"),
         idle_timeout=_positive(ns.idle_timeout, d.idle_timeout, "--idle-timeout"),
-        max_connections=int(_positive(ns.max_connections, d.max_connections, "--max-connections")),
+        max_connections=max_connections,
         max_connections_per_ip=int(_positive(ns.max_connections_per_ip or 0, 0, "--max-connections-per-ip",
                                              allow_zero=True)),
         buffer_size=int(_positive(ns.buffer_size, d.buffer_size, "--buffer-size")),
         read_size=int(_positive(ns.read_size, d.read_size, "--read-size")),
         drain_timeout=_positive(ns.drain_timeout, d.drain_timeout, "--drain-timeout", allow_zero=True),
+        halfclose_timeout=_positive(ns.halfclose_timeout, d.halfclose_timeout, "--halfclose-timeout"),
+        max_unauthenticated=int(_positive(ns.max_unauthenticated, _unauthenticated_cap(max_connections),
+                                            "--max-unauthenticated")),
+        max_unauthenticated_per_ip=int(_positive(ns.max_unauthenticated_per_ip, d.max_unauthenticated_per_ip,
+                                                 "--max-unauthenticated-per-ip", allow_zero=True)),
     )
     t = TlsOptions()
     if ns.cert_size is not None and not 64 <= int(ns.cert_size) <= 16384:
@@ -393,6 +412,11 @@ def resolve(argv: list[str], environ: dict[str, str] | None = None, euid: int | 
         root_note=choice.note,
         max_connections_auto=ns.max_connections is None,
     )
+
+
+def _unauthenticated_cap(max_connections: int) -> int:
+    """A quarter of the connections, but never so few that a small server refuses its own users' handshakes."""
+    return max(min(max_connections, 64), max_connections // 4)
 
 
 def _positive(value: Any, default: float, flag: str, allow_zero: bool = False) -> float:

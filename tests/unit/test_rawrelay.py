@@ -14,6 +14,7 @@ from mtproxy.protocol.faketls import MAX_RECORD_PAYLOAD, TlsRecordReader
 from mtproxy.runtime.rawrelay import Pipe, Pool, RecordBuffer, RecordRelay, SpliceRelay
 
 READ_SIZE = 256 * 1024
+BOUND = 64 * 1024  # --buffer-size: what a relay reads at a time once its client fell behind
 
 
 def _fill(buffer: RecordBuffer, payload: bytes) -> None:
@@ -71,7 +72,7 @@ async def _relay_through(payload_chunks: list[bytes], client_rcvbuf: int, read_p
         client_near.close()
 
     relay = RecordRelay(loop, Pool(lambda: RecordBuffer(READ_SIZE)), dc_near.fileno(), client_near.fileno(),
-                        moved.append, dc_done, lambda: failed.append("relay failed"))
+                        moved.append, dc_done, lambda: failed.append("relay failed"), BOUND)
 
     async def dc_side() -> None:
         for chunk in payload_chunks:
@@ -117,7 +118,7 @@ def test_record_relay_frames_everything_for_a_slow_client(pause: float) -> None:
 
 def test_record_relay_survives_every_kind_of_short_write(monkeypatch: pytest.MonkeyPatch) -> None:
     """Partial writes of every size and refusals, in a fixed pattern, so each path runs: all sent at once,
-    a residue small enough to copy out, a large one that keeps the buffer, and a refusal mid-drain."""
+    a small residue, a large one (both copied out), and a refusal mid-drain."""
     real_write = os.write
     pattern = [None, 100, 300000, 5000, 0, 20000, 16000, 0, 70000]
     calls = [0]
@@ -168,10 +169,10 @@ def test_a_closing_relay_hands_over_what_the_client_has_not_taken(kind: str) -> 
         relay: SpliceRelay | RecordRelay
         if kind == "splice":
             relay = SpliceRelay(loop, Pool(Pipe), dc_near.fileno(), client_near.fileno(),
-                                moved.append, lambda: None, lambda: None)
+                                moved.append, lambda: None, lambda: None, BOUND)
         else:
             relay = RecordRelay(loop, Pool(lambda: RecordBuffer(READ_SIZE)), dc_near.fileno(), client_near.fileno(),
-                                moved.append, lambda: None, lambda: None)
+                                moved.append, lambda: None, lambda: None, BOUND)
         sent = os.urandom(1 << 20)
         try:
             dc_far.sendall(sent[:200_000])  # the client reads nothing yet: the relay stalls with residue
@@ -232,3 +233,46 @@ def test_a_client_that_falls_behind_gets_reads_sized_to_what_it_took(monkeypatch
     assert windows_asked[shrunk : shrunk + 4] == [2, 4, 8, 16]
     # after the write that took 5,000 bytes (no whole record), a read asks for one window
     assert 1 in windows_asked[shrunk + 4 :]
+
+
+def test_a_stalled_record_relay_copies_its_residue_and_then_reads_within_the_bound() -> None:
+    """A client that stops reading: the relay's residue is a copy (the pool's shared buffer stays shared,
+    so the session does not pin a whole read), and once stalled it holds at most one read's residue,
+    later reads are bounded by --buffer-size."""
+
+    async def scenario() -> tuple[bool, int, int]:
+        loop = asyncio.get_running_loop()
+        dc_far, dc_near = socket.socketpair()
+        client_near, client_far = socket.socketpair()
+        client_near.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        client_far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        for s in (dc_far, dc_near, client_near, client_far):
+            s.setblocking(False)
+        pool = Pool(lambda: RecordBuffer(READ_SIZE))
+        shared = pool.shared()
+        relay = RecordRelay(loop, pool, dc_near.fileno(), client_near.fileno(), lambda n: None,
+                            lambda: None, lambda: None, BOUND)
+        try:
+            writer = asyncio.create_task(loop.sock_sendall(dc_far, os.urandom(READ_SIZE)))
+            async with asyncio.timeout(10):
+                while not relay._residue:
+                    await asyncio.sleep(0.01)
+            first = len(relay._residue)
+            # the client drains a little: the relay reads again, no more than the bound
+            for _ in range(20):
+                try:
+                    client_far.recv(1 << 20)
+                except BlockingIOError:
+                    pass
+                await asyncio.sleep(0.02)
+            writer.cancel()
+            return pool.shared() is shared, first, len(relay._residue)
+        finally:
+            relay.close()
+            for s in (dc_far, dc_near, client_near, client_far):
+                s.close()
+
+    still_shared, first, later = asyncio.run(scenario())
+    assert still_shared
+    assert 0 < first <= READ_SIZE + 5 * (READ_SIZE // MAX_RECORD_PAYLOAD)
+    assert later <= BOUND + 5 * (BOUND // MAX_RECORD_PAYLOAD)

@@ -14,6 +14,8 @@ from mtproxy.protocol.cipher import Keystream
 from mtproxy.protocol.errors import RejectReason
 from mtproxy.protocol.handshake import Authenticated, Handshake, NeedMore, Rejected, SecretTable, Session
 
+from .buffers import send, socket_fd
+from .guard import OutOfDescriptors
 from .logs import log_reject
 from .upstream import DcProtocol, MaskProtocol, open_upstream
 
@@ -47,17 +49,19 @@ class ClientConnection(asyncio.BufferedProtocol):
     """Reads into one preallocated buffer; the handshake sees copies, the relay transforms in place."""
 
     # slots: tens of thousands of these live at once; no per-object dict
-    __slots__ = ("_answered", "_buffers", "_counted", "_eof_in", "_eof_out", "_from_client", "_handshake",
-                 "_seen_activity", "_table", "_task", "_timer", "_tls_reader", "_to_dc", "activity", "admitted",
-                 "listener", "peer", "phase", "server", "session", "transport", "upstream")
+    __slots__ = ("_answered", "_buffers", "_cap", "_counted", "_eof_in", "_eof_out", "_from_client", "_handshake",
+                 "_seen_activity", "_table", "_task", "_timer", "_tls_reader", "_to_dc", "activity", "admitted", "fd",
+                 "listener", "peer", "phase", "server", "session", "transport", "unauthenticated", "upstream")
 
     def __init__(self, server: Server, listener: HostPort) -> None:
         self.server = server
         self.listener = listener
         self.phase = Phase.HANDSHAKE
         self.transport: asyncio.Transport | None = None
+        self.fd = -1  # the client socket, which the relay writes directly while its transport holds nothing
         self.peer: tuple[str, int] = ("?", 0)
         self.admitted = False
+        self.unauthenticated = False  # counted under the unauthenticated caps (set by Server.admit)
         self.session: Session | None = None
         self.upstream: DcProtocol | MaskProtocol | None = None
         self.activity = 0  # bytes moved either way; the idle timer compares it between ticks
@@ -65,6 +69,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._buffers = server.buffers
+        self._cap = server.buffers.read_size  # bytes per client read (smaller once the upstream fell behind)
         self._handshake: Handshake | None = None
         self._table: SecretTable | None = None
         self._tls_reader: faketls.TlsRecordReader | None = None
@@ -83,7 +88,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = (str(peer[0]), int(peer[1]))
-        if not self.server.admit(self):
+        self.fd = socket_fd(transport)
+        if not self.server.admit(self, self.fd):
             self.phase = Phase.CLOSED
             transport.abort()
             return
@@ -140,6 +146,15 @@ class ClientConnection(asyncio.BufferedProtocol):
     # ----------------------------------------------------------------- reading
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            held = up.transport.get_write_buffer_size()
+            if held:  # the DC (or mask) is behind: read only what fits under --buffer-size
+                return self._buffers.room(held)
+        cap = self._cap
+        if cap < self._buffers.read_size:
+            self._cap = cap * 2  # back towards full reads while the upstream keeps up (a large residue resets it)
+            return self._buffers.capped(cap)
         return self._buffers.recv_in
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -149,11 +164,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         if phase == Phase.RELAY:
             self._relay_to_dc(memoryview(buffers.recv)[:nbytes])
         elif phase == Phase.MASK:
-            assert self.upstream is not None and self.upstream.transport is not None
-            up = self.upstream.transport
-            up.write(memoryview(buffers.recv)[:nbytes])
-            if up.get_write_buffer_size():
-                buffers.lent_recv()  # the transport still holds it
+            up = self.upstream
+            assert up is not None and up.transport is not None
+            if send(up.transport, up.fd, memoryview(buffers.recv)[:nbytes]) > buffers.buffer_size:
+                self._cap = buffers.slow_read
         elif phase == Phase.HANDSHAKE:
             self._feed_handshake(bytes(buffers.recv[:nbytes]))
 
@@ -173,6 +187,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self._eof_out or self.phase not in (Phase.RELAY, Phase.MASK, Phase.CONNECTING):
             self.close()
             return False
+        self._half_closed()
         return True
 
     # ----------------------------------------------------------------- backpressure (client side is full)
@@ -240,7 +255,12 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._task = self.server.loop.create_task(self._open_mask(mask, received))
 
     async def _open_mask(self, mask: HostPort, received: bytes) -> None:
-        proto = await open_upstream(self.server, [mask], lambda: MaskProtocol(self))
+        try:
+            proto = await open_upstream(self.server, [mask], lambda: MaskProtocol(self))
+        except OutOfDescriptors:
+            self.server.guard.out_of_fds()
+            self.close()
+            return
         if proto is None or self.phase == Phase.CLOSED:
             self.server.counters.mask_failed += 1
             log.warning("mask %s unreachable; closing the unauthenticated connection", mask)
@@ -282,7 +302,12 @@ class ClientConnection(asyncio.BufferedProtocol):
     async def _open_dc(self, session: Session) -> None:
         server = self.server
         target = server.dc_table.lookup(session.dc_id)
-        proto = await open_upstream(server, list(target.addresses), lambda: DcProtocol(self))
+        try:
+            proto = await open_upstream(server, list(target.addresses), lambda: DcProtocol(self))
+        except OutOfDescriptors:
+            server.guard.out_of_fds()  # our shortage, not the DC's: neither an upstream failure nor its warning
+            self.close()
+            return
         if proto is None or self.phase == Phase.CLOSED:
             server.counters.upstream_failed += 1
             log.warning("DC %d unreachable at %s", target.dc, ", ".join(map(str, target.addresses)))
@@ -330,28 +355,42 @@ class ClientConnection(asyncio.BufferedProtocol):
         n = ctr.transform_upload(self._from_client, self._to_dc, buf, layout)
         if not n:
             return
-        up.transport.write(memoryview(buf)[:n])
-        if up.transport.get_write_buffer_size():
-            buffers.lent_recv()
+        if send(up.transport, up.fd, memoryview(buf)[:n]) > buffers.buffer_size:
+            self._cap = buffers.slow_read
         self.server.count_in(self, n)
 
     # ----------------------------------------------------------------- idle
 
     def _start_idle_timer(self) -> None:
+        limits = self.server.cfg.limits
+        # once either side has said it is done, the other gets a short while to finish, not the idle timeout
+        timeout = limits.halfclose_timeout if self._eof_in or self._eof_out else limits.idle_timeout
         self._seen_activity = self.activity
-        self._timer = self.server.loop.call_later(self.server.cfg.limits.idle_timeout, self._idle_tick)
+        self._timer = self.server.loop.call_later(timeout, self._idle_tick)
 
     def _idle_tick(self) -> None:
         if self.phase == Phase.CLOSED:
             return
         if self.activity == self._seen_activity:
-            log.debug("closing idle connection from %s", self.peer[0])
+            if self._eof_in or self._eof_out:
+                self.server.counters.halfclose_released += 1
+                log.debug("closing half-closed connection from %s", self.peer[0])
+            else:
+                log.debug("closing idle connection from %s", self.peer[0])
             self.close()
             return
         self._start_idle_timer()
+
+    def _half_closed(self) -> None:
+        """Re-arm a running idle timer with the half-close timeout (none runs yet while a leg is dialled)."""
+        if self._timer is not None and self.phase in (Phase.RELAY, Phase.MASK):
+            self._timer.cancel()
+            self._start_idle_timer()
 
     def upstream_eof(self) -> None:
         self._eof_out = True
         half_close(self.transport)
         if self._eof_in:
             self.close()
+        else:
+            self._half_closed()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mtproxy.protocol.errors import RejectReason
@@ -53,3 +55,37 @@ def log_reject(peer: tuple[str, int], local: tuple[str, int], reason: RejectReas
         "rejected handshake from %s port %d on %s:%d: reason=%s",
         _bare(peer[0]), peer[1], _bare(local[0]), local[1], reason.value,
     )
+
+
+class Notice:
+    """One log line per interval for an event that can happen thousands of times a second: the first
+    occurrence is reported at once, later ones are counted and reported together when the interval ends."""
+
+    __slots__ = ("_emit", "_interval", "_pending", "_timer")
+
+    def __init__(self, interval: float, emit: Callable[[int], None]) -> None:
+        self._interval = interval
+        self._emit = emit
+        self._pending = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def hit(self) -> None:
+        self._pending += 1
+        if self._timer is None:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._timer = None
+        if self._pending:
+            count, self._pending = self._pending, 0
+            self._emit(count)
+            self._timer = asyncio.get_running_loop().call_later(self._interval, self._flush)
+
+    def close(self) -> None:
+        """Stop the timer; what was counted since the last line is reported now, not lost."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pending:
+            count, self._pending = self._pending, 0
+            self._emit(count)

@@ -11,8 +11,10 @@ two sockets: the DC transport stops reading (it still writes the upload directio
 keeps reading but is no longer written to.
 
 Pipes and record buffers come from per-loop pools. A relay borrows the pool's shared one for one read and
-normally empties it again at once; only when the client cannot take everything does the relay keep it (with
-its residue) until it drains, and the pool makes a fresh one for everyone else."""
+normally empties it again at once. When the client cannot take everything, a record relay copies the rest
+out (the buffer stays shared) and a splice relay keeps its pipe (the pool makes another for everyone else);
+from then on both read no more than --buffer-size at a time, growing back while the client keeps up, so a
+client that stops reading holds one read's residue at most (see docs/engine.md, Limits)."""
 
 from __future__ import annotations
 
@@ -216,16 +218,19 @@ class SpliceRelay(_RawRelay):
     """Classic/dd: the DC's bytes go to the client through a pipe, never through user space."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pool: Pool[Pipe], dc_fd: int, client_fd: int,
-                 on_bytes: Callable[[int], None], on_eof: Callable[[], None], on_error: Callable[[], None]) -> None:
+                 on_bytes: Callable[[int], None], on_eof: Callable[[], None], on_error: Callable[[], None],
+                 bound: int) -> None:
         self._pool = pool
         self._pipe: Pipe | None = None  # set while it holds bytes the client has not taken
         self._queued = 0
+        self._bound = bound  # bytes per splice once the client fell behind (--buffer-size)
+        self._chunk = 1 << 30  # bytes per splice: the pipe's size until the client falls behind
         super().__init__(loop, dc_fd, client_fd, on_bytes, on_eof, on_error)
 
     def _readable(self) -> None:
         try:
             pipe = self._pool.shared()  # may need a new pipe: EMFILE must fail the session, not spin
-            n = os.splice(self._dc, pipe.w, pipe.size, flags=_FLAGS)
+            n = os.splice(self._dc, pipe.w, min(pipe.size, self._chunk), flags=_FLAGS)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -249,6 +254,7 @@ class SpliceRelay(_RawRelay):
                 self._queued -= os.splice(pipe.r, self._client, self._queued, flags=_FLAGS)
         except BlockingIOError:
             self._pool.lend(pipe)
+            self._chunk = self._bound
             self._stalled()
             return
         except OSError as exc:
@@ -257,6 +263,8 @@ class SpliceRelay(_RawRelay):
             return
         self._pipe = None
         self._pool.give_back(pipe)
+        if self._watching == _DC and self._chunk < pipe.size:
+            self._chunk *= 2  # the client took a whole read at once: grow back towards full reads
         self._drained()
 
     def take_pending(self) -> bytes:
@@ -285,17 +293,16 @@ class SpliceRelay(_RawRelay):
 class RecordRelay(_RawRelay):
     """Fake-TLS: the DC's bytes land in the payload windows of ready-made records (one readv) and the
     filled records go out in one write; only a short last record's length is patched. When the client
-    cannot take everything, a small residue is copied out and a large one keeps the buffer (the pool makes
-    another for everyone else), as the transport path would keep its buffer. A client that fell behind
-    gets reads sized to what it took last time, doubling back to full reads as it keeps up: a slow phone
-    holds about what it can take, not a whole read."""
+    cannot take everything, the residue is copied out: the shared buffer is never kept by one session. A
+    client that fell behind gets reads sized to what it took last time (never more than --buffer-size),
+    doubling back to full reads as it keeps up: a slow phone holds about what it can take, not a whole read."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pool: Pool[RecordBuffer], dc_fd: int, client_fd: int,
-                 on_bytes: Callable[[int], None], on_eof: Callable[[], None], on_error: Callable[[], None]) -> None:
+                 on_bytes: Callable[[int], None], on_eof: Callable[[], None], on_error: Callable[[], None],
+                 bound: int) -> None:
         self._pool = pool
         self._residue = memoryview(b"")  # framed records the client has not taken yet
-        self._held: RecordBuffer | None = None  # the buffer _residue points into, when not copied out
-        self._held_read = 0  # payload bytes read into _held (to unframe it)
+        self._bound_windows = max(1, bound // _SLOT)  # --buffer-size in records
         self._windows = 1 << 30  # record windows per read: all of them until the client falls behind
         super().__init__(loop, dc_fd, client_fd, on_bytes, on_eof, on_error)
 
@@ -321,14 +328,9 @@ class RecordRelay(_RawRelay):
             if self._windows < len(buffer.windows):
                 self._windows *= 2
             return
-        self._windows = max(1, sent // _SLOT)
-        if end - sent <= _SLOT:
-            self._residue = memoryview(bytes(buffer.view[sent:end]))  # framed: copied before unframe()
-            buffer.unframe(n)
-        else:
-            self._pool.lend(buffer)
-            self._held, self._held_read = buffer, n
-            self._residue = buffer.view[sent:end]
+        self._windows = max(1, min(sent // _SLOT, self._bound_windows))
+        self._residue = memoryview(bytes(buffer.view[sent:end]))  # framed: copied before unframe()
+        buffer.unframe(n)
         self._stalled()
 
     def _drain(self) -> None:
@@ -337,7 +339,6 @@ class RecordRelay(_RawRelay):
         sent = self._write(self._residue)
         self._residue = self._residue[sent:]
         if not self._residue and not self.closed:
-            self._give_back()
             self._drained()
 
     def _write(self, data: memoryview) -> int:
@@ -353,13 +354,6 @@ class RecordRelay(_RawRelay):
             self._fail()
         return sent
 
-    def _give_back(self) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            held.unframe(self._held_read)
-            self._pool.give_back(held)
-
     def take_pending(self) -> bytes:
         pending = bytes(self._residue)
         self._residue = memoryview(b"")
@@ -367,4 +361,3 @@ class RecordRelay(_RawRelay):
 
     def _release(self) -> None:
         self._residue = memoryview(b"")
-        self._give_back()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import functools
+import gc
 import logging
 import os
 import socket
@@ -23,7 +24,9 @@ from mtproxy.stats.counters import Counters
 from .buffers import Buffers
 from .connection import ClientConnection
 from .dc import DcTable
+from .guard import Guard
 from .hints import HintCache
+from .memory import INTERVAL, Trimmer, load_malloc_trim
 from .rawrelay import Pipe, Pool, RecordBuffer
 from .secrets import SecretSet
 from .shared import held
@@ -92,7 +95,7 @@ class Server:
         self.random_bytes = random_bytes
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self.counters = Counters(started_at=clock())
-        self.buffers = Buffers(cfg.limits.read_size)
+        self.buffers = Buffers(cfg.limits.read_size, cfg.limits.buffer_size)
         self.pipes = Pool(Pipe)
         self.record_buffers = Pool(lambda: RecordBuffer(cfg.limits.read_size))
         self.replay = ReplayFilter(replay_memory)
@@ -101,11 +104,15 @@ class Server:
         self.connections: set[ClientConnection] = set()
         self.by_secret: dict[str, set[ClientConnection]] = {}
         self.per_ip: dict[str, int] = {}
+        self.guard = Guard(cfg.limits, self.counters)
         self._hints = HintCache()
         self.accepting = True
         self.cert_size = cert_size
         self.counters.cert_size = cert_size
         self._servers: list[asyncio.Server] = []
+        self._trimmer = Trimmer()
+        self._malloc_trim: Callable[[int], int] | None = None
+        self._memory_timer: asyncio.TimerHandle | None = None
         self.listening: list[HostPort] = []
         self.secrets = secrets
         self.table = SecretTable(list(secrets.entries))
@@ -168,15 +175,21 @@ class Server:
 
     # ----------------------------------------------------------------- admission and accounting
 
-    def admit(self, conn: ClientConnection) -> bool:
+    def admit(self, conn: ClientConnection, fileno: int) -> bool:
+        """Every new connection starts unauthenticated, so it must fit under those caps too."""
         limits = self.cfg.limits
         ip = conn.peer[0]
+        if not self.guard.fd_headroom(fileno):
+            return False
         if not self.accepting or len(self.connections) >= limits.max_connections:
             self.counters.refused_limit += 1
             return False
         if limits.max_connections_per_ip and self.per_ip.get(ip, 0) >= limits.max_connections_per_ip:
             self.counters.refused_limit += 1
             return False
+        if not self.guard.admit_unauthenticated(ip):
+            return False
+        conn.unauthenticated = True
         self.connections.add(conn)
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         self.counters.active += 1
@@ -190,6 +203,9 @@ class Server:
     def release(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
         ip = conn.peer[0]
+        if conn.unauthenticated:
+            conn.unauthenticated = False
+            self.guard.authenticated_or_gone(ip)
         left = self.per_ip.get(ip, 1) - 1
         if left > 0:
             self.per_ip[ip] = left
@@ -209,6 +225,9 @@ class Server:
         assert session is not None
         c = self.counters
         c.handshakes_ok += 1
+        if conn.unauthenticated:
+            conn.unauthenticated = False
+            self.guard.authenticated_or_gone(conn.peer[0])
         # by what the client sent, not by the secret's kind: the same key serves every mode
         mode = "ee" if session.fake_tls else ("dd" if session.tag == TAG_PADDED else "classic")
         c.modes[mode] = c.modes.get(mode, 0) + 1
@@ -245,10 +264,25 @@ class Server:
             if per is not None:
                 per.bytes_out += n
 
+    def _memory_tick(self) -> None:
+        """After a burst: tables shrink to their present size (Python never shrinks a dict or set), and
+        glibc hands its free pages back."""
+        if self._trimmer.due(len(self.connections)):
+            self.connections = set(self.connections)
+            self.per_ip = dict(self.per_ip)
+            self.guard.per_ip = dict(self.guard.per_ip)
+            gc.collect()  # a burst leaves cycles (tasks, exceptions, frames) that pin whole allocator arenas
+            if self._malloc_trim is not None:
+                self._malloc_trim(0)
+            log.debug("burst over: %d connections, memory trimmed", len(self.connections))
+        self._memory_timer = self.loop.call_later(INTERVAL, self._memory_tick)
+
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self, sockets: list[tuple[HostPort, socket.socket]]) -> None:
         self.loop = asyncio.get_running_loop()
+        self._malloc_trim = load_malloc_trim()
+        self._memory_timer = self.loop.call_later(INTERVAL, self._memory_tick)
         for address, sock in sockets:
             srv = await self.loop.create_server(
                 functools.partial(ClientConnection, self, address), sock=sock, backlog=LISTEN_BACKLOG
@@ -270,6 +304,9 @@ class Server:
             log.info("drain deadline reached: closing %d sessions", len(self.connections))
         for conn in list(self.connections):
             conn.abort()
+        self.guard.close()
+        if self._memory_timer is not None:
+            self._memory_timer.cancel()
         for srv in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(srv.wait_closed(), 1.0)

@@ -13,6 +13,8 @@ from mtproxy.protocol.cipher import Keystream
 from mtproxy.protocol.obfs2 import DcLink
 
 from . import rawrelay
+from .buffers import send, socket_fd
+from .guard import OutOfDescriptors, is_fd_exhaustion
 
 if TYPE_CHECKING:
     from .connection import ClientConnection
@@ -27,12 +29,18 @@ P = TypeVar("P", bound="_Leg")
 
 
 async def open_upstream(server: Server, addresses: list[HostPort], factory: Callable[[], P]) -> P | None:
-    """Dial the addresses in order, each bounded by the connect timeout; None when none answers."""
+    """Dial the addresses in order, each bounded by the connect timeout; None when none answers.
+    Raises OutOfDescriptors when this process has none left: no address is to blame for that."""
     for address in addresses:
         try:
             async with asyncio.timeout(server.cfg.limits.connect_timeout):  # no extra task, unlike wait_for
                 _, proto = await server.loop.create_connection(factory, address.host, address.port)
-        except (OSError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            log.debug("connect to %s failed: %s", address, exc)
+            continue
+        except OSError as exc:
+            if is_fd_exhaustion(exc):
+                raise OutOfDescriptors(str(exc)) from None
             log.debug("connect to %s failed: %s", address, exc)
             continue
         return proto
@@ -42,16 +50,19 @@ async def open_upstream(server: Server, addresses: list[HostPort], factory: Call
 class _Leg(asyncio.BufferedProtocol):
     """Shared plumbing of an outgoing leg tied to one client connection."""
 
-    __slots__ = ("_buffers", "client", "transport")
+    __slots__ = ("_buffers", "_cap", "client", "fd", "transport")
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
+        self.fd = -1  # this leg's socket, written directly while its transport holds nothing (buffers.send)
         self._buffers = client.server.buffers
+        self._cap = self._buffers.read_size  # bytes per read (smaller once the client fell behind)
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # uvloop's transport class is not a subclass
         self.transport = transport
+        self.fd = socket_fd(transport)
         transport.set_write_buffer_limits(high=self.client.server.cfg.limits.buffer_size)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -74,6 +85,15 @@ class _Leg(asyncio.BufferedProtocol):
         return True
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        client = self.client.transport
+        if client is not None:
+            held = client.get_write_buffer_size()
+            if held:  # the client is behind: read only what fits under --buffer-size
+                return self._buffers.room(held)
+        cap = self._cap
+        if cap < self._buffers.read_size:
+            self._cap = cap * 2  # back towards full reads while the client keeps up (a large residue resets it)
+            return self._buffers.capped(cap)
         return self._buffers.recv_in
 
     # Backpressure: this leg's write buffer is full, so stop reading the client.
@@ -96,9 +116,8 @@ class MaskProtocol(_Leg):
         if client is None or client.is_closing():
             return
         self.client.activity += nbytes
-        client.write(memoryview(self._buffers.recv)[:nbytes])
-        if client.get_write_buffer_size():
-            self._buffers.lent_recv()  # the transport still holds it
+        if send(client, self.client.fd, memoryview(self._buffers.recv)[:nbytes]) > self._buffers.buffer_size:
+            self._cap = self._buffers.slow_read
 
 
 class DcProtocol(_Leg):
@@ -145,20 +164,17 @@ class DcProtocol(_Leg):
                 else:
                     view[pos : pos + size] = chunk
                 pos += size
-            client.write(view[:pos])
-            if client.get_write_buffer_size():
-                buffers.lent_out()
+            if send(client, self.client.fd, view[:pos]) > buffers.buffer_size:
+                self._cap = buffers.slow_read
             if self._to_client is None:
                 self._count_towards_raw(client, nbytes)
         elif self._to_client is not None:
             self._to_client.update_into(data, buffers.out)
-            client.write(memoryview(buffers.out)[:nbytes])
-            if client.get_write_buffer_size():
-                buffers.lent_out()
-        else:
-            client.write(data)  # fast mode: the DC's bytes are already what the client expects
-            if client.get_write_buffer_size():
-                buffers.lent_recv()
+            if send(client, self.client.fd, memoryview(buffers.out)[:nbytes]) > buffers.buffer_size:
+                self._cap = buffers.slow_read
+        else:  # fast mode: the DC's bytes are already what the client expects
+            if send(client, self.client.fd, data) > buffers.buffer_size:
+                self._cap = buffers.slow_read
             self._count_towards_raw(client, nbytes)
         self.client.server.count_out(self.client, nbytes)
 
@@ -184,15 +200,16 @@ class DcProtocol(_Leg):
         its transport."""
         assert self.transport is not None
         server = self.client.server
-        dc_fd = self.transport.get_extra_info("socket").fileno()
-        client_fd = client.get_extra_info("socket").fileno()
+        dc_fd = self.fd
+        client_fd = self.client.fd
         try:
+            bound = server.cfg.limits.buffer_size
             if self._tls:
                 self.raw = rawrelay.RecordRelay(server.loop, server.record_buffers, dc_fd, client_fd,
-                                                self._raw_bytes, self.client.upstream_eof, self.client.close)
+                                                self._raw_bytes, self.client.upstream_eof, self.client.close, bound)
             else:
                 self.raw = rawrelay.SpliceRelay(server.loop, server.pipes, dc_fd, client_fd,
-                                                self._raw_bytes, self.client.upstream_eof, self.client.close)
+                                                self._raw_bytes, self.client.upstream_eof, self.client.close, bound)
         except OSError as exc:  # out of descriptors: the transport path goes on
             log.debug("raw relay unavailable: %s", exc)
             self._relayed = -(1 << 62)

@@ -34,6 +34,11 @@ class Counters:
     mask_failed: int = 0
     upstream_failed: int = 0
     refused_limit: int = 0
+    unauthenticated: int = 0  # open connections not authenticated yet (handshake or masked)
+    refused_unauthenticated: int = 0  # by --max-unauthenticated
+    refused_unauthenticated_ip: int = 0  # by --max-unauthenticated-per-ip
+    halfclose_released: int = 0  # closed by --halfclose-timeout
+    out_of_fds: int = 0  # connections refused or sessions dropped for lack of file descriptors
     rejects: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     secrets: dict[str, SecretCounters] = field(default_factory=dict)
     modes: dict[str, int] = field(default_factory=lambda: {"classic": 0, "dd": 0, "ee": 0})
@@ -66,6 +71,11 @@ class Counters:
             "mask_failed": self.mask_failed,
             "upstream_failed": self.upstream_failed,
             "refused_limit": self.refused_limit,
+            "unauthenticated": self.unauthenticated,
+            "refused_unauthenticated": self.refused_unauthenticated,
+            "refused_unauthenticated_ip": self.refused_unauthenticated_ip,
+            "halfclose_released": self.halfclose_released,
+            "out_of_fds": self.out_of_fds,
             "rejects": dict(self.rejects),
             "modes": dict(self.modes),
             "secrets": {
@@ -83,7 +93,8 @@ class Counters:
 
 
 _SUMMED = ("active", "total", "handshakes_ok", "bytes_in", "bytes_out", "masked", "mask_failed",
-           "upstream_failed", "refused_limit", "reloads_ok", "reloads_failed", "workers")
+           "upstream_failed", "refused_limit", "reloads_ok", "reloads_failed", "workers", "unauthenticated",
+           "refused_unauthenticated", "refused_unauthenticated_ip", "halfclose_released", "out_of_fds")
 
 
 def merge(snapshots: list[dict[str, Any]], started_at: float) -> dict[str, Any]:

@@ -24,6 +24,11 @@ def render_stats(snap: dict[str, Any], now: float) -> str:
         ("mask_failed", snap["mask_failed"]),
         ("upstream_failed", snap["upstream_failed"]),
         ("refused_by_limit", snap["refused_limit"]),
+        ("unauthenticated_connections", snap.get("unauthenticated", 0)),
+        ("refused_unauthenticated", snap.get("refused_unauthenticated", 0)),
+        ("refused_unauthenticated_per_ip", snap.get("refused_unauthenticated_ip", 0)),
+        ("halfclose_released", snap.get("halfclose_released", 0)),
+        ("refused_out_of_fds", snap.get("out_of_fds", 0)),
         ("secrets_loaded", snap["secrets_loaded"]),
         ("reloads_ok", snap["reloads_ok"]),
         ("reloads_failed", snap["reloads_failed"]),
@@ -58,6 +63,17 @@ class _SnapshotCollector(Collector):
         yield CounterMetricFamily("mtproxy_upstream_failed", "DC connections failed", value=s["upstream_failed"])
         yield CounterMetricFamily("mtproxy_refused_by_limit", "Connections refused by a limit",
                                   value=s["refused_limit"])
+        yield GaugeMetricFamily("mtproxy_connections_unauthenticated",
+                                "Connections in the handshake or handed to the mask", value=s.get("unauthenticated", 0))
+        ru = CounterMetricFamily("mtproxy_refused_unauthenticated", "Unauthenticated connections refused by a cap",
+                                 labels=["cap"])
+        ru.add_metric(["total"], s.get("refused_unauthenticated", 0))
+        ru.add_metric(["per_ip"], s.get("refused_unauthenticated_ip", 0))
+        yield ru
+        yield CounterMetricFamily("mtproxy_halfclose_released", "Half-closed connections closed by the timeout",
+                                  value=s.get("halfclose_released", 0))
+        yield CounterMetricFamily("mtproxy_out_of_fds", "Connections refused or dropped for lack of descriptors",
+                                  value=s.get("out_of_fds", 0))
         r = CounterMetricFamily("mtproxy_handshake_failures", "Rejected handshakes", labels=["reason"])
         for k, v in sorted(s["rejects"].items()):
             r.add_metric([k], v)

@@ -41,7 +41,8 @@ class _Listening:
 @dataclass
 class FakeDc(_Listening):
     """Accepts the proxy's obfuscated2 header (no secret on this leg) and then, by `mode`:
-    echo (returns what it got), sink (counts), source (sends `source_bytes` then waits)."""
+    echo (returns what it got), sink (counts), source (sends `source_bytes` then waits),
+    stall (reads nothing more: a DC that stopped reading; ends on `release_stalled`, close, or after 60 s)."""
 
     mode: str = "echo"
     source_bytes: int = 0
@@ -50,9 +51,19 @@ class FakeDc(_Listening):
     connections: int = 0
     server: asyncio.Server | None = None
     aes: Aes = PEER_AES
+    _stalled: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         return await self._listen(self._handle, host, port)
+
+    def release_stalled(self) -> None:
+        """End every stalled connection now (from the loop's thread)."""
+        self._stalled.set()
+        self._stalled = asyncio.Event()
+
+    async def close(self) -> None:
+        self.release_stalled()
+        await super().close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -64,6 +75,9 @@ class FakeDc(_Listening):
             self.dc_ids.append(decoded.dc_id)
             decrypt = decoded.from_initiator
             encrypt = decoded.to_initiator.new_cipher()
+            if self.mode == "stall":
+                await asyncio.wait_for(self._stalled.wait(), 60)
+                return
             if self.mode == "source":
                 block = bytes(range(256)) * 256
                 left = self.source_bytes
@@ -91,9 +105,11 @@ class FakeDc(_Listening):
 @dataclass
 class MaskStub(_Listening):
     """Stands in for the real web site: answers MASK_BANNER to the first bytes, records every byte until the
-    peer half-closes, then sends the sha256 of what it got and closes."""
+    peer half-closes, then sends the sha256 of what it got and closes. With `close_after_banner` it closes
+    right after the banner, as a site answering one request with `Connection: close` does."""
 
     received: list[bytes] = field(default_factory=list)
+    close_after_banner: bool = False
     server: asyncio.Server | None = None
     events: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
 
@@ -110,10 +126,14 @@ class MaskStub(_Listening):
                 if not data:
                     writer.write(MASK_BANNER)  # answer at once, as a site would; clients fail fast
                 data += chunk
+                if self.close_after_banner:
+                    await writer.drain()
+                    break
             if not data:
                 writer.write(MASK_BANNER)
-            writer.write(hashlib.sha256(data).hexdigest().encode())
-            await writer.drain()
+            if not self.close_after_banner:
+                writer.write(hashlib.sha256(data).hexdigest().encode())
+                await writer.drain()
         except (OSError, TimeoutError):
             pass
         finally:

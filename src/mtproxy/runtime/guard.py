@@ -1,0 +1,97 @@
+"""Admission beyond the connection count: caps on unauthenticated connections (in total and per IP), the
+descriptor headroom kept for sessions already admitted, and one log line per interval for each refusal."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import resource
+
+from mtproxy.config import Limits
+from mtproxy.stats.counters import Counters
+
+from .logs import Notice
+
+log = logging.getLogger("mtproxy.guard")
+
+# descriptors kept free for what admitted connections still need: a DC or mask leg (one each), the raw
+# relay's dups and pipes; a new connection whose own descriptor reaches into this reserve is refused
+FD_RESERVE = 16
+NOTICE_INTERVAL = 10.0  # seconds between two log lines about the same refusal
+
+
+class OutOfDescriptors(Exception):
+    """EMFILE/ENFILE while dialling: the process ran out, the peer it dialled is not at fault."""
+
+
+def is_fd_exhaustion(exc: OSError) -> bool:
+    return exc.errno in (errno.EMFILE, errno.ENFILE)
+
+
+def fd_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class Guard:
+    """Counts unauthenticated connections per worker and per IP; reports refusals once per interval."""
+
+    def __init__(self, limits: Limits, counters: Counters) -> None:
+        self._limits = limits
+        self._counters = counters
+        self.per_ip: dict[str, int] = {}
+        self._fd_limit = fd_limit()
+        self._fd_notice = Notice(NOTICE_INTERVAL, self._report_fds)
+        self._unauth_notice = Notice(NOTICE_INTERVAL, self._report_unauthenticated)
+
+    # ----------------------------------------------------------------- unauthenticated connections
+
+    def admit_unauthenticated(self, ip: str) -> bool:
+        limits, counters = self._limits, self._counters
+        if counters.unauthenticated >= limits.max_unauthenticated:
+            counters.refused_unauthenticated += 1
+            self._unauth_notice.hit()
+            return False
+        held = self.per_ip.get(ip, 0)
+        if limits.max_unauthenticated_per_ip and held >= limits.max_unauthenticated_per_ip:
+            counters.refused_unauthenticated_ip += 1
+            self._unauth_notice.hit()
+            return False
+        self.per_ip[ip] = held + 1
+        counters.unauthenticated += 1
+        return True
+
+    def authenticated_or_gone(self, ip: str) -> None:
+        """The connection left the unauthenticated set (it authenticated, or it closed)."""
+        self._counters.unauthenticated -= 1
+        left = self.per_ip.get(ip, 1) - 1
+        if left > 0:
+            self.per_ip[ip] = left
+        else:
+            self.per_ip.pop(ip, None)
+
+    def _report_unauthenticated(self, count: int) -> None:
+        log.warning("unauthenticated connections at their cap (%d per worker, %d per IP): %d connections refused",
+                    self._limits.max_unauthenticated, self._limits.max_unauthenticated_per_ip, count)
+
+    # ----------------------------------------------------------------- descriptors
+
+    def fd_headroom(self, fileno: int) -> bool:
+        """Descriptors are handed out lowest first, so a new socket's number is how many are in use. The
+        limit is read each time (one getrlimit, well under a microsecond): prlimit may change it any time."""
+        self._fd_limit = fd_limit()
+        if fileno < self._fd_limit - FD_RESERVE:
+            return True
+        self.out_of_fds()
+        return False
+
+    def out_of_fds(self) -> None:
+        self._counters.out_of_fds += 1
+        self._fd_notice.hit()
+
+    def _report_fds(self, count: int) -> None:
+        self._fd_limit = fd_limit()
+        log.warning("out of file descriptors (limit %d): %d connections refused", self._fd_limit, count)
+
+    def close(self) -> None:
+        self._fd_notice.close()
+        self._unauth_notice.close()

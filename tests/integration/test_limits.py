@@ -1,0 +1,227 @@
+"""Limits against hostile peers: half-closed connections are released by --halfclose-timeout, unauthenticated
+connections have their own caps, and running out of descriptors is reported as such, never blamed on the DC."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from mtproxy.protocol import client as core
+from mtproxy.protocol.secret import Secret
+from mtproxy.testkit.background import BackgroundPeers
+from mtproxy.testkit.client import open_client, secret_for_mode
+
+from .conftest import ProxyFactory, run
+from .test_lifecycle import stats_of
+
+
+def wait_stat(port: int, key: str, want: int, timeout: float) -> dict[str, str]:
+    """Poll /stats until `key` reaches `want` (or the time is up); returns the last figures."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = stats_of(port)
+        if int(stats.get(key, "0")) == want or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.1)
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def set_soft_fd_limit(pid: int, soft: int) -> None:
+    """Only the soft limit: raising a lowered hard limit again needs a privilege tests may not have."""
+    _, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.fixture
+def closing_mask(peers: BackgroundPeers) -> Iterator[BackgroundPeers]:
+    """The mask site answers one request and closes, like a site with `Connection: close`."""
+    peers.mask.close_after_banner = True
+    yield peers
+    peers.mask.close_after_banner = False
+
+
+@pytest.fixture
+def stalled_dc(peers: BackgroundPeers) -> Iterator[BackgroundPeers]:
+    peers.dc.mode = "stall"
+    yield peers
+    peers.dc.mode = "echo"
+    peers.loop.call_soon_threadsafe(peers.dc.release_stalled)
+
+
+def test_masked_probe_that_ignores_our_fin_is_released(start_proxy: ProxyFactory, closing_mask: BackgroundPeers,
+                                                       secret: Secret) -> None:
+    """The mask site closes, the proxy half-closes towards the probe, the probe never closes: the slot and both
+    descriptors come back after --halfclose-timeout, not after the idle timeout, and are counted."""
+    proxy = start_proxy("-S", secret.to_hex(), "--halfclose-timeout", "1", "--idle-timeout", "300")
+    probes = 20
+    base_fds = open_fds(proxy.proc.pid)
+
+    async def scenario() -> list[asyncio.StreamWriter]:
+        held = []
+        for _ in range(probes):
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+            assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200")  # up to our FIN
+            held.append(writer)  # never closed: the probe ignores the FIN
+        return held
+
+    loop = asyncio.new_event_loop()
+    try:
+        held = loop.run_until_complete(asyncio.wait_for(scenario(), 30))
+        assert int(stats_of(proxy.stats_port)["masked_connections"]) == probes
+        stats = wait_stat(proxy.stats_port, "active_connections", 0, 5)
+        assert stats["active_connections"] == "0"
+        assert stats["halfclose_released"] == str(probes)
+        assert open_fds(proxy.proc.pid) <= base_fds + 2
+        for writer in held:
+            writer.close()
+    finally:
+        loop.close()
+
+
+def test_relayed_session_half_closed_by_the_client_is_released(start_proxy: ProxyFactory, stalled_dc: BackgroundPeers,
+                                                                secret: Secret) -> None:
+    """The client sends its EOF, the DC never answers nor closes: released after --halfclose-timeout."""
+    proxy = start_proxy("-S", secret.to_hex(), "--halfclose-timeout", "1", "--idle-timeout", "300")
+
+    async def scenario() -> None:
+        client = await open_client("127.0.0.1", proxy.port, secret)
+        await client.send(b"request")
+        client.writer.write_eof()
+        started = time.monotonic()
+        assert await asyncio.wait_for(client.reader.read(), 10) == b""  # the proxy closes within the bound
+        assert time.monotonic() - started < 5
+        await client.close()
+
+    run(scenario())
+    stats = wait_stat(proxy.stats_port, "active_connections", 0, 5)
+    assert stats["halfclose_released"] == "1"
+
+
+def test_unauthenticated_connections_have_their_own_caps(start_proxy: ProxyFactory, secret: Secret) -> None:
+    """Probes from one address hit the per-IP cap, probes from several hit the total cap; each refusal is
+    counted and logged, and an authenticated user beside them is unaffected."""
+    proxy = start_proxy("-S", secret.to_hex(), "--max-unauthenticated", "8", "--max-unauthenticated-per-ip", "5")
+
+    def probe(source: str) -> socket.socket:
+        sock = socket.socket()
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", proxy.port))
+        return sock
+
+    def refused(sock: socket.socket) -> bool:
+        """Refused connections are closed at once; admitted ones wait for a handshake."""
+        sock.settimeout(1)
+        try:
+            return sock.recv(1) == b""
+        except TimeoutError:
+            return False
+        except OSError:
+            return True
+
+    async def scenario() -> list[socket.socket]:
+        user = await open_client("127.0.0.1", proxy.port, secret)  # authenticated before the probes arrive
+        await user.send(b"ping")
+        assert await user.recv_exactly(4) == b"ping"
+        held = [probe("127.0.0.2") for _ in range(5)]
+        await asyncio.sleep(0.3)
+        extra = probe("127.0.0.2")
+        assert refused(extra), "the sixth connection from one address should be closed at once"
+        held += [probe(f"127.0.0.{3 + i}") for i in range(3)]  # 8 in all: the total cap
+        await asyncio.sleep(0.3)
+        over = probe("127.0.0.9")
+        assert refused(over)
+        assert not refused(held[0])
+        await user.send(b"pong")  # the authenticated user is served beside the probes
+        assert await user.recv_exactly(4) == b"pong"
+        await user.close()
+        return [*held, extra, over]
+
+    socks = run(scenario())
+    stats = stats_of(proxy.stats_port)
+    assert stats["refused_unauthenticated_per_ip"] == "1"
+    assert stats["refused_unauthenticated"] == "1"
+    assert stats["unauthenticated_connections"] == "8"
+    assert "unauthenticated connections at their cap (8 per worker, 5 per IP)" in proxy.wait_log("at their cap")
+    metrics = urllib.request.urlopen(
+        f"http://127.0.0.1:{proxy.stats_port}/metrics", timeout=5).read().decode()
+    assert 'mtproxy_refused_unauthenticated_total{cap="per_ip"} 1.0' in metrics
+    for sock in socks:
+        sock.close()
+    assert wait_stat(proxy.stats_port, "unauthenticated_connections", 0, 5)["unauthenticated_connections"] == "0"
+
+    async def user_echo() -> bytes:
+        client = await open_client("127.0.0.1", proxy.port, secret)
+        try:
+            await client.send(b"back")
+            return await client.recv_exactly(4)
+        finally:
+            await client.close()
+
+    assert run(user_echo()) == b"back"  # under the caps again: a new user gets in
+
+
+def test_out_of_descriptors_is_reported_and_not_blamed_on_the_dc(start_proxy: ProxyFactory, secret: Secret) -> None:
+    """With its descriptor limit lowered under it, the engine refuses new connections with one log line per
+    interval and a count, fails the DC dials it cannot make without calling the DC unreachable, and serves
+    again once descriptors are free."""
+    proxy = start_proxy("-S", secret.to_hex(), "--allow-classic")
+    pid = proxy.proc.pid
+    classic = secret_for_mode(secret, "classic")
+
+    # 1. sessions accepted but unable to dial: the limit drops between the accept and the handshake
+    socks = [socket.create_connection(("127.0.0.1", proxy.port)) for _ in range(10)]
+    time.sleep(0.3)
+    set_soft_fd_limit(pid, open_fds(pid) + 2)
+    for sock in socks:
+        sock.sendall(core.ClientConnection(classic, os.urandom, time.time(), dc_id=2).first_bytes())
+    deadline = time.monotonic() + 5
+    while int(stats_of(proxy.stats_port)["refused_out_of_fds"]) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stats = stats_of(proxy.stats_port)
+    assert int(stats["refused_out_of_fds"]) >= 5
+    assert stats["upstream_failed"] == "0"
+    assert "unreachable" not in proxy.log
+    log = proxy.wait_log("out of file descriptors (limit")
+    for sock in socks:
+        sock.close()
+    time.sleep(0.5)
+
+    # 2. new connections refused while the limit is reached, then served again
+    set_soft_fd_limit(pid, open_fds(pid) + 20)
+    flood = []
+    for _ in range(40):
+        try:
+            flood.append(socket.create_connection(("127.0.0.1", proxy.port), timeout=2))
+        except OSError:
+            break
+    time.sleep(0.5)
+    before = int(stats_of(proxy.stats_port)["refused_out_of_fds"])
+    assert before > int(stats["refused_out_of_fds"])
+    for sock in flood:
+        sock.close()
+    time.sleep(0.5)
+
+    async def echo() -> bytes:
+        client = await open_client("127.0.0.1", proxy.port, secret)
+        try:
+            await client.send(b"back")
+            return await client.recv_exactly(4)
+        finally:
+            await client.close()
+
+    assert run(echo()) == b"back"
+    assert proxy.proc.poll() is None
+    log = proxy.log
+    assert log.count("out of file descriptors (limit") <= 3  # once per interval, not once per connection
+    assert "unreachable" not in log

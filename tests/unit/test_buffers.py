@@ -1,0 +1,105 @@
+"""The relay's writes never leave a shared buffer with a transport: what a slow peer has not taken is a copy
+of exactly that, and a connection whose peer is behind reads only what fits under --buffer-size."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import pytest
+import uvloop
+
+from mtproxy.runtime.buffers import MIN_READ, Buffers, send, socket_fd
+
+READ_SIZE = 1 << 20
+BUFFER_SIZE = 256 * 1024
+
+
+class _Sink(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+
+def test_room_is_what_fits_under_the_buffer_size() -> None:
+    buffers = Buffers(READ_SIZE, BUFFER_SIZE)
+    assert len(buffers.recv_in) == READ_SIZE
+    assert len(buffers.room(1)) == BUFFER_SIZE - 1
+    assert len(buffers.room(BUFFER_SIZE - 1000)) == MIN_READ  # never a uselessly small read
+    assert len(buffers.room(10 * BUFFER_SIZE)) == MIN_READ
+    small = Buffers(64 * 1024, 4 << 20)  # a buffer size above the read size never reads past the buffer
+    assert len(small.room(1)) == 64 * 1024
+
+
+@pytest.mark.parametrize("first", ["empty", "behind"])
+def test_send_hands_the_transport_a_copy_of_what_the_peer_did_not_take(first: str) -> None:
+    """The peer reads nothing: the socket takes what fits, the rest goes to the transport as a copy. Reusing
+    the shared buffer afterwards (the next read) must not change what the peer eventually receives."""
+
+    async def scenario() -> tuple[bytes, bytes, int]:
+        loop = asyncio.get_running_loop()
+        near, far = socket.socketpair()
+        near.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        transport, _ = await loop.create_connection(_Sink, sock=near)
+        transport.set_write_buffer_limits(high=BUFFER_SIZE, low=0)
+        fd = socket_fd(transport)
+        shared = bytearray(os.urandom(200_000))
+        expected = bytes(shared)
+        if first == "behind":
+            transport.write(b"x" * 100_000)  # already queued: the transport is behind before the send
+            expected = b"x" * 100_000 + expected
+        send(transport, fd, memoryview(shared))
+        held = transport.get_write_buffer_size()
+        shared[:] = bytes(len(shared))  # the next read overwrites the shared buffer
+        got = bytearray()
+        far.setblocking(False)
+        async with asyncio.timeout(10):
+            while len(got) < len(expected):
+                try:
+                    got += far.recv(1 << 16)
+                except BlockingIOError:
+                    await asyncio.sleep(0.005)
+        transport.close()
+        far.close()
+        return bytes(got), expected, held
+
+    got, expected, held = uvloop.run(scenario())
+    assert held > 0, "the peer's socket should not have taken everything"
+    assert got == expected
+
+
+def test_send_with_a_peer_that_keeps_up_queues_nothing() -> None:
+    async def scenario() -> int:
+        loop = asyncio.get_running_loop()
+        near, far = socket.socketpair()
+        transport, _ = await loop.create_connection(_Sink, sock=near)
+        send(transport, socket_fd(transport), memoryview(b"hello"))
+        held = transport.get_write_buffer_size()
+        assert far.recv(16) == b"hello"
+        transport.close()
+        far.close()
+        return held
+
+    assert uvloop.run(scenario()) == 0
+
+
+def test_send_says_how_much_the_peer_left() -> None:
+    async def scenario() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        near, far = socket.socketpair()
+        near.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        transport, _ = await loop.create_connection(_Sink, sock=near)
+        fd = socket_fd(transport)
+        kept = send(transport, fd, memoryview(b"small"))
+        behind = send(transport, fd, memoryview(bytes(1 << 20)))
+        transport.abort()
+        far.close()
+        return kept, behind
+
+    kept, behind = uvloop.run(scenario())
+    assert kept == 0
+    assert 0 < behind < 1 << 20
