@@ -113,7 +113,7 @@ def test_a_reload_is_confirmed_only_when_every_worker_has_it(cli: Cli, paths: Pa
         assert status.status == ExitStatus.OK, status.out
         assert "all 2 workers" in status.out
         # one worker stopped (SIGSTOP): it cannot reload, so the change is not confirmed
-        worker = int(open(f"/proc/{proxy.proc.pid}/task/{proxy.proc.pid}/children").read().split()[0])
+        worker = int(Path(f"/proc/{proxy.proc.pid}/task/{proxy.proc.pid}/children").read_text().split()[0])
         os.kill(worker, signal.SIGSTOP)
         try:
             lagging = cli("add-secret", "--label", "third")

@@ -16,7 +16,7 @@ import pytest
 from mtproxy.protocol import client as core
 from mtproxy.protocol.secret import Secret
 from mtproxy.testkit.background import BackgroundPeers
-from mtproxy.testkit.client import open_client, secret_for_mode
+from mtproxy.testkit.client import PEER_AES, open_client, secret_for_mode
 
 from .conftest import ProxyFactory, run
 from .test_lifecycle import stats_of
@@ -184,7 +184,7 @@ def test_out_of_descriptors_is_reported_and_not_blamed_on_the_dc(start_proxy: Pr
     time.sleep(0.3)
     set_soft_fd_limit(pid, open_fds(pid) + 2)
     for sock in socks:
-        sock.sendall(core.ClientConnection(classic, os.urandom, time.time(), dc_id=2).first_bytes())
+        sock.sendall(core.ClientConnection(classic, os.urandom, time.time(), dc_id=2, aes=PEER_AES).first_bytes())
     deadline = time.monotonic() + 5
     while int(stats_of(proxy.stats_port)["refused_out_of_fds"]) < 5 and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -102,7 +102,7 @@ def test_workers_exit_when_the_supervisor_is_killed(start_proxy: ProxyFactory, s
     proxy.proc.wait(5)
     deadline = time.monotonic() + 10
     for pid in pids:
-        while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+        while os.path.exists(f"/proc/{pid}") and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
             assert time.monotonic() < deadline, f"worker {pid} outlived its supervisor"
             time.sleep(0.05)
 

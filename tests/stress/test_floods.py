@@ -18,7 +18,7 @@ from mtproxy.protocol import client as core
 from mtproxy.protocol.secret import Secret, SecretKind
 from mtproxy.store import SecretRecord, StoreData, write_store
 from mtproxy.testkit.background import BackgroundPeers
-from mtproxy.testkit.client import ProxyClient, open_client
+from mtproxy.testkit.client import PEER_AES, ProxyClient, open_client
 
 from .conftest import FULL, SIZES, ProxyFactory, open_fds, report, run, stat, stats, wait_for
 
@@ -161,7 +161,7 @@ def test_unknown_keys_against_thousands_of_secrets(start_proxy: ProxyFactory, tm
     write_store(store, StoreData(tuple(SecretRecord.from_secret(f"s{i}", s) for i, s in enumerate(secrets))))
     proxy = start_proxy("--secrets-file", str(store), "--max-unauthenticated", str(SIZES.unhinted + 100))
     hellos = [core.ClientConnection(Secret(os.urandom(16), SecretKind.FAKE_TLS, "example.com"), os.urandom,
-                                    time.time()).first_bytes() for _ in range(SIZES.unhinted)]
+                                    time.time(), aes=PEER_AES).first_bytes() for _ in range(SIZES.unhinted)]
 
     async def unknown(source: str, hello: bytes) -> None:
         loop = asyncio.get_running_loop()
