@@ -26,7 +26,7 @@ from .errors import ExitStatus
 from .output import dump_json, human_count, human_duration
 from .proxy_control import compare, engine_of_root, fetch_engine, stats_port
 from .secret_cmds import load_settings
-from .status_section import section_lines
+from .status_section import check_line, section_lines
 
 pass_env = click.make_pass_decorator(Env)
 
@@ -231,10 +231,7 @@ def status(env: Env, json_out: bool, section: bool) -> int:
         title = "MTProxy: healthy" if healthy else "MTProxy: NOT healthy"
         env.out(env.style(title, bold=True, fg="green" if healthy else "red"))
         for c in checks:
-            line = f"  {env.ok_mark(c.ok)} {c.name}: {c.detail}"
-            if c.fix and c.ok is False:
-                line += f" — fix: {c.fix}"
-            env.out(line)
+            env.out(check_line(c, env.ok_mark))
         env.out(f"    port:        {port}/tcp")
         env.out(f"    connections: {human_count(active)} active, {human_count(total)} total")
         env.out(f"    uptime:      {human_duration(uptime)}")

@@ -22,11 +22,12 @@ class CheckLike(Protocol):
 
 def section_lines(checks: Sequence[CheckLike], mark: Callable[[bool | None], str], summary: str) -> list[str]:
     """The block's lines: the title, each check (a failing one with its fix), and the traffic summary."""
-    lines = [TITLE]
-    for check in checks:
-        line = f"  {mark(check.ok)} {check.name}: {check.detail}"
-        if check.fix and check.ok is False:
-            line += f" — fix: {check.fix}"
-        lines.append(line)
-    lines.append(f"  {mark(None)} {summary}")
-    return lines
+    return [TITLE, *(check_line(check, mark) for check in checks), f"  {mark(None)} {summary}"]
+
+
+def check_line(check: CheckLike, mark: Callable[[bool | None], str]) -> str:
+    """One check as `status` prints it: its mark, name and detail, and the fix when it failed."""
+    line = f"  {mark(check.ok)} {check.name}: {check.detail}"
+    if check.fix and check.ok is False:
+        line += f" — fix: {check.fix}"
+    return line
