@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtproxy.paths import choose_root
+from mtproxy.paths import Paths, choose_root
 from mtproxy.protocol.errors import SecretFormatError
 from mtproxy.protocol.secret import Secret, SecretKind, parse_secret, validate_domain
+from mtproxy.settings import DEFAULT_PORT, DEFAULT_STATS_PORT, DEFAULT_WORKERS, MAX_WORKERS, read_settings
+from mtproxy.store import StoreError
 
-DEFAULT_STATS_PORT = 8888
-DEFAULT_PORT = 8443  # as the CLI's settings and the image; the official binary has none
-MAX_WORKERS = 64
+# The defaults are the settings file's (settings.py), so the CLI and the engine cannot disagree; DEFAULT_PORT
+# is the CLI's and the image's, the official binary has none.
+__all__ = ["DEFAULT_PORT", "DEFAULT_STATS_PORT", "MAX_WORKERS", "ConfigError", "EngineConfig", "HostPort",
+           "Limits", "TlsOptions", "build_parser", "parse_host_port", "resolve"]
 
 
 class ConfigError(Exception):
@@ -192,18 +194,14 @@ _CONFIG_KEYS = {
 
 
 def _apply_config_file(ns: argparse.Namespace, path: Path) -> None:
-    """Fill options the command line left unset from the JSON settings file (flags win)."""
+    """Fill options the command line left unset from the settings file (flags win), read and checked by
+    settings.read_settings: the one reader of that file, for the CLI and the engine alike."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return  # not written yet: every setting has its default
-    except PermissionError:
-        raise ConfigError(f"{path}: permission denied while reading settings — run as its owner (or root), or"
-                          " choose another root with --root DIR") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read settings: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: settings must be a JSON object")
+        settings = read_settings(path)  # a missing or empty file: every setting has its default
+    except StoreError as exc:
+        raise ConfigError(str(exc) + (f" — {exc.hint}" if exc.hint else "")) from None
+    written = {key: getattr(settings, key) for key in settings.given}
+    data = {**settings.extra, **written}
     # Where to listen is one choice: -H or --listen on the command line replaces the file's port and listen.
     listen_given = bool(ns.listen) or bool(ns.port)
     for key, value in data.items():
@@ -270,74 +268,15 @@ def resolve(argv: list[str], environ: dict[str, str] | None = None, euid: int | 
     ns = build_parser().parse_args(argv)
     choice = choose_root(ns.root, env, os.geteuid() if euid is None else euid)
     paths = choice.paths
-    root_settings = paths.settings_file
     if ns.config:
         _apply_config_file(ns, Path(ns.config))
-    elif _exists(root_settings):
-        _apply_config_file(ns, root_settings)  # the settings the CLI manages, as for the secrets store
-    warnings: list[str] = []
-    middle = [flag for flag, v in (("-P", ns.proxy_tag), ("--aes-pwd", ns.aes_pwd),
-                                   ("proxy-multi.conf", ns.proxy_multi_conf)) if v]
-    if middle:
-        warnings.append(
-            f"{', '.join(middle)} accepted but ignored: the middle proxy (ad tag) is not implemented yet;"
-            " running in direct mode"
-        )
-
-    secrets: list[Secret] = []
-    for text in ns.secret:
-        try:
-            secrets.append(parse_secret(text))
-        except SecretFormatError as exc:
-            raise ConfigError(f"-S: {exc}") from None
-
-    domains: list[str] = []
-    for d in ns.domain if isinstance(ns.domain, list) else [ns.domain]:
-        try:
-            domains.append(validate_domain(str(d).strip().lower()))
-        except SecretFormatError as exc:
-            raise ConfigError(f"-D: {exc}") from None
-    # The official binary turns classic -S secrets into ee secrets for the -D domain; clients configured with
-    # the ee form of the same key then authenticate. Keep both forms: the mode switches decide what is accepted.
-    for s in list(secrets):
-        if s.kind is SecretKind.FAKE_TLS and s.domain and s.domain not in domains:
-            domains.append(s.domain)
-    # only -D restricts the modes; domains that come from ee secrets alone leave classic and dd allowed
-    allow_classic = bool(ns.allow_classic) or not ns.domain
-    allow_tls = not ns.no_tls
-    if not allow_classic and not allow_tls:
-        raise ConfigError("--no-tls with -D and without --allow-classic leaves no mode enabled")
-
-    listen: list[HostPort] = [parse_host_port(x, "--listen") for x in ns.listen]
-    for port in _parse_ports(ns.port if isinstance(ns.port, list) else [ns.port]):
-        listen += [HostPort("0.0.0.0", port), HostPort("::", port)]
-    if not listen:
-        listen = [HostPort("0.0.0.0", DEFAULT_PORT), HostPort("::", DEFAULT_PORT)]
-    for hp in listen:
-        if not hp.host:
-            raise ConfigError(f"--listen: {hp.port} needs a host (use 0.0.0.0:{hp.port} or [::]:{hp.port})")
-
-    mask: HostPort | None = None
-    if ns.mask and not ns.no_mask:
-        mask = parse_host_port(ns.mask, "--mask", 443)
-    elif domains and not ns.no_mask:
-        mask = HostPort(domains[0], 443)
-    if mask is not None:
-        _refuse_self_mask(mask, listen)
-
-    overrides: dict[int | None, HostPort] = {}
-    for text in ns.dc_override if isinstance(ns.dc_override, list) else [ns.dc_override]:
-        dc, hp = _parse_dc_override(str(text))
-        overrides[dc] = hp
-
-    stats: HostPort | None = None
-    stats_port = DEFAULT_STATS_PORT if ns.stats_port is None else int(ns.stats_port)
-    if stats_port:
-        stats = HostPort(ns.stats_host or "127.0.0.1", stats_port)
-
-    workers = 1 if ns.workers is None else int(ns.workers)
-    if not 1 <= workers <= MAX_WORKERS:
-        raise ConfigError(f"-M: workers must be 1..{MAX_WORKERS}, got {workers}")
+    elif _exists(paths.settings_file):
+        _apply_config_file(ns, paths.settings_file)  # the settings the CLI manages, as for the secrets store
+    secrets = _secrets(ns)
+    domains, allow_classic, allow_tls = _modes(ns, secrets)
+    listen = _listen(ns)
+    mask = _mask(ns, domains, listen)
+    overrides = dict(_parse_dc_override(str(text)) for text in _as_list(ns.dc_override))
 
     d = Limits()
     limits = Limits(
@@ -361,11 +300,7 @@ def resolve(argv: list[str], environ: dict[str, str] | None = None, euid: int | 
         check_sni=not ns.no_sni_check,
         cert_jitter=_cert_jitter(ns.cert_jitter, ns.cert_size, t.cert_jitter),
     )
-    secrets_file = Path(ns.secrets_file) if ns.secrets_file else None
-    root_store = paths.secrets_file
-    if secrets_file is None and not secrets and _exists(root_store):
-        secrets_file = root_store  # an unconfigured `mtproxy run` serves what the CLI manages
-    state_file = Path(ns.state_file) if ns.state_file else paths.engine_state_file
+    secrets_file, state_file = _storage(ns, paths, bool(secrets))
     return EngineConfig(
         listen=tuple(dict.fromkeys(listen)),
         secrets=tuple(secrets),
@@ -379,20 +314,111 @@ def resolve(argv: list[str], environ: dict[str, str] | None = None, euid: int | 
         dc_overrides=overrides,
         prefer_ipv6=bool(ns.prefer_ipv6),
         fast_mode=not ns.no_fast_mode,
-        stats=stats,
+        stats=_stats(ns),
         stats_allow_remote=bool(ns.stats_allow_remote),
-        workers=workers,
+        workers=_workers(ns),
         user=ns.user,
         limits=limits,
         tls=tls,
         log_file=Path(ns.log_file) if ns.log_file else None,
         reload_interval=_positive(ns.reload_interval, 1.0, "--reload-interval"),
         public_host=ns.public_host,
-        warnings=tuple(warnings),
+        warnings=_middle_proxy_warnings(ns),
         secret_ids=tuple(f"cli-{i + 1}" for i in range(len(secrets))),
         root_note=choice.note,
         max_connections_auto=ns.max_connections is None,
     )
+
+
+def _as_list(value: Any) -> list[Any]:
+    """An option that repeats on the command line and may be one value or a list in the settings file."""
+    return value if isinstance(value, list) else [value]
+
+
+def _middle_proxy_warnings(ns: argparse.Namespace) -> tuple[str, ...]:
+    middle = [flag for flag, v in (("-P", ns.proxy_tag), ("--aes-pwd", ns.aes_pwd),
+                                   ("proxy-multi.conf", ns.proxy_multi_conf)) if v]
+    if not middle:
+        return ()
+    return (f"{', '.join(middle)} accepted but ignored: the middle proxy (ad tag) is not implemented yet;"
+            " running in direct mode",)
+
+
+def _secrets(ns: argparse.Namespace) -> list[Secret]:
+    secrets: list[Secret] = []
+    for text in ns.secret:
+        try:
+            secrets.append(parse_secret(text))
+        except SecretFormatError as exc:
+            raise ConfigError(f"-S: {exc}") from None
+    return secrets
+
+
+def _domains(ns: argparse.Namespace) -> list[str]:
+    domains: list[str] = []
+    for d in _as_list(ns.domain):
+        try:
+            domains.append(validate_domain(str(d).strip().lower()))
+        except SecretFormatError as exc:
+            raise ConfigError(f"-D: {exc}") from None
+    return domains
+
+
+def _modes(ns: argparse.Namespace, secrets: list[Secret]) -> tuple[list[str], bool, bool]:
+    """The fake-TLS domains, and whether classic/dd and fake-TLS clients are accepted."""
+    domains = _domains(ns)
+    # The official binary turns classic -S secrets into ee secrets for the -D domain; clients configured with
+    # the ee form of the same key then authenticate. Keep both forms: the mode switches decide what is accepted.
+    domains += [s.domain for s in secrets if s.kind is SecretKind.FAKE_TLS and s.domain and s.domain not in domains]
+    # only -D restricts the modes; domains that come from ee secrets alone leave classic and dd allowed
+    allow_classic = bool(ns.allow_classic) or not ns.domain
+    allow_tls = not ns.no_tls
+    if not allow_classic and not allow_tls:
+        raise ConfigError("--no-tls with -D and without --allow-classic leaves no mode enabled")
+    return domains, allow_classic, allow_tls
+
+
+def _stats(ns: argparse.Namespace) -> HostPort | None:
+    stats_port = DEFAULT_STATS_PORT if ns.stats_port is None else int(ns.stats_port)
+    return HostPort(ns.stats_host or "127.0.0.1", stats_port) if stats_port else None
+
+
+def _workers(ns: argparse.Namespace) -> int:
+    workers = DEFAULT_WORKERS if ns.workers is None else int(ns.workers)
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"-M: workers must be 1..{MAX_WORKERS}, got {workers}")
+    return workers
+
+
+def _listen(ns: argparse.Namespace) -> list[HostPort]:
+    listen: list[HostPort] = [parse_host_port(x, "--listen") for x in ns.listen]
+    for port in _parse_ports(_as_list(ns.port)):
+        listen += [HostPort("0.0.0.0", port), HostPort("::", port)]
+    if not listen:
+        listen = [HostPort("0.0.0.0", DEFAULT_PORT), HostPort("::", DEFAULT_PORT)]
+    for hp in listen:
+        if not hp.host:
+            raise ConfigError(f"--listen: {hp.port} needs a host (use 0.0.0.0:{hp.port} or [::]:{hp.port})")
+    return listen
+
+
+def _mask(ns: argparse.Namespace, domains: list[str], listen: list[HostPort]) -> HostPort | None:
+    """--mask, else the first fake-TLS domain on 443, unless --no-mask; never one of our own listeners."""
+    if ns.no_mask:
+        return None
+    mask = parse_host_port(ns.mask, "--mask", 443) if ns.mask else HostPort(domains[0], 443) if domains else None
+    if mask is not None:
+        _refuse_self_mask(mask, listen)
+    return mask
+
+
+def _storage(ns: argparse.Namespace, paths: Paths, secrets_given: bool) -> tuple[Path | None, Path]:
+    """The secrets file to serve and where a generated secret is kept; an unconfigured `mtproxy run` serves
+    the store the CLI manages."""
+    secrets_file = Path(ns.secrets_file) if ns.secrets_file else None
+    if secrets_file is None and not secrets_given and _exists(paths.secrets_file):
+        secrets_file = paths.secrets_file
+    return secrets_file, Path(ns.state_file) if ns.state_file else paths.engine_state_file
 
 
 def _positive(value: Any, default: float, flag: str, allow_zero: bool = False) -> float:

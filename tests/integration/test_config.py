@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mtproxy.config import ConfigError, HostPort, resolve
+from mtproxy.config import DEFAULT_PORT, ConfigError, HostPort, resolve
 from mtproxy.runtime.dc import DEFAULT_DC, DcTable
+from mtproxy.settings import read_settings
+from mtproxy.store import StoreError
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -112,3 +114,38 @@ def test_command_line_listen_replaces_the_settings_port(tmp_path: Path) -> None:
     assert resolve(["-S", KEY, "--listen", "127.0.0.1:7000"], environ=environ).listen == (HostPort("127.0.0.1", 7000),)
     assert resolve(["-S", KEY, "-H", "7001"], environ=environ).listen == (
         HostPort("0.0.0.0", 7001), HostPort("::", 7001))
+
+
+@pytest.mark.parametrize("doc", [
+    {"version": 99},  # written by a newer mtproxy
+    {"server": "https://proxy.example.net/"},  # not a bare host: links would be broken
+    {"stats_port": 8443},  # the same port as the proxy
+    {"port": "8443,8444"},  # the CLI manages one port; --listen is the key for several
+    {"mask": "example.com"},  # the CLI's mask is HOST:PORT
+    [1, 2],
+])
+def test_the_engine_refuses_what_the_cli_refuses(tmp_path: Path, doc: object) -> None:
+    """One reader and validator for the settings file: `mtproxy run` never serves a file every other
+    command refuses (before, the engine had its own, looser reader)."""
+    settings = tmp_path / "config" / "mtproxy" / "mtproxy_config.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps(doc))
+    with pytest.raises(StoreError) as cli_error:
+        read_settings(settings)
+    with pytest.raises(ConfigError) as engine_error:
+        resolve(["-S", KEY], environ={"MTPROXY_ROOT": str(tmp_path)})
+    assert str(engine_error.value).startswith(str(cli_error.value)) and "\n" not in str(engine_error.value)
+    assert "fix the file by hand" in str(engine_error.value)
+
+
+def test_settings_both_readers_accept_mean_the_same(tmp_path: Path) -> None:
+    """stats_port 0 (no stats endpoint, as `-p 0`) and null values (the default) read alike in both."""
+    settings = tmp_path / "config" / "mtproxy" / "mtproxy_config.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps({"version": 1, "port": None, "workers": None, "stats_port": 0,
+                                    "listen": ["127.0.0.1:7000"], "tls_skew": 30}))
+    read = read_settings(settings)
+    assert (read.port, read.workers, read.stats_port) == (DEFAULT_PORT, 1, 0)
+    cfg = resolve(["-S", KEY], environ={"MTPROXY_ROOT": str(tmp_path)})
+    assert cfg.stats is None and cfg.workers == 1 and cfg.tls.skew == 30
+    assert cfg.listen == (HostPort("127.0.0.1", 7000),)  # no default port beside the file's listen
