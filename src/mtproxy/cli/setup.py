@@ -36,6 +36,8 @@ from ..paths import Paths
 from ..protocol.secret import SecretKind, generate_secret
 from ..settings import read_settings, update_settings
 from ..store import SecretRecord, StoreData, StoreError, now_iso, update_store
+from .edge import run_at_edge
+from .errors import CliError, ExitStatus
 from .validation import (
     Checked,
     Invalid,
@@ -280,7 +282,8 @@ def _ensure_secret(plan: InstallPlan, paths: Paths, random16: Callable[[], bytes
 
 
 def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, out: TextIO,
-          random16: Callable[[], bytes] = lambda: os.urandom(16)) -> int:
+          random16: Callable[[], bytes] = lambda: os.urandom(16)) -> None:
+    """Install the plan step by step; on failure undo this run's changes and raise InstallError."""
     warnings = preflight(plan, runner, layout)
     for warning in warnings:
         out.write(f"warning: {warning}\n")
@@ -289,7 +292,7 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
             out.write(f"dry run: would add the system user {systemd.USER} ({' '.join(systemd.USERADD)})\n")
         out.write(f"dry run: would install {plan.manager} on port {plan.port} (ufw {plan.ufw_mode}); "
                   "checks passed, nothing changed\n")
-        return 0
+        return
     txn = Transaction()
     steps = {"docker": 11, "systemd": 10, "none": 7}[plan.manager]
     progress = Progress(out, steps)
@@ -341,13 +344,10 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
     except (InstallError, CommandError, OSError, ValueError, StoreError) as exc:
         out.write("failed\n")
         what, todo = (exc.what, exc.todo) if isinstance(exc, InstallError) else (str(exc), "")
-        out.write(f"mtproxy-setup: {what}\nUndoing what this run changed:\n")
+        out.write(f"{what}\nUndoing what this run changed:\n")
         txn.rollback(out)
-        if todo:
-            out.write(f"What to do: {todo}\n")
-        return 1
+        raise InstallError(what, todo or "fix it and run setup again: what this run changed was undone") from None
     _print_result(plan, paths, record, server, out)
-    return 0
 
 
 def _print_result(plan: InstallPlan, paths: Paths, record: SecretRecord, server: object, out: TextIO) -> None:
@@ -365,29 +365,34 @@ def _print_result(plan: InstallPlan, paths: Paths, record: SecretRecord, server:
 
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None,
-         stdin: TextIO | None = None, stdout: TextIO | None = None, runner: Runner | None = None) -> int:
-    ns = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    environ = os.environ if env is None else env
-    stdin = sys.stdin if stdin is None else stdin
-    stdout = sys.stdout if stdout is None else stdout
+         stdin: TextIO | None = None, stdout: TextIO | None = None, runner: Runner | None = None,
+         stderr: TextIO | None = None) -> int:
+    """`mtproxy-setup`: the wizard run through the CLI's one error edge (one line on stderr, an ExitStatus)."""
+    args = sys.argv[1:] if argv is None else argv
+    return run_at_edge(lambda: install(args, os.environ if env is None else env, sys.stdin if stdin is None else stdin,
+                                       sys.stdout if stdout is None else stdout, runner),
+                       prog="mtproxy-setup", typed=args, err=stderr)
+
+
+def install(argv: list[str], environ: Mapping[str, str], stdin: TextIO, stdout: TextIO,
+            runner: Runner | None) -> ExitStatus:
+    """Check the host, gather the plan, apply it; raises what the edge reports."""
+    ns = build_parser().parse_args(argv)
     runner = runner or Runner(dry_run=ns.dry_run)
     paths = Paths.resolve(ns.root, environ)
     layout = HostLayout.resolve(paths.root, environ)
     interactive = not ns.non_interactive and not _truthy(environ.get("MTPROXY_NON_INTERACTIVE"))
     if interactive and not (stdin.isatty() and stdout.isatty()):
-        stdout.write("mtproxy-setup: no terminal to ask questions on — run with --non-interactive "
-                     "(and flags or MTPROXY_* variables)\n")
-        return 6
+        raise CliError("no terminal to ask questions on",
+                       "run with --non-interactive (and flags or MTPROXY_* variables)", ExitStatus.CONFLICT)
     try:
         check_host(ns, environ, runner, layout, stdout)
         plan = gather(ns, environ, Asker(stdin, stdout) if interactive else None, runner, paths, layout, stdout)
         if plan is None:
             stdout.write("Nothing installed.\n")
-            return 0
-        return apply(plan, runner, paths, layout, stdout)
-    except InstallError as exc:
-        stdout.write(f"mtproxy-setup: {exc.what}" + (f" — {exc.todo}" if exc.todo else "") + "\n")
-        return 1
+            return ExitStatus.OK
+        apply(plan, runner, paths, layout, stdout)
+        return ExitStatus.OK
     except KeyboardInterrupt:
-        stdout.write("\ninterrupted: nothing more was changed\n")
-        return 130
+        stdout.write("\n")
+        raise CliError("interrupted: nothing more was changed", "", ExitStatus.INTERRUPTED) from None
