@@ -149,3 +149,17 @@ def test_settings_both_readers_accept_mean_the_same(tmp_path: Path) -> None:
     cfg = resolve(["-S", KEY], environ={"MTPROXY_ROOT": str(tmp_path)})
     assert cfg.stats is None and cfg.workers == 1 and cfg.tls.skew == 30
     assert cfg.listen == (HostPort("127.0.0.1", 7000),)  # no default port beside the file's listen
+
+
+def test_the_engine_and_the_cli_share_one_set_of_defaults(tmp_path: Path) -> None:
+    """No settings file and no flags: the engine runs on what the CLI's settings say are the defaults."""
+    from mtproxy.config import build_parser
+    from mtproxy.host.install import InstallPlan
+    from mtproxy.settings import Settings
+
+    cfg = resolve(["-S", KEY], environ={"MTPROXY_ROOT": str(tmp_path)})
+    defaults = Settings()
+    assert cfg.listen == (HostPort("0.0.0.0", defaults.port), HostPort("::", defaults.port))
+    assert cfg.workers == defaults.workers and cfg.stats == HostPort("127.0.0.1", defaults.stats_port)
+    assert InstallPlan.__dataclass_fields__["stats_port"].default == defaults.stats_port
+    assert f"default {defaults.stats_port}" in build_parser().format_help()

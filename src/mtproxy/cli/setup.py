@@ -35,7 +35,7 @@ from ..host.record import InstallRecord, ownership
 from ..host.runner import CommandError, Runner
 from ..paths import Paths
 from ..protocol.secret import SecretKind, generate_secret
-from ..settings import Settings, read_settings, update_settings
+from ..settings import DEFAULT_PORT, DEFAULT_WORKERS, Settings, read_settings, update_settings
 from ..store import SecretRecord, StoreData, StoreError, now_iso, update_store
 from .edge import run_at_edge
 from .errors import CliError, ExitStatus
@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("-n", "--non-interactive", action="store_true", help="no prompts: flags, MTPROXY_* variables, defaults")
     a("--root", help="installation root (default $MTPROXY_ROOT or /opt/vless)")
-    a("--port", type=int, help="public port (MTPROXY_PORT, default 8443)")
-    a("--workers", type=int, help="worker processes (MTPROXY_WORKERS, default 1)")
+    a("--port", type=int, help=f"public port (MTPROXY_PORT, default {DEFAULT_PORT})")
+    a("--workers", type=int, help=f"worker processes (MTPROXY_WORKERS, default {DEFAULT_WORKERS})")
     a("--type", dest="secret_type", help="secret type: ee (fake-TLS, recommended), dd or plain")
     a("--domain", help="fake-TLS domain, e.g. www.example.com (MTPROXY_DOMAIN)")
     a("--server", help="server address or domain name for links (MTPROXY_SERVER)")

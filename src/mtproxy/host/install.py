@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..paths import Paths
+from ..settings import DEFAULT_STATS_PORT
 from . import docker, fail2ban, systemd, templates, ufw
 from . import image as image_build
 from .files import remove_file, write_file
@@ -53,7 +54,7 @@ class InstallPlan:
     build_script: Path | None = None  # a checkout's build-image.sh; None: the packaged build step
     local_base: bool = False
     verify_timeout: float = 60.0
-    stats_port: int = 8888
+    stats_port: int = DEFAULT_STATS_PORT
 
 
 class Progress:
