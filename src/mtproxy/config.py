@@ -202,6 +202,8 @@ def _apply_config_file(ns: argparse.Namespace, path: Path) -> None:
         raise ConfigError(str(exc) + (f" — {exc.hint}" if exc.hint else "")) from None
     written = {key: getattr(settings, key) for key in settings.given}
     data = {**settings.extra, **written}
+    actions = {action.dest: action for action in build_parser()._actions}
+    ns.from_file = (path, {})  # the options the file gave, so errors about them name the file and the key
     # Where to listen is one choice: -H or --listen on the command line replaces the file's port and listen.
     listen_given = bool(ns.listen) or bool(ns.port)
     for key, value in data.items():
@@ -210,14 +212,56 @@ def _apply_config_file(ns: argparse.Namespace, path: Path) -> None:
             continue  # other tools keep their own keys in this file; null means "the default"
         if listen_given and dest in ("port", "listen"):
             continue
+        value = _file_value(path, key, value, actions[dest])
         if dest == "no_fast_mode":
             value = not value
         current = getattr(ns, dest)
         if isinstance(current, list):
             if not current:
                 setattr(ns, dest, [str(v) for v in value] if isinstance(value, list) else [str(value)])
+                ns.from_file[1][dest] = key
         elif current is None:
             setattr(ns, dest, value)
+            ns.from_file[1][dest] = key
+
+
+def _file_value(path: Path, key: str, value: Any, action: argparse.Action) -> Any:
+    """A settings-file value of the type its flag takes (numbers may be written as strings, as before);
+    anything else is refused naming the file and the key, never taken for something it does not say."""
+    want = ""
+    if action.nargs == 0:  # a switch: "false" written as a string must not switch it on
+        want = "" if isinstance(value, bool) else "true or false"
+    elif isinstance(action.default, list):  # repeatable: one value or a list of them
+        items = value if isinstance(value, list) else [value]
+        want = "" if all(isinstance(v, str | int) and not isinstance(v, bool) for v in items) else \
+            "a string or a list of strings"
+    elif action.type in (int, float):
+        try:
+            if isinstance(value, bool | list | dict):
+                raise TypeError
+            return action.type(value)
+        except (TypeError, ValueError):
+            want = "a whole number" if action.type is int else "a number"
+    elif not isinstance(value, str):
+        want = "a string"
+    if want:
+        raise ConfigError(f"{path}: '{key}' must be {want}, not {value!r} — fix the file by hand")
+    return value
+
+
+def _in_file_terms(exc: ConfigError, ns: argparse.Namespace, parser: argparse.ArgumentParser) -> ConfigError:
+    """A problem with a value the settings file gave (not a flag) is told as the file and its key."""
+    origin: tuple[Path | None, dict[str, str]] = getattr(ns, "from_file", (None, {}))
+    path, keys = origin
+    message = str(exc)
+    for action in parser._actions:
+        key = keys.get(action.dest)
+        flag = next((f for f in action.option_strings if message.startswith((f + ":", f + " "))), None)
+        if key is not None and flag is not None:
+            rest = message[len(flag):].lstrip(":")
+            todo = "" if " — " in rest else " — fix the file by hand (or give the flag)"
+            return ConfigError(f"{path}: '{key}'{':' if message[len(flag)] == ':' else ''}{rest}{todo}")
+    return exc
 
 
 def _parse_ports(values: list[str]) -> list[int]:
@@ -264,8 +308,16 @@ def _exists(path: Path) -> bool:
 
 def resolve(argv: list[str], environ: dict[str, str] | None = None, euid: int | None = None) -> EngineConfig:
     """Parse a `mtproxy run` command line and resolve it; raises ConfigError or SystemExit (usage)."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return _resolve(ns, environ, euid)
+    except ConfigError as exc:
+        raise _in_file_terms(exc, ns, parser) from None
+
+
+def _resolve(ns: argparse.Namespace, environ: dict[str, str] | None, euid: int | None) -> EngineConfig:
     env = dict(os.environ) if environ is None else environ
-    ns = build_parser().parse_args(argv)
     choice = choose_root(ns.root, env, os.geteuid() if euid is None else euid)
     paths = choice.paths
     if ns.config:

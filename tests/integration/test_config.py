@@ -163,3 +163,39 @@ def test_the_engine_and_the_cli_share_one_set_of_defaults(tmp_path: Path) -> Non
     assert cfg.workers == defaults.workers and cfg.stats == HostPort("127.0.0.1", defaults.stats_port)
     assert InstallPlan.__dataclass_fields__["stats_port"].default == defaults.stats_port
     assert f"default {defaults.stats_port}" in build_parser().format_help()
+
+
+@pytest.mark.parametrize(("doc", "says"), [
+    ({"stats_allow_remote": "false"}, "'stats_allow_remote' must be true or false, not 'false'"),
+    ({"cert_jitter": "lots"}, "'cert_jitter' must be a whole number, not 'lots'"),
+    ({"tls_skew": [30]}, "'tls_skew' must be a number, not [30]"),
+    ({"user": 1000}, "'user' must be a string, not 1000"),
+    ({"dc_override": {"2": "x"}}, "'dc_override' must be a string or a list of strings"),
+    ({"idle_timeout": -1}, "'idle_timeout': must be a finite positive number, got -1"),
+    ({"cert_size": 10}, "'cert_size' must be 64..16384 bytes"),
+    ({"listen": ["7000"]}, "'listen': 7000 needs a host"),
+    ({"dc_override": ["2=host:notaport"]}, "'dc_override': port 'notaport' is not a number"),
+])
+def test_a_bad_engine_key_in_the_settings_file_names_the_file_and_the_key(
+        tmp_path: Path, doc: dict[str, object], says: str) -> None:
+    """Before, such values reached the engine as they were ("false" switched stats on for everyone; a word
+    for cert_jitter was an internal error) or were blamed on a flag the operator never typed."""
+    settings = tmp_path / "config" / "mtproxy" / "mtproxy_config.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError) as error:
+        resolve(["-S", KEY], environ={"MTPROXY_ROOT": str(tmp_path)})
+    message = str(error.value)
+    assert message.startswith(f"{settings}: {says}"), message
+    assert " — fix the file by hand" in message and "\n" not in message
+
+
+def test_the_same_bad_value_as_a_flag_still_names_the_flag(tmp_path: Path) -> None:
+    settings = tmp_path / "config" / "mtproxy" / "mtproxy_config.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps({"idle_timeout": 30, "tls_skew": "60", "stats_allow_remote": False}))
+    with pytest.raises(ConfigError) as error:
+        resolve(["-S", KEY, "--idle-timeout", "-1"], environ={"MTPROXY_ROOT": str(tmp_path)})
+    assert str(error.value) == "--idle-timeout: must be a finite positive number, got -1.0"
+    cfg = resolve(["-S", KEY], environ={"MTPROXY_ROOT": str(tmp_path)})  # numbers as strings still read
+    assert cfg.limits.idle_timeout == 30 and cfg.tls.skew == 60 and not cfg.stats_allow_remote
