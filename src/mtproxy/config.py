@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtproxy.defaults import DEFAULT_PORT, DEFAULT_STATS_PORT, DEFAULT_WORKERS, MAX_WORKERS
 from mtproxy.paths import Paths, choose_root
 from mtproxy.protocol.errors import SecretFormatError
 from mtproxy.protocol.secret import Secret, SecretKind, parse_secret, validate_domain
-from mtproxy.settings import DEFAULT_PORT, DEFAULT_STATS_PORT, DEFAULT_WORKERS, MAX_WORKERS, read_settings
+from mtproxy.settings import read_settings
 from mtproxy.store import StoreError
 
-# The defaults are the settings file's (settings.py), so the CLI and the engine cannot disagree; DEFAULT_PORT
-# is the CLI's and the image's, the official binary has none.
+# The defaults are defaults.py's, as the settings file's, so the CLI and the engine cannot disagree.
 __all__ = ["DEFAULT_PORT", "DEFAULT_STATS_PORT", "MAX_WORKERS", "ConfigError", "EngineConfig", "HostPort",
            "Limits", "TlsOptions", "build_parser", "parse_host_port", "resolve"]
 

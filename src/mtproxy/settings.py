@@ -12,17 +12,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .defaults import DEFAULT_PORT, DEFAULT_STATS_PORT, DEFAULT_WORKERS, MAX_WORKERS
 from .protocol.errors import SecretFormatError
 from .protocol.secret import validate_domain
 from .store import StoreAccessError, StoreFormatError, _read_bytes, locked, write_atomic
 
 SETTINGS_VERSION = 1
-DEFAULT_PORT = 8443
-DEFAULT_WORKERS = 1
-DEFAULT_STATS_PORT = 8888  # 0 in the file (or -p 0): no stats endpoint
-MAX_WORKERS = 64
 
 _MANAGED = frozenset({"version", "port", "workers", "domain", "server", "mask", "stats_port"})
+
+__all__ = ["DEFAULT_PORT", "DEFAULT_STATS_PORT", "DEFAULT_WORKERS", "MAX_WORKERS", "SETTINGS_VERSION", "Settings",
+           "SettingsError", "check_mask", "check_port", "check_server", "check_stats_port", "check_workers",
+           "parse_settings", "read_settings", "update_settings"]
 
 SettingsError = StoreFormatError  # same shape: names the file and the problem
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
@@ -44,6 +43,8 @@ def run_at_edge(
             return int(ExitStatus.OK)
         known = as_cli_error(exc)
         if known is None and debug:
+            import traceback
+
             traceback.print_exc()
         error = known or CliError(f"internal error: {type(exc).__name__}: {exc}",
                                   "rerun with --debug and report the traceback", ExitStatus.FAILURE)

@@ -10,7 +10,7 @@ import sys
 from mtproxy import __version__
 from mtproxy.cli.edge import run_at_edge
 from mtproxy.cli.errors import CliError, ExitStatus
-from mtproxy.settings import DEFAULT_STATS_PORT
+from mtproxy.defaults import DEFAULT_STATS_PORT
 
 
 def healthcheck_command(argv: list[str]) -> int:

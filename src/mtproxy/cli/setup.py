@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from ..defaults import DEFAULT_PORT, DEFAULT_WORKERS
 from ..host import docker, systemd, templates
 from ..host.files import write_file
 from ..host.install import (
@@ -35,7 +36,7 @@ from ..host.record import InstallRecord, ownership
 from ..host.runner import CommandError, Runner
 from ..paths import Paths
 from ..protocol.secret import SecretKind, generate_secret
-from ..settings import DEFAULT_PORT, DEFAULT_WORKERS, Settings, read_settings, update_settings
+from ..settings import Settings, read_settings, update_settings
 from ..store import SecretRecord, StoreData, StoreError, now_iso, update_store
 from .edge import run_at_edge
 from .errors import CliError, ExitStatus

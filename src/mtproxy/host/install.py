@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from ..defaults import DEFAULT_STATS_PORT
 from ..paths import Paths
-from ..settings import DEFAULT_STATS_PORT
 from . import docker, fail2ban, systemd, templates, ufw
 from . import image as image_build
 from .files import remove_file, write_file
