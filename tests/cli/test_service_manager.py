@@ -297,3 +297,17 @@ def test_the_cli_builds_no_host_command_itself() -> None:
                     and node.elts[0].value in host_programs:
                 found.append(f"{module.name}:{node.lineno}")
     assert found == []
+
+
+def test_host_never_imports_the_cli() -> None:
+    """host/ is below the CLI: the port checks setup and set-port share live in host/ports.py."""
+    import ast
+
+    import mtproxy.host
+
+    upward = []
+    for module in sorted(Path(mtproxy.host.__path__[0]).glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(("cli", "mtproxy.cli")):
+                upward.append(f"{module.name}:{node.lineno}")
+    assert upward == []

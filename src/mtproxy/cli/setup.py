@@ -204,7 +204,7 @@ def _ask(asker: Asker, given: _Choice, default_port: int, checks: _Checks) -> _C
     if asker.ask("Install the MTProxy add-on now? (y/n)", "y", _check_yes).lower().startswith("n"):
         return None
     if given.port is None and port_problem(default_port, checks.own_port, checks.runner):
-        from .ports import suggest_free
+        from ..host.ports import suggest_free
 
         default_port = suggest_free({default_port, settings.stats_port}) or default_port
         asker.stdout.write(f"  port {settings.port} is taken here; proposing {default_port}\n")

@@ -14,10 +14,10 @@ from typing import Generic, TypeVar
 
 from ..defaults import MAX_WORKERS
 from ..host.install import UFW_MODES
+from ..host.ports import RESERVED, bind_error, suggest_free, vpn_ports
 from ..protocol.errors import SecretFormatError
 from ..protocol.secret import validate_domain
 from .errors import CliError, ExitStatus, mask_secrets, secret_tokens
-from .ports import RESERVED, bind_error, suggest_free, vpn_ports
 
 SECRET_TYPES = {"ee": "ee", "fake-tls": "ee", "tls": "ee", "dd": "dd", "padded": "dd",
                 "plain": "plain", "classic": "plain"}
