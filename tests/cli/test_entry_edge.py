@@ -81,3 +81,19 @@ def test_entry_points_answer_on_stderr_with_an_exit_status(tmp_path: Path, argv:
     assert proc.returncode in {int(s) for s in ExitStatus} - {0}, proc
     assert proc.stdout == "" and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc
     assert proc.stderr.startswith(("mtproxy-uninstall: ", "mtproxy run: "))
+
+
+def test_the_global_root_reaches_run_as_its_own_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mtproxy --root X run …` hands X to the engine's parser; the process environment is left alone
+    (before, it was changed for the rest of the process)."""
+    from mtproxy.cli import run
+    from mtproxy.cli.main import main
+
+    monkeypatch.delenv("MTPROXY_ROOT", raising=False)
+    seen: list[list[str]] = []
+    monkeypatch.setattr(run, "run_command", lambda argv: seen.append(argv) or 0)
+    assert main(["--root", str(tmp_path), "run", "-H", "7000", "--root", str(tmp_path / "mine")]) == 0
+    assert seen == [["--root", str(tmp_path), "-H", "7000", "--root", str(tmp_path / "mine")]]  # the last wins
+    assert "MTPROXY_ROOT" not in os.environ
+    assert main(["run", "-H", "7000"]) == 0
+    assert seen[-1] == ["-H", "7000"]

@@ -20,6 +20,7 @@ ROOT_HELP = ("Installation root (default: $MTPROXY_ROOT, else /opt/vless when in
              " else ~/.local/state/mtproxy).")
 # These parse their own flags and choose the root themselves (the engine says where it keeps things).
 _OWN_ROOT = frozenset({"run", "setup", "uninstall", "healthcheck", "completion"})
+_ROOT_KEY = "mtproxy.root"
 
 EPILOG = """\b
 Examples:
@@ -52,11 +53,9 @@ def cli(
     ctx: click.Context, root: str | None, server: str | None, colour: bool | None, dry_run: bool, debug: bool
 ) -> None:
     """Manage the MTProxy server: secrets, links and QR codes, port and workers, stats and health."""
+    ctx.meta[_ROOT_KEY] = root  # `mtproxy --root X run|setup|uninstall`: handed on as their own --root
     if ctx.obj is None:
         ctx.obj = Env.from_process(root, colour=colour, dry_run=dry_run, server=server, debug=debug)
-        if root:
-            # `mtproxy --root X run|setup|uninstall` : those parse their own flags but read the same variable.
-            os.environ["MTPROXY_ROOT"] = root
         if ctx.obj.root_note and ctx.invoked_subcommand not in _OWN_ROOT:
             ctx.obj.err(f"mtproxy: {ctx.obj.root_note}")
     else:  # an Env given by a test: the flags still apply on top of it
@@ -102,9 +101,10 @@ _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help
 
 @cli.command("run", context_settings=_PASS_THROUGH, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def run_cmd(args: tuple[str, ...]) -> None:
+@click.pass_context
+def run_cmd(ctx: click.Context, args: tuple[str, ...]) -> None:
     """Run the proxy (flags as the official mtproto-proxy: -H, -S, -D, -p, -M …; see `mtproxy run --help`)."""
-    raise SystemExit(_lazy("mtproxy.cli.run", "run_command", "mtproxy run")(list(args)))
+    raise SystemExit(_lazy("mtproxy.cli.run", "run_command", "mtproxy run")(_with_root(ctx, list(args))))
 
 
 @cli.command("healthcheck", context_settings=_PASS_THROUGH, add_help_option=False)
@@ -114,8 +114,16 @@ def healthcheck_cmd(args: tuple[str, ...]) -> None:
     raise SystemExit(_lazy("mtproxy.cli.healthcheck", "healthcheck_command", "mtproxy healthcheck")(list(args)))
 
 
+def _with_root(ctx: click.Context, argv: list[str]) -> list[str]:
+    """The global `mtproxy --root X` (or MTPROXY_ROOT) reaches run/setup/uninstall, which parse their own
+    flags, as their --root; one they are given themselves comes later and wins."""
+    root = ctx.meta.get(_ROOT_KEY)
+    return ["--root", str(root), *argv] if root else argv
+
+
 def _with_dry_run(ctx: click.Context, argv: list[str]) -> list[str]:
-    """The global `mtproxy --dry-run` reaches setup/uninstall, which parse their own flags."""
+    """The global `mtproxy --dry-run` (and --root) reach setup/uninstall, which parse their own flags."""
+    argv = _with_root(ctx, argv)
     env = ctx.find_object(Env)
     if env is not None and env.runner.dry_run and "--dry-run" not in argv:
         return [*argv, "--dry-run"]
