@@ -16,6 +16,7 @@ from mtproxy.protocol.errors import SecretFormatError
 from mtproxy.protocol.secret import Secret, SecretKind, parse_secret, validate_domain
 from mtproxy.settings import read_settings
 from mtproxy.store import StoreError
+from mtproxy.usage import OneLineParser
 
 # The defaults are defaults.py's, as the settings file's, so the CLI and the engine cannot disagree.
 __all__ = ["DEFAULT_PORT", "DEFAULT_STATS_PORT", "MAX_WORKERS", "ConfigError", "EngineConfig", "HostPort",
@@ -128,7 +129,7 @@ def parse_host_port(text: str, what: str, default_port: int | None = None) -> Ho
 
 def build_parser() -> argparse.ArgumentParser:
     """The `mtproxy run` argument parser; flag names and meanings follow the official binary."""
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="mtproxy run",
         description="Run the MTProxy engine (direct mode).",
         allow_abbrev=False,
@@ -307,7 +308,8 @@ def _exists(path: Path) -> bool:
 
 
 def resolve(argv: list[str], environ: dict[str, str] | None = None, euid: int | None = None) -> EngineConfig:
-    """Parse a `mtproxy run` command line and resolve it; raises ConfigError or SystemExit (usage)."""
+    """Parse a `mtproxy run` command line and resolve it; raises ConfigError, UsageError (a bad flag) or
+    SystemExit(0) (--help)."""
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:

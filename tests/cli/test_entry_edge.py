@@ -97,3 +97,20 @@ def test_the_global_root_reaches_run_as_its_own_flag(tmp_path: Path, monkeypatch
     assert "MTPROXY_ROOT" not in os.environ
     assert main(["run", "-H", "7000"]) == 0
     assert seen[-1] == ["-H", "7000"]
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["run", "--bogus"], "mtproxy run: unrecognized arguments: --bogus — see `mtproxy run --help`"),
+    (["run", "-M", "two"], "mtproxy run: argument -M/--workers: invalid int value: 'two' — see `mtproxy run --help`"),
+    (["healthcheck", "--nope"],
+     "mtproxy healthcheck: unrecognized arguments: --nope — see `mtproxy healthcheck --help`"),
+    (["setup", "--port", "x"], "mtproxy-setup: argument --port: invalid int value: 'x' — see `mtproxy-setup --help`"),
+    (["uninstall", "--what"], "mtproxy-uninstall: unrecognized arguments: --what — see `mtproxy-uninstall --help`"),
+])
+def test_a_bad_flag_is_one_usage_line(tmp_path: Path, argv: list[str], says: str) -> None:
+    """The pass-through commands parse their own flags; a bad one is the same one line and status 2 as a
+    bad flag of any other command, not argparse's usage block."""
+    proc = subprocess.run([sys.executable, "-m", "mtproxy.cli.main", *argv], env=cli_env(tmp_path / "root"),
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
+    assert proc.returncode == ExitStatus.USAGE == 2
+    assert (proc.stdout, proc.stderr) == ("", says + "\n")

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from ..usage import UsageError
 from .errors import CliError, ExitStatus
 
 
@@ -63,6 +64,8 @@ def as_cli_error(exc: Exception) -> CliError | None:
 
     if isinstance(exc, CliError):
         return exc
+    if isinstance(exc, UsageError):
+        return CliError(exc.what, exc.todo, ExitStatus.USAGE)
     if isinstance(exc, Invalid):
         return exc.cli_error()
     if isinstance(exc, ConfigError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import socket
 import sys
@@ -11,6 +10,7 @@ from mtproxy import __version__
 from mtproxy.cli.edge import run_at_edge
 from mtproxy.cli.errors import CliError, ExitStatus
 from mtproxy.defaults import DEFAULT_STATS_PORT
+from mtproxy.usage import OneLineParser
 
 
 def healthcheck_command(argv: list[str]) -> int:
@@ -20,7 +20,7 @@ def healthcheck_command(argv: list[str]) -> int:
 
 
 def _check(argv: list[str]) -> ExitStatus:
-    p = argparse.ArgumentParser(prog="mtproxy healthcheck", description=__doc__)
+    p = OneLineParser(prog="mtproxy healthcheck", description=__doc__)
     p.add_argument("-p", "--stats-port", type=int, default=DEFAULT_STATS_PORT,
                    help="stats port of the proxy (0: check the proxy port instead)")
     p.add_argument("--host", default="127.0.0.1", help="address of the proxy (default 127.0.0.1)")

@@ -38,6 +38,7 @@ from ..paths import Paths
 from ..protocol.secret import SecretKind, generate_secret
 from ..settings import Settings, read_settings, update_settings
 from ..store import SecretRecord, StoreData, StoreError, now_iso, update_store
+from ..usage import OneLineParser
 from .edge import run_at_edge
 from .errors import CliError, ExitStatus
 from .validation import (
@@ -67,7 +68,7 @@ def _truthy(text: str | None) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="mtproxy-setup",
         description="Install mtproxy on this host: secret, Compose service (or systemd unit), UFW rule, "
                     "fail2ban jail, logrotate; then start it and print the link and QR code.",

@@ -12,12 +12,13 @@ from ..host.install import uninstall
 from ..host.layout import HostLayout
 from ..host.runner import CommandError, Runner
 from ..paths import Paths
+from ..usage import OneLineParser
 from .edge import run_at_edge
 from .errors import CliError, ExitStatus
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="mtproxy-uninstall",
         description="Remove mtproxy from this host: container and image (or systemd unit), UFW rule, fail2ban "
                     "jail and filter, logrotate, logs and link files. The secrets are kept unless --purge.",
