@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtproxy.paths import choose_root
+from mtproxy.defaults import DEFAULT_PORT, DEFAULT_STATS_PORT, DEFAULT_WORKERS, MAX_WORKERS
+from mtproxy.paths import Paths, choose_root
 from mtproxy.protocol.errors import SecretFormatError
 from mtproxy.protocol.secret import Secret, SecretKind, parse_secret, validate_domain
+from mtproxy.settings import read_settings
+from mtproxy.store import StoreError
+from mtproxy.usage import OneLineParser
 
-DEFAULT_STATS_PORT = 8888
-DEFAULT_PORT = 8443  # as the CLI's settings and the image; the official binary has none
-MAX_WORKERS = 64
+# The defaults are defaults.py's, as the settings file's, so the CLI and the engine cannot disagree.
+__all__ = ["DEFAULT_PORT", "DEFAULT_STATS_PORT", "MAX_WORKERS", "ConfigError", "EngineConfig", "HostPort",
+           "Limits", "TlsOptions", "build_parser", "parse_host_port", "resolve"]
 
 
 class ConfigError(Exception):
@@ -133,7 +136,7 @@ def parse_host_port(text: str, what: str, default_port: int | None = None) -> Ho
 
 def build_parser() -> argparse.ArgumentParser:
     """The `mtproxy run` argument parser; flag names and meanings follow the official binary."""
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="mtproxy run",
         description="Run the MTProxy engine (direct mode).",
         allow_abbrev=False,
@@ -205,18 +208,16 @@ _CONFIG_KEYS = {
 
 
 def _apply_config_file(ns: argparse.Namespace, path: Path) -> None:
-    """Fill options the command line left unset from the JSON settings file (flags win)."""
+    """Fill options the command line left unset from the settings file (flags win), read and checked by
+    settings.read_settings: the one reader of that file, for the CLI and the engine alike."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return  # not written yet: every setting has its default
-    except PermissionError:
-        raise ConfigError(f"{path}: permission denied while reading settings — run as its owner (or root), or"
-                          " choose another root with --root DIR") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read settings: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: settings must be a JSON object")
+        settings = read_settings(path)  # a missing or empty file: every setting has its default
+    except StoreError as exc:
+        raise ConfigError(str(exc) + (f" — {exc.hint}" if exc.hint else "")) from None
+    written = {key: getattr(settings, key) for key in settings.given}
+    data = {**settings.extra, **written}
+    actions = {action.dest: action for action in build_parser()._actions}
+    ns.from_file = (path, {})  # the options the file gave, so errors about them name the file and the key
     # Where to listen is one choice: -H or --listen on the command line replaces the file's port and listen.
     listen_given = bool(ns.listen) or bool(ns.port)
     for key, value in data.items():
@@ -225,14 +226,56 @@ def _apply_config_file(ns: argparse.Namespace, path: Path) -> None:
             continue  # other tools keep their own keys in this file; null means "the default"
         if listen_given and dest in ("port", "listen"):
             continue
+        value = _file_value(path, key, value, actions[dest])
         if dest == "no_fast_mode":
             value = not value
         current = getattr(ns, dest)
         if isinstance(current, list):
             if not current:
                 setattr(ns, dest, [str(v) for v in value] if isinstance(value, list) else [str(value)])
+                ns.from_file[1][dest] = key
         elif current is None:
             setattr(ns, dest, value)
+            ns.from_file[1][dest] = key
+
+
+def _file_value(path: Path, key: str, value: Any, action: argparse.Action) -> Any:
+    """A settings-file value of the type its flag takes (numbers may be written as strings, as before);
+    anything else is refused naming the file and the key, never taken for something it does not say."""
+    want = ""
+    if action.nargs == 0:  # a switch: "false" written as a string must not switch it on
+        want = "" if isinstance(value, bool) else "true or false"
+    elif isinstance(action.default, list):  # repeatable: one value or a list of them
+        items = value if isinstance(value, list) else [value]
+        want = "" if all(isinstance(v, str | int) and not isinstance(v, bool) for v in items) else \
+            "a string or a list of strings"
+    elif action.type in (int, float):
+        try:
+            if isinstance(value, bool | list | dict):
+                raise TypeError
+            return action.type(value)
+        except (TypeError, ValueError):
+            want = "a whole number" if action.type is int else "a number"
+    elif not isinstance(value, str):
+        want = "a string"
+    if want:
+        raise ConfigError(f"{path}: '{key}' must be {want}, not {value!r} — fix the file by hand")
+    return value
+
+
+def _in_file_terms(exc: ConfigError, ns: argparse.Namespace, parser: argparse.ArgumentParser) -> ConfigError:
+    """A problem with a value the settings file gave (not a flag) is told as the file and its key."""
+    origin: tuple[Path | None, dict[str, str]] = getattr(ns, "from_file", (None, {}))
+    path, keys = origin
+    message = str(exc)
+    for action in parser._actions:
+        key = keys.get(action.dest)
+        flag = next((f for f in action.option_strings if message.startswith((f + ":", f + " "))), None)
+        if key is not None and flag is not None:
+            rest = message[len(flag):].lstrip(":")
+            todo = "" if " — " in rest else " — fix the file by hand (or give the flag)"
+            return ConfigError(f"{path}: '{key}'{':' if message[len(flag)] == ':' else ''}{rest}{todo}")
+    return exc
 
 
 def _parse_ports(values: list[str]) -> list[int]:
@@ -278,79 +321,29 @@ def _exists(path: Path) -> bool:
 
 
 def resolve(argv: list[str], environ: dict[str, str] | None = None, euid: int | None = None) -> EngineConfig:
-    """Parse a `mtproxy run` command line and resolve it; raises ConfigError or SystemExit (usage)."""
+    """Parse a `mtproxy run` command line and resolve it; raises ConfigError, UsageError (a bad flag) or
+    SystemExit(0) (--help)."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return _resolve(ns, environ, euid)
+    except ConfigError as exc:
+        raise _in_file_terms(exc, ns, parser) from None
+
+
+def _resolve(ns: argparse.Namespace, environ: dict[str, str] | None, euid: int | None) -> EngineConfig:
     env = dict(os.environ) if environ is None else environ
-    ns = build_parser().parse_args(argv)
     choice = choose_root(ns.root, env, os.geteuid() if euid is None else euid)
     paths = choice.paths
-    root_settings = paths.settings_file
     if ns.config:
         _apply_config_file(ns, Path(ns.config))
-    elif _exists(root_settings):
-        _apply_config_file(ns, root_settings)  # the settings the CLI manages, as for the secrets store
-    warnings: list[str] = []
-    middle = [flag for flag, v in (("-P", ns.proxy_tag), ("--aes-pwd", ns.aes_pwd),
-                                   ("proxy-multi.conf", ns.proxy_multi_conf)) if v]
-    if middle:
-        warnings.append(
-            f"{', '.join(middle)} accepted but ignored: the middle proxy (ad tag) is not implemented yet;"
-            " running in direct mode"
-        )
-
-    secrets: list[Secret] = []
-    for text in ns.secret:
-        try:
-            secrets.append(parse_secret(text))
-        except SecretFormatError as exc:
-            raise ConfigError(f"-S: {exc}") from None
-
-    domains: list[str] = []
-    for d in ns.domain if isinstance(ns.domain, list) else [ns.domain]:
-        try:
-            domains.append(validate_domain(str(d).strip().lower()))
-        except SecretFormatError as exc:
-            raise ConfigError(f"-D: {exc}") from None
-    # The official binary turns classic -S secrets into ee secrets for the -D domain; clients configured with
-    # the ee form of the same key then authenticate. Keep both forms: the mode switches decide what is accepted.
-    for s in list(secrets):
-        if s.kind is SecretKind.FAKE_TLS and s.domain and s.domain not in domains:
-            domains.append(s.domain)
-    # only -D restricts the modes; domains that come from ee secrets alone leave classic and dd allowed
-    allow_classic = bool(ns.allow_classic) or not ns.domain
-    allow_tls = not ns.no_tls
-    if not allow_classic and not allow_tls:
-        raise ConfigError("--no-tls with -D and without --allow-classic leaves no mode enabled")
-
-    listen: list[HostPort] = [parse_host_port(x, "--listen") for x in ns.listen]
-    for port in _parse_ports(ns.port if isinstance(ns.port, list) else [ns.port]):
-        listen += [HostPort("0.0.0.0", port), HostPort("::", port)]
-    if not listen:
-        listen = [HostPort("0.0.0.0", DEFAULT_PORT), HostPort("::", DEFAULT_PORT)]
-    for hp in listen:
-        if not hp.host:
-            raise ConfigError(f"--listen: {hp.port} needs a host (use 0.0.0.0:{hp.port} or [::]:{hp.port})")
-
-    mask: HostPort | None = None
-    if ns.mask and not ns.no_mask:
-        mask = parse_host_port(ns.mask, "--mask", 443)
-    elif domains and not ns.no_mask:
-        mask = HostPort(domains[0], 443)
-    if mask is not None:
-        _refuse_self_mask(mask, listen)
-
-    overrides: dict[int | None, HostPort] = {}
-    for text in ns.dc_override if isinstance(ns.dc_override, list) else [ns.dc_override]:
-        dc, hp = _parse_dc_override(str(text))
-        overrides[dc] = hp
-
-    stats: HostPort | None = None
-    stats_port = DEFAULT_STATS_PORT if ns.stats_port is None else int(ns.stats_port)
-    if stats_port:
-        stats = HostPort(ns.stats_host or "127.0.0.1", stats_port)
-
-    workers = 1 if ns.workers is None else int(ns.workers)
-    if not 1 <= workers <= MAX_WORKERS:
-        raise ConfigError(f"-M: workers must be 1..{MAX_WORKERS}, got {workers}")
+    elif _exists(paths.settings_file):
+        _apply_config_file(ns, paths.settings_file)  # the settings the CLI manages, as for the secrets store
+    secrets = _secrets(ns)
+    domains, allow_classic, allow_tls = _modes(ns, secrets)
+    listen = _listen(ns)
+    mask = _mask(ns, domains, listen)
+    overrides = dict(_parse_dc_override(str(text)) for text in _as_list(ns.dc_override))
 
     d = Limits()
     max_connections = int(_positive(ns.max_connections, d.max_connections, "--max-connections"))
@@ -380,11 +373,7 @@ def resolve(argv: list[str], environ: dict[str, str] | None = None, euid: int | 
         check_sni=not ns.no_sni_check,
         cert_jitter=_cert_jitter(ns.cert_jitter, ns.cert_size, t.cert_jitter),
     )
-    secrets_file = Path(ns.secrets_file) if ns.secrets_file else None
-    root_store = paths.secrets_file
-    if secrets_file is None and not secrets and _exists(root_store):
-        secrets_file = root_store  # an unconfigured `mtproxy run` serves what the CLI manages
-    state_file = Path(ns.state_file) if ns.state_file else paths.engine_state_file
+    secrets_file, state_file = _storage(ns, paths, bool(secrets))
     return EngineConfig(
         listen=tuple(dict.fromkeys(listen)),
         secrets=tuple(secrets),
@@ -398,16 +387,16 @@ def resolve(argv: list[str], environ: dict[str, str] | None = None, euid: int | 
         dc_overrides=overrides,
         prefer_ipv6=bool(ns.prefer_ipv6),
         fast_mode=not ns.no_fast_mode,
-        stats=stats,
+        stats=_stats(ns),
         stats_allow_remote=bool(ns.stats_allow_remote),
-        workers=workers,
+        workers=_workers(ns),
         user=ns.user,
         limits=limits,
         tls=tls,
         log_file=Path(ns.log_file) if ns.log_file else None,
         reload_interval=_positive(ns.reload_interval, 1.0, "--reload-interval"),
         public_host=ns.public_host,
-        warnings=tuple(warnings),
+        warnings=_middle_proxy_warnings(ns),
         secret_ids=tuple(f"cli-{i + 1}" for i in range(len(secrets))),
         root_note=choice.note,
         max_connections_auto=ns.max_connections is None,
@@ -417,6 +406,97 @@ def resolve(argv: list[str], environ: dict[str, str] | None = None, euid: int | 
 def _unauthenticated_cap(max_connections: int) -> int:
     """A quarter of the connections, but never so few that a small server refuses its own users' handshakes."""
     return max(min(max_connections, 64), max_connections // 4)
+
+
+def _as_list(value: Any) -> list[Any]:
+    """An option that repeats on the command line and may be one value or a list in the settings file."""
+    return value if isinstance(value, list) else [value]
+
+
+def _middle_proxy_warnings(ns: argparse.Namespace) -> tuple[str, ...]:
+    middle = [flag for flag, v in (("-P", ns.proxy_tag), ("--aes-pwd", ns.aes_pwd),
+                                   ("proxy-multi.conf", ns.proxy_multi_conf)) if v]
+    if not middle:
+        return ()
+    return (f"{', '.join(middle)} accepted but ignored: the middle proxy (ad tag) is not implemented yet;"
+            " running in direct mode",)
+
+
+def _secrets(ns: argparse.Namespace) -> list[Secret]:
+    secrets: list[Secret] = []
+    for text in ns.secret:
+        try:
+            secrets.append(parse_secret(text))
+        except SecretFormatError as exc:
+            raise ConfigError(f"-S: {exc}") from None
+    return secrets
+
+
+def _domains(ns: argparse.Namespace) -> list[str]:
+    domains: list[str] = []
+    for d in _as_list(ns.domain):
+        try:
+            domains.append(validate_domain(str(d).strip().lower()))
+        except SecretFormatError as exc:
+            raise ConfigError(f"-D: {exc}") from None
+    return domains
+
+
+def _modes(ns: argparse.Namespace, secrets: list[Secret]) -> tuple[list[str], bool, bool]:
+    """The fake-TLS domains, and whether classic/dd and fake-TLS clients are accepted."""
+    domains = _domains(ns)
+    # The official binary turns classic -S secrets into ee secrets for the -D domain; clients configured with
+    # the ee form of the same key then authenticate. Keep both forms: the mode switches decide what is accepted.
+    domains += [s.domain for s in secrets if s.kind is SecretKind.FAKE_TLS and s.domain and s.domain not in domains]
+    # only -D restricts the modes; domains that come from ee secrets alone leave classic and dd allowed
+    allow_classic = bool(ns.allow_classic) or not ns.domain
+    allow_tls = not ns.no_tls
+    if not allow_classic and not allow_tls:
+        raise ConfigError("--no-tls with -D and without --allow-classic leaves no mode enabled")
+    return domains, allow_classic, allow_tls
+
+
+def _stats(ns: argparse.Namespace) -> HostPort | None:
+    stats_port = DEFAULT_STATS_PORT if ns.stats_port is None else int(ns.stats_port)
+    return HostPort(ns.stats_host or "127.0.0.1", stats_port) if stats_port else None
+
+
+def _workers(ns: argparse.Namespace) -> int:
+    workers = DEFAULT_WORKERS if ns.workers is None else int(ns.workers)
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"-M: workers must be 1..{MAX_WORKERS}, got {workers}")
+    return workers
+
+
+def _listen(ns: argparse.Namespace) -> list[HostPort]:
+    listen: list[HostPort] = [parse_host_port(x, "--listen") for x in ns.listen]
+    for port in _parse_ports(_as_list(ns.port)):
+        listen += [HostPort("0.0.0.0", port), HostPort("::", port)]
+    if not listen:
+        listen = [HostPort("0.0.0.0", DEFAULT_PORT), HostPort("::", DEFAULT_PORT)]
+    for hp in listen:
+        if not hp.host:
+            raise ConfigError(f"--listen: {hp.port} needs a host (use 0.0.0.0:{hp.port} or [::]:{hp.port})")
+    return listen
+
+
+def _mask(ns: argparse.Namespace, domains: list[str], listen: list[HostPort]) -> HostPort | None:
+    """--mask, else the first fake-TLS domain on 443, unless --no-mask; never one of our own listeners."""
+    if ns.no_mask:
+        return None
+    mask = parse_host_port(ns.mask, "--mask", 443) if ns.mask else HostPort(domains[0], 443) if domains else None
+    if mask is not None:
+        _refuse_self_mask(mask, listen)
+    return mask
+
+
+def _storage(ns: argparse.Namespace, paths: Paths, secrets_given: bool) -> tuple[Path | None, Path]:
+    """The secrets file to serve and where a generated secret is kept; an unconfigured `mtproxy run` serves
+    the store the CLI manages."""
+    secrets_file = Path(ns.secrets_file) if ns.secrets_file else None
+    if secrets_file is None and not secrets_given and _exists(paths.secrets_file):
+        secrets_file = paths.secrets_file
+    return secrets_file, Path(ns.state_file) if ns.state_file else paths.engine_state_file
 
 
 def _positive(value: Any, default: float, flag: str, allow_zero: bool = False) -> float:

@@ -1,4 +1,8 @@
-"""The proxy settings file (port, workers, fake-TLS domain, link server, mask, stats port): typed and atomic."""
+"""The proxy settings file: its one reader and validator, and the defaults, for the CLI and the engine alike.
+
+The CLI manages port, workers, fake-TLS domain, link server, mask and stats port; the engine's own keys
+(allow_classic, tls_skew, …) ride along in `extra` and are checked by config.resolve as their flags are.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .defaults import DEFAULT_PORT, DEFAULT_STATS_PORT, DEFAULT_WORKERS, MAX_WORKERS
 from .protocol.errors import SecretFormatError
 from .protocol.secret import validate_domain
 from .store import StoreAccessError, StoreFormatError, _read_bytes, locked, write_atomic
 
 SETTINGS_VERSION = 1
-DEFAULT_PORT = 8443
-DEFAULT_WORKERS = 1
-DEFAULT_STATS_PORT = 8888
-MAX_WORKERS = 64
 
 _MANAGED = frozenset({"version", "port", "workers", "domain", "server", "mask", "stats_port"})
+
+__all__ = ["DEFAULT_PORT", "DEFAULT_STATS_PORT", "DEFAULT_WORKERS", "MAX_WORKERS", "SETTINGS_VERSION", "Settings",
+           "SettingsError", "check_mask", "check_port", "check_server", "check_stats_port", "check_workers",
+           "parse_settings", "read_settings", "update_settings"]
 
 SettingsError = StoreFormatError  # same shape: names the file and the problem
 
@@ -36,6 +41,9 @@ class Settings:
     # Keys this module does not manage (the engine's allow_classic, tls_skew, …): kept as written, so
     # `set-port` never drops what the operator or the setup wizard put in the shared file.
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # The managed keys the file wrote (not null): the engine lets only these override its own defaults,
+    # so a file with `listen` and no `port` does not also listen on the default port.
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +62,13 @@ def check_port(value: int, what: str = "port") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise ValueError(f"{what} must be a whole number from 1 to 65535, not {value!r}")
     return value
+
+
+def check_stats_port(value: int) -> int:
+    """The stats port, or 0 for none (as `mtproxy run -p 0`)."""
+    if value == 0 and not isinstance(value, bool):
+        return 0
+    return check_port(value, "stats_port")
 
 
 def check_workers(value: int) -> int:
@@ -104,17 +119,24 @@ def parse_settings(doc: Any) -> Settings:
             raise ValueError("'mask' must be HOST:PORT or null")
         check_mask(mask)
     settings = Settings(
-        port=check_port(doc.get("port", DEFAULT_PORT)),
-        workers=check_workers(doc.get("workers", DEFAULT_WORKERS)),
+        port=check_port(_or_default(doc, "port", DEFAULT_PORT)),
+        workers=check_workers(_or_default(doc, "workers", DEFAULT_WORKERS)),
         domain=domain or None,
         server=server or None,
         mask=mask or None,
-        stats_port=check_port(doc.get("stats_port", DEFAULT_STATS_PORT), "stats_port"),
+        stats_port=check_stats_port(_or_default(doc, "stats_port", DEFAULT_STATS_PORT)),
         extra={k: v for k, v in doc.items() if k not in _MANAGED},
+        given=frozenset(k for k in _MANAGED - {"version"} if doc.get(k) is not None),
     )
     if settings.stats_port == settings.port:
         raise ValueError("stats_port and port must differ")
     return settings
+
+
+def _or_default(doc: dict[str, Any], key: str, default: int) -> Any:
+    """null means "the default", as the engine has always read it."""
+    value = doc.get(key)
+    return default if value is None else value
 
 
 def read_settings(path: str | os.PathLike[str]) -> Settings:

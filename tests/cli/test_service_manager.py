@@ -258,3 +258,56 @@ def test_uninstall_of_a_copied_root_leaves_the_original_alone(host: Host, capsys
     assert "belongs to /opt/vless" in out.getvalue()
     compose_dir = HostLayout.resolve(host.paths.root).compose_dir
     assert compose_dir.exists() == dry_run
+
+
+def test_service_queries_and_the_reload_signal_come_from_host(host: Host) -> None:
+    """The main PID and the SIGHUP are host/service.py's: asked only of a running service of this root,
+    and a dry run shows the signal without sending it."""
+    from mtproxy.host.service import ServiceState, main_pid, signal_reload
+
+    env = {**os.environ, "PATH": f"{host.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+           "HOST_LOG": str(host.log), "CONFIG_FILES": "", "UNIT_ROOT": ""}
+    (host.bin_dir / "docker").write_text(_DOCKER.replace("*) echo 0 ;;", "*) echo 4242 ;;"))
+    runner = Runner(env=env, which=lambda program: shutil.which(program, path=str(host.bin_dir)))
+    running = ServiceState("docker", "vless_mtproxy", "running", True)
+    assert main_pid(runner, running) == 4242
+    assert main_pid(runner, ServiceState("systemd", "mtproxy", "active", True)) is None  # the unit says 0
+    stopped = ServiceState("docker", "vless_mtproxy", "exited", False)
+    assert main_pid(runner, stopped) is None and not signal_reload(runner, stopped)
+    assert len(host.calls()) == 2  # nothing was asked of a stopped container
+    assert signal_reload(runner, running)
+    assert host.calls()[-1] == "kill --signal HUP vless_mtproxy"
+    dry = Runner(dry_run=True, env=env, which=runner.which)
+    assert signal_reload(dry, ServiceState("systemd", "mtproxy", "active", True))
+    assert host.calls()[-1] == "kill --signal HUP vless_mtproxy"  # shown, not sent
+    assert dry.history[-1] == ("systemctl", "kill", "--kill-whom=main", "--signal=HUP", "mtproxy")
+
+
+def test_the_cli_builds_no_host_command_itself() -> None:
+    """docker, systemctl and ufw argument lists live in host/ only: the CLI asks host/ for what it needs."""
+    import ast
+
+    import mtproxy.cli
+
+    host_programs = {"docker", "systemctl", "ufw", "journalctl", "useradd", "fail2ban-client"}
+    found = []
+    for module in sorted(Path(mtproxy.cli.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.List) and node.elts and isinstance(node.elts[0], ast.Constant) \
+                    and node.elts[0].value in host_programs:
+                found.append(f"{module.name}:{node.lineno}")
+    assert found == []
+
+
+def test_host_never_imports_the_cli() -> None:
+    """host/ is below the CLI: the port checks setup and set-port share live in host/ports.py."""
+    import ast
+
+    import mtproxy.host
+
+    upward = []
+    for module in sorted(Path(mtproxy.host.__path__[0]).glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(("cli", "mtproxy.cli")):
+                upward.append(f"{module.name}:{node.lineno}")
+    assert upward == []

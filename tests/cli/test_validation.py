@@ -180,10 +180,10 @@ def test_global_dry_run_never_claims_a_change(cli: Cli, paths: Paths, args: tupl
 
 def _setup(tmp_path: Path, *args: str, **variables: str) -> tuple[int, str]:
     environ = {"MTPROXY_ROOT": str(tmp_path / "root"), "MTPROXY_SYSCONF": str(tmp_path / "etc"), **variables}
-    out = io.StringIO()
+    out, err = io.StringIO(), io.StringIO()
     status = setup.main(["-n", "--manager", "none", "--dry-run", *args], env=environ, stdin=io.StringIO(),
-                        stdout=out, runner=Runner(dry_run=True, which=no_host_tools))
-    return status, out.getvalue()
+                        stdout=out, runner=Runner(dry_run=True, which=no_host_tools), stderr=err)
+    return status, err.getvalue() + out.getvalue()  # a refusal is on stderr (the CLI's edge), before any output
 
 
 @pytest.mark.parametrize(("args", "variables", "words"), [
@@ -251,4 +251,5 @@ def test_setup_process_never_shows_a_traceback(tmp_path: Path) -> None:
                            "nonsense", "--dry-run"], env=env, capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
-    assert "secret type 'nonsense'" in proc.stdout
+    # errors go to stderr through the CLI's one edge, as every other command's do
+    assert proc.stderr.startswith("mtproxy-setup: secret type 'nonsense'") and proc.stderr.count("\n") == 1

@@ -329,9 +329,12 @@ def test_default_falls_back_to_systemd_when_the_image_cannot_be_built(tmp_path: 
     assert text.startswith("note: Docker cannot be used (the image mtproxy:absent is missing")
     assert "dry run: would install systemd" in text
     # With --manager docker the same host is refused, before any question, with what to do.
-    out = io.StringIO()
-    assert setup.main([*argv, "--manager", "docker"], env=env, stdin=io.StringIO(), stdout=out, runner=runner) == 1
-    assert "cannot be built here" in out.getvalue() and "--manager systemd" in out.getvalue()
+    out, err = io.StringIO(), io.StringIO()
+    assert setup.main([*argv, "--manager", "docker"], env=env, stdin=io.StringIO(), stdout=out, runner=runner,
+                      stderr=err) == 1
+    refusal = err.getvalue()  # one line on stderr through the CLI's edge
+    assert refusal.startswith("mtproxy-setup: ") and refusal.count("\n") == 1, refusal
+    assert "cannot be built here" in refusal and "--manager systemd" in refusal
 
 
 class _EggInfo:

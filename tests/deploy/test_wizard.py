@@ -96,8 +96,8 @@ def test_busy_port_is_refused_before_anything_changes(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         result = _cli(tmp_path, *_setup_args(port), "--type", "plain")
     assert result.returncode == 1
-    assert f"port {port}" in result.stdout and "already in use" in result.stdout
-    assert "free" in result.stdout or "choose another port" in result.stdout
+    assert f"port {port}" in result.stderr and "already in use" in result.stderr  # refusals: stderr
+    assert "free" in result.stderr or "choose another port" in result.stderr
     assert not (tmp_path / "root").exists() and not (tmp_path / "etc").exists()
 
 
@@ -119,7 +119,7 @@ def test_dry_run_changes_nothing(tmp_path: Path) -> None:
 
 def test_no_terminal_without_non_interactive_is_refused(tmp_path: Path) -> None:
     result = _cli(tmp_path, "setup", "--manager", "none")
-    assert result.returncode == 6 and "--non-interactive" in result.stdout
+    assert result.returncode == 6 and "--non-interactive" in result.stderr and result.stdout == ""
 
 
 class Terminal:
@@ -196,7 +196,7 @@ def test_uninstall_leaves_nothing_behind(tmp_path: Path) -> None:
     setup = _cli(tmp_path, *_setup_args(free_port()), "--type", "dd", env=_env(tmp_path, MTPROXY_SERVER="192.0.2.1"))
     assert setup.returncode == 0, setup.stdout + setup.stderr
     refused = _cli(tmp_path, "uninstall")
-    assert refused.returncode == 6 and "--yes" in refused.stdout
+    assert refused.returncode == 6 and "--yes" in refused.stderr and refused.stdout == ""
     kept = _cli(tmp_path, "uninstall", "--yes")
     assert kept.returncode == 0, kept.stdout + kept.stderr
     assert set(_tree(tmp_path / "root")) == {"config/mtproxy/mtproxy_secrets.json",

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mtproxy.config import ConfigError, HostPort, resolve
+from mtproxy.config import DEFAULT_PORT, ConfigError, HostPort, resolve
 from mtproxy.runtime.dc import DEFAULT_DC, DcTable
+from mtproxy.settings import read_settings
+from mtproxy.store import StoreError
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -112,3 +114,88 @@ def test_command_line_listen_replaces_the_settings_port(tmp_path: Path) -> None:
     assert resolve(["-S", KEY, "--listen", "127.0.0.1:7000"], environ=environ).listen == (HostPort("127.0.0.1", 7000),)
     assert resolve(["-S", KEY, "-H", "7001"], environ=environ).listen == (
         HostPort("0.0.0.0", 7001), HostPort("::", 7001))
+
+
+@pytest.mark.parametrize("doc", [
+    {"version": 99},  # written by a newer mtproxy
+    {"server": "https://proxy.example.net/"},  # not a bare host: links would be broken
+    {"stats_port": 8443},  # the same port as the proxy
+    {"port": "8443,8444"},  # the CLI manages one port; --listen is the key for several
+    {"mask": "example.com"},  # the CLI's mask is HOST:PORT
+    [1, 2],
+])
+def test_the_engine_refuses_what_the_cli_refuses(tmp_path: Path, doc: object) -> None:
+    """One reader and validator for the settings file: `mtproxy run` never serves a file every other
+    command refuses (before, the engine had its own, looser reader)."""
+    settings = tmp_path / "config" / "mtproxy" / "mtproxy_config.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps(doc))
+    with pytest.raises(StoreError) as cli_error:
+        read_settings(settings)
+    with pytest.raises(ConfigError) as engine_error:
+        resolve(["-S", KEY], environ={"MTPROXY_ROOT": str(tmp_path)})
+    assert str(engine_error.value).startswith(str(cli_error.value)) and "\n" not in str(engine_error.value)
+    assert "fix the file by hand" in str(engine_error.value)
+
+
+def test_settings_both_readers_accept_mean_the_same(tmp_path: Path) -> None:
+    """stats_port 0 (no stats endpoint, as `-p 0`) and null values (the default) read alike in both."""
+    settings = tmp_path / "config" / "mtproxy" / "mtproxy_config.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps({"version": 1, "port": None, "workers": None, "stats_port": 0,
+                                    "listen": ["127.0.0.1:7000"], "tls_skew": 30}))
+    read = read_settings(settings)
+    assert (read.port, read.workers, read.stats_port) == (DEFAULT_PORT, 1, 0)
+    cfg = resolve(["-S", KEY], environ={"MTPROXY_ROOT": str(tmp_path)})
+    assert cfg.stats is None and cfg.workers == 1 and cfg.tls.skew == 30
+    assert cfg.listen == (HostPort("127.0.0.1", 7000),)  # no default port beside the file's listen
+
+
+def test_the_engine_and_the_cli_share_one_set_of_defaults(tmp_path: Path) -> None:
+    """No settings file and no flags: the engine runs on what the CLI's settings say are the defaults."""
+    from mtproxy.config import build_parser
+    from mtproxy.host.install import InstallPlan
+    from mtproxy.settings import Settings
+
+    cfg = resolve(["-S", KEY], environ={"MTPROXY_ROOT": str(tmp_path)})
+    defaults = Settings()
+    assert cfg.listen == (HostPort("0.0.0.0", defaults.port), HostPort("::", defaults.port))
+    assert cfg.workers == defaults.workers and cfg.stats == HostPort("127.0.0.1", defaults.stats_port)
+    assert InstallPlan.__dataclass_fields__["stats_port"].default == defaults.stats_port
+    assert f"default {defaults.stats_port}" in build_parser().format_help()
+
+
+@pytest.mark.parametrize(("doc", "says"), [
+    ({"stats_allow_remote": "false"}, "'stats_allow_remote' must be true or false, not 'false'"),
+    ({"cert_jitter": "lots"}, "'cert_jitter' must be a whole number, not 'lots'"),
+    ({"tls_skew": [30]}, "'tls_skew' must be a number, not [30]"),
+    ({"user": 1000}, "'user' must be a string, not 1000"),
+    ({"dc_override": {"2": "x"}}, "'dc_override' must be a string or a list of strings"),
+    ({"idle_timeout": -1}, "'idle_timeout': must be a finite positive number, got -1"),
+    ({"cert_size": 10}, "'cert_size' must be 64..16384 bytes"),
+    ({"listen": ["7000"]}, "'listen': 7000 needs a host"),
+    ({"dc_override": ["2=host:notaport"]}, "'dc_override': port 'notaport' is not a number"),
+])
+def test_a_bad_engine_key_in_the_settings_file_names_the_file_and_the_key(
+        tmp_path: Path, doc: dict[str, object], says: str) -> None:
+    """Before, such values reached the engine as they were ("false" switched stats on for everyone; a word
+    for cert_jitter was an internal error) or were blamed on a flag the operator never typed."""
+    settings = tmp_path / "config" / "mtproxy" / "mtproxy_config.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError) as error:
+        resolve(["-S", KEY], environ={"MTPROXY_ROOT": str(tmp_path)})
+    message = str(error.value)
+    assert message.startswith(f"{settings}: {says}"), message
+    assert " — fix the file by hand" in message and "\n" not in message
+
+
+def test_the_same_bad_value_as_a_flag_still_names_the_flag(tmp_path: Path) -> None:
+    settings = tmp_path / "config" / "mtproxy" / "mtproxy_config.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps({"idle_timeout": 30, "tls_skew": "60", "stats_allow_remote": False}))
+    with pytest.raises(ConfigError) as error:
+        resolve(["-S", KEY, "--idle-timeout", "-1"], environ={"MTPROXY_ROOT": str(tmp_path)})
+    assert str(error.value) == "--idle-timeout: must be a finite positive number, got -1.0"
+    cfg = resolve(["-S", KEY], environ={"MTPROXY_ROOT": str(tmp_path)})  # numbers as strings still read
+    assert cfg.limits.idle_timeout == 30 and cfg.tls.skew == 60 and not cfg.stats_allow_remote

@@ -188,5 +188,6 @@ def test_a_settings_file_that_cannot_be_read_is_a_one_line_error(tmp_path: Path)
             resolve(["--root", str(tmp_path), "--config", str(settings)], environ={})
     finally:
         os.seteuid(0)
-    assert str(info.value) == (f"{settings}: permission denied while reading settings — run as its owner (or"
-                               " root), or choose another root with --root DIR")
+    # the wording of the one settings reader (settings.read_settings), which the CLI commands print too
+    assert str(info.value) == (f"{settings}: permission denied while reading — run as root or as the file's"
+                               " owner, or choose another root with --root DIR")

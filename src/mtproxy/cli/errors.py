@@ -34,9 +34,9 @@ class CliError(Exception):
         self.todo = todo
         self.status = status
 
-    def line(self, typed: Iterable[str] = ()) -> str:
+    def line(self, typed: Iterable[str] = (), prog: str = "mtproxy") -> str:
         """The one-line message; secrets inside `typed` (the command line) are masked if it repeats them."""
-        text = f"mtproxy: {self.what}" + (f" — {self.todo}" if self.todo else "")
+        text = f"{prog}: {self.what}" + (f" — {self.todo}" if self.todo else "")
         return mask_secrets(text, typed)
 
 

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import socket
 import sys
 
 from mtproxy import __version__
-from mtproxy.config import DEFAULT_STATS_PORT
+from mtproxy.cli.edge import run_at_edge
+from mtproxy.cli.errors import CliError, ExitStatus
+from mtproxy.defaults import DEFAULT_STATS_PORT
+from mtproxy.usage import OneLineParser
 
 
 def healthcheck_command(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="mtproxy healthcheck", description=__doc__)
+    """Through the CLI's one error edge: unhealthy is one line on stderr (none with -q) and ExitStatus.FAILURE
+    (1, what container health checks expect)."""
+    return run_at_edge(lambda: _check(argv), prog="mtproxy healthcheck", typed=argv)
+
+
+def _check(argv: list[str]) -> ExitStatus:
+    p = OneLineParser(prog="mtproxy healthcheck", description=__doc__)
     p.add_argument("-p", "--stats-port", type=int, default=DEFAULT_STATS_PORT,
                    help="stats port of the proxy (0: check the proxy port instead)")
     p.add_argument("--host", default="127.0.0.1", help="address of the proxy (default 127.0.0.1)")
@@ -39,10 +47,11 @@ def healthcheck_command(argv: list[str]) -> int:
             socket.create_connection((ns.host, port), timeout=ns.timeout).close()
         except OSError as exc:
             problems.append(f"proxy port {ns.host}:{port} does not accept connections: {exc}")
+    if problems and ns.quiet:
+        return ExitStatus.FAILURE
     if problems:
-        if not ns.quiet:
-            sys.stderr.write("unhealthy: " + "; ".join(problems) + "\n")
-        return 1
+        raise CliError("unhealthy: " + "; ".join(problems), "is the proxy running? see its log or `mtproxy status`",
+                       ExitStatus.FAILURE)
     if not ns.quiet:
         sys.stdout.write("ok\n")
-    return 0
+    return ExitStatus.OK

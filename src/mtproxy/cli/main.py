@@ -5,16 +5,14 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 
 import click
 
 from .. import __version__
-from ..host.runner import CommandError
-from ..store import StoreAccessError, StoreError
+from .edge import run_at_edge
 from .entry import version_asked
-from .env import Env, OutputClosed
+from .env import Env
 from .errors import CliError, ExitStatus
 from .validation import Invalid, check_server
 
@@ -22,6 +20,7 @@ ROOT_HELP = ("Installation root (default: $MTPROXY_ROOT, else /opt/vless when in
              " else ~/.local/state/mtproxy).")
 # These parse their own flags and choose the root themselves (the engine says where it keeps things).
 _OWN_ROOT = frozenset({"run", "setup", "uninstall", "healthcheck", "completion"})
+_ROOT_KEY = "mtproxy.root"
 
 EPILOG = """\b
 Examples:
@@ -54,11 +53,9 @@ def cli(
     ctx: click.Context, root: str | None, server: str | None, colour: bool | None, dry_run: bool, debug: bool
 ) -> None:
     """Manage the MTProxy server: secrets, links and QR codes, port and workers, stats and health."""
+    ctx.meta[_ROOT_KEY] = root  # `mtproxy --root X run|setup|uninstall`: handed on as their own --root
     if ctx.obj is None:
         ctx.obj = Env.from_process(root, colour=colour, dry_run=dry_run, server=server, debug=debug)
-        if root:
-            # `mtproxy --root X run|setup|uninstall` : those parse their own flags but read the same variable.
-            os.environ["MTPROXY_ROOT"] = root
         if ctx.obj.root_note and ctx.invoked_subcommand not in _OWN_ROOT:
             ctx.obj.err(f"mtproxy: {ctx.obj.root_note}")
     else:  # an Env given by a test: the flags still apply on top of it
@@ -104,9 +101,10 @@ _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help
 
 @cli.command("run", context_settings=_PASS_THROUGH, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def run_cmd(args: tuple[str, ...]) -> None:
+@click.pass_context
+def run_cmd(ctx: click.Context, args: tuple[str, ...]) -> None:
     """Run the proxy (flags as the official mtproto-proxy: -H, -S, -D, -p, -M …; see `mtproxy run --help`)."""
-    raise SystemExit(_lazy("mtproxy.cli.run", "run_command", "mtproxy run")(list(args)))
+    raise SystemExit(_lazy("mtproxy.cli.run", "run_command", "mtproxy run")(_with_root(ctx, list(args))))
 
 
 @cli.command("healthcheck", context_settings=_PASS_THROUGH, add_help_option=False)
@@ -116,8 +114,16 @@ def healthcheck_cmd(args: tuple[str, ...]) -> None:
     raise SystemExit(_lazy("mtproxy.cli.healthcheck", "healthcheck_command", "mtproxy healthcheck")(list(args)))
 
 
+def _with_root(ctx: click.Context, argv: list[str]) -> list[str]:
+    """The global `mtproxy --root X` (or MTPROXY_ROOT) reaches run/setup/uninstall, which parse their own
+    flags, as their --root; one they are given themselves comes later and wins."""
+    root = ctx.meta.get(_ROOT_KEY)
+    return ["--root", str(root), *argv] if root else argv
+
+
 def _with_dry_run(ctx: click.Context, argv: list[str]) -> list[str]:
-    """The global `mtproxy --dry-run` reaches setup/uninstall, which parse their own flags."""
+    """The global `mtproxy --dry-run` (and --root) reach setup/uninstall, which parse their own flags."""
+    argv = _with_root(ctx, argv)
     env = ctx.find_object(Env)
     if env is not None and env.runner.dry_run and "--dry-run" not in argv:
         return [*argv, "--dry-run"]
@@ -168,41 +174,14 @@ _register()
 
 
 def _lazy_main(module: str, argv: list[str], prog: str) -> int:
+    """setup and uninstall: their `main` runs its work through the same edge (cli/edge.py) as the rest."""
     if version_asked(prog, argv):
         return 0
     try:
         entry = importlib.import_module(module).main
     except (ImportError, AttributeError):
-        _fail(CliError(f"this installation has no {module}", "reinstall mtproxy", ExitStatus.UNAVAILABLE))
-        return int(ExitStatus.UNAVAILABLE)
-    result = entry(argv)
-    return int(result or 0)
-
-
-def _fail(error: CliError, typed: Sequence[str] = ()) -> None:
-    try:
-        sys.stderr.write(error.line(typed) + "\n")
-        sys.stderr.flush()
-    except (BrokenPipeError, ValueError):
-        pass
-
-
-def _store_error(exc: StoreError) -> CliError:
-    status = ExitStatus.PERMISSION if isinstance(exc, StoreAccessError) else ExitStatus.DATA
-    todo = exc.hint
-    if status is ExitStatus.DATA:
-        todo = f"{exc.hint}; the file was left untouched" if exc.hint else "the file was left untouched"
-    return CliError(f"{exc.path}: {exc.problem}", todo, status)
-
-
-def _quiet_broken_pipe() -> None:
-    # The reader went away (`mtproxy list-secrets | head -1`): not an error. Point stdout at /dev/null so
-    # the interpreter's final flush does not complain.
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
+        raise CliError(f"this installation has no {module}", "reinstall mtproxy", ExitStatus.UNAVAILABLE) from None
+    return int(entry(argv) or 0)
 
 
 def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
@@ -212,64 +191,37 @@ def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("MTPROXY_DEBUG") == "1"
-    status = _dispatch(args, debug, env)
+    status = run_at_edge(lambda: _click_main(args, env), typed=args, debug=debug)
     if argv is None:
         sys.exit(status)
     return status
 
 
-def _dispatch(args: list[str], debug: bool, env: Env | None = None) -> int:
+def _click_main(args: list[str], env: Env | None) -> int:
+    """click's own outcomes as the edge knows them: usage errors are ExitStatus.USAGE with a hint."""
     try:
         result = cli.main(args=args, prog_name="mtproxy", standalone_mode=False, obj=env)
-        return int(result) if isinstance(result, int) else 0
-    except SystemExit as exc:
-        code = exc.code
-        return code if isinstance(code, int) else (0 if code is None else int(ExitStatus.FAILURE))
     except click.exceptions.Abort:
-        _fail(CliError("interrupted", "", ExitStatus.INTERRUPTED), args)
-        return int(ExitStatus.INTERRUPTED)
+        raise KeyboardInterrupt from None
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
         ctx = getattr(exc, "ctx", None)
         command = ctx.command_path if ctx is not None else "mtproxy"
-        _fail(CliError(exc.format_message(), f"see `{command} --help`", ExitStatus.USAGE), args)
-        return int(ExitStatus.USAGE)
-    except CliError as exc:
-        _fail(exc, args)
-        return int(exc.status)
-    except Invalid as exc:  # a check of validation.py not caught by the command: same one line
-        _fail(exc.cli_error(), args)
-        return int(exc.status)
-    except StoreError as exc:
-        error = _store_error(exc)
-        _fail(error, args)
-        return int(error.status)
-    except CommandError as exc:
-        _fail(CliError(f"`{exc.result.display}` failed: {exc.problem}", "check the tool's own logs"), args)
-        return int(ExitStatus.FAILURE)
-    except KeyboardInterrupt:
-        _fail(CliError("interrupted", "", ExitStatus.INTERRUPTED), args)
-        return int(ExitStatus.INTERRUPTED)
-    except (BrokenPipeError, OutputClosed):
-        _quiet_broken_pipe()
-        return int(ExitStatus.OK)
-    except Exception as exc:
-        if debug:
-            traceback.print_exc()
-        _fail(CliError(f"internal error: {type(exc).__name__}: {exc}",
-                       "rerun with --debug and report the traceback", ExitStatus.FAILURE), args)
-        return int(ExitStatus.FAILURE)
+        raise CliError(exc.format_message(), f"see `{command} --help`", ExitStatus.USAGE) from None
+    return int(result) if isinstance(result, int) else 0
 
 
 def setup_main() -> None:
     """`mtproxy-setup`: the deployment wizard."""
-    sys.exit(_lazy_main("mtproxy.cli.setup", sys.argv[1:], "mtproxy-setup"))
+    argv = sys.argv[1:]
+    sys.exit(run_at_edge(lambda: _lazy_main("mtproxy.cli.setup", argv, "mtproxy-setup"), typed=argv))
 
 
 def uninstall_main() -> None:
     """`mtproxy-uninstall`."""
-    sys.exit(_lazy_main("mtproxy.cli.uninstall", sys.argv[1:], "mtproxy-uninstall"))
+    argv = sys.argv[1:]
+    sys.exit(run_at_edge(lambda: _lazy_main("mtproxy.cli.uninstall", argv, "mtproxy-uninstall"), typed=argv))
 
 
 if __name__ == "__main__":

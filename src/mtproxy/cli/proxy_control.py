@@ -19,7 +19,7 @@ from typing import Any
 from ..host.layout import HostLayout
 from ..host.record import Ownership, ownership, same_root
 from ..host.runner import CommandError, Runner
-from ..host.service import ServiceState, restart_proxy, service_state
+from ..host.service import ServiceState, reload_command, restart_proxy, service_state, signal_reload
 from ..paths import Paths
 from ..settings import Settings
 from ..stats.digest import secrets_digest
@@ -139,12 +139,9 @@ def reload_secrets(
     port = stats_port(own, settings)
     signalled = False
     if service.running:
-        argv = (["docker", "kill", "--signal", "HUP", service.name] if service.manager == "docker"
-                else ["systemctl", "kill", "--kill-whom=main", "--signal=HUP", service.name])
+        signalled = signal_reload(runner, service)
         if runner.dry_run:
-            runner.run(argv, check=False, timeout=15)
-            return ApplyOutcome(f"would signal the proxy to reload ({' '.join(argv)})", False)
-        signalled = runner.run(argv, check=False, timeout=15).ok
+            return ApplyOutcome(f"would signal the proxy to reload ({' '.join(reload_command(service))})", False)
     engine = fetch_engine(port)
     if not engine_of_root(engine, own, paths):
         if service.running:

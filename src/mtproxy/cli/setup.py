@@ -6,9 +6,11 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from ..defaults import DEFAULT_PORT, DEFAULT_WORKERS
 from ..host import docker, systemd, templates
 from ..host.files import write_file
 from ..host.install import (
@@ -34,8 +36,11 @@ from ..host.record import InstallRecord, ownership
 from ..host.runner import CommandError, Runner
 from ..paths import Paths
 from ..protocol.secret import SecretKind, generate_secret
-from ..settings import read_settings, update_settings
+from ..settings import Settings, read_settings, update_settings
 from ..store import SecretRecord, StoreData, StoreError, now_iso, update_store
+from ..usage import OneLineParser
+from .edge import run_at_edge
+from .errors import CliError, ExitStatus
 from .validation import (
     Checked,
     Invalid,
@@ -63,7 +68,7 @@ def _truthy(text: str | None) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="mtproxy-setup",
         description="Install mtproxy on this host: secret, Compose service (or systemd unit), UFW rule, "
                     "fail2ban jail, logrotate; then start it and print the link and QR code.",
@@ -74,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("-n", "--non-interactive", action="store_true", help="no prompts: flags, MTPROXY_* variables, defaults")
     a("--root", help="installation root (default $MTPROXY_ROOT or /opt/vless)")
-    a("--port", type=int, help="public port (MTPROXY_PORT, default 8443)")
-    a("--workers", type=int, help="worker processes (MTPROXY_WORKERS, default 1)")
+    a("--port", type=int, help=f"public port (MTPROXY_PORT, default {DEFAULT_PORT})")
+    a("--workers", type=int, help=f"worker processes (MTPROXY_WORKERS, default {DEFAULT_WORKERS})")
     a("--type", dest="secret_type", help="secret type: ee (fake-TLS, recommended), dd or plain")
     a("--domain", help="fake-TLS domain, e.g. www.example.com (MTPROXY_DOMAIN)")
     a("--server", help="server address or domain name for links (MTPROXY_SERVER)")
@@ -137,6 +142,108 @@ def _number(flag: int | None, env: Mapping[str, str], option: str, name: str,
     return number
 
 
+@dataclass(frozen=True)
+class _Choice:
+    """The install's values: first what flags, MTPROXY_* variables, the settings and the record say, then
+    (checked, or answered) what is installed."""
+
+    port: int | None
+    workers: int | None
+    kind: str
+    domain: str | None
+    server: str | None
+    ufw_mode: str
+
+
+def _given(ns: argparse.Namespace, env: Mapping[str, str], settings: Settings,
+           record: InstallRecord | None) -> _Choice:
+    """Flags win over variables, variables over the settings file and the install record."""
+    domain = ns.domain or env.get("MTPROXY_DOMAIN") or settings.domain
+    padded = _truthy(env.get("MTPROXY_PADDING", "1"))
+    return _Choice(
+        port=_number(ns.port, env, "--port", "MTPROXY_PORT", port_number),
+        workers=_number(ns.workers, env, "--workers", "MTPROXY_WORKERS", check_workers),
+        kind=ns.secret_type or ("ee" if domain else "dd" if padded else "plain"),
+        domain=domain,
+        server=ns.server or env.get("MTPROXY_SERVER") or settings.server,
+        ufw_mode=ns.ufw or env.get("MTPROXY_UFW") or (record.ufw_mode if record else "limit"),
+    )
+
+
+@dataclass(frozen=True)
+class _Checks:
+    """The shared checks of validation.py as setup applies them; warnings go to `say`."""
+
+    say: TextIO
+    root: Path
+    settings: Settings
+    own_port: int | None  # the port our installed proxy holds: not "in use" for a re-run
+    runner: Runner
+
+    def port(self, text: str) -> int:
+        checked = check_port(text, self.root, self.settings.stats_port,
+                             lambda p: port_problem(p, self.own_port, self.runner))
+        _warn(self.say, checked)
+        return checked.value
+
+    def workers(self, text: str | int) -> int:
+        checked = check_workers(text)
+        _warn(self.say, checked)
+        return checked.value
+
+    def server(self, text: str) -> str | None:
+        if text == "auto":
+            return None
+        checked = check_server(text)
+        _warn(self.say, checked)
+        return checked.value
+
+
+def _ask(asker: Asker, given: _Choice, default_port: int, checks: _Checks) -> _Choice | None:
+    """The questions, each re-asked until its answer passes the same check as the flag; None: declined."""
+    settings = checks.settings
+    if asker.ask("Install the MTProxy add-on now? (y/n)", "y", _check_yes).lower().startswith("n"):
+        return None
+    if given.port is None and port_problem(default_port, checks.own_port, checks.runner):
+        from ..host.ports import suggest_free
+
+        default_port = suggest_free({default_port, settings.stats_port}) or default_port
+        asker.stdout.write(f"  port {settings.port} is taken here; proposing {default_port}\n")
+    port = port_number(asker.ask("Public port", str(given.port or default_port), checks.port))
+    workers = whole_number(asker.ask("Worker processes", str(given.workers or settings.workers), checks.workers),
+                           "workers")
+    kind = check_secret_type(asker.ask("Secret type: ee = fake-TLS (recommended), dd, plain", given.kind,
+                                       check_secret_type))
+    domain = given.domain
+    if kind == "ee":
+        domain = check_domain(asker.ask("Fake-TLS domain (a real HTTPS site)", domain or "www.google.com",
+                                        check_domain))
+    server = checks.server(asker.ask("Server address or domain for links", given.server or "auto",
+                                     lambda t: t == "auto" or check_server(t)))
+    asker.stdout.write(UFW_EXPLAIN + "\n")
+    ufw_mode = check_ufw_mode(asker.ask("UFW rule: limit, allow or skip", given.ufw_mode, check_ufw_mode))
+    return _Choice(port, workers, kind, domain, server, ufw_mode)
+
+
+def _decide(ns: argparse.Namespace, env: Mapping[str, str], given: _Choice, default_port: int,
+            checks: _Checks) -> _Choice:
+    """Without questions: every value checked as its flag would be; the first refusal stops setup."""
+    try:
+        port = checks.port(str(default_port if given.port is None else given.port))
+        workers = checks.workers(checks.settings.workers if given.workers is None else given.workers)
+        kind, domain = check_secret_type(given.kind), given.domain
+        if kind == "ee":
+            if not domain:
+                raise InstallError("fake-TLS (ee) needs a domain", "pass --domain or MTPROXY_DOMAIN")
+            domain = check_domain(domain)
+        server = checks.server(given.server) if given.server else None
+        source = "--ufw" if ns.ufw else "MTPROXY_UFW" if env.get("MTPROXY_UFW") else "the recorded UFW mode"
+        ufw_mode = check_ufw_mode(given.ufw_mode, source)
+    except Invalid as exc:
+        raise InstallError(exc.what, exc.todo) from None
+    return _Choice(port, workers, kind, domain, server, ufw_mode)
+
+
 def gather(ns: argparse.Namespace, env: Mapping[str, str], asker: Asker | None, runner: Runner,
            paths: Paths, layout: HostLayout, out: TextIO | None = None) -> InstallPlan | None:
     """Turn flags, variables and answers into a plan. None: the operator declined. Warnings about the
@@ -144,71 +251,19 @@ def gather(ns: argparse.Namespace, env: Mapping[str, str], asker: Asker | None, 
     settings = read_settings(paths.settings_file)
     record = InstallRecord.load(layout.install_record)
     say = asker.stdout if asker is not None else out or sys.stdout
-    port = _number(ns.port, env, "--port", "MTPROXY_PORT", port_number)
-    workers = _number(ns.workers, env, "--workers", "MTPROXY_WORKERS", check_workers)
-    domain = ns.domain or env.get("MTPROXY_DOMAIN") or settings.domain
-    server = ns.server or env.get("MTPROXY_SERVER") or settings.server
-    kind = ns.secret_type or ("ee" if domain else ("dd" if _truthy(env.get("MTPROXY_PADDING", "1")) else "plain"))
-    ufw_mode = ns.ufw or env.get("MTPROXY_UFW") or (record.ufw_mode if record else "limit")
-    default_port = port or (record.port if record else settings.port)
-    own_port = record.port if record else None
-
-    def usable(text: str) -> int:
-        checked = check_port(text, paths.root, settings.stats_port, lambda p: port_problem(p, own_port, runner))
-        _warn(say, checked)
-        return checked.value
-
-    def worker_count(text: str | int) -> int:
-        checked = check_workers(text)
-        _warn(say, checked)
-        return checked.value
-
-    def link_server(text: str) -> str | None:
-        if text == "auto":
-            return None
-        checked = check_server(text)
-        _warn(say, checked)
-        return checked.value
-
-    if asker is not None:
-        if asker.ask("Install the MTProxy add-on now? (y/n)", "y", _check_yes).lower().startswith("n"):
-            return None
-        if port is None and port_problem(default_port, own_port, runner):
-            from ..host.ports import suggest_free
-
-            default_port = suggest_free({default_port, settings.stats_port}) or default_port
-            asker.stdout.write(f"  port {settings.port} is taken here; proposing {default_port}\n")
-        port = port_number(asker.ask("Public port", str(port or default_port), usable))
-        workers = whole_number(asker.ask("Worker processes", str(workers or settings.workers), worker_count),
-                               "workers")
-        kind = check_secret_type(asker.ask("Secret type: ee = fake-TLS (recommended), dd, plain", kind,
-                                           check_secret_type))
-        if kind == "ee":
-            domain = asker.ask("Fake-TLS domain (a real HTTPS site)", domain or "www.google.com", check_domain)
-            domain = check_domain(domain)
-        server = link_server(asker.ask("Server address or domain for links", server or "auto",
-                                       lambda t: t == "auto" or check_server(t)))
-        asker.stdout.write(UFW_EXPLAIN + "\n")
-        ufw_mode = check_ufw_mode(asker.ask("UFW rule: limit, allow or skip", ufw_mode, check_ufw_mode))
-    else:
-        try:
-            port = usable(str(default_port if port is None else port))
-            workers = worker_count(settings.workers if workers is None else workers)
-            kind = check_secret_type(kind)
-            if kind == "ee":
-                if not domain:
-                    raise InstallError("fake-TLS (ee) needs a domain", "pass --domain or MTPROXY_DOMAIN")
-                domain = check_domain(domain)
-            server = link_server(server) if server else None
-            ufw_mode = check_ufw_mode(ufw_mode, "--ufw" if ns.ufw else "MTPROXY_UFW" if env.get("MTPROXY_UFW")
-                                      else "the recorded UFW mode")
-        except Invalid as exc:
-            raise InstallError(exc.what, exc.todo) from None
+    checks = _Checks(say, paths.root, settings, record.port if record else None, runner)
+    given = _given(ns, env, settings, record)
+    default_port = given.port or (record.port if record else settings.port)
+    chosen = (_ask(asker, given, default_port, checks) if asker is not None
+              else _decide(ns, env, given, default_port, checks))
+    if chosen is None:
+        return None
+    assert chosen.port is not None and chosen.workers is not None  # both checked above
     manager, _ = choose_manager(ns.manager, runner, _image(ns, record), _local_base(ns, env))
     return InstallPlan(
-        root=paths.root, port=port, workers=workers, secret_type=kind,
-        domain=domain if kind == "ee" else None, server=server, ufw_mode=ufw_mode, manager=manager,
-        image=_image(ns, record), build_script=Path(ns.build_script) if ns.build_script else None,
+        root=paths.root, port=chosen.port, workers=chosen.workers, secret_type=chosen.kind,
+        domain=chosen.domain if chosen.kind == "ee" else None, server=chosen.server, ufw_mode=chosen.ufw_mode,
+        manager=manager, image=_image(ns, record), build_script=Path(ns.build_script) if ns.build_script else None,
         local_base=_local_base(ns, env), stats_port=settings.stats_port,
     )
 
@@ -280,7 +335,8 @@ def _ensure_secret(plan: InstallPlan, paths: Paths, random16: Callable[[], bytes
 
 
 def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, out: TextIO,
-          random16: Callable[[], bytes] = lambda: os.urandom(16)) -> int:
+          random16: Callable[[], bytes] = lambda: os.urandom(16)) -> None:
+    """Install the plan step by step; on failure undo this run's changes and raise InstallError."""
     warnings = preflight(plan, runner, layout)
     for warning in warnings:
         out.write(f"warning: {warning}\n")
@@ -289,7 +345,7 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
             out.write(f"dry run: would add the system user {systemd.USER} ({' '.join(systemd.USERADD)})\n")
         out.write(f"dry run: would install {plan.manager} on port {plan.port} (ufw {plan.ufw_mode}); "
                   "checks passed, nothing changed\n")
-        return 0
+        return
     txn = Transaction()
     steps = {"docker": 11, "systemd": 10, "none": 7}[plan.manager]
     progress = Progress(out, steps)
@@ -341,13 +397,10 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
     except (InstallError, CommandError, OSError, ValueError, StoreError) as exc:
         out.write("failed\n")
         what, todo = (exc.what, exc.todo) if isinstance(exc, InstallError) else (str(exc), "")
-        out.write(f"mtproxy-setup: {what}\nUndoing what this run changed:\n")
+        out.write(f"{what}\nUndoing what this run changed:\n")
         txn.rollback(out)
-        if todo:
-            out.write(f"What to do: {todo}\n")
-        return 1
+        raise InstallError(what, todo or "fix it and run setup again: what this run changed was undone") from None
     _print_result(plan, paths, record, server, out)
-    return 0
 
 
 def _print_result(plan: InstallPlan, paths: Paths, record: SecretRecord, server: object, out: TextIO) -> None:
@@ -365,29 +418,34 @@ def _print_result(plan: InstallPlan, paths: Paths, record: SecretRecord, server:
 
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None,
-         stdin: TextIO | None = None, stdout: TextIO | None = None, runner: Runner | None = None) -> int:
-    ns = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    environ = os.environ if env is None else env
-    stdin = sys.stdin if stdin is None else stdin
-    stdout = sys.stdout if stdout is None else stdout
+         stdin: TextIO | None = None, stdout: TextIO | None = None, runner: Runner | None = None,
+         stderr: TextIO | None = None) -> int:
+    """`mtproxy-setup`: the wizard run through the CLI's one error edge (one line on stderr, an ExitStatus)."""
+    args = sys.argv[1:] if argv is None else argv
+    return run_at_edge(lambda: install(args, os.environ if env is None else env, sys.stdin if stdin is None else stdin,
+                                       sys.stdout if stdout is None else stdout, runner),
+                       prog="mtproxy-setup", typed=args, err=stderr)
+
+
+def install(argv: list[str], environ: Mapping[str, str], stdin: TextIO, stdout: TextIO,
+            runner: Runner | None) -> ExitStatus:
+    """Check the host, gather the plan, apply it; raises what the edge reports."""
+    ns = build_parser().parse_args(argv)
     runner = runner or Runner(dry_run=ns.dry_run)
     paths = Paths.resolve(ns.root, environ)
     layout = HostLayout.resolve(paths.root, environ)
     interactive = not ns.non_interactive and not _truthy(environ.get("MTPROXY_NON_INTERACTIVE"))
     if interactive and not (stdin.isatty() and stdout.isatty()):
-        stdout.write("mtproxy-setup: no terminal to ask questions on — run with --non-interactive "
-                     "(and flags or MTPROXY_* variables)\n")
-        return 6
+        raise CliError("no terminal to ask questions on",
+                       "run with --non-interactive (and flags or MTPROXY_* variables)", ExitStatus.CONFLICT)
     try:
         check_host(ns, environ, runner, layout, stdout)
         plan = gather(ns, environ, Asker(stdin, stdout) if interactive else None, runner, paths, layout, stdout)
         if plan is None:
             stdout.write("Nothing installed.\n")
-            return 0
-        return apply(plan, runner, paths, layout, stdout)
-    except InstallError as exc:
-        stdout.write(f"mtproxy-setup: {exc.what}" + (f" — {exc.todo}" if exc.todo else "") + "\n")
-        return 1
+            return ExitStatus.OK
+        apply(plan, runner, paths, layout, stdout)
+        return ExitStatus.OK
     except KeyboardInterrupt:
-        stdout.write("\ninterrupted: nothing more was changed\n")
-        return 130
+        stdout.write("\n")
+        raise CliError("interrupted: nothing more was changed", "", ExitStatus.INTERRUPTED) from None

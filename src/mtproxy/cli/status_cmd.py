@@ -18,7 +18,7 @@ from ..host import ufw
 from ..host.layout import HostLayout
 from ..host.record import ownership
 from ..host.runner import Runner
-from ..host.service import ServiceState, service_state
+from ..host.service import ServiceState, main_pid, service_state
 from ..settings import Settings
 from ..store import StoreError, read_store
 from .env import Env
@@ -51,14 +51,8 @@ def _port_accepts(port: int, timeout: float = 1.0) -> bool:
 
 def _proxy_uid(runner: Runner, service: ServiceState) -> int | None:
     """The effective uid the running proxy has, read from /proc of its main process (this root's only)."""
-    pid: str = ""
-    if service.manager == "docker" and service.running:
-        pid = runner.run(["docker", "inspect", "--format", "{{.State.Pid}}", service.name],
-                         check=False, mutates=False, timeout=15).stdout.strip()
-    elif service.manager == "systemd" and service.running:
-        pid = runner.run(["systemctl", "show", "--property=MainPID", "--value", service.name],
-                         check=False, mutates=False, timeout=15).stdout.strip()
-    if not pid.isdigit() or pid == "0":
+    pid = main_pid(runner, service)
+    if pid is None:
         return None
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -12,10 +12,13 @@ from ..host.install import uninstall
 from ..host.layout import HostLayout
 from ..host.runner import CommandError, Runner
 from ..paths import Paths
+from ..usage import OneLineParser
+from .edge import run_at_edge
+from .errors import CliError, ExitStatus
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="mtproxy-uninstall",
         description="Remove mtproxy from this host: container and image (or systemd unit), UFW rule, fail2ban "
                     "jail and filter, logrotate, logs and link files. The secrets are kept unless --purge.",
@@ -30,35 +33,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None,
-         stdin: TextIO | None = None, stdout: TextIO | None = None, runner: Runner | None = None) -> int:
-    ns = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    environ = os.environ if env is None else env
-    stdin = sys.stdin if stdin is None else stdin
-    stdout = sys.stdout if stdout is None else stdout
+         stdin: TextIO | None = None, stdout: TextIO | None = None, runner: Runner | None = None,
+         stderr: TextIO | None = None) -> int:
+    """`mtproxy-uninstall` run through the CLI's one error edge (one line on stderr, an ExitStatus)."""
+    args = sys.argv[1:] if argv is None else argv
+    return run_at_edge(lambda: remove(args, os.environ if env is None else env, sys.stdin if stdin is None else stdin,
+                                      sys.stdout if stdout is None else stdout, runner),
+                       prog="mtproxy-uninstall", typed=args, err=stderr)
+
+
+def remove(argv: list[str], environ: Mapping[str, str], stdin: TextIO, stdout: TextIO,
+           runner: Runner | None) -> ExitStatus:
+    """Confirm, then remove what setup installed; raises what the edge reports."""
+    ns = build_parser().parse_args(argv)
     paths = Paths.resolve(ns.root, environ)
     layout = HostLayout.resolve(paths.root, environ)
     runner = runner or Runner(dry_run=ns.dry_run)
     keep = "" if ns.purge else f" (the secrets in {paths.config_dir} are kept)"
     if not ns.yes and not runner.dry_run:  # a dry run removes nothing, so it needs no confirmation
         if not (stdin.isatty() and stdout.isatty()):
-            stdout.write("mtproxy-uninstall: refusing to remove without confirmation — pass --yes\n")
-            return 6
+            raise CliError("refusing to remove without confirmation", "pass --yes", ExitStatus.CONFLICT)
         stdout.write(f"Remove mtproxy from this host{keep}? [y/N]: ")
         stdout.flush()
         if stdin.readline().strip().lower() not in ("y", "yes"):
             stdout.write("Nothing removed.\n")
-            return 0
+            return ExitStatus.OK
     if os.geteuid() != 0:
-        stdout.write("mtproxy-uninstall: must run as root — run it again with sudo\n")
-        return 5
+        raise CliError("must run as root", "run it again with sudo", ExitStatus.PERMISSION)
     stdout.write("Dry run, nothing is removed:\n" if runner.dry_run else "Removing mtproxy:\n")
     try:
         removed = uninstall(runner, paths, layout, ns.purge, stdout)
     except (CommandError, OSError) as exc:
-        stdout.write(f"mtproxy-uninstall: {exc} — fix it and run mtproxy-uninstall again (it is safe to repeat)\n")
-        return 1
+        raise CliError(str(exc), "fix it and run mtproxy-uninstall again (it is safe to repeat)") from None
     if runner.dry_run:
         stdout.write("Dry run: nothing was removed.\n")
     else:
         stdout.write(("Done" if removed else "Nothing was installed") + keep + ".\n")
-    return 0
+    return ExitStatus.OK

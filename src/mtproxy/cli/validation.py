@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from ..defaults import MAX_WORKERS
 from ..host.install import UFW_MODES
 from ..host.ports import RESERVED, bind_error, suggest_free, vpn_ports
 from ..protocol.errors import SecretFormatError
 from ..protocol.secret import validate_domain
-from ..settings import MAX_WORKERS
 from .errors import CliError, ExitStatus, mask_secrets, secret_tokens
 
 SECRET_TYPES = {"ee": "ee", "fake-tls": "ee", "tls": "ee", "dd": "dd", "padded": "dd",

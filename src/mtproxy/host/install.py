@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from ..defaults import DEFAULT_STATS_PORT
 from ..paths import Paths
 from ..store import write_atomic
 from . import docker, fail2ban, systemd, templates, ufw
 from . import image as image_build
 from .files import remove_file, write_file
 from .layout import HostLayout
+from .ports import bind_error, suggest_free
 from .record import ownership
 from .runner import CommandError, Runner
 from .service import foreign_service, service_state
@@ -54,7 +56,7 @@ class InstallPlan:
     build_script: Path | None = None  # a checkout's build-image.sh; None: the packaged build step
     local_base: bool = False
     verify_timeout: float = 60.0
-    stats_port: int = 8888
+    stats_port: int = DEFAULT_STATS_PORT
 
 
 class Progress:
@@ -114,8 +116,6 @@ def snapshot(path: Path) -> Callable[[], None]:
 
 def port_problem(port: int, own_port: int | None, runner: Runner) -> str | None:
     """Bind the port as the proxy will (0.0.0.0 and ::); our own running proxy on it is not a conflict."""
-    from .ports import bind_error
-
     problem = bind_error(port)
     if problem is None or port != own_port:
         return problem
@@ -179,8 +179,6 @@ def preflight(plan: InstallPlan, runner: Runner, layout: HostLayout) -> list[str
     record = ownership(Paths(plan.root), layout).record  # another root's port is no "own port"
     problem = port_problem(plan.port, record.port if record else None, runner)
     if problem:
-        from .ports import suggest_free
-
         free = suggest_free({plan.port, plan.stats_port})
         raise InstallError(f"port {plan.port} cannot be used: {problem}",
                            f"choose another port (for example {free})" if free else "choose another port")

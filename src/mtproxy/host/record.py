@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..defaults import DEFAULT_STATS_PORT
 from ..paths import Paths
-from ..settings import DEFAULT_STATS_PORT, read_settings
+from ..settings import read_settings
 from ..store import StoreError
 from . import docker, systemd
 from .files import write_file

@@ -97,6 +97,36 @@ def service_state(runner: Runner, layout: HostLayout, own: Ownership) -> Service
     return ServiceState("none", "", "not installed", False, problem="setup installed no service (--manager none)")
 
 
+def main_pid(runner: Runner, service: ServiceState) -> int | None:
+    """The main process of this root's running container or unit, as its manager reports it (a read-only
+    query: it runs under --dry-run too). None when it is not running or the manager does not say."""
+    if not service.running:
+        return None
+    if service.manager == "docker":
+        argv = ["docker", "inspect", "--format", "{{.State.Pid}}", service.name]
+    elif service.manager == "systemd":
+        argv = ["systemctl", "show", "--property=MainPID", "--value", service.name]
+    else:
+        return None
+    pid = runner.run(argv, check=False, mutates=False, timeout=15).stdout.strip()
+    return int(pid) if pid.isdigit() and pid != "0" else None
+
+
+def reload_command(service: ServiceState) -> list[str]:
+    """The command that sends SIGHUP (reload the secrets) to the engine of this root's service."""
+    if service.manager == "docker":
+        return ["docker", "kill", "--signal", "HUP", service.name]
+    return ["systemctl", "kill", "--kill-whom=main", "--signal=HUP", service.name]
+
+
+def signal_reload(runner: Runner, service: ServiceState) -> bool:
+    """SIGHUP this root's running service (only when `service_state` found it running and ours); True when
+    the manager accepted. Under --dry-run the command is shown and nothing is sent."""
+    if not service.running:
+        return False
+    return runner.run(reload_command(service), check=False, timeout=15).ok
+
+
 def foreign_service(runner: Runner, layout: HostLayout, manager: str) -> str:
     """Setup's guard: the container or unit name is fixed, so one that already serves another root would be
     replaced by this root's. Returns what it is, or "" when there is none or it is this root's."""
