@@ -1,9 +1,14 @@
-"""Giving memory back after a burst: when the connections drop well below the level they had, the tables
-sized for the burst are rebuilt at their present size and glibc is asked to return its free heap pages
-(it keeps them, and the freed tail of a fragmented heap, otherwise)."""
+"""Giving memory back after a burst. Once the connections have fallen far below their peak and stopped
+falling, the tables sized for the burst are rebuilt at their present size, uvloop's free lists are
+refilled from compact memory, and glibc is asked to return its free heap pages.
+
+Why the free lists: uvloop keeps up to 250 dead objects of each of several types (timer and callback
+handles, write requests) for reuse. After a burst those are the last ones freed, scattered over the
+allocator's 1 MiB arenas, and a few objects are enough to keep an arena, whole, in RSS."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 from collections.abc import Callable
@@ -12,6 +17,8 @@ log = logging.getLogger("mtproxy.memory")
 
 INTERVAL = 1.0  # seconds between two looks at the connection count
 BURST = 500  # a drop of at least this many connections, to at most half the peak, is a burst that ended
+FREE_LIST = 250  # uvloop's DEFAULT_FREELIST_SIZE: dead objects kept per type
+SETTLE = 0.05  # seconds for the loop to close the handles of the refill before they are let go
 
 
 def load_malloc_trim() -> Callable[[int], int] | None:
@@ -26,17 +33,67 @@ def load_malloc_trim() -> Callable[[int], int] | None:
 
 
 class Trimmer:
-    """Remembers the highest connection count since the last trim; `due` says when a burst has ended."""
+    """Remembers the highest connection count since the last trim; `due` says when a burst has ended:
+    the count fell by BURST or more, to at most half the peak, and stopped falling (a trim in the middle
+    of the fall would leave the rest of the burst's objects where they were)."""
 
-    __slots__ = ("_peak",)
+    __slots__ = ("_last", "_peak")
 
     def __init__(self) -> None:
         self._peak = 0
+        self._last = 0
 
     def due(self, active: int) -> bool:
+        falling = active < self._last
+        self._last = active
         if active > self._peak:
             self._peak = active
-        if self._peak - active < BURST or active > self._peak // 2:
+        if falling or self._peak - active < BURST or active > self._peak // 2:
             return False
         self._peak = active
         return True
+
+
+def _nothing() -> None:
+    pass
+
+
+def refill_free_lists(loop: asyncio.AbstractEventLoop, then: Callable[[], None]) -> None:
+    """Swap the loop's free lists of timer and callback handles for fresh ones, then call `then`.
+
+    Taking 2 x FREE_LIST handles empties each list and allocates the rest where the allocator now puts
+    new objects: in its fullest arenas, not the burst's. They are let go newest first (a list drops its
+    items from the end), so the fresh ones fill the free list again and the burst's ones are really freed.
+    Harmless on the stock asyncio loop, which keeps no such lists. Costs about 1 ms, once per burst."""
+    timers = [loop.call_later(3600.0, _nothing) for _ in range(2 * FREE_LIST)]
+    calls = [loop.call_soon(_nothing) for _ in range(2 * FREE_LIST)]
+    for handle in calls:
+        handle.cancel()
+    for timer in timers:
+        timer.cancel()
+
+    def release() -> None:
+        # the loop has skipped the cancelled calls and closed the timers' libuv handles by now
+        timers.clear()
+        calls.clear()
+        then()
+
+    loop.call_later(SETTLE, release)
+
+
+POOL = 16 * 1024  # CPython's small-object pool (3.10+: 16 KiB pools in 1 MiB arenas)
+BLOCK_SIZES = range(48, 513, 16)  # the allocator's size classes that bytes objects can fill (33 bytes and up)
+POOLS_PER_CLASS = 8  # enough to cover the free blocks a burst leaves in each class's partly used pools
+
+
+def move_allocation_off_burst_pools() -> None:
+    """Make the allocator take new small objects from old pools again, not from the burst's.
+
+    Each size class allocates from the pool at the head of its list of partly used pools; after a burst
+    that is one of the burst's pools, and objects made and freed every second (timers, counters) then
+    keep one such pool, and with it a whole 1 MiB arena, alive for good. Filling the partly used pools
+    (head first) and freeing the fill oldest first leaves at the head the pool that was last in the
+    list: an old one."""
+    fill = [bytes(size - 33) for size in BLOCK_SIZES for _ in range(POOLS_PER_CLASS * POOL // size)]
+    fill.reverse()  # a list lets its items go from the end: this way the oldest go first
+    fill.clear()
