@@ -58,13 +58,29 @@ def _nothing() -> None:
     pass
 
 
-def refill_free_lists(loop: asyncio.AbstractEventLoop, then: Callable[[], None]) -> None:
-    """Swap the loop's free lists of timer and callback handles for fresh ones, then call `then`.
+POOL = 16 * 1024  # CPython's small-object pool (3.10+: 16 KiB pools in 1 MiB arenas)
+BLOCK_SIZES = range(48, 513, 16)  # the allocator's size classes that bytes objects can fill (33 bytes and up)
+POOLS_PER_CLASS = 8  # enough to cover the free blocks a burst leaves in each class's partly used pools
 
-    Taking 2 x FREE_LIST handles empties each list and allocates the rest where the allocator now puts
-    new objects: in its fullest arenas, not the burst's. They are let go newest first (a list drops its
-    items from the end), so the fresh ones fill the free list again and the burst's ones are really freed.
-    Harmless on the stock asyncio loop, which keeps no such lists. Costs about 1 ms, once per burst."""
+
+def fill_partly_used_pools() -> list[bytes]:
+    """Objects that take the free blocks of the allocator's partly used pools, the burst's included, so
+    that what is allocated next comes from fresh pools of its fullest arenas (old ones)."""
+    return [bytes(size - 33) for size in BLOCK_SIZES for _ in range(POOLS_PER_CLASS * POOL // size)]
+
+
+def refill_free_lists(loop: asyncio.AbstractEventLoop, then: Callable[[], None]) -> None:
+    """Swap the loop's free lists of timer and callback handles for fresh ones in old arenas, then call
+    `then`.
+
+    With the partly used pools filled, taking 2 x FREE_LIST handles empties each free list and allocates
+    the rest in fresh pools of the fullest arenas. The fill goes first, oldest first: each size class's
+    list of partly used pools then starts with the one that was last in it, an old pool, so objects made
+    and freed every second (timers, counters) stop keeping a burst pool, and its arena, alive. The
+    handles go newest first (a list lets its items go from the end), so the fresh ones fill the free
+    lists again and the burst's are really freed. Harmless on asyncio's own loop, which keeps no free
+    lists. About 5 ms, once per burst."""
+    fill = fill_partly_used_pools()
     timers = [loop.call_later(3600.0, _nothing) for _ in range(2 * FREE_LIST)]
     calls = [loop.call_soon(_nothing) for _ in range(2 * FREE_LIST)]
     for handle in calls:
@@ -74,26 +90,10 @@ def refill_free_lists(loop: asyncio.AbstractEventLoop, then: Callable[[], None])
 
     def release() -> None:
         # the loop has skipped the cancelled calls and closed the timers' libuv handles by now
+        fill.reverse()
+        fill.clear()
         timers.clear()
         calls.clear()
         then()
 
     loop.call_later(SETTLE, release)
-
-
-POOL = 16 * 1024  # CPython's small-object pool (3.10+: 16 KiB pools in 1 MiB arenas)
-BLOCK_SIZES = range(48, 513, 16)  # the allocator's size classes that bytes objects can fill (33 bytes and up)
-POOLS_PER_CLASS = 8  # enough to cover the free blocks a burst leaves in each class's partly used pools
-
-
-def move_allocation_off_burst_pools() -> None:
-    """Make the allocator take new small objects from old pools again, not from the burst's.
-
-    Each size class allocates from the pool at the head of its list of partly used pools; after a burst
-    that is one of the burst's pools, and objects made and freed every second (timers, counters) then
-    keep one such pool, and with it a whole 1 MiB arena, alive for good. Filling the partly used pools
-    (head first) and freeing the fill oldest first leaves at the head the pool that was last in the
-    list: an old one."""
-    fill = [bytes(size - 33) for size in BLOCK_SIZES for _ in range(POOLS_PER_CLASS * POOL // size)]
-    fill.reverse()  # a list lets its items go from the end: this way the oldest go first
-    fill.clear()

@@ -26,7 +26,7 @@ from .connection import ClientConnection
 from .dc import DcTable
 from .guard import Guard
 from .hints import HintCache
-from .memory import INTERVAL, Trimmer, load_malloc_trim, move_allocation_off_burst_pools, refill_free_lists
+from .memory import INTERVAL, Trimmer, load_malloc_trim, refill_free_lists
 from .rawrelay import Pipe, Pool, RecordBuffer
 from .secrets import SecretSet
 from .shared import held
@@ -275,7 +275,6 @@ class Server:
         self._memory_timer = self.loop.call_later(INTERVAL, self._memory_tick)
 
     def _give_back(self) -> None:
-        move_allocation_off_burst_pools()
         gc.collect()  # a burst leaves cycles (tasks, exceptions, frames) that pin whole allocator arenas
         if self._malloc_trim is not None:
             self._malloc_trim(0)
