@@ -58,15 +58,20 @@ def _nothing() -> None:
     pass
 
 
-POOL = 16 * 1024  # CPython's small-object pool (3.10+: 16 KiB pools in 1 MiB arenas)
-BLOCK_SIZES = range(48, 513, 16)  # the allocator's size classes that bytes objects can fill (33 bytes and up)
-POOLS_PER_CLASS = 8  # enough to cover the free blocks a burst leaves in each class's partly used pools
+# The size classes where a burst leaves partly used pools behind (sys._debugmallocstats after the stress
+# suite's burst: 32 to 160 bytes), and more blocks than the burst leaves free in any of them (< 3,500).
+FILL_SIZES = range(48, 161, 16)  # bytes objects fill 33 bytes and up; 32-byte blocks take ints
+FILL_BLOCKS = 4096
+BIG_INT = 1 << 40  # beyond the cached small ints: a fresh 32-byte object each
 
 
-def fill_partly_used_pools() -> list[bytes]:
+def fill_partly_used_pools() -> list[object]:
     """Objects that take the free blocks of the allocator's partly used pools, the burst's included, so
-    that what is allocated next comes from fresh pools of its fullest arenas (old ones)."""
-    return [bytes(size - 33) for size in BLOCK_SIZES for _ in range(POOLS_PER_CLASS * POOL // size)]
+    that what is allocated next comes from fresh pools of its fullest arenas (old ones). ~3.5 MB, freed
+    at once."""
+    fill: list[object] = [BIG_INT + i for i in range(FILL_BLOCKS)]
+    fill += [bytes(size - 33) for size in FILL_SIZES for _ in range(FILL_BLOCKS)]
+    return fill
 
 
 def refill_free_lists(loop: asyncio.AbstractEventLoop, then: Callable[[], None]) -> None:
@@ -74,12 +79,11 @@ def refill_free_lists(loop: asyncio.AbstractEventLoop, then: Callable[[], None])
     `then`.
 
     With the partly used pools filled, taking 2 x FREE_LIST handles empties each free list and allocates
-    the rest in fresh pools of the fullest arenas. The fill goes first, oldest first: each size class's
-    list of partly used pools then starts with the one that was last in it, an old pool, so objects made
-    and freed every second (timers, counters) stop keeping a burst pool, and its arena, alive. The
-    handles go newest first (a list lets its items go from the end), so the fresh ones fill the free
-    lists again and the burst's are really freed. Harmless on asyncio's own loop, which keeps no free
-    lists. About 5 ms, once per burst."""
+    the rest in fresh pools of the fullest arenas. The handles go newest first (a list lets its items go
+    from the end), so the fresh ones fill the free lists again and the burst's are really freed; the
+    fill goes before them, oldest first (BENCHMARKS.md, "Memory after bursts": without the fill the
+    refill alone gained less). Harmless on asyncio's own loop, which keeps no free lists.
+    About 5 ms, once per burst."""
     fill = fill_partly_used_pools()
     timers = [loop.call_later(3600.0, _nothing) for _ in range(2 * FREE_LIST)]
     calls = [loop.call_soon(_nothing) for _ in range(2 * FREE_LIST)]
