@@ -7,7 +7,15 @@ import functools
 
 import uvloop
 
-from mtproxy.runtime.memory import BURST, FREE_LIST, Trimmer, refill_free_lists
+from mtproxy.runtime.memory import (
+    BURST,
+    FILL_BLOCKS,
+    FILL_SIZES,
+    FREE_LIST,
+    Trimmer,
+    fill_partly_used_pools,
+    refill_free_lists,
+)
 
 
 def test_no_trim_while_the_connections_are_still_falling() -> None:
@@ -18,6 +26,7 @@ def test_no_trim_while_the_connections_are_still_falling() -> None:
     assert not trimmer.due(BURST)
     assert not trimmer.due(10)
     assert trimmer.due(10)  # stopped: now
+    assert trimmer.ended == BURST * 4 - 10
     assert not trimmer.due(10)  # once per burst
 
 
@@ -37,7 +46,7 @@ def test_refill_swaps_the_loops_handles_and_then_gives_back() -> None:
         ran: list[int] = []
         try:
             loop.call_soon(ran.append, 1)  # ordinary work still runs
-            refill_free_lists(loop, functools.partial(called.append, 0))
+            refill_free_lists(loop, BURST, functools.partial(called.append, 0))
             loop.run_until_complete(asyncio.sleep(0.2))
             assert called == [0] and ran == [1]
             timers = getattr(loop, "_timers", None)
@@ -45,3 +54,10 @@ def test_refill_swaps_the_loops_handles_and_then_gives_back() -> None:
                 assert len(timers) < FREE_LIST  # the 2 x FREE_LIST cancelled timers are gone
         finally:
             loop.close()
+
+
+def test_the_fill_follows_the_burst_up_to_its_cap() -> None:
+    small, big = fill_partly_used_pools(600), fill_partly_used_pools(50_000)
+    classes = 1 + len(FILL_SIZES)
+    assert len(small) == 600 * classes and len(big) == FILL_BLOCKS * classes
+    assert len({id(o) for o in small}) == len(small)  # distinct objects: each takes a block of its own

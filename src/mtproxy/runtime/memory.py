@@ -37,11 +37,12 @@ class Trimmer:
     the count fell by BURST or more, to at most half the peak, and stopped falling (a trim in the middle
     of the fall would leave the rest of the burst's objects where they were)."""
 
-    __slots__ = ("_last", "_peak")
+    __slots__ = ("_last", "_peak", "ended")
 
     def __init__(self) -> None:
         self._peak = 0
         self._last = 0
+        self.ended = 0  # connections the last burst that ended fell by
 
     def due(self, active: int) -> bool:
         falling = active < self._last
@@ -50,6 +51,7 @@ class Trimmer:
             self._peak = active
         if falling or self._peak - active < BURST or active > self._peak // 2:
             return False
+        self.ended = self._peak - active
         self._peak = active
         return True
 
@@ -59,24 +61,26 @@ def _nothing() -> None:
 
 
 # The size classes where a burst leaves partly used pools behind (sys._debugmallocstats after the stress
-# suite's burst: 32 to 160 bytes), and more blocks than the burst leaves free in any of them (< 3,500).
+# suite's burst: 32 to 160 bytes), and at most as many blocks as a 5,000-connection burst leaves free in
+# any of them (< 3,500); a smaller burst gets a fill of one block per connection it had.
 FILL_SIZES = range(48, 161, 16)  # bytes objects fill 33 bytes and up; 32-byte blocks take ints
 FILL_BLOCKS = 4096
 BIG_INT = 1 << 40  # beyond the cached small ints: a fresh 32-byte object each
 
 
-def fill_partly_used_pools() -> list[object]:
+def fill_partly_used_pools(burst: int) -> list[object]:
     """Objects that take the free blocks of the allocator's partly used pools, the burst's included, so
-    that what is allocated next comes from fresh pools of its fullest arenas (old ones). ~3.5 MB, freed
-    at once."""
-    fill: list[object] = [BIG_INT + i for i in range(FILL_BLOCKS)]
-    fill += [bytes(size - 33) for size in FILL_SIZES for _ in range(FILL_BLOCKS)]
+    that what is allocated next comes from fresh pools of its fullest arenas (old ones). At most ~3.5 MB,
+    freed at once."""
+    blocks = min(burst, FILL_BLOCKS)
+    fill: list[object] = [BIG_INT + i for i in range(blocks)]
+    fill += [bytes(size - 33) for size in FILL_SIZES for _ in range(blocks)]
     return fill
 
 
-def refill_free_lists(loop: asyncio.AbstractEventLoop, then: Callable[[], None]) -> None:
+def refill_free_lists(loop: asyncio.AbstractEventLoop, burst: int, then: Callable[[], None]) -> None:
     """Swap the loop's free lists of timer and callback handles for fresh ones in old arenas, then call
-    `then`.
+    `then`. `burst`: how many connections the burst that ended fell by.
 
     With the partly used pools filled, taking 2 x FREE_LIST handles empties each free list and allocates
     the rest in fresh pools of the fullest arenas. The handles go newest first (a list lets its items go
@@ -84,7 +88,7 @@ def refill_free_lists(loop: asyncio.AbstractEventLoop, then: Callable[[], None])
     fill goes before them, oldest first (BENCHMARKS.md, "Memory after bursts": without the fill the
     refill alone gained less). Harmless on asyncio's own loop, which keeps no free lists.
     About 5 ms, once per burst."""
-    fill = fill_partly_used_pools()
+    fill = fill_partly_used_pools(burst)
     timers = [loop.call_later(3600.0, _nothing) for _ in range(2 * FREE_LIST)]
     calls = [loop.call_soon(_nothing) for _ in range(2 * FREE_LIST)]
     for handle in calls:

@@ -271,7 +271,7 @@ class Server:
             self.connections = set(self.connections)
             self.per_ip = dict(self.per_ip)
             self.guard.per_ip = dict(self.guard.per_ip)
-            refill_free_lists(self.loop, self._give_back)
+            refill_free_lists(self.loop, self._trimmer.ended, self._give_back)
         self._memory_timer = self.loop.call_later(INTERVAL, self._memory_tick)
 
     def _give_back(self) -> None:
