@@ -81,6 +81,7 @@ def test_a_burst_is_over_when_connections_fell_far_and_to_half() -> None:
     assert not trimmer.due(10)
     assert not trimmer.due(BURST * 4)  # rising
     assert not trimmer.due(BURST * 3)  # fell by BURST, but not to half
-    assert trimmer.due(BURST)  # fell by 3 x BURST, to a quarter
+    assert not trimmer.due(BURST)  # fell by 3 x BURST, to a quarter, but may still be falling
+    assert trimmer.due(BURST)  # stopped falling: the burst is over
     assert not trimmer.due(BURST // 2)  # the new peak is what was left: a small drop is no burst
     assert not trimmer.due(1)

@@ -26,7 +26,7 @@ from .connection import ClientConnection
 from .dc import DcTable
 from .guard import Guard
 from .hints import HintCache
-from .memory import INTERVAL, Trimmer, load_malloc_trim
+from .memory import INTERVAL, Trimmer, load_malloc_trim, refill_free_lists
 from .rawrelay import Pipe, Pool, RecordBuffer
 from .secrets import SecretSet
 from .shared import held
@@ -271,11 +271,14 @@ class Server:
             self.connections = set(self.connections)
             self.per_ip = dict(self.per_ip)
             self.guard.per_ip = dict(self.guard.per_ip)
-            gc.collect()  # a burst leaves cycles (tasks, exceptions, frames) that pin whole allocator arenas
-            if self._malloc_trim is not None:
-                self._malloc_trim(0)
-            log.debug("burst over: %d connections, memory trimmed", len(self.connections))
+            refill_free_lists(self.loop, self._trimmer.ended, self._give_back)
         self._memory_timer = self.loop.call_later(INTERVAL, self._memory_tick)
+
+    def _give_back(self) -> None:
+        gc.collect()  # a burst leaves cycles (tasks, exceptions, frames) that pin whole allocator arenas
+        if self._malloc_trim is not None:
+            self._malloc_trim(0)
+        log.debug("burst over: %d connections, memory trimmed", len(self.connections))
 
     # ----------------------------------------------------------------- lifecycle
 
