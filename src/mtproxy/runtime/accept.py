@@ -50,7 +50,7 @@ class Listener:
         self._on_refused = on_refused
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
-        self._done: list[asyncio.Server] = []  # closed servers, awaited at shutdown
+        self._closed_server: asyncio.Server | None = None  # the last one, awaited at shutdown
         self._timer: asyncio.TimerHandle | None = None
         self._paused_at = 0.0
         self._base = 0  # the lowest free descriptor when serving began: what the process holds anyway
@@ -98,8 +98,8 @@ class Listener:
     def _pause(self) -> None:
         assert self._loop is not None
         server, self._server = self._server, None
-        if server is not None:
-            self._done.append(server)
+        if server is not None:  # its socket is closed already; this releases the object (after the callback)
+            self._loop.call_soon(server.close)
         self.pauses += 1
         self._paused_at = self._loop.time()
         self._on_refused()
@@ -153,14 +153,14 @@ class Listener:
             self._timer = None
         if self._server is not None:
             self._server.close()
-            self._done.append(self._server)
-            self._server = None
+            self._closed_server, self._server = self._server, None
         if self._keep >= 0:
             os.close(self._keep)
             self._keep = -1
         self._notice.close()
 
     async def wait_closed(self) -> None:
-        for server in self._done:
+        """Connections of servers closed by a pause are aborted by the shutdown like all others."""
+        if self._closed_server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 1.0)
+                await asyncio.wait_for(self._closed_server.wait_closed(), 1.0)
