@@ -8,14 +8,22 @@ is behind. So `send` writes the view to the socket itself while the transport ho
 the transport only a copy of what the socket did not take. What that copy can be is bounded before the
 read: `offer` never reads more from a source than its destination's socket is sure to take now plus the
 room left under --buffer-size, so a direction never holds more than --buffer-size, whatever the read size
-(docs/engine.md, Limits)."""
+(docs/engine.md, Limits).
+
+A transport that holds anything pauses its source until it is empty again (WRITE_LIMITS): uvloop keeps
+each object it was given whole until all of it is sent (a partly sent one, and every buffer of a write
+request in flight), so what it reports as queued understates what it holds by up to a request; an empty
+transport holds nothing. The socket's own buffer keeps the peer busy meanwhile."""
 
 from __future__ import annotations
 
+import array
 import asyncio
 import ctypes
+import fcntl
 import os
 import socket
+import termios
 from collections.abc import Callable
 
 from mtproxy.protocol import faketls
@@ -23,7 +31,8 @@ from mtproxy.protocol import faketls
 SLACK = 16  # update_into wants len(data) + block_size - 1 bytes of room
 HEADER = faketls.RECORD_HEADER_SIZE
 MAX_RECORD = faketls.MAX_RECORD_PAYLOAD
-MIN_READ = 16 * 1024  # the least a connection reads: its peer's transport pauses it this far below the bound
+MIN_READ = 16 * 1024  # the least a connection reads (only a write racing a pause leaves less room)
+WRITE_LIMITS = {"high": 0, "low": 0}  # for every relay transport: any queued byte pauses the source (above)
 _SO_MEMINFO = 55  # getsockopt: the socket's memory counters (linux/sock_diag.h), one syscall for all of them
 _WMEM_ALLOC, _SNDBUF, _WMEM_QUEUED = 2, 3, 5
 
@@ -41,7 +50,6 @@ class Buffers:
         self.tmp = bytearray(read_size + SLACK)
         self.out = bytearray(read_size + -(-read_size // MAX_RECORD) * HEADER + SLACK)
         self.min_room = max(1, min(MIN_READ, buffer_size // 2))
-        self.high_water = buffer_size - self.min_room  # a peer's transport holding more pauses the source
 
     def offer(self, held: int, fd: int, framed: bool = False) -> memoryview:
         """Where to read for a connection whose peer (socket `fd`) has `held` bytes queued in its transport:
@@ -67,12 +75,13 @@ _MEMINFO_LEN_ADDRESS = ctypes.addressof(_meminfo_len)
 
 
 def send_space(fd: int) -> int:
-    """Bytes the socket `fd` is sure to accept now: half its free send-buffer memory. The kernel counts
-    that memory with each buffer's overhead (payload is 70 % of it over loopback, ~98 % over a NIC with
-    segmentation offload; SIOCOUTQ counts payload only and so overstates the room by a third): half is
-    below what it takes in every case measured, and a write overshoots it rather than falling short. One
-    getsockopt(SO_MEMINFO), through a preallocated buffer (~1.5 µs). 0 where that is unavailable: the
-    reads are then bounded by the room alone."""
+    """Payload bytes the socket `fd` is sure to accept now. The kernel counts its send buffer with each
+    packet buffer's overhead, and how much payload a buffer carries depends on the peer: over loopback 70 %,
+    over a NIC with segmentation offload ~98 %, but a peer advertising a tiny window (a client that stopped
+    reading, on purpose) gets small segments and far less. So the free memory (one getsockopt(SO_MEMINFO)
+    through a preallocated buffer) is scaled by the payload share of what is queued now (SIOCOUTQ: payload
+    bytes, one ioctl), less a quarter; with nothing queued, by half. 0 where that is unavailable: reads are
+    then bounded by the room alone."""
     global _getsockopt
     if _getsockopt is None:
         try:
@@ -90,7 +99,19 @@ def send_space(fd: int) -> int:
         return 0
     info = _meminfo
     used = info[_WMEM_QUEUED] if info[_WMEM_QUEUED] > info[_WMEM_ALLOC] else info[_WMEM_ALLOC]  # TCP; AF_UNIX
-    return max(0, (info[_SNDBUF] - used) // 2)
+    free = info[_SNDBUF] - used
+    if free <= 0:
+        return 0
+    if not used:
+        return free // 2
+    try:
+        fcntl.ioctl(fd, termios.TIOCOUTQ, _outq, True)
+    except OSError:
+        return 0
+    return free * min(_outq[0], used) * 3 // (used * 4)
+
+
+_outq = array.array("i", [0])
 
 
 def _no_getsockopt(*_args: object) -> int:

@@ -14,7 +14,7 @@ from mtproxy.protocol.cipher import Keystream
 from mtproxy.protocol.errors import RejectReason
 from mtproxy.protocol.handshake import Authenticated, Handshake, NeedMore, Rejected, SecretTable, Session
 
-from .buffers import send, socket_fd
+from .buffers import WRITE_LIMITS, send, socket_fd
 from .guard import OutOfDescriptors
 from .logs import log_reject
 from .upstream import DcProtocol, MaskProtocol, open_upstream
@@ -93,7 +93,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             transport.abort()
             return
         self.admitted = True
-        transport.set_write_buffer_limits(high=self._buffers.high_water, low=0)
+        transport.set_write_buffer_limits(**WRITE_LIMITS)
         self._handshake, self._table = self.server.new_handshake(self.peer[0])
         self._timer = self.server.loop.call_later(
             self.server.cfg.limits.handshake_timeout, self._on_handshake_timeout

@@ -13,7 +13,7 @@ from mtproxy.protocol.cipher import Keystream
 from mtproxy.protocol.obfs2 import DcLink
 
 from . import rawrelay
-from .buffers import send, socket_fd
+from .buffers import WRITE_LIMITS, send, socket_fd
 from .guard import OutOfDescriptors, is_fd_exhaustion
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class _Leg(asyncio.BufferedProtocol):
         transport = cast(asyncio.Transport, base)  # uvloop's transport class is not a subclass
         self.transport = transport
         self.fd = socket_fd(transport)
-        transport.set_write_buffer_limits(high=self._buffers.high_water)
+        transport.set_write_buffer_limits(**WRITE_LIMITS)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stop_raw()
