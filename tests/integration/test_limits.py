@@ -288,4 +288,4 @@ def test_accept_pauses_out_of_descriptors_and_resumes(start_proxy: ProxyFactory,
     assert log.count("accepting on") <= 3  # paused, once per interval (plus the resume line)
     assert "resumed" in log
     assert "unreachable" not in log
-    assert "Traceback" not in log and "Fatal error" not in log  # the pause is quiet inside uvloop
+    assert "Traceback" not in log and "internal error" not in log  # the pause is quiet inside uvloop

@@ -8,12 +8,14 @@ listening, its backlog intact, the port never lost), resuming starts a new serve
 Where the next connection would land is the lowest free descriptor (the kernel hands them out lowest
 first), so the protocol factory, called for each connection uvloop has just accepted, duplicates the kept
 socket and closes it again (two syscalls, well under the cost of an accept). When the next one would land
-in the reserve that admitted sessions need (guard.FD_RESERVE), the factory raises: uvloop then closes its
-server at once, before it accepts again, and closes the connection in hand, which the reserve would have
-refused anyway. A connection accepted in the same burst never spills over, and nothing is accepted into
-the EMFILE path (where libuv accepts and drops the whole backlog). While paused, the descriptors are looked
-at every PAUSE_CHECK seconds; accepting resumes once RESUME_GAP more are free (the low-water mark; less
-when the limit leaves little room above what the process holds without connections)."""
+in the reserve that admitted sessions need (guard.FD_RESERVE), the factory raises AcceptPaused: uvloop
+then hands the exception to the loop's handler (which ignores it) without taking the connection, and libuv,
+holding a connection nobody took, stops accepting at once; closing that server right after closes the
+connection in hand, which the reserve would have refused anyway. A connection accepted in the same burst
+never spills over, and nothing is accepted into the EMFILE path (where libuv accepts and drops the whole
+backlog). While paused, the open descriptors are counted every PAUSE_CHECK seconds (or less often, so
+that counting costs under 5 % of a core); accepting resumes once RESUME_GAP more are free than the reserve
+(the low-water mark; less when the limit leaves little room above what the process holds anyway)."""
 
 from __future__ import annotations
 
@@ -37,6 +39,18 @@ PAUSE_CHECK = 0.25  # seconds between two looks at the descriptors while paused
 RESUME_GAP = 16  # descriptors free below the reserve before accepting resumes
 
 
+class AcceptPaused(OSError):
+    """Raised by the protocol factory to stop uvloop accepting (see above)."""
+
+
+def open_descriptors() -> int | None:
+    """How many descriptors this process has open (None without /proc)."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # less the one listdir itself opened
+    except OSError:
+        return None
+
+
 class Listener:
     """One listening socket served by uvloop, paused and resumed around descriptor exhaustion.
     `on_refused` is called for the connection in hand when a pause begins (it is closed)."""
@@ -53,7 +67,7 @@ class Listener:
         self._closed_server: asyncio.Server | None = None  # the last one, awaited at shutdown
         self._timer: asyncio.TimerHandle | None = None
         self._paused_at = 0.0
-        self._base = 0  # the lowest free descriptor when serving began: what the process holds anyway
+        self._base = 0  # descriptors open when serving began: what the process holds anyway
         self.pauses = 0
         self.closed = False
         self._notice = Notice(NOTICE_INTERVAL, self._report)
@@ -66,7 +80,7 @@ class Listener:
         self._loop = asyncio.get_running_loop()
         sock, self._sock = self._sock, None
         assert sock is not None
-        self._base = self._lowest_free()
+        self._base = open_descriptors() or self._lowest_free()
         await self._serve(sock)
 
     async def _serve(self, sock: socket.socket) -> None:
@@ -92,7 +106,7 @@ class Listener:
         """uvloop's protocol factory: a connection was just accepted, its descriptor is taken."""
         if self._lowest_free() > fd_limit() - FD_RESERVE:
             self._pause()
-            raise OSError(errno.EMFILE, "accepting paused")  # uvloop closes its server (quietly: an OSError)
+            raise AcceptPaused(errno.EMFILE, "accepting paused")
         return self._factory()
 
     def _pause(self) -> None:
@@ -107,24 +121,27 @@ class Listener:
         self._timer = self._loop.call_later(PAUSE_CHECK, self._try_resume)
 
     def _try_resume(self) -> None:
-        """Resume on a new duplicate once it lands below the low-water mark; that duplicate is the next
-        server's socket."""
+        """Resume once the open descriptors are below the low-water mark (counted, not the lowest free
+        one: closing the old server frees a low number, which says nothing about how many are free)."""
         self._timer = None
         assert self._loop is not None
         if self.closed:
             return
+        started = self._loop.time()
+        count = open_descriptors()
+        if count is None:
+            count = self._lowest_free()
+        pause_mark = fd_limit() - FD_RESERVE
+        if count > pause_mark - min(RESUME_GAP, max(1, (pause_mark - self._base) // 4)):
+            spent = self._loop.time() - started
+            self._timer = self._loop.call_later(max(PAUSE_CHECK, 20 * spent), self._try_resume)
+            return
         try:
             fd = os.dup(self._keep)
         except OSError:
-            fd = -1
-        pause_mark = fd_limit() - FD_RESERVE
-        if fd < 0 or fd > pause_mark - min(RESUME_GAP, max(1, (pause_mark - self._base) // 4)):
-            if fd >= 0:
-                os.close(fd)
             self._timer = self._loop.call_later(PAUSE_CHECK, self._try_resume)
             return
-        sock = socket.socket(fileno=fd)
-        self._loop.create_task(self._resume(sock))
+        self._loop.create_task(self._resume(socket.socket(fileno=fd)))
 
     async def _resume(self, sock: socket.socket) -> None:
         assert self._loop is not None
