@@ -25,6 +25,7 @@ import errno
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 
 from mtproxy.config import HostPort
@@ -127,13 +128,13 @@ class Listener:
         assert self._loop is not None
         if self.closed:
             return
-        started = self._loop.time()
+        started = time.monotonic()  # not loop.time(): uvloop's clock stands still within a callback
         count = open_descriptors()
         if count is None:
             count = self._lowest_free()
         pause_mark = fd_limit() - FD_RESERVE
         if count > pause_mark - min(RESUME_GAP, max(1, (pause_mark - self._base) // 4)):
-            spent = self._loop.time() - started
+            spent = time.monotonic() - started
             self._timer = self._loop.call_later(max(PAUSE_CHECK, 20 * spent), self._try_resume)
             return
         try:
