@@ -289,3 +289,23 @@ def test_accept_pauses_out_of_descriptors_and_resumes(start_proxy: ProxyFactory,
     assert "resumed" in log
     assert "unreachable" not in log
     assert "Traceback" not in log and "internal error" not in log  # the pause is quiet inside uvloop
+
+
+def test_a_paused_listener_shuts_down_cleanly(start_proxy: ProxyFactory, secret: Secret) -> None:
+    """SIGTERM while accepting is paused: the engine stops (the kept listening socket and the waiting
+    connections closed), exits 0 within its drain deadline, with no internal error."""
+    proxy = start_proxy("-S", secret.to_hex(), "--handshake-timeout", "30", "--max-unauthenticated-per-ip", "0",
+                        "--drain-timeout", "1")
+    pid = proxy.proc.pid
+    set_soft_fd_limit(pid, open_fds(pid) + 40)
+    held = [socket.create_connection(("127.0.0.1", proxy.port), timeout=2) for _ in range(50)]
+    proxy.wait_log("accepting on")
+    started = time.monotonic()
+    code = proxy.stop(timeout=10)
+    assert code == 0, proxy.log
+    assert time.monotonic() - started < 5
+    assert "internal error" not in proxy.log and "Traceback" not in proxy.log
+    for sock in held:
+        sock.close()
+    with pytest.raises(OSError):  # the port is closed with the engine: nothing left listening
+        socket.create_connection(("127.0.0.1", proxy.port), timeout=1)
