@@ -203,24 +203,31 @@ def test_a_closing_relay_hands_over_what_the_client_has_not_taken(kind: str) -> 
 
 def test_a_read_is_never_more_than_the_client_takes_plus_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     """The relay asks the kernel how much the client's socket takes now and reads at most that plus
-    --buffer-size: with room for everything it reads the whole buffer, with less it reads fewer windows,
-    with none it reads the bound (at least one window)."""
+    --buffer-size: with less room it reads fewer windows, with none it reads the bound, with room for
+    everything the whole buffer. What the kernel said is a credit spent by the writes that follow (the free
+    space only grows meanwhile), so it asks again only when the credit runs short."""
     real_readv = os.readv
     windows_asked: list[int] = []
-    spaces = iter([1 << 30, 100_000, 0] * 1000)
+    spaces = iter([100_000, 0, 1 << 30] + [0] * 1000)
+    queries: list[int] = []
 
     def counting_readv(fd: int, buffers: list[memoryview]) -> int:
         windows_asked.append(len(buffers))
         return real_readv(fd, buffers)
 
+    def space(fd: int) -> int:
+        queries.append(len(windows_asked))
+        return next(spaces)
+
     monkeypatch.setattr(os, "readv", counting_readv)
-    monkeypatch.setattr(rawrelay, "send_space", lambda fd: next(spaces))
+    monkeypatch.setattr(rawrelay, "send_space", space)
     chunks = [os.urandom(READ_SIZE) for _ in range(8)]
     payload, _sizes = asyncio.run(_relay_through(chunks, 1 << 22, 0.0))
     assert payload == b"".join(chunks)
     slot = MAX_RECORD_PAYLOAD + 5
     full = READ_SIZE // MAX_RECORD_PAYLOAD
-    assert windows_asked[:3] == [full, (BOUND + 100_000) // slot, BOUND // slot]
+    assert windows_asked[:4] == [(BOUND + 100_000) // slot, BOUND // slot, full, full]
+    assert queries[:3] == [0, 1, 2] and (len(queries) == 3 or queries[3] > 3)  # the 4th read spent the credit
 
 
 def test_a_stalled_record_relay_copies_its_residue_and_then_reads_within_the_bound() -> None:

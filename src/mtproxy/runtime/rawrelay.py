@@ -303,13 +303,20 @@ class RecordRelay(_RawRelay):
         self._pool = pool
         self._residue = memoryview(b"")  # framed records the client has not taken yet
         self._bound = bound  # --buffer-size: what may be copied out for the client
+        # bytes the client's socket is still sure to take: what the kernel last said, less what was written
+        # since (its free space only grows meanwhile), so the kernel is asked again only when that runs short
+        self._credit = 0
         super().__init__(loop, dc_fd, client_fd, on_bytes, on_eof, on_error)
 
     def _readable(self) -> None:
         buffer = self._pool.shared()
         windows = buffer.windows
-        if len(windows) * _SLOT > self._bound:  # records the client cannot take now are copied: at most the bound
-            windows = windows[: max(1, (self._bound + send_space(self._client)) // _SLOT)]
+        full = len(windows) * _SLOT
+        if full > self._bound:  # records the client cannot take now are copied: at most the bound
+            if self._credit + self._bound < full:
+                self._credit = send_space(self._client)
+            if self._credit + self._bound < full:
+                windows = windows[: max(1, (self._credit + self._bound) // _SLOT)]
         try:
             n = os.readv(self._dc, windows)
         except BlockingIOError:
@@ -324,6 +331,7 @@ class RecordRelay(_RawRelay):
         self._on_bytes(n)
         end = buffer.frame(n)
         sent = self._write(buffer.view[:end])
+        self._credit = self._credit - sent if sent == end and self._credit > sent else 0
         if sent == end or self.closed:
             buffer.unframe(n)
             return
