@@ -225,3 +225,87 @@ def test_out_of_descriptors_is_reported_and_not_blamed_on_the_dc(start_proxy: Pr
     log = proxy.log
     assert log.count("out of file descriptors (limit") <= 3  # once per interval, not once per connection
     assert "unreachable" not in log
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_accept_pauses_out_of_descriptors_and_resumes(start_proxy: ProxyFactory, secret: Secret) -> None:
+    """Out of descriptors, the engine stops accepting instead of accepting and closing: the connections beyond
+    the limit wait in the listen backlog (none of them is closed), a user arriving meanwhile waits too, no CPU
+    is spent while paused, one log line says so, and once descriptors are free the waiting connections and
+    the user are served. Only the connection in hand when accepting pauses is refused."""
+    proxy = start_proxy("-S", secret.to_hex(), "--handshake-timeout", "30", "--max-unauthenticated-per-ip", "0")
+    pid = proxy.proc.pid
+    limit = open_fds(pid) + 48
+    set_soft_fd_limit(pid, limit)
+    held = [socket.create_connection(("127.0.0.1", proxy.port), timeout=2) for _ in range(60)]  # silent, 1 fd each
+    deadline = time.monotonic() + 5
+    while int(stats_of(proxy.stats_port)["refused_out_of_fds"]) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    cpu_before, started = _cpu_seconds(pid), time.monotonic()
+
+    async def scenario() -> tuple[bool, dict[str, str], float, bytes]:
+        async def echo() -> bytes:
+            client = await open_client("127.0.0.1", proxy.port, secret, timeout=20)
+            try:
+                await client.send(b"back")
+                return await client.recv_exactly(4)
+            finally:
+                await client.close()
+
+        user = asyncio.ensure_future(echo())
+        await asyncio.sleep(1.5)
+        waited = not user.done()  # in the backlog, not refused
+        paused = await asyncio.to_thread(stats_of, proxy.stats_port)
+        cpu = _cpu_seconds(pid) - cpu_before
+        for sock in held[:40]:  # the first ones were accepted (the refused one among them): free descriptors
+            sock.close()
+        return waited, paused, cpu, await asyncio.wait_for(user, 15)
+
+    waited, paused, cpu, answer = run(scenario(), timeout=40)
+    wall = time.monotonic() - started
+    assert waited
+    assert answer == b"back"
+    admitted = int(paused["active_connections"])
+    refused = int(paused["refused_out_of_fds"])
+    assert 20 <= admitted < 40  # accepted up to the reserve below the limit, then paused
+    assert refused <= 2  # the connection in hand at each pause, not the ones that arrived later
+    assert cpu < 0.25 * wall  # paused, not spinning
+    # the connections that waited were accepted after the resume, none closed by the engine
+    assert wait_stat(proxy.stats_port, "active_connections", 20, 10)["active_connections"] == "20"
+    for sock in held[40:]:
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            sock.recv(1)
+        sock.close()
+    log = proxy.log
+    assert f"out of file descriptors (limit {limit})" in log
+    assert log.count("accepting on") <= 3  # paused, once per interval (plus the resume line)
+    assert "resumed" in log
+    assert "unreachable" not in log
+    assert "Traceback" not in log and "internal error" not in log  # the pause is quiet inside uvloop
+
+
+def test_a_paused_listener_shuts_down_cleanly(start_proxy: ProxyFactory, secret: Secret) -> None:
+    """SIGTERM while accepting is paused: the engine stops (the kept listening socket and the waiting
+    connections closed), exits 0 within its drain deadline, with no internal error."""
+    proxy = start_proxy("-S", secret.to_hex(), "--handshake-timeout", "30", "--max-unauthenticated-per-ip", "0",
+                        "--drain-timeout", "1")
+    pid = proxy.proc.pid
+    set_soft_fd_limit(pid, open_fds(pid) + 40)
+    held = [socket.create_connection(("127.0.0.1", proxy.port), timeout=2) for _ in range(50)]
+    proxy.wait_log("accepting on")
+    started = time.monotonic()
+    code = proxy.stop(timeout=10)
+    assert code == 0, proxy.log
+    assert time.monotonic() - started < 5
+    assert "internal error" not in proxy.log and "Traceback" not in proxy.log
+    for sock in held:
+        sock.close()
+    with pytest.raises(OSError):  # the port is closed with the engine: nothing left listening
+        socket.create_connection(("127.0.0.1", proxy.port), timeout=1)

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 import pytest
 
 from mtproxy.protocol.secret import Secret
-from mtproxy.runtime.buffers import MIN_READ
 from mtproxy.runtime.memory import INTERVAL
 from mtproxy.testkit.background import BackgroundPeers
 from mtproxy.testkit.client import ProxyClient, open_client, secret_for_mode
@@ -20,13 +19,16 @@ from mtproxy.testkit.client import ProxyClient, open_client, secret_for_mode
 from .conftest import SIZES, ProxyFactory, gather_bounded, open_fds, report, rss, run, settled_rss, stat, wait_for
 
 BUFFER_SIZE = 256 * 1024
-READ_SIZE = 1024 * 1024  # the default: four times the buffer size, so pinned reads would show
-FLOOR = 96 * 1024  # per-session userspace floor: objects, cipher states, transports (idle sessions: ~6 KB)
-# What one stalled direction may hold: up to --buffer-size queued (plus a read racing the pause), or the
-# part of the one read in flight when the peer stopped that its socket did not take, whichever is more.
-# That last read is the one thing the bound cannot shrink without reading less per call (see
-# docs/engine.md, Limits); before this bound existed a stalled direction pinned whole shared read buffers.
-STALLED = max(BUFFER_SIZE + MIN_READ, READ_SIZE)
+READ_SIZE = 1024 * 1024  # the default: four times the buffer size, so a read's residue above the bound would show
+# Per-session floor: objects, cipher states, transports (an idle session: ~6.5 KB), and the RSS noise of a
+# small run (1 MB over 24 sessions is 42 KB each). Measured at 2026-12-05: a stalled transport-path session
+# 256.5 KiB with --buffer-size 256 KiB, i.e. under 1 KB above the bound.
+FLOOR = 64 * 1024
+# A session whose peer stopped reading holds at most --buffer-size in that direction, whatever the read size
+# and the mode: the bound, N x (2 x buffer-size + floor), with one direction stalled. Before the reads
+# were bounded by what the peer's socket takes (buffers.Buffers.offer), the unsent part of the one read in
+# flight came on top: 548-574 KB per session on the transport path, up to --read-size.
+STALLED = BUFFER_SIZE
 
 
 @pytest.fixture
@@ -102,6 +104,7 @@ def test_clients_that_stop_reading_hold_at_most_the_buffer_size(start_proxy: Pro
            rss_base_mb=round(base / 2**20, 1), rss_stalled_mb=round(after / 2**20, 1),
            kb_per_session=round(per_session / 1024, 1), mb_relayed_per_session=round(relayed / 2**20, 1))
     assert per_session <= STALLED + FLOOR
+    assert after - base <= live * (2 * BUFFER_SIZE + FLOOR)  # the formula
 
 
 def test_dcs_that_stop_reading_hold_at_most_the_buffer_size(start_proxy: ProxyFactory, stalled_dc: BackgroundPeers,

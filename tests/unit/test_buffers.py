@@ -10,7 +10,7 @@ import socket
 import pytest
 import uvloop
 
-from mtproxy.runtime.buffers import MIN_READ, Buffers, send, socket_fd
+from mtproxy.runtime.buffers import MIN_READ, WRITE_LIMITS, Buffers, send, socket_fd
 
 READ_SIZE = 1 << 20
 BUFFER_SIZE = 256 * 1024
@@ -24,14 +24,56 @@ class _Sink(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
 
-def test_room_is_what_fits_under_the_buffer_size() -> None:
+def test_offer_is_what_fits_under_the_buffer_size() -> None:
     buffers = Buffers(READ_SIZE, BUFFER_SIZE)
     assert len(buffers.recv_in) == READ_SIZE
-    assert len(buffers.room(1)) == BUFFER_SIZE - 1
-    assert len(buffers.room(BUFFER_SIZE - 1000)) == MIN_READ  # never a uselessly small read
-    assert len(buffers.room(10 * BUFFER_SIZE)) == MIN_READ
-    small = Buffers(64 * 1024, 4 << 20)  # a buffer size above the read size never reads past the buffer
-    assert len(small.room(1)) == 64 * 1024
+    assert len(buffers.offer(1, -1)) == BUFFER_SIZE - 1  # bytes queued: the socket takes nothing directly
+    assert len(buffers.offer(BUFFER_SIZE - MIN_READ, -1)) == MIN_READ
+    assert len(buffers.offer(10 * BUFFER_SIZE, -1)) == MIN_READ  # never a uselessly small read
+    assert len(buffers.offer(1, -1, framed=True)) < BUFFER_SIZE - 1  # record headers come on top
+    small = Buffers(64 * 1024, 4 << 20)  # a buffer size above the read size: always a full read
+    assert len(small.offer(1, -1)) == 64 * 1024
+    assert len(small.offer(0, -1)) == 64 * 1024
+
+
+def _tcp_pair(rcvbuf: int) -> tuple[socket.socket, socket.socket]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    far = socket.socket()
+    far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    far.connect(listener.getsockname())
+    near, _ = listener.accept()
+    listener.close()
+    return near, far
+
+
+def test_a_peer_that_stops_reading_leaves_at_most_the_buffer_size_queued() -> None:
+    """Full reads offered to a TCP peer that never reads, as long as the transport holds nothing (it pauses
+    the source otherwise): once the socket is full, what it did not take of the last read is at most
+    --buffer-size, although each read could be four times that. Before the offer asked the kernel, that
+    residue was up to a whole --read-size."""
+
+    async def scenario() -> tuple[int, int, int]:
+        loop = asyncio.get_running_loop()
+        near, far = _tcp_pair(4096)
+        buffers = Buffers(READ_SIZE, BUFFER_SIZE)
+        transport, _ = await loop.create_connection(_Sink, sock=near)
+        transport.set_write_buffer_limits(**WRITE_LIMITS)
+        fd = socket_fd(transport)
+        most = reads = first = 0
+        while not transport.get_write_buffer_size() and reads < 200:
+            view = buffers.offer(transport.get_write_buffer_size(), fd)
+            first = first or len(view)
+            send(transport, fd, view)
+            reads += 1
+            most = max(most, transport.get_write_buffer_size())
+        transport.abort()
+        far.close()
+        return most, reads, first
+
+    most, reads, first = uvloop.run(scenario())
+    assert first == READ_SIZE  # an empty socket takes a whole read: full reads while the peer keeps up
+    assert reads < 200
+    assert 0 < most <= BUFFER_SIZE
 
 
 @pytest.mark.parametrize("first", ["empty", "behind"])

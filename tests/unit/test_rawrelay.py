@@ -11,6 +11,7 @@ import socket
 import pytest
 
 from mtproxy.protocol.faketls import MAX_RECORD_PAYLOAD, TlsRecordReader
+from mtproxy.runtime import rawrelay
 from mtproxy.runtime.rawrelay import Pipe, Pool, RecordBuffer, RecordRelay, SpliceRelay
 
 READ_SIZE = 256 * 1024
@@ -200,39 +201,33 @@ def test_a_closing_relay_hands_over_what_the_client_has_not_taken(kind: str) -> 
     assert payload == sent[:moved]
 
 
-def test_a_client_that_falls_behind_gets_reads_sized_to_what_it_took(monkeypatch: pytest.MonkeyPatch) -> None:
-    """After a partial write the next read asks for only as many record windows as the client took (at
-    least one), then doubles on every complete write up to the whole buffer: a slow client holds about
-    what it can take, a fast one gets full reads again."""
-    real_readv, real_write = os.readv, os.write
+def test_a_read_is_never_more_than_the_client_takes_plus_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relay asks the kernel how much the client's socket takes now and reads at most that plus
+    --buffer-size: with less room it reads fewer windows, with none it reads the bound, with room for
+    everything the whole buffer. What the kernel said is a credit spent by the writes that follow (the free
+    space only grows meanwhile), so it asks again only when the credit runs short."""
+    real_readv = os.readv
     windows_asked: list[int] = []
-    writes: list[tuple[int, int]] = []  # (offered, taken) per write call
-    limits = iter([None] * 3 + [40_000, 0] + [None] * 10 + [5_000, 0] + [None] * 1000)
+    spaces = iter([100_000, 0, 1 << 30] + [0] * 1000)
+    queries: list[int] = []
 
     def counting_readv(fd: int, buffers: list[memoryview]) -> int:
         windows_asked.append(len(buffers))
         return real_readv(fd, buffers)
 
-    def limited_write(fd: int, data: bytes | memoryview) -> int:
-        limit = next(limits)
-        if limit == 0:
-            raise BlockingIOError
-        taken = real_write(fd, data if limit is None else memoryview(data)[:limit])
-        writes.append((len(data), taken))
-        return taken
+    def space(fd: int) -> int:
+        queries.append(len(windows_asked))
+        return next(spaces)
 
     monkeypatch.setattr(os, "readv", counting_readv)
-    monkeypatch.setattr(os, "write", limited_write)
-    chunks = [os.urandom(READ_SIZE) for _ in range(24)]
+    monkeypatch.setattr(rawrelay, "send_space", space)
+    chunks = [os.urandom(READ_SIZE) for _ in range(8)]
     payload, _sizes = asyncio.run(_relay_through(chunks, 1 << 22, 0.0))
     assert payload == b"".join(chunks)
+    slot = MAX_RECORD_PAYLOAD + 5
     full = READ_SIZE // MAX_RECORD_PAYLOAD
-    assert max(windows_asked) == full
-    # after the write that took 40,000 bytes (2 whole records), a read asks for 2 windows, then 4, 8, 16
-    shrunk = windows_asked.index(2)
-    assert windows_asked[shrunk : shrunk + 4] == [2, 4, 8, 16]
-    # after the write that took 5,000 bytes (no whole record), a read asks for one window
-    assert 1 in windows_asked[shrunk + 4 :]
+    assert windows_asked[:4] == [(BOUND + 100_000) // slot, BOUND // slot, full, full]
+    assert queries[:3] == [0, 1, 2] and (len(queries) == 3 or queries[3] > 3)  # the 4th read spent the credit
 
 
 def test_a_stalled_record_relay_copies_its_residue_and_then_reads_within_the_bound() -> None:
@@ -274,5 +269,5 @@ def test_a_stalled_record_relay_copies_its_residue_and_then_reads_within_the_bou
 
     still_shared, first, later = asyncio.run(scenario())
     assert still_shared
-    assert 0 < first <= READ_SIZE + 5 * (READ_SIZE // MAX_RECORD_PAYLOAD)
+    assert 0 < first <= BOUND  # the first read's residue too: it was up to a whole READ_SIZE before
     assert later <= BOUND + 5 * (BOUND // MAX_RECORD_PAYLOAD)

@@ -17,6 +17,7 @@ from mtproxy.protocol.cipher import Aes
 from mtproxy.protocol.secret import Secret
 from mtproxy.stats.digest import secrets_digest
 
+from .accept import AcceptPaused
 from .certsize import fallback_size, probe_cert_size
 from .reload import FileId, Reloader
 from .secrets import SecretSet, load_secret_set
@@ -116,5 +117,7 @@ async def _publisher(server: Server, publish: Callable[[dict[str, Any]], None]) 
 def _internal_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """An exception escaping a protocol callback is our bug: log it with its traceback, keep serving."""
     exc = context.get("exception")
+    if isinstance(exc, AcceptPaused):  # how accepting is paused (accept.py), not an error
+        return
     log.error("internal error: %s", context.get("message", "unhandled exception"),
               exc_info=(type(exc), exc, exc.__traceback__) if isinstance(exc, BaseException) else None)

@@ -5,23 +5,36 @@ Sharing is safe because the event loop runs one callback at a time and every rea
 its `buffer_updated` call. The hazard is a peer that does not take everything at once: a transport given
 a view of a shared buffer would keep the whole buffer (a whole read size) alive for as long as that peer
 is behind. So `send` writes the view to the socket itself while the transport holds nothing, and hands
-the transport only a copy of what the socket did not take; and a connection whose peer is behind reads
-no more than the room left under --buffer-size (`room`), so those copies stay within that bound. A read
-that left more than --buffer-size unsent makes the next reads of that direction --buffer-size, doubling
-back to full reads while the peer keeps up: a slow phone holds about what it can take, not a whole read
-each time its socket fills, and a peer that is only briefly behind keeps its full reads."""
+the transport only a copy of what the socket did not take. What that copy can be is bounded before the
+read: `offer` never reads more from a source than its destination's socket is sure to take now plus the
+room left under --buffer-size, so a direction never holds more than --buffer-size, whatever the read size
+(docs/engine.md, Limits).
+
+A transport that holds anything pauses its source until it is empty again (WRITE_LIMITS): uvloop keeps
+each object it was given whole until all of it is sent (a partly sent one, and every buffer of a write
+request in flight), so what it reports as queued understates what it holds by up to a request; an empty
+transport holds nothing. The socket's own buffer keeps the peer busy meanwhile."""
 
 from __future__ import annotations
 
+import array
 import asyncio
+import ctypes
+import fcntl
 import os
+import socket
+import termios
+from collections.abc import Callable
 
 from mtproxy.protocol import faketls
 
 SLACK = 16  # update_into wants len(data) + block_size - 1 bytes of room
 HEADER = faketls.RECORD_HEADER_SIZE
 MAX_RECORD = faketls.MAX_RECORD_PAYLOAD
-MIN_READ = 16 * 1024  # a peer at its --buffer-size is paused; a read racing that pause takes at most this
+MIN_READ = 16 * 1024  # the least a connection reads (only a write racing a pause leaves less room)
+WRITE_LIMITS = {"high": 0, "low": 0}  # for every relay transport: any queued byte pauses the source (above)
+_SO_MEMINFO = 55  # getsockopt: the socket's memory counters (linux/sock_diag.h), one syscall for all of them
+_WMEM_ALLOC, _SNDBUF, _WMEM_QUEUED = 2, 3, 5
 
 
 class Buffers:
@@ -36,16 +49,73 @@ class Buffers:
         self.recv_in = memoryview(self.recv)[:read_size]
         self.tmp = bytearray(read_size + SLACK)
         self.out = bytearray(read_size + -(-read_size // MAX_RECORD) * HEADER + SLACK)
-        self.slow_read = min(read_size, buffer_size)  # what a reader reads once its peer fell behind
+        self.min_room = max(1, min(MIN_READ, buffer_size // 2))
 
-    def room(self, held: int) -> memoryview:
-        """Where to read for a connection whose peer still has `held` bytes queued: only what fits under
-        --buffer-size (the copy `send` makes of it is then bounded too). Framing adds at most a header per
-        record to what is read here."""
-        return self.recv_in[: max(MIN_READ, min(self.read_size, self.buffer_size - held))]
+    def offer(self, held: int, fd: int, framed: bool = False) -> memoryview:
+        """Where to read for a connection whose peer (socket `fd`) has `held` bytes queued in its transport:
+        at most what that socket takes now plus the room left under --buffer-size, so whatever `send` has to
+        copy for the transport stays within the bound. The kernel is asked only when a full read could
+        exceed the room (never for reads no larger than --buffer-size); with bytes already queued the socket
+        takes nothing directly (they go first), so only the room counts. `framed`: fake-TLS adds a header
+        per record to what is read here."""
+        room = self.buffer_size - held
+        if self.read_size <= room:
+            return self.recv_in
+        size = room if held else room + send_space(fd)
+        if framed:
+            size = size * MAX_RECORD // (MAX_RECORD + HEADER)
+        return self.recv_in[: max(self.min_room, min(self.read_size, size))]
 
-    def capped(self, cap: int) -> memoryview:
-        return self.recv_in[:cap]
+
+_getsockopt: Callable[..., int] | None = None
+_meminfo = (ctypes.c_uint32 * 9)()
+_meminfo_len = ctypes.c_uint32()
+_MEMINFO_ADDRESS = ctypes.addressof(_meminfo)
+_MEMINFO_LEN_ADDRESS = ctypes.addressof(_meminfo_len)
+
+
+def send_space(fd: int) -> int:
+    """Payload bytes the socket `fd` is sure to accept now. The kernel counts its send buffer with each
+    packet buffer's overhead, and how much payload a buffer carries depends on the peer: over loopback 70 %,
+    over a NIC with segmentation offload ~98 %, but a peer advertising a tiny window (a client that stopped
+    reading, on purpose) gets small segments and far less. So the free memory (one getsockopt(SO_MEMINFO)
+    through a preallocated buffer) is scaled by the payload share of what is queued now (SIOCOUTQ: payload
+    bytes, one ioctl), less a quarter; with nothing queued, by half. 0 where that is unavailable: reads are
+    then bounded by the room alone."""
+    global _getsockopt
+    if _getsockopt is None:
+        try:
+            function = ctypes.CDLL(None, use_errno=True).getsockopt
+        except (OSError, AttributeError):
+            function = None
+        if function is None:
+            _getsockopt = _no_getsockopt
+        else:
+            function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+            function.restype = ctypes.c_int
+            _getsockopt = function
+    _meminfo_len.value = 36
+    if _getsockopt(fd, socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO_ADDRESS, _MEMINFO_LEN_ADDRESS) != 0:
+        return 0
+    info = _meminfo
+    used = info[_WMEM_QUEUED] if info[_WMEM_QUEUED] > info[_WMEM_ALLOC] else info[_WMEM_ALLOC]  # TCP; AF_UNIX
+    free = info[_SNDBUF] - used
+    if free <= 0:
+        return 0
+    if not used:
+        return free // 2
+    try:
+        fcntl.ioctl(fd, termios.TIOCOUTQ, _outq, True)
+    except OSError:
+        return 0
+    return free * min(_outq[0], used) * 3 // (used * 4)
+
+
+_outq = array.array("i", [0])
+
+
+def _no_getsockopt(*_args: object) -> int:
+    return -1
 
 
 def send(transport: asyncio.Transport, fd: int, data: memoryview) -> int:

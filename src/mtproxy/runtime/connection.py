@@ -14,7 +14,7 @@ from mtproxy.protocol.cipher import Keystream
 from mtproxy.protocol.errors import RejectReason
 from mtproxy.protocol.handshake import Authenticated, Handshake, NeedMore, Rejected, SecretTable, Session
 
-from .buffers import send, socket_fd
+from .buffers import WRITE_LIMITS, send, socket_fd
 from .guard import OutOfDescriptors
 from .logs import log_reject
 from .upstream import DcProtocol, MaskProtocol, open_upstream
@@ -49,7 +49,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     """Reads into one preallocated buffer; the handshake sees copies, the relay transforms in place."""
 
     # slots: tens of thousands of these live at once; no per-object dict
-    __slots__ = ("_answered", "_buffers", "_cap", "_counted", "_eof_in", "_eof_out", "_from_client", "_handshake",
+    __slots__ = ("_answered", "_buffers", "_counted", "_eof_in", "_eof_out", "_from_client", "_handshake",
                  "_seen_activity", "_table", "_task", "_timer", "_tls_reader", "_to_dc", "activity", "admitted", "fd",
                  "listener", "peer", "phase", "server", "session", "transport", "unauthenticated", "upstream")
 
@@ -69,7 +69,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._buffers = server.buffers
-        self._cap = server.buffers.read_size  # bytes per client read (smaller once the upstream fell behind)
         self._handshake: Handshake | None = None
         self._table: SecretTable | None = None
         self._tls_reader: faketls.TlsRecordReader | None = None
@@ -94,7 +93,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             transport.abort()
             return
         self.admitted = True
-        transport.set_write_buffer_limits(high=self.server.cfg.limits.buffer_size, low=0)
+        transport.set_write_buffer_limits(**WRITE_LIMITS)
         self._handshake, self._table = self.server.new_handshake(self.peer[0])
         self._timer = self.server.loop.call_later(
             self.server.cfg.limits.handshake_timeout, self._on_handshake_timeout
@@ -147,14 +146,8 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         up = self.upstream
-        if up is not None and up.transport is not None:
-            held = up.transport.get_write_buffer_size()
-            if held:  # the DC (or mask) is behind: read only what fits under --buffer-size
-                return self._buffers.room(held)
-        cap = self._cap
-        if cap < self._buffers.read_size:
-            self._cap = cap * 2  # back towards full reads while the upstream keeps up (a large residue resets it)
-            return self._buffers.capped(cap)
+        if up is not None and up.transport is not None:  # relaying: no more than the DC (or mask) can take
+            return self._buffers.offer(up.transport.get_write_buffer_size(), up.fd)
         return self._buffers.recv_in
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -166,8 +159,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         elif phase == Phase.MASK:
             up = self.upstream
             assert up is not None and up.transport is not None
-            if send(up.transport, up.fd, memoryview(buffers.recv)[:nbytes]) > buffers.buffer_size:
-                self._cap = buffers.slow_read
+            send(up.transport, up.fd, memoryview(buffers.recv)[:nbytes])
         elif phase == Phase.HANDSHAKE:
             self._feed_handshake(bytes(buffers.recv[:nbytes]))
 
@@ -355,8 +347,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         n = ctr.transform_upload(self._from_client, self._to_dc, buf, layout)
         if not n:
             return
-        if send(up.transport, up.fd, memoryview(buf)[:n]) > buffers.buffer_size:
-            self._cap = buffers.slow_read
+        send(up.transport, up.fd, memoryview(buf)[:n])
         self.server.count_in(self, n)
 
     # ----------------------------------------------------------------- idle

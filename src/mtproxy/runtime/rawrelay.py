@@ -12,9 +12,9 @@ keeps reading but is no longer written to.
 
 Pipes and record buffers come from per-loop pools. A relay borrows the pool's shared one for one read and
 normally empties it again at once. When the client cannot take everything, a record relay copies the rest
-out (the buffer stays shared) and a splice relay keeps its pipe (the pool makes another for everyone else);
-from then on both read no more than --buffer-size at a time, growing back while the client keeps up, so a
-client that stops reading holds one read's residue at most (see docs/engine.md, Limits)."""
+out (the buffer stays shared) and a splice relay keeps its pipe (the pool makes another for everyone else).
+Neither reads more than the client's socket is sure to take now plus --buffer-size (buffers.send_space), so
+a client that stops reading leaves at most --buffer-size behind (see docs/engine.md, Limits)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 from mtproxy.protocol import faketls
+
+from .buffers import send_space
 
 log = logging.getLogger("mtproxy.rawrelay")
 
@@ -223,14 +225,16 @@ class SpliceRelay(_RawRelay):
         self._pool = pool
         self._pipe: Pipe | None = None  # set while it holds bytes the client has not taken
         self._queued = 0
-        self._bound = bound  # bytes per splice once the client fell behind (--buffer-size)
-        self._chunk = 1 << 30  # bytes per splice: the pipe's size until the client falls behind
+        self._bound = bound  # --buffer-size: what may stay in the pipe for the client
         super().__init__(loop, dc_fd, client_fd, on_bytes, on_eof, on_error)
 
     def _readable(self) -> None:
         try:
             pipe = self._pool.shared()  # may need a new pipe: EMFILE must fail the session, not spin
-            n = os.splice(self._dc, pipe.w, min(pipe.size, self._chunk), flags=_FLAGS)
+            size = pipe.size
+            if size > self._bound:  # what the client cannot take now stays in the pipe: at most the bound
+                size = min(size, self._bound + send_space(self._client))
+            n = os.splice(self._dc, pipe.w, size, flags=_FLAGS)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -254,7 +258,6 @@ class SpliceRelay(_RawRelay):
                 self._queued -= os.splice(pipe.r, self._client, self._queued, flags=_FLAGS)
         except BlockingIOError:
             self._pool.lend(pipe)
-            self._chunk = self._bound
             self._stalled()
             return
         except OSError as exc:
@@ -263,8 +266,6 @@ class SpliceRelay(_RawRelay):
             return
         self._pipe = None
         self._pool.give_back(pipe)
-        if self._watching == _DC and self._chunk < pipe.size:
-            self._chunk *= 2  # the client took a whole read at once: grow back towards full reads
         self._drained()
 
     def take_pending(self) -> bytes:
@@ -293,22 +294,29 @@ class SpliceRelay(_RawRelay):
 class RecordRelay(_RawRelay):
     """Fake-TLS: the DC's bytes land in the payload windows of ready-made records (one readv) and the
     filled records go out in one write; only a short last record's length is patched. When the client
-    cannot take everything, the residue is copied out: the shared buffer is never kept by one session. A
-    client that fell behind gets reads sized to what it took last time (never more than --buffer-size),
-    doubling back to full reads as it keeps up: a slow phone holds about what it can take, not a whole read."""
+    cannot take everything, the residue is copied out: the shared buffer is never kept by one session, and a
+    read is never larger than what the client takes now plus --buffer-size, so the copy is within the bound."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pool: Pool[RecordBuffer], dc_fd: int, client_fd: int,
                  on_bytes: Callable[[int], None], on_eof: Callable[[], None], on_error: Callable[[], None],
                  bound: int) -> None:
         self._pool = pool
         self._residue = memoryview(b"")  # framed records the client has not taken yet
-        self._bound_windows = max(1, bound // _SLOT)  # --buffer-size in records
-        self._windows = 1 << 30  # record windows per read: all of them until the client falls behind
+        self._bound = bound  # --buffer-size: what may be copied out for the client
+        # bytes the client's socket is still sure to take: what the kernel last said, less what was written
+        # since (its free space only grows meanwhile), so the kernel is asked again only when that runs short
+        self._credit = 0
         super().__init__(loop, dc_fd, client_fd, on_bytes, on_eof, on_error)
 
     def _readable(self) -> None:
         buffer = self._pool.shared()
-        windows = buffer.windows if self._windows >= len(buffer.windows) else buffer.windows[: self._windows]
+        windows = buffer.windows
+        full = len(windows) * _SLOT
+        if full > self._bound:  # records the client cannot take now are copied: at most the bound
+            if self._credit + self._bound < full:
+                self._credit = send_space(self._client)
+            if self._credit + self._bound < full:
+                windows = windows[: max(1, (self._credit + self._bound) // _SLOT)]
         try:
             n = os.readv(self._dc, windows)
         except BlockingIOError:
@@ -323,12 +331,10 @@ class RecordRelay(_RawRelay):
         self._on_bytes(n)
         end = buffer.frame(n)
         sent = self._write(buffer.view[:end])
+        self._credit = self._credit - sent if sent == end and self._credit > sent else 0
         if sent == end or self.closed:
             buffer.unframe(n)
-            if self._windows < len(buffer.windows):
-                self._windows *= 2
             return
-        self._windows = max(1, min(sent // _SLOT, self._bound_windows))
         self._residue = memoryview(bytes(buffer.view[sent:end]))  # framed: copied before unframe()
         buffer.unframe(n)
         self._stalled()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import functools
 import gc
@@ -21,6 +20,7 @@ from mtproxy.protocol.obfs2 import TAG_PADDED
 from mtproxy.protocol.replay import ReplayFilter
 from mtproxy.stats.counters import Counters
 
+from .accept import LISTEN_BACKLOG, Listener
 from .buffers import Buffers
 from .connection import ClientConnection
 from .dc import DcTable
@@ -33,7 +33,6 @@ from .shared import held
 
 log = logging.getLogger("mtproxy.server")
 
-LISTEN_BACKLOG = 1024
 
 
 def bind_listener(address: HostPort, reuse_port: bool) -> socket.socket:
@@ -109,7 +108,7 @@ class Server:
         self.accepting = True
         self.cert_size = cert_size
         self.counters.cert_size = cert_size
-        self._servers: list[asyncio.Server] = []
+        self._listeners: list[Listener] = []
         self._trimmer = Trimmer()
         self._malloc_trim: Callable[[int], int] | None = None
         self._memory_timer: asyncio.TimerHandle | None = None
@@ -287,18 +286,18 @@ class Server:
         self._malloc_trim = load_malloc_trim()
         self._memory_timer = self.loop.call_later(INTERVAL, self._memory_tick)
         for address, sock in sockets:
-            srv = await self.loop.create_server(
-                functools.partial(ClientConnection, self, address), sock=sock, backlog=LISTEN_BACKLOG
-            )
-            self._servers.append(srv)
+            listener = Listener(address, sock, functools.partial(ClientConnection, self, address),
+                                self.guard.out_of_fds)
+            await listener.start()
+            self._listeners.append(listener)
             self.listening.append(address)
             log.info("listening on %s", address)
 
     async def shutdown(self, deadline: float) -> None:
         """Stop accepting, let sessions finish for up to `deadline` seconds, then drop the rest."""
         self.accepting = False
-        for srv in self._servers:
-            srv.close()
+        for listener in self._listeners:
+            listener.close()
         end = self.loop.time() + deadline
         # handshakes in progress may finish (bounded by the handshake timeout) and become sessions
         while self.connections and self.loop.time() < end:
@@ -310,6 +309,5 @@ class Server:
         self.guard.close()
         if self._memory_timer is not None:
             self._memory_timer.cancel()
-        for srv in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(srv.wait_closed(), 1.0)
+        for listener in self._listeners:
+            await listener.wait_closed()

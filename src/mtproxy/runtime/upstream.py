@@ -13,7 +13,7 @@ from mtproxy.protocol.cipher import Keystream
 from mtproxy.protocol.obfs2 import DcLink
 
 from . import rawrelay
-from .buffers import send, socket_fd
+from .buffers import WRITE_LIMITS, send, socket_fd
 from .guard import OutOfDescriptors, is_fd_exhaustion
 
 if TYPE_CHECKING:
@@ -50,20 +50,19 @@ async def open_upstream(server: Server, addresses: list[HostPort], factory: Call
 class _Leg(asyncio.BufferedProtocol):
     """Shared plumbing of an outgoing leg tied to one client connection."""
 
-    __slots__ = ("_buffers", "_cap", "client", "fd", "transport")
+    __slots__ = ("_buffers", "client", "fd", "transport")
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
         self.fd = -1  # this leg's socket, written directly while its transport holds nothing (buffers.send)
         self._buffers = client.server.buffers
-        self._cap = self._buffers.read_size  # bytes per read (smaller once the client fell behind)
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # uvloop's transport class is not a subclass
         self.transport = transport
         self.fd = socket_fd(transport)
-        transport.set_write_buffer_limits(high=self.client.server.cfg.limits.buffer_size)
+        transport.set_write_buffer_limits(**WRITE_LIMITS)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stop_raw()
@@ -86,15 +85,13 @@ class _Leg(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         client = self.client.transport
-        if client is not None:
-            held = client.get_write_buffer_size()
-            if held:  # the client is behind: read only what fits under --buffer-size
-                return self._buffers.room(held)
-        cap = self._cap
-        if cap < self._buffers.read_size:
-            self._cap = cap * 2  # back towards full reads while the client keeps up (a large residue resets it)
-            return self._buffers.capped(cap)
+        if client is not None:  # no more than the client can take
+            return self._buffers.offer(client.get_write_buffer_size(), self.client.fd, self._framed())
         return self._buffers.recv_in
+
+    def _framed(self) -> bool:
+        """Whether what is read here reaches the client as fake-TLS records (a header per 16 KiB)."""
+        return False
 
     # Backpressure: this leg's write buffer is full, so stop reading the client.
     def pause_writing(self) -> None:
@@ -116,8 +113,7 @@ class MaskProtocol(_Leg):
         if client is None or client.is_closing():
             return
         self.client.activity += nbytes
-        if send(client, self.client.fd, memoryview(self._buffers.recv)[:nbytes]) > self._buffers.buffer_size:
-            self._cap = self._buffers.slow_read
+        send(client, self.client.fd, memoryview(self._buffers.recv)[:nbytes])
 
 
 class DcProtocol(_Leg):
@@ -133,6 +129,9 @@ class DcProtocol(_Leg):
         self._tls = False
         self._relayed = 0  # DC->client bytes through the transport, until a raw relay takes over
         self.raw: rawrelay.SpliceRelay | rawrelay.RecordRelay | None = None
+
+    def _framed(self) -> bool:
+        return self._tls
 
     def start(self, link: DcLink, tls: bool) -> None:
         self._from_dc = link.from_dc
@@ -164,17 +163,14 @@ class DcProtocol(_Leg):
                 else:
                     view[pos : pos + size] = chunk
                 pos += size
-            if send(client, self.client.fd, view[:pos]) > buffers.buffer_size:
-                self._cap = buffers.slow_read
+            send(client, self.client.fd, view[:pos])
             if self._to_client is None:
                 self._count_towards_raw(client, nbytes)
         elif self._to_client is not None:
             self._to_client.update_into(data, buffers.out)
-            if send(client, self.client.fd, memoryview(buffers.out)[:nbytes]) > buffers.buffer_size:
-                self._cap = buffers.slow_read
+            send(client, self.client.fd, memoryview(buffers.out)[:nbytes])
         else:  # fast mode: the DC's bytes are already what the client expects
-            if send(client, self.client.fd, data) > buffers.buffer_size:
-                self._cap = buffers.slow_read
+            send(client, self.client.fd, data)
             self._count_towards_raw(client, nbytes)
         self.client.server.count_out(self.client, nbytes)
 
