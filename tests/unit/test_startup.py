@@ -57,9 +57,9 @@ def test_the_soft_limit_is_raised_to_the_hard_one() -> None:
 
 
 def test_capacity_and_the_warning_only_when_an_explicit_value_cannot_fit() -> None:
-    assert connection_capacity(1024) == (1024 - 64) // DESCRIPTORS_PER_CONNECTION == 160
+    assert connection_capacity(1024) == (1024 - 64) // DESCRIPTORS_PER_CONNECTION == 480
     assert connection_capacity(10) == 1
-    assert capacity_warning(160, 1024) is None
+    assert capacity_warning(480, 1024) is None
     warning = capacity_warning(10000, 1024)
     assert warning is not None and "--max-connections 10000" in warning and "1024" in warning
     assert "LimitNOFILE" in warning
@@ -73,8 +73,8 @@ def test_max_connections_defaults_to_what_the_limit_holds(tmp_path: Path, engine
     cfg = _cfg(tmp_path)
     assert cfg.max_connections_auto
     fitted = fit_connections(cfg, 1024)
-    assert fitted.limits.max_connections == 160
-    assert fit_connections(cfg, 1 << 20).limits.max_connections == ((1 << 20) - 64) // 6
+    assert fitted.limits.max_connections == 480
+    assert fit_connections(cfg, 1 << 20).limits.max_connections == ((1 << 20) - 64) // 2
     assert engine_log.records == []
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import errno
 import resource
 
-# A session holds two sockets; a spliced one also two dups and a pipe (two descriptors).
-DESCRIPTORS_PER_CONNECTION = 6
+# A session holds two sockets. A spliced one also takes two dups and a pipe, but only while descriptors
+# are there: a raw relay that cannot get them leaves the session on the transport path, and accepting
+# pauses when the process runs out (runtime/accept.py). So two per session is what the limit must hold.
+DESCRIPTORS_PER_CONNECTION = 2
 # Listeners, the stats server, log files, the secrets watcher, the event loop's own descriptors.
 RESERVED_DESCRIPTORS = 64
 # RLIM_INFINITY is not a count; Linux's default fs.nr_open caps any one process at this many.
