@@ -185,6 +185,10 @@ def test_out_of_descriptors_is_reported_and_not_blamed_on_the_dc(start_proxy: Pr
     set_soft_fd_limit(pid, open_fds(pid) + 2)
     for sock in socks:
         sock.sendall(core.ClientConnection(classic, os.urandom, time.time(), dc_id=2, aes=PEER_AES).first_bytes())
+    log = proxy.wait_log("out of file descriptors (limit")
+    # the stats server needs a descriptor too: read it once the sessions (and their dials) are gone
+    for sock in socks:
+        sock.close()
     deadline = time.monotonic() + 5
     while int(stats_of(proxy.stats_port)["refused_out_of_fds"]) < 5 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -192,9 +196,6 @@ def test_out_of_descriptors_is_reported_and_not_blamed_on_the_dc(start_proxy: Pr
     assert int(stats["refused_out_of_fds"]) >= 5
     assert stats["upstream_failed"] == "0"
     assert "unreachable" not in proxy.log
-    log = proxy.wait_log("out of file descriptors (limit")
-    for sock in socks:
-        sock.close()
     time.sleep(0.5)
 
     # 2. new connections refused while the limit is reached, then served again
