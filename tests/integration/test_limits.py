@@ -160,15 +160,7 @@ def test_unauthenticated_connections_have_their_own_caps(start_proxy: ProxyFacto
         sock.close()
     assert wait_stat(proxy.stats_port, "unauthenticated_connections", 0, 5)["unauthenticated_connections"] == "0"
 
-    async def user_echo() -> bytes:
-        client = await open_client("127.0.0.1", proxy.port, secret)
-        try:
-            await client.send(b"back")
-            return await client.recv_exactly(4)
-        finally:
-            await client.close()
-
-    assert run(user_echo()) == b"back"  # under the caps again: a new user gets in
+    assert run(_echo(proxy.port, secret)) == b"back"  # under the caps again: a new user gets in
 
 
 def test_out_of_descriptors_is_reported_and_not_blamed_on_the_dc(start_proxy: ProxyFactory, secret: Secret) -> None:
@@ -213,19 +205,21 @@ def test_out_of_descriptors_is_reported_and_not_blamed_on_the_dc(start_proxy: Pr
         sock.close()
     time.sleep(0.5)
 
-    async def echo() -> bytes:
-        client = await open_client("127.0.0.1", proxy.port, secret)
-        try:
-            await client.send(b"back")
-            return await client.recv_exactly(4)
-        finally:
-            await client.close()
-
-    assert run(echo()) == b"back"
+    assert run(_echo(proxy.port, secret)) == b"back"
     assert proxy.proc.poll() is None
     log = proxy.log
     assert log.count("out of file descriptors (limit") <= 3  # once per interval, not once per connection
     assert "unreachable" not in log
+
+
+async def _echo(port: int, secret: Secret) -> bytes:
+    """A user's round trip through the proxy: what comes back."""
+    client = await open_client("127.0.0.1", port, secret)
+    try:
+        await client.send(b"back")
+        return await client.recv_exactly(4)
+    finally:
+        await client.close()
 
 
 def _cpu_seconds(pid: int) -> float:
