@@ -52,10 +52,8 @@ def closing_mask(peers: BackgroundPeers) -> Iterator[BackgroundPeers]:
 
 @pytest.fixture
 def stalled_dc(peers: BackgroundPeers) -> Iterator[BackgroundPeers]:
-    peers.dc.mode = "stall"
-    yield peers
-    peers.dc.mode = "echo"
-    peers.loop.call_soon_threadsafe(peers.dc.release_stalled)
+    with peers.stalled_dc() as stalled:
+        yield stalled
 
 
 def test_masked_probe_that_ignores_our_fin_is_released(start_proxy: ProxyFactory, closing_mask: BackgroundPeers,

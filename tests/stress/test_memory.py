@@ -41,10 +41,8 @@ def source_dc(peers: BackgroundPeers) -> Iterator[BackgroundPeers]:
 
 @pytest.fixture
 def stalled_dc(peers: BackgroundPeers) -> Iterator[BackgroundPeers]:
-    peers.dc.mode = "stall"
-    yield peers
-    peers.dc.mode = "echo"
-    peers.loop.call_soon_threadsafe(peers.dc.release_stalled)
+    with peers.stalled_dc() as stalled:
+        yield stalled
 
 
 def _stalled_cost(proxy_pid: int, stats_port: int, open_all: object, moving_key: str) -> tuple[int, int]:

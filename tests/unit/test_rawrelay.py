@@ -152,6 +152,18 @@ def _parse_records(stream: bytes) -> bytes:
     return bytes(payload)
 
 
+
+def _small_client_pairs() -> tuple[socket.socket, socket.socket, socket.socket, socket.socket]:
+    """DC (far, near) and client (near, far) socketpairs, non-blocking, with 8 KiB client buffers, so a
+    client that does not read backs up at once."""
+    dc_far, dc_near = socket.socketpair()
+    client_near, client_far = socket.socketpair()
+    client_near.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    client_far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    for s in (dc_far, dc_near, client_near, client_far):
+        s.setblocking(False)
+    return dc_far, dc_near, client_near, client_far
+
 @pytest.mark.parametrize("kind", ["splice", "records"])
 def test_a_closing_relay_hands_over_what_the_client_has_not_taken(kind: str) -> None:
     """A session that ends while its client is backlogged passes the relay's pending bytes on (the engine
@@ -160,12 +172,7 @@ def test_a_closing_relay_hands_over_what_the_client_has_not_taken(kind: str) -> 
 
     async def scenario() -> tuple[bytes, bytes, int, bytes]:
         loop = asyncio.get_running_loop()
-        dc_far, dc_near = socket.socketpair()
-        client_near, client_far = socket.socketpair()
-        client_near.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
-        client_far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-        for s in (dc_far, dc_near, client_near, client_far):
-            s.setblocking(False)
+        dc_far, dc_near, client_near, client_far = _small_client_pairs()
         moved: list[int] = []
         relay: SpliceRelay | RecordRelay
         if kind == "splice":
@@ -237,12 +244,7 @@ def test_a_stalled_record_relay_copies_its_residue_and_then_reads_within_the_bou
 
     async def scenario() -> tuple[bool, int, int]:
         loop = asyncio.get_running_loop()
-        dc_far, dc_near = socket.socketpair()
-        client_near, client_far = socket.socketpair()
-        client_near.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
-        client_far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-        for s in (dc_far, dc_near, client_near, client_far):
-            s.setblocking(False)
+        dc_far, dc_near, client_near, client_far = _small_client_pairs()
         pool = Pool(lambda: RecordBuffer(READ_SIZE))
         shared = pool.shared()
         relay = RecordRelay(loop, pool, dc_near.fileno(), client_near.fileno(), lambda n: None,

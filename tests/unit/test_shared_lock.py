@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from mtproxy.runtime.shared import SharedLock, SharedState, ThreadSafeSharedLock, held
+from mtproxy.runtime.shared import SharedLock, SharedState, ThreadSafeSharedLock
 
 WAIT = 10.0  # seconds: every wait in here is bounded by this, far above any expected delay
 
@@ -87,7 +87,7 @@ def test_a_holder_killed_inside_its_critical_section_releases_the_lock_to_a_wait
         assert _exit_status(waiter) == 0
         os.set_blocking(got_read, True)
         assert os.read(got_read, 1) == b"y"
-        with _bounded(), held(lock):  # and this process gets it too
+        with _bounded(), lock:  # and this process gets it too
             pass
     finally:
         for pid in (holder, waiter):
@@ -115,7 +115,7 @@ def test_a_holder_slower_than_any_timeout_is_never_overtaken() -> None:
     try:
         with _bounded():
             assert os.read(ready_read, 1) == b"x"
-            with held(lock):
+            with lock:
                 assert released[0] == 1, "admitted while the first holder still held the lock"
         assert _exit_status(holder) == 0
     finally:

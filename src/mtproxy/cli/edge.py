@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import TextIO
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, TextIO
 
 from ..usage import UsageError
 from .errors import CliError, ExitStatus
+
+if TYPE_CHECKING:
+    from ..host.runner import Runner
+
+HostCommand = Callable[[list[str], Mapping[str, str], TextIO, TextIO, "Runner | None"], int]
 
 
 def run_at_edge(
@@ -98,3 +103,14 @@ def _quiet_broken_pipe() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):
         pass
+
+
+def run_host_command(body: HostCommand, prog: str, argv: list[str] | None, env: Mapping[str, str] | None,
+                     stdin: TextIO | None, stdout: TextIO | None, runner: Runner | None,
+                     stderr: TextIO | None) -> int:
+    """`mtproxy-setup` and `mtproxy-uninstall`: the process's arguments, environment and streams unless a test
+    passes its own, through the one edge."""
+    args = sys.argv[1:] if argv is None else argv
+    return run_at_edge(lambda: body(args, os.environ if env is None else env, sys.stdin if stdin is None else stdin,
+                                    sys.stdout if stdout is None else stdout, runner),
+                       prog=prog, typed=args, err=stderr)

@@ -39,7 +39,7 @@ from ..protocol.secret import SecretKind, generate_secret
 from ..settings import Settings, read_settings, update_settings
 from ..store import SecretRecord, StoreData, StoreError, now_iso, update_store
 from ..usage import OneLineParser
-from .edge import run_at_edge
+from .edge import run_host_command
 from .errors import CliError, ExitStatus
 from .validation import (
     Checked,
@@ -421,10 +421,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None,
          stdin: TextIO | None = None, stdout: TextIO | None = None, runner: Runner | None = None,
          stderr: TextIO | None = None) -> int:
     """`mtproxy-setup`: the wizard run through the CLI's one error edge (one line on stderr, an ExitStatus)."""
-    args = sys.argv[1:] if argv is None else argv
-    return run_at_edge(lambda: install(args, os.environ if env is None else env, sys.stdin if stdin is None else stdin,
-                                       sys.stdout if stdout is None else stdout, runner),
-                       prog="mtproxy-setup", typed=args, err=stderr)
+    return run_host_command(install, "mtproxy-setup", argv, env, stdin, stdout, runner, stderr)
 
 
 def install(argv: list[str], environ: Mapping[str, str], stdin: TextIO, stdout: TextIO,

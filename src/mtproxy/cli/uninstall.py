@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Mapping
 from typing import TextIO
 
@@ -13,7 +12,7 @@ from ..host.layout import HostLayout
 from ..host.runner import CommandError, Runner
 from ..paths import Paths
 from ..usage import OneLineParser
-from .edge import run_at_edge
+from .edge import run_host_command
 from .errors import CliError, ExitStatus
 
 
@@ -36,10 +35,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None,
          stdin: TextIO | None = None, stdout: TextIO | None = None, runner: Runner | None = None,
          stderr: TextIO | None = None) -> int:
     """`mtproxy-uninstall` run through the CLI's one error edge (one line on stderr, an ExitStatus)."""
-    args = sys.argv[1:] if argv is None else argv
-    return run_at_edge(lambda: remove(args, os.environ if env is None else env, sys.stdin if stdin is None else stdin,
-                                      sys.stdout if stdout is None else stdout, runner),
-                       prog="mtproxy-uninstall", typed=args, err=stderr)
+    return run_host_command(remove, "mtproxy-uninstall", argv, env, stdin, stdout, runner, stderr)
 
 
 def remove(argv: list[str], environ: Mapping[str, str], stdin: TextIO, stdout: TextIO,

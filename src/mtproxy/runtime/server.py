@@ -29,7 +29,6 @@ from .hints import HintCache
 from .memory import INTERVAL, Trimmer, load_malloc_trim, refill_free_lists
 from .rawrelay import Pipe, Pool, RecordBuffer
 from .secrets import SecretSet
-from .shared import held
 
 log = logging.getLogger("mtproxy.server")
 
@@ -98,7 +97,7 @@ class Server:
         self.pipes = Pool(Pipe)
         self.record_buffers = Pool(lambda: RecordBuffer(cfg.limits.read_size))
         self.replay = ReplayFilter(replay_memory)
-        self._replay_guard = (lambda: held(replay_lock)) if replay_lock is not None else None
+        self._replay_guard = (lambda: replay_lock) if replay_lock is not None else None
         self.dc_table = DcTable(cfg.dc_overrides, cfg.prefer_ipv6)
         self.connections: set[ClientConnection] = set()
         self.by_secret: dict[str, set[ClientConnection]] = {}

@@ -92,11 +92,6 @@ class ThreadSafeSharedLock(SharedLock):
             self._threads.release()
 
 
-def held(lock: SharedLock) -> SharedLock:
-    """The lock as a context manager, for callers that are handed a lock and a factory of guards."""
-    return lock
-
-
 class SharedState:
     """Anonymous MAP_SHARED memory created before fork(), so every worker sees the same bytes.
     One lock guards the replay table: an init or hello seen by any worker is a replay on all of them."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 from .servers import FakeDc, MaskStub
@@ -41,6 +42,16 @@ class BackgroundPeers:
                 raise TimeoutError(f"mask stub saw {len(self.mask.received)} connections, wanted {count}")
             time.sleep(0.01)
         return list(self.mask.received)
+
+    @contextlib.contextmanager
+    def stalled_dc(self) -> Iterator[BackgroundPeers]:
+        """The fake DC stops reading for the duration; its stalled connections are released after."""
+        self.dc.mode = "stall"
+        try:
+            yield self
+        finally:
+            self.dc.mode = "echo"
+            self.loop.call_soon_threadsafe(self.dc.release_stalled)
 
     def stop(self) -> None:
         self.call(self.dc.close())
