@@ -229,3 +229,8 @@ def test_kill_9_between_writes_loses_at_most_one_interval(tmp_path: Path, table:
     assert moved >= CHUNK * PER_WRITE * 25
     saved = read_ledger(path).secrets["alice"].bytes_in  # whole and parsable, whenever the kill came
     assert moved - CHUNK * PER_WRITE <= saved <= moved + CHUNK
+    # the next start-up clears a temp file the kill may have left, and reads the same figures
+    restarted = UsageKeeper(table, path, Clock(), pytest.fail)
+    restarted.load()
+    assert restarted.ledger.secrets["alice"].bytes_in == saved
+    assert [p.name for p in tmp_path.iterdir()] == ["usage.json"]

@@ -19,6 +19,7 @@ from mtproxy.accounts.limits import Limits
 from mtproxy.accounts.periods import next_reset
 from mtproxy.accounts.usage import Ledger, LedgerError, read_ledger, set_aside, write_ledger
 from mtproxy.runtime.accounting import AccountingTable, Live
+from mtproxy.store import remove_stale_temps
 
 DEFAULT_INTERVAL = 60.0  # seconds: the most usage a crash can lose
 
@@ -41,6 +42,7 @@ class UsageKeeper:
     def load(self) -> None:
         """Read usage.json; an unusable one is moved aside (kept for the operator) and counting starts
         afresh, with an error line naming both files: the proxy keeps serving."""
+        remove_stale_temps(self._path)  # what a write killed midway left beside the file
         try:
             self.ledger = read_ledger(self._path)
         except LedgerError as exc:
