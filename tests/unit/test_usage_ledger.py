@@ -157,12 +157,33 @@ def test_a_reset_request_applies_once_and_survives_restarts(tmp_path: Path, tabl
     assert restarted.ledger.secrets["alice"].bytes_in == 70
 
 
+def test_a_total_quota_counts_every_byte_since_the_last_reset() -> None:
+    ledger = Ledger()
+    monthly, total = MONTHLY.quota, Quota(10_000)
+    ledger.roll("a", monthly, NOW)
+    ledger.add("a", 1, 3000, 1000, NOW, NOW)
+    assert ledger.roll("a", monthly, NOW + timedelta(days=1)) is True  # 2027-01-01 in Berlin: a new month
+    ledger.add("a", 1, 500, 0, NOW, NOW)
+    assert ledger.secrets["a"].period_bytes == 500
+    assert ledger.roll("a", total, NOW + timedelta(days=1)) is True  # the operator made it a total quota
+    assert ledger.secrets["a"].period_bytes == 4500
+    assert ledger.roll("a", total, NOW + timedelta(days=90)) is False
+    ledger.apply_reset("a", NOW + timedelta(days=91))
+    assert ledger.secrets["a"].period_bytes == 0
+
+
 def test_removed_secrets_leave_the_file(tmp_path: Path, table: AccountingTable) -> None:
     keeper = UsageKeeper(table, tmp_path / "usage.json", Clock(), pytest.fail)
     keeper.configure({"a": Limits(), "b": Limits()}, {})
+    slot = table.slot("a")
+    assert slot is not None
+    table.add_bytes(slot, 100, 0, NOW)
     keeper.configure({"b": Limits()}, {})
     keeper.persist()
     assert set(read_ledger(tmp_path / "usage.json").secrets) == {"b"}
+    keeper.configure({"a": Limits(), "b": Limits()}, {})  # the id comes back: it starts from nothing
+    keeper.persist()
+    assert read_ledger(tmp_path / "usage.json").secrets["a"].bytes_in == 0
 
 
 def test_run_writes_once_more_at_shutdown(tmp_path: Path, table: AccountingTable) -> None:

@@ -44,7 +44,7 @@ class SecretUsage:
     first_seen: datetime | None = None
     last_seen: datetime | None = None
     period_start: datetime | None = None  # None: no period (no quota, or a total quota)
-    period_bytes: int = 0  # both ways since period_start (since the last reset for a total quota)
+    period_bytes: int = 0  # both ways since period_start; without a period, since the last reset
     reset_at: datetime | None = None  # the last usage_reset_at applied
 
     def to_json(self) -> dict[str, Any]:
@@ -81,15 +81,14 @@ class Ledger:
 
     def roll(self, secret_id: str, quota: Quota | None, now: datetime) -> bool:
         """Start a new period when `now` is past the stored one's end (or the quota's period changed);
-        True when period_bytes went back to 0. A total quota's bytes are kept: only a reset clears them."""
+        True when period_bytes changed. Without a period (a total quota, or none) period_bytes is every
+        byte since the last reset, so a total quota set later counts what was already used."""
         entry = self.of(secret_id)
         start = period_start(now, quota) if quota is not None else None
         if start == entry.period_start:
             return False
         entry.period_start = start
-        if start is None and quota is not None:
-            return False  # a periodic quota became a total one: what was used still counts
-        entry.period_bytes = 0
+        entry.period_bytes = 0 if start is not None else entry.bytes_in + entry.bytes_out
         return True
 
     def apply_reset(self, secret_id: str, requested_at: datetime | None) -> bool:

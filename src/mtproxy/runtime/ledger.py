@@ -56,6 +56,8 @@ class UsageKeeper:
     def configure(self, limits: Mapping[str, Limits], resets: Mapping[str, datetime | None]) -> None:
         """The secret set in force from now on: its limits and each secret's latest `usage_reset_at`."""
         now = self._clock()
+        for gone in set(self._limits) - set(limits):
+            self._fold(gone, self._table.slot(gone))  # its last bytes leave with it, not into a namesake
         self._limits = dict(limits)
         for secret_id, secret_limits in self._limits.items():
             slot = self._slot(secret_id)
