@@ -172,6 +172,24 @@ def test_a_total_quota_counts_every_byte_since_the_last_reset() -> None:
     assert ledger.secrets["a"].period_bytes == 0
 
 
+def test_report_adds_what_the_workers_have_not_handed_over_yet(tmp_path: Path, table: AccountingTable) -> None:
+    clock = Clock()
+    keeper = UsageKeeper(table, tmp_path / "usage.json", clock, pytest.fail)
+    keeper.configure({"alice": MONTHLY}, {})
+    slot = table.slot("alice")
+    assert slot is not None
+    assert table.admit(slot, MONTHLY, "192.0.2.1", clock.now) is None
+    table.add_bytes(slot, 100, 200, clock.now)
+    keeper.persist()
+    assert table.admit(slot, MONTHLY, "192.0.2.2", clock.now + timedelta(seconds=9)) is None
+    table.add_bytes(slot, 1, 2, clock.now + timedelta(seconds=9))
+    assert keeper.report()["alice"] == {
+        "bytes_in": 101, "bytes_out": 202, "connections": 2, "connections_total": 2, "unique_ips": 2,
+        "first_seen": "2026-12-31T22:00:00Z", "last_seen": "2026-12-31T22:00:09Z",
+        "period_start": "2026-11-30T23:00:00Z", "period_bytes": 303,
+    }
+
+
 def test_removed_secrets_leave_the_file(tmp_path: Path, table: AccountingTable) -> None:
     keeper = UsageKeeper(table, tmp_path / "usage.json", Clock(), pytest.fail)
     keeper.configure({"a": Limits(), "b": Limits()}, {})

@@ -14,14 +14,19 @@ import contextlib
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from mtproxy.accounts.limits import Limits
+from mtproxy.accounts.limits import Limits, format_time
 from mtproxy.accounts.periods import next_reset
 from mtproxy.accounts.usage import Ledger, LedgerError, read_ledger, set_aside, write_ledger
 from mtproxy.runtime.accounting import AccountingTable, Live
 from mtproxy.store import remove_stale_temps
 
 DEFAULT_INTERVAL = 60.0  # seconds: the most usage a crash can lose
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return format_time(moment) if moment is not None else None
 
 
 def _when(stamp: float) -> datetime | None:
@@ -84,6 +89,27 @@ class UsageKeeper:
     def live(self, secret_id: str) -> Live:
         slot = self._table.slot(secret_id)
         return self._table.read(slot) if slot is not None else Live()
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """Each secret's usage as of now (persisted plus not yet drained), for stats and the management API."""
+        now = self._clock()
+        out: dict[str, dict[str, Any]] = {}
+        for secret_id, secret_limits in self._limits.items():
+            entry = self.ledger.of(secret_id)
+            slot = self._table.slot(secret_id)
+            live = self._table.read(slot) if slot is not None else Live()
+            unique = self._table.unique_ips(slot, secret_limits.unique_ip_window, now) if slot is not None else 0
+            last = _when(live.last_seen)
+            out[secret_id] = {
+                "bytes_in": entry.bytes_in + live.bytes_in, "bytes_out": entry.bytes_out + live.bytes_out,
+                "connections": live.connections, "connections_total": entry.connections_total + live.opened,
+                "unique_ips": unique,
+                "first_seen": _iso(entry.first_seen or _when(live.first_seen)),
+                "last_seen": _iso(max(filter(None, (entry.last_seen, last)), default=None)),
+                "period_start": _iso(entry.period_start),
+                "period_bytes": entry.period_bytes + live.bytes_in + live.bytes_out,
+            }
+        return out
 
     def wait_time(self, interval: float) -> float:
         """Seconds until the next write: the interval, or the end of the earliest quota period if sooner."""
