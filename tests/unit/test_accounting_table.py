@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mtproxy.accounts.limits import Limits, Quota
 from mtproxy.accounts.policy import Refusal
@@ -146,3 +148,28 @@ def test_quota_uses_ledger_base_plus_live_and_drain_moves_bytes_once(table: Acco
     table.set_base(slot, 0)  # a new period
     assert table.admit(slot, limits, "203.0.113.9", NOW) is None
     assert table.read(slot).first_seen == NOW.timestamp()
+
+
+@settings(max_examples=60, deadline=None)
+@given(cap=st.integers(1, IP_ENTRIES), window=st.integers(1, 100),
+       visits=st.lists(st.tuples(st.integers(0, 90), st.integers(0, 30)), min_size=1, max_size=300))
+def test_unique_ips_match_a_plain_model_up_to_the_tracked_count(cap: int, window: int,
+                                                                 visits: list[tuple[int, int]]) -> None:
+    table = AccountingTable(b"model", capacity=1)
+    try:
+        slot = table.slot("x")
+        assert slot is not None
+        limits = Limits(max_unique_ips=cap, unique_ip_window=window)
+        seen: dict[int, int] = {}
+        now = 0
+        for address, pause in visits:
+            now += pause
+            recent = {a for a, t in seen.items() if t >= now - window}
+            admitted = len(recent | {address}) <= cap
+            moment = NOW + timedelta(seconds=now)
+            assert (table.admit(slot, limits, f"10.1.0.{address}", moment) is None) == admitted
+            if admitted:
+                seen[address] = now
+                table.release(slot, moment)
+    finally:
+        table.close()
