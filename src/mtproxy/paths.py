@@ -52,6 +52,12 @@ class Paths:
         return self.root / "data" / "mtproxy"
 
     @property
+    def usage_file(self) -> Path:
+        """The engine's per-secret usage ledger (accounts/usage.py). In the data directory, not beside the
+        store: the container mounts the config directory read-only and the engine writes this file."""
+        return self.data_dir / "usage.json"
+
+    @property
     def engine_state_file(self) -> Path:
         """Where `mtproxy run` keeps the secret it generated when none is configured."""
         return self.data_dir / "engine_state.json"

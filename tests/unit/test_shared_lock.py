@@ -191,3 +191,18 @@ def test_a_child_forked_while_a_parent_thread_holds_the_stats_lock_can_take_it()
     leave.set()  # the parent's thread lets go; the child, with a thread lock of its own, gets it
     thread.join(WAIT)
     assert _exit_status(child) == 0
+
+
+def test_a_closed_lock_leaves_the_file_that_reuses_its_number_alone_in_a_child() -> None:
+    lock = SharedLock("closed")
+    lock.close()
+    read_end, write_end = os.pipe()  # the lowest free numbers: one of them is likely the lock's old fd
+    try:
+        def child() -> None:
+            os.fstat(read_end)
+            os.fstat(write_end)
+        assert _exit_status(_fork(child)) == 0
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    lock.close()  # a second close is harmless

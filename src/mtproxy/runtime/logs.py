@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from mtproxy.accounts.policy import Refusal
 from mtproxy.protocol.errors import RejectReason
 
 reject_log = logging.getLogger("mtproxy.reject")
@@ -54,6 +55,16 @@ def log_reject(peer: tuple[str, int], local: tuple[str, int], reason: RejectReas
     reject_log.warning(
         "rejected handshake from %s port %d on %s:%d: reason=%s",
         _bare(peer[0]), peer[1], _bare(local[0]), local[1], reason.value,
+    )
+
+
+def log_refusal(peer: tuple[str, int], local: tuple[str, int], reason: Refusal, secret_id: str) -> None:
+    """Exactly one WARNING per session a secret's limits refused or closed, in the rejected-handshake shape
+    but with its own verb: the client did authenticate, so the shipped fail2ban filter does not count it
+    (banning an address for a spent quota would lock out everyone behind it, for every secret)."""
+    reject_log.warning(
+        "refused session from %s port %d on %s:%d: reason=%s id=%s",
+        _bare(peer[0]), peer[1], _bare(local[0]), local[1], reason.value, secret_id,
     )
 
 

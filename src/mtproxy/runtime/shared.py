@@ -50,6 +50,8 @@ class SharedLock:
 
     def _after_fork(self) -> None:
         inherited = self._fd
+        if inherited < 0:  # closed: its number may belong to another file by now, which must stay open
+            return
         self._fd = os.open(f"/proc/self/fd/{inherited}", os.O_RDWR | os.O_CLOEXEC)
         os.close(inherited)  # the parent still holds the shared description: nothing of its is released
 
@@ -61,7 +63,9 @@ class SharedLock:
         fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, _UNLOCK)
 
     def close(self) -> None:
-        os.close(self._fd)
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
 
 
 class ThreadSafeSharedLock(SharedLock):

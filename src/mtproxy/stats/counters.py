@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mtproxy.accounts.policy import Refusal
 from mtproxy.protocol.errors import RejectReason
 
 REASONS = tuple(r.value for r in RejectReason)
+REFUSALS = tuple(r.value for r in Refusal)
 
 
 @dataclass
@@ -40,6 +42,8 @@ class Counters:
     halfclose_released: int = 0  # closed by --halfclose-timeout
     out_of_fds: int = 0  # connections refused or sessions dropped for lack of file descriptors
     rejects: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    # authenticated clients refused a session, or sessions closed, by their secret's limits (accounts/policy)
+    refusals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSALS, 0))
     secrets: dict[str, SecretCounters] = field(default_factory=dict)
     modes: dict[str, int] = field(default_factory=lambda: {"classic": 0, "dd": 0, "ee": 0})
     secrets_loaded: int = 0
@@ -57,6 +61,9 @@ class Counters:
 
     def reject(self, reason: RejectReason) -> None:
         self.rejects[reason.value] = self.rejects.get(reason.value, 0) + 1
+
+    def refuse(self, reason: Refusal) -> None:
+        self.refusals[reason.value] = self.refusals.get(reason.value, 0) + 1
 
     def snapshot(self) -> dict[str, Any]:
         """A copy safe to serialise or hand to another thread."""
@@ -77,6 +84,7 @@ class Counters:
             "halfclose_released": self.halfclose_released,
             "out_of_fds": self.out_of_fds,
             "rejects": dict(self.rejects),
+            "refusals": dict(self.refusals),
             "modes": dict(self.modes),
             "secrets": {
                 k: {"active": v.active, "total": v.total, "bytes_in": v.bytes_in, "bytes_out": v.bytes_out}
@@ -100,12 +108,13 @@ _SUMMED = ("active", "total", "handshakes_ok", "bytes_in", "bytes_out", "masked"
 def merge(snapshots: list[dict[str, Any]], started_at: float) -> dict[str, Any]:
     """Sum the workers' snapshots; gauges that every worker holds alike take the maximum."""
     out: dict[str, Any] = {k: 0 for k in _SUMMED}
-    out.update(started_at=started_at, rejects=dict.fromkeys(REASONS, 0), modes={}, secrets={},
+    out.update(started_at=started_at, rejects=dict.fromkeys(REASONS, 0), refusals=dict.fromkeys(REFUSALS, 0),
+               modes={}, secrets={},
                secrets_loaded=0, cert_size=0)
     for snap in snapshots:
         for k in _SUMMED:
             out[k] += int(snap.get(k, 0))
-        for group in ("rejects", "modes"):
+        for group in ("rejects", "refusals", "modes"):
             for k, v in snap.get(group, {}).items():
                 out[group][k] = out[group].get(k, 0) + int(v)
         for sid, figures in snap.get("secrets", {}).items():

@@ -35,6 +35,7 @@ def render_stats(snap: dict[str, Any], now: float) -> str:
         ("fake_cert_size", snap["cert_size"]),
     ]
     lines += [(f"handshake_failures_{k}", v) for k, v in sorted(snap["rejects"].items())]
+    lines += [(f"session_refusals_{k}", v) for k, v in sorted(snap.get("refusals", {}).items())]
     lines += [(f"mode_{k}_connections", v) for k, v in sorted(snap["modes"].items())]
     for sid, fig in sorted(snap["secrets"].items()):
         for k in ("active", "total", "bytes_in", "bytes_out"):
@@ -78,6 +79,11 @@ class _SnapshotCollector(Collector):
         for k, v in sorted(s["rejects"].items()):
             r.add_metric([k], v)
         yield r
+        rf = CounterMetricFamily("mtproxy_session_refusals", "Sessions refused or closed by a secret's limits",
+                                 labels=["reason"])
+        for k, v in sorted(s.get("refusals", {}).items()):
+            rf.add_metric([k], v)
+        yield rf
         m = CounterMetricFamily("mtproxy_mode_connections", "Authenticated sessions by mode", labels=["mode"])
         for k, v in sorted(s["modes"].items()):
             m.add_metric([k], v)
