@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .accounts.limits import NO_LIMITS, Limits, LimitsError, parse_limits
+from .accounts.limits import NO_LIMITS, Limits, LimitsError, parse_limits, parse_time
 from .protocol.errors import SecretFormatError
 from .protocol.secret import Secret, SecretKind, parse_secret, validate_domain
 
@@ -74,6 +74,8 @@ class SecretRecord:
     description: str = ""
     # Its `enabled` is the entry's "active" in the file: the one switch for whether the engine serves it.
     limits: Limits = NO_LIMITS
+    # `reset-usage` sets it: the usage ledger counts this secret's usage from then on (live, on reload)
+    usage_reset_at: str = ""
 
     @property
     def active(self) -> bool:
@@ -104,6 +106,7 @@ class SecretRecord:
             "active": self.active,
             "description": self.description,
             **({"limits": limits_to_store(self.limits)} if has_limits(self.limits) else {}),
+            **({"usage_reset_at": self.usage_reset_at} if self.usage_reset_at else {}),
         }
 
     @classmethod
@@ -245,7 +248,8 @@ PLAN_VERSION = "6.0.0"
 def _migrate(doc: dict[str, Any]) -> dict[str, Any]:
     """Bring an older document up to STORE_VERSION, in memory; the next write saves the new form.
 
-    Version 1 -> 2 only adds the optional per-entry "limits" object (accounts/limits.py; absent = none).
+    Version 1 -> 2 only adds optional per-entry fields: "limits" (accounts/limits.py; absent = none) and
+    "usage_reset_at" (when `reset-usage` last cleared the secret's usage).
     Version 0 is the plan's original file: no metadata (or the plan's own `"version": "6.0.0"`), entries with
     "secret" instead of "value", possibly no id or label, and a bare 16-byte key whose `padding_enabled`
     says whether clients get it as dd. Any other version string is refused, not guessed at. The migration is
@@ -414,7 +418,18 @@ def _parse_entry(entry: dict[str, Any], where: str) -> SecretRecord:
         created_by=_field(entry, "created_by", (str, type(None)), where, "") or "",
         description=_field(entry, "description", (str, type(None)), where, "") or "",
         limits=_parse_entry_limits(entry, f"{where} (id {secret_id!r})"),
+        usage_reset_at=_reset_time(entry, f"{where} (id {secret_id!r})"),
     )
+
+
+def _reset_time(entry: dict[str, Any], where: str) -> str:
+    text = _field(entry, "usage_reset_at", str, where, "")
+    if text:
+        try:
+            parse_time(text, "usage_reset_at")
+        except LimitsError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    return str(text)
 
 
 def _parse_entry_limits(entry: dict[str, Any], where: str) -> Limits:

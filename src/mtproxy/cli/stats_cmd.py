@@ -8,11 +8,11 @@ from typing import Any
 import click
 
 from ..host.record import ownership
+from ..operations.proxy_control import engine_of_root, fetch_engine, fetch_stats, stat_int, stats_port
 from ..store import StoreError, read_store
 from .env import Env
 from .errors import CliError, ExitStatus
 from .output import dump_json, human_bytes, human_count, human_duration, table
-from .proxy_control import engine_of_root, fetch_engine, fetch_stats, stat_int, stats_port
 from .secret_cmds import load_settings
 
 pass_env = click.make_pass_decorator(Env)
