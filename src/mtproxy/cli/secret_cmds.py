@@ -28,7 +28,7 @@ from .errors import CliError, ExitStatus
 from .output import dump_json, human_bytes, table
 from .validation import check_domain
 
-__all__ = ["COMMANDS", "ChangeReport", "load_settings", "ops_of", "proxy_line", "resolve"]
+__all__ = ["COMMANDS", "ChangeReport", "confirm", "load_settings", "ops_of", "proxy_line", "resolve"]
 
 pass_env = click.make_pass_decorator(Env)
 
@@ -160,7 +160,7 @@ def list_secrets(env: Env, as_json: bool, show_all: bool) -> None:
     env.out(table(headers, rows, [env.style(h, bold=True) for h in headers]))
 
 
-def _confirm(env: Env, question: str, yes: bool) -> None:
+def confirm(env: Env, question: str, yes: bool) -> None:
     if yes or env.runner.dry_run:
         return
     if not env.interactive:
@@ -188,7 +188,7 @@ def remove_secret(env: Env, ref: str, yes: bool, dry_run: bool) -> None:
     target = resolve(current, ref)
     others_active = [rec for rec in current.active_records() if rec.id != target.id]
     if target.active and not others_active:
-        _confirm(env, f"{target.name} is the last active secret; remove it and leave the proxy with none?", yes)
+        confirm(env, f"{target.name} is the last active secret; remove it and leave the proxy with none?", yes)
 
     report = remove_op(ops_of(env), target.id)
     verb = "would remove" if env.runner.dry_run else "removed"
@@ -214,7 +214,7 @@ def regenerate_secret(env: Env, ref: str, yes: bool, dry_run: bool, as_json: boo
         env.runner.dry_run = True
     current = read_store(env.paths.secrets_file)
     target = resolve(current, ref)
-    _confirm(env, f"regenerate {target.name}? Links already handed out stop working", yes)
+    confirm(env, f"regenerate {target.name}? Links already handed out stop working", yes)
 
     report = regenerate_op(ops_of(env), target.id)
     verb = "would regenerate" if env.runner.dry_run else "regenerated"
