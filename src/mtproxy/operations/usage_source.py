@@ -81,11 +81,17 @@ def read_ledger(paths: Paths) -> dict[str, dict[str, Any]]:
     return {str(k): v for k, v in secrets.items() if isinstance(v, dict)}
 
 
-def engine_counters(paths: Paths) -> dict[str, dict[str, Any]] | None:
-    """This root's engine's per-secret counters from /stats.json; None when it does not answer."""
+def engine_snapshot(paths: Paths) -> dict[str, Any] | None:
+    """This root's engine's /stats.json; None when no engine of this root answers."""
     own = ownership(paths)
     engine = fetch_engine(stats_port(own, read_settings(paths.settings_file)))
-    if engine is None or not engine_of_root(engine, own, paths):
+    return engine if engine is not None and engine_of_root(engine, own, paths) else None
+
+
+def engine_counters(paths: Paths) -> dict[str, dict[str, Any]] | None:
+    """This root's engine's per-secret counters from /stats.json; None when it does not answer."""
+    engine = engine_snapshot(paths)
+    if engine is None:
         return None
     secrets = engine.get("secrets")
     return {str(k): v for k, v in secrets.items() if isinstance(v, dict)} if isinstance(secrets, dict) else {}
