@@ -15,7 +15,7 @@ from mtproxy.paths import Paths
 from mtproxy.store import read_store
 from mtproxy.testkit.process import ProxyProcess
 
-from .conftest import Result
+from .conftest import SRC, Result
 from .test_live_apply import _wait_loaded, start_engine
 
 Cli = Callable[..., Result]
@@ -173,3 +173,28 @@ def test_disable_and_enable_reach_the_running_proxy_live(cli: Cli, paths: Paths,
         assert engine.proc.pid == pid and engine.proc.poll() is None  # no restart
     finally:
         engine.stop()
+
+
+def test_man_page_and_completion_know_the_new_commands(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from mtproxy.cli.main import cli as group
+    from mtproxy.cli.manpage import render
+
+    page = render(group)
+    for name in ("set\\-limits", "enable", "disable", "extend", "reset\\-usage", "api", "api\\-token"):
+        assert f".SS {name}\n" in page, name
+    assert "\\-\\-max\\-connections" in page and "\\-\\-quota\\-period" in page
+    root = tmp_path / "root"
+    env = {**os.environ, "MTPROXY_ROOT": str(root), "PYTHONPATH": SRC}
+    subprocess.run([sys.executable, "-m", "mtproxy.cli.main", "--server", "203.0.113.10", "add-secret", "--label",
+                    "alice"], env=env, capture_output=True, check=True, timeout=60)
+    for words, wanted in (("mtproxy set-l", "set-limits"), ("mtproxy reset-usage al", "alice"),
+                          ("mtproxy set-limits al", "alice")):
+        comp = {**env, "_MTPROXY_COMPLETE": "bash_complete", "COMP_WORDS": words,
+                "COMP_CWORD": str(len(words.split()) - 1)}
+        out = subprocess.run([sys.executable, "-m", "mtproxy.cli.main"], env=comp, capture_output=True, text=True,
+                             timeout=60, check=False).stdout
+        assert wanted in out, (words, out)

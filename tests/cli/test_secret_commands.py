@@ -251,7 +251,8 @@ def test_debug_is_the_only_way_to_a_traceback(cli: Cli, paths: Paths, monkeypatc
 
 def test_every_command_has_help_with_examples(cli: Cli) -> None:
     for command in ("add-secret", "list-secrets", "remove-secret", "regenerate-secret", "show-config",
-                    "set-port", "set-workers", "set-server", "stats", "status", "completion"):
+                    "set-port", "set-workers", "set-server", "stats", "status", "completion", "set-limits",
+                    "enable", "disable", "extend", "reset-usage", "api", "api-token"):
         result = cli(command, "--help")
         assert result.status == ExitStatus.OK
         assert "Examples:" in result.out, command

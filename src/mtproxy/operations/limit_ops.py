@@ -84,7 +84,7 @@ class LimitsPatch:
 
 
 def _invalid(exc: LimitsError) -> OpError:
-    return OpError(str(exc), "see `mtproxy set-limits --help` or docs/api.md", Failure.INVALID)
+    return OpError(str(exc), "see `mtproxy set-limits --help`", Failure.INVALID)
 
 
 def _change_limits(ops: Ops, ref: str, edit: Any) -> ChangeReport:
