@@ -136,6 +136,9 @@ def test_every_route_does_what_the_spec_says(api: Api, paths: Paths) -> None:
     assert secret["links"]["tg"].startswith("tg://proxy?server=203.0.113.10")
     assert secret["limits"]["max_connections"] == 3 and secret["limits"]["quota"]["period"] == "month"
     sid = secret["id"]
+    schema = json.loads(SPEC.read_text())["components"]["schemas"]["Secret"]
+    assert set(schema["required"]) <= set(secret) <= set(schema["properties"])
+    assert set(secret["limits"]) == set(json.loads(SPEC.read_text())["components"]["schemas"]["Limits"]["properties"])
     status, listing, _ = api.call("GET", "/secrets")
     assert status == 200 and [s["id"] for s in listing["secrets"]] == [sid]
     assert "value" not in listing["secrets"][0] and secret["value"] not in json.dumps(listing)
@@ -276,3 +279,15 @@ def test_an_api_change_reaches_the_running_proxy_live(make_env: Callable[..., En
     finally:
         server.stop()
         engine.stop()
+
+
+def test_a_bug_is_a_json_500_without_the_request_in_the_log(api: Api, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    def boom(*_a: object) -> None:
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr("mtproxy.api.app.get_secret", boom)
+    secret_like = "dd" + "ab" * 16
+    status, body, _ = api.call("GET", f"/secrets/{secret_like}")
+    assert status == 500 and body["error"]["kind"] == "internal" and "kaboom" not in json.dumps(body)
+    assert "kaboom" in caplog.text and secret_like not in caplog.text and "/secrets/{ref}" in caplog.text

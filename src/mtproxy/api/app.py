@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,6 +29,7 @@ from ..protocol.errors import SecretFormatError
 from ..protocol.secret import SecretKind, validate_domain
 from ..store import StoreError, read_store
 
+log = logging.getLogger("mtproxy.api")
 PREFIX = "/api/v1"
 MAX_BODY = 64 * 1024
 API_VERSION = 1
@@ -73,6 +75,11 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                       if exc.hint else "the file was left untouched", "store")
     except web.HTTPException as exc:
         return _error(exc.status, exc.reason, "see docs/api.openapi.json", "http")
+    except Exception:
+        # a bug: its traceback for the log, without the request (whose path may name a secret)
+        log.exception("internal error in %s %s", request.method, request.match_info.route.resource
+                      and request.match_info.route.resource.canonical)
+        return _error(500, "internal error", "see the API's log and report the traceback", "internal")
 
 
 async def _call(request: web.Request, operation: Callable[..., Any], *args: Any) -> Any:
