@@ -20,10 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .accounts.limits import NO_LIMITS, Limits, LimitsError, parse_limits, parse_time
 from .protocol.errors import SecretFormatError
 from .protocol.secret import Secret, SecretKind, parse_secret, validate_domain
 
-STORE_VERSION = 1
+STORE_VERSION = 2
 FILE_MODE = 0o600
 MAX_STORE_BYTES = 4 * 1024 * 1024  # thousands of secrets fit; anything bigger is not our file
 
@@ -70,8 +71,16 @@ class SecretRecord:
     padding_enabled: bool = False
     created_at: str = ""
     created_by: str = ""
-    active: bool = True
     description: str = ""
+    # Its `enabled` is the entry's "active" in the file: the one switch for whether the engine serves it.
+    limits: Limits = NO_LIMITS
+    # `reset-usage` sets it: the usage ledger counts this secret's usage from then on (live, on reload)
+    usage_reset_at: str = ""
+
+    @property
+    def active(self) -> bool:
+        """Served by the engine; `mtproxy disable` clears it (the file keeps it as "active")."""
+        return self.limits.enabled
 
     def secret(self) -> Secret:
         return parse_secret(self.value)
@@ -96,6 +105,8 @@ class SecretRecord:
             "created_by": self.created_by,
             "active": self.active,
             "description": self.description,
+            **({"limits": limits_to_store(self.limits)} if has_limits(self.limits) else {}),
+            **({"usage_reset_at": self.usage_reset_at} if self.usage_reset_at else {}),
         }
 
     @classmethod
@@ -109,6 +120,7 @@ class SecretRecord:
         created_by: str = "",
         description: str = "",
         active: bool = True,
+        limits: Limits = NO_LIMITS,
     ) -> SecretRecord:
         return cls(
             id=secret_id,
@@ -119,9 +131,21 @@ class SecretRecord:
             padding_enabled=secret.kind is not SecretKind.CLASSIC,
             created_at=created_at,
             created_by=created_by,
-            active=active,
             description=description,
+            limits=replace(limits, enabled=active),
         )
+
+
+def has_limits(limits: Limits) -> bool:
+    """Anything beyond the on/off switch (which the entry keeps as "active")."""
+    return replace(limits, enabled=True) != NO_LIMITS
+
+
+def limits_to_store(limits: Limits) -> dict[str, Any]:
+    """The entry's "limits" object: Limits.to_json without "enabled", which the entry holds as "active"."""
+    doc = limits.to_json()
+    del doc["enabled"]
+    return doc
 
 
 @dataclass(frozen=True)
@@ -224,6 +248,8 @@ PLAN_VERSION = "6.0.0"
 def _migrate(doc: dict[str, Any]) -> dict[str, Any]:
     """Bring an older document up to STORE_VERSION, in memory; the next write saves the new form.
 
+    Version 1 -> 2 only adds optional per-entry fields: "limits" (accounts/limits.py; absent = none) and
+    "usage_reset_at" (when `reset-usage` last cleared the secret's usage).
     Version 0 is the plan's original file: no metadata (or the plan's own `"version": "6.0.0"`), entries with
     "secret" instead of "value", possibly no id or label, and a bare 16-byte key whose `padding_enabled`
     says whether clients get it as dd. Any other version string is refused, not guessed at. The migration is
@@ -252,6 +278,15 @@ def _migrate(doc: dict[str, Any]) -> dict[str, Any]:
         doc = {"secrets": migrated, "metadata": {
             "last_modified": last or "", "version": 1,
             "migrations": [{"from": str(found), "to": 1, "at": ""}]}}
+        metadata, version = doc["metadata"], 1
+    if version == 1:
+        # v2 adds an optional "limits" object per entry; a v1 entry has none, so only the version moves.
+        assert isinstance(metadata, dict)
+        steps = metadata.get("migrations", [])
+        if not isinstance(steps, list):
+            raise ValueError("metadata.migrations must be a list")
+        doc = {**doc, "metadata": {**metadata, "version": 2,
+                                   "migrations": [*steps, {"from": "1", "to": 2, "at": ""}]}}
     return doc
 
 
@@ -381,9 +416,33 @@ def _parse_entry(entry: dict[str, Any], where: str) -> SecretRecord:
         padding_enabled=_field(entry, "padding_enabled", bool, where, kind is not SecretKind.CLASSIC),
         created_at=_field(entry, "created_at", (str, type(None)), where, "") or "",
         created_by=_field(entry, "created_by", (str, type(None)), where, "") or "",
-        active=_field(entry, "active", bool, where, True),
         description=_field(entry, "description", (str, type(None)), where, "") or "",
+        limits=_parse_entry_limits(entry, f"{where} (id {secret_id!r})"),
+        usage_reset_at=_reset_time(entry, f"{where} (id {secret_id!r})"),
     )
+
+
+def _reset_time(entry: dict[str, Any], where: str) -> str:
+    text = _field(entry, "usage_reset_at", str, where, "")
+    if text:
+        try:
+            parse_time(text, "usage_reset_at")
+        except LimitsError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    return str(text)
+
+
+def _parse_entry_limits(entry: dict[str, Any], where: str) -> Limits:
+    active = _field(entry, "active", bool, where, True)
+    raw = entry.get("limits")
+    try:
+        limits = parse_limits(raw, f"{where}: limits")
+    except LimitsError as exc:
+        raise ValueError(str(exc)) from None
+    # "active" is the switch; a hand-written limits.enabled may repeat it but not contradict it.
+    if isinstance(raw, dict) and "enabled" in raw and limits.enabled != active:
+        raise ValueError(f"{where}: limits.enabled contradicts 'active' (the entry's 'active' is the switch)")
+    return replace(limits, enabled=active)
 
 
 # ---------------------------------------------------------------------------------------------- reading

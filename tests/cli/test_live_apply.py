@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mtproxy.cli.errors import ExitStatus
-from mtproxy.cli.proxy_control import fetch_engine, fetch_stats, stat_int
+from mtproxy.operations.proxy_control import fetch_engine, fetch_stats, stat_int
 from mtproxy.paths import Paths
 from mtproxy.testkit.process import ProxyProcess, free_port
 

@@ -95,7 +95,8 @@ def test_list_secrets_masks_values(cli: Cli, paths: Paths) -> None:
     values = [e["value"] for e in _store(paths)["secrets"]]
     table = cli("list-secrets")
     assert table.status == ExitStatus.OK
-    assert table.out.splitlines()[0].split() == ["ID", "LABEL", "SECRET", "TYPE", "DOMAIN", "CREATED", "ACTIVE"]
+    assert table.out.splitlines()[0].split() == ["ID", "LABEL", "SECRET", "TYPE", "DOMAIN", "CREATED", "ACTIVE",
+                                                 "STATE", "LIMITS", "USAGE"]
     for value in values:
         secret = parse_secret(value)
         assert secret.key.hex() not in table.out
@@ -240,7 +241,7 @@ def test_debug_is_the_only_way_to_a_traceback(cli: Cli, paths: Paths, monkeypatc
     def boom(*_a: object, **_k: object) -> None:
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr("mtproxy.cli.secret_cmds.read_store", boom)
+    monkeypatch.setattr("mtproxy.operations.secrets.read_store", boom)
     quiet = cli("list-secrets")
     assert quiet.status == ExitStatus.FAILURE
     assert quiet.err == "mtproxy: internal error: RuntimeError: kaboom — rerun with --debug and report the traceback\n"
@@ -250,7 +251,8 @@ def test_debug_is_the_only_way_to_a_traceback(cli: Cli, paths: Paths, monkeypatc
 
 def test_every_command_has_help_with_examples(cli: Cli) -> None:
     for command in ("add-secret", "list-secrets", "remove-secret", "regenerate-secret", "show-config",
-                    "set-port", "set-workers", "set-server", "stats", "status", "completion"):
+                    "set-port", "set-workers", "set-server", "stats", "status", "completion", "set-limits",
+                    "enable", "disable", "extend", "reset-usage", "api", "api-token"):
         result = cli(command, "--help")
         assert result.status == ExitStatus.OK
         assert "Examples:" in result.out, command

@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 
 from mtproxy import __version__
-from mtproxy.cli import artifacts, secret_cmds
 from mtproxy.cli.errors import ExitStatus
 from mtproxy.host.install import InstallPlan, preflight
 from mtproxy.host.layout import HostLayout
 from mtproxy.host.runner import Runner
 from mtproxy.links import ServerUnknownError
+from mtproxy.operations import apply as secret_cmds
+from mtproxy.operations import artifacts
 from mtproxy.paths import Paths
 from mtproxy.settings import read_settings
 from mtproxy.testkit.process import free_port

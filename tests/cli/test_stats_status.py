@@ -73,7 +73,30 @@ def test_stats_human_and_json(cli: Cli, paths: Paths, stats_server: StatsServer,
     assert data["kind"] == "stats" and data["version"] == 1
     assert data["stats"]["active_connections"] == 3
     assert data["stats"]["bytes_dc_to_client"] == 3 * 1024**3
-    assert data["secrets"][sid] == {"label": "phones", "active": 0, "total": 42, "bytes_in": 0, "bytes_out": 0}
+    shown = data["secrets"][sid]
+    assert {k: shown[k] for k in ("label", "active", "total", "bytes_in", "bytes_out")} == {
+        "label": "phones", "active": 0, "total": 42, "bytes_in": 0, "bytes_out": 0}
+    assert shown["state"] == "active" and shown["limits"]["quota"] is None
+    assert shown["usage"]["source"] == "engine" and shown["usage"]["connections_total"] == 42
+
+
+def test_stats_show_usage_against_limits(cli: Cli, paths: Paths, stats_server: StatsServer,
+                                        counters: Counters) -> None:
+    """The ledger the engine keeps beside the store (usage.json) against the quota set with set-limits."""
+    cli("add-secret", "--label", "phones")
+    sid = json.loads(paths.secrets_file.read_text())["secrets"][0]["id"]
+    counters.for_secret(sid).active = 2
+    _settings(paths, stats_port=stats_server.port)
+    assert cli("set-limits", "phones", "--quota", "1G", "--quota-period", "month").status == ExitStatus.OK
+    paths.usage_file.write_text(json.dumps({"version": 1, "secrets": {sid: {
+        "bytes_in": 2**29, "bytes_out": 2**29 + 1, "connections_total": 7, "period_start": "2026-01-01T00:00:00Z"}}}))
+    shown = cli("stats", "--json").json()["secrets"][sid]
+    assert shown["usage"]["connections_active"] == 2  # live, from the engine
+    assert shown["usage"]["bytes_total"] == 2**30 + 1 and shown["usage"]["source"] == "ledger"
+    assert shown["state"] == "over quota" and shown["limits"]["quota"]["limit_bytes"] == 2**30
+    assert "1.0 GiB of 1G, 2 conn" in cli("stats").out
+    table = cli("list-secrets").out
+    assert "1.0 GiB of 1G" in table and "over quota" in table and "1G/month" in table
 
 
 def test_stats_live_redraws(cli: Cli, paths: Paths, stats_server: StatsServer) -> None:

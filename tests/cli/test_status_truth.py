@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from mtproxy.cli.errors import ExitStatus
-from mtproxy.cli.proxy_control import compare
 from mtproxy.host import ufw
 from mtproxy.host.layout import HostLayout
 from mtproxy.host.record import RECORD_SCHEMA, InstallRecord, ownership
 from mtproxy.host.runner import Runner
+from mtproxy.operations.proxy_control import compare
 from mtproxy.paths import Paths
 from mtproxy.stats.counters import Counters, merge
 from mtproxy.stats.digest import secrets_digest
@@ -58,7 +58,7 @@ def _line(result: Result, name: str) -> str:
 
 def test_status_compares_the_engine_with_the_store(cli: Cli, paths: Paths, engine: StatsServer,
                                                    counters: Counters, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mtproxy.cli.proxy_control.RELOAD_WAIT", 0.3)
+    monkeypatch.setattr("mtproxy.operations.proxy_control.RELOAD_WAIT", 0.3)
     _settings(paths, stats_port=engine.port)
     cli("add-secret", "--label", "a")
     data = read_store(paths.secrets_file)
@@ -76,7 +76,7 @@ def test_status_compares_the_engine_with_the_store(cli: Cli, paths: Paths, engin
 
 def test_add_secret_is_not_confirmed_by_an_engine_that_did_not_reload(
         cli: Cli, paths: Paths, engine: StatsServer, counters: Counters, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mtproxy.cli.proxy_control.RELOAD_WAIT", 0.5)
+    monkeypatch.setattr("mtproxy.operations.proxy_control.RELOAD_WAIT", 0.5)
     _settings(paths, stats_port=engine.port)
     added = cli("add-secret")
     assert "reloaded the secrets" not in added.out

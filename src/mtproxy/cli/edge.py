@@ -64,11 +64,17 @@ def as_cli_error(exc: Exception) -> CliError | None:
     from ..config import ConfigError
     from ..host.install import InstallError
     from ..host.runner import CommandError
+    from ..operations.errors import Failure, OpError
     from ..store import StoreAccessError, StoreError
     from .validation import Invalid
 
     if isinstance(exc, CliError):
         return exc
+    if isinstance(exc, OpError):
+        statuses = {Failure.INVALID: ExitStatus.USAGE, Failure.NOT_FOUND: ExitStatus.NOT_FOUND,
+                    Failure.CONFLICT: ExitStatus.CONFLICT, Failure.UNAVAILABLE: ExitStatus.UNAVAILABLE,
+                    Failure.FAILED: ExitStatus.FAILURE}
+        return CliError(exc.what, exc.todo, statuses[exc.failure])
     if isinstance(exc, UsageError):
         return CliError(exc.what, exc.todo, ExitStatus.USAGE)
     if isinstance(exc, Invalid):

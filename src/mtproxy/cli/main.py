@@ -163,9 +163,9 @@ def completion_cmd(shell: str) -> None:
 
 def _register() -> None:
     # Imported here so each subcommand lives in its own module and main stays the edge.
-    from . import secret_cmds, settings_cmds, show_config, stats_cmd, status_cmd
+    from . import api_cmd, limit_cmds, secret_cmds, settings_cmds, show_config, stats_cmd, status_cmd
 
-    for module in (secret_cmds, settings_cmds, show_config, stats_cmd, status_cmd):
+    for module in (secret_cmds, limit_cmds, settings_cmds, show_config, stats_cmd, status_cmd, api_cmd):
         for command in module.COMMANDS:
             cli.add_command(command)
 

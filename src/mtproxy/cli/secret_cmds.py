@@ -4,98 +4,50 @@ from __future__ import annotations
 
 import getpass
 import os
-import secrets as csprng
-from collections.abc import Callable
-from dataclasses import dataclass, replace
 
 import click
 
-from ..protocol.errors import SecretFormatError
-from ..protocol.secret import SecretKind, generate_secret, parse_secret
+from ..accounts.limits import Limits, format_time
+from ..operations import artifacts
+from ..operations.apply import ChangeReport, resolve
+from ..operations.context import Ops
+from ..operations.proxy_control import ApplyOutcome
+from ..operations.secrets import AddRequest, SecretView
+from ..operations.secrets import add_secret as add_op
+from ..operations.secrets import list_secrets as list_op
+from ..operations.secrets import regenerate_secret as regenerate_op
+from ..operations.secrets import remove_secret as remove_op
+from ..operations.units import show_size
+from ..operations.usage_source import LedgerAndEngine
+from ..protocol.secret import SecretKind
 from ..settings import Settings, read_settings
-from ..store import SecretRecord, StoreData, now_iso, read_store, update_store
-from . import artifacts
+from ..store import read_store
 from .completion import complete_secret_ref
 from .env import Env
 from .errors import CliError, ExitStatus
-from .output import dump_json, table
-from .proxy_control import ApplyOutcome, reload_secrets
+from .output import dump_json, human_bytes, table
 from .validation import check_domain
+
+__all__ = ["COMMANDS", "ChangeReport", "confirm", "load_settings", "ops_of", "proxy_line", "resolve"]
 
 pass_env = click.make_pass_decorator(Env)
 
 KIND_WORDS = {"plain": "classic", "dd": "dd (padded)", "ee": "ee (fake-TLS)"}
 
 
-@dataclass(frozen=True)
-class ChangeReport:
-    record: SecretRecord | None
-    notes: list[str]
-    apply: ApplyOutcome
-    server: artifacts.ServerChoice | None
-    settings: Settings  # as read under the store's lock, so the links shown are the links written
-
-
 def load_settings(env: Env) -> Settings:
     return read_settings(env.paths.settings_file)
 
 
-def change_secrets(
-    env: Env, change: Callable[[StoreData], tuple[StoreData, SecretRecord | None]]
-) -> ChangeReport:
-    """Change the store under its lock, rewrite links and QR codes, then get the running proxy to reload.
-
-    The settings (port, server) are read again under the lock before the links are written: a `set-port`
-    that finished while this command waited for the lock must not leave the links on the old port.
-    """
-    settings = load_settings(env)
-    notes: list[str] = []
-    written: list[StoreData] = []
-    used: list[tuple[Settings, artifacts.ServerChoice | None]] = []
-
-    def after(data: StoreData) -> None:
-        written.append(data)
-        current = load_settings(env)
-        server = artifacts.choose_server(current, env.server_override)
-        used.append((current, server))
-        try:
-            notes.extend(artifacts.write_all(env.paths, data, current, server))
-        except OSError as exc:
-            notes.append(f"links and QR codes not written to {env.paths.data_dir}: {exc.strerror}")
-
-    if env.runner.dry_run:
-        record = change(read_store(env.paths.secrets_file))[1]
-        return ChangeReport(record, ["dry run: the store was not changed"],
-                            ApplyOutcome("dry run: the proxy was not told", False),
-                            artifacts.choose_server(settings, env.server_override), settings)
-    record = update_store(env.paths.secrets_file, change, env.clock, after=after)
-    settings, server = used[-1] if used else (settings, artifacts.choose_server(settings, env.server_override))
-    outcome = reload_secrets(env.runner, env.paths, settings, written[-1] if written else
-                             read_store(env.paths.secrets_file))
-    if server is not None and server.warning:
-        notes.append(server.warning)
-    return ChangeReport(record, notes, outcome, server, settings)
+def ops_of(env: Env) -> Ops:
+    """The operations' context for this command: the Env's paths, runner, clock and randomness."""
+    return Ops(paths=env.paths, runner=env.runner, clock=env.clock, random16=env.random16,
+               usage=LedgerAndEngine(env.paths), server_override=env.server_override, actor=_creator())
 
 
 def proxy_line(env: Env, apply: ApplyOutcome) -> str:
     """The running proxy's part of a report; ✗ when it runs but cannot take the change."""
     return f"{env.ok_mark(False)} {apply.message}" if apply.failed else apply.message
-
-
-def resolve(data: StoreData, ref: str) -> SecretRecord:
-    record = data.find(ref)
-    if record is None:
-        raise CliError(f"no secret matches {_safe_ref(ref)}",
-                       "see `mtproxy list-secrets` for ids and labels", ExitStatus.NOT_FOUND)
-    return record
-
-
-def _safe_ref(ref: str) -> str:
-    """Echo what the operator typed, unless it looks like a secret (which must not reach logs)."""
-    try:
-        return parse_secret(ref).masked()
-    except SecretFormatError:
-        return repr(ref[:64])
 
 
 def _creator() -> str:
@@ -108,29 +60,6 @@ def _creator() -> str:
     return f"cli:{user}"
 
 
-def _new_id(data: StoreData) -> str:
-    taken = {rec.id for rec in data.secrets} | {rec.label for rec in data.secrets}
-    while True:
-        candidate = csprng.token_hex(4)
-        if candidate not in taken:
-            return candidate
-
-
-def _check_label(data: StoreData, label: str, own_id: str | None = None) -> None:
-    if not label.strip() or len(label) > 64 or not label.isprintable():
-        raise CliError(f"label {label[:64]!r} is not usable", "use 1 to 64 printable characters", ExitStatus.USAGE)
-    try:
-        parse_secret(label)
-    except SecretFormatError:
-        pass
-    else:
-        raise CliError("a label must not look like a secret", "pick a name such as `phones`", ExitStatus.USAGE)
-    for rec in data.secrets:
-        if rec.id != own_id and (rec.label == label or rec.id == label):
-            raise CliError(f"the label {label!r} is already used by secret {rec.id}",
-                           "pick another label", ExitStatus.CONFLICT)
-
-
 def _print_change(env: Env, title: str, report: ChangeReport, as_json: bool = False) -> None:
     record, settings = report.record, report.settings
     assert record is not None
@@ -140,7 +69,7 @@ def _print_change(env: Env, title: str, report: ChangeReport, as_json: bool = Fa
         env.out(dump_json("secret", {
             "id": record.id, "label": record.label, "type": record.type, "domain": record.domain,
             "secret": record.value, "tg": links.tg if links else None, "https": links.https if links else None,
-            "qr_png": str(files.png), "qr_svg": str(files.svg), "dry_run": env.runner.dry_run,
+            "qr_png": str(files.png), "qr_svg": str(files.svg), "dry_run": report.dry_run,
             "proxy": {"message": report.apply.message, "live": report.apply.live,
                       "failed": report.apply.failed}, "notes": report.notes,
         }))
@@ -196,23 +125,10 @@ def add_secret(
     else:
         secret_kind = SecretKind.CLASSIC if kind == "plain" else SecretKind.PADDED
 
-    def change(data: StoreData) -> tuple[StoreData, SecretRecord]:
-        if label is not None:
-            _check_label(data, label)
-        while True:
-            secret = generate_secret(env.random16(), secret_kind, domain)
-            if all(rec.secret().key != secret.key for rec in data.secrets):
-                break
-        record = SecretRecord.from_secret(
-            _new_id(data), secret, label=label or "", created_at=now_iso(env.clock),
-            created_by=_creator(), description=description,
-        )
-        return data.with_record(record), record
-
     if settings.domain and secret_kind is not SecretKind.FAKE_TLS and not settings.extra.get("allow_classic"):
         env.warn("a fake-TLS domain is configured, so the proxy accepts only ee clients unless "
                  "allow_classic is set in the settings file; this secret will be refused until then")
-    report = change_secrets(env, change)
+    report = add_op(ops_of(env), AddRequest(secret_kind, domain, label, description))
     assert report.record is not None
     verb = "would add" if env.runner.dry_run else "added"
     _print_change(env, f"{verb} secret {report.record.name}", report, as_json)
@@ -227,25 +143,24 @@ Examples:
 @click.option("--all/--active", "show_all", default=True, help="Include inactive secrets (default) or not.")
 @pass_env
 def list_secrets(env: Env, as_json: bool, show_all: bool) -> None:
-    """Show the configured secrets: id, label, masked secret, type, created, active."""
-    data = read_store(env.paths.secrets_file)
-    records = list(data.secrets) if show_all else data.active_records()
+    """Show the configured secrets: id, label, masked secret, type, created, active, limits and usage."""
+    listing = list_op(ops_of(env), include_inactive=show_all)
     if as_json:
-        items = [{**{k: v for k, v in rec.to_json().items() if k != "value"}, "masked": rec.masked()}
-                 for rec in records]
-        env.out(dump_json("secrets", {"secrets": items, "last_modified": data.last_modified}))
+        env.out(dump_json("secrets", {"secrets": [view.to_json() for view in listing.secrets],
+                                      "last_modified": listing.last_modified}))
         return
-    if not records:
+    if not listing.secrets:
         env.out("no secrets yet — create one with `mtproxy add-secret`")
         return
-    headers = ["ID", "LABEL", "SECRET", "TYPE", "DOMAIN", "CREATED", "ACTIVE"]
-    rows = [[rec.id, rec.label or "-", rec.masked(), rec.type, rec.domain or "-",
-             rec.created_at.replace("T", " ").rstrip("Z") or "-", "yes" if rec.active else "no"]
-            for rec in records]
+    headers = ["ID", "LABEL", "SECRET", "TYPE", "DOMAIN", "CREATED", "ACTIVE", "STATE", "LIMITS", "USAGE"]
+    rows = [[view.record.id, view.record.label or "-", view.record.masked(), view.record.type,
+             view.record.domain or "-", view.record.created_at.replace("T", " ").rstrip("Z") or "-",
+             "yes" if view.record.active else "no", view.state, limits_summary(view.record.limits),
+             usage_summary(view)] for view in listing.secrets]
     env.out(table(headers, rows, [env.style(h, bold=True) for h in headers]))
 
 
-def _confirm(env: Env, question: str, yes: bool) -> None:
+def confirm(env: Env, question: str, yes: bool) -> None:
     if yes or env.runner.dry_run:
         return
     if not env.interactive:
@@ -273,13 +188,9 @@ def remove_secret(env: Env, ref: str, yes: bool, dry_run: bool) -> None:
     target = resolve(current, ref)
     others_active = [rec for rec in current.active_records() if rec.id != target.id]
     if target.active and not others_active:
-        _confirm(env, f"{target.name} is the last active secret; remove it and leave the proxy with none?", yes)
+        confirm(env, f"{target.name} is the last active secret; remove it and leave the proxy with none?", yes)
 
-    def change(data: StoreData) -> tuple[StoreData, SecretRecord]:
-        record = resolve(data, target.id)
-        return data.without(record.id), record
-
-    report = change_secrets(env, change)
+    report = remove_op(ops_of(env), target.id)
     verb = "would remove" if env.runner.dry_run else "removed"
     env.out(env.style("✓ ", fg="green") + f"{verb} secret {target.name} ({target.masked()})")
     for note in report.notes:
@@ -303,21 +214,41 @@ def regenerate_secret(env: Env, ref: str, yes: bool, dry_run: bool, as_json: boo
         env.runner.dry_run = True
     current = read_store(env.paths.secrets_file)
     target = resolve(current, ref)
-    _confirm(env, f"regenerate {target.name}? Links already handed out stop working", yes)
+    confirm(env, f"regenerate {target.name}? Links already handed out stop working", yes)
 
-    def change(data: StoreData) -> tuple[StoreData, SecretRecord]:
-        old = resolve(data, target.id)
-        kind = old.secret().kind
-        while True:
-            secret = generate_secret(env.random16(), kind, old.domain)
-            if all(rec.secret().key != secret.key for rec in data.secrets):
-                break
-        record = replace(old, value=secret.to_hex(), created_at=now_iso(env.clock), created_by=_creator())
-        return data.with_record(record), record
-
-    report = change_secrets(env, change)
+    report = regenerate_op(ops_of(env), target.id)
     verb = "would regenerate" if env.runner.dry_run else "regenerated"
     _print_change(env, f"{verb} secret {target.name} (was {target.masked()})", report, as_json)
+
+
+def limits_summary(limits: Limits) -> str:
+    """The limits in a table cell: the ones set, shortest form (`5 conn, 10G/month, until 2027-01-31`)."""
+    parts: list[str] = []
+    if limits.max_connections is not None:
+        parts.append(f"{limits.max_connections} conn")
+    if limits.max_unique_ips is not None:
+        parts.append(f"{limits.max_unique_ips} IPs")
+    if limits.quota is not None:
+        period = limits.quota.period.value if limits.quota.period else "total"
+        parts.append(f"{show_size(limits.quota.limit_bytes)}/{period}")
+    if limits.rate_limit is not None:
+        parts.append(f"{show_size(limits.rate_limit)}/s")
+    if limits.expires_at is not None:
+        parts.append(f"until {format_time(limits.expires_at).replace('T00:00:00Z', '')}")
+    return ", ".join(parts) or "-"
+
+
+def usage_summary(view: SecretView) -> str:
+    usage = view.usage
+    if usage.source == "none" and usage.connections_active is None:
+        return "-"
+    text = human_bytes(usage.bytes_total)
+    quota = view.record.limits.quota
+    if quota is not None:
+        text += f" of {show_size(quota.limit_bytes)}"
+    if usage.connections_active is not None:
+        text += f", {usage.connections_active} conn"
+    return text + (" (since start)" if usage.source == "engine" else "")
 
 
 COMMANDS = [add_secret, list_secrets, remove_secret, regenerate_secret]

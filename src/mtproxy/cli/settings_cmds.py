@@ -7,12 +7,12 @@ from typing import Any
 import click
 
 from ..host.runner import CommandError
+from ..operations import artifacts
+from ..operations.proxy_control import ApplyOutcome, detect, restart
 from ..settings import update_settings
 from ..store import StoreError
-from . import artifacts
 from .env import Env
 from .errors import CliError, ExitStatus
-from .proxy_control import ApplyOutcome, detect, restart
 from .secret_cmds import load_settings
 from .validation import Checked, Invalid, check_port, check_server, check_workers
 

@@ -374,7 +374,7 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
         progress.finish(f"{record.type} {record.masked()}")
 
         progress.start("Links and QR codes")
-        from .artifacts import choose_server, write_all
+        from ..operations.artifacts import choose_server, write_all
 
         settings = read_settings(paths.settings_file)
         data = update_store(paths.secrets_file, lambda d: (d, d))

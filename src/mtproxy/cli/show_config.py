@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
+from ..operations import artifacts
 from ..qr import terminal_text
 from ..store import StoreAccessError, read_store
-from . import artifacts
 from .completion import complete_secret_ref
 from .env import Env
 from .output import dump_json

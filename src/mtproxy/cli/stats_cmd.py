@@ -8,12 +8,13 @@ from typing import Any
 import click
 
 from ..host.record import ownership
-from ..store import StoreError, read_store
+from ..operations.proxy_control import engine_of_root, fetch_engine, fetch_stats, stat_int, stats_port
+from ..operations.secrets import SecretView, list_secrets
+from ..store import StoreError
 from .env import Env
 from .errors import CliError, ExitStatus
 from .output import dump_json, human_bytes, human_count, human_duration, table
-from .proxy_control import engine_of_root, fetch_engine, fetch_stats, stat_int, stats_port
-from .secret_cmds import load_settings
+from .secret_cmds import limits_summary, load_settings, ops_of, usage_summary
 
 pass_env = click.make_pass_decorator(Env)
 
@@ -38,9 +39,10 @@ def split_stats(stats: dict[str, str]) -> tuple[dict[str, str], dict[str, dict[s
     return general, per_secret
 
 
-def _labels(env: Env) -> dict[str, str]:
+def _views(env: Env) -> dict[str, SecretView]:
+    """Each secret's limits, usage and state, by id (the same figures `list-secrets` shows)."""
     try:
-        return {rec.id: rec.label for rec in read_store(env.paths.secrets_file).secrets}
+        return {view.record.id: view for view in list_secrets(ops_of(env)).secrets}
     except StoreError:
         return {}  # stats stay useful even when the store is broken; status reports that
 
@@ -72,10 +74,13 @@ def render(env: Env, stats: dict[str, str], endpoint: str) -> str:
     lines.append(f"  secrets:      {human_count(num('secrets_loaded'))} loaded, reloads "
                  f"{human_count(num('reloads_ok'))} ok / {human_count(num('reloads_failed'))} failed")
     if per_secret:
-        labels = _labels(env)
-        headers = ["SECRET", "ACTIVE", "TOTAL", "CLIENT→DC", "DC→CLIENT"]
-        rows = [[labels.get(sid) or sid, human_count(f.get("active")), human_count(f.get("total")),
-                 human_bytes(f.get("bytes_in")), human_bytes(f.get("bytes_out"))]
+        views = _views(env)
+        headers = ["SECRET", "ACTIVE", "TOTAL", "CLIENT→DC", "DC→CLIENT", "STATE", "LIMITS", "USAGE"]
+        rows = [[(views[sid].record.label if sid in views else "") or sid, human_count(f.get("active")),
+                 human_count(f.get("total")), human_bytes(f.get("bytes_in")), human_bytes(f.get("bytes_out")),
+                 views[sid].state if sid in views else "-",
+                 limits_summary(views[sid].record.limits) if sid in views else "-",
+                 usage_summary(views[sid]) if sid in views else "-"]
                 for sid, f in sorted(per_secret.items())]
         lines.append("")
         lines.append(table(headers, rows, [env.style(h, bold=True) for h in headers]))
@@ -84,7 +89,7 @@ def render(env: Env, stats: dict[str, str], endpoint: str) -> str:
 
 def as_json(env: Env, stats: dict[str, str], endpoint: str) -> str:
     general, per_secret = split_stats(stats)
-    labels = _labels(env)
+    views = _views(env)
     values: dict[str, Any] = {}
     for key, value in general.items():
         number = stat_int(general, key)
@@ -92,7 +97,10 @@ def as_json(env: Env, stats: dict[str, str], endpoint: str) -> str:
     return dump_json("stats", {
         "endpoint": endpoint,
         "stats": values,
-        "secrets": {sid: {"label": labels.get(sid, ""), **fields} for sid, fields in sorted(per_secret.items())},
+        "secrets": {sid: {"label": views[sid].record.label if sid in views else "", **fields,
+                          **({"state": views[sid].state, "limits": views[sid].record.limits.to_json(),
+                              "usage": views[sid].usage.to_json()} if sid in views else {})}
+                    for sid, fields in sorted(per_secret.items())},
     })
 
 

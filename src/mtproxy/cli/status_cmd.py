@@ -19,12 +19,12 @@ from ..host.layout import HostLayout
 from ..host.record import ownership
 from ..host.runner import Runner
 from ..host.service import ServiceState, main_pid, service_state
+from ..operations.proxy_control import compare, engine_of_root, fetch_engine, stats_port
 from ..settings import Settings
 from ..store import StoreError, read_store
 from .env import Env
 from .errors import ExitStatus
 from .output import dump_json, human_count, human_duration
-from .proxy_control import compare, engine_of_root, fetch_engine, stats_port
 from .secret_cmds import load_settings
 from .status_section import check_line, section_lines
 

@@ -12,7 +12,7 @@ from ..paths import Paths
 from ..qr import write_qr_files
 from ..settings import Settings, read_settings
 from ..store import SecretRecord, StoreData, remove_stale_temps, update_store, write_atomic
-from .errors import CliError, ExitStatus
+from .errors import Failure, OpError
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,10 @@ def choose_server(settings: Settings, override: str | None) -> ServerChoice | No
 def require_server(settings: Settings, override: str | None) -> ServerChoice:
     choice = choose_server(settings, override)
     if choice is None:
-        raise CliError(
+        raise OpError(
             "no server address for links: none configured and this host has no default route",
             "set one with `mtproxy set-server HOST` (an IP or, better, a domain name)",
-            ExitStatus.UNAVAILABLE,
+            Failure.UNAVAILABLE,
         )
     return choice
 

@@ -177,11 +177,11 @@ def restart(runner: Runner, paths: Paths) -> ApplyOutcome:
     try:
         restart_proxy(runner, paths, own)  # rewrites our Compose file or unit, moves the UFW rule and jail
     except (CommandError, ValueError, OSError) as exc:
-        from .errors import CliError, ExitStatus
+        from .errors import Failure, OpError
 
         problem = exc.problem if isinstance(exc, CommandError) else str(exc)
-        raise CliError(f"saved, but restarting the proxy failed: {problem}",
-                       "check `mtproxy status` and the proxy's log", ExitStatus.FAILURE) from None
+        raise OpError(f"saved, but restarting the proxy failed: {problem}",
+                      "check `mtproxy status` and the proxy's log", Failure.FAILED) from None
     if runner.dry_run:
         return ApplyOutcome(f"would restart the proxy ({service.manager} {service.name})", False)
     return ApplyOutcome(f"restarted the proxy ({service.manager} {service.name})", True)
