@@ -48,11 +48,6 @@ class Paths:
         return self.config_dir / "mtproxy_config.json"
 
     @property
-    def usage_file(self) -> Path:
-        """The engine's per-secret usage ledger, beside the store (operations/usage_source.py reads it)."""
-        return self.config_dir / "usage.json"
-
-    @property
     def api_token_file(self) -> Path:
         """The management API's bearer token (mode 0600), written by `mtproxy api-token`."""
         return self.config_dir / "api_token"
