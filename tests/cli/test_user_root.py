@@ -45,10 +45,11 @@ NOTHING_INSTALLED = "mount -t tmpfs -o mode=755 tmpfs /opt"
 def mtproxy(sandbox: UserSandbox, *args: str, system: str = NOTHING_INSTALLED) -> tuple[int, str, str]:
     process = sandbox.start(f'exec {sandbox.python} -m mtproxy.cli.main "$@"', "--server", SERVER, *args,
                             env={"PYTHONPATH": SRC}, as_root_first=system)
-    try:
-        out, err = process.communicate(timeout=60)
-    finally:
-        UserSandbox.stop(process)
+    with process:  # closes its pipes even when communicate times out
+        try:
+            out, err = process.communicate(timeout=60)
+        finally:
+            UserSandbox.stop(process)
     return process.returncode, out, err
 
 

@@ -271,8 +271,7 @@ def test_sigterm_stops_gracefully_before_the_deadline(stack: Stack) -> None:
         sh("docker", "stop", "-t", "20", stack.container, timeout=60)
         took = time.monotonic() - started
         print(f"\ndocker stop with a live session took {took:.1f} s")
-        assert inspect(stack.container, "{{.State.ExitCode}}") == "0"
-        assert took < 15
+        assert inspect(stack.container, "{{.State.ExitCode}}") == "0"  # Docker's SIGKILL at 20 s gives 137
         logs = sh("docker", "logs", "--tail", "5", stack.container).stderr
         assert "draining" in logs and "stopped" in logs, logs
         sh("docker", "wait", holder, timeout=30)

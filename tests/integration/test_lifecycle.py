@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from .conftest import DOMAIN, ProxyFactory, run
 
 
 def test_sigterm_drains_then_exits_zero(start_proxy: ProxyFactory, secret: Secret) -> None:
-    proxy = start_proxy("-S", secret.to_hex(), "--drain-timeout", "10")
+    proxy = start_proxy("-S", secret.to_hex(), "--drain-timeout", "60")
 
     async def scenario() -> None:
         client = await open_client("127.0.0.1", proxy.port, secret)
@@ -34,11 +33,10 @@ def test_sigterm_drains_then_exits_zero(start_proxy: ProxyFactory, secret: Secre
             await asyncio.open_connection("127.0.0.1", proxy.port)
         await client.send(b"during drain")  # the established session keeps working
         assert await client.recv_exactly(12) == b"during drain"
-        started = time.monotonic()
         await client.close()
-        rc = await asyncio.get_running_loop().run_in_executor(None, proxy.wait, 5)
+        # exits once its last session is gone: well before the 60 s deadline (wait raises otherwise)
+        rc = await asyncio.get_running_loop().run_in_executor(None, proxy.wait, 15)
         assert rc == 0
-        assert time.monotonic() - started < 3
 
     run(scenario())
 
@@ -48,10 +46,8 @@ def test_sigterm_deadline_closes_sessions(start_proxy: ProxyFactory, secret: Sec
 
     async def scenario() -> None:
         client = await open_client("127.0.0.1", proxy.port, secret)
-        started = time.monotonic()
-        proxy.signal(signal.SIGTERM)
-        assert await asyncio.get_running_loop().run_in_executor(None, proxy.wait, 5) == 0
-        assert time.monotonic() - started < 3
+        proxy.signal(signal.SIGTERM)  # the session stays open: only the deadline can end it
+        assert await asyncio.get_running_loop().run_in_executor(None, proxy.wait, 10) == 0
         with pytest.raises((ProxyClientError, OSError)):
             await client.recv_exactly(1)
         await client.close()
@@ -86,10 +82,9 @@ def test_idle_timeout_closes_session(start_proxy: ProxyFactory, secret: Secret) 
         client = await open_client("127.0.0.1", proxy.port, secret)
         await client.send(b"ok")
         assert await client.recv_exactly(2) == b"ok"
-        started = time.monotonic()
+        # closed by the proxy (ProxyClientError); the client's own 10 s wait would raise TimeoutError
         with pytest.raises(ProxyClientError):
             await client.recv_exactly(1)
-        assert time.monotonic() - started < 2.5
         await client.close()
 
     run(scenario())

@@ -73,7 +73,13 @@ def test_masked_probe_that_ignores_our_fin_is_released(start_proxy: ProxyFactory
             held.append(writer)  # never closed: the probe ignores the FIN
         return held
 
-    loop = asyncio.new_event_loop()
+    async def close(held: list[asyncio.StreamWriter]) -> None:
+        for writer in held:
+            writer.close()
+        await asyncio.gather(*(writer.wait_closed() for writer in held), return_exceptions=True)
+
+    loop = asyncio.new_event_loop()  # one loop for the whole test: the probes stay open between its steps
+    held: list[asyncio.StreamWriter] = []
     try:
         held = loop.run_until_complete(asyncio.wait_for(scenario(), 30))
         assert int(stats_of(proxy.stats_port)["masked_connections"]) == probes
@@ -81,9 +87,8 @@ def test_masked_probe_that_ignores_our_fin_is_released(start_proxy: ProxyFactory
         assert stats["active_connections"] == "0"
         assert stats["halfclose_released"] == str(probes)
         assert open_fds(proxy.proc.pid) <= base_fds + 2
-        for writer in held:
-            writer.close()
     finally:
+        loop.run_until_complete(asyncio.wait_for(close(held), 10))
         loop.close()
 
 
@@ -96,9 +101,8 @@ def test_relayed_session_half_closed_by_the_client_is_released(start_proxy: Prox
         client = await open_client("127.0.0.1", proxy.port, secret)
         await client.send(b"request")
         client.writer.write_eof()
-        started = time.monotonic()
-        assert await asyncio.wait_for(client.reader.read(), 10) == b""  # the proxy closes within the bound
-        assert time.monotonic() - started < 5
+        # closed after the half-close timeout (1 s): the idle timeout (300 s) would outlast this wait
+        assert await asyncio.wait_for(client.reader.read(), 10) == b""
         await client.close()
 
     run(scenario())
@@ -293,10 +297,8 @@ def test_a_paused_listener_shuts_down_cleanly(start_proxy: ProxyFactory, secret:
     set_soft_fd_limit(pid, open_fds(pid) + 40)
     held = [socket.create_connection(("127.0.0.1", proxy.port), timeout=2) for _ in range(50)]
     proxy.wait_log("accepting on")
-    started = time.monotonic()
-    code = proxy.stop(timeout=10)
+    code = proxy.stop(timeout=10)  # 0 only if it exited by itself: stop kills it after 10 s
     assert code == 0, proxy.log
-    assert time.monotonic() - started < 5
     assert "internal error" not in proxy.log and "Traceback" not in proxy.log
     for sock in held:
         sock.close()

@@ -103,10 +103,11 @@ def sandbox() -> Iterator[UserSandbox]:
 def run_as_user(sandbox: UserSandbox, *args: str) -> tuple[int, str, str]:
     process = sandbox.start(f'exec {sandbox.python} -m mtproxy.cli.main "$@"', *args,
                            env={"PYTHONPATH": SRC, "MTPROXY_QR": "0"})
-    try:
-        out, err = process.communicate(timeout=60)
-    finally:
-        UserSandbox.stop(process)
+    with process:  # closes its pipes even when communicate times out
+        try:
+            out, err = process.communicate(timeout=60)
+        finally:
+            UserSandbox.stop(process)
     return process.returncode, out, err
 
 

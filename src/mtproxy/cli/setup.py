@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ..defaults import DEFAULT_PORT, DEFAULT_WORKERS
 from ..host import docker, systemd, templates
@@ -53,6 +53,9 @@ from .validation import (
     port_number,
     whole_number,
 )
+
+if TYPE_CHECKING:
+    from .artifacts import ServerChoice
 
 TYPES = {"ee": SecretKind.FAKE_TLS, "dd": SecretKind.PADDED, "plain": SecretKind.CLASSIC}
 
@@ -403,14 +406,14 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
     _print_result(plan, paths, record, server, out)
 
 
-def _print_result(plan: InstallPlan, paths: Paths, record: SecretRecord, server: object, out: TextIO) -> None:
+def _print_result(plan: InstallPlan, paths: Paths, record: SecretRecord, server: ServerChoice | None,
+                  out: TextIO) -> None:
     from ..links import make_links
     from ..qr import terminal_text
 
     out.write("\nmtproxy is installed.\n")
-    address = getattr(server, "address", None)
-    if address:
-        links = make_links(address, plan.port, record.secret())
+    if server is not None:
+        links = make_links(server.address, plan.port, record.secret())
         out.write(f"  link:  {links.tg}\n  web:   {links.https}\n")
         out.write(terminal_text(links.tg) + "\n")
     out.write(f"  files: {paths.default_link_file}, {paths.default_qr_png}\n")

@@ -20,7 +20,6 @@ MODES = ("limit", "allow")
 
 @dataclass(frozen=True)
 class UfwState:
-    installed: bool
     active: bool | None  # None: unknown (`ufw status` failed), never taken for "inactive"
     rules: tuple[str, ...]  # `ufw show added` lines, e.g. "ufw limit 8443/tcp comment 'MTProxy'"
     error: str = ""  # why `ufw status` failed
@@ -34,7 +33,7 @@ def rule_args(port: int, mode: str) -> list[str]:
 
 def state(runner: Runner) -> UfwState:
     if not runner.available("ufw"):
-        return UfwState(False, False, ())
+        return UfwState(False, ())  # nothing to read: no rules, and none enforced
     status = runner.run(["ufw", "status"], check=False, mutates=False, timeout=30)
     active: bool | None = None
     if status.ok and "Status: active" in status.stdout:
@@ -45,7 +44,7 @@ def state(runner: Runner) -> UfwState:
                                             else "`ufw status` printed no status line")
     added = runner.run(["ufw", "show", "added"], check=False, mutates=False, timeout=30)
     rules = tuple(line.strip() for line in added.stdout.splitlines() if line.strip().startswith("ufw "))
-    return UfwState(True, active, rules, error)
+    return UfwState(active, rules, error)
 
 
 def port_rules(ufw: UfwState, port: int) -> list[str]:

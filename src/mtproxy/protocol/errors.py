@@ -21,7 +21,6 @@ class RejectReason(enum.Enum):
     """Why a connection did not authenticate. The value is the stable token written to logs and metrics."""
 
     UNKNOWN_SECRET = "unknown-secret"  # obfuscated2 init matches no secret (also: random bytes)
-    BAD_TAG = "bad-tag"  # init decrypted, but with a framing tag this listener refuses
     MODE_DISABLED = "mode-disabled"  # a classic/dd client where only fake-TLS is accepted, or vice versa
     REPLAY = "replay"  # an init or hello we have already seen
     TLS_MALFORMED = "tls-malformed"  # starts like TLS but is not a ClientHello we can parse

@@ -55,9 +55,6 @@ class _Reader:
     def u16(self) -> int:
         return int.from_bytes(self.take(2), "big")
 
-    def u24(self) -> int:
-        return int.from_bytes(self.take(3), "big")
-
 
 def hello_record_length(header: bytes) -> int:
     """Length of the record whose first 5 bytes are given; raises unless it opens a TLS handshake."""

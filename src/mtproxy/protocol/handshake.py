@@ -42,12 +42,6 @@ class SecretTable:
     def keyed_hmac(self, index: int) -> hmac.HMAC:
         return self._keyed[index]
 
-    def index_of(self, secret_id: str) -> int | None:
-        try:
-            return self.ids.index(secret_id)
-        except ValueError:
-            return None
-
     def candidates(self, hint: int | None, domain: str | None) -> Iterator[int]:
         """Every index once: the client's last secret first, then secrets whose domain is the SNI,
         then the rest. With hints and per-secret domains a returning client costs one try. Lazy: a hit on

@@ -69,13 +69,8 @@ class Listener:
         self._timer: asyncio.TimerHandle | None = None
         self._paused_at = 0.0
         self._base = 0  # descriptors open when serving began: what the process holds anyway
-        self.pauses = 0
         self.closed = False
         self._notice = Notice(NOTICE_INTERVAL, self._report)
-
-    @property
-    def paused(self) -> bool:
-        return self._server is None and not self.closed
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -115,7 +110,6 @@ class Listener:
         server, self._server = self._server, None
         if server is not None:  # its socket is closed already; this releases the object (after the callback)
             self._loop.call_soon(server.close)
-        self.pauses += 1
         self._paused_at = self._loop.time()
         self._on_refused()
         self._notice.hit()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,8 +77,3 @@ def generated_secret(state_file: Path, domain: str | None, random_bytes: Callabl
     state_file.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(state_file, json.dumps({"version": 1, "secret": secret.to_hex()}).encode() + b"\n")
     return secret
-
-
-def default_secrets_file(root_store: Path) -> Path | None:
-    """The root's store, when it exists, is what an unconfigured `mtproxy run` serves."""
-    return root_store if os.path.exists(root_store) else None

@@ -22,20 +22,49 @@ MASK_BANNER = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close
 
 
 class _Listening:
-    """What every stand-in server shares: listen on loopback, report the port, close within a bound."""
+    """What every stand-in server shares: listen on loopback, report the port, and on close end every
+    connection it still serves (asyncio.Server.close leaves them open), all within a bound."""
 
     server: asyncio.Server | None
+    _handlers: set[asyncio.Task[None]]
+    _writers: set[asyncio.StreamWriter]
 
     async def _listen(self, handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
                       host: str, port: int, **kwargs: Any) -> int:
-        self.server = await asyncio.start_server(handle, host, port, **kwargs)
+        self._handlers, self._writers = set(), set()
+
+        async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._handlers.add(task)
+            self._writers.add(writer)
+            try:
+                await handle(reader, writer)
+            finally:
+                self._writers.discard(writer)
+                writer.close()
+                with contextlib.suppress(OSError, TimeoutError):
+                    await asyncio.wait_for(writer.wait_closed(), 2)
+                self._handlers.discard(task)
+
+        self.server = await asyncio.start_server(tracked, host, port, **kwargs)
         return int(self.server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 2)
+        if self.server is None:
+            return
+        self.server.close()
+        for writer in list(self._writers):
+            writer.close()  # the handler's next read sees the end; its finally closes the rest
+        handlers = list(self._handlers)
+        if handlers:
+            _done, late = await asyncio.wait(handlers, timeout=2)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=2)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.server.wait_closed(), 2)
 
 
 @dataclass
@@ -111,7 +140,6 @@ class MaskStub(_Listening):
     received: list[bytes] = field(default_factory=list)
     close_after_banner: bool = False
     server: asyncio.Server | None = None
-    events: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         return await self._listen(self._handle, host, port)
@@ -138,11 +166,7 @@ class MaskStub(_Listening):
             pass
         finally:
             self.received.append(bytes(data))
-            self.events.put_nowait(bytes(data))
             writer.close()
-
-    async def next_connection(self, timeout: float = 10) -> bytes:
-        return await asyncio.wait_for(self.events.get(), timeout)
 
 
 
