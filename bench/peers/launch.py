@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from bench import netns
 from mtproxy.protocol.errors import SecretFormatError
 from mtproxy.protocol.secret import Secret, SecretKind, parse_secret
 
@@ -123,10 +124,19 @@ def parse(argv: Sequence[str] | None, prog: str, description: str) -> PeerOption
 
 
 def check_binary(path: Path) -> None:
+    """The engine must exist and be executable, and this process must sit in a network namespace with
+    loopback only: some engines try real addresses at start-up that no setting turns off (telemt), and
+    only the namespace keeps those attempts from leaving the machine."""
     if not path.is_file():
         raise PeerError(f"no engine binary at {path} (build it first: see bench/peers/README.md)")
     if not os.access(path, os.X_OK):
         raise PeerError(f"{path} is not executable")
+    foreign = netns.foreign_interfaces()
+    if foreign:
+        raise PeerError(
+            f"non-loopback interfaces are up ({', '.join(sorted(foreign))}): run the engine only under the "
+            "load tool, which runs it in a private network namespace"
+        )
 
 
 def private_dir(name: str) -> Path:

@@ -9,6 +9,12 @@ fetching (`tls_emulation`), the API listener and the conntrack controller. Every
 for which telemt carries a built-in address) goes to --dc, the mask site to --mask. Only the mode of the
 given secrets is enabled. --workers sets the number of tokio worker threads (TOKIO_WORKER_THREADS): telemt
 is one process, and a thread per worker gives it the parallelism N of our worker processes.
+
+No setting stops three start-up attempts at real addresses in 3.4.25: a UDP "connect" to 8.8.8.8:80 and
+to 2001:4860:4860::8888 (a route lookup for its local address; UDP sends nothing on connect) and a TCP
+connect to each built-in DC 1-5 address (its start-up connectivity report, which ignores the overrides
+for these). In the load tool's namespace all of them fail at once with ENETUNREACH; the wrapper refuses to
+start outside such a namespace.
 """
 
 from __future__ import annotations
@@ -74,6 +80,13 @@ def config(opts: launch.PeerOptions) -> str:
         "",
         "[[server.listeners]]",
         f"ip = {_str(opts.dc.host)}",
+        "",
+        # telemt decides IPv4 is usable from the address a UDP socket "connected" to 8.8.8.8 gets; in the
+        # namespace there is none, and it would bind no listener. An explicit bind address is its other
+        # source: DC connections then leave from 127.0.0.1, as they would anyway.
+        "[[upstreams]]",
+        'type = "direct"',
+        f"bind_addresses = [{_str(opts.dc.host)}]",
         "",
         "[censorship]",
         *censorship,
