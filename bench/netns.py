@@ -30,10 +30,15 @@ def _up_interfaces() -> list[str]:
     return up
 
 
+def foreign_interfaces() -> list[str]:
+    """The interfaces other than loopback that are up in this process's network namespace."""
+    return [n for n in _up_interfaces() if n != "lo"]
+
+
 def ensure_isolated(module: str) -> None:
     """Return only when loopback is the sole interface up; otherwise re-exec this command under
     `unshare -n` as `python -m module` (once), or exit with an explanation."""
-    foreign = [n for n in _up_interfaces() if n != "lo"]
+    foreign = foreign_interfaces()
     if not foreign:
         if "lo" not in _up_interfaces():
             subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
