@@ -55,7 +55,7 @@ from .validation import (
 )
 
 if TYPE_CHECKING:
-    from .artifacts import ServerChoice
+    from ..operations.artifacts import ServerChoice
 
 TYPES = {"ee": SecretKind.FAKE_TLS, "dd": SecretKind.PADDED, "plain": SecretKind.CLASSIC}
 
