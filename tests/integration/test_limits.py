@@ -175,7 +175,10 @@ def test_out_of_descriptors_is_reported_and_not_blamed_on_the_dc(start_proxy: Pr
 
     # 1. sessions accepted but unable to dial: the limit drops between the accept and the handshake
     socks = [socket.create_connection(("127.0.0.1", proxy.port)) for _ in range(10)]
-    time.sleep(0.3)
+    # all ten must be accepted before the limit drops, or the later ones are refused at accept instead
+    deadline = time.monotonic() + 10
+    while int(stats_of(proxy.stats_port)["active_connections"]) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
     set_soft_fd_limit(pid, open_fds(pid) + 2)
     for sock in socks:
         sock.sendall(core.ClientConnection(classic, os.urandom, time.time(), dc_id=2, aes=PEER_AES).first_bytes())
