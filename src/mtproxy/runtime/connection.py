@@ -12,7 +12,7 @@ from mtproxy.crypto import ctr
 from mtproxy.protocol import faketls, obfs2
 from mtproxy.protocol.cipher import Keystream
 from mtproxy.protocol.errors import RejectReason
-from mtproxy.protocol.handshake import Authenticated, Handshake, NeedMore, Rejected, SecretTable, Session
+from mtproxy.protocol.handshake import Authenticated, AuthResult, Handshake, NeedMore, Rejected, SecretTable
 
 from .buffers import WRITE_LIMITS, send, socket_fd
 from .guard import OutOfDescriptors
@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mtproxy.connection")
 
-# until the core has a reason of its own for "closed mid-handshake"
-_EOF_REASON: RejectReason = getattr(RejectReason, "HANDSHAKE_EOF", RejectReason.UNKNOWN_SECRET)
 LINGER = 5.0  # seconds a closed connection may spend flushing to a slow peer
 
 
@@ -62,7 +60,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.peer: tuple[str, int] = ("?", 0)
         self.admitted = False
         self.unauthenticated = False  # counted under the unauthenticated caps (set by Server.admit)
-        self.session: Session | None = None
+        self.session: AuthResult | None = None
         self.upstream: DcProtocol | MaskProtocol | None = None
         self.activity = 0  # bytes moved either way; the idle timer compares it between ticks
         self._seen_activity = -1
@@ -172,7 +170,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                 self.close()
                 return False
             # A probe that sent a short request and half-closed expects the site's answer now.
-            self._reject(_EOF_REASON, received, maskable=not self._answered)
+            self._reject(RejectReason.HANDSHAKE_EOF, received, maskable=not self._answered)
             return True
         if self.upstream is not None:
             half_close(self.upstream.transport)
@@ -219,7 +217,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         assert isinstance(step, Authenticated)
         if step.send:
             self.transport.write(step.send)
-        self._authenticated(step.session)
+        self._authenticated(step.auth)
 
     def _on_handshake_timeout(self) -> None:
         if self.phase != Phase.HANDSHAKE:
@@ -274,7 +272,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.transport.resume_reading()
         self._start_idle_timer()
 
-    def _authenticated(self, session: Session) -> None:
+    def _authenticated(self, session: AuthResult) -> None:
         assert self.transport is not None
         if self._timer is not None:
             self._timer.cancel()
@@ -291,7 +289,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.transport.pause_reading()
         self._task = self.server.loop.create_task(self._open_dc(session))
 
-    async def _open_dc(self, session: Session) -> None:
+    async def _open_dc(self, session: AuthResult) -> None:
         server = self.server
         target = server.dc_table.lookup(session.dc_id)
         try:
