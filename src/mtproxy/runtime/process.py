@@ -1,4 +1,4 @@
-"""Start-up, main loop and shutdown of one serving process, in one tested order."""
+"""One serving process: start-up, main loop and shutdown, in one tested order."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from mtproxy.protocol.secret import Secret
 from mtproxy.stats.digest import secrets_digest
 
 from .accept import AcceptPaused
-from .certsize import fallback_size, probe_cert_size
+from .mask import fallback_size, probe_cert_size
 from .reload import FileId, Reloader
 from .secrets import SecretSet, load_secret_set
 from .server import Server
