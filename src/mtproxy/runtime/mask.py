@@ -8,6 +8,7 @@ import asyncio
 import logging
 import random
 import ssl
+from collections.abc import Callable
 
 from mtproxy.config import HostPort
 from mtproxy.protocol import faketls
@@ -135,3 +136,16 @@ async def _probe(target: HostPort, sni: str) -> int | None:
         return min(total, faketls.MAX_RECORD_PAYLOAD)
     finally:
         writer.close()
+
+
+async def refresh_cert_size(target: Callable[[], tuple[HostPort, str] | None], current: Callable[[], int],
+                            learned: Callable[[int], None], interval: float) -> None:
+    """Every `interval` seconds, probe the mask (`target`: where, and the name to ask for); a size that
+    differs from `current()` goes to `learned`."""
+    while True:
+        found = target()
+        size = await probe_cert_size(*found) if found is not None else None
+        if found is not None and size is not None and size != current():
+            log.info("fake certificate size learned from %s: %d bytes", found[0], size)
+            learned(size)
+        await asyncio.sleep(interval)
