@@ -237,20 +237,20 @@ class Server:
         new.unauthenticated = old.unauthenticated
         old.unauthenticated = False
 
-    def session_authenticated(self, conn: Tracked, session: AuthResult) -> None:
+    def session_authenticated(self, conn: Tracked, auth: AuthResult) -> None:
         c = self.counters
         c.handshakes_ok += 1
         if conn.unauthenticated:
             conn.unauthenticated = False
             self.guard.authenticated_or_gone(conn.peer[0])
         # by what the client sent, not by the secret's kind: the same key serves every mode
-        mode = "ee" if session.fake_tls else ("dd" if session.tag == TAG_PADDED else "classic")
+        mode = "ee" if auth.fake_tls else ("dd" if auth.tag == TAG_PADDED else "classic")
         c.modes[mode] = c.modes.get(mode, 0) + 1
-        per = c.for_secret(session.secret_id)
+        per = c.for_secret(auth.secret_id)
         per.active += 1
         per.total += 1
-        self.by_secret.setdefault(session.secret_id, set()).add(conn)
-        self._hints.put(conn.peer[0], session.secret_index)
+        self.by_secret.setdefault(auth.secret_id, set()).add(conn)
+        self._hints.put(conn.peer[0], auth.secret_index)
 
     def session_ended(self, conn: Tracked, secret_id: str) -> None:
         group = self.by_secret.get(secret_id)
