@@ -8,7 +8,7 @@ import time
 from mtproxy.config import HostPort
 from mtproxy.protocol import client as core
 from mtproxy.protocol.secret import Secret
-from mtproxy.runtime.certsize import probe_cert_size
+from mtproxy.runtime.mask import probe_cert_size
 from mtproxy.testkit.background import BackgroundPeers
 from mtproxy.testkit.client import send_raw
 from mtproxy.testkit.process import free_port

@@ -91,7 +91,7 @@ def splits(data: bytes) -> Iterator[list[bytes]]:
 
 def assert_authenticated(step: Step, mode: str, tag: bytes, rest: bytes) -> None:
     assert isinstance(step, Authenticated), step
-    session = step.session
+    session = step.auth
     assert session.secret_id == "s1" and session.tag == tag and session.dc_id == -3
     assert session.fake_tls is (mode == "ee")
     if session.tls_reader is not None:

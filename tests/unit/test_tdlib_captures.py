@@ -59,7 +59,7 @@ def test_tdlib_obfuscated_init_decodes_to_req_pq_multi(aes: Backend, capture: di
     data = (CAPTURES / capture["file"]).read_bytes()
     step = server(aes, capture["secret"]).feed(data, 0.0)
     assert isinstance(step, Authenticated), step
-    session = step.session
+    session = step.auth
     assert session.dc_id == 1 and session.tag == (b"\xdd" * 4 if capture["name"] == "dd" else b"\xee" * 4)
     stream = session.from_client.update(session.pending)
     # Frame: 4-byte length, then auth_key_id 0, message id, length, then the constructor.
@@ -77,7 +77,7 @@ def test_tdlib_complete_fake_tls_flight_authenticates_in_every_split(aes: Backen
             steps.append(hs.feed(data[cut:], now))
         step = steps[-1]
         assert isinstance(step, Authenticated), (cut, step)
-        session = step.session
+        session = step.auth
         assert session.fake_tls and session.tag == b"\xdd" * 4 and session.dc_id == 1
         assert session.tls_reader is not None
         rest = data[cut:] if len(steps) == 1 else b""

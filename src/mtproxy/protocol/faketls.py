@@ -9,6 +9,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .cipher import Keystream
 from .errors import ProtocolError
 from .errors import TlsFormatError as TlsFormatError  # its callers catch it here, beside the readers
 
@@ -209,6 +210,26 @@ def wrap_records(payload: bytes | memoryview, max_payload: int = MAX_RECORD_PAYL
         parts.append(record_header(len(chunk)))
         parts.append(chunk)
     return b"".join(parts)
+
+
+def frame_records(data: memoryview, out: memoryview, cipher: Keystream | None = None) -> int:
+    """Write `data` into `out` as application-data records of at most MAX_RECORD_PAYLOAD bytes each (the
+    DC->client direction of fake-TLS), each payload passed through `cipher` when one is given; returns the
+    length written. `out` (a memoryview: a bytearray's slices would be copies) must have room for the
+    payload, a header per record and the cipher's slack."""
+    pos = 0
+    for start in range(0, len(data), MAX_RECORD_PAYLOAD):
+        chunk = data[start : start + MAX_RECORD_PAYLOAD]
+        size = len(chunk)
+        out[pos : pos + 3] = APPLICATION_DATA
+        out[pos + 3 : pos + 5] = size.to_bytes(2, "big")
+        pos += RECORD_HEADER_SIZE
+        if cipher is not None:
+            cipher.update_into(chunk, out[pos:])
+        else:
+            out[pos : pos + size] = chunk
+        pos += size
+    return pos
 
 
 _GATHER_FROM = 8  # records in a run before the strided check and join beat compacting one by one (measured)

@@ -1,7 +1,7 @@
 """The server-side handshake as a state machine over bytes: feed what arrived, get the next step.
 
 Steps: NeedMore (maybe with bytes to send), Rejected (with everything received, for the mask), or
-Authenticated (a session with its ciphers and the stream bytes that followed the init)."""
+Authenticated (an AuthResult: the client's secret, DC and ciphers and the stream bytes that followed the init)."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class HandshakeSettings:
 
 
 @dataclass
-class Session:
+class AuthResult:
     """An authenticated client: which secret, which DC, and the client leg's ciphers."""
 
     secret_index: int
@@ -100,7 +100,7 @@ class Rejected:
 
 @dataclass(frozen=True)
 class Authenticated:
-    session: Session
+    auth: AuthResult
     send: bytes = b""
 
 
@@ -198,7 +198,7 @@ class Handshake:
             return self._reject(RejectReason.UNKNOWN_SECRET)
         if self._check_replay(init[8:24], self._now, OBFS2_REPLAY_TTL):
             return self._reject(RejectReason.REPLAY)
-        return Authenticated(self._session(index, decoded, fake_tls=False, pending=bytes(self._received[64:])))
+        return Authenticated(self._auth_result(index, decoded, fake_tls=False, pending=bytes(self._received[64:])))
 
     def _feed_tls_hello(self, now: float) -> Step:
         if len(self._received) < faketls.RECORD_HEADER_SIZE:
@@ -239,7 +239,7 @@ class Handshake:
         del self._received[total:]  # _feed_tls_init records them again
         step = self._feed_tls_init(rest)
         if isinstance(step, Authenticated):
-            return Authenticated(step.session, flight)
+            return Authenticated(step.auth, flight)
         if isinstance(step, NeedMore):
             return NeedMore(flight)
         return step
@@ -265,14 +265,14 @@ class Handshake:
         decoded = obfs2.decode_init(init, self._table.secrets[self._secret_index].key, self._aes)
         if decoded is None:
             return self._reject(RejectReason.TLS_BAD_INIT, maskable=False)
-        session = self._session(
+        auth = self._auth_result(
             self._secret_index, decoded, fake_tls=True, pending=bytes(self._tls_payload[obfs2.INIT_SIZE :])
         )
-        session.tls_reader = self._tls_reader
-        return Authenticated(session)
+        auth.tls_reader = self._tls_reader
+        return Authenticated(auth)
 
-    def _session(self, index: int, decoded: obfs2.DecodedInit, *, fake_tls: bool, pending: bytes) -> Session:
-        return Session(
+    def _auth_result(self, index: int, decoded: obfs2.DecodedInit, *, fake_tls: bool, pending: bytes) -> AuthResult:
+        return AuthResult(
             secret_index=index,
             secret_id=self._table.ids[index],
             tag=decoded.tag,

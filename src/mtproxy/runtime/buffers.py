@@ -49,6 +49,7 @@ class Buffers:
         self.recv_in = memoryview(self.recv)[:read_size]
         self.tmp = bytearray(read_size + SLACK)
         self.out = bytearray(read_size + -(-read_size // MAX_RECORD) * HEADER + SLACK)
+        self.out_view = memoryview(self.out)
         self.min_room = max(1, min(MIN_READ, buffer_size // 2))
 
     def offer(self, held: int, fd: int, framed: bool = False) -> memoryview:

@@ -25,8 +25,8 @@ from mtproxy.qr import terminal_text
 from mtproxy.stats.counters import Counters
 from mtproxy.stats.http import SnapshotProvider, StatsServer
 
-from .app import WorkerPlan, serve
 from .logs import setup_logging
+from .process import WorkerPlan, serve
 from .reload import file_id
 from .secrets import GENERATED_ID, SecretsError, generated_secret, load_secret_set
 from .server import Server, bind_all

@@ -1,4 +1,4 @@
-"""The server of one process: listeners with limits, the live secret table, session registry and counters."""
+"""The per-loop server: listeners with limits, the live secret table, session registry and counters."""
 
 from __future__ import annotations
 
@@ -15,23 +15,21 @@ from typing import Any
 
 from mtproxy.config import EngineConfig, HostPort
 from mtproxy.protocol.cipher import Aes
-from mtproxy.protocol.handshake import Handshake, HandshakeSettings, SecretTable
+from mtproxy.protocol.handshake import AuthResult, Handshake, HandshakeSettings, SecretTable
 from mtproxy.protocol.obfs2 import TAG_PADDED
 from mtproxy.protocol.replay import ReplayFilter
 from mtproxy.stats.counters import Counters
 
 from .accept import LISTEN_BACKLOG, Listener
-from .buffers import Buffers
 from .connection import ClientConnection
+from .context import Context, Tracked
 from .dc import DcTable
 from .guard import Guard
 from .hints import HintCache
 from .memory import INTERVAL, Trimmer, load_malloc_trim, refill_free_lists
-from .rawrelay import Pipe, Pool, RecordBuffer
 from .secrets import SecretSet
 
 log = logging.getLogger("mtproxy.server")
-
 
 
 def bind_listener(address: HostPort, reuse_port: bool) -> socket.socket:
@@ -73,7 +71,7 @@ def bind_all(listen: tuple[HostPort, ...], reuse_port: bool) -> list[tuple[HostP
 
 
 class Server:
-    """Owns everything one event loop serves; the connection objects call back into it."""
+    """Owns everything one event loop serves; its connections and sessions see it only through `ctx`."""
 
     def __init__(
         self,
@@ -93,16 +91,13 @@ class Server:
         self.random_bytes = random_bytes
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self.counters = Counters(started_at=clock())
-        self.buffers = Buffers(cfg.limits.read_size, cfg.limits.buffer_size)
-        self.pipes = Pool(Pipe)
-        self.record_buffers = Pool(lambda: RecordBuffer(cfg.limits.read_size))
         self.replay = ReplayFilter(replay_memory)
         self._replay_guard = (lambda: replay_lock) if replay_lock is not None else None
-        self.dc_table = DcTable(cfg.dc_overrides, cfg.prefer_ipv6)
-        self.connections: set[ClientConnection] = set()
-        self.by_secret: dict[str, set[ClientConnection]] = {}
+        self.connections: set[Tracked] = set()  # every admitted client socket, by its current protocol
+        self.by_secret: dict[str, set[Tracked]] = {}  # the sessions of each secret id
         self.per_ip: dict[str, int] = {}
         self.guard = Guard(cfg.limits, self.counters)
+        self.ctx = self._context()
         self._hints = HintCache()
         self.accepting = True
         self.cert_size = cert_size
@@ -117,6 +112,23 @@ class Server:
         self._live = secrets.fingerprint()
         self.settings = self._handshake_settings()
         self.counters.secrets_loaded = len(self.table)
+
+    def _context(self) -> Context:
+        ctx = Context(self.cfg.limits, self.counters, fast_mode=self.cfg.fast_mode,
+                      dc_table=DcTable(self.cfg.dc_overrides, self.cfg.prefer_ipv6), guard=self.guard,
+                      clock=self.clock, random_bytes=self.random_bytes)
+        ctx.admit = self.admit
+        ctx.release = self.release
+        ctx.count_client = self.count_client
+        ctx.new_handshake = self.new_handshake
+        ctx.still_live = self.still_live
+        ctx.hand_over = self.hand_over
+        ctx.authenticated = self.session_authenticated
+        ctx.ended = self.session_ended
+        ctx.count_in = self.count_in
+        ctx.count_out = self.count_out
+        ctx.mask = lambda: self.mask
+        return ctx
 
     # ----------------------------------------------------------------- secrets
 
@@ -173,7 +185,7 @@ class Server:
 
     # ----------------------------------------------------------------- admission and accounting
 
-    def admit(self, conn: ClientConnection, fileno: int) -> bool:
+    def admit(self, conn: Tracked, fileno: int) -> bool:
         """Every new connection starts unauthenticated, so it must fit under those caps too."""
         limits = self.cfg.limits
         ip = conn.peer[0]
@@ -198,7 +210,7 @@ class Server:
         check that connects and closes (`mtproxy status`, a health check) is no client."""
         self.counters.total += 1
 
-    def release(self, conn: ClientConnection) -> None:
+    def release(self, conn: Tracked) -> None:
         self.connections.discard(conn)
         ip = conn.peer[0]
         if conn.unauthenticated:
@@ -218,49 +230,51 @@ class Server:
         secret = table.secrets[index]
         return self._live.get(secret_id) == (secret.key, secret.kind.value)
 
-    def session_authenticated(self, conn: ClientConnection) -> None:
-        session = conn.session
-        assert session is not None
+    def hand_over(self, old: Tracked, new: Tracked) -> None:
+        """The client socket `old` was admitted for has a new protocol: the registry and caps follow it."""
+        self.connections.discard(old)
+        self.connections.add(new)
+        new.unauthenticated = old.unauthenticated
+        old.unauthenticated = False
+
+    def session_authenticated(self, conn: Tracked, auth: AuthResult) -> None:
         c = self.counters
         c.handshakes_ok += 1
         if conn.unauthenticated:
             conn.unauthenticated = False
             self.guard.authenticated_or_gone(conn.peer[0])
         # by what the client sent, not by the secret's kind: the same key serves every mode
-        mode = "ee" if session.fake_tls else ("dd" if session.tag == TAG_PADDED else "classic")
+        mode = "ee" if auth.fake_tls else ("dd" if auth.tag == TAG_PADDED else "classic")
         c.modes[mode] = c.modes.get(mode, 0) + 1
-        per = c.for_secret(session.secret_id)
+        per = c.for_secret(auth.secret_id)
         per.active += 1
         per.total += 1
-        self.by_secret.setdefault(session.secret_id, set()).add(conn)
-        self._hints.put(conn.peer[0], session.secret_index)
+        self.by_secret.setdefault(auth.secret_id, set()).add(conn)
+        self._hints.put(conn.peer[0], auth.secret_index)
 
-    def session_ended(self, conn: ClientConnection) -> None:
-        session = conn.session
-        if session is None:
-            return
-        group = self.by_secret.get(session.secret_id)
+    def session_ended(self, conn: Tracked, secret_id: str) -> None:
+        group = self.by_secret.get(secret_id)
         if group is not None and conn in group:
             group.discard(conn)
             if not group:
-                del self.by_secret[session.secret_id]
-            per = self.counters.secrets.get(session.secret_id)
+                del self.by_secret[secret_id]
+            per = self.counters.secrets.get(secret_id)
             if per is not None:
                 per.active -= 1
 
-    def count_in(self, conn: ClientConnection, n: int) -> None:
-        self.counters.bytes_in += n
-        assert conn.session is not None
-        per = self.counters.secrets.get(conn.session.secret_id)
+    def count_in(self, secret_id: str, n: int) -> None:
+        counters = self.counters
+        counters.bytes_in += n
+        per = counters.secrets.get(secret_id)
         if per is not None:
             per.bytes_in += n
 
-    def count_out(self, conn: ClientConnection, n: int) -> None:
-        self.counters.bytes_out += n
-        if conn.session is not None:
-            per = self.counters.secrets.get(conn.session.secret_id)
-            if per is not None:
-                per.bytes_out += n
+    def count_out(self, secret_id: str, n: int) -> None:
+        counters = self.counters
+        counters.bytes_out += n
+        per = counters.secrets.get(secret_id)
+        if per is not None:
+            per.bytes_out += n
 
     def _memory_tick(self) -> None:
         """After a burst: tables shrink to their present size (Python never shrinks a dict or set), and
@@ -281,11 +295,11 @@ class Server:
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self, sockets: list[tuple[HostPort, socket.socket]]) -> None:
-        self.loop = asyncio.get_running_loop()
+        self.loop = self.ctx.loop = asyncio.get_running_loop()
         self._malloc_trim = load_malloc_trim()
         self._memory_timer = self.loop.call_later(INTERVAL, self._memory_tick)
         for address, sock in sockets:
-            listener = Listener(address, sock, functools.partial(ClientConnection, self, address),
+            listener = Listener(address, sock, functools.partial(ClientConnection, self.ctx, address),
                                 self.guard.out_of_fds)
             await listener.start()
             self._listeners.append(listener)

@@ -1,4 +1,6 @@
-"""Learn the mask site's encrypted certificate flight size with a real TLS 1.3 handshake (memory BIOs)."""
+"""The mask site: where a client that fails the handshake is handed (everything it sent, then a verbatim
+relay both ways, as if it had reached the site itself), and where the fake certificate's size is learned
+with a real TLS 1.3 handshake (memory BIOs)."""
 
 from __future__ import annotations
 
@@ -6,11 +8,68 @@ import asyncio
 import logging
 import random
 import ssl
+from collections.abc import Callable
 
 from mtproxy.config import HostPort
 from mtproxy.protocol import faketls
 
-log = logging.getLogger("mtproxy.certsize")
+from .buffers import send
+from .guard import OutOfDescriptors
+from .pair import Leg, Pair, Phase, dial
+
+log = logging.getLogger("mtproxy.mask")
+
+
+class MaskRelay(Pair):
+    """A client the proxy refused, relayed to the mask site byte for byte (its transport paused until then)."""
+
+    __slots__ = ()
+
+    def open(self, mask: HostPort, received: bytes) -> None:
+        """Dial the mask and give it `received`, all the client sent so far."""
+        self._task = self.ctx.loop.create_task(self._open(mask, received))
+
+    async def _open(self, mask: HostPort, received: bytes) -> None:
+        ctx = self.ctx
+        try:
+            dialled = await dial(ctx, [mask], lambda: Leg(self))
+        except OutOfDescriptors:
+            ctx.guard.out_of_fds()
+            self.close()
+            return
+        if self.phase == Phase.CLOSED:
+            return
+        up = self.up
+        if not dialled or up is None:
+            ctx.counters.mask_failed += 1
+            log.warning("mask %s unreachable; closing the unauthenticated connection", mask)
+            self.close()
+            return
+        if up.get_extra_info("peername")[:2] == self.transport.get_extra_info("sockname")[:2]:
+            log.error("the mask %s is this proxy itself; refusing to loop", mask)
+            ctx.counters.mask_failed += 1
+            up.abort()
+            self.close()
+            return
+        self._task = None
+        if received:
+            up.write(received)
+        self._relaying()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        up = self.up
+        if up is None:
+            return self._buffers.recv_in
+        return self._buffers.offer(up.get_write_buffer_size(), self.up_fd)  # no more than the mask can take
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.activity += nbytes
+        up = self.up
+        assert up is not None
+        send(up, self.up_fd, memoryview(self._buffers.recv)[:nbytes])
+
+
+# ----------------------------------------------------------------- certificate size
 
 PROBE_TIMEOUT = 5.0
 MIN_SIZE = 1000
@@ -77,3 +136,16 @@ async def _probe(target: HostPort, sni: str) -> int | None:
         return min(total, faketls.MAX_RECORD_PAYLOAD)
     finally:
         writer.close()
+
+
+async def refresh_cert_size(target: Callable[[], tuple[HostPort, str] | None], current: Callable[[], int],
+                            learned: Callable[[int], None], interval: float) -> None:
+    """Every `interval` seconds, probe the mask (`target`: where, and the name to ask for); a size that
+    differs from `current()` goes to `learned`."""
+    while True:
+        found = target()
+        size = await probe_cert_size(*found) if found is not None else None
+        if found is not None and size is not None and size != current():
+            log.info("fake certificate size learned from %s: %d bytes", found[0], size)
+            learned(size)
+        await asyncio.sleep(interval)

@@ -1,4 +1,4 @@
-"""Start-up, main loop and shutdown of one serving process, in one tested order."""
+"""One serving process: start-up, main loop and shutdown, in one tested order."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from mtproxy.protocol.secret import Secret
 from mtproxy.stats.digest import secrets_digest
 
 from .accept import AcceptPaused
-from .certsize import fallback_size, probe_cert_size
+from .mask import fallback_size, refresh_cert_size
 from .reload import FileId, Reloader
 from .secrets import SecretSet, load_secret_set
 from .server import Server
@@ -74,7 +74,8 @@ async def serve(plan: WorkerPlan) -> int:
     await server.start(plan.sockets)
     tasks = [loop.create_task(reloader.run())]
     if cfg.tls.cert_size is None and server.mask is not None and cfg.allow_tls:
-        tasks.append(loop.create_task(_cert_refresher(server)))
+        tasks.append(loop.create_task(refresh_cert_size(lambda: _cert_target(server), lambda: server.cert_size,
+                                                        server.set_cert_size, cfg.tls.cert_refresh)))
     if plan.publish is not None:
         tasks.append(loop.create_task(_publisher(server, plan.publish)))
     log.info("ready: %d secrets, listening on %s", len(server.table),
@@ -93,19 +94,13 @@ async def serve(plan: WorkerPlan) -> int:
     return 0
 
 
-async def _cert_refresher(server: Server) -> None:
+def _cert_target(server: Server) -> tuple[HostPort, str] | None:
+    """The mask to learn the certificate size from, and the name to ask it for."""
+    mask = server.mask
+    if mask is None:
+        return None
     cfg = server.cfg
-    while True:
-        mask = server.mask
-        if mask is not None:
-            sni = cfg.domains[0] if cfg.domains else (sorted(server.secrets.domains) or [mask.host])[0]
-            size = await probe_cert_size(mask, sni)
-        else:
-            size = None
-        if size is not None and size != server.cert_size:
-            log.info("fake certificate size learned from %s: %d bytes", mask, size)
-            server.set_cert_size(size)
-        await asyncio.sleep(cfg.tls.cert_refresh)
+    return mask, cfg.domains[0] if cfg.domains else (sorted(server.secrets.domains) or [mask.host])[0]
 
 
 async def _publisher(server: Server, publish: Callable[[dict[str, Any]], None]) -> None:

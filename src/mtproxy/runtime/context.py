@@ -1,0 +1,62 @@
+"""What a connection and its relay may use of the per-loop server: shared buffers, limits, counters, the DC
+table, and the server's accounting and registry as callbacks. Never the server itself, so nothing below the
+server imports it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+from mtproxy.config import HostPort, Limits
+from mtproxy.protocol.handshake import AuthResult, Handshake, SecretTable
+from mtproxy.stats.counters import Counters
+
+from .buffers import Buffers
+from .dc import DcTable
+from .guard import Guard
+from .rawrelay import Pipe, Pool, RecordBuffer
+
+
+class Tracked(Protocol):
+    """What the server's registry holds for each admitted client socket: whichever object is its protocol
+    now (the handshake, then a session or a mask relay, see Context.hand_over)."""
+
+    peer: tuple[str, int]
+    unauthenticated: bool  # counted under the unauthenticated caps
+
+    def abort(self) -> None: ...
+
+
+class Context:
+    """One per server (per event loop); every connection and relay of that loop shares it."""
+
+    __slots__ = ("admit", "authenticated", "buffers", "clock", "count_client", "count_in", "count_out", "counters",
+                 "dc_table", "ended", "fast_mode", "guard", "hand_over", "limits", "loop", "mask", "new_handshake",
+                 "pipes", "random_bytes", "record_buffers", "release", "still_live")
+
+    def __init__(self, limits: Limits, counters: Counters, *, fast_mode: bool, dc_table: DcTable, guard: Guard,
+                 clock: Callable[[], float], random_bytes: Callable[[int], bytes]) -> None:
+        self.limits = limits
+        self.counters = counters
+        self.fast_mode = fast_mode
+        self.dc_table = dc_table
+        self.guard = guard
+        self.clock = clock
+        self.random_bytes = random_bytes
+        self.buffers = Buffers(limits.read_size, limits.buffer_size)
+        self.pipes = Pool(Pipe)
+        self.record_buffers = Pool(lambda: RecordBuffer(limits.read_size))
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set when the server starts
+        # the server's side, filled in by the server
+        self.admit: Callable[[Tracked, int], bool]
+        self.release: Callable[[Tracked], None]
+        self.count_client: Callable[[], None]
+        self.new_handshake: Callable[[str], tuple[Handshake, SecretTable]]
+        self.still_live: Callable[[SecretTable, int, str], bool]
+        self.hand_over: Callable[[Tracked, Tracked], None]  # the socket's protocol changed: the registry follows
+        self.authenticated: Callable[[Tracked, AuthResult], None]
+        self.ended: Callable[[Tracked, str], None]  # a session of this secret id ended
+        self.count_in: Callable[[str, int], None]  # client->DC bytes of a secret id
+        self.count_out: Callable[[str, int], None]
+        self.mask: Callable[[], HostPort | None]

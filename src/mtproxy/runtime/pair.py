@@ -1,0 +1,257 @@
+"""What a session and a mask relay share: one client socket and one outgoing socket, dialled here, with the
+idle timer, half-close, backpressure both ways and a bounded close.
+
+The client socket's protocol is the relay itself (the handshake hands its transport over with
+set_protocol). The outgoing socket's protocol is a `Leg`: the two callbacks it gets per chunk are the
+relay's own bound methods, stored in it, so a chunk costs no call more than it would on the relay."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from typing import cast
+
+from mtproxy.config import HostPort
+
+from .buffers import WRITE_LIMITS, send, socket_fd
+from .context import Context
+from .guard import OutOfDescriptors, is_fd_exhaustion
+
+log = logging.getLogger("mtproxy.relay")
+
+LINGER = 5.0  # seconds a closed connection may spend flushing to a slow peer
+
+
+def half_close(transport: asyncio.Transport | None) -> None:
+    """Pass an EOF on, never to a transport that is already closing. A shutdown request racing the
+    handle's close is the suspected cause of the uvloop "double free" aborts the bench's plain relay hit
+    when it propagated half-closes; the engine never reproduced them, this keeps it out of that path."""
+    if transport is not None and not transport.is_closing() and transport.can_write_eof():
+        transport.write_eof()
+
+
+async def dial(ctx: Context, addresses: tuple[HostPort, ...] | list[HostPort],
+               factory: Callable[[], asyncio.BaseProtocol]) -> bool:
+    """Dial the addresses in order, each bounded by the connect timeout; False when none answers.
+    Raises OutOfDescriptors when this process has none left: no address is to blame for that."""
+    for address in addresses:
+        try:
+            async with asyncio.timeout(ctx.limits.connect_timeout):  # no extra task, unlike wait_for
+                await ctx.loop.create_connection(factory, address.host, address.port)
+        except TimeoutError as exc:
+            log.debug("connect to %s failed: %s", address, exc)
+            continue
+        except OSError as exc:
+            if is_fd_exhaustion(exc):
+                raise OutOfDescriptors(str(exc)) from None
+            log.debug("connect to %s failed: %s", address, exc)
+            continue
+        return True
+    return False
+
+
+class Phase(enum.IntEnum):
+    CONNECTING = 0
+    RELAY = 1
+    CLOSED = 2
+
+
+class Pair(asyncio.BufferedProtocol):
+    """The client socket's protocol once the handshake is over; `up` is the outgoing socket's transport."""
+
+    # slots: tens of thousands of these live at once; no per-object dict
+    __slots__ = ("_buffers", "_eof_in", "_eof_out", "_seen_activity", "_task", "_timer", "activity", "admitted",
+                 "ctx", "fd", "peer", "phase", "transport", "unauthenticated", "up", "up_fd")
+
+    def __init__(self, ctx: Context, transport: asyncio.Transport, fd: int, peer: tuple[str, int],
+                 eof_in: bool) -> None:
+        self.ctx = ctx
+        self.transport = transport
+        self.fd = fd  # the client socket, written directly while its transport holds nothing (buffers.send)
+        self.peer = peer
+        self.admitted = True  # the registry's: Context.hand_over moved the admission here
+        self.unauthenticated = False
+        self.phase = Phase.CONNECTING
+        self.up: asyncio.Transport | None = None
+        self.up_fd = -1
+        self.activity = 0  # bytes moved either way; the idle timer compares it between ticks
+        self._seen_activity = -1
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._buffers = ctx.buffers
+        self._eof_in = eof_in  # client sent EOF
+        self._eof_out = False  # upstream sent EOF
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close()
+        if self.admitted:
+            self.admitted = False
+            self.ctx.release(self)
+
+    def close(self) -> None:
+        """Close both sockets; pending writes are flushed by the transports."""
+        if self.phase == Phase.CLOSED:
+            return
+        self.phase = Phase.CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._stop_raw()  # first: a raw relay hands what it still holds to the client transport
+        self.transport.close()
+        up = self.up
+        if up is not None:
+            # keep reading (and dropping) so a peer blocked on writing to us can take our last bytes
+            up.resume_reading()
+            up.close()
+        self._ended()
+        # close() flushes; a peer that never reads would keep the socket forever, so bound the linger
+        if self.transport.get_write_buffer_size() or (up is not None and up.get_write_buffer_size()):
+            self.ctx.loop.call_later(LINGER, self._hard_close)
+
+    def _hard_close(self) -> None:
+        self.transport.abort()
+        if self.up is not None:
+            self.up.abort()
+
+    def abort(self) -> None:
+        """Drop without flushing (removed secret, shutdown deadline)."""
+        self._hard_close()
+        self.close()
+
+    def _stop_raw(self) -> None:
+        """Only a session has a raw relay."""
+
+    def _ended(self) -> None:
+        """A session tells the registry; a mask relay was never registered as one."""
+
+    # ----------------------------------------------------------------- client socket
+
+    def eof_received(self) -> bool:
+        self._eof_in = True
+        half_close(self.up)
+        if self._eof_out or self.phase == Phase.CLOSED:
+            self.close()
+            return False
+        self._half_closed()
+        return True
+
+    # the client's transport is full: stop reading the other side
+    def pause_writing(self) -> None:
+        if self.up is not None:
+            self.up.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.up is not None and self.phase != Phase.CLOSED:
+            self.up.resume_reading()
+
+    # ----------------------------------------------------------------- outgoing socket (through a Leg)
+
+    def _up_made(self, transport: asyncio.Transport) -> None:
+        if self.phase == Phase.CLOSED:  # closed while dialling
+            transport.abort()
+            return
+        self.up = transport
+        self.up_fd = socket_fd(transport)
+        transport.set_write_buffer_limits(**WRITE_LIMITS)
+
+    def _up_lost(self) -> None:
+        self._stop_raw()
+        self.close()
+
+    def _up_eof(self) -> None:
+        self._eof_out = True
+        half_close(self.transport)
+        if self._eof_in:
+            self.close()
+        else:
+            self._half_closed()
+
+    def _up_get_buffer(self, sizehint: int) -> memoryview:
+        # no more than the client can take
+        return self._buffers.offer(self.transport.get_write_buffer_size(), self.fd)
+
+    def _up_buffer_updated(self, nbytes: int) -> None:
+        """Verbatim to the client (the mask relay; a session frames and ciphers)."""
+        client = self.transport
+        if client.is_closing():
+            return
+        self.activity += nbytes
+        send(client, self.fd, memoryview(self._buffers.recv)[:nbytes])
+
+    # the outgoing transport is full: stop reading the client
+    def _up_full(self) -> None:
+        self.transport.pause_reading()
+
+    def _up_drained(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _relaying(self) -> None:
+        """The outgoing leg is up: let the client's bytes (or its EOF) through and start the idle timer."""
+        self.phase = Phase.RELAY
+        if self._eof_in:
+            half_close(self.up)
+        else:
+            self.transport.resume_reading()
+        self._start_idle_timer()
+
+    # ----------------------------------------------------------------- idle
+
+    def _start_idle_timer(self) -> None:
+        limits = self.ctx.limits
+        # once either side has said it is done, the other gets a short while to finish, not the idle timeout
+        timeout = limits.halfclose_timeout if self._eof_in or self._eof_out else limits.idle_timeout
+        self._seen_activity = self.activity
+        self._timer = self.ctx.loop.call_later(timeout, self._idle_tick)
+
+    def _idle_tick(self) -> None:
+        if self.phase == Phase.CLOSED:
+            return
+        if self.activity == self._seen_activity:
+            if self._eof_in or self._eof_out:
+                self.ctx.counters.halfclose_released += 1
+                log.debug("closing half-closed connection from %s", self.peer[0])
+            else:
+                log.debug("closing idle connection from %s", self.peer[0])
+            self.close()
+            return
+        self._start_idle_timer()
+
+    def _half_closed(self) -> None:
+        """Re-arm a running idle timer with the half-close timeout (none runs yet while a leg is dialled)."""
+        if self._timer is not None and self.phase == Phase.RELAY:
+            self._timer.cancel()
+            self._start_idle_timer()
+
+
+class Leg(asyncio.BufferedProtocol):
+    """The outgoing socket's protocol: every callback goes to the pair that owns it."""
+
+    __slots__ = ("buffer_updated", "get_buffer", "pair")
+
+    def __init__(self, pair: Pair) -> None:
+        self.pair = pair
+        # bound methods of the pair: the transports call these per chunk
+        self.get_buffer = pair._up_get_buffer  # type: ignore[method-assign]
+        self.buffer_updated = pair._up_buffer_updated  # type: ignore[method-assign]
+
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        self.pair._up_made(cast(asyncio.Transport, base))  # uvloop's transport class is not a subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pair._up_lost()
+
+    def eof_received(self) -> bool:
+        self.pair._up_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        self.pair._up_full()
+
+    def resume_writing(self) -> None:
+        self.pair._up_drained()

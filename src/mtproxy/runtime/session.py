@@ -1,0 +1,211 @@
+"""An authenticated client's session: dial its DC, then relay both ways, each direction deciphered and
+re-enciphered (or, in fast mode, DC->client forwarded untouched) and, for fake-TLS, framed as records;
+bulk fast-mode downloads switch to a raw relay (rawrelay.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from mtproxy.crypto import ctr
+from mtproxy.protocol import faketls, obfs2
+from mtproxy.protocol.cipher import Keystream
+from mtproxy.protocol.handshake import AuthResult
+
+from . import rawrelay
+from .buffers import send
+from .context import Context
+from .guard import OutOfDescriptors
+from .pair import Leg, Pair, Phase, dial
+
+log = logging.getLogger("mtproxy.session")
+
+_NEVER = -(1 << 62)  # _relayed once a raw relay could not be set up: the transport path goes on
+
+
+class Session(Pair):
+    """Client->DC: the client's bytes are deciphered and re-enciphered in the receive buffer (`buffer_updated`).
+    DC->client: `_up_buffer_updated`; in fast mode the DC's bytes are already what the client expects."""
+
+    __slots__ = ("_from_client", "_from_dc", "_raw", "_relayed", "_tls", "_tls_reader", "_to_client", "_to_dc",
+                 "secret_id")
+
+    def __init__(self, ctx: Context, transport: asyncio.Transport, fd: int, peer: tuple[str, int],
+                 eof_in: bool, auth: AuthResult) -> None:
+        super().__init__(ctx, transport, fd, peer, eof_in)
+        self.secret_id = auth.secret_id
+        self._from_client: Keystream = auth.from_client
+        self._tls_reader = auth.tls_reader
+        self._tls = auth.fake_tls
+        self._to_dc: Keystream  # set by connect(), before the client is read again
+        self._from_dc: Keystream | None = None  # None in fast mode (both)
+        self._to_client: Keystream | None = None
+        self._relayed = 0  # DC->client bytes through the transport, until a raw relay takes over
+        self._raw: rawrelay.SpliceRelay | rawrelay.RecordRelay | None = None
+
+    def connect(self, auth: AuthResult) -> None:
+        """Dial the client's DC (the client's transport stays paused until the DC answers)."""
+        ctx = self.ctx
+        link = obfs2.dc_link(auth.to_client_keys, auth.tag, auth.dc_id, ctx.random_bytes, fast=ctx.fast_mode)
+        self._to_dc = link.to_dc
+        self._from_dc = link.from_dc
+        self._to_client = link.to_client
+        self._task = ctx.loop.create_task(self._open_dc(auth.dc_id, link.header, auth.pending))
+
+    async def _open_dc(self, dc_id: int, header: bytes, pending: bytes) -> None:
+        ctx = self.ctx
+        target = ctx.dc_table.lookup(dc_id)
+        try:
+            dialled = await dial(ctx, target.addresses, lambda: Leg(self))
+        except OutOfDescriptors:
+            ctx.guard.out_of_fds()  # our shortage, not the DC's: neither an upstream failure nor its warning
+            self.close()
+            return
+        if self.phase == Phase.CLOSED:  # aborted meanwhile (a removed secret, shutdown)
+            return
+        up = self.up
+        if not dialled or up is None:
+            ctx.counters.upstream_failed += 1
+            log.warning("DC %d unreachable at %s", target.dc, ", ".join(map(str, target.addresses)))
+            self.close()
+            return
+        self._task = None  # done: a finished task would only hold memory for as long as the session lives
+        if pending:
+            # what the client sent along with its handshake goes out with the DC header: one send, not two
+            up.write(header + self._to_dc.update(self._from_client.update(pending)))
+            ctx.count_in(self.secret_id, len(pending))
+        else:
+            up.write(header)
+        self._relaying()
+
+    # ----------------------------------------------------------------- client -> DC
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        up = self.up
+        if up is None:
+            return self._buffers.recv_in
+        return self._buffers.offer(up.get_write_buffer_size(), self.up_fd)  # no more than the DC can take
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """The payload is deciphered and re-enciphered where it was read."""
+        self.activity += nbytes
+        buffers = self._buffers
+        buf = buffers.recv
+        if self._tls_reader is not None:
+            try:
+                layout = self._tls_reader.layout(memoryview(buf)[:nbytes])
+            except faketls.TlsFormatError:
+                log.info("client %s broke TLS framing; closing", self.peer[0])
+                self.close()
+                return
+        else:
+            layout = faketls.plain_layout(nbytes)
+        n = ctr.transform_upload(self._from_client, self._to_dc, buf, layout)
+        if not n:
+            return
+        up = self.up
+        assert up is not None
+        send(up, self.up_fd, memoryview(buf)[:n])
+        self.ctx.count_in(self.secret_id, n)
+
+    # ----------------------------------------------------------------- DC -> client
+
+    def _up_get_buffer(self, sizehint: int) -> memoryview:
+        # no more than the client can take; fake-TLS adds a header per 16 KiB to what is read here
+        return self._buffers.offer(self.transport.get_write_buffer_size(), self.fd, self._tls)
+
+    def _up_buffer_updated(self, nbytes: int) -> None:
+        client = self.transport
+        if client.is_closing():
+            return
+        self.activity += nbytes
+        buffers = self._buffers
+        data = memoryview(buffers.recv)[:nbytes]
+        if self._from_dc is not None:
+            # not fast mode: decipher what the DC sent, re-encipher for the client below
+            self._from_dc.update_into(data, buffers.tmp)
+            data = memoryview(buffers.tmp)[:nbytes]
+        if self._tls:
+            out = buffers.out_view
+            send(client, self.fd, out[: faketls.frame_records(data, out, self._to_client)])
+            if self._to_client is None:
+                self._count_towards_raw(client, nbytes)
+        elif self._to_client is not None:
+            self._to_client.update_into(data, buffers.out)
+            send(client, self.fd, buffers.out_view[:nbytes])
+        else:  # fast mode: the DC's bytes are already what the client expects
+            send(client, self.fd, data)
+            self._count_towards_raw(client, nbytes)
+        self.ctx.count_out(self.secret_id, nbytes)
+
+    # ----------------------------------------------------------------- backpressure (the client is full)
+
+    # never while a raw relay runs: the client's transport is not written then, and the DC transport must
+    # stay paused because the raw relay reads that socket
+    def pause_writing(self) -> None:
+        if self.up is not None and self._raw is None:
+            self.up.pause_reading()
+
+    def resume_writing(self) -> None:
+        up = self.up
+        if up is None or self.phase == Phase.CLOSED or self._raw is not None:
+            return
+        # the low-water mark is 0: the buffer is empty now, the moment a bulk session can switch to a raw relay
+        if self._from_dc is None and self._client_drained(self.transport):
+            return
+        up.resume_reading()
+
+    # ----------------------------------------------------------------- raw relay (fast mode)
+
+    def _count_towards_raw(self, client: asyncio.Transport, nbytes: int) -> None:
+        self._relayed += nbytes
+        self._client_drained(client)
+
+    def _client_drained(self, client: asyncio.Transport) -> bool:
+        """Switch to a raw relay if this fast-mode session is due and the client's transport holds nothing
+        (a backlogged client gets here from resume_writing once its buffer is empty). True if switched."""
+        if self._raw is not None or self._relayed < rawrelay.RAW_AFTER or client.get_write_buffer_size():
+            return False
+        if not (rawrelay.RECORDS_AVAILABLE if self._tls else rawrelay.SPLICE_AVAILABLE):
+            return False
+        self._start_raw()
+        return self._raw is not None
+
+    def _start_raw(self) -> None:
+        """A bulk session: hand DC->client to a raw relay (splice, or record-framed reads for fake-TLS).
+        Only with the client's write buffer empty, since from now on the client socket is written beside
+        its transport."""
+        up = self.up
+        assert up is not None
+        ctx = self.ctx
+        bound = ctx.limits.buffer_size
+        try:
+            if self._tls:
+                self._raw = rawrelay.RecordRelay(ctx.loop, ctx.record_buffers, self.up_fd, self.fd,
+                                                 self._raw_bytes, self._up_eof, self.close, bound)
+            else:
+                self._raw = rawrelay.SpliceRelay(ctx.loop, ctx.pipes, self.up_fd, self.fd,
+                                                 self._raw_bytes, self._up_eof, self.close, bound)
+        except OSError as exc:  # out of descriptors: the transport path goes on
+            log.debug("raw relay unavailable: %s", exc)
+            self._relayed = _NEVER
+            return
+        up.pause_reading()
+
+    def _raw_bytes(self, n: int) -> None:
+        self.activity += n
+        self.ctx.count_out(self.secret_id, n)
+
+    def _stop_raw(self) -> None:
+        raw, self._raw = self._raw, None
+        if raw is None:
+            return
+        client = self.transport
+        if not client.is_closing():
+            pending = raw.take_pending()  # whole records (fake-TLS) the client is still owed
+            if pending:
+                client.write(pending)
+        raw.close()
+
+    def _ended(self) -> None:
+        self.ctx.ended(self, self.secret_id)
