@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mtproxy.protocol.secret import Secret
+from mtproxy.stats.counters import Counters
+from mtproxy.stats.http import StatsServer
 from mtproxy.store import SecretRecord, StoreData, write_store
 from mtproxy.testkit.client import open_client, send_raw
 
@@ -118,3 +121,24 @@ def test_dashboard_is_valid_grafana_json_and_promql(tmp_path: Path) -> None:
     path.write_text("groups:\n  - name: dashboard\n    rules:\n" + "".join(rules))
     done = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, timeout=30)
     assert done.returncode == 0, (done.stdout + done.stderr).decode()
+
+
+def test_stats_server_applies_the_series_cap() -> None:
+    counters = Counters(started_at=time.time())
+    for i in range(50):
+        counters.for_secret(f"s{i:02}").bytes_out = i
+    server = StatsServer("127.0.0.1", 0, counters.snapshot, allow_remote=False, max_secrets=5)
+    server.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as response:
+            body = response.read().decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/stats", timeout=5) as response:
+            text = response.read().decode()
+    finally:
+        server.close()
+    named = {s.labels["secret"] for f in text_string_to_metric_families(body) if f.name == "mtproxy_secret_bytes"
+             for s in f.samples}
+    assert named == {"s45", "s46", "s47", "s48", "s49", "_other"}
+    assert text.count("_bytes_out\t") == 50  # /stats keeps every secret
+    with pytest.raises(ValueError):
+        StatsServer("127.0.0.1", 0, counters.snapshot, allow_remote=False, max_secrets=-1)
