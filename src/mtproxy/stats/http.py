@@ -18,8 +18,10 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from mtproxy.defaults import DEFAULT_METRICS_MAX_SECRETS
+
 from .counters import worker_sets
-from .render import DEFAULT_MAX_SECRETS, render_metrics, render_stats
+from .render import render_metrics, render_stats
 
 log = logging.getLogger("mtproxy.stats")
 
@@ -31,7 +33,7 @@ class _Server(ThreadingHTTPServer):
     allow_remote = False
     provider: SnapshotProvider
     store: str | None = None
-    max_secrets = DEFAULT_MAX_SECRETS
+    max_secrets = DEFAULT_METRICS_MAX_SECRETS
     request_queue_size = 64
 
 
@@ -93,7 +95,7 @@ class StatsServer:
     """Owns the listening socket and the serving thread."""
 
     def __init__(self, host: str, port: int, provider: SnapshotProvider, allow_remote: bool,
-                 store: str | None = None, max_secrets: int = DEFAULT_MAX_SECRETS) -> None:
+                 store: str | None = None, max_secrets: int = DEFAULT_METRICS_MAX_SECRETS) -> None:
         """`store`: the secrets file the engine reads (absolute), served so the CLI can tell whose it is.
         `max_secrets`: secrets `/metrics` names one by one (the busiest); the rest are summed as `_other`."""
         if max_secrets < 0:

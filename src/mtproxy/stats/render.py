@@ -11,7 +11,6 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from mtproxy.defaults import DEFAULT_METRICS_MAX_SECRETS
 
-DEFAULT_MAX_SECRETS = DEFAULT_METRICS_MAX_SECRETS
 OTHER = "_other"
 
 
@@ -104,7 +103,7 @@ class _SnapshotCollector(Collector):
                                 value=s["cert_size"])
 
 
-def render_metrics(snap: dict[str, Any], now: float, max_secrets: int = DEFAULT_MAX_SECRETS) -> bytes:
+def render_metrics(snap: dict[str, Any], now: float, max_secrets: int = DEFAULT_METRICS_MAX_SECRETS) -> bytes:
     """Prometheus text exposition of the snapshot, with at most `max_secrets` secrets named one by one."""
     if max_secrets < 0:
         raise ValueError("max_secrets must be 0 or more")
