@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtproxy.defaults import DEFAULT_PORT, DEFAULT_STATS_PORT, DEFAULT_WORKERS, MAX_WORKERS
+from mtproxy.defaults import (
+    DEFAULT_METRICS_MAX_SECRETS,
+    DEFAULT_PORT,
+    DEFAULT_STATS_PORT,
+    DEFAULT_WORKERS,
+    MAX_WORKERS,
+)
 from mtproxy.paths import Paths, choose_root
 from mtproxy.protocol.errors import SecretFormatError
 from mtproxy.protocol.secret import Secret, SecretKind, parse_secret, validate_domain
@@ -102,6 +108,7 @@ class EngineConfig:
     secret_ids: tuple[str, ...] = field(default=())  # ids for the -S secrets, parallel to `secrets`
     root_note: str | None = None  # where the engine keeps things, when worth saying (paths.choose_root)
     max_connections_auto: bool = False  # no --max-connections: start-up fits it to the descriptor limit
+    metrics_max_secrets: int = DEFAULT_METRICS_MAX_SECRETS  # per-secret series in /metrics (stats/render.py)
 
 
 def parse_host_port(text: str, what: str, default_port: int | None = None) -> HostPort:
@@ -147,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("-p", "--stats-port", type=int, help=f"stats HTTP port on 127.0.0.1 (default {DEFAULT_STATS_PORT}, 0=off)")
     a("--stats-host", help="stats HTTP bind address (default 127.0.0.1)")
     a("--stats-allow-remote", action="store_true", default=None, help="serve stats to non-loopback peers")
+    a("--metrics-max-secrets", type=int, help="secrets /metrics names one by one, the busiest first; the rest"
+      f" are summed as secret=\"_other\" (default {DEFAULT_METRICS_MAX_SECRETS}, 0: all summed)")
     a("-H", "--port", action="append", default=[], help="listen port(s), comma separated, on 0.0.0.0 and ::")
     a("--listen", action="append", default=[], metavar="HOST:PORT", help="listen address (repeatable)")
     a("-S", "--secret", action="append", default=[], help="secret: 32 hex, dd+hex or ee+hex+domain (repeatable)")
@@ -194,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 _CONFIG_KEYS = {
     "port": "port", "listen": "listen", "workers": "workers", "domain": "domain", "mask": "mask",
     "stats_port": "stats_port", "stats_host": "stats_host", "stats_allow_remote": "stats_allow_remote",
+    "metrics_max_secrets": "metrics_max_secrets",
     "allow_classic": "allow_classic", "prefer_ipv6": "prefer_ipv6", "dc_override": "dc_override",
     "handshake_timeout": "handshake_timeout", "idle_timeout": "idle_timeout",
     "max_connections": "max_connections", "max_connections_per_ip": "max_connections_per_ip",
@@ -389,6 +399,7 @@ def _resolve(ns: argparse.Namespace, environ: dict[str, str] | None, euid: int |
         fast_mode=not ns.no_fast_mode,
         stats=_stats(ns),
         stats_allow_remote=bool(ns.stats_allow_remote),
+        metrics_max_secrets=_metrics_max_secrets(ns.metrics_max_secrets),
         workers=_workers(ns),
         user=ns.user,
         limits=limits,
@@ -459,6 +470,14 @@ def _modes(ns: argparse.Namespace, secrets: list[Secret]) -> tuple[list[str], bo
 def _stats(ns: argparse.Namespace) -> HostPort | None:
     stats_port = DEFAULT_STATS_PORT if ns.stats_port is None else int(ns.stats_port)
     return HostPort(ns.stats_host or "127.0.0.1", stats_port) if stats_port else None
+
+
+def _metrics_max_secrets(value: Any) -> int:
+    if value is None:
+        return DEFAULT_METRICS_MAX_SECRETS
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"--metrics-max-secrets: must be a whole number, 0 or more, got {value!r}")
+    return value
 
 
 def _workers(ns: argparse.Namespace) -> int:

@@ -53,7 +53,7 @@ def test_stats_and_metrics(start_proxy: ProxyFactory, secret: Secret, tmp_path) 
                 if s.name.endswith("_total")}
     assert failures["unknown-secret"] == 1
     per_secret = [s for s in families["mtproxy_secret_connections"].samples if s.name.endswith("_total")]
-    assert [(s.labels["id"], s.value) for s in per_secret] == [("s-42", 1)]
+    assert [(s.labels["secret"], s.value) for s in per_secret] == [("s-42", 1)]
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"http://127.0.0.1:{proxy.stats_port}/nope", timeout=5)
     err.value.close()  # the error holds the response and its socket

@@ -8,6 +8,8 @@ from typing import Any
 from mtproxy.accounts.policy import Refusal
 from mtproxy.protocol.errors import RejectReason
 
+from .snapshot import merge_secret
+
 REASONS = tuple(r.value for r in RejectReason)
 REFUSALS = tuple(r.value for r in Refusal)
 
@@ -20,6 +22,7 @@ class SecretCounters:
     total: int = 0
     bytes_in: int = 0  # client -> DC
     bytes_out: int = 0  # DC -> client
+    refusals: dict[str, int] = field(default_factory=dict)  # only reasons that happened
 
 
 @dataclass
@@ -62,8 +65,12 @@ class Counters:
     def reject(self, reason: RejectReason) -> None:
         self.rejects[reason.value] = self.rejects.get(reason.value, 0) + 1
 
-    def refuse(self, reason: Refusal) -> None:
+    def refuse(self, reason: Refusal, secret_id: str | None = None) -> None:
+        """Count a session refused (or closed) by a secret's limits, engine-wide and, given its id, per secret."""
         self.refusals[reason.value] = self.refusals.get(reason.value, 0) + 1
+        if secret_id is not None:
+            per = self.for_secret(secret_id).refusals
+            per[reason.value] = per.get(reason.value, 0) + 1
 
     def snapshot(self) -> dict[str, Any]:
         """A copy safe to serialise or hand to another thread."""
@@ -86,10 +93,7 @@ class Counters:
             "rejects": dict(self.rejects),
             "refusals": dict(self.refusals),
             "modes": dict(self.modes),
-            "secrets": {
-                k: {"active": v.active, "total": v.total, "bytes_in": v.bytes_in, "bytes_out": v.bytes_out}
-                for k, v in list(self.secrets.items())
-            },
+            "secrets": {k: _secret_snap(v) for k, v in list(self.secrets.items())},
             "secrets_loaded": self.secrets_loaded,
             "reloads_ok": self.reloads_ok,
             "reloads_failed": self.reloads_failed,
@@ -100,13 +104,23 @@ class Counters:
         }
 
 
+def _secret_snap(figures: SecretCounters) -> dict[str, Any]:
+    """The counters part of a `snapshot.SecretSnap`; `snapshot.annotate` adds the store's and accounting's."""
+    out: dict[str, Any] = {"active": figures.active, "total": figures.total, "bytes_in": figures.bytes_in,
+                           "bytes_out": figures.bytes_out}
+    if figures.refusals:
+        out["refusals"] = dict(figures.refusals)
+    return out
+
+
 _SUMMED = ("active", "total", "handshakes_ok", "bytes_in", "bytes_out", "masked", "mask_failed",
            "upstream_failed", "refused_limit", "reloads_ok", "reloads_failed", "workers", "unauthenticated",
            "refused_unauthenticated", "refused_unauthenticated_ip", "halfclose_released", "out_of_fds")
 
 
 def merge(snapshots: list[dict[str, Any]], started_at: float) -> dict[str, Any]:
-    """Sum the workers' snapshots; gauges that every worker holds alike take the maximum."""
+    """Sum the workers' snapshots; gauges that every worker holds alike take the maximum; per-secret
+    entries combine as snapshot.py says."""
     out: dict[str, Any] = {k: 0 for k in _SUMMED}
     out.update(started_at=started_at, rejects=dict.fromkeys(REASONS, 0), refusals=dict.fromkeys(REFUSALS, 0),
                modes={}, secrets={},
@@ -118,9 +132,7 @@ def merge(snapshots: list[dict[str, Any]], started_at: float) -> dict[str, Any]:
             for k, v in snap.get(group, {}).items():
                 out[group][k] = out[group].get(k, 0) + int(v)
         for sid, figures in snap.get("secrets", {}).items():
-            slot = out["secrets"].setdefault(sid, {"active": 0, "total": 0, "bytes_in": 0, "bytes_out": 0})
-            for k, v in figures.items():
-                slot[k] = slot.get(k, 0) + int(v)
+            merge_secret(out["secrets"].setdefault(sid, {}), figures)
         out["secrets_loaded"] = max(out["secrets_loaded"], int(snap.get("secrets_loaded", 0)))
         out["cert_size"] = max(out["cert_size"], int(snap.get("cert_size", 0)))
     out["secret_sets"] = worker_sets(snapshots)

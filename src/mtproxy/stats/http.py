@@ -18,6 +18,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from mtproxy.defaults import DEFAULT_METRICS_MAX_SECRETS
+
 from .counters import worker_sets
 from .render import render_metrics, render_stats
 
@@ -31,6 +33,7 @@ class _Server(ThreadingHTTPServer):
     allow_remote = False
     provider: SnapshotProvider
     store: str | None = None
+    max_secrets = DEFAULT_METRICS_MAX_SECRETS
     request_queue_size = 64
 
 
@@ -52,7 +55,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.dumps(render_json(snap, now, self.server.store)).encode()
             ctype = "application/json"
         elif path == "/metrics":
-            body = render_metrics(snap, now)
+            body = render_metrics(snap, now, self.server.max_secrets)
             ctype = "text/plain; version=0.0.4; charset=utf-8"
         else:
             body = render_stats(snap, now).encode()
@@ -92,14 +95,18 @@ class StatsServer:
     """Owns the listening socket and the serving thread."""
 
     def __init__(self, host: str, port: int, provider: SnapshotProvider, allow_remote: bool,
-                 store: str | None = None) -> None:
-        """`store`: the secrets file the engine reads (absolute), served so the CLI can tell whose it is."""
+                 store: str | None = None, max_secrets: int = DEFAULT_METRICS_MAX_SECRETS) -> None:
+        """`store`: the secrets file the engine reads (absolute), served so the CLI can tell whose it is.
+        `max_secrets`: secrets `/metrics` names one by one (the busiest); the rest are summed as `_other`."""
+        if max_secrets < 0:
+            raise ValueError("max_secrets must be 0 or more")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         _Server.address_family = family
         self._server = _Server((host, port), _Handler)
         self._server.allow_remote = allow_remote
         self._server.provider = provider
         self._server.store = store
+        self._server.max_secrets = max_secrets
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="mtproxy-stats", daemon=True)
 

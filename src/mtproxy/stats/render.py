@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from mtproxy.defaults import DEFAULT_METRICS_MAX_SECRETS
+
+OTHER = "_other"
 
 
 def render_stats(snap: dict[str, Any], now: float) -> str:
@@ -44,9 +48,10 @@ def render_stats(snap: dict[str, Any], now: float) -> str:
 
 
 class _SnapshotCollector(Collector):
-    def __init__(self, snap: dict[str, Any], now: float) -> None:
+    def __init__(self, snap: dict[str, Any], now: float, max_secrets: int) -> None:
         self._snap = snap
         self._now = now
+        self._max_secrets = max_secrets
 
     def collect(self) -> Iterator[Metric]:
         s = self._snap
@@ -88,17 +93,7 @@ class _SnapshotCollector(Collector):
         for k, v in sorted(s["modes"].items()):
             m.add_metric([k], v)
         yield m
-        sa = GaugeMetricFamily("mtproxy_secret_connections_active", "Open sessions per secret", labels=["id"])
-        st = CounterMetricFamily("mtproxy_secret_connections", "Sessions per secret", labels=["id"])
-        sb = CounterMetricFamily("mtproxy_secret_bytes", "Bytes per secret", labels=["id", "direction"])
-        for sid, fig in sorted(s["secrets"].items()):
-            sa.add_metric([sid], fig["active"])
-            st.add_metric([sid], fig["total"])
-            sb.add_metric([sid, "client_to_dc"], fig["bytes_in"])
-            sb.add_metric([sid, "dc_to_client"], fig["bytes_out"])
-        yield sa
-        yield st
-        yield sb
+        yield from _per_secret(s.get("secrets", {}), self._max_secrets)
         yield GaugeMetricFamily("mtproxy_secrets_loaded", "Secrets in the live set", value=s["secrets_loaded"])
         rl = CounterMetricFamily("mtproxy_reloads", "Secrets reloads", labels=["result"])
         rl.add_metric(["ok"], s["reloads_ok"])
@@ -108,8 +103,107 @@ class _SnapshotCollector(Collector):
                                 value=s["cert_size"])
 
 
-def render_metrics(snap: dict[str, Any], now: float) -> bytes:
-    """Prometheus text exposition of the snapshot."""
+def render_metrics(snap: dict[str, Any], now: float, max_secrets: int = DEFAULT_METRICS_MAX_SECRETS) -> bytes:
+    """Prometheus text exposition of the snapshot, with at most `max_secrets` secrets named one by one."""
+    if max_secrets < 0:
+        raise ValueError("max_secrets must be 0 or more")
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_SnapshotCollector(snap, now))
+    registry.register(_SnapshotCollector(snap, now, max_secrets))
     return generate_latest(registry)
+
+
+def series_names(secrets: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """The `secret` label value of each secret id: its label when set, else its id.
+
+    Labels are unique in the store, ids too, but a label may equal another secret's id (or `_other`): that
+    secret is then named by its id, so no two secrets ever share a series. Decided over every secret in the
+    snapshot, not only the busiest, so a name does not change when a secret enters or leaves the top.
+    """
+    ids = set(secrets)
+    names: dict[str, str] = {}
+    taken = {OTHER}
+    for sid in sorted(secrets):
+        label = str(secrets[sid].get("label") or "")
+        name = label if label and label not in ids and label not in taken else sid
+        while name in taken:  # only an id spelled `_other`, or a label spelled like a fallback below
+            name = f"{name}#"
+        taken.add(name)
+        names[sid] = name
+    return names
+
+
+def busiest(secrets: Mapping[str, Mapping[str, Any]], limit: int) -> tuple[list[str], list[str]]:
+    """Split secret ids into the `limit` busiest by bytes both ways (ties by id) and the rest."""
+    ranked = sorted(secrets, key=lambda sid: (-(int(secrets[sid].get("bytes_in", 0))
+                                                + int(secrets[sid].get("bytes_out", 0))), sid))
+    return ranked[:limit], ranked[limit:]
+
+
+def _per_secret(secrets: Mapping[str, Mapping[str, Any]], limit: int) -> Iterator[Metric]:
+    names = series_names(secrets)
+    shown, rest = busiest(secrets, limit)
+    info = GaugeMetricFamily("mtproxy_secret_info", "Maps a secret's series name to its store id (value 1)",
+                             labels=["secret", "id"])
+    active = GaugeMetricFamily("mtproxy_secret_connections_active", "Open sessions per secret", labels=["secret"])
+    total = CounterMetricFamily("mtproxy_secret_connections", "Sessions per secret", labels=["secret"])
+    traffic = CounterMetricFamily("mtproxy_secret_bytes", "Bytes per secret", labels=["secret", "direction"])
+    refused = CounterMetricFamily("mtproxy_secret_session_refusals",
+                                  "Sessions refused or closed by the secret's limits", labels=["secret", "reason"])
+    gauges = {key: GaugeMetricFamily(name, text, labels=["secret"]) for key, (name, text) in _GAUGES.items()}
+    for sid in sorted(shown, key=names.__getitem__):
+        fig, name = secrets[sid], names[sid]
+        info.add_metric([name, sid], 1)
+        active.add_metric([name], int(fig.get("active", 0)))
+        total.add_metric([name], int(fig.get("total", 0)))
+        traffic.add_metric([name, "client_to_dc"], int(fig.get("bytes_in", 0)))
+        traffic.add_metric([name, "dc_to_client"], int(fig.get("bytes_out", 0)))
+        for reason, n in sorted(dict(fig.get("refusals") or {}).items()):
+            refused.add_metric([name, reason], int(n))
+        for key, value in _gauge_values(fig).items():
+            gauges[key].add_metric([name], value)
+    if rest:  # counters of the rest summed, so totals over `secret` still add up; their limits have no sum
+        other: dict[str, int] = {}
+        for sid in rest:
+            for k in ("active", "total", "bytes_in", "bytes_out"):
+                other[k] = other.get(k, 0) + int(secrets[sid].get(k, 0))
+            for reason, n in dict(secrets[sid].get("refusals") or {}).items():
+                other["r:" + reason] = other.get("r:" + reason, 0) + int(n)
+        active.add_metric([OTHER], other["active"])
+        total.add_metric([OTHER], other["total"])
+        traffic.add_metric([OTHER, "client_to_dc"], other["bytes_in"])
+        traffic.add_metric([OTHER, "dc_to_client"], other["bytes_out"])
+        for key in sorted(k for k in other if k.startswith("r:")):
+            refused.add_metric([OTHER, key[2:]], other[key])
+    yield info
+    yield active
+    yield total
+    yield traffic
+    yield refused
+    yield from gauges.values()
+    yield GaugeMetricFamily("mtproxy_secret_series_aggregated",
+                            f"Secrets beyond the per-secret series cap, summed under secret=\"{OTHER}\"",
+                            value=len(rest))
+
+
+# snapshot key -> (metric name, help); only secrets whose snapshot carries the figure get a sample
+_GAUGES = {
+    "enabled": ("mtproxy_secret_enabled", "1 when the secret is enabled, 0 when disabled"),
+    "expires_at": ("mtproxy_secret_expiry_timestamp_seconds", "When the secret expires (unix time)"),
+    "max_connections": ("mtproxy_secret_max_connections", "The secret's cap on concurrent sessions"),
+    "max_unique_ips": ("mtproxy_secret_max_unique_ips", "The secret's cap on distinct client addresses"),
+    "unique_ips": ("mtproxy_secret_unique_ips", "Distinct client addresses within the secret's window"),
+    "quota_bytes": ("mtproxy_secret_quota_limit_bytes", "The secret's quota per period, both ways"),
+    "period_bytes": ("mtproxy_secret_quota_used_bytes", "Bytes both ways in the current quota period"),
+    "period_start": ("mtproxy_secret_quota_period_start_timestamp_seconds",
+                     "When the current quota period started (unix time)"),
+}
+
+
+def _gauge_values(fig: Mapping[str, Any]) -> dict[str, float]:
+    """The limits and usage a secret's snapshot carries, limits left unset omitted."""
+    values: dict[str, float] = {}
+    for part in ("limits", "usage"):
+        for key, value in dict(fig.get(part) or {}).items():
+            if key in _GAUGES and value is not None:
+                values[key] = float(value)  # bool -> 0/1
+    return values
