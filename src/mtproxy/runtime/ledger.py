@@ -5,12 +5,16 @@ secret set: it applies resets and the new quotas, and tells the table each secre
 drains the table into the ledger, starts new periods and writes usage.json atomically; `run` calls it
 every `interval` seconds, and sooner when a quota period ends first, so a new period opens on time.
 A write that fails is logged and retried at the next interval; the ledger in memory loses nothing.
+
+`annotate` adds each secret's label, limits and usage to a stats snapshot; it runs on the stats thread, so
+every method that touches the ledger holds one lock (the table has its own).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,7 +46,9 @@ class UsageKeeper:
         self._warn = warn
         self.ledger = Ledger()
         self._limits: dict[str, Limits] = {}
+        self._labels: dict[str, str] = {}
         self._unplaced: set[str] = set()
+        self._guard = threading.Lock()
 
     def load(self) -> None:
         """Read usage.json; an unusable one is moved aside (kept for the operator) and counting starts
@@ -58,8 +64,14 @@ class UsageKeeper:
                        + (f", the old file is kept as {kept}" if kept else ""))
             self.ledger = Ledger()
 
-    def configure(self, limits: Mapping[str, Limits], resets: Mapping[str, datetime | None]) -> None:
+    def configure(self, limits: Mapping[str, Limits], resets: Mapping[str, datetime | None],
+                  labels: Mapping[str, str] | None = None) -> None:
         """The secret set in force from now on: its limits and each secret's latest `usage_reset_at`."""
+        with self._guard:
+            self._labels = dict(labels or {})
+            self._configure(limits, resets)
+
+    def _configure(self, limits: Mapping[str, Limits], resets: Mapping[str, datetime | None]) -> None:
         now = self._clock()
         for gone in set(self._limits) - set(limits):
             self._fold(gone, self._table.slot(gone))  # its last bytes leave with it, not into a namesake
@@ -74,6 +86,10 @@ class UsageKeeper:
         self.ledger.keep_only(set(self._limits))
 
     def persist(self) -> None:
+        with self._guard:
+            self._persist()
+
+    def _persist(self) -> None:
         now = self._clock()
         for secret_id, secret_limits in self._limits.items():
             slot = self._slot(secret_id)
@@ -90,8 +106,26 @@ class UsageKeeper:
         slot = self._table.slot(secret_id)
         return self._table.read(slot) if slot is not None else Live()
 
+    def annotate(self, snap: dict[str, Any]) -> dict[str, Any]:
+        """`snap["secrets"][id]` gains "label", "limits" (Limits.to_json) and "usage" for every secret of the
+        set (an entry with zero counters for one without sessions yet), and "refusals" ({} when none)."""
+        per = snap.setdefault("secrets", {})
+        with self._guard:
+            usage = self._report()
+            for secret_id, secret_limits in self._limits.items():
+                entry = per.setdefault(secret_id, {"active": 0, "total": 0, "bytes_in": 0, "bytes_out": 0})
+                entry["label"] = self._labels.get(secret_id, "")
+                entry["limits"] = secret_limits.to_json()
+                entry["usage"] = usage[secret_id]
+                entry.setdefault("refusals", {})
+        return snap
+
     def report(self) -> dict[str, dict[str, Any]]:
         """Each secret's usage as of now (persisted plus not yet drained), for stats and the management API."""
+        with self._guard:
+            return self._report()
+
+    def _report(self) -> dict[str, dict[str, Any]]:
         now = self._clock()
         out: dict[str, dict[str, Any]] = {}
         for secret_id, secret_limits in self._limits.items():

@@ -27,11 +27,16 @@ class Supervisor:
     Signal handlers only set flags; the loop below acts on them."""
 
     def __init__(self, workers: int, shared: SharedState, drain_timeout: float,
-                 run_worker: Callable[[int], int]) -> None:
+                 run_worker: Callable[[int], int], duty: Callable[[bool], None] | None = None,
+                 final: Callable[[], None] | None = None) -> None:
+        """`duty(hup)` runs every poll (the usage keeper: reload on SIGHUP or a changed file, persist when
+        due); `final()` once all workers have exited (the last usage write)."""
         self._n = workers
         self._shared = shared
         self._drain = drain_timeout
         self._run_worker = run_worker
+        self._duty = duty
+        self._final = final
         self._pids: dict[int, int] = {}  # pid -> slot
         self._last_start: dict[int, float] = {}
         self._stop = False
@@ -94,9 +99,11 @@ class Supervisor:
                 if time.monotonic() - self._last_start.get(slot, 0.0) >= RESTART_BACKOFF:
                     dead.remove(slot)
                     self._spawn(slot)
-            if self._hup:
-                self._hup = False
+            hup, self._hup = self._hup, False
+            if hup:
                 self._signal_all(signal.SIGHUP)
+            if self._duty is not None:
+                self._duty(hup)
             time.sleep(POLL)
         return self._shutdown()
 
@@ -144,6 +151,8 @@ class Supervisor:
                     os.waitpid(pid, 0)
                 except ChildProcessError:
                     pass
+        if self._final is not None:
+            self._final()
         log.info("stopped")
         return 0
 

@@ -120,7 +120,12 @@ def merge(snapshots: list[dict[str, Any]], started_at: float) -> dict[str, Any]:
         for sid, figures in snap.get("secrets", {}).items():
             slot = out["secrets"].setdefault(sid, {"active": 0, "total": 0, "bytes_in": 0, "bytes_out": 0})
             for k, v in figures.items():
-                slot[k] = slot.get(k, 0) + int(v)
+                if isinstance(v, dict):  # per-secret refusals by reason
+                    group = slot.setdefault(k, {})
+                    for reason, n in v.items():
+                        group[reason] = group.get(reason, 0) + int(n)
+                else:
+                    slot[k] = slot.get(k, 0) + int(v)
         out["secrets_loaded"] = max(out["secrets_loaded"], int(snap.get("secrets_loaded", 0)))
         out["cert_size"] = max(out["cert_size"], int(snap.get("cert_size", 0)))
     out["secret_sets"] = worker_sets(snapshots)
