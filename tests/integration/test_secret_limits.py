@@ -19,10 +19,16 @@ from typing import Any
 import pytest
 
 from mtproxy.accounts.limits import Limits, Quota
+from mtproxy.config import resolve
 from mtproxy.protocol.errors import ProtocolError
+from mtproxy.protocol.replay import ReplayFilter
 from mtproxy.protocol.secret import Secret, SecretKind
+from mtproxy.runtime.accounting import AccountingTable
+from mtproxy.runtime.secrets import SecretSet
+from mtproxy.runtime.server import Server, bind_all
 from mtproxy.store import SecretRecord, StoreData, write_store
-from mtproxy.testkit.client import ProxyClient, ProxyClientError, open_client
+from mtproxy.testkit.background import BackgroundPeers
+from mtproxy.testkit.client import PEER_AES, ProxyClient, ProxyClientError, open_client
 
 from .conftest import DOMAIN, ProxyFactory, run
 
@@ -225,6 +231,42 @@ def test_expiry_closes_running_sessions_at_the_instant(start_proxy: ProxyFactory
     proxy.wait_log("reason=expired id=a")
     assert run(session(proxy.port, a)) is None
     proxy.wait_log("reason=expired id=a", count=2)
+
+
+def test_expiry_is_exact_on_the_engines_own_clock(peers: BackgroundPeers, tmp_path: Path) -> None:
+    """An in-process server whose clock runs 0.3 s behind this machine's: the session ends when *its* clock
+    reaches expires_at (sub-second, which the store cannot write), not when the machine's does."""
+    secret = new_secret()
+    shift = -0.3
+
+    def clock() -> float:
+        return time.time() + shift
+
+    cfg = resolve(["--listen", "127.0.0.1:0", "--dc-override", f"*=127.0.0.1:{peers.dc_port}", "--mask",
+                   f"127.0.0.1:{peers.mask_port}", "--cert-size", "2345", "--state-file", str(tmp_path / "s.json"),
+                   "-p", "0", "-S", secret.to_hex()], environ={"MTPROXY_ROOT": str(tmp_path)})
+    expires = datetime.fromtimestamp(clock() + 1.5, UTC)
+    secrets = SecretSet((("cli-1", secret),), {"cli-1": Limits(expires_at=expires)})
+
+    async def scenario() -> tuple[float, Server]:
+        table = AccountingTable(b"key", capacity=8)
+        server = Server(cfg, secrets, bytearray(ReplayFilter.memory_size(cfg.tls.replay_entries)), aes=PEER_AES,
+                        accounting=table, clock=clock)
+        await server.start(bind_all(cfg.listen, reuse_port=False))
+        try:
+            client = await session(server.listening[0].port, secret)
+            assert client is not None
+            await closed(client, 5)
+            seen = clock()
+            await client.close()
+            return seen, server
+        finally:
+            await server.shutdown(0.5)
+            table.close()
+
+    seen, server = run(scenario())
+    assert expires.timestamp() <= seen < expires.timestamp() + 0.25
+    assert server.counters.refusals["expired"] == 1
 
 
 def test_usage_survives_kill_9_and_restart(start_proxy: ProxyFactory, store: Path, tmp_path: Path) -> None:
