@@ -335,6 +335,36 @@ def test_workers_share_a_secrets_connection_limit(start_proxy: ProxyFactory, sto
     assert proxy.stop() == 0
 
 
+def test_a_dead_workers_sessions_free_their_slots(start_proxy: ProxyFactory, store: Path) -> None:
+    a = new_secret()
+    write(store, [("a", a, Limits(max_connections=1))])
+    proxy = start_proxy("--secrets-file", str(store), "-M", "2", ready=2)
+
+    def kill_workers() -> None:
+        with open(f"/proc/{proxy.proc.pid}/task/{proxy.proc.pid}/children") as f:
+            for pid in f.read().split():
+                os.kill(int(pid), signal.SIGKILL)
+        proxy.wait_log("ready:", count=4)  # both replaced
+
+    async def scenario() -> None:
+        client = await session(proxy.port, a)
+        assert client is not None
+        assert await session(proxy.port, a) is None
+        await asyncio.sleep(0.7)  # workers publish twice a second; the supervisor frees what they last said
+        kill_workers()
+        await client.close()
+        for _ in range(40):
+            again = await session(proxy.port, a)
+            if again is not None:
+                await again.close()
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("the dead worker's session still holds the secret's only slot")
+
+    run(scenario())
+    assert proxy.stop() == 0
+
+
 def cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     src = str(Path(__file__).resolve().parents[2] / "src")
     env = {**os.environ, "MTPROXY_ROOT": str(root), "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -388,3 +418,4 @@ def test_disable_enable_and_reset_usage_through_the_cli(start_proxy: ProxyFactor
     wait_until(lambda: stats_json(proxy.stats_port)["secrets"]["a"]["usage"]["bytes_in"] == 0)
     usage = stats_json(proxy.stats_port)["secrets"]["a"]["usage"]
     assert usage["period_bytes"] == 0 and usage["connections_total"] == 0
+    assert usage["reset_at"] == json.loads(store.read_text())["secrets"][0]["usage_reset_at"]

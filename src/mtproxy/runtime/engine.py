@@ -201,7 +201,8 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
         drop_privileges(cfg.user)
     usage = SupervisorUsage(keeper, cfg.secrets_file, lambda: load_secret_set(cfg, cfg.secrets_file, generated),
                             loaded_id, cfg.usage_interval, cfg.reload_interval)
-    supervisor = Supervisor(cfg.workers, shared, cfg.limits.drain_timeout, run_worker, usage.tick, usage.close)
+    supervisor = Supervisor(cfg.workers, shared, cfg.limits.drain_timeout, run_worker, usage.tick, usage.close,
+                            keeper.orphaned)
     if stats is not None:
         stats.start()
     try:

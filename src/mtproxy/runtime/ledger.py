@@ -102,6 +102,17 @@ class UsageKeeper:
         except OSError as exc:
             self._warn(f"{self._path}: cannot write the usage file ({exc.strerror}); retrying at the next interval")
 
+    def orphaned(self, sessions: Mapping[str, int]) -> None:
+        """A worker died with these sessions open (as it last reported them, at most half a second old): they
+        no longer hold connection slots. Bytes they moved since the worker's last count are lost."""
+        now = self._clock()
+        for secret_id, count in sessions.items():
+            slot = self._table.slot(secret_id)
+            if slot is None:
+                continue
+            for _ in range(count):
+                self._table.release(slot, now)
+
     def live(self, secret_id: str) -> Live:
         slot = self._table.slot(secret_id)
         return self._table.read(slot) if slot is not None else Live()
@@ -142,6 +153,7 @@ class UsageKeeper:
                 "last_seen": _iso(max(filter(None, (entry.last_seen, last)), default=None)),
                 "period_start": _iso(entry.period_start),
                 "period_bytes": entry.period_bytes + live.bytes_in + live.bytes_out,
+                "reset_at": _iso(entry.reset_at),  # the last usage_reset_at applied (listings compare it)
             }
         return out
 
