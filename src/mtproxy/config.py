@@ -104,6 +104,7 @@ class EngineConfig:
     log_file: Path | None
     reload_interval: float
     public_host: str | None
+    usage_interval: float = 60.0  # seconds between writes of usage.json (runtime/ledger.py)
     warnings: tuple[str, ...] = field(default=())
     secret_ids: tuple[str, ...] = field(default=())  # ids for the -S secrets, parallel to `secrets`
     root_note: str | None = None  # where the engine keeps things, when worth saying (paths.choose_root)
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
       " --cert-size)")
     a("--no-sni-check", action="store_true", default=None, help="accept any SNI")
     a("--reload-interval", type=float, help="seconds between secrets file checks (default 1)")
+    a("--usage-interval", type=float, help="seconds between writes of the per-secret usage file (default 60)")
     a("--log-file", help="also write logs (rejected handshakes included) to this file")
     a("--public-host", help="host name or IP printed in links for a generated secret")
     a("--config", help="JSON settings file (keys as in docs/engine.md)")
@@ -406,6 +408,7 @@ def _resolve(ns: argparse.Namespace, environ: dict[str, str] | None, euid: int |
         tls=tls,
         log_file=Path(ns.log_file) if ns.log_file else None,
         reload_interval=_positive(ns.reload_interval, 1.0, "--reload-interval"),
+        usage_interval=_positive(ns.usage_interval, 60.0, "--usage-interval"),
         public_host=ns.public_host,
         warnings=_middle_proxy_warnings(ns),
         secret_ids=tuple(f"cli-{i + 1}" for i in range(len(secrets))),

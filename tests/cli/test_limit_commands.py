@@ -142,7 +142,7 @@ def test_extend_moves_the_expiry(cli: Cli, paths: Paths) -> None:
 def test_reset_usage_stamps_the_store_and_usage_counts_from_then(cli: Cli, paths: Paths) -> None:
     sid = _entry(paths, "alice")["id"]
     paths.usage_file.write_text(json.dumps({"version": 1, "secrets": {sid: {
-        "bytes_in": 100, "bytes_out": 50, "connections_total": 3, "reset_at": ""}}}))
+        "bytes_in": 100, "bytes_out": 50, "connections_total": 3, "reset_at": None}}}))
     assert cli("list-secrets", "--json").json()["secrets"][0]["usage"]["bytes_total"] == 150
     assert cli("reset-usage", "alice").status == ExitStatus.CONFLICT  # asks first; no terminal here
     assert cli("reset-usage", "alice", "--yes", clock=lambda: NOW).status == ExitStatus.OK

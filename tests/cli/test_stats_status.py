@@ -89,7 +89,8 @@ def test_stats_show_usage_against_limits(cli: Cli, paths: Paths, stats_server: S
     _settings(paths, stats_port=stats_server.port)
     assert cli("set-limits", "phones", "--quota", "1G", "--quota-period", "month").status == ExitStatus.OK
     paths.usage_file.write_text(json.dumps({"version": 1, "secrets": {sid: {
-        "bytes_in": 2**29, "bytes_out": 2**29 + 1, "connections_total": 7, "period_start": "2026-01-01T00:00:00Z"}}}))
+        "bytes_in": 2**29, "bytes_out": 2**29 + 1, "connections_total": 7, "period_start": "2026-01-01T00:00:00Z",
+        "period_bytes": 2**30 + 1}}}))
     shown = cli("stats", "--json").json()["secrets"][sid]
     assert shown["usage"]["connections_active"] == 2  # live, from the engine
     assert shown["usage"]["bytes_total"] == 2**30 + 1 and shown["usage"]["source"] == "ledger"

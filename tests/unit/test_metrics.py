@@ -181,7 +181,7 @@ def test_merge_across_workers() -> None:
     assert s1["label"] == "team-a"
     assert s1["limits"]["max_connections"] == 8
     assert s1["usage"]["period_bytes"] == 700
-    assert s1["usage"]["period_start"] == datetime(2026, 12, 1, tzinfo=UTC).timestamp()
+    assert s1["usage"]["period_start"] == "2026-12-01T00:00:00Z"
     assert merged["refusals"]["quota"] == 3
     # a dead worker's totals folded in (as the supervisor does) and merged again: counters never go back
     folded = merge([merge([a], NOW)], NOW)

@@ -186,7 +186,7 @@ def test_report_adds_what_the_workers_have_not_handed_over_yet(tmp_path: Path, t
     assert keeper.report()["alice"] == {
         "bytes_in": 101, "bytes_out": 202, "connections": 2, "connections_total": 2, "unique_ips": 2,
         "first_seen": "2026-12-31T22:00:00Z", "last_seen": "2026-12-31T22:00:09Z",
-        "period_start": "2026-11-30T23:00:00Z", "period_bytes": 303,
+        "period_start": "2026-11-30T23:00:00Z", "period_bytes": 303, "reset_at": None,
     }
 
 

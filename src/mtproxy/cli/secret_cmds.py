@@ -242,8 +242,8 @@ def usage_summary(view: SecretView) -> str:
     usage = view.usage
     if usage.source == "none" and usage.connections_active is None:
         return "-"
-    text = human_bytes(usage.bytes_total)
     quota = view.record.limits.quota
+    text = human_bytes(usage.bytes_total if quota is None or usage.source != "ledger" else usage.period_bytes)
     if quota is not None:
         text += f" of {show_size(quota.limit_bytes)}"
     if usage.connections_active is not None:

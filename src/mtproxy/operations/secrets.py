@@ -11,7 +11,7 @@ from ..protocol.secret import SecretKind, generate_secret
 from ..store import SecretRecord, StoreData, now_iso, read_store
 from .apply import ChangeReport, change_secrets, check_label, new_id, resolve
 from .context import Ops
-from .usage_source import SecretUsage
+from .usage_source import UsageReport
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class SecretView:
     """One secret as listings show it: the entry (its value masked on output), its usage, and its state."""
 
     record: SecretRecord
-    usage: SecretUsage
+    usage: UsageReport
     state: str  # "active", "disabled", "expired", "over quota"
 
     def to_json(self) -> dict[str, Any]:
@@ -40,13 +40,13 @@ class SecretView:
                 "usage": self.usage.to_json()}
 
 
-def state_of(record: SecretRecord, usage: SecretUsage, now: datetime) -> str:
+def state_of(record: SecretRecord, usage: UsageReport, now: datetime) -> str:
     limits = record.limits
     if not limits.enabled:
         return "disabled"
     if limits.expires_at is not None and limits.expires_at <= now:
         return "expired"
-    if limits.quota is not None and usage.bytes_total >= limits.quota.limit_bytes and usage.source == "ledger":
+    if limits.quota is not None and usage.period_bytes >= limits.quota.limit_bytes and usage.source == "ledger":
         return "over quota"
     return "active"
 
@@ -54,7 +54,7 @@ def state_of(record: SecretRecord, usage: SecretUsage, now: datetime) -> str:
 def views(ops: Ops, data: StoreData, records: list[SecretRecord]) -> list[SecretView]:
     usage = ops.usage.usage(data) if records else {}
     now = ops.clock()
-    return [SecretView(rec, usage.get(rec.id, SecretUsage()), state_of(rec, usage.get(rec.id, SecretUsage()), now))
+    return [SecretView(rec, usage.get(rec.id, UsageReport()), state_of(rec, usage.get(rec.id, UsageReport()), now))
             for rec in records]
 
 

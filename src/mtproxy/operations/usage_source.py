@@ -1,45 +1,45 @@
-"""Per-secret usage as operations report it, from the engine's usage ledger and its live counters.
+"""Per-secret usage as operations report it, from the engine's usage ledger and its live figures.
 
-`UsageSource` is the interface operations read usage through. `LedgerAndEngine` reads the ledger file the
-engine persists beside the store (Paths.usage_file) and the live counters of this root's engine
-(/stats.json). A reset is not sent here: `reset-usage` stamps the entry's `usage_reset_at` in the store,
-which reaches every worker through the ordinary live reload; the ledger honours a stamp newer than the one
-it last applied (its record's `reset_at`), and until it has, usage since the stamp is reported as zero.
-
-The ledger file: {"version": 1, "secrets": {"<id>": {"bytes_in": int, "bytes_out": int,
-"connections_total": int, "unique_ips": int, "first_seen": ISO, "last_seen": ISO, "period_start": ISO,
-"reset_at": ISO}}}; missing fields count as zero or unknown, a malformed file as absent.
+`UsageSource` is the interface operations read usage through. `LedgerAndEngine` reads the usage of this
+root's engine from its /stats.json (per secret "usage": the ledger plus what the workers counted since its
+last write, distinct addresses and open sessions), and, when no engine answers, the ledger file the engine
+persists (Paths.usage_file), read by accounts/usage.py, the one reader of that file. A reset is not sent
+here: `reset-usage` stamps the entry's `usage_reset_at` in the store, which reaches the engine through the
+ordinary live reload; the ledger honours a stamp newer than the one it last applied (its `reset_at`), and
+until it has, usage since the stamp is reported as zero.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
+from ..accounts.limits import LimitsError, format_time, parse_time
+from ..accounts.usage import Ledger, LedgerError, read_ledger
 from ..host.record import ownership
 from ..paths import Paths
 from ..settings import read_settings
 from ..store import StoreData
 from .proxy_control import engine_of_root, fetch_engine, stats_port
 
-MAX_LEDGER_BYTES = 16 * 1024 * 1024
-
 
 @dataclass(frozen=True)
-class SecretUsage:
-    """One secret's usage; `source` says where the byte counts come from."""
+class UsageReport:
+    """One secret's usage as listings show it; `source` says where the byte counts come from."""
 
     bytes_in: int = 0  # client -> DC
     bytes_out: int = 0  # DC -> client
     connections_total: int = 0
     connections_active: int | None = None  # live, from the engine; None when no engine answers
-    unique_ips: int | None = None
+    unique_ips: int | None = None  # live, from the engine (distinct addresses within the limit's window)
     period_start: str | None = None
     last_seen: str | None = None
-    # "ledger": the persisted ledger (the quota's figures); "engine": since the engine started; "none"
+    # "ledger": the ledger (the quota's figures: from the engine, else its file); "engine": an engine without
+    # a ledger, counting since it started; "none"
     source: str = "none"
+    period_bytes: int = 0  # both ways in the quota's period (without a period: since the last reset)
 
     @property
     def bytes_total(self) -> int:
@@ -47,6 +47,7 @@ class SecretUsage:
 
     def to_json(self) -> dict[str, Any]:
         return {"bytes_in": self.bytes_in, "bytes_out": self.bytes_out, "bytes_total": self.bytes_total,
+                "period_bytes": self.period_bytes,
                 "connections_total": self.connections_total, "connections_active": self.connections_active,
                 "unique_ips": self.unique_ips, "period_start": self.period_start, "last_seen": self.last_seen,
                 "source": self.source}
@@ -55,7 +56,7 @@ class SecretUsage:
 class UsageSource(Protocol):
     """Where operations read usage from: every secret's usage, keyed by secret id."""
 
-    def usage(self, store: StoreData) -> dict[str, SecretUsage]: ...
+    def usage(self, store: StoreData) -> dict[str, UsageReport]: ...
 
 
 def _int(record: dict[str, Any], key: str) -> int:
@@ -68,17 +69,20 @@ def _text(record: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def read_ledger(paths: Paths) -> dict[str, dict[str, Any]]:
-    """The ledger's per-secret records; {} when there is none yet or it cannot be read."""
+def _moment(text: str | None) -> datetime | None:
     try:
-        with open(paths.usage_file, "rb") as handle:
-            doc = json.loads(handle.read(MAX_LEDGER_BYTES))
-    except (OSError, ValueError):
-        return {}
-    secrets = doc.get("secrets") if isinstance(doc, dict) else None
-    if not isinstance(secrets, dict):
-        return {}
-    return {str(k): v for k, v in secrets.items() if isinstance(v, dict)}
+        return parse_time(text, "reset_at") if text else None
+    except LimitsError:
+        return None
+
+
+def ledger_of(paths: Paths) -> Ledger:
+    """The engine's persisted ledger; empty when there is none yet or it cannot be read (the engine sets an
+    unreadable one aside and says so in its log)."""
+    try:
+        return read_ledger(paths.usage_file)
+    except LedgerError:
+        return Ledger()
 
 
 def engine_snapshot(paths: Paths) -> dict[str, Any] | None:
@@ -99,31 +103,40 @@ def engine_counters(paths: Paths) -> dict[str, dict[str, Any]] | None:
 
 @dataclass
 class LedgerAndEngine:
-    """The UsageSource of an installation: the ledger for byte counts, the engine for live connections."""
+    """The UsageSource of an installation: the engine's live view of its ledger, else the ledger file."""
 
     paths: Paths
     counters: Callable[[Paths], dict[str, dict[str, Any]] | None] = engine_counters
 
-    def usage(self, store: StoreData) -> dict[str, SecretUsage]:
-        ledger = read_ledger(self.paths)
+    def usage(self, store: StoreData) -> dict[str, UsageReport]:
         live = self.counters(self.paths)
-        found: dict[str, SecretUsage] = {}
+        ledger: Ledger | None = None
+        found: dict[str, UsageReport] = {}
         for rec in store.secrets:
             engine = (live or {}).get(rec.id, {})
             active = _int(engine, "active") if live is not None else None
-            kept = ledger.get(rec.id)
-            if kept is not None and (_text(kept, "reset_at") or "") >= rec.usage_reset_at:
-                found[rec.id] = SecretUsage(
-                    _int(kept, "bytes_in"), _int(kept, "bytes_out"), _int(kept, "connections_total"), active,
-                    _int(kept, "unique_ips") if "unique_ips" in kept else None, _text(kept, "period_start"),
-                    _text(kept, "last_seen"), "ledger")
-            elif rec.usage_reset_at:
+            figures = engine.get("usage")
+            unique: int | None = None
+            if isinstance(figures, dict):
+                unique = _int(figures, "unique_ips")
+            else:
+                ledger = ledger if ledger is not None else ledger_of(self.paths)
+                kept = ledger.secrets.get(rec.id)
+                figures = kept.to_json() if kept is not None else None
+            requested = _moment(rec.usage_reset_at)
+            applied = _moment(_text(figures, "reset_at")) if figures is not None else None
+            if figures is not None and (requested is None or (applied is not None and applied >= requested)):
+                found[rec.id] = UsageReport(
+                    _int(figures, "bytes_in"), _int(figures, "bytes_out"), _int(figures, "connections_total"),
+                    active, unique, _text(figures, "period_start"), _text(figures, "last_seen"), "ledger",
+                    _int(figures, "period_bytes"))
+            elif requested is not None:
                 # reset, and the ledger has not applied it yet (or there is none): nothing counted since then
-                found[rec.id] = SecretUsage(connections_active=active, period_start=rec.usage_reset_at,
-                                            source="ledger" if kept is not None else "none")
+                found[rec.id] = UsageReport(connections_active=active, period_start=format_time(requested),
+                                            source="ledger" if figures is not None else "none")
             elif engine:
-                found[rec.id] = SecretUsage(_int(engine, "bytes_in"), _int(engine, "bytes_out"),
+                found[rec.id] = UsageReport(_int(engine, "bytes_in"), _int(engine, "bytes_out"),
                                             _int(engine, "total"), active, source="engine")
             else:
-                found[rec.id] = SecretUsage(connections_active=active)
+                found[rec.id] = UsageReport(connections_active=active)
         return found

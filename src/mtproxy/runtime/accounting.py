@@ -43,6 +43,7 @@ IP_ENTRIES = 64
 _HEAD = struct.Struct("<QqQQQQdd")
 _IP = struct.Struct("<QI")  # keyed hash of the address (0 = empty), last seen (whole Unix seconds)
 SLOT_SIZE = _HEAD.size + IP_ENTRIES * _IP.size
+_IPS = struct.Struct("<" + "QI" * IP_ENTRIES)  # a slot's address entries at once
 
 
 @dataclass(frozen=True)
@@ -122,21 +123,18 @@ class AccountingTable:
         return None
 
     def _scan(self, base: int, ip: int, since: float) -> tuple[int, int, int, int, int]:
-        """(entry of ip or -1, a free or expired entry or -1, the oldest entry, its time, distinct in window)."""
-        known = free = -1
-        oldest, oldest_seen, distinct = 0, 1 << 32, 0
-        for entry in range(IP_ENTRIES):
-            held, seen = _IP.unpack_from(self._memory, base + _HEAD.size + entry * _IP.size)
-            if held == 0 or seen < since:
-                if free < 0:
-                    free = entry
-                continue
-            distinct += 1
-            if held == ip:
-                known = entry
-            if seen < oldest_seen:
-                oldest, oldest_seen = entry, seen
-        return known, free, oldest, oldest_seen, distinct
+        """(entry of ip or -1, a free or expired entry or -1, the oldest entry, its time, distinct in window).
+        One unpack and list operations that run in C: this is on every session's admission."""
+        values = _IPS.unpack_from(self._memory, base + _HEAD.size)
+        seen = values[1::2]
+        windowed = [held if stamp >= since else 0 for held, stamp in zip(values[0::2], seen, strict=True)]
+        known = windowed.index(ip) if ip and ip in windowed else -1
+        free = windowed.index(0) if 0 in windowed else -1
+        distinct = IP_ENTRIES - windowed.count(0)
+        if free >= 0:
+            return known, free, 0, 0, distinct
+        oldest_seen = min(seen)  # every entry is in the window here
+        return known, free, seen.index(oldest_seen), oldest_seen, distinct
 
     def release(self, slot: int, now: datetime) -> None:
         """A session of this slot ended."""

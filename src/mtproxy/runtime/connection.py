@@ -145,7 +145,11 @@ class ClientConnection(asyncio.BufferedProtocol):
             log.info("secret %s was removed during the handshake; closing", auth.secret_id)
             self.close()
             return
-        session = Session(ctx, transport, self.fd, self.peer, False, auth)
+        grant = ctx.enforcer.open(auth.secret_id, self.peer, (self.listener.host, self.listener.port))
+        if grant is None:  # the secret's limits refuse it (logged and counted by the enforcer)
+            self.close()
+            return
+        session = Session(ctx, transport, self.fd, self.peer, False, auth, grant)
         self._hand_over(transport, session)
         ctx.authenticated(session, auth)
         session.connect(auth)

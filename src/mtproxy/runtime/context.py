@@ -14,6 +14,7 @@ from mtproxy.stats.counters import Counters
 
 from .buffers import Buffers
 from .dc import DcTable
+from .enforce import Enforcer, Grant
 from .guard import Guard
 from .rawrelay import Pipe, Pool, RecordBuffer
 
@@ -32,8 +33,8 @@ class Context:
     """One per server (per event loop); every connection and relay of that loop shares it."""
 
     __slots__ = ("admit", "authenticated", "buffers", "clock", "count_client", "count_in", "count_out", "counters",
-                 "dc_table", "ended", "fast_mode", "guard", "hand_over", "limits", "loop", "mask", "new_handshake",
-                 "pipes", "random_bytes", "record_buffers", "release", "still_live")
+                 "dc_table", "ended", "enforcer", "fast_mode", "guard", "hand_over", "limits", "loop", "mask",
+                 "new_handshake", "pipes", "random_bytes", "record_buffers", "release", "session_opened", "still_live")
 
     def __init__(self, limits: Limits, counters: Counters, *, fast_mode: bool, dc_table: DcTable, guard: Guard,
                  clock: Callable[[], float], random_bytes: Callable[[int], bytes]) -> None:
@@ -60,3 +61,5 @@ class Context:
         self.count_in: Callable[[str, int], None]  # client->DC bytes of a secret id
         self.count_out: Callable[[str, int], None]
         self.mask: Callable[[], HostPort | None]
+        self.enforcer: Enforcer  # per-secret limits: admission after authentication, running sessions
+        self.session_opened: Callable[[Grant], None]  # a session was admitted: the expiry timer may move

@@ -7,12 +7,18 @@ admitted session gets a Grant: its meter (batched byte accounting and quota chec
 one token bucket per direction. `update()` applies a reloaded secret set to running sessions; `tick()` is
 for a timer (the earliest expiry, `next_expiry()`): both return the grants that must close now, already
 logged and counted.
+
+Per-chunk cost: only a *metered* session (its secret has a quota or a rate limit) calls `moved()` per read.
+Any other session's bytes reach the shared table through `sync()`, once a second per worker, from the
+worker's per-secret byte counters, which the relay keeps anyway; so a secret without limits costs the relay
+nothing. A reload that adds or drops a quota or rate limit switches running sessions (`Holder.rerated`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from typing import Protocol
 
 from mtproxy.accounts.bucket import TokenBucket
 from mtproxy.accounts.limits import NO_LIMITS, Limits
@@ -23,10 +29,25 @@ from mtproxy.runtime.meter import SessionMeter
 from mtproxy.stats.counters import Counters
 
 
+class Holder(Protocol):
+    """The session a grant belongs to, as the enforcer needs it."""
+
+    def close(self) -> None: ...
+
+    def rerated(self) -> None:
+        """The grant's `metered` or buckets changed (a reload)."""
+
+
+def metered(limits: Limits) -> bool:
+    """Whether a session of a secret with these limits must report every read (quota or rate limit)."""
+    return limits.quota is not None or limits.rate_limit is not None
+
+
 class Grant:
     """An admitted session's share of its secret's limits; `meter` is None when the table was full."""
 
-    __slots__ = ("_enforcer", "closing", "local", "meter", "peer", "rate_in", "rate_out", "secret_id")
+    __slots__ = ("_enforcer", "closing", "holder", "local", "meter", "metered", "peer", "rate_in", "rate_out",
+                 "secret_id")
 
     def __init__(self, enforcer: Enforcer, secret_id: str, peer: tuple[str, int], local: tuple[str, int],
                  meter: SessionMeter | None, rate_in: TokenBucket | None, rate_out: TokenBucket | None) -> None:
@@ -38,6 +59,8 @@ class Grant:
         self.rate_in = rate_in  # client -> DC
         self.rate_out = rate_out  # DC -> client
         self.closing = False  # refused while running: reported once, the session is on its way out
+        self.holder: Holder | None = None  # the session, which the enforcer closes or re-rates
+        self.metered = False  # set by the enforcer: the relay calls moved() per read
 
     def moved(self, bytes_in: int, bytes_out: int) -> Refusal | None:
         """After each read; a refusal (already logged and counted) means: close the session now."""
@@ -65,6 +88,7 @@ class Enforcer:
         self._monotonic = monotonic
         self._limits: dict[str, Limits] = {}
         self._grants: dict[str, set[Grant]] = {}
+        self._synced: dict[str, tuple[int, int]] = {}  # per-secret byte counters at the last sync()
 
     def limits_of(self, secret_id: str) -> Limits:
         return self._limits.get(secret_id, NO_LIMITS)
@@ -77,18 +101,40 @@ class Enforcer:
         if slot is not None:
             refusal = self._table.admit(slot, limits, peer[0], self._clock())
             if refusal is not None:
-                self._counters.refuse(refusal)
+                self._count(secret_id, refusal)
                 log_refusal(peer, local, refusal, secret_id)
                 return None
             meter = SessionMeter(self._table, slot, limits, self._clock)
         buckets = ((TokenBucket(limits.rate_limit, self._monotonic), TokenBucket(limits.rate_limit, self._monotonic))
                    if limits.rate_limit is not None else (None, None))
         grant = Grant(self, secret_id, peer, local, meter, *buckets)
+        grant.metered = meter is not None and metered(limits)
         self._grants.setdefault(secret_id, set()).add(grant)
         return grant
 
+    def sync(self) -> None:
+        """Add what unmetered sessions moved since the last call to the shared table, from the worker's
+        per-secret counters (metered sessions' meters add their own bytes). Once a second and at exit."""
+        counters = self._counters.secrets
+        for secret_id in [sid for sid in self._synced if sid not in counters]:
+            del self._synced[secret_id]  # a removed secret's counters start again from zero
+        now = None
+        for secret_id, figures in counters.items():
+            last_in, last_out = self._synced.get(secret_id, (0, 0))
+            moved_in, moved_out = figures.bytes_in - last_in, figures.bytes_out - last_out
+            if not moved_in and not moved_out:
+                continue
+            self._synced[secret_id] = (figures.bytes_in, figures.bytes_out)
+            if metered(self.limits_of(secret_id)):
+                continue
+            slot = self._table.slot(secret_id)
+            if slot is not None:
+                now = now or self._clock()
+                self._table.add_bytes(slot, moved_in, moved_out, now)
+
     def update(self, limits: Mapping[str, Limits]) -> list[Grant]:
         """A reload: the new limits apply to running sessions; returns those that must close."""
+        self.sync()  # bytes moved so far are accounted under the limits they moved under
         self._limits = dict(limits)
         closing = []
         for secret_id, grants in self._grants.items():
@@ -103,6 +149,9 @@ class Enforcer:
                         closing.append(grant)
                         continue
                 _rerate(grant, new, self._monotonic)
+                grant.metered = grant.meter is not None and metered(new)
+                if grant.holder is not None:
+                    grant.holder.rerated()
         return closing
 
     def tick(self) -> list[Grant]:
@@ -123,10 +172,17 @@ class Enforcer:
                  if (wait := next_check(self.limits_of(secret_id), now)) is not None]
         return min(waits, default=None)
 
+    def next_expiry_of(self, secret_id: str) -> float | None:
+        """Seconds until this secret expires (None: never), for re-arming the timer when a session opens."""
+        return next_check(self.limits_of(secret_id), self._clock())
+
     def report(self, grant: Grant, refusal: Refusal) -> None:
         grant.closing = True
-        self._counters.refuse(refusal)
+        self._count(grant.secret_id, refusal)
         log_refusal(grant.peer, grant.local, refusal, grant.secret_id)
+
+    def _count(self, secret_id: str, refusal: Refusal) -> None:
+        self._counters.refuse(refusal, secret_id)
 
     def forget(self, grant: Grant) -> None:
         grants = self._grants.get(grant.secret_id)

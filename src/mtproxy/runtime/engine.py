@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -25,6 +26,9 @@ from mtproxy.qr import terminal_text
 from mtproxy.stats.counters import Counters
 from mtproxy.stats.http import SnapshotProvider, StatsServer
 
+from .accounting import AccountingTable
+from .keeping import SupervisorUsage
+from .ledger import UsageKeeper
 from .logs import setup_logging
 from .process import WorkerPlan, serve
 from .reload import file_id
@@ -148,15 +152,23 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
         raise StartupError(str(exc)) from None
     log.info("AES-CTR runs on %s (%s)", crypto.KEYSTREAMS[aes.name], aes.why)
 
+    # per-secret usage: the table every worker maps (so made before any fork), and its ledger file
+    accounting = AccountingTable(os.urandom(16))
+    keeper = UsageKeeper(accounting, usage_file(cfg), _utc_now, lambda text: log.error("%s", text))
+    keeper.load()
+    keeper.configure(initial.all_limits(), initial.resets, initial.labels)
+
     if cfg.workers == 1:
         sockets = _bind(cfg.listen, reuse_port=False)
         holder: list[Server] = []
         idle = Counters(started_at=time.time())
-        stats = _start_stats(cfg, lambda: (holder[0].counters if holder else idle).snapshot())
+        stats = _start_stats(
+            cfg, lambda: keeper.annotate((holder[0].counters if holder else idle).snapshot()))
         if cfg.user:
             drop_privileges(cfg.user)
         plan = WorkerPlan(cfg, sockets, generated, initial, bytearray(ReplayFilter.memory_size(
-            cfg.tls.replay_entries)), on_server=holder.append, loaded_id=loaded_id, aes=aes)
+            cfg.tls.replay_entries)), on_server=holder.append, loaded_id=loaded_id, aes=aes,
+            accounting=accounting, keeper=keeper, usage_interval=cfg.usage_interval)
         try:
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 return runner.run(serve(plan))
@@ -180,14 +192,18 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
                 for _, sock in sockets:
                     sock.close()
         plan = WorkerPlan(cfg, slots[slot], generated, initial, shared.replay_memory, shared.replay_lock,
-                          publish=lambda snap: shared.publish(slot, snap), loaded_id=loaded_id, aes=aes)
+                          publish=lambda snap: shared.publish(slot, snap), loaded_id=loaded_id, aes=aes,
+                          accounting=accounting)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(serve(plan))
 
-    stats = _start_stats(cfg, lambda: supervisor.snapshot(), start=False)
+    stats = _start_stats(cfg, lambda: keeper.annotate(supervisor.snapshot()), start=False)
     if cfg.user:
         drop_privileges(cfg.user)
-    supervisor = Supervisor(cfg.workers, shared, cfg.limits.drain_timeout, run_worker)
+    usage = SupervisorUsage(keeper, cfg.secrets_file, lambda: load_secret_set(cfg, cfg.secrets_file, generated),
+                            loaded_id, cfg.usage_interval, cfg.reload_interval)
+    supervisor = Supervisor(cfg.workers, shared, cfg.limits.drain_timeout, run_worker, usage.tick, usage.close,
+                            keeper.orphaned)
     if stats is not None:
         stats.start()
     try:
@@ -197,12 +213,23 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
             stats.close()
 
 
+def usage_file(cfg: EngineConfig) -> Path:
+    """usage.json beside the engine's state file: the data directory (paths.Paths.usage_file), which the
+    engine may write even where the store's directory is read-only."""
+    return cfg.state_file.parent / "usage.json"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 def _start_stats(cfg: EngineConfig, provider: SnapshotProvider, start: bool = True) -> StatsServer | None:
     if cfg.stats is None:
         return None
     try:
         store = os.path.abspath(cfg.secrets_file) if cfg.secrets_file is not None else None
-        server = StatsServer(cfg.stats.host, cfg.stats.port, provider, cfg.stats_allow_remote, store)
+        server = StatsServer(cfg.stats.host, cfg.stats.port, provider, cfg.stats_allow_remote, store,
+                             max_secrets=cfg.metrics_max_secrets)
     except OSError as exc:
         raise StartupError(stats_error(str(cfg.stats), exc)) from None
     if start:

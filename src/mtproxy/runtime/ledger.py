@@ -5,12 +5,16 @@ secret set: it applies resets and the new quotas, and tells the table each secre
 drains the table into the ledger, starts new periods and writes usage.json atomically; `run` calls it
 every `interval` seconds, and sooner when a quota period ends first, so a new period opens on time.
 A write that fails is logged and retried at the next interval; the ledger in memory loses nothing.
+
+`annotate` adds each secret's label, limits and usage to a stats snapshot; it runs on the stats thread, so
+every method that touches the ledger holds one lock (the table has its own).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +24,7 @@ from mtproxy.accounts.limits import Limits, format_time
 from mtproxy.accounts.periods import next_reset
 from mtproxy.accounts.usage import Ledger, LedgerError, read_ledger, set_aside, write_ledger
 from mtproxy.runtime.accounting import AccountingTable, Live
+from mtproxy.stats.snapshot import annotate
 from mtproxy.store import remove_stale_temps
 
 DEFAULT_INTERVAL = 60.0  # seconds: the most usage a crash can lose
@@ -42,7 +47,9 @@ class UsageKeeper:
         self._warn = warn
         self.ledger = Ledger()
         self._limits: dict[str, Limits] = {}
+        self._labels: dict[str, str] = {}
         self._unplaced: set[str] = set()
+        self._guard = threading.Lock()
 
     def load(self) -> None:
         """Read usage.json; an unusable one is moved aside (kept for the operator) and counting starts
@@ -58,8 +65,14 @@ class UsageKeeper:
                        + (f", the old file is kept as {kept}" if kept else ""))
             self.ledger = Ledger()
 
-    def configure(self, limits: Mapping[str, Limits], resets: Mapping[str, datetime | None]) -> None:
+    def configure(self, limits: Mapping[str, Limits], resets: Mapping[str, datetime | None],
+                  labels: Mapping[str, str] | None = None) -> None:
         """The secret set in force from now on: its limits and each secret's latest `usage_reset_at`."""
+        with self._guard:
+            self._labels = dict(labels or {})
+            self._configure(limits, resets)
+
+    def _configure(self, limits: Mapping[str, Limits], resets: Mapping[str, datetime | None]) -> None:
         now = self._clock()
         for gone in set(self._limits) - set(limits):
             self._fold(gone, self._table.slot(gone))  # its last bytes leave with it, not into a namesake
@@ -74,6 +87,10 @@ class UsageKeeper:
         self.ledger.keep_only(set(self._limits))
 
     def persist(self) -> None:
+        with self._guard:
+            self._persist()
+
+    def _persist(self) -> None:
         now = self._clock()
         for secret_id, secret_limits in self._limits.items():
             slot = self._slot(secret_id)
@@ -86,12 +103,32 @@ class UsageKeeper:
         except OSError as exc:
             self._warn(f"{self._path}: cannot write the usage file ({exc.strerror}); retrying at the next interval")
 
+    def orphaned(self, sessions: Mapping[str, int]) -> None:
+        """A worker died with these sessions open (as it last reported them, at most half a second old): they
+        no longer hold connection slots. Bytes they moved since the worker's last count are lost."""
+        now = self._clock()
+        for secret_id, count in sessions.items():
+            slot = self._table.slot(secret_id)
+            if slot is None:
+                continue
+            for _ in range(count):
+                self._table.release(slot, now)
+
     def live(self, secret_id: str) -> Live:
         slot = self._table.slot(secret_id)
         return self._table.read(slot) if slot is not None else Live()
 
+    def annotate(self, snap: dict[str, Any]) -> dict[str, Any]:
+        """`snap["secrets"][id]` gains each secret's label, limits and usage (stats/snapshot.py)."""
+        with self._guard:
+            return annotate(snap, self._labels, self._limits, self._report())
+
     def report(self) -> dict[str, dict[str, Any]]:
         """Each secret's usage as of now (persisted plus not yet drained), for stats and the management API."""
+        with self._guard:
+            return self._report()
+
+    def _report(self) -> dict[str, dict[str, Any]]:
         now = self._clock()
         out: dict[str, dict[str, Any]] = {}
         for secret_id, secret_limits in self._limits.items():
@@ -108,6 +145,7 @@ class UsageKeeper:
                 "last_seen": _iso(max(filter(None, (entry.last_seen, last)), default=None)),
                 "period_start": _iso(entry.period_start),
                 "period_bytes": entry.period_bytes + live.bytes_in + live.bytes_out,
+                "reset_at": _iso(entry.reset_at),  # the last usage_reset_at applied (listings compare it)
             }
         return out
 

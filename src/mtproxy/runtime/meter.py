@@ -36,7 +36,7 @@ class SessionMeter:
         self._in = self._out = 0
         self._limits = limits
         self._threshold = quantum
-        self._retune(table.read(slot).base)
+        self._retune(table.read(slot).base if limits.quota is not None else 0)  # no lock without a quota
 
     def _retune(self, period_bytes: int) -> None:
         quota = self._limits.quota
@@ -71,6 +71,8 @@ class SessionMeter:
 
     def close(self) -> None:
         """The session ended: its last bytes are counted and its connection slot freed."""
-        self._table.add_bytes(self._slot, self._in, self._out, self._clock())
+        now = self._clock()
+        if self._in or self._out:  # release() stamps last_seen too: one locked step when nothing is pending
+            self._table.add_bytes(self._slot, self._in, self._out, now)
         self._in = self._out = 0
-        self._table.release(self._slot, self._clock())
+        self._table.release(self._slot, now)

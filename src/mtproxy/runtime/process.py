@@ -18,6 +18,8 @@ from mtproxy.protocol.secret import Secret
 from mtproxy.stats.digest import secrets_digest
 
 from .accept import AcceptPaused
+from .accounting import AccountingTable
+from .ledger import DEFAULT_INTERVAL, UsageKeeper
 from .mask import fallback_size, refresh_cert_size
 from .reload import FileId, Reloader
 from .secrets import SecretSet, load_secret_set
@@ -41,6 +43,9 @@ class WorkerPlan:
     cert_size: int = field(default=0)
     loaded_id: FileId = None  # the secrets file's identity when `initial` was read
     aes: Aes = field(kw_only=True)  # the AES backend chosen at start-up (crypto.backend.load)
+    accounting: AccountingTable = field(kw_only=True)  # per-secret usage shared by all workers, made before fork
+    keeper: UsageKeeper | None = field(default=None, kw_only=True)  # single process: it persists usage itself
+    usage_interval: float = field(default=DEFAULT_INTERVAL, kw_only=True)
 
 
 async def serve(plan: WorkerPlan) -> int:
@@ -48,7 +53,8 @@ async def serve(plan: WorkerPlan) -> int:
     cfg = plan.cfg
     loop = asyncio.get_running_loop()
     cert_size = cfg.tls.cert_size or plan.cert_size or fallback_size(random.SystemRandom())
-    server = Server(cfg, plan.initial, plan.replay_memory, plan.replay_lock, aes=plan.aes, cert_size=cert_size)
+    server = Server(cfg, plan.initial, plan.replay_memory, plan.replay_lock, aes=plan.aes,
+                    accounting=plan.accounting, cert_size=cert_size)
     if plan.on_server is not None:
         plan.on_server(server)
     stop = asyncio.Event()
@@ -60,6 +66,8 @@ async def serve(plan: WorkerPlan) -> int:
         if error is None:
             server.counters.reloads_ok += 1
             server.counters.secrets_digest = secrets_digest(server.secrets.entries)
+            if plan.keeper is not None:
+                plan.keeper.configure(server.secrets.all_limits(), server.secrets.resets)
         else:
             server.counters.reloads_failed += 1
         server.counters.reload_error = error or ""
@@ -78,6 +86,9 @@ async def serve(plan: WorkerPlan) -> int:
                                                         server.set_cert_size, cfg.tls.cert_refresh)))
     if plan.publish is not None:
         tasks.append(loop.create_task(_publisher(server, plan.publish)))
+    usage_stop = asyncio.Event()
+    keeping = (loop.create_task(plan.keeper.run(plan.usage_interval, usage_stop)) if plan.keeper is not None
+               else None)
     log.info("ready: %d secrets, listening on %s", len(server.table),
              ", ".join(str(a) for a in server.listening))
     await stop.wait()
@@ -88,6 +99,9 @@ async def serve(plan: WorkerPlan) -> int:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    if keeping is not None:  # after the drain: the last sessions' bytes are in the table now
+        usage_stop.set()
+        await keeping
     if plan.publish is not None:
         plan.publish(server.counters.snapshot())
     log.info("stopped")

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
+from mtproxy.accounts.limits import NO_LIMITS, Limits, parse_time
 from mtproxy.config import EngineConfig
 from mtproxy.protocol.errors import SecretFormatError
 from mtproxy.protocol.secret import Secret, SecretKind, generate_secret, parse_secret
-from mtproxy.store import StoreError, read_store, write_atomic
+from mtproxy.store import SecretRecord, StoreError, read_store, write_atomic
 
 log = logging.getLogger("mtproxy.secrets")
 
@@ -25,9 +27,21 @@ class SecretsError(Exception):
 
 @dataclass(frozen=True)
 class SecretSet:
-    """One complete, validated set of (id, secret) pairs; reload swaps whole sets."""
+    """One complete, validated set of (id, secret) pairs; reload swaps whole sets.
+
+    `limits`, `resets` and `labels` cover every entry of the store, disabled ones too (their limits say so;
+    the usage ledger keeps their figures while they are off); ids from -S or the generated secret have none,
+    which means no limits."""
 
     entries: tuple[tuple[str, Secret], ...]
+    limits: Mapping[str, Limits] = field(default_factory=dict, compare=False)
+    resets: Mapping[str, datetime | None] = field(default_factory=dict, compare=False)
+    labels: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def all_limits(self) -> dict[str, Limits]:
+        """Every id the engine accounts: the served ones (no limits unless the store gives some) and the
+        store's disabled ones."""
+        return {**{sid: NO_LIMITS for sid, _ in self.entries}, **self.limits}
 
     @property
     def domains(self) -> frozenset[str]:
@@ -38,11 +52,10 @@ class SecretSet:
         return {sid: (s.key, s.kind.value) for sid, s in self.entries}
 
 
-def read_secrets_file(path: Path) -> list[tuple[str, Secret]]:
-    """Active secrets of the JSON store. Raises SecretsError naming the file on any problem."""
+def read_records(path: Path) -> tuple[SecretRecord, ...]:
+    """Every entry of the JSON store, active or not. Raises SecretsError naming the file on any problem."""
     try:
-        data = read_store(path)
-        return data.active_secrets()
+        return read_store(path).secrets
     except StoreError as exc:
         raise SecretsError(f"{exc} — {exc.hint}" if exc.hint else str(exc)) from None
     except SecretFormatError as exc:
@@ -53,12 +66,26 @@ def load_secret_set(cfg: EngineConfig, secrets_file: Path | None,
                     generated: list[tuple[str, Secret]]) -> SecretSet:
     """Build the whole set; raises SecretsError when the file is broken (caller keeps the old set)."""
     entries: list[tuple[str, Secret]] = list(zip(cfg.secret_ids, cfg.secrets, strict=True)) + generated
+    limits: dict[str, Limits] = {}
+    resets: dict[str, datetime | None] = {}
+    labels: dict[str, str] = {}
     if secrets_file is not None:
-        entries += read_secrets_file(secrets_file)
+        taken = {sid for sid, _ in entries}  # an id given with -S wins over the store's, limits included
+        try:
+            for rec in read_records(secrets_file):
+                if rec.id in taken:
+                    continue
+                if rec.active:
+                    entries.append((rec.id, rec.secret()))
+                limits[rec.id] = rec.limits
+                resets[rec.id] = parse_time(rec.usage_reset_at, "usage_reset_at") if rec.usage_reset_at else None
+                labels[rec.id] = rec.label
+        except SecretFormatError as exc:
+            raise SecretsError(str(exc)) from None
     unique: dict[str, Secret] = {}
     for sid, secret in entries:
         unique.setdefault(sid, secret)
-    return SecretSet(tuple(unique.items()))
+    return SecretSet(tuple(unique.items()), limits, resets, labels)
 
 
 def generated_secret(state_file: Path, domain: str | None, random_bytes: Callable[[int], bytes]) -> Secret:

@@ -11,6 +11,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from mtproxy.config import EngineConfig, HostPort
@@ -21,9 +22,11 @@ from mtproxy.protocol.replay import ReplayFilter
 from mtproxy.stats.counters import Counters
 
 from .accept import LISTEN_BACKLOG, Listener
+from .accounting import AccountingTable
 from .connection import ClientConnection
 from .context import Context, Tracked
 from .dc import DcTable
+from .enforce import Enforcer, Grant
 from .guard import Guard
 from .hints import HintCache
 from .memory import INTERVAL, Trimmer, load_malloc_trim, refill_free_lists
@@ -81,7 +84,9 @@ class Server:
         replay_lock: Any | None = None,
         *,
         aes: Aes,
+        accounting: AccountingTable,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         random_bytes: Callable[[int], bytes] = os.urandom,
         cert_size: int = 2500,
     ) -> None:
@@ -97,6 +102,11 @@ class Server:
         self.by_secret: dict[str, set[Tracked]] = {}  # the sessions of each secret id
         self.per_ip: dict[str, int] = {}
         self.guard = Guard(cfg.limits, self.counters)
+        # per-secret limits across all workers; `clock` is wall time (expiry, periods), `monotonic` the buckets'
+        self.enforcer = Enforcer(accounting, self.counters, lambda: datetime.fromtimestamp(clock(), UTC),
+                                 monotonic)
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_at = 0.0  # loop time the expiry timer fires at
         self.ctx = self._context()
         self._hints = HintCache()
         self.accepting = True
@@ -112,6 +122,7 @@ class Server:
         self._live = secrets.fingerprint()
         self.settings = self._handshake_settings()
         self.counters.secrets_loaded = len(self.table)
+        self.enforcer.update(secrets.all_limits())
 
     def _context(self) -> Context:
         ctx = Context(self.cfg.limits, self.counters, fast_mode=self.cfg.fast_mode,
@@ -128,6 +139,8 @@ class Server:
         ctx.count_in = self.count_in
         ctx.count_out = self.count_out
         ctx.mask = lambda: self.mask
+        ctx.enforcer = self.enforcer
+        ctx.session_opened = self.session_opened
         return ctx
 
     # ----------------------------------------------------------------- secrets
@@ -167,7 +180,11 @@ class Server:
         self.settings = self._handshake_settings()
         self._hints.clear()
         self.counters.secrets_loaded = len(self.table)
-        closed = 0
+        # new limits first: a session the reload disables, expires or puts over its quota gets its refusal
+        # line and counter, whether or not its secret stays in the set
+        closed = self._close_grants(self.enforcer.update(new.all_limits()))
+        if self.loop is not None:
+            self._arm_expiry(force=True)
         for sid, value in old.items():
             if kept.get(sid) == value:
                 continue
@@ -176,6 +193,39 @@ class Server:
                 closed += 1
             self.counters.secrets.pop(sid, None)
         return closed
+
+    # ----------------------------------------------------------------- per-secret limits
+
+    def session_opened(self, grant: Grant) -> None:
+        """An admitted session: its secret's expiry may come before the timer's."""
+        wait = self.enforcer.next_expiry_of(grant.secret_id)
+        if wait is not None and (self._expiry is None or self.loop.time() + wait < self._expiry_at):
+            self._arm_expiry(force=True, wait=wait)
+
+    def _arm_expiry(self, force: bool = False, wait: float | None = None) -> None:
+        """The one expiry timer of this loop, at the earliest expiry among secrets with sessions."""
+        if self._expiry is not None:
+            if not force:
+                return
+            self._expiry.cancel()
+            self._expiry = None
+        if wait is None:
+            wait = self.enforcer.next_expiry()
+        if wait is not None:
+            self._expiry_at = self.loop.time() + wait
+            self._expiry = self.loop.call_later(wait, self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
+        self._close_grants(self.enforcer.tick())
+        self._arm_expiry()  # the wall clock may be a hair behind the loop's: then this fires again at once
+
+    @staticmethod
+    def _close_grants(grants: list[Grant]) -> int:
+        for grant in grants:
+            if grant.holder is not None:
+                grant.holder.close()
+        return len(grants)
 
     def new_handshake(self, ip: str) -> tuple[Handshake, SecretTable]:
         """A handshake over the live table; the table is returned so a reload during the handshake
@@ -278,7 +328,9 @@ class Server:
 
     def _memory_tick(self) -> None:
         """After a burst: tables shrink to their present size (Python never shrinks a dict or set), and
-        glibc hands its free pages back."""
+        glibc hands its free pages back. Also, once a second, unmetered sessions' bytes go to the shared
+        accounting table."""
+        self.enforcer.sync()
         if self._trimmer.due(len(self.connections)):
             self.connections = set(self.connections)
             self.per_ip = dict(self.per_ip)
@@ -320,7 +372,10 @@ class Server:
         for conn in list(self.connections):
             conn.abort()
         self.guard.close()
+        self.enforcer.sync()
         if self._memory_timer is not None:
             self._memory_timer.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         for listener in self._listeners:
             await listener.wait_closed()

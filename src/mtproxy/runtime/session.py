@@ -15,23 +15,25 @@ from mtproxy.protocol.handshake import AuthResult
 from . import rawrelay
 from .buffers import send
 from .context import Context
+from .enforce import Grant
 from .guard import OutOfDescriptors
 from .pair import Leg, Pair, Phase, dial
 
 log = logging.getLogger("mtproxy.session")
 
 _NEVER = -(1 << 62)  # _relayed once a raw relay could not be set up: the transport path goes on
+_IN, _OUT = 1, 2  # _held: the direction(s) a rate limit holds (client->DC: the client is not read)
 
 
 class Session(Pair):
     """Client->DC: the client's bytes are deciphered and re-enciphered in the receive buffer (`buffer_updated`).
     DC->client: `_up_buffer_updated`; in fast mode the DC's bytes are already what the client expects."""
 
-    __slots__ = ("_from_client", "_from_dc", "_raw", "_relayed", "_tls", "_tls_reader", "_to_client", "_to_dc",
-                 "secret_id")
+    __slots__ = ("_from_client", "_from_dc", "_grant", "_held", "_hold_in", "_hold_out", "_meter", "_raw",
+                 "_relayed", "_tls", "_tls_reader", "_to_client", "_to_dc", "secret_id")
 
     def __init__(self, ctx: Context, transport: asyncio.Transport, fd: int, peer: tuple[str, int],
-                 eof_in: bool, auth: AuthResult) -> None:
+                 eof_in: bool, auth: AuthResult, grant: Grant) -> None:
         super().__init__(ctx, transport, fd, peer, eof_in)
         self.secret_id = auth.secret_id
         self._from_client: Keystream = auth.from_client
@@ -42,6 +44,15 @@ class Session(Pair):
         self._to_client: Keystream | None = None
         self._relayed = 0  # DC->client bytes through the transport, until a raw relay takes over
         self._raw: rawrelay.SpliceRelay | rawrelay.RecordRelay | None = None
+        # per-secret limits (runtime/enforce.py): `_meter` is the grant only while the secret has a quota or
+        # a rate limit, so a session without either never calls into it per read
+        self._grant: Grant | None = grant
+        self._meter: Grant | None = grant if grant.metered else None
+        self._held = 0  # _IN | _OUT: reading paused by the rate limit, until _hold_in / _hold_out fire
+        self._hold_in: asyncio.TimerHandle | None = None
+        self._hold_out: asyncio.TimerHandle | None = None
+        grant.holder = self
+        ctx.session_opened(grant)
 
     def connect(self, auth: AuthResult) -> None:
         """Dial the client's DC (the client's transport stays paused until the DC answers)."""
@@ -74,6 +85,9 @@ class Session(Pair):
             # what the client sent along with its handshake goes out with the DC header: one send, not two
             up.write(header + self._to_dc.update(self._from_client.update(pending)))
             ctx.count_in(self.secret_id, len(pending))
+            if self._meter is not None and self._meter.moved(len(pending), 0) is not None:
+                self.close()
+                return
         else:
             up.write(header)
         self._relaying()
@@ -107,6 +121,8 @@ class Session(Pair):
         assert up is not None
         send(up, self.up_fd, memoryview(buf)[:n])
         self.ctx.count_in(self.secret_id, n)
+        if self._meter is not None:
+            self._metered_in(n)
 
     # ----------------------------------------------------------------- DC -> client
 
@@ -137,6 +153,8 @@ class Session(Pair):
             send(client, self.fd, data)
             self._count_towards_raw(client, nbytes)
         self.ctx.count_out(self.secret_id, nbytes)
+        if self._meter is not None:
+            self._metered_out(nbytes)
 
     # ----------------------------------------------------------------- backpressure (the client is full)
 
@@ -148,7 +166,7 @@ class Session(Pair):
 
     def resume_writing(self) -> None:
         up = self.up
-        if up is None or self.phase == Phase.CLOSED or self._raw is not None:
+        if up is None or self.phase == Phase.CLOSED or self._raw is not None or self._held & _OUT:
             return
         # the low-water mark is 0: the buffer is empty now, the moment a bulk session can switch to a raw relay
         if self._from_dc is None and self._client_drained(self.transport):
@@ -168,6 +186,8 @@ class Session(Pair):
             return False
         if not (rawrelay.RECORDS_AVAILABLE if self._tls else rawrelay.SPLICE_AVAILABLE):
             return False
+        if self._meter is not None and self._meter.rate_out is not None:
+            return False  # a rate-limited download stays where the bucket can pause it
         self._start_raw()
         return self._raw is not None
 
@@ -195,6 +215,9 @@ class Session(Pair):
     def _raw_bytes(self, n: int) -> None:
         self.activity += n
         self.ctx.count_out(self.secret_id, n)
+        if self._meter is not None and self._meter.moved(0, n) is not None:
+            # not from inside the raw relay's read: it still holds this read's bytes (a shared pipe)
+            self.ctx.loop.call_soon(self.close)
 
     def _stop_raw(self) -> None:
         raw, self._raw = self._raw, None
@@ -209,3 +232,76 @@ class Session(Pair):
 
     def _ended(self) -> None:
         self.ctx.ended(self, self.secret_id)
+        for hold in (self._hold_in, self._hold_out):
+            if hold is not None:
+                hold.cancel()
+        self._hold_in = self._hold_out = None
+        grant, self._grant, self._meter = self._grant, None, None
+        if grant is not None:
+            grant.close()
+
+    # ----------------------------------------------------------------- per-secret limits
+
+    def rerated(self) -> None:
+        """A reload changed the secret's limits: meter per read only if it now has a quota or rate limit."""
+        grant = self._grant
+        self._meter = grant if grant is not None and grant.metered else None
+        if self._held & _IN and (self._meter is None or self._meter.rate_in is None):
+            self._release_in()
+        if self._held & _OUT and (self._meter is None or self._meter.rate_out is None):
+            self._release_out()
+
+    def _metered_in(self, n: int) -> None:
+        grant = self._meter
+        assert grant is not None
+        if grant.moved(n, 0) is not None:
+            self.close()
+            return
+        bucket = grant.rate_in
+        if bucket is not None:
+            bucket.consume(n)
+            if not bucket.allowance():  # in debt: the client is not read until the bucket has a byte again
+                self.transport.pause_reading()
+                self._held |= _IN
+                self._hold_in = self.ctx.loop.call_later(bucket.delay(1), self._release_in)
+
+    def _metered_out(self, n: int) -> None:
+        grant = self._meter
+        assert grant is not None
+        if grant.moved(0, n) is not None:
+            self.close()
+            return
+        bucket = grant.rate_out
+        up = self.up
+        if bucket is not None and up is not None:
+            bucket.consume(n)
+            if not bucket.allowance():
+                up.pause_reading()
+                self._held |= _OUT
+                self._hold_out = self.ctx.loop.call_later(bucket.delay(1), self._release_out)
+
+    def _release_in(self) -> None:
+        if self._hold_in is not None:
+            self._hold_in.cancel()
+            self._hold_in = None
+        self._held &= ~_IN
+        up = self.up
+        # a full DC leg keeps the client paused: its drain (_up_drained) resumes it
+        if self.phase != Phase.CLOSED and (up is None or not up.get_write_buffer_size()):
+            self.transport.resume_reading()
+
+    def _release_out(self) -> None:
+        if self._hold_out is not None:
+            self._hold_out.cancel()
+            self._hold_out = None
+        self._held &= ~_OUT
+        up = self.up
+        # a full client keeps the DC paused: its drain (resume_writing) resumes it
+        if (self.phase != Phase.CLOSED and up is not None and self._raw is None
+                and not self.transport.get_write_buffer_size()):
+            up.resume_reading()
+
+    def _up_drained(self) -> None:
+        # Pair's, unless the rate limit holds the client (inlined: this runs whenever the DC leg drains)
+        if not self._held & _IN and not self.transport.is_closing():
+            self.transport.resume_reading()

@@ -27,11 +27,19 @@ class Supervisor:
     Signal handlers only set flags; the loop below acts on them."""
 
     def __init__(self, workers: int, shared: SharedState, drain_timeout: float,
-                 run_worker: Callable[[int], int]) -> None:
+                 run_worker: Callable[[int], int], duty: Callable[[bool], None] | None = None,
+                 final: Callable[[], None] | None = None,
+                 orphaned: Callable[[dict[str, int]], None] | None = None) -> None:
+        """`duty(hup)` runs every poll (the usage keeper: reload on SIGHUP or a changed file, persist when
+        due); `final()` once all workers have exited (the last usage write); `orphaned(open)` when a worker
+        died, with the sessions per secret id it last reported open (their connection slots are freed)."""
         self._n = workers
         self._shared = shared
         self._drain = drain_timeout
         self._run_worker = run_worker
+        self._duty = duty
+        self._final = final
+        self._orphaned = orphaned
         self._pids: dict[int, int] = {}  # pid -> slot
         self._last_start: dict[int, float] = {}
         self._stop = False
@@ -67,6 +75,9 @@ class Supervisor:
     def _retire(self, slot: int) -> None:
         """Keep a dead worker's totals, minus its gauges, so counters never go backwards."""
         for snap in self._shared.snapshots_of(slot):
+            if self._orphaned is not None:
+                self._orphaned({sid: int(figures.get("active", 0)) for sid, figures in snap.get("secrets", {}).items()
+                                if int(figures.get("active", 0)) > 0})
             snap["active"] = 0
             snap["workers"] = 0
             for figures in snap.get("secrets", {}).values():
@@ -94,9 +105,11 @@ class Supervisor:
                 if time.monotonic() - self._last_start.get(slot, 0.0) >= RESTART_BACKOFF:
                     dead.remove(slot)
                     self._spawn(slot)
-            if self._hup:
-                self._hup = False
+            hup, self._hup = self._hup, False
+            if hup:
                 self._signal_all(signal.SIGHUP)
+            if self._duty is not None:
+                self._duty(hup)
             time.sleep(POLL)
         return self._shutdown()
 
@@ -144,6 +157,8 @@ class Supervisor:
                     os.waitpid(pid, 0)
                 except ChildProcessError:
                     pass
+        if self._final is not None:
+            self._final()
         log.info("stopped")
         return 0
 

@@ -11,6 +11,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from mtproxy.defaults import DEFAULT_METRICS_MAX_SECRETS
 
+from .snapshot import timestamp
+
 OTHER = "_other"
 
 
@@ -200,10 +202,18 @@ _GAUGES = {
 
 
 def _gauge_values(fig: Mapping[str, Any]) -> dict[str, float]:
-    """The limits and usage a secret's snapshot carries, limits left unset omitted."""
-    values: dict[str, float] = {}
-    for part in ("limits", "usage"):
-        for key, value in dict(fig.get(part) or {}).items():
-            if key in _GAUGES and value is not None:
-                values[key] = float(value)  # bool -> 0/1
-    return values
+    """The limits and usage a secret's snapshot carries, as numbers; limits left unset are omitted."""
+    limits: Mapping[str, Any] = fig.get("limits") or {}
+    usage: Mapping[str, Any] = fig.get("usage") or {}
+    quota: Mapping[str, Any] = limits.get("quota") or {}
+    found: dict[str, Any] = {
+        "enabled": limits.get("enabled"),
+        "expires_at": timestamp(limits.get("expires_at")),
+        "max_connections": limits.get("max_connections"),
+        "max_unique_ips": limits.get("max_unique_ips"),
+        "quota_bytes": quota.get("limit_bytes"),
+        "unique_ips": usage.get("unique_ips"),
+        "period_bytes": usage.get("period_bytes"),
+        "period_start": timestamp(usage.get("period_start")),
+    }
+    return {key: float(value) for key, value in found.items() if value is not None}  # bool -> 0/1

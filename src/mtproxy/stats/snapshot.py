@@ -29,23 +29,19 @@ from mtproxy.accounts.limits import Limits
 COUNTERS = ("active", "total", "bytes_in", "bytes_out")
 
 
-class SecretLimitsSnap(TypedDict, total=False):
-    """A secret's limits as plain numbers; None (or no key) is "no limit"."""
-
-    enabled: bool
-    expires_at: float | None  # unix time
-    max_connections: int | None
-    max_unique_ips: int | None
-    quota_bytes: int | None  # both directions together per period
-    quota_period: str | None  # "day", "week", "month"; None with a quota: a total until reset-usage
-
-
 class SecretUsageSnap(TypedDict, total=False):
-    """The shared accounting's figures (runtime/ledger.py `UsageKeeper.report`), as plain numbers."""
+    """One secret's entry in `runtime/ledger.py` `UsageKeeper.report()`: ISO 8601 UTC times, or None."""
 
-    period_bytes: int  # bytes both ways in the current quota period (persisted plus live)
-    period_start: float | None  # unix time the current period started; None without a periodic quota
+    bytes_in: int
+    bytes_out: int
+    connections: int  # sessions open now, across workers
+    connections_total: int
     unique_ips: int  # distinct client addresses within the secret's unique-IP window
+    first_seen: str | None
+    last_seen: str | None
+    period_start: str | None  # None without a periodic quota
+    period_bytes: int  # bytes both ways in the current quota period (persisted plus live)
+    reset_at: str | None  # the last usage_reset_at the ledger applied
 
 
 class SecretSnap(TypedDict):
@@ -54,37 +50,14 @@ class SecretSnap(TypedDict):
     bytes_in: int  # client -> DC
     bytes_out: int  # DC -> client
     label: NotRequired[str]
-    limits: NotRequired[SecretLimitsSnap]
+    limits: NotRequired[dict[str, Any]]  # Limits.to_json(): the store's and the API's form
     usage: NotRequired[SecretUsageSnap]
     refusals: NotRequired[dict[str, int]]
 
 
-def describe_limits(limits: Limits) -> SecretLimitsSnap:
-    """The snapshot form of a store entry's limits."""
-    quota = limits.quota
-    return {
-        "enabled": limits.enabled,
-        "expires_at": limits.expires_at.timestamp() if limits.expires_at else None,
-        "max_connections": limits.max_connections,
-        "max_unique_ips": limits.max_unique_ips,
-        "quota_bytes": quota.limit_bytes if quota else None,
-        "quota_period": quota.period.value if quota and quota.period else None,
-    }
-
-
-def describe_usage(report: Mapping[str, Any]) -> SecretUsageSnap:
-    """The snapshot form of one secret's entry in `UsageKeeper.report()` (ISO times become unix times)."""
-    start = report.get("period_start")
-    return {
-        "period_bytes": int(report.get("period_bytes", 0)),
-        "period_start": datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp() if start else None,
-        "unique_ips": int(report.get("unique_ips", 0)),
-    }
-
-
 def annotate(snap: dict[str, Any], labels: Mapping[str, str], limits: Mapping[str, Limits],
              usage: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Add the store's labels and limits and the accounting's usage to a worker's snapshot, in place.
+    """Add the store's labels and limits and the accounting's usage to a snapshot, in place.
 
     Every secret in any of the three gets an entry (a secret with no session yet has zero counters), so
     limits and quota show before its first client. Returns `snap` for chaining.
@@ -92,13 +65,18 @@ def annotate(snap: dict[str, Any], labels: Mapping[str, str], limits: Mapping[st
     secrets: dict[str, Any] = snap.setdefault("secrets", {})
     for sid in {*labels, *limits, *usage}:
         entry = secrets.setdefault(sid, dict.fromkeys(COUNTERS, 0))
-        if labels.get(sid):
-            entry["label"] = labels[sid]
+        entry["label"] = labels.get(sid, "")
         if sid in limits:
-            entry["limits"] = describe_limits(limits[sid])
+            entry["limits"] = limits[sid].to_json()
         if sid in usage:
-            entry["usage"] = describe_usage(usage[sid])
+            entry["usage"] = dict(usage[sid])
+        entry.setdefault("refusals", {})
     return snap
+
+
+def timestamp(iso: str | None) -> float | None:
+    """Unix time of a snapshot's ISO 8601 UTC time; None stays None."""
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() if iso else None
 
 
 def merge_secret(into: dict[str, Any], figures: Mapping[str, Any]) -> None:
@@ -121,6 +99,6 @@ def merge_secret(into: dict[str, Any], figures: Mapping[str, Any]) -> None:
             into["usage"] = dict(theirs)
 
 
-def _usage_key(usage: Mapping[str, Any]) -> tuple[float, int, int]:
-    return (float(usage.get("period_start") or 0.0), int(usage.get("period_bytes", 0)),
-            int(usage.get("unique_ips", 0)))
+def _usage_key(usage: Mapping[str, Any]) -> tuple[str, int, int]:
+    # ISO 8601 UTC times in one format sort as the moments they name
+    return (str(usage.get("period_start") or ""), int(usage.get("period_bytes", 0)), int(usage.get("unique_ips", 0)))

@@ -75,19 +75,24 @@ async def open_client(
     domain: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     rcvbuf: int | None = None,
+    source: str | None = None,
     aes: Aes = PEER_AES,
 ) -> ProxyClient:
     """Connect and authenticate. For ee, waits for and verifies the server flight. `rcvbuf` sets the socket's
-    receive buffer before connecting (a small one makes a slow mobile-like reader: the proxy backlogs)."""
+    receive buffer before connecting (a small one makes a slow mobile-like reader: the proxy backlogs);
+    `source` the client's own address (another loopback address is another client as the proxy sees it)."""
     conn = core.ClientConnection(secret, os.urandom, time.time() if now is None else now, aes=aes,
                                  tag=tag, dc_id=dc_id, domain=domain)
-    if rcvbuf is None:
+    if rcvbuf is None and source is None:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     else:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.setblocking(False)
         try:
+            if source is not None:
+                sock.bind((source, 0))
             await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (host, port)), timeout)
             reader, writer = await asyncio.open_connection(sock=sock)
         except BaseException:
