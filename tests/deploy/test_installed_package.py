@@ -184,11 +184,13 @@ def _dependency_wheels(dest: Path) -> None:
     """The dependency wheels the image needs, fetched once here so setup's build then runs with no index."""
     platforms = [a for minor in range(17, 37) for a in ("--platform", f"manylinux_2_{minor}_x86_64")]
     constraints = dest / "constraints.txt"
-    constraints.write_text(image.installed_constraints())
+    pins = image.installed_constraints()
+    constraints.write_text(pins)
+    # every installed dependency, transitively: a new dependency of the package needs no edit here
+    names = [line.split("==", 1)[0] for line in pins.splitlines()]
     _sh(sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--python-version", "3.11",
         "--implementation", "cp", *platforms, "--platform", "manylinux2014_x86_64", "--platform", "linux_x86_64",
-        "-c", str(constraints), "-d", str(dest), "cryptography", "uvloop", "segno", "click", "prometheus_client",
-        "pip", timeout=600)
+        "-c", str(constraints), "-d", str(dest), *names, "pip", timeout=600)
 
 
 @pytest.fixture
