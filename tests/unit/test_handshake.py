@@ -279,3 +279,20 @@ def test_feeding_after_the_end_is_a_bug(aes: Backend) -> None:
     handshake.feed(os.urandom(64), NOW)
     with pytest.raises(RuntimeError):
         handshake.feed(b"x", NOW)
+
+
+@pytest.mark.parametrize("hint", [None, 0, 2, 3])
+def test_an_obfuscated2_client_is_found_whichever_secret_is_tried_first(aes: Backend, hint: int | None) -> None:
+    """The first candidate is decoded outright, the rest through the cheaper trial: either way the
+    client's own secret is the one found, and a key none of them holds is refused."""
+    secrets = [Secret(os.urandom(16), SecretKind.PADDED) for _ in range(4)]
+    for client_key, expected in ((secrets[2], 2), (Secret(os.urandom(16), SecretKind.PADDED), None)):
+        client = ClientConnection(client_key, os.urandom, NOW, aes=aes)
+        handshake = Handshake(table(*secrets), HandshakeSettings(), ReplayFilter.in_process(1024), os.urandom,
+                              aes=aes, hint=hint)
+        step = handshake.feed(client.first_bytes() + client.encrypt(PAYLOAD), NOW)
+        if expected is None:
+            assert isinstance(step, Rejected) and step.reason is RejectReason.UNKNOWN_SECRET
+        else:
+            assert isinstance(step, Authenticated) and step.auth.secret_index == expected
+            assert step.auth.from_client.update(step.auth.pending) == PAYLOAD

@@ -73,9 +73,12 @@ class NativeCtr:
             raise OSError("the native AES library refused to start a stream")
 
     def update(self, data: bytes | bytearray | memoryview, /) -> bytes:
-        out = bytearray(data)
-        self.update_into(out, out)
-        return bytes(out)
+        """The handshake's path (headers, the bytes that came with an init): one call, one copy out."""
+        n = len(data)
+        out = ctypes.create_string_buffer(n)
+        # ctypes passes the address of a bytes object's own storage (read only here); other buffers are copied
+        self._lib.mtp_ctr_xor(self._addr, data if type(data) is bytes else bytes(data), out, n)
+        return out.raw
 
     def update_into(self, data: bytes | bytearray | memoryview, buf: bytearray | memoryview, /) -> int:
         """buf[:n] = data ⊕ the next n keystream bytes (n = len(data)); `data` may be `buf` itself, or a

@@ -187,13 +187,19 @@ class Handshake:
                 return self._reject(RejectReason.UNKNOWN_SECRET)
             return NeedMore()
         init = bytes(self._received[: obfs2.INIT_SIZE])
-        trial = obfs2.InitTrial(init, self._aes)
+        trial: obfs2.InitTrial | None = None
         secrets = self._table.secrets
         for index in self._table.candidates(self._hint, None):
-            if trial.matches(secrets[index].key):
-                decoded = obfs2.decode_init(init, secrets[index].key, self._aes)
-                if decoded is not None:
-                    break
+            key = secrets[index].key
+            # the first candidate (the hinted secret, or the only one) is decoded outright: it is usually
+            # the client's, and a trial first would cost a hash and an AES block more; the rest are scanned
+            if trial is not None and not trial.matches(key):
+                continue
+            decoded = obfs2.decode_init(init, key, self._aes)
+            if decoded is not None:
+                break
+            if trial is None:
+                trial = obfs2.InitTrial(init, self._aes)
         else:
             return self._reject(RejectReason.UNKNOWN_SECRET)
         if self._check_replay(init[8:24], self._now, OBFS2_REPLAY_TTL):

@@ -20,10 +20,6 @@ FD_RESERVE = 16
 NOTICE_INTERVAL = 10.0  # seconds between two log lines about the same refusal
 
 
-class OutOfDescriptors(Exception):
-    """EMFILE/ENFILE while dialling: the process ran out, the peer it dialled is not at fault."""
-
-
 def is_fd_exhaustion(exc: OSError) -> bool:
     return exc.errno in (errno.EMFILE, errno.ENFILE)
 

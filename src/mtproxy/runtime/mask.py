@@ -9,13 +9,13 @@ import logging
 import random
 import ssl
 from collections.abc import Callable
+from functools import partial
 
 from mtproxy.config import HostPort
 from mtproxy.protocol import faketls
 
 from .buffers import send
-from .guard import OutOfDescriptors
-from .pair import Leg, Pair, Phase, dial
+from .pair import Dial, Leg, Pair, Phase
 
 log = logging.getLogger("mtproxy.mask")
 
@@ -27,13 +27,16 @@ class MaskRelay(Pair):
 
     def open(self, mask: HostPort, received: bytes) -> None:
         """Dial the mask and give it `received`, all the client sent so far."""
-        self._task = self.ctx.loop.create_task(self._open(mask, received))
+        self._dial = Dial(self.ctx, [mask], self._leg, partial(self._dialled, mask, received))
+        self._dial.start()
 
-    async def _open(self, mask: HostPort, received: bytes) -> None:
+    def _leg(self) -> Leg:
+        return Leg(self)
+
+    def _dialled(self, mask: HostPort, received: bytes, dialled: bool | None) -> None:
         ctx = self.ctx
-        try:
-            dialled = await dial(ctx, [mask], lambda: Leg(self))
-        except OutOfDescriptors:
+        self._dial = None
+        if dialled is None:
             ctx.guard.out_of_fds()
             self.close()
             return
@@ -51,7 +54,6 @@ class MaskRelay(Pair):
             up.abort()
             self.close()
             return
-        self._task = None
         if received:
             up.write(received)
         self._relaying()

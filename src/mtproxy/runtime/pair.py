@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 from mtproxy.config import HostPort
 
 from .buffers import WRITE_LIMITS, send, socket_fd
 from .context import Context
-from .guard import OutOfDescriptors, is_fd_exhaustion
+from .guard import is_fd_exhaustion
 
 log = logging.getLogger("mtproxy.relay")
 
@@ -32,24 +32,91 @@ def half_close(transport: asyncio.Transport | None) -> None:
         transport.write_eof()
 
 
-async def dial(ctx: Context, addresses: tuple[HostPort, ...] | list[HostPort],
-               factory: Callable[[], asyncio.BaseProtocol]) -> bool:
-    """Dial the addresses in order, each bounded by the connect timeout; False when none answers.
-    Raises OutOfDescriptors when this process has none left: no address is to blame for that."""
-    for address in addresses:
+class Dial:
+    """Dial the addresses in order, each bounded by the connect timeout, then call `done` with True (the
+    factory's protocol is connected), False (none answered) or None (this process is out of descriptors:
+    no address is to blame for that).
+
+    No Task and no asyncio.timeout per dial: uvloop's create_connection coroutine is stepped by the
+    waiter's done callback, and the timeout is one plain timer. A Task and a timeout context cost about
+    16 µs per dial here; this costs the timer (~1.5 µs)."""
+
+    __slots__ = ("_addresses", "_coro", "_ctx", "_done", "_factory", "_index", "_timer", "_waiter")
+
+    def __init__(self, ctx: Context, addresses: tuple[HostPort, ...] | list[HostPort],
+                 factory: Callable[[], asyncio.BaseProtocol], done: Callable[[bool | None], None]) -> None:
+        self._ctx = ctx
+        self._addresses = addresses
+        self._factory = factory
+        self._done: Callable[[bool | None], None] | None = done
+        self._index = 0
+        self._coro: Coroutine[Any, Any, Any] | None = None
+        self._waiter: object = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        ctx = self._ctx
+        while self._index < len(self._addresses):
+            address = self._addresses[self._index]
+            self._index += 1
+            self._coro = ctx.loop.create_connection(self._factory, address.host, address.port)
+            self._timer = ctx.loop.call_later(ctx.limits.connect_timeout, self._timed_out)
+            if self._step(None) is not False:
+                return  # under way, or finished
+        self._finish(False)
+
+    def cancel(self) -> None:
+        """Stop dialling (the owner closed); `done` is not called, a transport already made is closed."""
+        self._done = None
+        self._stop()
+
+    def _stop(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        coro, self._coro = self._coro, None
+        self._waiter = None
+        if coro is not None:
+            coro.close()  # uvloop closes the transport it was connecting
+
+    def _step(self, waiter: object) -> bool | None:
+        """Run the coroutine to its next wait: None while under way or when finished, False on a failure."""
+        coro = self._coro
+        if coro is None or waiter is not self._waiter:
+            return None  # stopped meanwhile (timeout, cancel): this is a stale wake-up
         try:
-            async with asyncio.timeout(ctx.limits.connect_timeout):  # no extra task, unlike wait_for
-                await ctx.loop.create_connection(factory, address.host, address.port)
-        except TimeoutError as exc:
-            log.debug("connect to %s failed: %s", address, exc)
-            continue
-        except OSError as exc:
-            if is_fd_exhaustion(exc):
-                raise OutOfDescriptors(str(exc)) from None
-            log.debug("connect to %s failed: %s", address, exc)
-            continue
-        return True
-    return False
+            waiter = coro.send(None)
+        except StopIteration:
+            self._coro = None
+            self._finish(True)
+            return None
+        except (OSError, asyncio.CancelledError) as exc:
+            self._coro = None
+            if isinstance(exc, OSError) and is_fd_exhaustion(exc):
+                self._finish(None)
+                return None
+            log.debug("connect to %s failed: %s", self._addresses[self._index - 1], exc)
+            self._stop()
+            return False
+        self._waiter = waiter
+        cast(asyncio.Future[Any], waiter).add_done_callback(self._wake)
+        return None
+
+    def _wake(self, waiter: object) -> None:
+        if self._step(waiter) is False:
+            self.start()  # the next address
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        log.debug("connect to %s failed: timed out", self._addresses[self._index - 1])
+        self._stop()
+        self.start()
+
+    def _finish(self, result: bool | None) -> None:
+        self._stop()
+        done, self._done = self._done, None
+        if done is not None:
+            done(result)
 
 
 class Phase(enum.IntEnum):
@@ -62,7 +129,7 @@ class Pair(asyncio.BufferedProtocol):
     """The client socket's protocol once the handshake is over; `up` is the outgoing socket's transport."""
 
     # slots: tens of thousands of these live at once; no per-object dict
-    __slots__ = ("_buffers", "_eof_in", "_eof_out", "_seen_activity", "_task", "_timer", "activity", "admitted",
+    __slots__ = ("_buffers", "_dial", "_eof_in", "_eof_out", "_seen_activity", "_timer", "activity", "admitted",
                  "ctx", "fd", "peer", "phase", "transport", "unauthenticated", "up", "up_fd")
 
     def __init__(self, ctx: Context, transport: asyncio.Transport, fd: int, peer: tuple[str, int],
@@ -79,7 +146,7 @@ class Pair(asyncio.BufferedProtocol):
         self.activity = 0  # bytes moved either way; the idle timer compares it between ticks
         self._seen_activity = -1
         self._timer: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._dial: Dial | None = None  # while the outgoing socket is dialled
         self._buffers = ctx.buffers
         self._eof_in = eof_in  # client sent EOF
         self._eof_out = False  # upstream sent EOF
@@ -99,8 +166,9 @@ class Pair(asyncio.BufferedProtocol):
         self.phase = Phase.CLOSED
         if self._timer is not None:
             self._timer.cancel()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        if self._dial is not None:
+            self._dial.cancel()
+            self._dial = None
         self._stop_raw()  # first: a raw relay hands what it still holds to the client transport
         self.transport.close()
         up = self.up

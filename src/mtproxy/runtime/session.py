@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 
 from mtproxy.crypto import ctr
 from mtproxy.protocol import faketls, obfs2
@@ -15,9 +16,9 @@ from mtproxy.protocol.handshake import AuthResult
 from . import rawrelay
 from .buffers import send
 from .context import Context
+from .dc import DcTarget
 from .enforce import Grant
-from .guard import OutOfDescriptors
-from .pair import Leg, Pair, Phase, dial
+from .pair import Dial, Leg, Pair, Phase
 
 log = logging.getLogger("mtproxy.session")
 
@@ -61,14 +62,20 @@ class Session(Pair):
         self._to_dc = link.to_dc
         self._from_dc = link.from_dc
         self._to_client = link.to_client
-        self._task = ctx.loop.create_task(self._open_dc(auth.dc_id, link.header, auth.pending))
+        target = ctx.dc_table.lookup(auth.dc_id)
+        pending = auth.pending
+        # what the client sent along with its handshake goes out with the DC header: one send, not two
+        first = link.header + self._to_dc.update(self._from_client.update(pending)) if pending else link.header
+        self._dial = Dial(ctx, target.addresses, self._leg, partial(self._dc_dialled, target, first, len(pending)))
+        self._dial.start()
 
-    async def _open_dc(self, dc_id: int, header: bytes, pending: bytes) -> None:
+    def _leg(self) -> Leg:
+        return Leg(self)
+
+    def _dc_dialled(self, target: DcTarget, first: bytes, pending: int, dialled: bool | None) -> None:
         ctx = self.ctx
-        target = ctx.dc_table.lookup(dc_id)
-        try:
-            dialled = await dial(ctx, target.addresses, lambda: Leg(self))
-        except OutOfDescriptors:
+        self._dial = None
+        if dialled is None:
             ctx.guard.out_of_fds()  # our shortage, not the DC's: neither an upstream failure nor its warning
             self.close()
             return
@@ -80,16 +87,12 @@ class Session(Pair):
             log.warning("DC %d unreachable at %s", target.dc, ", ".join(map(str, target.addresses)))
             self.close()
             return
-        self._task = None  # done: a finished task would only hold memory for as long as the session lives
+        up.write(first)
         if pending:
-            # what the client sent along with its handshake goes out with the DC header: one send, not two
-            up.write(header + self._to_dc.update(self._from_client.update(pending)))
-            ctx.count_in(self.secret_id, len(pending))
-            if self._meter is not None and self._meter.moved(len(pending), 0) is not None:
+            ctx.count_in(self.secret_id, pending)
+            if self._meter is not None and self._meter.moved(pending, 0) is not None:
                 self.close()
                 return
-        else:
-            up.write(header)
         self._relaying()
 
     # ----------------------------------------------------------------- client -> DC
