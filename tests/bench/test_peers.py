@@ -105,7 +105,7 @@ def test_bad_invocations_say_why(module: str, tmp_path: Path) -> None:
     plain.write_text("")
     not_exec = _wrapper(module, str(plain), *common, "--dc", "127.0.0.1:9443")
     assert not_exec.returncode == 1 and "is not executable" in not_exec.stderr
-    outside = _wrapper(module, str(plain), *common, "--dc", "149.154.167.51:443")
+    outside = _wrapper(module, str(plain), *common, "--dc", "192.0.2.1:443")  # TEST-NET-1: refused, never dialled
     assert outside.returncode == 2 and "not a loopback address" in outside.stderr
     mixed = _wrapper(module, str(plain), *common, "--dc", "127.0.0.1:9443", "-S", "dd" + KEYS[1].hex())
     assert mixed.returncode == 2 and "of one kind" in mixed.stderr

@@ -12,7 +12,9 @@ from typing import Any, TypeVar
 import pytest
 
 from mtproxy.protocol.secret import Secret, SecretKind
+from mtproxy.store import SecretRecord, StoreData, write_store
 from mtproxy.testkit.background import BackgroundPeers
+from mtproxy.testkit.client import open_client, send_raw
 from mtproxy.testkit.process import ProxyProcess, free_port
 
 T = TypeVar("T")
@@ -79,3 +81,23 @@ def start_proxy(tmp_path: Path, peers: BackgroundPeers) -> Iterator[ProxyFactory
     yield start
     for proc in started:
         proc.stop()
+
+
+def served_once(start_proxy: ProxyFactory, secret: Secret, tmp_path: Path) -> ProxyProcess:
+    """An engine whose store holds `secret` as id s-42, after one 1000-byte echo session and one garbage
+    probe (a rejected handshake): the traffic the stats and metrics tests read back."""
+    store = tmp_path / "secrets.json"
+    write_store(store, StoreData((SecretRecord.from_secret("s-42", secret),)))
+    proxy = start_proxy("--secrets-file", str(store))
+
+    async def scenario() -> None:
+        client = await open_client("127.0.0.1", proxy.port, secret)
+        await client.send(b"z" * 1000)
+        assert await client.recv_exactly(1000) == b"z" * 1000
+        await client.close()
+        await send_raw("127.0.0.1", proxy.port, os.urandom(100))
+
+    run(scenario())
+    proxy.wait_log("rejected handshake")
+    return proxy
+

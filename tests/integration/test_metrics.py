@@ -17,10 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from mtproxy.protocol.secret import Secret
 from mtproxy.stats.counters import Counters
 from mtproxy.stats.http import StatsServer
-from mtproxy.store import SecretRecord, StoreData, write_store
-from mtproxy.testkit.client import open_client, send_raw
 
-from .conftest import ProxyFactory, run
+from .conftest import ProxyFactory, served_once
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "mtproxy-dashboard.json"
 METRIC = re.compile(r"\bmtproxy_[a-z0-9_]+\b")
@@ -50,19 +48,7 @@ def dashboard_queries() -> list[str]:
 
 
 def scrape(start_proxy: ProxyFactory, secret: Secret, tmp_path: Path) -> str:
-    store = tmp_path / "secrets.json"
-    write_store(store, StoreData((SecretRecord.from_secret("s-42", secret),)))
-    proxy = start_proxy("--secrets-file", str(store))
-
-    async def scenario() -> None:
-        client = await open_client("127.0.0.1", proxy.port, secret)
-        await client.send(b"z" * 1000)
-        assert await client.recv_exactly(1000) == b"z" * 1000
-        await client.close()
-        await send_raw("127.0.0.1", proxy.port, b"\x00" * 100)
-
-    run(scenario())
-    proxy.wait_log("rejected handshake")
+    proxy = served_once(start_proxy, secret, tmp_path)
     url = f"http://127.0.0.1:{proxy.stats_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         body: str = response.read().decode()

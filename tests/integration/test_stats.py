@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import subprocess
 import urllib.error
@@ -14,29 +13,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mtproxy.protocol.secret import Secret
-from mtproxy.store import SecretRecord, StoreData, write_store
-from mtproxy.testkit.client import open_client, send_raw
 
-from .conftest import ProxyFactory, run
+from .conftest import ProxyFactory, served_once
 from .test_lifecycle import stats_of
 
 LOCAL_NON_LOOPBACK = "192.0.2.10"  # TEST-NET-1, added to lo inside the private namespace
 
 
 def test_stats_and_metrics(start_proxy: ProxyFactory, secret: Secret, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    store = tmp_path / "secrets.json"
-    write_store(store, StoreData((SecretRecord.from_secret("s-42", secret),)))
-    proxy = start_proxy("--secrets-file", str(store))
-
-    async def scenario() -> None:
-        client = await open_client("127.0.0.1", proxy.port, secret)
-        await client.send(b"z" * 1000)
-        assert await client.recv_exactly(1000) == b"z" * 1000
-        await client.close()
-        await send_raw("127.0.0.1", proxy.port, os.urandom(100))
-
-    run(scenario())
-    proxy.wait_log("rejected handshake")
+    proxy = served_once(start_proxy, secret, tmp_path)
     stats = stats_of(proxy.stats_port)
     assert stats["total_connections"] == "2"
     assert stats["handshakes_ok"] == "1"

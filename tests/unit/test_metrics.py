@@ -42,7 +42,8 @@ def promtool_check(body: bytes) -> None:
 
 
 def many_secrets(n: int) -> dict[str, Any]:
-    """A worker's snapshot with `n` secrets; secret i moved i*10 bytes each way and had i sessions."""
+    """A merged snapshot with `n` secrets, annotated as the engine does; secret i moved i*10 bytes each way
+    and had i sessions."""
     c = Counters(started_at=NOW - 60)
     for i in range(n):
         per = c.for_secret(f"s{i}")
@@ -50,11 +51,11 @@ def many_secrets(n: int) -> dict[str, Any]:
         if i % 7 == 0:
             c.refuse(Refusal.QUOTA, f"s{i}")
     labels = {f"s{i}": f"user-{i}" for i in range(0, n, 2)}
-    return annotate(c.snapshot(), labels, {"s1": Limits(max_connections=4)}, {})
+    return annotate(merge([c.snapshot()], NOW - 60), labels, {"s1": Limits(max_connections=4)}, {})
 
 
 def test_two_thousand_secrets_stay_under_the_cap_and_sum_into_other() -> None:
-    snap = merge([many_secrets(2000)], NOW - 60)
+    snap = many_secrets(2000)
     body = render_metrics(snap, NOW, max_secrets=500)
     got = samples(body)
     names = per_secret_names(body)
@@ -81,7 +82,7 @@ def test_two_thousand_secrets_stay_under_the_cap_and_sum_into_other() -> None:
 
 
 def test_the_cap_is_a_setting_and_zero_sums_everything() -> None:
-    snap = merge([many_secrets(30)], NOW - 60)
+    snap = many_secrets(30)
     assert per_secret_names(render_metrics(snap, NOW, max_secrets=10)) == (
         {f"user-{i}" if i % 2 == 0 else f"s{i}" for i in range(20, 30)} | {OTHER})
     assert per_secret_names(render_metrics(snap, NOW, max_secrets=0)) == {OTHER}
@@ -161,30 +162,25 @@ def test_limits_usage_and_refusals_render_when_present() -> None:
 
 
 def test_merge_across_workers() -> None:
-    def worker(sessions: int, refusals: int, period_start: str, period_bytes: int, label: str) -> dict[str, Any]:
+    def worker(sessions: int, refusals: int) -> dict[str, Any]:
         c = Counters(started_at=NOW)
         per = c.for_secret("s1")
         per.total, per.active, per.bytes_in, per.bytes_out = sessions, 1, sessions * 100, sessions * 10
         for _ in range(refusals):
             c.refuse(Refusal.QUOTA, "s1")
-        usage = {"period_bytes": period_bytes, "period_start": period_start, "unique_ips": 3}
-        return annotate(c.snapshot(), {"s1": label}, {"s1": Limits(max_connections=8)}, {"s1": usage})
+        return c.snapshot()
 
-    # the second worker published after the period rolled over: its smaller figure is the current one
-    a = worker(3, 2, "2026-11-01T00:00:00Z", 9_000, "team-a")
-    b = worker(4, 0, "2026-12-01T00:00:00Z", 500, "team-a")
-    c = worker(5, 1, "2026-12-01T00:00:00Z", 700, "team-a")
-    merged = merge([a, b, c], NOW)
+    a, b, c = worker(3, 2), worker(4, 0), worker(5, 1)
+    usage = {"period_bytes": 700, "period_start": "2026-12-01T00:00:00Z", "unique_ips": 3}
+    # label, limits and usage are the same for every worker: added once, to the merged snapshot
+    merged = annotate(merge([a, b, c], NOW), {"s1": "team-a"}, {"s1": Limits(max_connections=8)}, {"s1": usage})
     s1 = merged["secrets"]["s1"]
     assert (s1["total"], s1["active"], s1["bytes_in"], s1["bytes_out"]) == (12, 3, 1200, 120)
     assert s1["refusals"] == {"quota": 3}
-    assert s1["label"] == "team-a"
-    assert s1["limits"]["max_connections"] == 8
-    assert s1["usage"]["period_bytes"] == 700
-    assert s1["usage"]["period_start"] == "2026-12-01T00:00:00Z"
+    assert (s1["label"], s1["limits"]["max_connections"], s1["usage"]["period_bytes"]) == ("team-a", 8, 700)
     assert merged["refusals"]["quota"] == 3
     # a dead worker's totals folded in (as the supervisor does) and merged again: counters never go back
-    folded = merge([merge([a], NOW)], NOW)
+    folded = merge([a], NOW)
     again = merge([b, c, folded], NOW)["secrets"]["s1"]
     assert (again["total"], again["refusals"]) == (12, {"quota": 3})
 

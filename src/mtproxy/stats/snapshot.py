@@ -7,15 +7,13 @@ still renders:
 
 - `label`: the operator's label ("" or missing: none). `/metrics` names a secret by its label when set,
   else by its id (labels are unique in the store; see `render.series_names`).
-- `limits`: what the store sets (`SecretLimitsSnap`); a key that is missing or None means "no limit".
+- `limits`: what the store sets, as `Limits.to_json()` (the store's and the API's form).
 - `usage`: the shared accounting's figures as of the snapshot (`SecretUsageSnap`).
 - `refusals`: sessions refused or closed by this secret's limits, per `accounts.policy.Refusal` value.
 
-Workers combine as follows (`merge_secret`): the four counters and `refusals` are per worker and summed;
-`label` and `limits` come from the store and are the same in every worker (during a reload the first
-snapshot that has them wins: live workers come before a dead worker's folded totals); `usage` comes from
-the accounting table every worker shares, so each worker reports the same figures at a slightly different
-moment and the latest period (then the larger figure) wins.
+Workers' snapshots carry only the counters and `refusals`, summed by `merge_secret`; `label`, `limits`
+and `usage` come from the store and the table every worker shares, so they are added once, after the
+merge (`annotate`, called by runtime/ledger.py on the stats thread).
 """
 
 from __future__ import annotations
@@ -88,17 +86,3 @@ def merge_secret(into: dict[str, Any], figures: Mapping[str, Any]) -> None:
         mine = into.setdefault("refusals", {})
         for reason, n in refusals.items():
             mine[reason] = mine.get(reason, 0) + int(n)
-    if figures.get("label") and not into.get("label"):
-        into["label"] = figures["label"]
-    if "limits" in figures and "limits" not in into:
-        into["limits"] = dict(figures["limits"])
-    theirs = figures.get("usage")
-    if theirs is not None:
-        ours = into.get("usage")
-        if ours is None or _usage_key(theirs) > _usage_key(ours):
-            into["usage"] = dict(theirs)
-
-
-def _usage_key(usage: Mapping[str, Any]) -> tuple[str, int, int]:
-    # ISO 8601 UTC times in one format sort as the moments they name
-    return (str(usage.get("period_start") or ""), int(usage.get("period_bytes", 0)), int(usage.get("unique_ips", 0)))
