@@ -27,7 +27,7 @@ from ..operations.secrets import AddRequest, add_secret, get_secret, list_secret
 from ..operations.usage_source import engine_snapshot
 from ..protocol.errors import SecretFormatError
 from ..protocol.secret import SecretKind, validate_domain
-from ..store import StoreError, read_store
+from ..store import TYPE_TO_KIND, StoreError, read_store
 
 log = logging.getLogger("mtproxy.api")
 PREFIX = "/api/v1"
@@ -38,7 +38,6 @@ TOKEN_KEY = web.AppKey("token", str)
 READ_ONLY_KEY = web.AppKey("read_only", bool)
 _STATUS = {Failure.INVALID: 400, Failure.NOT_FOUND: 404, Failure.CONFLICT: 409, Failure.UNAVAILABLE: 503,
            Failure.FAILED: 500}
-_KINDS = {"plain": SecretKind.CLASSIC, "dd": SecretKind.PADDED, "ee": SecretKind.FAKE_TLS}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -189,9 +188,9 @@ async def secret_create(request: web.Request) -> web.Response:
     if type_name is None:
         settings = await asyncio.to_thread(load_settings, request.app[OPS_KEY])
         type_name, domain = ("ee", domain or settings.domain) if settings.domain or domain else ("dd", None)
-    if type_name not in _KINDS:
+    if type_name not in TYPE_TO_KIND:
         raise OpError(f"'type' must be plain, dd or ee, not {type_name!r}", "", Failure.INVALID)
-    kind = _KINDS[type_name]
+    kind = TYPE_TO_KIND[type_name]
     if kind is SecretKind.FAKE_TLS:
         try:
             domain = validate_domain((domain or "").strip().lower())
