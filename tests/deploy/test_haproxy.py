@@ -8,12 +8,15 @@ The tests that start HAProxy run only in a private network namespace (see tests/
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shlex
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +30,8 @@ from mtproxy.protocol.client import build_client_hello
 from mtproxy.protocol.proxyheader import Command, Endpoint, Family, ProxyHeader, parse
 from mtproxy.testkit.process import free_port
 from mtproxy.testkit.servers import self_signed_context
+
+from .test_wizard import Terminal, _cli, _env
 
 DOMAIN = "www.example.com"
 SITE = "site.example.org"
@@ -48,8 +53,8 @@ needs_haproxy = pytest.mark.skipif(HAPROXY is None, reason="Debian's haproxy is 
 class Recorder:
     """A TCP listener that keeps what each connection sent (until the sender stops or WAIT passes)."""
 
-    def __init__(self, host: str = "127.0.0.1", want: int = 4096) -> None:
-        self.sock = socket.create_server((host, 0))
+    def __init__(self, host: str = "127.0.0.1", want: int = 4096, port: int = 0) -> None:
+        self.sock = socket.create_server((host, port))
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.want = want
@@ -484,3 +489,98 @@ def test_discovery_says_which_file_and_never_guesses(tmp_path: Path) -> None:
         haproxy.locate(None, root, etc)
     assert "--haproxy-config" in caught.value.todo
     assert haproxy.locate(system, root, etc).why == "given with --haproxy-config"
+
+
+# ---------------------------------------------------------------- setup and uninstall, as an operator runs them
+
+
+@needs_haproxy
+@needs_netns
+def test_setup_behind_haproxy_then_uninstall(tmp_path: Path, stack: tuple[Path, int, TlsStandIn]) -> None:
+    """`mtproxy setup -n --behind-haproxy`: the proxy's settings name the loopback port and the PROXY header,
+    links carry HAProxy's port, HAProxy routes the domain there; uninstall gives the config back."""
+    config, public, _ = stack
+    original = config.read_bytes()
+    port = free_port()
+    proxy = Haproxy(config)
+    env = _env(tmp_path, MTPROXY_SERVER="192.0.2.10")
+    try:
+        args = ["setup", "-n", "--manager", "none", "--port", str(port), "--type", "ee", "--domain", DOMAIN,
+                "--behind-haproxy", "--haproxy-config", str(config), "--haproxy-port", str(public),
+                "--haproxy-reload", shlex.join(proxy.reload_argv)]
+        result = _cli(tmp_path, *args, env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"HAProxy: {config} (given with --haproxy-config)" in result.stdout
+        proxy.wait_loaded(2)
+        root = tmp_path / "root"
+        settings = json.loads((root / "config/mtproxy/mtproxy_config.json").read_text())
+        assert (settings["port"], settings["listen"], settings["proxy_protocol"]) == (
+            public, [f"127.0.0.1:{port}"], True)
+        assert f"server=192.0.2.10&port={public}&secret=ee" in (root / "data/mtproxy/mtproxy_link.txt").read_text()
+        record = json.loads((root / "mtproxy/install.json").read_text())
+        assert record["schema"] == 3 and record["port"] == port and record["ufw_mode"] == "skip"
+        assert record["haproxy"]["config"] == str(config) and record["haproxy"]["public_port"] == public
+        assert f"127.0.0.1:{port} send-proxy-v2" in config.read_text()
+
+        # A re-run changes nothing in HAProxy's file and does not reload it.
+        again = _cli(tmp_path, *args, env=env)
+        assert again.returncode == 0 and "already in place" in again.stdout, again.stdout + again.stderr
+
+        proxy_side = Recorder(port=port)
+        try:
+            client, hello = _routed_hello(public, proxy_side)
+            header = header_of(proxy_side.received[-1])
+            assert header.source == client and proxy_side.received[-1][header.consumed:] == hello
+        finally:
+            proxy_side.close()
+        assert tls_reaches_stand_in(public, SITE)
+
+        removed = _cli(tmp_path, "uninstall", "--yes", env=env)
+        assert removed.returncode == 0, removed.stdout + removed.stderr
+        assert f"removed the mtproxy rules in {config}" in removed.stdout
+        assert config.read_bytes() == original
+        proxy.wait_loaded(3)
+        assert _eventually(lambda: tls_reaches_stand_in(public, DOMAIN))
+    finally:
+        proxy.stop()
+
+
+@needs_haproxy
+def test_setup_refusals_change_nothing(tmp_path: Path, stack: tuple[Path, int, TlsStandIn]) -> None:
+    config, _, _ = stack
+    original = config.read_bytes()
+    base = ["setup", "-n", "--manager", "none", "--port", str(free_port()), "--haproxy-config", str(config),
+            "--haproxy-reload", "true", "--behind-haproxy"]
+    plain = _cli(tmp_path, *base, "--type", "dd")
+    assert plain.returncode != 0 and "needs a fake-TLS (ee) secret" in plain.stderr
+    wrong_port = _cli(tmp_path, *base, "--type", "ee", "--domain", DOMAIN, "--haproxy-port", "4430")
+    assert wrong_port.returncode != 0 and "no frontend in the HAProxy config binds port 4430" in wrong_port.stderr
+    missing = _cli(tmp_path, "setup", "-n", "--manager", "none", "--port", str(free_port()), "--behind-haproxy",
+                   "--haproxy-reload", "true", "--type", "ee", "--domain", DOMAIN)
+    assert missing.returncode != 0 and "no HAProxy config found" in missing.stderr
+    assert config.read_bytes() == original and not (tmp_path / "root").exists()
+
+
+@needs_haproxy
+def test_the_wizard_asks_only_when_it_finds_the_stacks_config(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "config").mkdir(parents=True)
+    stack_file = root / "config" / "haproxy.cfg"
+    public = free_port()
+    stack_file.write_text(STACK.format(public=public, site=SITE, reality=free_port()))
+    argv = [sys.executable, "-m", "mtproxy.cli.main", "setup", "--manager", "none", "--haproxy-port", str(public),
+            "--haproxy-reload", "true"]
+    term = Terminal(argv, _env(tmp_path))
+    term.answer("Install the MTProxy add-on now?", "y")
+    term.answer("Public port", str(free_port()))
+    term.answer("Worker processes", "1")
+    term.answer("Secret type", "ee")
+    term.answer("Fake-TLS domain", DOMAIN)
+    term.expect(f"HAProxy config found: {stack_file}")
+    term.answer("through HAProxy", "y")
+    term.answer("Server address or domain for links", "192.0.2.10")
+    term.expect("mtproxy is installed.")
+    assert term.finish() == 0, term.screen
+    assert "UFW rule" not in term.screen  # behind HAProxy the loopback port needs none
+    assert "the VPN stack's HAProxy config" in term.screen
+    assert f"use_backend mtproxy if {{ req.ssl_sni -i {DOMAIN} }}" in stack_file.read_text()

@@ -216,6 +216,27 @@ class Control:
         return {"check": list(self.check), "reload": list(self.reload)}
 
 
+@dataclass(frozen=True)
+class Integration:
+    """The proxy behind this HAProxy: the file that gets our block, why that file, the frontend's port
+    (the one clients dial, in links), and how to check and reload it."""
+
+    config: Path
+    why: str
+    public_port: int
+    control: Control
+
+
+def plan(runner: Runner, explicit: Path | None, root: Path, etc: Path, public_port: int, check_command: str | None,
+         reload_command: str | None) -> Integration:
+    """Everything checked before setup changes anything: the file is found and readable, has a TCP frontend
+    on `public_port`, and there is a way to check and reload it."""
+    located = locate(explicit, root, etc)
+    find_frontend(without_block(_read_text(located.path)), public_port)
+    return Integration(located.path, located.why, public_port,
+                       control(runner, located.path, check_command, reload_command))
+
+
 def control(runner: Runner, config: Path, check: str | None, reload: str | None) -> Control:
     """The check and reload commands: as given (shell words), else the host's haproxy binary and
     `systemctl reload haproxy`; an error says what is missing instead of guessing."""
