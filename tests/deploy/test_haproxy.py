@@ -584,3 +584,25 @@ def test_the_wizard_asks_only_when_it_finds_the_stacks_config(tmp_path: Path) ->
     assert "UFW rule" not in term.screen  # behind HAProxy the loopback port needs none
     assert "the VPN stack's HAProxy config" in term.screen
     assert f"use_backend mtproxy if {{ req.ssl_sni -i {DOMAIN} }}" in stack_file.read_text()
+
+
+@needs_haproxy
+def test_leaving_haproxy_on_a_re_run_takes_the_block_away(tmp_path: Path, stack: tuple[Path, int, TlsStandIn]) -> None:
+    config, public, _ = stack
+    config.write_bytes(config.read_bytes().replace(b"\n", b"\r\n"))  # CRLF lines, too, come back byte for byte
+    original = config.read_bytes()
+    port = free_port()
+    env = _env(tmp_path, MTPROXY_SERVER="192.0.2.10")
+    args = ["setup", "-n", "--manager", "none", "--port", str(port), "--type", "ee", "--domain", DOMAIN,
+            "--haproxy-config", str(config), "--haproxy-port", str(public), "--haproxy-reload", "true"]
+    first = _cli(tmp_path, *args, "--behind-haproxy", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert haproxy.has_block(config.read_text()) and config.read_bytes() != original
+    kept = _cli(tmp_path, *args, env=env)  # no flag: the earlier run's choice stands
+    assert kept.returncode == 0 and "already in place" in kept.stdout, kept.stdout + kept.stderr
+    left = _cli(tmp_path, *args, "--no-behind-haproxy", "--ufw", "skip", env=env)
+    assert left.returncode == 0, left.stdout + left.stderr
+    assert config.read_bytes() == original
+    settings = json.loads((tmp_path / "root/config/mtproxy/mtproxy_config.json").read_text())
+    assert settings["port"] == port and settings["proxy_protocol"] is False and "listen" not in settings
+    assert json.loads((tmp_path / "root/mtproxy/install.json").read_text())["haproxy"] is None

@@ -95,9 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--build-script", help="a checkout's deploy/docker/build-image.sh to build a missing image with "
                              "(default: the build step shipped in this package, from the installed package)")
     a("--local-base", action="store_true", help="build the image on a debootstrapped local base")
-    a("--behind-haproxy", action="store_true",
+    a("--behind-haproxy", action=argparse.BooleanOptionalAction, default=None,
       help="serve fake-TLS clients through the VPN stack's HAProxy on port 443: it routes the domain's SNI to "
-           "the proxy on 127.0.0.1:PORT with a PROXY v2 header (MTPROXY_BEHIND_HAPROXY=1)")
+           "the proxy on 127.0.0.1:PORT with a PROXY v2 header (MTPROXY_BEHIND_HAPROXY=1; a re-run keeps it "
+           "unless --no-behind-haproxy)")
     a("--haproxy-config", metavar="FILE",
       help="the HAProxy config to edit (default: the one that exists of <root>/config/haproxy.cfg, "
            "<root>/config/haproxy/haproxy.cfg, <root>/haproxy/haproxy.cfg, <root>/haproxy.cfg, "
@@ -187,9 +188,17 @@ def _given(ns: argparse.Namespace, env: Mapping[str, str], settings: Settings,
         server=ns.server or env.get("MTPROXY_SERVER") or settings.server,
         ufw_mode=ns.ufw or env.get("MTPROXY_UFW") or (record.ufw_mode if record else "limit"),
         # A re-run keeps the HAProxy integration an earlier run made.
-        behind_haproxy=bool(ns.behind_haproxy) or _truthy(env.get("MTPROXY_BEHIND_HAPROXY"))
-        or (record is not None and record.haproxy is not None),
+        behind_haproxy=_behind_haproxy(ns, env, record),
     )
+
+
+def _behind_haproxy(ns: argparse.Namespace, env: Mapping[str, str], record: InstallRecord | None) -> bool:
+    """--behind-haproxy / --no-behind-haproxy, else MTPROXY_BEHIND_HAPROXY, else what an earlier run did."""
+    if ns.behind_haproxy is not None:
+        return bool(ns.behind_haproxy)
+    if env.get("MTPROXY_BEHIND_HAPROXY", "").strip():
+        return _truthy(env["MTPROXY_BEHIND_HAPROXY"])
+    return record is not None and record.haproxy is not None
 
 
 @dataclass(frozen=True)

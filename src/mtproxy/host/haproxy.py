@@ -232,7 +232,7 @@ def plan(runner: Runner, explicit: Path | None, root: Path, etc: Path, public_po
     """Everything checked before setup changes anything: the file is found and readable, has a TCP frontend
     on `public_port`, and there is a way to check and reload it."""
     located = locate(explicit, root, etc)
-    find_frontend(without_block(_read_text(located.path)), public_port)
+    find_frontend(without_block(read_config(located.path)), public_port)
     return Integration(located.path, located.why, public_port,
                        control(runner, located.path, check_command, reload_command))
 
@@ -313,7 +313,7 @@ def replace_checked(runner: Runner, path: Path, new_text: str, ctl: Control) -> 
 def add(runner: Runner, path: Path, domains: Sequence[str], backend_port: int, ctl: Control,
         public_port: int = 443) -> bool:
     """Route `domains` to the proxy on 127.0.0.1:`backend_port`; True when the file changed."""
-    text = _read_text(path)
+    text = read_config(path)
     return replace_checked(runner, path, with_block(text, domains, backend_port, public_port), ctl)
 
 
@@ -321,13 +321,13 @@ def remove(runner: Runner, path: Path, ctl: Control) -> bool:
     """Take our marked blocks away (and reload); False when there were none (or the file is gone)."""
     if not path.exists():
         return False
-    text = _read_text(path)
+    text = read_config(path)
     if not has_block(text):
         return False
     return replace_checked(runner, path, without_block(text), ctl)
 
 
-def _read_text(path: Path) -> str:
+def read_config(path: Path) -> str:
     try:
         return path.read_bytes().decode("utf-8")
     except OSError as exc:

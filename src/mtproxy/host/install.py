@@ -383,10 +383,7 @@ def route_through_haproxy(plan: InstallPlan, runner: Runner, txn: Transaction, p
 
 def _change_haproxy(runner: Runner, txn: Transaction, config: Path, ctl: haproxy.Control,
                     edit: Callable[[str], str]) -> bool:
-    try:
-        before = config.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InstallError(f"cannot read the HAProxy config {config}: {exc}", "run as root") from None
+    before = haproxy.read_config(config)  # bytes decoded as they are: CRLF files come back byte for byte
     changed = haproxy.replace_checked(runner, config, edit(before), ctl)
     if changed:
         txn.add(f"the mtproxy rules in {config}", lambda: haproxy.replace_checked(runner, config, before, ctl))
