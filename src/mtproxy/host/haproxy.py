@@ -294,7 +294,7 @@ def replace_checked(runner: Runner, path: Path, new_text: str, ctl: Control) -> 
         with contextlib.suppress(OSError):
             os.chown(candidate, st.st_uid, st.st_gid)
         check(runner, ctl, candidate)
-        os.replace(candidate, path)
+        write_atomic(path, new, st.st_mode & 0o7777)  # the bytes just checked; the old owner is kept
     except OSError as exc:
         raise HaproxyError(f"cannot write the HAProxy config {path}: {exc.strerror}", "run as root") from None
     finally:
