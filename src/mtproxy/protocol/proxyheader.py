@@ -20,7 +20,10 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from .errors import ProtocolError
+from .errors import ProxyHeaderError
+
+__all__ = ["Command", "Endpoint", "Family", "NeedMore", "ProxyHeader", "ProxyHeaderError", "build_v1", "build_v2",
+           "parse"]
 
 V1_PREFIX = b"PROXY "
 V1_MAX_LENGTH = 107  # the spec's bound, CRLF included
@@ -33,10 +36,6 @@ V2_DEFAULT_MAX_LENGTH = 2048
 _V2_ADDRESS_SIZES = {0x1: 12, 0x2: 36, 0x3: 216}  # INET, INET6, UNIX: both addresses (and both ports)
 _V2_FAMILY_PROTOCOLS = {0x00, 0x11, 0x12, 0x21, 0x22, 0x31, 0x32}  # every other value must be refused
 _V1_FAMILIES = (b"TCP4", b"TCP6", b"UNKNOWN")
-
-
-class ProxyHeaderError(ProtocolError):
-    """The bytes are not a valid PROXY protocol header: the connection must be closed."""
 
 
 class Command(enum.Enum):
