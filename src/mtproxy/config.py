@@ -238,6 +238,8 @@ def _apply_config_file(ns: argparse.Namespace, path: Path) -> None:
             continue  # other tools keep their own keys in this file; null means "the default"
         if listen_given and dest in ("port", "listen"):
             continue
+        if dest == "port" and data.get("listen"):
+            continue  # the file's listen says where to bind; its port is the one clients dial (links)
         value = _file_value(path, key, value, actions[dest])
         if dest == "no_fast_mode":
             value = not value

@@ -1,6 +1,8 @@
 """The proxy settings file: its one reader and validator, and the defaults, for the CLI and the engine alike.
 
-The CLI manages port, workers, fake-TLS domain, link server, mask and stats port; the engine's own keys
+The CLI manages port, workers, fake-TLS domain, link server, mask, stats port and whether a PROXY protocol
+header precedes every client's bytes (`proxy_protocol`, set by `mtproxy setup --behind-haproxy`; files written
+before it lack the key and read as false); the engine's own keys
 (allow_classic, tls_skew, …) ride along in `extra` and are checked by config.resolve as their flags are.
 """
 
@@ -19,7 +21,7 @@ from .store import StoreAccessError, StoreFormatError, _read_bytes, locked, writ
 
 SETTINGS_VERSION = 1
 
-_MANAGED = frozenset({"version", "port", "workers", "domain", "server", "mask", "stats_port"})
+_MANAGED = frozenset({"version", "port", "workers", "domain", "server", "mask", "stats_port", "proxy_protocol"})
 
 __all__ = ["DEFAULT_PORT", "DEFAULT_STATS_PORT", "DEFAULT_WORKERS", "MAX_WORKERS", "SETTINGS_VERSION", "Settings",
            "SettingsError", "check_mask", "check_port", "check_server", "check_stats_port", "check_workers",
@@ -38,6 +40,9 @@ class Settings:
     server: str | None = None
     mask: str | None = None
     stats_port: int = DEFAULT_STATS_PORT
+    # Behind a load balancer (HAProxy with send-proxy-v2): each connection starts with a PROXY protocol
+    # header naming the real client. The engine must honour it (runtime listener); false: no header.
+    proxy_protocol: bool = False
     # Keys this module does not manage (the engine's allow_classic, tls_skew, …): kept as written, so
     # `set-port` never drops what the operator or the setup wizard put in the shared file.
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -55,6 +60,7 @@ class Settings:
             "server": self.server,
             "mask": self.mask,
             "stats_port": self.stats_port,
+            "proxy_protocol": self.proxy_protocol,
         }
 
 
@@ -118,6 +124,9 @@ def parse_settings(doc: Any) -> Settings:
         if not isinstance(mask, str):
             raise ValueError("'mask' must be HOST:PORT or null")
         check_mask(mask)
+    proxy_protocol = doc.get("proxy_protocol")
+    if proxy_protocol is not None and not isinstance(proxy_protocol, bool):
+        raise ValueError(f"'proxy_protocol' must be true or false, not {proxy_protocol!r}")
     settings = Settings(
         port=check_port(_or_default(doc, "port", DEFAULT_PORT)),
         workers=check_workers(_or_default(doc, "workers", DEFAULT_WORKERS)),
@@ -125,6 +134,7 @@ def parse_settings(doc: Any) -> Settings:
         server=server or None,
         mask=mask or None,
         stats_port=check_stats_port(_or_default(doc, "stats_port", DEFAULT_STATS_PORT)),
+        proxy_protocol=bool(proxy_protocol),
         extra={k: v for k, v in doc.items() if k not in _MANAGED},
         given=frozenset(k for k in _MANAGED - {"version"} if doc.get(k) is not None),
     )

@@ -123,3 +123,21 @@ def test_set_server_and_guess(cli: Cli, paths: Paths) -> None:
     assert cli("set-server").status == ExitStatus.USAGE
     assert cli("set-server", "--guess").status == ExitStatus.OK
     assert read_settings(paths.settings_file).server is None
+
+
+def test_proxy_protocol_reads_false_from_older_files_and_is_kept(cli: Cli, paths: Paths) -> None:
+    """A file written before `proxy_protocol` existed means no PROXY header; once set by setup, CLI changes
+    keep it, and a value that is not a boolean is refused as the other keys are."""
+    paths.settings_file.parent.mkdir(parents=True)
+    paths.settings_file.write_text(json.dumps({"version": 1, "port": 443, "listen": ["127.0.0.1:8444"]}))
+    assert read_settings(paths.settings_file).proxy_protocol is False
+    assert cli("set-workers", "2").status == ExitStatus.OK
+    doc = json.loads(paths.settings_file.read_text())
+    assert doc["proxy_protocol"] is False and doc["listen"] == ["127.0.0.1:8444"]
+    doc["proxy_protocol"] = True
+    paths.settings_file.write_text(json.dumps(doc))
+    assert cli("set-workers", "1").status == ExitStatus.OK
+    assert json.loads(paths.settings_file.read_text())["proxy_protocol"] is True
+    paths.settings_file.write_text(json.dumps({**doc, "proxy_protocol": "yes"}))
+    refused = cli("set-workers", "2")
+    assert refused.status != ExitStatus.OK and "'proxy_protocol' must be true or false" in refused.err

@@ -15,7 +15,7 @@ import pytest
 from mtproxy.cli.errors import ExitStatus
 from mtproxy.host import ufw
 from mtproxy.host.layout import HostLayout
-from mtproxy.host.record import RECORD_SCHEMA, InstallRecord, ownership
+from mtproxy.host.record import RECORD_SCHEMA, HaproxyRecord, InstallRecord, ownership
 from mtproxy.host.runner import Runner
 from mtproxy.operations.proxy_control import compare
 from mtproxy.paths import Paths
@@ -161,7 +161,7 @@ def _v1(paths: Paths, files: list[str], manager: str = "docker") -> HostLayout:
     return layout
 
 
-def test_schema1_docker_record_migrates_and_saves_as_schema2(paths: Paths) -> None:
+def test_schema1_docker_record_migrates_and_saves_as_the_current_schema(paths: Paths) -> None:
     _settings(paths, stats_port=9999)
     layout = _v1(paths, [str(paths.root / "mtproxy/docker-compose.yml")])
     record = InstallRecord.load(layout.install_record)
@@ -172,7 +172,7 @@ def test_schema1_docker_record_migrates_and_saves_as_schema2(paths: Paths) -> No
     assert ownership(paths, layout).record == record
     record.save(layout.install_record)
     doc = json.loads(layout.install_record.read_text())
-    assert doc["schema"] == RECORD_SCHEMA == 2 and doc["root"] == str(paths.root) and "migrated_from" not in doc
+    assert doc["schema"] == RECORD_SCHEMA == 3 and doc["root"] == str(paths.root) and "migrated_from" not in doc
     assert InstallRecord.load(layout.install_record) == record
 
 
@@ -193,11 +193,32 @@ def test_schema1_records_find_their_root_in_the_unit_or_the_jail(paths: Paths, t
     assert "does not say which root" in ownership(paths, nothing).problem
 
 
+def test_schema2_record_migrates_without_an_haproxy_integration(paths: Paths) -> None:
+    layout = HostLayout(paths.root / "etc", paths.root)
+    layout.compose_dir.mkdir(parents=True)
+    layout.install_record.write_text(json.dumps({
+        "schema": 2, "port": 8443, "manager": "docker", "ufw_mode": "limit", "image": "x", "files": [],
+        "ufw_added": True, "user_created": False, "root": str(paths.root), "service": "vless_mtproxy",
+        "store": "s", "stats_port": 8888}))
+    record = InstallRecord.load(layout.install_record)
+    assert record is not None and record.migrated_from == 2 and record.haproxy is None
+    assert (record.root, record.port, record.stats_port, record.ufw_added) == (str(paths.root), 8443, 8888, True)
+    record.haproxy = HaproxyRecord("/opt/vless/config/haproxy.cfg", 443, ("haproxy", "-c", "-f", "{file}"),
+                                   ("docker", "kill", "-s", "HUP", "vless_haproxy"))
+    record.save(layout.install_record)
+    doc = json.loads(layout.install_record.read_text())
+    assert doc["schema"] == 3 and doc["haproxy"]["reload"] == ["docker", "kill", "-s", "HUP", "vless_haproxy"]
+    assert InstallRecord.load(layout.install_record) == record
+    doc["haproxy"] = {"config": "x", "public_port": 443, "check": [1], "reload": []}  # not strings: unreadable
+    layout.install_record.write_text(json.dumps(doc))
+    assert InstallRecord.load(layout.install_record) is None
+
+
 def test_a_record_of_a_newer_schema_is_not_guessed_at(paths: Paths) -> None:
     layout = HostLayout(paths.root / "etc", paths.root)
     layout.compose_dir.mkdir(parents=True)
     layout.install_record.write_text(json.dumps({
-        "schema": 3, "port": 8443, "manager": "docker", "ufw_mode": "limit", "image": "x", "root": str(paths.root),
+        "schema": 4, "port": 8443, "manager": "docker", "ufw_mode": "limit", "image": "x", "root": str(paths.root),
         "service": "vless_mtproxy", "store": "s", "stats_port": 8888}))
     assert InstallRecord.load(layout.install_record) is None
     assert "unreadable install record" in ownership(paths, layout).problem

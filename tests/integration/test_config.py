@@ -199,3 +199,16 @@ def test_the_same_bad_value_as_a_flag_still_names_the_flag(tmp_path: Path) -> No
     assert str(error.value) == "--idle-timeout: must be a finite positive number, got -1.0"
     cfg = resolve(["-S", KEY], environ={"MTPROXY_ROOT": str(tmp_path)})  # numbers as strings still read
     assert cfg.limits.idle_timeout == 30 and cfg.tls.skew == 60 and not cfg.stats_allow_remote
+
+
+def test_the_settings_files_listen_replaces_its_port(tmp_path: Path) -> None:
+    """Behind HAProxy the file's `port` is the one clients dial (443, in links) and `listen` the loopback
+    address the engine binds: the port must not add wildcard listeners of its own."""
+    settings = tmp_path / "config" / "mtproxy" / "mtproxy_config.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps({"version": 1, "port": 443, "listen": ["127.0.0.1:8444"], "stats_port": 8888,
+                                    "proxy_protocol": True}))
+    environ = {"MTPROXY_ROOT": str(tmp_path)}
+    assert resolve(["-S", KEY], environ=environ).listen == (HostPort("127.0.0.1", 8444),)
+    assert resolve(["-S", KEY, "-H", "7001"], environ=environ).listen == (
+        HostPort("0.0.0.0", 7001), HostPort("::", 7001))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from ..defaults import DEFAULT_PORT, DEFAULT_WORKERS
-from ..host import docker, systemd, templates
+from ..host import docker, haproxy, systemd, templates
 from ..host.files import write_file
 from ..host.install import (
     MANAGERS,
@@ -28,6 +29,7 @@ from ..host.install import (
     make_dirs,
     port_problem,
     preflight,
+    route_through_haproxy,
     service_owner,
     snapshot,
 )
@@ -93,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     a("--build-script", help="a checkout's deploy/docker/build-image.sh to build a missing image with "
                              "(default: the build step shipped in this package, from the installed package)")
     a("--local-base", action="store_true", help="build the image on a debootstrapped local base")
+    a("--behind-haproxy", action=argparse.BooleanOptionalAction, default=None,
+      help="serve fake-TLS clients through the VPN stack's HAProxy on port 443: it routes the domain's SNI to "
+           "the proxy on 127.0.0.1:PORT with a PROXY v2 header (MTPROXY_BEHIND_HAPROXY=1; a re-run keeps it "
+           "unless --no-behind-haproxy)")
+    a("--haproxy-config", metavar="FILE",
+      help="the HAProxy config to edit (default: the one that exists of <root>/config/haproxy.cfg, "
+           "<root>/config/haproxy/haproxy.cfg, <root>/haproxy/haproxy.cfg, <root>/haproxy.cfg, "
+           "/etc/haproxy/haproxy.cfg)")
+    a("--haproxy-port", type=int, default=443, metavar="PORT", help="the HAProxy frontend's port (default 443)")
+    a("--haproxy-check", metavar="COMMAND",
+      help="command that checks a config file, {file} standing for it (default: haproxy -c -f {file})")
+    a("--haproxy-reload", metavar="COMMAND",
+      help="command that reloads HAProxy, e.g. 'docker kill -s HUP vless_haproxy' (default: systemctl reload "
+           "haproxy when that service runs)")
     a("--dry-run", action="store_true", help="check and show the plan; change nothing")
     return p
 
@@ -156,6 +172,7 @@ class _Choice:
     domain: str | None
     server: str | None
     ufw_mode: str
+    behind_haproxy: bool = False
 
 
 def _given(ns: argparse.Namespace, env: Mapping[str, str], settings: Settings,
@@ -170,7 +187,18 @@ def _given(ns: argparse.Namespace, env: Mapping[str, str], settings: Settings,
         domain=domain,
         server=ns.server or env.get("MTPROXY_SERVER") or settings.server,
         ufw_mode=ns.ufw or env.get("MTPROXY_UFW") or (record.ufw_mode if record else "limit"),
+        # A re-run keeps the HAProxy integration an earlier run made.
+        behind_haproxy=_behind_haproxy(ns, env, record),
     )
+
+
+def _behind_haproxy(ns: argparse.Namespace, env: Mapping[str, str], record: InstallRecord | None) -> bool:
+    """--behind-haproxy / --no-behind-haproxy, else MTPROXY_BEHIND_HAPROXY, else what an earlier run did."""
+    if ns.behind_haproxy is not None:
+        return bool(ns.behind_haproxy)
+    if env.get("MTPROXY_BEHIND_HAPROXY", "").strip():
+        return _truthy(env["MTPROXY_BEHIND_HAPROXY"])
+    return record is not None and record.haproxy is not None
 
 
 @dataclass(frozen=True)
@@ -182,6 +210,7 @@ class _Checks:
     settings: Settings
     own_port: int | None  # the port our installed proxy holds: not "in use" for a re-run
     runner: Runner
+    haproxy_config: Path | None = None  # the stack's HAProxy config (given, or the one found): asked about
 
     def port(self, text: str) -> int:
         checked = check_port(text, self.root, self.settings.stats_port,
@@ -221,8 +250,16 @@ def _ask(asker: Asker, given: _Choice, default_port: int, checks: _Checks) -> _C
     if kind == "ee":
         domain = check_domain(asker.ask("Fake-TLS domain (a real HTTPS site)", domain or "www.google.com",
                                         check_domain))
+    behind = False
+    if kind == "ee" and checks.haproxy_config is not None:
+        asker.stdout.write(f"HAProxy config found: {checks.haproxy_config}\n")
+        behind = asker.ask(f"Serve {domain} through HAProxy on its port 443 (SNI routing; the proxy then listens "
+                           f"on 127.0.0.1:{port})? (y/n)", "y" if given.behind_haproxy else "n",
+                           _check_yes).lower().startswith("y")
     server = checks.server(asker.ask("Server address or domain for links", given.server or "auto",
                                      lambda t: t == "auto" or check_server(t)))
+    if behind:
+        return _Choice(port, workers, kind, domain, server, "skip", True)
     asker.stdout.write(UFW_EXPLAIN + "\n")
     ufw_mode = check_ufw_mode(asker.ask("UFW rule: limit, allow or skip", given.ufw_mode, check_ufw_mode))
     return _Choice(port, workers, kind, domain, server, ufw_mode)
@@ -244,7 +281,12 @@ def _decide(ns: argparse.Namespace, env: Mapping[str, str], given: _Choice, defa
         ufw_mode = check_ufw_mode(given.ufw_mode, source)
     except Invalid as exc:
         raise InstallError(exc.what, exc.todo) from None
-    return _Choice(port, workers, kind, domain, server, ufw_mode)
+    if given.behind_haproxy:
+        if kind != "ee":
+            raise InstallError("--behind-haproxy needs a fake-TLS (ee) secret: HAProxy routes by its domain's SNI",
+                               "pass --type ee --domain DOMAIN")
+        ufw_mode = "skip"  # the loopback port needs no rule; HAProxy's port is the stack's
+    return _Choice(port, workers, kind, domain, server, ufw_mode, given.behind_haproxy)
 
 
 def gather(ns: argparse.Namespace, env: Mapping[str, str], asker: Asker | None, runner: Runner,
@@ -254,7 +296,10 @@ def gather(ns: argparse.Namespace, env: Mapping[str, str], asker: Asker | None, 
     settings = read_settings(paths.settings_file)
     record = InstallRecord.load(layout.install_record)
     say = asker.stdout if asker is not None else out or sys.stdout
-    checks = _Checks(say, paths.root, settings, record.port if record else None, runner)
+    explicit = Path(ns.haproxy_config) if ns.haproxy_config else None
+    recorded = Path(record.haproxy.config) if record is not None and record.haproxy is not None else None
+    found = explicit or recorded or haproxy.stack_config(paths.root, layout.etc)
+    checks = _Checks(say, paths.root, settings, record.port if record else None, runner, found)
     given = _given(ns, env, settings, record)
     default_port = given.port or (record.port if record else settings.port)
     chosen = (_ask(asker, given, default_port, checks) if asker is not None
@@ -263,11 +308,20 @@ def gather(ns: argparse.Namespace, env: Mapping[str, str], asker: Asker | None, 
         return None
     assert chosen.port is not None and chosen.workers is not None  # both checked above
     manager, _ = choose_manager(ns.manager, runner, _image(ns, record), _local_base(ns, env))
+    behind = None
+    if chosen.behind_haproxy:
+        try:
+            behind = haproxy.plan(runner, explicit or recorded, paths.root, layout.etc, ns.haproxy_port,
+                                  ns.haproxy_check, ns.haproxy_reload)
+        except haproxy.HaproxyError as exc:
+            raise InstallError(exc.what, exc.todo) from None
+        say.write(f"HAProxy: {behind.config} ({behind.why}); check: {shlex.join(behind.control.check)}; "
+                  f"reload: {shlex.join(behind.control.reload)}\n")
     return InstallPlan(
         root=paths.root, port=chosen.port, workers=chosen.workers, secret_type=chosen.kind,
         domain=chosen.domain if chosen.kind == "ee" else None, server=chosen.server, ufw_mode=chosen.ufw_mode,
         manager=manager, image=_image(ns, record), build_script=Path(ns.build_script) if ns.build_script else None,
-        local_base=_local_base(ns, env), stats_port=settings.stats_port,
+        local_base=_local_base(ns, env), stats_port=settings.stats_port, haproxy=behind,
     )
 
 
@@ -346,13 +400,18 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
     if runner.dry_run:
         if plan.manager == "systemd" and systemd.user_ids(runner) is None:
             out.write(f"dry run: would add the system user {systemd.USER} ({' '.join(systemd.USERADD)})\n")
+        if plan.haproxy is not None:
+            out.write(f"dry run: would route the fake-TLS domain on HAProxy's port {plan.public_port} to "
+                      f"127.0.0.1:{plan.port} in {plan.haproxy.config}\n")
         out.write(f"dry run: would install {plan.manager} on port {plan.port} (ufw {plan.ufw_mode}); "
                   "checks passed, nothing changed\n")
         return
     txn = Transaction()
-    steps = {"docker": 11, "systemd": 10, "none": 7}[plan.manager]
-    progress = Progress(out, steps)
     previous = ownership(paths, layout).record  # only this root's record says which user setup added
+    moving = previous is not None and previous.haproxy is not None and (
+        plan.haproxy is None or str(plan.haproxy.config) != previous.haproxy.config)
+    steps = {"docker": 11, "systemd": 10, "none": 7}[plan.manager] + (plan.haproxy is not None) + moving
+    progress = Progress(out, steps)
     try:
         if plan.manager == "systemd":
             progress.start(f"System user {systemd.USER}")
@@ -366,8 +425,9 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
 
         progress.start("Settings (port, workers, domain, server)")
         txn.add("the settings file", snapshot(paths.settings_file))
-        update_settings(paths.settings_file, port=plan.port, workers=plan.workers, domain=plan.domain,
-                        server=plan.server)
+        update_settings(paths.settings_file, port=plan.public_port, workers=plan.workers, domain=plan.domain,
+                        server=plan.server, proxy_protocol=plan.haproxy is not None,
+                        extra=_listen_extra(read_settings(paths.settings_file), plan, previous))
         progress.finish()
 
         progress.start("Secret")
@@ -386,6 +446,8 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
         progress.finish("; ".join(notes) or "ok")
 
         files, ufw_added = install_services(plan, runner, layout, txn, progress, owner)
+        domains = sorted({r.domain for r in data.active_records() if r.type == "ee" and r.domain})
+        haproxy_record = route_through_haproxy(plan, runner, txn, progress, domains, previous)
 
         progress.start("Shell completions, man page, status hook")
         for path, (text, mode) in host_extras(layout).items():
@@ -396,14 +458,26 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
         # A re-run finds the user it added last time already there: it stays setup's to delete.
         user_created = owner.user_created or (previous is not None and previous.user_created)
         InstallRecord.new(paths, plan.port, plan.manager, plan.ufw_mode, plan.image, files,
-                          ufw_added, user_created, plan.stats_port).save(layout.install_record)
-    except (InstallError, CommandError, OSError, ValueError, StoreError) as exc:
+                          ufw_added, user_created, plan.stats_port, haproxy_record).save(layout.install_record)
+    except (InstallError, haproxy.HaproxyError, CommandError, OSError, ValueError, StoreError) as exc:
         out.write("failed\n")
-        what, todo = (exc.what, exc.todo) if isinstance(exc, InstallError) else (str(exc), "")
+        what, todo = ((exc.what, exc.todo) if isinstance(exc, (InstallError, haproxy.HaproxyError))
+                      else (str(exc), ""))
         out.write(f"{what}\nUndoing what this run changed:\n")
         txn.rollback(out)
         raise InstallError(what, todo or "fix it and run setup again: what this run changed was undone") from None
     _print_result(plan, paths, record, server, out)
+
+
+def _listen_extra(settings: Settings, plan: InstallPlan, previous: InstallRecord | None) -> dict[str, object]:
+    """The engine's keys of the settings file with `listen` set behind HAProxy (the loopback port; `port` is
+    then HAProxy's, for links), and taken away again when an earlier run behind HAProxy set it."""
+    extra = dict(settings.extra)
+    if plan.haproxy is not None:
+        extra["listen"] = [f"127.0.0.1:{plan.port}"]
+    elif previous is not None and previous.haproxy is not None:
+        extra.pop("listen", None)
+    return extra
 
 
 def _print_result(plan: InstallPlan, paths: Paths, record: SecretRecord, server: ServerChoice | None,
@@ -413,7 +487,7 @@ def _print_result(plan: InstallPlan, paths: Paths, record: SecretRecord, server:
 
     out.write("\nmtproxy is installed.\n")
     if server is not None:
-        links = make_links(server.address, plan.port, record.secret())
+        links = make_links(server.address, plan.public_port, record.secret())
         out.write(f"  link:  {links.tg}\n  web:   {links.https}\n")
         out.write(terminal_text(links.tg) + "\n")
     out.write(f"  files: {paths.default_link_file}, {paths.default_qr_png}\n")

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import TextIO
 
+from ..host.haproxy import HaproxyError
 from ..host.install import uninstall
 from ..host.layout import HostLayout
 from ..host.runner import CommandError, Runner
@@ -19,8 +20,9 @@ from .errors import CliError, ExitStatus
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="mtproxy-uninstall",
-        description="Remove mtproxy from this host: container and image (or systemd unit), UFW rule, fail2ban "
-                    "jail and filter, logrotate, logs and link files. The secrets are kept unless --purge.",
+        description="Remove mtproxy from this host: the rules setup added to HAProxy's config, container and "
+                    "image (or systemd unit), UFW rule, fail2ban jail and filter, logrotate, logs and link files. "
+                    "The secrets are kept unless --purge.",
         epilog="Examples:\n  mtproxy-uninstall\n  mtproxy-uninstall --yes --purge",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -61,6 +63,8 @@ def remove(argv: list[str], environ: Mapping[str, str], stdin: TextIO, stdout: T
         removed = uninstall(runner, paths, layout, ns.purge, stdout)
     except (CommandError, OSError) as exc:
         raise CliError(str(exc), "fix it and run mtproxy-uninstall again (it is safe to repeat)") from None
+    except HaproxyError as exc:  # before anything else was removed: HAProxy still routes to a running proxy
+        raise CliError(exc.what, (exc.todo + "; " if exc.todo else "") + "then run mtproxy-uninstall again") from None
     if runner.dry_run:
         stdout.write("Dry run: nothing was removed.\n")
     else:

@@ -20,12 +20,13 @@ from typing import TextIO
 from ..defaults import DEFAULT_STATS_PORT
 from ..paths import Paths
 from ..store import write_atomic
-from . import docker, fail2ban, systemd, templates, ufw
+from . import docker, fail2ban, haproxy, systemd, templates, ufw
 from . import image as image_build
 from .files import remove_file, write_file
+from .haproxy import Integration
 from .layout import HostLayout
 from .ports import bind_error, suggest_free
-from .record import ownership
+from .record import HaproxyRecord, InstallRecord, ownership
 from .runner import CommandError, Runner
 from .service import foreign_service, service_state
 
@@ -57,6 +58,14 @@ class InstallPlan:
     local_base: bool = False
     verify_timeout: float = 60.0
     stats_port: int = DEFAULT_STATS_PORT
+    # Behind the stack's HAProxy: `port` is then the loopback port the proxy listens on, and clients dial
+    # the HAProxy frontend's port, which routes the fake-TLS domain's SNI here with a PROXY v2 header.
+    haproxy: Integration | None = None
+
+    @property
+    def public_port(self) -> int:
+        """The port in links: HAProxy's when behind it, else the proxy's own."""
+        return self.haproxy.public_port if self.haproxy is not None else self.port
 
 
 class Progress:
@@ -351,6 +360,36 @@ def install_services(plan: InstallPlan, runner: Runner, layout: HostLayout, txn:
     return files, ufw_added
 
 
+def route_through_haproxy(plan: InstallPlan, runner: Runner, txn: Transaction, progress: Progress,
+                          domains: list[str], previous: InstallRecord | None) -> HaproxyRecord | None:
+    """Add (or update) our block in HAProxy's config after the proxy answers on its port; take away the block
+    an earlier run put in a file this run no longer uses. Each change is undone if a later step fails."""
+    earlier = previous.haproxy if previous is not None else None
+    if earlier is not None and (plan.haproxy is None or Path(earlier.config) != plan.haproxy.config):
+        progress.start(f"HAProxy: removing the mtproxy rules from {earlier.config}")
+        _change_haproxy(runner, txn, Path(earlier.config), haproxy.Control(earlier.check, earlier.reload),
+                        lambda text: haproxy.without_block(text))
+        progress.finish()
+    if plan.haproxy is None:
+        return None
+    hp = plan.haproxy
+    progress.start(f"HAProxy: SNI {', '.join(domains)} on port {hp.public_port} to 127.0.0.1:{plan.port} "
+                   f"({hp.config})")
+    changed = _change_haproxy(runner, txn, hp.config, hp.control,
+                              lambda text: haproxy.with_block(text, domains, plan.port, hp.public_port))
+    progress.finish("checked and reloaded" if changed else "already in place")
+    return HaproxyRecord(str(hp.config), hp.public_port, hp.control.check, hp.control.reload)
+
+
+def _change_haproxy(runner: Runner, txn: Transaction, config: Path, ctl: haproxy.Control,
+                    edit: Callable[[str], str]) -> bool:
+    before = haproxy.read_config(config)  # bytes decoded as they are: CRLF files come back byte for byte
+    changed = haproxy.replace_checked(runner, config, edit(before), ctl)
+    if changed:
+        txn.add(f"the mtproxy rules in {config}", lambda: haproxy.replace_checked(runner, config, before, ctl))
+    return changed
+
+
 def uninstall(runner: Runner, paths: Paths, layout: HostLayout, purge: bool, out: TextIO) -> list[str]:
     """Remove what setup installed (its install record says what); keep the secrets (config/) unless `purge`.
     With runner.dry_run nothing is removed, only reported. Returns what was (or would be) removed."""
@@ -370,6 +409,12 @@ def uninstall(runner: Runner, paths: Paths, layout: HostLayout, purge: bool, out
     # no proof (a copied root carries the original's, and `compose down` by project name would remove the
     # original's container). The runner records the docker commands instead of running them in a dry run.
     ours = record is not None and record.manager == "docker"
+    if record is not None and record.haproxy is not None:
+        # First, so HAProxy never routes clients to a proxy that is already gone.
+        config = Path(record.haproxy.config)
+        ctl = haproxy.Control(record.haproxy.check, record.haproxy.reload)
+        if haproxy.remove(runner, config, ctl):
+            note(f"the mtproxy rules in {config} (HAProxy reloaded)")
     if ours and runner.available("docker") and docker.engine_problem(runner) is None:
         live = service_state(runner, layout, own)
         if live.state == "not ours":  # recreated by another root's setup: leave it to that root

@@ -5,6 +5,9 @@ Schema 2 names the root, the service (container or unit), the store and the stat
 (written before) named none of them; it is migrated on reading by finding the root in what it installed
 (the Compose file's path, the unit's `--root`, the jail's log path), never by assuming the root it was found
 under: a copy of a root (`cp -a /opt/vless /tmp/try`) carries the record of the original along.
+
+Schema 3 adds `haproxy`: where setup put the proxy behind the stack's HAProxy (its config file, the public
+port, the check and reload commands), so uninstall takes the marked block away; a schema-2 record had none.
 """
 
 from __future__ import annotations
@@ -24,7 +27,29 @@ from . import docker, systemd
 from .files import write_file
 from .layout import HostLayout
 
-RECORD_SCHEMA = 2
+RECORD_SCHEMA = 3
+
+
+@dataclass(frozen=True)
+class HaproxyRecord:
+    """The HAProxy integration setup made: which file holds our marked block and how to check and reload it."""
+
+    config: str
+    public_port: int
+    check: tuple[str, ...]
+    reload: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"config": self.config, "public_port": self.public_port, "check": list(self.check),
+                "reload": list(self.reload)}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> HaproxyRecord | None:
+        if doc is None:
+            return None
+        if not isinstance(doc, dict) or not all(isinstance(w, str) for w in [*doc["check"], *doc["reload"]]):
+            raise ValueError("haproxy: not an object of strings")
+        return cls(str(doc["config"]), int(doc["public_port"]), tuple(doc["check"]), tuple(doc["reload"]))
 
 
 def service_name(manager: str) -> str:
@@ -47,17 +72,19 @@ class InstallRecord:
     service: str = ""  # the container (docker) or unit (systemd) that serves this root
     store: str = ""  # the secrets store the service reads, as a host path
     stats_port: int = DEFAULT_STATS_PORT
+    haproxy: HaproxyRecord | None = None  # behind the stack's HAProxy: uninstall removes our block there
     schema: int = RECORD_SCHEMA
     migrated_from: int | None = field(default=None, compare=False, repr=False)  # not saved
 
     @classmethod
     def new(cls, paths: Paths, port: int, manager: str, ufw_mode: str, image: str, files: list[str],
-            ufw_added: bool, user_created: bool, stats_port: int) -> InstallRecord:
+            ufw_added: bool, user_created: bool, stats_port: int,
+            haproxy: HaproxyRecord | None = None) -> InstallRecord:
         """A record for what setup just installed under `paths.root`."""
         return cls(port, manager, ufw_mode, image, files, ufw_added, user_created,
                    root=os.path.abspath(paths.root), service=service_name(manager),
                    store=os.path.abspath(paths.secrets_file),
-                   stats_port=stats_port)
+                   stats_port=stats_port, haproxy=haproxy)
 
     @classmethod
     def load(cls, path: Path) -> InstallRecord | None:
@@ -74,20 +101,25 @@ class InstallRecord:
             return None
         if schema == 1:
             return _migrate_v1(record, path)
-        if schema != RECORD_SCHEMA:
+        if schema not in (2, RECORD_SCHEMA):
             return None  # written by a newer version: guess nothing about it
         try:
             record.root = str(doc["root"])
             record.service = str(doc["service"])
             record.store = str(doc["store"])
             record.stats_port = int(doc["stats_port"])
+            # Schema 2 knew no HAProxy integration: none was made.
+            record.haproxy = HaproxyRecord.from_json(doc.get("haproxy")) if schema == RECORD_SCHEMA else None
         except (KeyError, ValueError, TypeError):
             return None
+        if schema == 2:
+            record.migrated_from = 2
         return record
 
     def save(self, path: Path) -> None:
         doc: dict[str, Any] = asdict(self)
         doc.pop("migrated_from")
+        doc["haproxy"] = self.haproxy.to_json() if self.haproxy is not None else None
         doc["schema"] = RECORD_SCHEMA
         write_file(path, json.dumps(doc, indent=2) + "\n", 0o600)
 

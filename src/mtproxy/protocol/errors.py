@@ -13,6 +13,10 @@ class TlsFormatError(ProtocolError):
     """Bytes that are not the TLS shape we require (`faketls`)."""
 
 
+class ProxyHeaderError(ProtocolError):
+    """Bytes that are not a valid PROXY protocol header (`proxyheader`): the connection must be closed."""
+
+
 class SecretFormatError(ProtocolError, ValueError):
     """A secret or fake-TLS domain as written by an operator or a link is not valid."""
 
