@@ -283,7 +283,7 @@ def test_feeding_after_the_end_is_a_bug(aes: Backend) -> None:
 
 @pytest.mark.parametrize("hint", [None, 0, 2, 3])
 def test_an_obfuscated2_client_is_found_whichever_secret_is_tried_first(aes: Backend, hint: int | None) -> None:
-    """The first candidate is decoded outright, the rest through the cheaper trial: either way the
+    """The hinted secret is decoded outright, the rest through the cheaper trial: either way the
     client's own secret is the one found, and a key none of them holds is refused."""
     secrets = [Secret(os.urandom(16), SecretKind.PADDED) for _ in range(4)]
     for client_key, expected in ((secrets[2], 2), (Secret(os.urandom(16), SecretKind.PADDED), None)):
