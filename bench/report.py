@@ -76,7 +76,8 @@ def table(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     parts = [
         f"machine: {m['nproc']} CPUs, {m['cpu']}, kernel {m['kernel']}, Python {m['python']}, {m['date']}",
-        f"medians of {doc['args']['runs']} interleaved runs; CPU = user+sys of the proxy process tree"
+        (f"medians of {doc['args']['runs']} interleaved runs; " if summary else "")
+        + "CPU = user+sys of the proxy process tree"
         + ("; subject pinned to one CPU, fake DC and load clients to the others" if doc["args"].get("pin") else ""),
         "",
     ]
