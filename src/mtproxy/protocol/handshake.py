@@ -8,7 +8,7 @@ decides when that runs (`Handshake.scan`), so a flood of such clients cannot sta
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
@@ -47,23 +47,6 @@ class SecretTable:
     def with_domain(self, domain: str | None) -> tuple[int, ...]:
         """The indexes of the secrets whose fake-TLS domain is `domain`."""
         return self._by_domain.get(domain, ()) if domain is not None else ()
-
-    def candidates(self, hint: int | None, domain: str | None) -> Iterator[int]:
-        """Every index once: the client's last secret first, then secrets whose domain is the SNI,
-        then the rest. With hints and per-secret domains a returning client costs one try. Lazy: a hit on
-        the hint must not pay for listing thousands of secrets that share its domain."""
-        first = hint if hint is not None and 0 <= hint < len(self.secrets) else -1
-        if first >= 0:
-            yield first
-        same_domain = self._by_domain.get(domain, ()) if domain is not None else ()
-        for index in same_domain:
-            if index != first:
-                yield index
-        tried = set(same_domain)
-        tried.add(first)
-        for index in range(len(self.secrets)):
-            if index not in tried:
-                yield index
 
 
 @dataclass(frozen=True)
