@@ -301,17 +301,19 @@ async def phase_latency(w: Worker) -> None:
 
 
 async def phase_handshake(w: Worker) -> None:
-    """Each handshake: connect, handshake, one small echo (sent with the init), close."""
+    """Each handshake: connect, handshake, one small echo (sent with the init), close. `total` handshakes,
+    or as many as fit in `duration` seconds when the job gives one."""
     job = w.job
     emit("ready", sessions=0, errors=w.errors)
     await wait_line()
     total, parallel = job["total"], job["parallel"]
     durations: list[float] = []
     remaining = total
+    until = time.monotonic() + job["duration"] if job.get("duration") else None
 
     async def loop_one() -> None:
         nonlocal remaining
-        while remaining > 0:
+        while remaining > 0 if until is None else time.monotonic() < until:
             remaining -= 1
             t0 = time.perf_counter()
             try:
@@ -344,7 +346,56 @@ async def phase_idle(w: Worker) -> None:
     emit("result", alive=alive, errors=w.errors)
 
 
-PHASES = {"bulk": phase_bulk, "latency": phase_latency, "handshake": phase_handshake, "idle": phase_idle}
+def garbage_bytes(kind: str, domain: str) -> bytes:
+    """What a client of no secret sends: 64 random bytes (never a word the proxy recognises without a scan),
+    or for fake-TLS a well-formed hello signed with a key the proxy does not have."""
+    if kind == "ee":
+        return client.build_client_hello(os.urandom(16), domain, os.urandom, time.time())
+    return b"\x01" + os.urandom(63)
+
+
+async def phase_garbage(w: Worker) -> None:
+    """`rate` connections a second for `duration` seconds, each from the next source address, sending garbage
+    and waiting for whatever answers (the mask site) or the close; counts how each ended."""
+    job = w.job
+    emit("ready", sessions=0, errors=w.errors)
+    await wait_line()
+    loop = asyncio.get_running_loop()
+    rate, duration, wait = float(job["rate"]), float(job["duration"]), float(job.get("wait", 20.0))
+    ended = {"answered": 0, "closed": 0, "timeout": 0, "failed": 0}
+
+    async def one(source: str) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((source, 0))
+            sock.setblocking(False)
+            await asyncio.wait_for(loop.sock_connect(sock, w.target), CONNECT_TIMEOUT)
+            await loop.sock_sendall(sock, garbage_bytes(w.kind, job.get("domain", "example.com")))
+            answer = await asyncio.wait_for(loop.sock_recv(sock, 4096), wait)
+            ended["answered" if answer else "closed"] += 1
+        except TimeoutError:
+            ended["timeout"] += 1
+        except OSError as exc:
+            ended["failed"] += 1
+            w._error(exc)
+        finally:
+            sock.close()
+
+    start = time.monotonic()
+    tasks: list[asyncio.Task[None]] = []
+    while (now := time.monotonic()) - start < duration:
+        due = start + len(tasks) / rate
+        if due > now:
+            await asyncio.sleep(due - now)
+        tasks.append(asyncio.ensure_future(one(w.sources[len(tasks) % len(w.sources)])))
+    sent_until = time.monotonic()
+    await asyncio.gather(*tasks)
+    emit("result", start=start, end=sent_until, sent=len(tasks), **ended, errors=w.errors)
+
+
+PHASES = {"bulk": phase_bulk, "latency": phase_latency, "handshake": phase_handshake, "idle": phase_idle,
+          "garbage": phase_garbage}
 
 
 def main(argv: list[str] | None = None) -> None:

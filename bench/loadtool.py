@@ -12,13 +12,17 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from bench import harness, netns, report, wire
 
 DC_HOST, DC_PORT, MASK_PORT, PLAIN_PORT, PROXY_PORT = "127.0.0.1", 9443, 9444, 7443, 8443
+STATS_URL = "http://127.0.0.1:8888/stats.json"  # the engine's default stats port, inside the namespace
+PER_SUBJECT_PHASES = ("bulk1", "bulkN", "hs", "lat")
 DOMAIN = "example.com"
 DEFAULT_ENGINE = (
     "{python} -m mtproxy.cli.main run -H {port} {secret_args} --dc-override *={dc_host}:{dc_port} "
@@ -46,7 +50,8 @@ class Bench:
         self.load_cpus: set[int] | None = set(cpus[1:]) if pinned else None
 
     # ---- subjects -------------------------------------------------------------------------------
-    def start_subject(self, subject: str, workers: int = 1, extra_keys: int = 0) -> harness.Service | None:
+    def start_subject(self, subject: str, workers: int = 1, extra_keys: int = 0,
+                      extra_args: tuple[str, ...] = ()) -> harness.Service | None:
         """Start what clients of `subject` talk to; None for the direct path (no proxy)."""
         if subject == "direct":
             return None
@@ -73,7 +78,7 @@ class Bench:
         }
         argv = harness.expand_template(
             self.args.engine_cmd, values, {"secret_args": [a for s in secrets for a in ("-S", s)]}
-        )
+        ) + list(extra_args)
         with open(self.log, "ab") as f:
             f.write(f"\n=== {subject} workers={workers} secrets={len(secrets)}\n".encode())
         return harness.start_command(subject, argv, DC_HOST, PROXY_PORT, self.log)
@@ -145,6 +150,7 @@ class Bench:
         ips: int = 8,
         ip_base: int = 0,
         parallel: int | None = None,
+        duration: float | None = None,
     ) -> dict[str, float]:
         job = {
             "phase": "handshake",
@@ -152,6 +158,7 @@ class Bench:
             "parallel": parallel or self.args.hs_parallel,
             "ips": ips,
             "ip_base": ip_base,
+            "duration": duration,
         }
         res = self.phase(subject, svc, job, self.args.client_workers)
         ok = sum(r["ok"] for r in res.results)
@@ -164,6 +171,9 @@ class Bench:
             "cpu_ms_per_hs": res.cpu * 1000 / ok if ok else float("nan"),
             "cpu_s_per_1k": res.cpu * 1000 / ok if ok else float("nan"),
             "p50_ms": report.percentile(durations, 50) * 1000,
+            "p99_ms": report.percentile(durations, 99) * 1000,
+            "errors": sum(v for r in res.results for v in r.get("errors", {}).values()),
+            "engine_cpu_share": res.cpu / span if span else 0.0,
         }
 
     def latency(self, subject: str, svc: harness.Service | None) -> dict[str, float]:
@@ -257,7 +267,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-engine", action="store_true", help="baselines only (plain relay, direct path)")
     p.add_argument("--engine-cmd", default=DEFAULT_ENGINE, help="command template for the proxy under test")
     p.add_argument("--runs", type=int, default=3, help="interleaved runs; medians are reported")
-    p.add_argument("--phases", default="bulk1,bulkN,hs,lat", help="which per-subject phases to run")
+    p.add_argument("--phases", default="bulk1,bulkN,hs,lat",
+                   help="which per-subject phases to run; `flood` (not in the default) adds the garbage-flood "
+                        "stage, and alone runs only that")
     p.add_argument("--pin", action="store_true",
                    help="give the subject CPU 0 to itself and the fake DC and load clients the other CPUs "
                         "(steadier numbers on a small machine)")
@@ -279,6 +291,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--secrets", type=int, default=10000, help="configured secrets for the lookup phase (0: skip)")
     p.add_argument("--secrets-modes", default="classic,ee")
     p.add_argument("--new-clients", type=int, default=200, help="handshakes from fresh addresses (no hint)")
+    p.add_argument("--flood-secrets", type=int, default=10000, help="configured secrets for the flood stage")
+    p.add_argument("--flood-modes", default="classic", help="engine modes for the flood stage (classic,dd,ee)")
+    p.add_argument("--flood-rate", type=float, default=50.0, help="garbage connections per second (no hint)")
+    p.add_argument("--flood-duration", type=float, default=10.0,
+                   help="seconds of returning-client handshakes without, then with, the flood")
+    p.add_argument("--flood-budgets", default="default",
+                   help="engine --scan-budget values to compare, comma separated (`default`: the engine's own)")
     p.add_argument("--client-workers", type=int, default=2)
     p.add_argument("--dc-workers", type=int, default=4)
     p.add_argument("--phase-timeout", type=float, default=300.0)
@@ -289,6 +308,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.runs, args.one_mb, args.many, args.many_mb = 1, 1, 2, 2
         args.handshakes, args.hs_parallel, args.lat_conns, args.pings = 20, 4, 1, 10
         args.idle, args.secrets, args.client_workers, args.dc_workers = "", 0, 1, 1
+        args.flood_secrets, args.flood_rate, args.flood_duration = 200, 20.0, 1.5
     import resource
 
     args.nofile_per_process = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -327,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
 def measure(bench: Bench, subjects: list[str], runs: list[dict[str, Any]], extra: dict[str, Any]) -> None:
     """The interleaved runs, then the secrets and idle stages; results are appended as they come."""
     args = bench.args
+    phases = args.phases.split(",")
+    if not any(p in PER_SUBJECT_PHASES for p in phases):  # e.g. `--phases flood`: that stage alone
+        if "flood" in phases and not args.no_engine:
+            extra["flood"] = flood_stage(bench)
+        return
     for run in range(args.runs):
         one: dict[str, Any] = {"direct": {"lat": bench.latency("direct", None)}}
         one["direct"].update(
@@ -344,6 +369,8 @@ def measure(bench: Bench, subjects: list[str], runs: list[dict[str, Any]], extra
         for mode in args.secrets_modes.split(","):
             if mode in args.modes.split(","):
                 extra["secrets"][mode] = secrets_phase(bench, mode)
+    if not args.no_engine and "flood" in phases:
+        extra["flood"] = flood_stage(bench)
     if args.idle:
         extra["idle"] = {}
         for subject in args.idle_modes.split(","):
@@ -408,6 +435,77 @@ def secrets_phase(bench: Bench, mode: str) -> dict[str, Any]:
                 if svc is not None:
                     svc.stop()
     return {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in out.items() if v}
+
+
+def engine_stats() -> dict[str, Any] | None:
+    """The engine's /stats.json, or None when the subject has no such page (another proxy)."""
+    try:
+        with urllib.request.urlopen(STATS_URL, timeout=5) as reply:
+            doc: dict[str, Any] = json.loads(reply.read())
+    except (OSError, ValueError):
+        return None
+    return doc
+
+
+def _stats_moved(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, int] | None:
+    if before is None or after is None:
+        return None
+    def figure(doc: dict[str, Any], key: str) -> int:
+        rejects = doc.get("rejects", {})
+        return int(rejects.get(key, 0)) if key in rejects else int(doc.get(key, 0))
+    keys = ("scans", "scan-busy", "unknown-secret", "tls-bad-hmac", "handshake-timeout", "masked")
+    return {k: figure(after, k) - figure(before, k) for k in keys}
+
+
+class Background(threading.Thread):
+    """A client phase (the garbage flood) running beside the measured one, from fresh source addresses."""
+
+    def __init__(self, job: dict[str, Any], timeout: float, cpus: set[int] | None) -> None:
+        super().__init__(daemon=True)
+        self._job, self._timeout, self._cpus = job, timeout, cpus
+        self.result: harness.PhaseResult | None = None
+        self.start()
+
+    def run(self) -> None:
+        self.result = harness.run_phase(self._job, 1, [], self._timeout, self._cpus)
+
+    def finish(self) -> harness.PhaseResult | None:
+        self.join(self._timeout)
+        return self.result
+
+
+def flood_stage(bench: Bench) -> dict[str, Any]:
+    """Returning clients' handshakes with `--flood-secrets` configured, for `--flood-duration` seconds without,
+    then with `--flood-rate` garbage connections a second from fresh addresses (no hint: each costs a scan of
+    every secret unless the engine sheds it). Per mode and per `--flood-budgets` value."""
+    args = bench.args
+    out: dict[str, Any] = {}
+    for mode in [m for m in args.flood_modes.split(",") if m]:
+        for budget in [b for b in args.flood_budgets.split(",") if b]:
+            subject = f"engine-{mode}"
+            flags = () if budget == "default" else ("--scan-budget", budget)
+            print(f"flood: {subject} {args.flood_secrets} secrets, scan budget {budget}", file=sys.stderr, flush=True)
+            svc = bench.start_subject(subject, extra_keys=args.flood_secrets - 1, extra_args=flags)
+            try:
+                returning = {"ips": 8, "parallel": 8}
+                bench.handshakes(subject, svc, 100, **returning)  # their addresses now hint their secret
+                quiet = bench.handshakes(subject, svc, 0, duration=args.flood_duration, **returning)
+                before = engine_stats()
+                job = {**bench.target(subject), "phase": "garbage", "rate": args.flood_rate,
+                       "duration": args.flood_duration, "ips": 200, "ip_base": 150}
+                flood = Background(job, args.phase_timeout, bench.load_cpus)
+                try:
+                    loud = bench.handshakes(subject, svc, 0, duration=args.flood_duration, **returning)
+                finally:
+                    res = flood.finish()
+                ended = {k: sum(r.get(k, 0) for r in res.results) for k in
+                         ("sent", "answered", "closed", "timeout", "failed")} if res else {}
+                out[f"{mode} budget={budget}"] = {"without": quiet, "with": loud, "garbage": ended,
+                                                  "engine": _stats_moved(before, engine_stats())}
+            finally:
+                if svc is not None:
+                    svc.stop()
+    return out
 
 
 if __name__ == "__main__":

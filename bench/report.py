@@ -76,17 +76,19 @@ def table(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     parts = [
         f"machine: {m['nproc']} CPUs, {m['cpu']}, kernel {m['kernel']}, Python {m['python']}, {m['date']}",
-        f"medians of {doc['args']['runs']} interleaved runs; CPU = user+sys of the proxy process tree"
+        (f"medians of {doc['args']['runs']} interleaved runs; " if summary else "")
+        + "CPU = user+sys of the proxy process tree"
         + ("; subject pinned to one CPU, fake DC and load clients to the others" if doc["args"].get("pin") else ""),
         "",
     ]
     subjects = list(summary)
-    parts.append(
-        _table(
-            ["subject"] + [c[0] for c in COLUMNS],
-            [[s] + [_fmt(summary[s].get(key), d) for _, key, d in COLUMNS] for s in subjects],
+    if subjects:  # none when only a stage ran (`--phases flood`)
+        parts.append(
+            _table(
+                ["subject"] + [c[0] for c in COLUMNS],
+                [[s] + [_fmt(summary[s].get(key), d) for _, key, d in COLUMNS] for s in subjects],
+            )
         )
-    )
     plain = summary.get("plain")
     if plain:
         parts += ["", "ratios against the plain relay (CPU: lower is better; throughput: higher is better)"]
@@ -116,6 +118,19 @@ def table(doc: dict[str, Any]) -> str:
             for n, v in by_n.items():
                 rows.append([mode, n, _fmt(v["per_s"], 0), _fmt(v["cpu_ms_per_hs"], 3)])
         parts.append(_table(["mode", "secrets", "hs/s", "CPU ms/hs"], rows))
+    if extra.get("flood"):
+        parts += ["", "returning clients' handshakes without and with a garbage flood (no hint: a scan each)"]
+        rows = []
+        for name, v in extra["flood"].items():
+            engine = v.get("engine") or {}
+            for when in ("without", "with"):
+                hs = v[when]
+                rows.append([name, when, _fmt(hs["per_s"], 0), _fmt(hs["p50_ms"], 1), _fmt(hs["p99_ms"], 1),
+                             str(hs["errors"]), _fmt(hs["engine_cpu_share"] * 100, 0)]
+                            + ([str(v["garbage"].get("sent", "")), str(engine.get("scans", "")),
+                                str(engine.get("scan-busy", ""))] if when == "with" else ["", "", ""]))
+        parts.append(_table(["engine", "flood", "hs/s", "p50 ms", "p99 ms", "errors", "engine CPU %",
+                             "garbage sent", "scanned", "scan-busy"], rows))
     if extra.get("idle"):
         parts += ["", "memory per idle established session"]
         rows = []

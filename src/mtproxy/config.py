@@ -65,6 +65,9 @@ class Limits:
     # so they get their own, lower caps and can never crowd out users
     max_unauthenticated: int = 2500  # unless set: a quarter of max_connections, at least 64 (config.py)
     max_unauthenticated_per_ip: int = 64  # 0 = no cap
+    # secret trials per second per worker for clients no hint identifies (runtime/scans.py): a trial costs
+    # ~2.2 µs in Python (docs/engine.md), so this is about a fifth of one core at most
+    scan_budget: float = 100_000.0
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-unauthenticated", type=int, help="per worker: connections not yet authenticated or masked"
       " (default a quarter of --max-connections)")
     a("--max-unauthenticated-per-ip", type=int, help="per worker and client IP (default 64, 0=off)")
+    a("--scan-budget", type=float, metavar="TRIALS/S", help="per worker: secret trials per second for clients"
+      " no hint identifies, with 64 or more secrets (default 100000)")
     a("--buffer-size", type=int, help="bytes queued per direction before reading pauses")
     a("--read-size", type=int, help="bytes read per socket read (default 1048576)")
     a("--drain-timeout", type=float, help="seconds SIGTERM waits for sessions to finish")
@@ -210,7 +215,7 @@ _CONFIG_KEYS = {
     "handshake_timeout": "handshake_timeout", "idle_timeout": "idle_timeout",
     "max_connections": "max_connections", "max_connections_per_ip": "max_connections_per_ip",
     "halfclose_timeout": "halfclose_timeout", "max_unauthenticated": "max_unauthenticated",
-    "max_unauthenticated_per_ip": "max_unauthenticated_per_ip",
+    "max_unauthenticated_per_ip": "max_unauthenticated_per_ip", "scan_budget": "scan_budget",
     "buffer_size": "buffer_size", "read_size": "read_size", "drain_timeout": "drain_timeout", "tls_skew": "tls_skew",
     "replay_cache_size": "replay_cache_size", "cert_size": "cert_size", "cert_refresh": "cert_refresh",
     "cert_jitter": "cert_jitter",
@@ -375,6 +380,7 @@ def _resolve(ns: argparse.Namespace, environ: dict[str, str] | None, euid: int |
                                             "--max-unauthenticated")),
         max_unauthenticated_per_ip=int(_positive(ns.max_unauthenticated_per_ip, d.max_unauthenticated_per_ip,
                                                  "--max-unauthenticated-per-ip", allow_zero=True)),
+        scan_budget=_positive(ns.scan_budget, d.scan_budget, "--scan-budget"),
     )
     t = TlsOptions()
     if ns.cert_size is not None and not 64 <= int(ns.cert_size) <= 16384:

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.netns
 
 
-def _run(tmp_path: Path, *extra: str) -> dict[str, object]:
+def _run(tmp_path: Path, *extra: str, row: str = "| plain |") -> dict[str, object]:
+    """Run the tool; its table must have `row`."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "src")]))
     proc = subprocess.run(
         [sys.executable, "-m", "bench.loadtool", "--smoke", "--out", str(tmp_path), *extra],
@@ -26,7 +27,7 @@ def _run(tmp_path: Path, *extra: str) -> dict[str, object]:
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| plain |" in proc.stdout
+    assert row in proc.stdout
     [result] = tmp_path.glob("bench-*.json")
     doc: dict[str, object] = json.loads(result.read_text())
     return doc
@@ -65,3 +66,22 @@ def test_engine_modes_relay_every_phase(tmp_path: Path) -> None:
         assert engine["up1"]["ok"] == 1 and engine["down1"]["ok"] == 1, mode
         assert engine["hs"]["ok"] == 20, mode
         assert engine["lat"]["n"] == 10, mode
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not _engine_runs(), reason="the engine (mtproxy run) is not there yet")
+def test_flood_stage_runs_alone(tmp_path: Path) -> None:
+    """`--phases flood`: only that stage; returning clients handshake without and with garbage, every piece of
+    garbage is answered (the mask) or closed, and the engine's counters say it scanned or shed each one."""
+    doc = _run(tmp_path, "--phases", "flood", "--flood-modes", "classic,ee", row="| ee budget=default | with |")
+    assert doc["runs"] == [] and set(doc["extra"]) == {"flood"}  # type: ignore[arg-type]
+    flood = doc["extra"]["flood"]  # type: ignore[index]
+    assert set(flood) == {"classic budget=default", "ee budget=default"}
+    for name, figures in flood.items():
+        for when in ("without", "with"):
+            assert figures[when]["ok"] > 0 and figures[when]["errors"] == 0, (name, when)
+        garbage = figures["garbage"]
+        assert garbage["sent"] > 0 and garbage["answered"] + garbage["closed"] == garbage["sent"], name
+        engine = figures["engine"]
+        assert engine["scans"] + engine["scan-busy"] == garbage["sent"], name
+        assert engine["masked"] == garbage["sent"], name

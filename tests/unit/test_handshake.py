@@ -250,30 +250,6 @@ def test_bad_init_after_tls_is_closed_not_masked(aes: Backend) -> None:
     assert isinstance(step, Rejected) and step.reason is RejectReason.TLS_BAD_INIT
 
 
-def test_secret_lookup_tries_the_hint_first() -> None:
-    secrets = [Secret(os.urandom(16), SecretKind.PADDED) for _ in range(50)]
-    st = table(*secrets)
-    assert next(st.candidates(37, None)) == 37
-    assert sorted(st.candidates(37, None)) == list(range(50))
-    by_domain = table(Secret(os.urandom(16), SecretKind.FAKE_TLS, "a.example"),
-                      Secret(os.urandom(16), SecretKind.FAKE_TLS, "b.example"))
-    assert list(by_domain.candidates(None, "b.example")) == [1, 0]
-
-
-@pytest.mark.parametrize("hint", [None, 0, 3, 7, 99])
-@pytest.mark.parametrize("domain", [None, "a.example", "b.example", "c.example"])
-def test_secret_lookup_order_is_hint_then_sni_domain_then_the_rest_each_once(hint: int | None,
-                                                                              domain: str | None) -> None:
-    domains = ["a.example", "b.example", "a.example", "b.example", "a.example", None, "b.example", "a.example"]
-    st = table(*[Secret(os.urandom(16), SecretKind.FAKE_TLS, d) if d else Secret(os.urandom(16), SecretKind.PADDED)
-                 for d in domains])
-    order = list(st.candidates(hint, domain))
-    assert sorted(order) == list(range(len(domains)))
-    expected_first = [hint] if hint is not None and 0 <= hint < len(domains) else []
-    matching = [i for i, d in enumerate(domains) if domain is not None and d == domain and i not in expected_first]
-    assert order[: len(expected_first) + len(matching)] == expected_first + matching
-
-
 def test_feeding_after_the_end_is_a_bug(aes: Backend) -> None:
     handshake = new_handshake(aes)
     handshake.feed(os.urandom(64), NOW)
@@ -283,7 +259,7 @@ def test_feeding_after_the_end_is_a_bug(aes: Backend) -> None:
 
 @pytest.mark.parametrize("hint", [None, 0, 2, 3])
 def test_an_obfuscated2_client_is_found_whichever_secret_is_tried_first(aes: Backend, hint: int | None) -> None:
-    """The first candidate is decoded outright, the rest through the cheaper trial: either way the
+    """The hinted secret is decoded outright, the rest through the cheaper trial: either way the
     client's own secret is the one found, and a key none of them holds is refused."""
     secrets = [Secret(os.urandom(16), SecretKind.PADDED) for _ in range(4)]
     for client_key, expected in ((secrets[2], 2), (Secret(os.urandom(16), SecretKind.PADDED), None)):

@@ -18,6 +18,15 @@ def test_remembers_until_expiry() -> None:
     assert not replay.check_and_add(digest, 1061.0, 60)
 
 
+def test_a_lookup_remembers_nothing() -> None:
+    replay = ReplayFilter.in_process(64)
+    digest = os.urandom(16)
+    assert not replay.seen(digest, 1000.0)
+    assert not replay.check_and_add(digest, 1000.0, 60)  # the lookup did not insert it
+    assert replay.seen(digest, 1059.0)
+    assert not replay.seen(digest, 1061.0)  # expired
+
+
 def test_memory_is_bounded_and_newest_kept() -> None:
     replay = ReplayFilter.in_process(1000)
     size = ReplayFilter.memory_size(1000)

@@ -34,3 +34,4 @@ class RejectReason(enum.Enum):
     TLS_BAD_INIT = "tls-bad-init"  # after the TLS handshake, the obfuscated2 init did not decrypt
     HANDSHAKE_TIMEOUT = "handshake-timeout"  # the runtime gave up waiting for the handshake bytes
     HANDSHAKE_EOF = "handshake-eof"  # the client closed its side before the handshake was complete
+    SCAN_BUSY = "scan-busy"  # no hint names its secret and the worker's scan budget had no room for it in time

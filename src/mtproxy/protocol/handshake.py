@@ -1,12 +1,14 @@
 """The server-side handshake as a state machine over bytes: feed what arrived, get the next step.
 
-Steps: NeedMore (maybe with bytes to send), Rejected (with everything received, for the mask), or
-Authenticated (an AuthResult: the client's secret, DC and ciphers and the stream bytes that followed the init)."""
+Steps: NeedMore (maybe with bytes to send), Rejected (with everything received, for the mask),
+Authenticated (an AuthResult: the client's secret, DC and ciphers and the stream bytes that followed the init),
+or ScanNeeded: on a large table, a client no hint identifies costs a scan of every secret, and the caller
+decides when that runs (`Handshake.scan`), so a flood of such clients cannot starve the others."""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
@@ -42,22 +44,9 @@ class SecretTable:
     def keyed_hmac(self, index: int) -> hmac.HMAC:
         return self._keyed[index]
 
-    def candidates(self, hint: int | None, domain: str | None) -> Iterator[int]:
-        """Every index once: the client's last secret first, then secrets whose domain is the SNI,
-        then the rest. With hints and per-secret domains a returning client costs one try. Lazy: a hit on
-        the hint must not pay for listing thousands of secrets that share its domain."""
-        first = hint if hint is not None and 0 <= hint < len(self.secrets) else -1
-        if first >= 0:
-            yield first
-        same_domain = self._by_domain.get(domain, ()) if domain is not None else ()
-        for index in same_domain:
-            if index != first:
-                yield index
-        tried = set(same_domain)
-        tried.add(first)
-        for index in range(len(self.secrets)):
-            if index not in tried:
-                yield index
+    def with_domain(self, domain: str | None) -> tuple[int, ...]:
+        """The indexes of the secrets whose fake-TLS domain is `domain`."""
+        return self._by_domain.get(domain, ()) if domain is not None else ()
 
 
 @dataclass(frozen=True)
@@ -69,6 +58,9 @@ class HandshakeSettings:
     max_skew_future: float = 600.0  # phones with a fast clock still pass
     cert_size: int = 2500  # size of the fake encrypted certificate record
     cert_size_jitter: int = 0  # real sites' flights vary by a few bytes (tickets, OCSP): vary ours too
+    # from this many secrets on, trying every secret is the caller's to schedule (ScanNeeded); below it the
+    # scan is cheap enough to run inline, as is a fake-TLS SNI group of fewer secrets than this
+    inline_scan_limit: int = 64
 
 
 @dataclass
@@ -104,9 +96,17 @@ class Authenticated:
     send: bytes = b""
 
 
-Step = NeedMore | Rejected | Authenticated
+@dataclass(frozen=True)
+class ScanNeeded:
+    """Only trying `cost` more secrets can tell whose client this is. The caller calls `Handshake.scan` when
+    it has the time; bytes that arrive meanwhile may be fed and are kept."""
 
-_START, _OBFS2, _TLS_HELLO, _TLS_INIT, _DONE = range(5)
+    cost: int
+
+
+Step = NeedMore | Rejected | Authenticated | ScanNeeded
+
+_START, _OBFS2, _TLS_HELLO, _TLS_INIT, _DONE, _OBFS2_SCAN, _TLS_SCAN = range(7)
 _MAX_TLS_INIT_BUFFER = 2 * (faketls.RECORD_HEADER_SIZE + faketls.MAX_CLIENT_RECORD)
 
 
@@ -136,17 +136,41 @@ class Handshake:
         self._secret_index = -1
         self._tls_reader: faketls.TlsRecordReader | None = None
         self._tls_payload = bytearray()
+        self._hello: faketls.ClientHello | None = None  # parsed, while a fake-TLS scan waits
+        self._scan_skips_domain = False  # the waiting scan leaves out the SNI's group: tried already
         self._now = 0.0
 
     @property
     def received(self) -> bytes:
         return bytes(self._received)
 
+    @property
+    def buffered(self) -> int:
+        """How many bytes were received so far."""
+        return len(self._received)
+
     def feed(self, data: bytes, now: float) -> Step:
         if self._state == _DONE:
             raise RuntimeError("handshake already finished")
-        step = self._advance(data, now)
-        if not isinstance(step, NeedMore):
+        if self._state in (_OBFS2_SCAN, _TLS_SCAN):
+            self._received += data  # the client's next bytes, kept for after the scan
+            return NeedMore()
+        return self._finish(self._advance(data, now))
+
+    def scan(self, now: float) -> Step:
+        """Run the scan a ScanNeeded asked for: the handshake goes on as if it had never waited."""
+        self._now = now
+        if self._state == _OBFS2_SCAN:
+            return self._finish(self._scan_obfs2(self._hint_index()))
+        if self._state == _TLS_SCAN:
+            assert self._hello is not None
+            return self._finish(self._scan_tls(self._hello, now))
+        raise RuntimeError("no scan is waiting")
+
+    def _finish(self, step: Step) -> Step:
+        if isinstance(step, ScanNeeded):
+            self._state = _OBFS2_SCAN if self._state == _OBFS2 else _TLS_SCAN
+        elif not isinstance(step, NeedMore):
             self._state = _DONE
         return step
 
@@ -179,6 +203,23 @@ class Handshake:
         with self._replay_guard():
             return self._replay.check_and_add(digest, now, ttl)
 
+    def _replayed(self, digest: bytes, now: float) -> bool:
+        """A replayed capture is refused before the scan it would cost (a lookup: nothing is remembered)."""
+        if self._replay_guard is None:
+            return self._replay.seen(digest, now)
+        with self._replay_guard():
+            return self._replay.seen(digest, now)
+
+    def _hint_index(self) -> int:
+        hint = self._hint
+        return hint if hint is not None and 0 <= hint < len(self._table) else -1
+
+    def _scan_or_defer(self, cost: int) -> ScanNeeded | None:
+        """ScanNeeded when trying `cost` more secrets is the caller's to schedule; None to scan inline."""
+        if cost > 0 and len(self._table) >= self._settings.inline_scan_limit:
+            return ScanNeeded(cost)
+        return None
+
     def _feed_obfs2(self) -> Step:
         if len(self._received) < obfs2.INIT_SIZE:
             # No client starts with these words (HTTP, ef, dd/ee tags): hand such probes to the mask at
@@ -187,21 +228,35 @@ class Handshake:
                 return self._reject(RejectReason.UNKNOWN_SECRET)
             return NeedMore()
         init = bytes(self._received[: obfs2.INIT_SIZE])
-        trial: obfs2.InitTrial | None = None
-        secrets = self._table.secrets
-        for index in self._table.candidates(self._hint, None):
-            key = secrets[index].key
-            # the first candidate (the hinted secret, or the only one) is decoded outright: it is usually
-            # the client's, and a trial first would cost a hash and an AES block more; the rest are scanned
-            if trial is not None and not trial.matches(key):
-                continue
-            decoded = obfs2.decode_init(init, key, self._aes)
+        hint = self._hint_index()
+        if hint >= 0:
+            # decoded outright: it is usually the client's, and a trial first would cost a hash and an AES
+            # block more
+            decoded = obfs2.decode_init(init, self._table.secrets[hint].key, self._aes)
             if decoded is not None:
-                break
-            if trial is None:
-                trial = obfs2.InitTrial(init, self._aes)
-        else:
+                return self._obfs2_found(init, hint, decoded)
+        if self._replayed(init[8:24], self._now):
+            return self._reject(RejectReason.REPLAY)
+        deferred = self._scan_or_defer(len(self._table) - (hint >= 0))
+        return deferred if deferred is not None else self._scan_obfs2(hint)
+
+    def _scan_obfs2(self, exclude: int) -> Step:
+        init = bytes(self._received[: obfs2.INIT_SIZE])
+        index = self._find_obfs2(init, exclude)
+        decoded = obfs2.decode_init(init, self._table.secrets[index].key, self._aes) if index >= 0 else None
+        if decoded is None:
             return self._reject(RejectReason.UNKNOWN_SECRET)
+        return self._obfs2_found(init, index, decoded)
+
+    def _find_obfs2(self, init: bytes, exclude: int) -> int:
+        """The full scan: the index of the first secret but `exclude` whose key decodes `init`, or -1."""
+        trial = obfs2.InitTrial(init, self._aes)
+        for index, secret in enumerate(self._table.secrets):
+            if index != exclude and trial.matches(secret.key):
+                return index
+        return -1
+
+    def _obfs2_found(self, init: bytes, index: int, decoded: obfs2.DecodedInit) -> Step:
         if self._check_replay(init[8:24], self._now, OBFS2_REPLAY_TTL):
             return self._reject(RejectReason.REPLAY)
         return Authenticated(self._auth_result(index, decoded, fake_tls=False, pending=bytes(self._received[64:])))
@@ -223,12 +278,48 @@ class Handshake:
         domains = self._settings.tls_domains
         if domains and hello.sni not in domains:
             return self._reject(RejectReason.TLS_BAD_SNI)
-        for index in self._table.candidates(self._hint, hello.sni):
-            timestamp = faketls.client_timestamp(self._table.keyed_hmac(index), hello)
+        table = self._table
+        hint = self._hint_index()
+        if hint >= 0:
+            timestamp = faketls.client_timestamp(table.keyed_hmac(hint), hello)
             if timestamp is not None:
-                break
-        else:
+                return self._tls_found(hello, hint, timestamp, now)
+        group = table.with_domain(hello.sni)
+        # the operator's per-user-group domains: a new client costs a few tries, never a scan
+        self._scan_skips_domain = len(group) < self._settings.inline_scan_limit
+        if self._scan_skips_domain:
+            for index in group:
+                timestamp = faketls.client_timestamp(table.keyed_hmac(index), hello) if index != hint else None
+                if timestamp is not None:
+                    return self._tls_found(hello, index, timestamp, now)
+        if self._replayed(hello.random, now):
+            return self._reject(RejectReason.REPLAY)
+        self._hello = hello
+        tried = len(group) + (hint >= 0 and hint not in group) if self._scan_skips_domain else int(hint >= 0)
+        deferred = self._scan_or_defer(len(table) - tried)
+        return deferred if deferred is not None else self._scan_tls(hello, now)
+
+    def _scan_tls(self, hello: faketls.ClientHello, now: float) -> Step:
+        found = self._find_tls(hello, hello.sni if self._scan_skips_domain else None, self._hint_index())
+        if found is None:
             return self._reject(RejectReason.TLS_BAD_HMAC)
+        return self._tls_found(hello, found[0], found[1], now)
+
+    def _find_tls(self, hello: faketls.ClientHello, skip_domain: str | None, exclude: int) -> tuple[int, int] | None:
+        """The full scan: the first secret but `exclude` and those of `skip_domain` whose key signed the
+        hello, with the hello's timestamp; None if none did."""
+        table = self._table
+        skipped = frozenset(table.with_domain(skip_domain))
+        for index in range(len(table)):
+            if index == exclude or index in skipped:
+                continue
+            timestamp = faketls.client_timestamp(table.keyed_hmac(index), hello)
+            if timestamp is not None:
+                return index, timestamp
+        return None
+
+    def _tls_found(self, hello: faketls.ClientHello, index: int, timestamp: int, now: float) -> Step:
+        self._hello = None
         skew = now - timestamp
         if skew > self._settings.max_skew_past or -skew > self._settings.max_skew_future:
             return self._reject(RejectReason.TLS_SKEW)
@@ -239,6 +330,7 @@ class Handshake:
         flight = faketls.build_server_flight(self._table.secrets[index].key, hello, self._random, self._cert_size())
         self._state = _TLS_INIT
         self._tls_reader = faketls.TlsRecordReader()
+        total = len(hello.record)
         rest = bytes(self._received[total:])
         if not rest:
             return NeedMore(flight)

@@ -41,6 +41,20 @@ class ReplayFilter:
     def capacity(self) -> int:
         return self._buckets * WAYS
 
+    def seen(self, digest: bytes, now: float) -> bool:
+        """True if `digest` is remembered and has not expired; remembers nothing (a lookup before paying for
+        a secret scan: only an authenticated init or hello may take a slot)."""
+        if len(digest) < DIGEST_SIZE:
+            raise ValueError("a replay digest is at least 16 bytes")
+        key = bytes(digest[:DIGEST_SIZE])
+        now_s = int(now)
+        base = _HEADER + int.from_bytes(key[:8], "little") % self._buckets * WAYS * SLOT_SIZE
+        for offset in range(base, base + WAYS * SLOT_SIZE, SLOT_SIZE):
+            stored, _, expiry = _SLOT.unpack_from(self._view, offset)
+            if expiry > now_s and stored == key:
+                return True
+        return False
+
     def check_and_add(self, digest: bytes, now: float, ttl: float) -> bool:
         """True if `digest` was seen and has not expired; otherwise remember it for `ttl` seconds."""
         if len(digest) < DIGEST_SIZE:

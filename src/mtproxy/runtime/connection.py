@@ -10,23 +10,36 @@ from typing import cast
 
 from mtproxy.config import HostPort
 from mtproxy.protocol.errors import RejectReason
-from mtproxy.protocol.handshake import Authenticated, AuthResult, Handshake, NeedMore, Rejected, SecretTable
+from mtproxy.protocol.handshake import (
+    AuthResult,
+    Handshake,
+    NeedMore,
+    Rejected,
+    ScanNeeded,
+    SecretTable,
+    Step,
+)
 
 from .buffers import WRITE_LIMITS, socket_fd
 from .context import Context
 from .logs import log_reject
 from .mask import MaskRelay
+from .scans import Admission
 from .session import Session
 
 log = logging.getLogger("mtproxy.connection")
+
+# what a client waiting for its secret scan may send meanwhile before it is no longer read: an obfuscated2
+# client's first requests, a fake-TLS client's records are far less
+_MAX_WAITING_BYTES = 64 * 1024
 
 
 class ClientConnection(asyncio.BufferedProtocol):
     """The handshake sees copies of what is read into the loop's shared receive buffer."""
 
     # slots: tens of thousands of these live at once; no per-object dict
-    __slots__ = ("_answered", "_counted", "_handshake", "_table", "_timer", "admitted", "ctx", "fd", "listener",
-                 "peer", "transport", "unauthenticated")
+    __slots__ = ("_answered", "_counted", "_handshake", "_table", "_timer", "_waiting", "admitted", "ctx", "fd",
+                 "listener", "peer", "transport", "unauthenticated")
 
     def __init__(self, ctx: Context, listener: HostPort) -> None:
         self.ctx = ctx
@@ -41,6 +54,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._answered = False
         self._counted = False  # in the `total` counter (see Server.count_client)
+        self._waiting = False  # in the scan queue (scans.py)
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # uvloop's transport class is not a subclass
@@ -67,6 +81,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def close(self) -> None:
         transport, self.transport = self.transport, None
         self._handshake = self._table = None
+        self._leave_queue()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -90,6 +105,11 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._counted = True
             self.ctx.count_client()
         step = handshake.feed(bytes(self.ctx.buffers.recv[:nbytes]), self.ctx.clock())
+        if self._waiting and handshake.buffered > _MAX_WAITING_BYTES:
+            transport.pause_reading()  # kept for after the scan; the handshake timeout still bounds the wait
+        self._step(handshake, transport, step)
+
+    def _step(self, handshake: Handshake, transport: asyncio.Transport, step: Step) -> None:
         if isinstance(step, NeedMore):
             if step.send:
                 self._answered = True  # we spoke as a proxy: from now on never hand over to the mask
@@ -98,10 +118,35 @@ class ClientConnection(asyncio.BufferedProtocol):
         if isinstance(step, Rejected):
             self._reject(step.reason, step.received, step.maskable, eof_in=False)
             return
-        assert isinstance(step, Authenticated)
+        if isinstance(step, ScanNeeded):
+            self._scan_needed(handshake, transport, step.cost)
+            return
         if step.send:
             transport.write(step.send)
         self._authenticated(step.auth)
+
+    def _scan_needed(self, handshake: Handshake, transport: asyncio.Transport, cost: int) -> None:
+        admission = self.ctx.scans.admit(self, cost)
+        if admission is Admission.NOW:
+            self._step(handshake, transport, handshake.scan(self.ctx.clock()))
+        elif admission is Admission.QUEUED:
+            self._waiting = True
+        else:  # as if no secret matched: the prober sees the mask's answer to what it sent
+            self._reject(RejectReason.SCAN_BUSY, handshake.received, maskable=True, eof_in=False)
+
+    def scan_granted(self) -> None:
+        """The scheduler's turn for this handshake (scans.py)."""
+        self._waiting = False
+        handshake, transport = self._handshake, self.transport
+        if handshake is None or transport is None:
+            return
+        transport.resume_reading()
+        self._step(handshake, transport, handshake.scan(self.ctx.clock()))
+
+    def _leave_queue(self) -> None:
+        if self._waiting:
+            self._waiting = False
+            self.ctx.scans.leave(self)
 
     def eof_received(self) -> bool:
         if self._handshake is None:
@@ -117,8 +162,9 @@ class ClientConnection(asyncio.BufferedProtocol):
     def _on_timeout(self) -> None:
         self._timer = None
         if self._handshake is not None:
-            self._reject(RejectReason.HANDSHAKE_TIMEOUT, self._handshake.received, maskable=not self._answered,
-                         eof_in=False)
+            # still waiting for its scan: the budget ran out for it, not the client's bytes
+            reason = RejectReason.SCAN_BUSY if self._waiting else RejectReason.HANDSHAKE_TIMEOUT
+            self._reject(reason, self._handshake.received, maskable=not self._answered, eof_in=False)
 
     def _reject(self, reason: RejectReason, received: bytes, maskable: bool, *, eof_in: bool) -> None:
         ctx = self.ctx
@@ -163,6 +209,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.admitted = False
         self.transport = None
         self._handshake = self._table = None
+        self._leave_queue()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -17,6 +17,7 @@ from .dc import DcTable
 from .enforce import Enforcer, Grant
 from .guard import Guard
 from .rawrelay import Pipe, Pool, RecordBuffer
+from .scans import ScanScheduler
 
 
 class Tracked(Protocol):
@@ -34,7 +35,8 @@ class Context:
 
     __slots__ = ("admit", "authenticated", "buffers", "clock", "count_client", "count_in", "count_out", "counters",
                  "dc_table", "ended", "enforcer", "fast_mode", "guard", "hand_over", "limits", "loop", "mask",
-                 "new_handshake", "pipes", "random_bytes", "record_buffers", "release", "session_opened", "still_live")
+                 "new_handshake", "pipes", "random_bytes", "record_buffers", "release", "scans", "session_opened",
+                 "still_live")
 
     def __init__(self, limits: Limits, counters: Counters, *, fast_mode: bool, dc_table: DcTable, guard: Guard,
                  clock: Callable[[], float], random_bytes: Callable[[int], bytes]) -> None:
@@ -63,3 +65,4 @@ class Context:
         self.mask: Callable[[], HostPort | None]
         self.enforcer: Enforcer  # per-secret limits: admission after authentication, running sessions
         self.session_opened: Callable[[Grant], None]  # a session was admitted: the expiry timer may move
+        self.scans: ScanScheduler  # when handshakes no hint identifies scan the secrets (set when the server starts)

@@ -30,6 +30,7 @@ from .enforce import Enforcer, Grant
 from .guard import Guard
 from .hints import HintCache
 from .memory import INTERVAL, Trimmer, load_malloc_trim, refill_free_lists
+from .scans import ScanScheduler
 from .secrets import SecretSet
 
 log = logging.getLogger("mtproxy.server")
@@ -348,6 +349,8 @@ class Server:
 
     async def start(self, sockets: list[tuple[HostPort, socket.socket]]) -> None:
         self.loop = self.ctx.loop = asyncio.get_running_loop()
+        limits = self.cfg.limits
+        self.ctx.scans = ScanScheduler(self.loop, self.counters, limits.scan_budget, limits.handshake_timeout)
         self._malloc_trim = load_malloc_trim()
         self._memory_timer = self.loop.call_later(INTERVAL, self._memory_tick)
         for address, sock in sockets:
@@ -372,6 +375,7 @@ class Server:
         for conn in list(self.connections):
             conn.abort()
         self.guard.close()
+        self.ctx.scans.close()
         self.enforcer.sync()
         if self._memory_timer is not None:
             self._memory_timer.cancel()

@@ -44,6 +44,8 @@ class Counters:
     refused_unauthenticated_ip: int = 0  # by --max-unauthenticated-per-ip
     halfclose_released: int = 0  # closed by --halfclose-timeout
     out_of_fds: int = 0  # connections refused or sessions dropped for lack of file descriptors
+    scans: int = 0  # handshakes no hint identified that tried the whole secret table (runtime/scans.py)
+    scans_waiting: int = 0  # such handshakes waiting for the scan budget now
     rejects: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     # authenticated clients refused a session, or sessions closed, by their secret's limits (accounts/policy)
     refusals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSALS, 0))
@@ -90,6 +92,8 @@ class Counters:
             "refused_unauthenticated_ip": self.refused_unauthenticated_ip,
             "halfclose_released": self.halfclose_released,
             "out_of_fds": self.out_of_fds,
+            "scans": self.scans,
+            "scans_waiting": self.scans_waiting,
             "rejects": dict(self.rejects),
             "refusals": dict(self.refusals),
             "modes": dict(self.modes),
@@ -115,7 +119,8 @@ def _secret_snap(figures: SecretCounters) -> dict[str, Any]:
 
 _SUMMED = ("active", "total", "handshakes_ok", "bytes_in", "bytes_out", "masked", "mask_failed",
            "upstream_failed", "refused_limit", "reloads_ok", "reloads_failed", "workers", "unauthenticated",
-           "refused_unauthenticated", "refused_unauthenticated_ip", "halfclose_released", "out_of_fds")
+           "refused_unauthenticated", "refused_unauthenticated_ip", "halfclose_released", "out_of_fds", "scans",
+           "scans_waiting")
 
 
 def merge(snapshots: list[dict[str, Any]], started_at: float) -> dict[str, Any]:

@@ -35,6 +35,8 @@ def render_stats(snap: dict[str, Any], now: float) -> str:
         ("refused_unauthenticated_per_ip", snap.get("refused_unauthenticated_ip", 0)),
         ("halfclose_released", snap.get("halfclose_released", 0)),
         ("refused_out_of_fds", snap.get("out_of_fds", 0)),
+        ("secret_scans", snap.get("scans", 0)),
+        ("secret_scans_waiting", snap.get("scans_waiting", 0)),
         ("secrets_loaded", snap["secrets_loaded"]),
         ("reloads_ok", snap["reloads_ok"]),
         ("reloads_failed", snap["reloads_failed"]),
@@ -82,6 +84,10 @@ class _SnapshotCollector(Collector):
                                   value=s.get("halfclose_released", 0))
         yield CounterMetricFamily("mtproxy_out_of_fds", "Connections refused or dropped for lack of descriptors",
                                   value=s.get("out_of_fds", 0))
+        yield CounterMetricFamily("mtproxy_scans", "Handshakes no hint identified that tried every secret",
+                                  value=s.get("scans", 0))
+        yield GaugeMetricFamily("mtproxy_scans_waiting", "Handshakes waiting for the scan budget",
+                                value=s.get("scans_waiting", 0))
         r = CounterMetricFamily("mtproxy_handshake_failures", "Rejected handshakes", labels=["reason"])
         for k, v in sorted(s["rejects"].items()):
             r.add_metric([k], v)
