@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from . import faketls, obfs2
-from .cipher import Aes, Keystream
+from .cipher import Aes, Keystream, SecretScan
 from .errors import RejectReason, TlsFormatError
 from .replay import ReplayFilter
 from .secret import Secret
@@ -22,9 +22,10 @@ OBFS2_REPLAY_TTL = 24 * 3600.0  # no timestamp in a classic init: remember as lo
 
 
 class SecretTable:
-    """The live set of secrets, with the per-secret state the hot path needs precomputed."""
+    """The live set of secrets, with the per-secret state the hot path needs precomputed. `aes` is what the
+    scans run on: its `secret_scan` (the native library) when it has one, else the loops below."""
 
-    def __init__(self, entries: Sequence[tuple[str, Secret]]) -> None:
+    def __init__(self, entries: Sequence[tuple[str, Secret]], aes: Aes) -> None:
         self.ids: tuple[str, ...] = tuple(secret_id for secret_id, _ in entries)
         self.secrets: tuple[Secret, ...] = tuple(secret for _, secret in entries)
         if len(set(self.ids)) != len(self.ids):
@@ -35,6 +36,8 @@ class SecretTable:
             if secret.domain is not None:
                 by_domain.setdefault(secret.domain, []).append(index)
         self._by_domain = {domain: tuple(indexes) for domain, indexes in by_domain.items()}
+        self._aes = aes
+        self._scan: SecretScan | None = aes.secret_scan(self.secrets) if aes.secret_scan is not None else None
 
     def __len__(self) -> int:
         return len(self.secrets)
@@ -58,6 +61,30 @@ class SecretTable:
         for index in range(len(self.secrets)):
             if index not in tried:
                 yield index
+
+    def find_obfs2(self, init: bytes, exclude: int) -> int:
+        """The first secret in `candidates` order, `exclude` left out, whose key decrypts this 64-byte init
+        to a known tag; -1 when none does."""
+        if self._scan is not None:
+            return self._scan.find_obfs2(init, exclude)
+        trial = obfs2.InitTrial(init, self._aes)
+        for index, secret in enumerate(self.secrets):
+            if index != exclude and trial.matches(secret.key):
+                return index
+        return -1
+
+    def find_tls(self, hello: faketls.ClientHello, domain: str | None, exclude: int) -> tuple[int, int] | None:
+        """The first secret in `candidates(None, domain)` order, `exclude` left out, under which the
+        hello's digest verifies, and the client's clock; None when none does."""
+        if self._scan is not None:
+            return self._scan.find_tls(hello, domain, exclude)
+        for index in self.candidates(exclude if exclude >= 0 else None, domain):
+            if index == exclude:
+                continue
+            timestamp = faketls.client_timestamp(self._keyed[index], hello)
+            if timestamp is not None:
+                return index, timestamp
+        return None
 
 
 @dataclass(frozen=True)
@@ -187,20 +214,15 @@ class Handshake:
                 return self._reject(RejectReason.UNKNOWN_SECRET)
             return NeedMore()
         init = bytes(self._received[: obfs2.INIT_SIZE])
-        trial: obfs2.InitTrial | None = None
         secrets = self._table.secrets
-        for index in self._table.candidates(self._hint, None):
-            key = secrets[index].key
-            # the first candidate (the hinted secret, or the only one) is decoded outright: it is usually
-            # the client's, and a trial first would cost a hash and an AES block more; the rest are scanned
-            if trial is not None and not trial.matches(key):
-                continue
-            decoded = obfs2.decode_init(init, key, self._aes)
-            if decoded is not None:
-                break
-            if trial is None:
-                trial = obfs2.InitTrial(init, self._aes)
-        else:
+        # the first candidate (the hinted secret, or the only one) is decoded outright: it is usually the
+        # client's, and a trial first would cost a hash and an AES block more; the rest are scanned
+        index = next(self._table.candidates(self._hint, None), -1)
+        decoded = obfs2.decode_init(init, secrets[index].key, self._aes) if index >= 0 else None
+        if decoded is None:
+            index = self._table.find_obfs2(init, index)
+            decoded = obfs2.decode_init(init, secrets[index].key, self._aes) if index >= 0 else None
+        if decoded is None:
             return self._reject(RejectReason.UNKNOWN_SECRET)
         if self._check_replay(init[8:24], self._now, OBFS2_REPLAY_TTL):
             return self._reject(RejectReason.REPLAY)
@@ -223,12 +245,13 @@ class Handshake:
         domains = self._settings.tls_domains
         if domains and hello.sni not in domains:
             return self._reject(RejectReason.TLS_BAD_SNI)
-        for index in self._table.candidates(self._hint, hello.sni):
-            timestamp = faketls.client_timestamp(self._table.keyed_hmac(index), hello)
-            if timestamp is not None:
-                break
-        else:
-            return self._reject(RejectReason.TLS_BAD_HMAC)
+        index = next(self._table.candidates(self._hint, hello.sni), -1)
+        timestamp = faketls.client_timestamp(self._table.keyed_hmac(index), hello) if index >= 0 else None
+        if timestamp is None:
+            found = self._table.find_tls(hello, hello.sni, index)
+            if found is None:
+                return self._reject(RejectReason.TLS_BAD_HMAC)
+            index, timestamp = found
         skew = now - timestamp
         if skew > self._settings.max_skew_past or -skew > self._settings.max_skew_future:
             return self._reject(RejectReason.TLS_SKEW)
