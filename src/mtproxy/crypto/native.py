@@ -13,6 +13,7 @@ ClientHello for fake-TLS; there it runs on the CPU's SHA extensions (a portable 
 
 from __future__ import annotations
 
+import array
 import ctypes
 import importlib.machinery
 from collections.abc import Sequence
@@ -57,7 +58,7 @@ def open_library(directory: Path | None = None) -> ctypes.CDLL | None:
             lib.mtp_sha256.restype = ctypes.c_int
             lib.mtp_sha256.argtypes = [vp, size, vp]
             lib.mtp_hmac_prepare.restype = ctypes.c_int
-            lib.mtp_hmac_prepare.argtypes = [vp, size, vp]
+            lib.mtp_hmac_prepare.argtypes = [vp, size, size, vp]
             i32 = ctypes.c_int32
             lib.mtp_obfs2_scan.restype = i32
             lib.mtp_obfs2_scan.argtypes = [vp, vp, size, vp, size, i32]
@@ -145,16 +146,21 @@ def sha256(lib: ctypes.CDLL, data: bytes) -> bytes:
     return out.raw
 
 
-def hmac_midstates(lib: ctypes.CDLL, key: bytes) -> bytes:
-    """HMAC-SHA256's inner and outer states after `key`'s block: what the fake-TLS scan starts from."""
-    out = ctypes.create_string_buffer(MIDSTATES_SIZE)
-    if lib.mtp_hmac_prepare(key, len(key), out) != 0:
+def hmac_midstates(lib: ctypes.CDLL, keys: Sequence[bytes]) -> bytes:
+    """HMAC-SHA256's inner and outer states after each key's block (keys of one length), packed: what the
+    fake-TLS scan starts from."""
+    size = len(keys[0]) if keys else 0
+    if any(len(key) != size for key in keys):
+        raise ValueError("the keys differ in length")
+    out = ctypes.create_string_buffer(MIDSTATES_SIZE * len(keys))
+    if lib.mtp_hmac_prepare(b"".join(keys), size, len(keys), out) != 0:
         raise OSError("the native library refused an HMAC key")
     return out.raw
 
 
 def _indexes(values: Sequence[int]) -> ctypes.Array[ctypes.c_int32]:
-    return (ctypes.c_int32 * len(values))(*values)
+    packed = array.array("i", values)  # C int: 32 bits wherever this library builds
+    return (ctypes.c_int32 * len(values)).from_buffer_copy(packed) if values else (ctypes.c_int32 * 0)()
 
 
 class NativeSecretScan:
@@ -170,10 +176,7 @@ class NativeSecretScan:
         self._lib = lib
         self._count = len(secrets)
         self._keys = b"".join(secret.key for secret in secrets)
-        midstates = bytearray(MIDSTATES_SIZE * len(secrets))
-        for i, secret in enumerate(secrets):
-            midstates[MIDSTATES_SIZE * i : MIDSTATES_SIZE * (i + 1)] = hmac_midstates(lib, secret.key)
-        self._midstates = bytes(midstates)
+        self._midstates = hmac_midstates(lib, [secret.key for secret in secrets])
         self._all = _indexes(range(len(secrets)))
         domain_ids: dict[str, int] = {}
         members: dict[str, list[int]] = {}
