@@ -198,39 +198,7 @@ unsafe fn walk_two(a: &mut Stream, b: &mut Stream, src: *const u8, dst: *mut u8,
 
 #[target_feature(enable = "aes,avx2,vaes")]
 unsafe fn expand_key(key: *const u8, state: *mut u8) {
-    // AES-256 key schedule with AESKEYGENASSIST (Intel's white paper, figure 28)
-    unsafe fn spread(mut t: __m128i) -> __m128i {
-        let mut u = _mm_slli_si128::<4>(t);
-        t = _mm_xor_si128(t, u);
-        u = _mm_slli_si128::<4>(u);
-        t = _mm_xor_si128(t, u);
-        u = _mm_slli_si128::<4>(u);
-        _mm_xor_si128(t, u)
-    }
-    let mut t1 = _mm_loadu_si128(key as *const __m128i);
-    let mut t3 = _mm_loadu_si128(key.add(16) as *const __m128i);
-    let mut rk = [_mm_setzero_si128(); ROUNDS + 1];
-    rk[0] = t1;
-    rk[1] = t3;
-    macro_rules! round_pair {
-        ($rcon:literal, $i:expr, $last:expr) => {
-            let t2 = _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<$rcon>(t3));
-            t1 = _mm_xor_si128(spread(t1), t2);
-            rk[$i] = t1;
-            if !$last {
-                let t2 = _mm_shuffle_epi32::<0xaa>(_mm_aeskeygenassist_si128::<0>(t1));
-                t3 = _mm_xor_si128(spread(t3), t2);
-                rk[$i + 1] = t3;
-            }
-        };
-    }
-    round_pair!(0x01, 2, false);
-    round_pair!(0x02, 4, false);
-    round_pair!(0x04, 6, false);
-    round_pair!(0x08, 8, false);
-    round_pair!(0x10, 10, false);
-    round_pair!(0x20, 12, false);
-    round_pair!(0x40, 14, true);
+    let rk = round_keys(_mm_loadu_si128(key as *const __m128i), _mm_loadu_si128(key.add(16) as *const __m128i));
     for (i, k) in rk.iter().enumerate() {
         _mm_storeu_si128(state.add(16 * i) as *mut __m128i, *k);
     }
@@ -567,7 +535,8 @@ fn read_midstate(bytes: &[u8]) -> [u32; 8] {
     state
 }
 
-/// AES-256 round keys of a key in two registers (the same schedule as `expand_key`).
+/// AES-256 round keys of a key in two registers: the key schedule with AESKEYGENASSIST (Intel's AES-NI
+/// white paper, figure 28).
 #[target_feature(enable = "aes,sse2,ssse3,sse4.1")]
 unsafe fn round_keys(mut t1: __m128i, mut t3: __m128i) -> [__m128i; ROUNDS + 1] {
     #[inline(always)]
@@ -582,25 +551,31 @@ unsafe fn round_keys(mut t1: __m128i, mut t3: __m128i) -> [__m128i; ROUNDS + 1] 
     let mut rk = [_mm_setzero_si128(); ROUNDS + 1];
     rk[0] = t1;
     rk[1] = t3;
-    macro_rules! round_pair {
-        ($rcon:literal, $i:expr, $last:expr) => {
-            let t2 = _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<$rcon>(t3));
-            t1 = _mm_xor_si128(spread(t1), t2);
+    macro_rules! even {
+        ($rcon:literal, $i:expr) => {
+            t1 = _mm_xor_si128(spread(t1), _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<$rcon>(t3)));
             rk[$i] = t1;
-            if !$last {
-                let t2 = _mm_shuffle_epi32::<0xaa>(_mm_aeskeygenassist_si128::<0>(t1));
-                t3 = _mm_xor_si128(spread(t3), t2);
-                rk[$i + 1] = t3;
-            }
         };
     }
-    round_pair!(0x01, 2, false);
-    round_pair!(0x02, 4, false);
-    round_pair!(0x04, 6, false);
-    round_pair!(0x08, 8, false);
-    round_pair!(0x10, 10, false);
-    round_pair!(0x20, 12, false);
-    round_pair!(0x40, 14, true);
+    macro_rules! odd {
+        ($i:expr) => {
+            t3 = _mm_xor_si128(spread(t3), _mm_shuffle_epi32::<0xaa>(_mm_aeskeygenassist_si128::<0>(t1)));
+            rk[$i] = t3;
+        };
+    }
+    even!(0x01, 2);
+    odd!(3);
+    even!(0x02, 4);
+    odd!(5);
+    even!(0x04, 6);
+    odd!(7);
+    even!(0x08, 8);
+    odd!(9);
+    even!(0x10, 10);
+    odd!(11);
+    even!(0x20, 12);
+    odd!(13);
+    even!(0x40, 14);
     rk
 }
 
