@@ -648,6 +648,11 @@ impl Candidates<'_> {
     }
 }
 
+/// Whether `count` items of `size` bytes make a slice Rust can hold (at most isize::MAX bytes).
+fn fits(count: usize, size: usize) -> bool {
+    count.checked_mul(size).is_some_and(|bytes| bytes <= isize::MAX as usize)
+}
+
 /// # Safety
 /// Each pointer readable for the length given with it (`domains` for `count` i32, or null).
 unsafe fn candidates<'a>(
@@ -685,7 +690,7 @@ pub extern "C" fn mtp_sha_force_portable(on: i32) -> i32 {
 /// `data` readable for `len` bytes (may be null when `len` is 0), `out` writable for 32.
 #[no_mangle]
 pub unsafe extern "C" fn mtp_sha256(data: *const u8, len: usize, out: *mut u8) -> i32 {
-    if out.is_null() || (data.is_null() && len != 0) {
+    if out.is_null() || (data.is_null() && len != 0) || !fits(len, 1) {
         return BAD_ARGUMENT;
     }
     let message = if len == 0 { &[][..] } else { core::slice::from_raw_parts(data, len) };
@@ -702,8 +707,11 @@ pub unsafe extern "C" fn mtp_sha256(data: *const u8, len: usize, out: *mut u8) -
 /// `keys` readable for `key_len * count` bytes, `out` writable for `64 * count`.
 #[no_mangle]
 pub unsafe extern "C" fn mtp_hmac_prepare(keys: *const u8, key_len: usize, count: usize, out: *mut u8) -> i32 {
-    let Some(total) = key_len.checked_mul(count) else { return BAD_ARGUMENT };
-    if count.checked_mul(MIDSTATES_SIZE).is_none() || (count != 0 && out.is_null()) || (keys.is_null() && total != 0) {
+    if !fits(key_len, count) || !fits(count, MIDSTATES_SIZE) || (count != 0 && out.is_null()) {
+        return BAD_ARGUMENT;
+    }
+    let total = key_len * count;
+    if keys.is_null() && total != 0 {
         return BAD_ARGUMENT;
     }
     let keys = if total == 0 { &[][..] } else { core::slice::from_raw_parts(keys, total) };
@@ -736,7 +744,12 @@ pub unsafe extern "C" fn mtp_obfs2_scan(
     if !scan_cpu_ok() {
         return NO_CPU_SUPPORT;
     }
-    if init.is_null() || (n_keys != 0 && keys.is_null()) || (n_indexes != 0 && indexes.is_null()) {
+    if init.is_null()
+        || (n_keys != 0 && keys.is_null())
+        || (n_indexes != 0 && indexes.is_null())
+        || !fits(n_keys, SECRET_KEY_SIZE)
+        || !fits(n_indexes, 4)
+    {
         return BAD_ARGUMENT;
     }
     let init = &*(init as *const [u8; INIT_SIZE]);
@@ -806,6 +819,9 @@ pub unsafe extern "C" fn mtp_tls_scan(
         || (n_keys != 0 && midstates.is_null())
         || (n_indexes != 0 && indexes.is_null())
         || (skip_domain != -1 && domains.is_null())
+        || !fits(record_len, 1)
+        || !fits(n_keys, MIDSTATES_SIZE)
+        || !fits(n_indexes, 4)
     {
         return BAD_ARGUMENT;
     }

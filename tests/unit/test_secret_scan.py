@@ -169,13 +169,17 @@ def test_hmac_from_midstates_is_hmac_new(lib: ctypes.CDLL, sha_path: str, key_si
         assert tls_scan(lib, midstates, record, bytes(wrong))[0] == -1
 
 
-def test_a_bad_index_is_refused_not_read(lib: ctypes.CDLL) -> None:
+def test_a_bad_index_or_size_is_refused_not_read(lib: ctypes.CDLL) -> None:
     keys = os.urandom(32)
     init = os.urandom(64)
     for bad in (-5, 2, 1 << 30):
         indexes = (ctypes.c_int32 * 2)(0, bad)
         assert lib.mtp_obfs2_scan(init, keys, 2, indexes, 2, -1) == -2
     assert lib.mtp_obfs2_scan(None, keys, 2, (ctypes.c_int32 * 1)(0), 1, -1) == -2
+    # sizes no buffer can have: refused before anything is read
+    assert lib.mtp_obfs2_scan(init, keys, 1 << 62, (ctypes.c_int32 * 1)(0), 1, -1) == -2
+    timestamp = ctypes.c_uint32()
+    assert lib.mtp_tls_scan(init, 1 << 63, init, keys, 0, None, None, 0, -1, -1, ctypes.byref(timestamp)) == -2
 
 
 def test_the_self_test_passes_on_each_sha_path(backends: tuple[backend.Backend, backend.Backend],
