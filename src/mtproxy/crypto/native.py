@@ -184,7 +184,7 @@ class NativeSecretScan:
             if secret.domain is not None:
                 domain_ids.setdefault(secret.domain, len(domain_ids))
                 members.setdefault(secret.domain, []).append(i)
-        self._domain_of = _indexes([domain_ids.get(s.domain, -1) if s.domain is not None else -1 for s in secrets])
+        self._domain_of = _indexes([domain_ids[s.domain] if s.domain is not None else -1 for s in secrets])
         self._by_domain = {domain: (domain_ids[domain], _indexes(found)) for domain, found in members.items()}
 
     def find_obfs2(self, init: bytes, exclude: int) -> int:
