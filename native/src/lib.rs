@@ -6,12 +6,16 @@
 //! CTR mode counts. Entry points do nothing and return -1 on a CPU without AES-NI, AVX2 and VAES; Python
 //! asks `mtp_available` first and keeps OpenSSL then.
 //!
+//! The same library runs the secret scan (the end of this file): SHA-256 (the CPU's SHA extensions, or a
+//! portable fallback), HMAC-SHA256 from precomputed midstates and single AES-256 blocks with AES-NI.
+//!
 //! A stream's state is caller-owned memory of `mtp_state_size()` bytes, any alignment:
 //! round keys (15 x 16), the next counter (u128, native order), the keystream of the last block begun
 //! (16), and how many of its bytes are used (u64; 16 when none are left).
 
 use core::arch::x86_64::*;
 use core::ptr;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 const STATE_SIZE: usize = 288;
 const OFF_COUNTER: usize = 240;
@@ -194,39 +198,7 @@ unsafe fn walk_two(a: &mut Stream, b: &mut Stream, src: *const u8, dst: *mut u8,
 
 #[target_feature(enable = "aes,avx2,vaes")]
 unsafe fn expand_key(key: *const u8, state: *mut u8) {
-    // AES-256 key schedule with AESKEYGENASSIST (Intel's white paper, figure 28)
-    unsafe fn spread(mut t: __m128i) -> __m128i {
-        let mut u = _mm_slli_si128::<4>(t);
-        t = _mm_xor_si128(t, u);
-        u = _mm_slli_si128::<4>(u);
-        t = _mm_xor_si128(t, u);
-        u = _mm_slli_si128::<4>(u);
-        _mm_xor_si128(t, u)
-    }
-    let mut t1 = _mm_loadu_si128(key as *const __m128i);
-    let mut t3 = _mm_loadu_si128(key.add(16) as *const __m128i);
-    let mut rk = [_mm_setzero_si128(); ROUNDS + 1];
-    rk[0] = t1;
-    rk[1] = t3;
-    macro_rules! round_pair {
-        ($rcon:literal, $i:expr, $last:expr) => {
-            let t2 = _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<$rcon>(t3));
-            t1 = _mm_xor_si128(spread(t1), t2);
-            rk[$i] = t1;
-            if !$last {
-                let t2 = _mm_shuffle_epi32::<0xaa>(_mm_aeskeygenassist_si128::<0>(t1));
-                t3 = _mm_xor_si128(spread(t3), t2);
-                rk[$i + 1] = t3;
-            }
-        };
-    }
-    round_pair!(0x01, 2, false);
-    round_pair!(0x02, 4, false);
-    round_pair!(0x04, 6, false);
-    round_pair!(0x08, 8, false);
-    round_pair!(0x10, 10, false);
-    round_pair!(0x20, 12, false);
-    round_pair!(0x40, 14, true);
+    let rk = round_keys(_mm_loadu_si128(key as *const __m128i), _mm_loadu_si128(key.add(16) as *const __m128i));
     for (i, k) in rk.iter().enumerate() {
         _mm_storeu_si128(state.add(16 * i) as *mut __m128i, *k);
     }
@@ -333,4 +305,557 @@ pub unsafe extern "C" fn mtp_gather_xor2(
     a.store(first);
     b.store(second);
     0
+}
+
+// ---- the secret scan: SHA-256, HMAC-SHA256 and one AES block per configured secret ----
+//
+// A client without a per-address hint is tried against every secret: classic and dd derive a key with
+// SHA-256(init[8..40] + secret) and decrypt the CTR block holding the tag; fake-TLS computes
+// HMAC-SHA256(secret, ClientHello with its random zeroed) and compares it with the random. These run
+// here with the SHA extensions where the CPU has them (a portable SHA-256 otherwise) and AES-NI.
+
+
+const SHA_IV: [u32; 8] = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
+const SHA_K: [u32; 64] = [
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+];
+const SHA_BLOCK: usize = 64;
+const MIDSTATES_SIZE: usize = 64; // one key's HMAC inner then outer state, 8 native-order u32 each
+const SECRET_KEY_SIZE: usize = 16;
+const INIT_SIZE: usize = 64;
+const TLS_RANDOM: usize = 32;
+const DIGEST_CHECKED: usize = 28; // the random's last 4 bytes carry the client's clock
+const KNOWN_TAGS: [u32; 3] = [0xefefefef, 0xeeeeeeee, 0xdddddddd];
+const NO_MATCH: i32 = -1;
+const BAD_ARGUMENT: i32 = -2;
+const NO_CPU_SUPPORT: i32 = -3;
+const LANES: usize = 4; // candidates hashed together (see `compress_sha_ni`)
+
+/// Set only by the tests (`mtp_sha_force_portable`): the portable SHA-256 must stay right on a CPU that
+/// has the extensions too.
+static FORCE_PORTABLE_SHA: AtomicBool = AtomicBool::new(false);
+
+fn scan_cpu_ok() -> bool {
+    is_x86_feature_detected!("aes") && is_x86_feature_detected!("sse4.1") && is_x86_feature_detected!("ssse3")
+}
+
+fn sha_extensions() -> bool {
+    !FORCE_PORTABLE_SHA.load(Ordering::Relaxed)
+        && is_x86_feature_detected!("sha")
+        && is_x86_feature_detected!("sse4.1")
+        && is_x86_feature_detected!("ssse3")
+}
+
+/// SHA-256's compression over whole 64-byte blocks, chosen once per entry point call.
+#[derive(Clone, Copy)]
+struct Sha {
+    extensions: bool,
+}
+
+impl Sha {
+    fn new() -> Sha {
+        Sha { extensions: sha_extensions() }
+    }
+
+    #[inline]
+    fn compress(self, state: &mut [u32; 8], blocks: &[u8]) {
+        self.compress_lanes(core::array::from_mut(state), [blocks]);
+    }
+
+    /// Each state over its own blocks; every lane has the same number of whole blocks.
+    #[inline]
+    fn compress_lanes<const L: usize>(self, states: &mut [[u32; 8]; L], blocks: [&[u8]; L]) {
+        debug_assert!(blocks.iter().all(|b| b.len() % SHA_BLOCK == 0 && b.len() == blocks[0].len()));
+        if self.extensions {
+            // SAFETY: `sha_extensions` saw the CPU features this needs
+            unsafe { compress_sha_ni(states, blocks) }
+        } else {
+            for (state, lane) in states.iter_mut().zip(blocks) {
+                compress_portable(state, lane);
+            }
+        }
+    }
+
+    /// The digest of a message whose first `prefix` bytes (a multiple of 64) are already in `state`
+    /// and whose remaining bytes are `data`.
+    fn finish(self, state: [u32; 8], prefix: u64, data: &[u8]) -> [u8; 32] {
+        let [digest] = self.finish_lanes([state], prefix, [data]);
+        digest
+    }
+
+    /// `finish` of `L` messages of the same length, each from its own state.
+    fn finish_lanes<const L: usize>(self, mut states: [[u32; 8]; L], prefix: u64, data: [&[u8]; L]) -> [[u8; 32]; L] {
+        let len = data[0].len();
+        debug_assert!(data.iter().all(|d| d.len() == len));
+        let whole = len - len % SHA_BLOCK;
+        self.compress_lanes(&mut states, data.map(|d| &d[..whole]));
+        let rest = len - whole;
+        let tail_len = if rest + 9 <= SHA_BLOCK { SHA_BLOCK } else { 2 * SHA_BLOCK };
+        let bits = (prefix + len as u64).wrapping_mul(8);
+        let mut tails = [[0u8; 2 * SHA_BLOCK]; L];
+        for (tail, lane) in tails.iter_mut().zip(data) {
+            tail[..rest].copy_from_slice(&lane[whole..]);
+            tail[rest] = 0x80;
+            tail[tail_len - 8..tail_len].copy_from_slice(&bits.to_be_bytes());
+        }
+        self.compress_lanes(&mut states, core::array::from_fn(|l| &tails[l][..tail_len]));
+        states.map(|state| digest_bytes(&state))
+    }
+}
+
+fn digest_bytes(state: &[u32; 8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (chunk, word) in out.chunks_exact_mut(4).zip(state.iter()) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    out
+}
+
+fn compress_portable(state: &mut [u32; 8], blocks: &[u8]) {
+    for block in blocks.chunks_exact(SHA_BLOCK) {
+        let mut w = [0u32; 64];
+        for (t, word) in block.chunks_exact(4).enumerate() {
+            w[t] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+        }
+        for t in 16..64 {
+            let s0 = w[t - 15].rotate_right(7) ^ w[t - 15].rotate_right(18) ^ (w[t - 15] >> 3);
+            let s1 = w[t - 2].rotate_right(17) ^ w[t - 2].rotate_right(19) ^ (w[t - 2] >> 10);
+            w[t] = w[t - 16].wrapping_add(s0).wrapping_add(w[t - 7]).wrapping_add(s1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *state;
+        for t in 0..64 {
+            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
+            let ch = (e & f) ^ (!e & g);
+            let t1 = h.wrapping_add(s1).wrapping_add(ch).wrapping_add(SHA_K[t]).wrapping_add(w[t]);
+            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
+            let maj = (a & b) ^ (a & c) ^ (b & c);
+            let t2 = s0.wrapping_add(maj);
+            h = g;
+            g = f;
+            f = e;
+            e = d.wrapping_add(t1);
+            d = c;
+            c = b;
+            b = a;
+            a = t1.wrapping_add(t2);
+        }
+        for (s, v) in state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
+            *s = s.wrapping_add(v);
+        }
+    }
+}
+
+/// The same compression with SHA256RNDS2 and SHA256MSG1/2 (Intel's SHA extensions): the state lives as
+/// ABEF and CDGH, four rounds' message words per register. `L` messages of the same length at once, one
+/// state each: a round's latency is several cycles, and independent lanes fill it.
+#[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
+unsafe fn compress_sha_ni<const L: usize>(states: &mut [[u32; 8]; L], blocks: [&[u8]; L]) {
+    let byteswap = _mm_set_epi64x(0x0c0d0e0f08090a0bu64 as i64, 0x0405060700010203u64 as i64);
+    let mut abef = [_mm_setzero_si128(); L];
+    let mut cdgh = [_mm_setzero_si128(); L];
+    for l in 0..L {
+        let dcba = _mm_loadu_si128(states[l].as_ptr() as *const __m128i);
+        let hgfe = _mm_loadu_si128(states[l].as_ptr().add(4) as *const __m128i);
+        let cdab = _mm_shuffle_epi32::<0xB1>(dcba);
+        let efgh = _mm_shuffle_epi32::<0x1B>(hgfe);
+        abef[l] = _mm_alignr_epi8::<8>(cdab, efgh);
+        cdgh[l] = _mm_blend_epi16::<0xF0>(efgh, cdab);
+    }
+    let count = blocks[0].len() / SHA_BLOCK;
+    for b in 0..count {
+        let (abef_in, cdgh_in) = (abef, cdgh);
+        let mut w = [[_mm_setzero_si128(); 4]; L];
+        for l in 0..L {
+            let block = blocks[l].as_ptr().add(SHA_BLOCK * b);
+            for (i, slot) in w[l].iter_mut().enumerate() {
+                *slot = _mm_shuffle_epi8(_mm_loadu_si128(block.add(16 * i) as *const __m128i), byteswap);
+            }
+        }
+        for g in 0..16 {
+            let k = _mm_loadu_si128(SHA_K.as_ptr().add(4 * g) as *const __m128i);
+            for l in 0..L {
+                let w = &mut w[l];
+                if g >= 4 {
+                    // W[t] = σ1(W[t-2]) + W[t-7] + σ0(W[t-15]) + W[t-16], four words at once
+                    let sum = _mm_add_epi32(
+                        _mm_sha256msg1_epu32(w[g % 4], w[(g + 1) % 4]),
+                        _mm_alignr_epi8::<4>(w[(g + 3) % 4], w[(g + 2) % 4]),
+                    );
+                    w[g % 4] = _mm_sha256msg2_epu32(sum, w[(g + 3) % 4]);
+                }
+                let msg = _mm_add_epi32(w[g % 4], k);
+                cdgh[l] = _mm_sha256rnds2_epu32(cdgh[l], abef[l], msg);
+                abef[l] = _mm_sha256rnds2_epu32(abef[l], cdgh[l], _mm_shuffle_epi32::<0x0E>(msg));
+            }
+        }
+        for l in 0..L {
+            abef[l] = _mm_add_epi32(abef[l], abef_in[l]);
+            cdgh[l] = _mm_add_epi32(cdgh[l], cdgh_in[l]);
+        }
+    }
+    for l in 0..L {
+        let feba = _mm_shuffle_epi32::<0x1B>(abef[l]);
+        let dchg = _mm_shuffle_epi32::<0xB1>(cdgh[l]);
+        _mm_storeu_si128(states[l].as_mut_ptr() as *mut __m128i, _mm_blend_epi16::<0xF0>(feba, dchg));
+        _mm_storeu_si128(states[l].as_mut_ptr().add(4) as *mut __m128i, _mm_alignr_epi8::<8>(dchg, feba));
+    }
+}
+
+/// HMAC-SHA256's inner and outer states after the key's padded block (RFC 2104).
+fn hmac_midstates(sha: Sha, key: &[u8]) -> ([u32; 8], [u32; 8]) {
+    let mut block = [0u8; SHA_BLOCK];
+    if key.len() > SHA_BLOCK {
+        block[..32].copy_from_slice(&sha.finish(SHA_IV, 0, key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = SHA_IV;
+    let mut outer = SHA_IV;
+    let ipad = block.map(|b| b ^ 0x36);
+    let opad = block.map(|b| b ^ 0x5c);
+    sha.compress(&mut inner, &ipad);
+    sha.compress(&mut outer, &opad);
+    (inner, outer)
+}
+
+fn read_midstate(bytes: &[u8]) -> [u32; 8] {
+    let mut state = [0u32; 8];
+    for (word, chunk) in state.iter_mut().zip(bytes.chunks_exact(4)) {
+        *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    state
+}
+
+/// AES-256 round keys of a key in two registers: the key schedule with AESKEYGENASSIST (Intel's AES-NI
+/// white paper, figure 28).
+#[target_feature(enable = "aes,sse2,ssse3,sse4.1")]
+unsafe fn round_keys(mut t1: __m128i, mut t3: __m128i) -> [__m128i; ROUNDS + 1] {
+    #[inline(always)]
+    unsafe fn spread(mut t: __m128i) -> __m128i {
+        let mut u = _mm_slli_si128::<4>(t);
+        t = _mm_xor_si128(t, u);
+        u = _mm_slli_si128::<4>(u);
+        t = _mm_xor_si128(t, u);
+        u = _mm_slli_si128::<4>(u);
+        _mm_xor_si128(t, u)
+    }
+    let mut rk = [_mm_setzero_si128(); ROUNDS + 1];
+    rk[0] = t1;
+    rk[1] = t3;
+    macro_rules! even {
+        ($rcon:literal, $i:expr) => {
+            t1 = _mm_xor_si128(spread(t1), _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<$rcon>(t3)));
+            rk[$i] = t1;
+        };
+    }
+    macro_rules! odd {
+        ($i:expr) => {
+            t3 = _mm_xor_si128(spread(t3), _mm_shuffle_epi32::<0xaa>(_mm_aeskeygenassist_si128::<0>(t1)));
+            rk[$i] = t3;
+        };
+    }
+    even!(0x01, 2);
+    odd!(3);
+    even!(0x02, 4);
+    odd!(5);
+    even!(0x04, 6);
+    odd!(7);
+    even!(0x08, 8);
+    odd!(9);
+    even!(0x10, 10);
+    odd!(11);
+    even!(0x20, 12);
+    odd!(13);
+    even!(0x40, 14);
+    rk
+}
+
+/// AES-256 of one block under a 32-byte key.
+#[target_feature(enable = "aes,sse2,ssse3,sse4.1")]
+unsafe fn encrypt_one(key: &[u8; 32], block: __m128i) -> __m128i {
+    let rk = round_keys(
+        _mm_loadu_si128(key.as_ptr() as *const __m128i),
+        _mm_loadu_si128(key.as_ptr().add(16) as *const __m128i),
+    );
+    let mut x = _mm_xor_si128(block, rk[0]);
+    for k in &rk[1..ROUNDS] {
+        x = _mm_aesenc_si128(x, *k);
+    }
+    _mm_aesenclast_si128(x, rk[ROUNDS])
+}
+
+/// Which candidates to try, in order: `indexes` (each below the table's size), leaving out `exclude` and,
+/// when `skip_domain` is not -1, every key whose entry in `domains` equals it (those were tried first).
+struct Candidates<'a> {
+    indexes: &'a [i32],
+    exclude: i32,
+    domains: Option<&'a [i32]>,
+    skip_domain: i32,
+}
+
+impl Candidates<'_> {
+    /// Whether every index lies in `0..count`.
+    fn valid(&self, count: usize) -> bool {
+        self.indexes.iter().all(|&index| index >= 0 && (index as usize) < count)
+    }
+
+    /// The candidates in order, once `valid` holds.
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.indexes.iter().filter_map(move |&index| {
+            let skipped = index == self.exclude
+                || (self.skip_domain != -1 && self.domains.is_some_and(|d| d[index as usize] == self.skip_domain));
+            (!skipped).then_some(index as usize)
+        })
+    }
+
+    /// The first candidate `hits` accepts, trying `LANES` at a time (`hits` returns the first accepted lane
+    /// of a batch; a short last batch repeats its last index), -1 when none, -2 on an index outside
+    /// `0..count`.
+    fn first(&self, count: usize, mut hits: impl FnMut(&[usize; LANES]) -> Option<usize>) -> i32 {
+        if !self.valid(count) {
+            return BAD_ARGUMENT;
+        }
+        let mut batch = [0usize; LANES];
+        let mut filled = 0;
+        let mut found = None;
+        for index in self.iter() {
+            batch[filled] = index;
+            filled += 1;
+            if filled == LANES {
+                found = hits(&batch);
+                filled = 0;
+                if found.is_some() {
+                    break;
+                }
+            }
+        }
+        if found.is_none() && filled > 0 {
+            for lane in filled..LANES {
+                batch[lane] = batch[filled - 1];
+            }
+            found = hits(&batch);
+        }
+        found.map_or(NO_MATCH, |lane| batch[lane] as i32)
+    }
+}
+
+/// Whether `count` items of `size` bytes make a slice Rust can hold (at most isize::MAX bytes).
+fn fits(count: usize, size: usize) -> bool {
+    count.checked_mul(size).is_some_and(|bytes| bytes <= isize::MAX as usize)
+}
+
+/// # Safety
+/// Each pointer readable for the length given with it (`domains` for `count` i32, or null).
+unsafe fn candidates<'a>(
+    indexes: *const i32,
+    n_indexes: usize,
+    exclude: i32,
+    domains: *const i32,
+    count: usize,
+    skip_domain: i32,
+) -> Candidates<'a> {
+    Candidates {
+        indexes: if n_indexes == 0 { &[] } else { core::slice::from_raw_parts(indexes, n_indexes) },
+        exclude,
+        domains: if domains.is_null() || count == 0 { None } else { Some(core::slice::from_raw_parts(domains, count)) },
+        skip_domain,
+    }
+}
+
+/// 1 when the SHA-256 below runs on the CPU's SHA extensions, 0 when it runs the portable code.
+#[no_mangle]
+pub extern "C" fn mtp_sha_extensions() -> i32 {
+    sha_extensions() as i32
+}
+
+/// For the tests only: nonzero makes every later call use the portable SHA-256 even where the CPU has the
+/// extensions. Returns the previous setting.
+#[no_mangle]
+pub extern "C" fn mtp_sha_force_portable(on: i32) -> i32 {
+    FORCE_PORTABLE_SHA.swap(on != 0, Ordering::Relaxed) as i32
+}
+
+/// out = SHA-256(data) (32 bytes). Returns 0, or -2 on a null pointer.
+///
+/// # Safety
+/// `data` readable for `len` bytes (may be null when `len` is 0), `out` writable for 32.
+#[no_mangle]
+pub unsafe extern "C" fn mtp_sha256(data: *const u8, len: usize, out: *mut u8) -> i32 {
+    if out.is_null() || (data.is_null() && len != 0) || !fits(len, 1) {
+        return BAD_ARGUMENT;
+    }
+    let message = if len == 0 { &[][..] } else { core::slice::from_raw_parts(data, len) };
+    let digest = Sha::new().finish(SHA_IV, 0, message);
+    ptr::copy_nonoverlapping(digest.as_ptr(), out, 32);
+    0
+}
+
+/// The HMAC-SHA256 midstates of `count` keys of `key_len` bytes each, packed in `keys`, into `out`
+/// (`MIDSTATES_SIZE` = 64 bytes a key: the inner then the outer state, 8 native-order u32 each), what
+/// `mtp_tls_scan` takes. Returns 0, or -2 on a null pointer or sizes that overflow.
+///
+/// # Safety
+/// `keys` readable for `key_len * count` bytes, `out` writable for `64 * count`.
+#[no_mangle]
+pub unsafe extern "C" fn mtp_hmac_prepare(keys: *const u8, key_len: usize, count: usize, out: *mut u8) -> i32 {
+    if !fits(key_len, count) || !fits(count, MIDSTATES_SIZE) || (count != 0 && out.is_null()) {
+        return BAD_ARGUMENT;
+    }
+    let total = key_len * count;
+    if keys.is_null() && total != 0 {
+        return BAD_ARGUMENT;
+    }
+    let keys = if total == 0 { &[][..] } else { core::slice::from_raw_parts(keys, total) };
+    let sha = Sha::new();
+    for i in 0..count {
+        let (inner, outer) = hmac_midstates(sha, &keys[key_len * i..key_len * (i + 1)]);
+        for (w, word) in inner.iter().chain(outer.iter()).enumerate() {
+            ptr::write_unaligned(out.add(MIDSTATES_SIZE * i + 4 * w) as *mut [u8; 4], word.to_ne_bytes());
+        }
+    }
+    0
+}
+
+/// The classic/dd scan: the first of `indexes` (skipping `exclude`) whose 16-byte key in `keys` decrypts
+/// `init`'s tag to a known one: key = SHA-256(init[8..40] + secret), the tag block is CTR block 3 from the
+/// big-endian counter at init[40..56], and the tag is stream bytes 56..60. Returns that index, -1 when
+/// none, -2 on a bad argument (an index outside `0..n_keys`, a null pointer), -3 without AES-NI.
+///
+/// # Safety
+/// `init` readable for 64 bytes, `keys` for `16 * n_keys`, `indexes` for `n_indexes` i32.
+#[no_mangle]
+pub unsafe extern "C" fn mtp_obfs2_scan(
+    init: *const u8,
+    keys: *const u8,
+    n_keys: usize,
+    indexes: *const i32,
+    n_indexes: usize,
+    exclude: i32,
+) -> i32 {
+    if !scan_cpu_ok() {
+        return NO_CPU_SUPPORT;
+    }
+    if init.is_null()
+        || (n_keys != 0 && keys.is_null())
+        || (n_indexes != 0 && indexes.is_null())
+        || !fits(n_keys, SECRET_KEY_SIZE)
+        || !fits(n_indexes, 4)
+    {
+        return BAD_ARGUMENT;
+    }
+    let init = &*(init as *const [u8; INIT_SIZE]);
+    let keys = if n_keys == 0 { &[][..] } else { core::slice::from_raw_parts(keys, SECRET_KEY_SIZE * n_keys) };
+    obfs2_scan(init, keys, &candidates(indexes, n_indexes, exclude, ptr::null(), 0, -1))
+}
+
+#[target_feature(enable = "aes,sse2,ssse3,sse4.1")]
+unsafe fn obfs2_scan(init: &[u8; INIT_SIZE], keys: &[u8], candidates: &Candidates<'_>) -> i32 {
+    let sha = Sha::new();
+    // one SHA block: the init's 32 key bytes, the secret's 16, the padding and the 384-bit length
+    let mut block = [0u8; SHA_BLOCK];
+    block[..32].copy_from_slice(&init[8..40]);
+    block[48] = 0x80;
+    block[56..].copy_from_slice(&384u64.to_be_bytes());
+    let mut iv = [0u8; 16];
+    iv.copy_from_slice(&init[40..56]);
+    let counter = u128::from_be_bytes(iv).wrapping_add(3).to_be_bytes();
+    let counter = _mm_loadu_si128(counter.as_ptr() as *const __m128i);
+    let tag_cipher = u32::from_le_bytes([init[56], init[57], init[58], init[59]]);
+    let mut blocks = [block; LANES];
+    candidates.first(keys.len() / SECRET_KEY_SIZE, |batch| {
+        for (block, &index) in blocks.iter_mut().zip(batch) {
+            block[32..48].copy_from_slice(&keys[SECRET_KEY_SIZE * index..SECRET_KEY_SIZE * (index + 1)]);
+        }
+        let mut states = [SHA_IV; LANES];
+        sha.compress_lanes(&mut states, core::array::from_fn(|l| &blocks[l][..]));
+        (0..LANES).find(|&lane| {
+            let keystream = encrypt_one(&digest_bytes(&states[lane]), counter);
+            let word = _mm_extract_epi32::<2>(keystream) as u32; // stream bytes 56..60 of the block 48..64
+            KNOWN_TAGS.contains(&(word ^ tag_cipher))
+        })
+    })
+}
+
+/// The fake-TLS scan: the first of `indexes` whose HMAC-SHA256 (midstates from `mtp_hmac_prepare`, 64
+/// bytes a key in `midstates`) of `record` (the ClientHello record, its random zeroed) matches the first 28
+/// bytes of `random` (the record's own random). Skips `exclude`, and every key whose `domains` entry is
+/// `skip_domain` unless that is -1 (`domains`, one i32 a key, may be null then). Each candidate's compare
+/// takes the same time whatever the bytes. On a match writes the client's clock (the digest's last 4
+/// bytes XOR the random's, little-endian) to `timestamp` and returns the index; else -1, -2 on a bad
+/// argument, -3 without AES-NI and SSE4.1.
+///
+/// # Safety
+/// `record` readable for `record_len` bytes, `random` for 32, `midstates` for `64 * n_keys`, `domains`
+/// (unless null) for `n_keys` i32, `indexes` for `n_indexes` i32; `timestamp` writable for a u32.
+#[no_mangle]
+pub unsafe extern "C" fn mtp_tls_scan(
+    record: *const u8,
+    record_len: usize,
+    random: *const u8,
+    midstates: *const u8,
+    n_keys: usize,
+    domains: *const i32,
+    indexes: *const i32,
+    n_indexes: usize,
+    exclude: i32,
+    skip_domain: i32,
+    timestamp: *mut u32,
+) -> i32 {
+    if !scan_cpu_ok() {
+        return NO_CPU_SUPPORT;
+    }
+    if record.is_null()
+        || random.is_null()
+        || timestamp.is_null()
+        || (n_keys != 0 && midstates.is_null())
+        || (n_indexes != 0 && indexes.is_null())
+        || (skip_domain != -1 && domains.is_null())
+        || !fits(record_len, 1)
+        || !fits(n_keys, MIDSTATES_SIZE)
+        || !fits(n_indexes, 4)
+    {
+        return BAD_ARGUMENT;
+    }
+    let record = core::slice::from_raw_parts(record, record_len);
+    let random = &*(random as *const [u8; TLS_RANDOM]);
+    let midstates =
+        if n_keys == 0 { &[][..] } else { core::slice::from_raw_parts(midstates, MIDSTATES_SIZE * n_keys) };
+    let sha = Sha::new();
+    let mut clock = 0u32;
+    let found = candidates(indexes, n_indexes, exclude, domains, n_keys, skip_domain).first(n_keys, |batch| {
+        let keyed = batch.map(|index| &midstates[MIDSTATES_SIZE * index..MIDSTATES_SIZE * (index + 1)]);
+        let inner = sha.finish_lanes(keyed.map(|k| read_midstate(&k[..32])), SHA_BLOCK as u64, [record; LANES]);
+        let digests = sha.finish_lanes(
+            keyed.map(|k| read_midstate(&k[32..])),
+            SHA_BLOCK as u64,
+            core::array::from_fn(|l| &inner[l][..]),
+        );
+        let lane = (0..LANES).find(|&lane| {
+            let mut differ = 0u8;
+            for (a, b) in digests[lane][..DIGEST_CHECKED].iter().zip(random[..DIGEST_CHECKED].iter()) {
+                differ |= a ^ b;
+            }
+            // black_box: the compiler must not turn the sum of differences into an early exit
+            core::hint::black_box(differ) == 0
+        })?;
+        let mut tail = [0u8; 4];
+        for i in 0..4 {
+            tail[i] = digests[lane][DIGEST_CHECKED + i] ^ random[DIGEST_CHECKED + i];
+        }
+        clock = u32::from_le_bytes(tail);
+        Some(lane)
+    });
+    if found >= 0 {
+        ptr::write_unaligned(timestamp, clock);
+    }
+    found
 }

@@ -65,9 +65,9 @@ class Limits:
     # so they get their own, lower caps and can never crowd out users
     max_unauthenticated: int = 2500  # unless set: a quarter of max_connections, at least 64 (config.py)
     max_unauthenticated_per_ip: int = 64  # 0 = no cap
-    # secret trials per second per worker for clients no hint identifies (runtime/scans.py): a trial costs
-    # ~2.2 µs in Python (docs/engine.md), so this is about a fifth of one core at most
-    scan_budget: float = 100_000.0
+    # the share of one core each worker may spend scanning the secrets for clients no hint identifies
+    # (runtime/scans.py): garbage can use up this much, never the worker
+    scan_budget: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -184,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-unauthenticated", type=int, help="per worker: connections not yet authenticated or masked"
       " (default a quarter of --max-connections)")
     a("--max-unauthenticated-per-ip", type=int, help="per worker and client IP (default 64, 0=off)")
-    a("--scan-budget", type=float, metavar="TRIALS/S", help="per worker: secret trials per second for clients"
-      " no hint identifies, with 64 or more secrets (default 100000)")
+    a("--scan-budget", type=float, metavar="SHARE", help="per worker: the share of one core (0-1] that secret"
+      " scans for clients no hint identifies may take, with 64 or more secrets (default 0.25)")
     a("--buffer-size", type=int, help="bytes queued per direction before reading pauses")
     a("--read-size", type=int, help="bytes read per socket read (default 1048576)")
     a("--drain-timeout", type=float, help="seconds SIGTERM waits for sessions to finish")
@@ -380,7 +380,7 @@ def _resolve(ns: argparse.Namespace, environ: dict[str, str] | None, euid: int |
                                             "--max-unauthenticated")),
         max_unauthenticated_per_ip=int(_positive(ns.max_unauthenticated_per_ip, d.max_unauthenticated_per_ip,
                                                  "--max-unauthenticated-per-ip", allow_zero=True)),
-        scan_budget=_positive(ns.scan_budget, d.scan_budget, "--scan-budget"),
+        scan_budget=_share(ns.scan_budget, d.scan_budget, "--scan-budget"),
     )
     t = TlsOptions()
     if ns.cert_size is not None and not 64 <= int(ns.cert_size) <= 16384:
@@ -527,6 +527,13 @@ def _storage(ns: argparse.Namespace, paths: Paths, secrets_given: bool) -> tuple
     if secrets_file is None and not secrets_given and _exists(paths.secrets_file):
         secrets_file = paths.secrets_file
     return secrets_file, Path(ns.state_file) if ns.state_file else paths.engine_state_file
+
+
+def _share(value: Any, default: float, flag: str) -> float:
+    number = _positive(value, default, flag)
+    if number > 1:
+        raise ConfigError(f"{flag}: a share of one core, more than 0 and at most 1 (0.25 is a quarter), got {value}")
+    return number
 
 
 def _positive(value: Any, default: float, flag: str, allow_zero: bool = False) -> float:

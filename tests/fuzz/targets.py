@@ -38,14 +38,15 @@ _FULL_BYTES = (HELLOS / _FULL["file"]).read_bytes()
 FIRST_HELLO = _FULL_BYTES[: 5 + _FULL["record_length"]]
 AFTER_HELLO = _FULL_BYTES[len(FIRST_HELLO) :]
 
+_AES = openssl_ctr(why="the fuzz targets: OpenSSL's CTR, no library of their own to load")
 _TABLE = SecretTable(
     [
         ("classic", Secret(bytes(range(16)), SecretKind.CLASSIC)),
         ("dd", Secret(bytes(range(16, 32)), SecretKind.PADDED)),
         ("tdlib", Secret(KEY, SecretKind.FAKE_TLS, DOMAIN)),
-    ]
+    ],
+    _AES,
 )
-_AES = openssl_ctr(why="the fuzz targets: OpenSSL's CTR, no library of their own to load")
 _SETTINGS = (
     HandshakeSettings(),
     HandshakeSettings(allow_obfuscated=False, tls_domains=frozenset({DOMAIN})),

@@ -6,10 +6,14 @@ import ctypes
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 
 from mtproxy.crypto import aesblock, backend, ctr, native
+from mtproxy.protocol.faketls import ClientHello
+from mtproxy.protocol.secret import Secret
 
 
 def never_timed() -> float:
@@ -91,6 +95,40 @@ def test_a_wrong_block_cipher_fails_the_self_test(libcrypto: ctypes.CDLL | None)
     plain = candidates(libcrypto)[2]
     with pytest.raises(ValueError, match="block cipher"):
         backend.self_test(backend.Backend("ctr", "", plain.new_stream, lambda key, block: bytes(16)))
+
+
+class MissingScan:
+    """A secret scan that finds nothing."""
+
+    def __init__(self, secrets: Sequence[Secret]) -> None:
+        self.count = len(secrets)
+
+    def find_obfs2(self, init: bytes, exclude: int) -> int:
+        return -1
+
+    def find_tls(self, hello: ClientHello, domain: str | None, exclude: int) -> tuple[int, int] | None:
+        return None
+
+
+class GuessingScan(MissingScan):
+    """A secret scan that names the last secret whatever the client sent."""
+
+    def find_obfs2(self, init: bytes, exclude: int) -> int:
+        return self.count - 1
+
+    def find_tls(self, hello: ClientHello, domain: str | None, exclude: int) -> tuple[int, int] | None:
+        return self.count - 1, 1_000_000_000
+
+
+@pytest.mark.parametrize("scan", [MissingScan, GuessingScan])
+def test_a_wrong_secret_scan_fails_the_self_test(libcrypto: ctypes.CDLL | None, scan: type[MissingScan]) -> None:
+    plain = candidates(libcrypto)[2]
+    with pytest.raises(ValueError, match="its secret scan does not find a classic init's secret"):
+        backend.self_test(replace(plain, secret_scan=scan))
+
+
+def test_only_the_native_backend_brings_a_secret_scan(aes: backend.Backend) -> None:
+    assert (aes.secret_scan is not None) == (aes.name == "native")
 
 
 def test_each_backend_makes_its_own_kind_of_stream(aes: backend.Backend) -> None:

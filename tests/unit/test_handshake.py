@@ -32,8 +32,8 @@ OTHER_KEY = bytes(range(100, 116))
 PAYLOAD = b"first frame after the init, 32b!"
 
 
-def table(*secrets: Secret) -> SecretTable:
-    return SecretTable([(f"s{i}", s) for i, s in enumerate(secrets)])
+def table(aes: Backend, *secrets: Secret) -> SecretTable:
+    return SecretTable([(f"s{i}", s) for i, s in enumerate(secrets)], aes)
 
 
 SECRETS = {
@@ -47,7 +47,7 @@ TAGS = {"abridged": obfs2.TAG_ABRIDGED, "intermediate": obfs2.TAG_INTERMEDIATE, 
 def new_handshake(aes: Backend, settings: HandshakeSettings | None = None, replay: ReplayFilter | None = None,
                   secrets: SecretTable | None = None) -> Handshake:
     return Handshake(
-        secrets or table(Secret(OTHER_KEY, SecretKind.CLASSIC), SECRETS["ee"]),
+        secrets or table(aes, Secret(OTHER_KEY, SecretKind.CLASSIC), SECRETS["ee"]),
         settings or HandshakeSettings(tls_domains=frozenset({DOMAIN})),
         replay or ReplayFilter.in_process(1024),
         stream(b"server"),
@@ -104,7 +104,7 @@ def assert_authenticated(step: Step, mode: str, tag: bytes, rest: bytes) -> None
 def test_every_split_authenticates(aes: Backend, mode: str, tag_name: str) -> None:
     tag = TAGS[tag_name]
     data = client_bytes(aes, mode, tag)
-    secrets = table(Secret(OTHER_KEY, SecretKind.CLASSIC), SECRETS[mode])
+    secrets = table(aes, Secret(OTHER_KEY, SecretKind.CLASSIC), SECRETS[mode])
     count = 0
     for chunks in splits(data):
         step, sent, rest = feed_chunks(new_handshake(aes, secrets=secrets), iter(chunks))
@@ -174,7 +174,7 @@ def test_certificate_size_jitter_stays_in_range(aes: Backend) -> None:
     sizes = set()
     for _ in range(60):
         hello = build_client_hello(KEY, DOMAIN, os.urandom, NOW)
-        handshake = Handshake(table(SECRETS["ee"]), settings, ReplayFilter.in_process(64), os.urandom, aes=aes)
+        handshake = Handshake(table(aes, SECRETS["ee"]), settings, ReplayFilter.in_process(64), os.urandom, aes=aes)
         step = handshake.feed(hello, NOW)
         assert isinstance(step, NeedMore)
         hello_len = int.from_bytes(step.send[3:5], "big")
@@ -264,7 +264,7 @@ def test_an_obfuscated2_client_is_found_whichever_secret_is_tried_first(aes: Bac
     secrets = [Secret(os.urandom(16), SecretKind.PADDED) for _ in range(4)]
     for client_key, expected in ((secrets[2], 2), (Secret(os.urandom(16), SecretKind.PADDED), None)):
         client = ClientConnection(client_key, os.urandom, NOW, aes=aes)
-        handshake = Handshake(table(*secrets), HandshakeSettings(), ReplayFilter.in_process(1024), os.urandom,
+        handshake = Handshake(table(aes, *secrets), HandshakeSettings(), ReplayFilter.in_process(1024), os.urandom,
                               aes=aes, hint=hint)
         step = handshake.feed(client.first_bytes() + client.encrypt(PAYLOAD), NOW)
         if expected is None:

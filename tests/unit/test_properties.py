@@ -26,13 +26,13 @@ from mtproxy.protocol.secret import Secret, SecretKind
 from mtproxy.protocol.transport import FrameDecoder, encode_frame
 
 KEY = bytes(range(16))
-TABLE = SecretTable([("a", Secret(KEY, SecretKind.FAKE_TLS, "www.example.com"))])
+ENTRIES = [("a", Secret(KEY, SecretKind.FAKE_TLS, "www.example.com"))]
 NOW = 1_790_000_000
 HELLO = build_client_hello(KEY, "www.example.com", os.urandom, NOW)
 
 
 def handshake(aes: Backend) -> Handshake:
-    return Handshake(TABLE, HandshakeSettings(), ReplayFilter.in_process(64), os.urandom, aes=aes)
+    return Handshake(SecretTable(ENTRIES, aes), HandshakeSettings(), ReplayFilter.in_process(64), os.urandom, aes=aes)
 
 
 def outcome(aes: Backend, chunks: list[bytes]) -> tuple[Step, bytes, bytes]:

@@ -23,7 +23,7 @@ REQ_PQ_MULTI = (0xBE7E8EF1).to_bytes(4, "little")
 
 
 def server(aes: Backend, *secrets: str) -> Handshake:
-    table = SecretTable([(f"s{i}", parse_secret(s)) for i, s in enumerate(secrets)])
+    table = SecretTable([(f"s{i}", parse_secret(s)) for i, s in enumerate(secrets)], aes)
     settings = HandshakeSettings(tls_domains=frozenset({INDEX["domain"]}))
     return Handshake(table, settings, ReplayFilter.in_process(256), os.urandom, aes=aes)
 

@@ -17,13 +17,14 @@ from typing import Final
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from mtproxy.protocol import faketls
-from mtproxy.protocol.cipher import Keystream
+from mtproxy.protocol import client, faketls, obfs2
+from mtproxy.protocol.cipher import Keystream, ScanFactory
+from mtproxy.protocol.secret import Secret, SecretKind
 
 from .aesblock import BlockEncrypt, block_encryptor, cryptography_encrypt_block, open_libcrypto
 from .ctr import ACCELERATE_AFTER, BLOCK, CtrStream, transform_upload
 from .gcm import GcmIv, load_divider
-from .native import NativeCtr, open_library
+from .native import NativeCtr, NativeSecretScan, open_library
 
 KEYSTREAM_ENV: Final = "MTPROXY_KEYSTREAM"  # names one of KEYSTREAMS instead of choosing (read by the engine)
 KEYSTREAMS: Final = {  # the backends' names, and what each is, for the start-up log line
@@ -43,6 +44,7 @@ class Backend:
     why: str  # why this one: forced, measured, or what the others failed
     new_stream: Callable[[bytes, bytes], Keystream]
     encrypt_block: BlockEncrypt
+    secret_scan: ScanFactory | None = None  # None: SecretTable scans in Python with `encrypt_block`
 
 
 def openssl_ctr(encrypt_block: BlockEncrypt = cryptography_encrypt_block, why: str = "chosen by the caller") -> Backend:
@@ -59,8 +61,9 @@ def gcm_keystream(libcrypto: ctypes.CDLL | None, encrypt_block: BlockEncrypt,
 
 
 def native_library(lib: ctypes.CDLL, encrypt_block: BlockEncrypt, why: str = "chosen by the caller") -> Backend:
-    """The native library's streams (`native.open_library` gives `lib`)."""
-    return Backend("native", why, functools.partial(NativeCtr, lib), encrypt_block)
+    """The native library's streams and secret scan (`native.open_library` gives `lib`)."""
+    return Backend("native", why, functools.partial(NativeCtr, lib), encrypt_block,
+                   functools.partial(NativeSecretScan, lib))
 
 
 def load(forced: str = "") -> Backend:
@@ -109,7 +112,8 @@ def _reference(key: bytes, iv: bytes, data: bytes) -> bytes:
 def self_test(backend: Backend) -> None:
     """A backend's streams against OpenSSL's CTR: across the 64-bit and 128-bit counter carries and, past
     ACCELERATE_AFTER, across a 32-bit wrap (where a GCM keystream must start a new context), in uneven
-    pieces; then the upload's two passes, plain and over a gathered run of records. Raises ValueError."""
+    pieces; then the upload's two passes, plain and over a gathered run of records; then its secret scan, if
+    it has one. Raises ValueError."""
     key, other = bytes(range(32)), bytes(range(32, 64))
     data = bytes(range(256)) * 4 + b"tail"
     # at ACCELERATE_AFTER the counter is two blocks before its low 32 bits wrap
@@ -136,6 +140,27 @@ def self_test(backend: Backend) -> None:
     block = bytes(range(16))
     if backend.encrypt_block(key, block) != Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(block):
         raise ValueError("its block cipher is not AES-256")
+    if backend.secret_scan is not None:
+        _test_scan(backend, backend.secret_scan)
+
+
+def _test_scan(backend: Backend, factory: ScanFactory) -> None:
+    """A scan of three secrets finds a classic init's and a fake-TLS hello's secret (the last), and nothing
+    under the others."""
+    counter = iter(range(1 << 30))
+
+    def random_bytes(n: int) -> bytes:
+        return bytes((next(counter) * 7 + 3) % 256 for _ in range(n))
+
+    secrets = [Secret(bytes(range(i, i + 16)), SecretKind.FAKE_TLS, "example.com") for i in (0, 16, 32)]
+    scan, others = factory(secrets), factory(secrets[:2])
+    init = obfs2.build_init(random_bytes, obfs2.TAG_PADDED, 2, secrets[2].key, backend).wire
+    if scan.find_obfs2(init, -1) != 2 or scan.find_obfs2(init, 2) != -1 or others.find_obfs2(init, -1) != -1:
+        raise ValueError("its secret scan does not find a classic init's secret")
+    hello = faketls.parse_client_hello(client.build_client_hello(secrets[2].key, "example.com", random_bytes, 1e9))
+    if (scan.find_tls(hello, "example.com", -1) != (2, 1_000_000_000) or scan.find_tls(hello, None, 2) is not None
+            or others.find_tls(hello, "example.com", -1) is not None):
+        raise ValueError("its secret scan does not find a fake-TLS hello's secret")
 
 
 def gcm_time_over_ctr() -> float:

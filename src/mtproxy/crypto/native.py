@@ -5,20 +5,29 @@ first. The library does the gather and both passes in one walk over the bytes, w
 per instruction, AVX2), and starts a stream in ~4 µs where a `cryptography` context with a fresh key takes
 ~15-25 µs. pip builds it where cargo is present; without it, or on a CPU without AES-NI/AVX2/VAES,
 `open_library` gives None and the backend keeps OpenSSL (docs/engine.md). Nothing loads on import: the
-engine calls `open_library` once at start-up."""
+engine calls `open_library` once at start-up.
+
+The same library runs the secret scan (`NativeSecretScan`): a client without a per-address hint is tried
+against every secret, one SHA-256 and one AES block a secret for classic and dd, one HMAC-SHA256 of its
+ClientHello for fake-TLS; there it runs on the CPU's SHA extensions (a portable SHA-256 without them)."""
 
 from __future__ import annotations
 
+import array
 import ctypes
 import importlib.machinery
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from mtproxy.protocol.faketls import RECORD_HEADER_SIZE, Layout
+from mtproxy.protocol.faketls import RANDOM_SIZE, RECORD_HEADER_SIZE, ClientHello, Layout, zero_random
+from mtproxy.protocol.obfs2 import INIT_SIZE
+from mtproxy.protocol.secret import KEY_SIZE, Secret
 
 BLOCK: Final = 16
 STATE_SIZE: Final = 288  # what this module expects of native/src/lib.rs (checked when it loads)
 MODULE_NAME: Final = "_native_aes"  # pyproject.toml builds it as mtproxy.crypto._native_aes
+MIDSTATES_SIZE: Final = 64  # one key's HMAC-SHA256 inner and outer states (mtp_hmac_prepare)
 
 
 def open_library(directory: Path | None = None) -> ctypes.CDLL | None:
@@ -42,6 +51,20 @@ def open_library(directory: Path | None = None) -> ctypes.CDLL | None:
             lib.mtp_ctr_xor.argtypes = [vp, vp, vp, size]
             lib.mtp_gather_xor2.restype = ctypes.c_int
             lib.mtp_gather_xor2.argtypes = [vp, vp, vp] + [size] * 8
+            lib.mtp_sha_extensions.restype = ctypes.c_int
+            lib.mtp_sha_extensions.argtypes = []
+            lib.mtp_sha_force_portable.restype = ctypes.c_int
+            lib.mtp_sha_force_portable.argtypes = [ctypes.c_int]
+            lib.mtp_sha256.restype = ctypes.c_int
+            lib.mtp_sha256.argtypes = [vp, size, vp]
+            lib.mtp_hmac_prepare.restype = ctypes.c_int
+            lib.mtp_hmac_prepare.argtypes = [vp, size, size, vp]
+            i32 = ctypes.c_int32
+            lib.mtp_obfs2_scan.restype = i32
+            lib.mtp_obfs2_scan.argtypes = [vp, vp, size, vp, size, i32]
+            lib.mtp_tls_scan.restype = i32
+            lib.mtp_tls_scan.argtypes = [vp, size, vp, vp, size, vp, vp, size, i32, i32,
+                                         ctypes.POINTER(ctypes.c_uint32)]
         except (OSError, AttributeError):  # not loadable here, or a stale build without these functions
             continue
         if lib.mtp_available() == 1 and lib.mtp_state_size() == STATE_SIZE:
@@ -113,3 +136,78 @@ def gather_twice(first: NativeCtr, second: NativeCtr, buf: bytearray, layout: La
     if result != 0:
         raise ValueError(f"the native library refused record layout {layout}")
     return head + count * length + tail_len
+
+
+def sha256(lib: ctypes.CDLL, data: bytes) -> bytes:
+    """SHA-256 in the library (the scan's, on whichever path this CPU takes): for the self-test and tests."""
+    out = ctypes.create_string_buffer(32)
+    if lib.mtp_sha256(data, len(data), out) != 0:
+        raise OSError("the native library refused to hash")
+    return out.raw
+
+
+def hmac_midstates(lib: ctypes.CDLL, keys: Sequence[bytes]) -> bytes:
+    """HMAC-SHA256's inner and outer states after each key's block (keys of one length), packed: what the
+    fake-TLS scan starts from."""
+    size = len(keys[0]) if keys else 0
+    if any(len(key) != size for key in keys):
+        raise ValueError("the keys differ in length")
+    out = ctypes.create_string_buffer(MIDSTATES_SIZE * len(keys))
+    if lib.mtp_hmac_prepare(b"".join(keys), size, len(keys), out) != 0:
+        raise OSError("the native library refused an HMAC key")
+    return out.raw
+
+
+def _indexes(values: Sequence[int]) -> ctypes.Array[ctypes.c_int32]:
+    packed = array.array("i", values)  # C int: 32 bits wherever this library builds
+    return (ctypes.c_int32 * len(values)).from_buffer_copy(packed) if values else (ctypes.c_int32 * 0)()
+
+
+class NativeSecretScan:
+    """A secret table's whole scan in the native library (`protocol.cipher.SecretScan`), built once per
+    secret set: the keys packed, their HMAC midstates, every index and each SNI domain's indexes as int32
+    arrays. The order is `SecretTable.candidates`': a domain's secrets first, then the rest by index."""
+
+    __slots__ = ("_all", "_by_domain", "_count", "_domain_of", "_keys", "_lib", "_midstates")
+
+    def __init__(self, lib: ctypes.CDLL, secrets: Sequence[Secret]) -> None:
+        if any(len(secret.key) != KEY_SIZE for secret in secrets):
+            raise ValueError(f"the scan takes {KEY_SIZE}-byte keys")
+        self._lib = lib
+        self._count = len(secrets)
+        self._keys = b"".join(secret.key for secret in secrets)
+        self._midstates = hmac_midstates(lib, [secret.key for secret in secrets])
+        self._all = _indexes(range(len(secrets)))
+        domain_ids: dict[str, int] = {}
+        members: dict[str, list[int]] = {}
+        for i, secret in enumerate(secrets):
+            if secret.domain is not None:
+                domain_ids.setdefault(secret.domain, len(domain_ids))
+                members.setdefault(secret.domain, []).append(i)
+        self._domain_of = _indexes([domain_ids[s.domain] if s.domain is not None else -1 for s in secrets])
+        self._by_domain = {domain: (domain_ids[domain], _indexes(found)) for domain, found in members.items()}
+
+    def find_obfs2(self, init: bytes, exclude: int) -> int:
+        if len(init) != INIT_SIZE:
+            raise ValueError(f"an obfuscated2 init is {INIT_SIZE} bytes")
+        found: int = self._lib.mtp_obfs2_scan(init, self._keys, self._count, self._all, self._count, exclude)
+        if found < -1:
+            raise OSError(f"the native secret scan failed ({found})")
+        return found
+
+    def find_tls(self, hello: ClientHello, domain: str | None, exclude: int) -> tuple[int, int] | None:
+        if len(hello.random) != RANDOM_SIZE:
+            raise ValueError(f"a ClientHello's random is {RANDOM_SIZE} bytes")
+        record = zero_random(hello.record)
+        timestamp = ctypes.c_uint32()
+        group = self._by_domain.get(domain) if domain is not None else None
+        passes = [(group[1], -1), (self._all, group[0])] if group is not None else [(self._all, -1)]
+        for indexes, skip_domain in passes:
+            found: int = self._lib.mtp_tls_scan(record, len(record), hello.random, self._midstates, self._count,
+                                                self._domain_of, indexes, len(indexes), exclude, skip_domain,
+                                                ctypes.byref(timestamp))
+            if found >= 0:
+                return found, timestamp.value
+            if found < -1:
+                raise OSError(f"the native secret scan failed ({found})")
+        return None

@@ -3,8 +3,13 @@ implementation in (`mtproxy.crypto.backend` builds one at start-up); the core ne
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from .secret import Secret
+
+if TYPE_CHECKING:  # faketls imports this module
+    from .faketls import ClientHello
 
 Bytes = bytes | bytearray | memoryview
 
@@ -17,12 +22,28 @@ class Keystream(Protocol):
     def update_into(self, data: Bytes, buf: bytearray | memoryview, /) -> int: ...
 
 
+class SecretScan(Protocol):
+    """Every secret of a table tried on one client, built once per secret set (`mtproxy.crypto.native`):
+    the answers of `SecretTable`'s own loops in fewer instructions. `exclude` is an index already tried."""
+
+    def find_obfs2(self, init: bytes, exclude: int) -> int: ...
+
+    def find_tls(self, hello: ClientHello, domain: str | None, exclude: int) -> tuple[int, int] | None: ...
+
+
+ScanFactory = Callable[[Sequence[Secret]], SecretScan]
+
+
 class Aes(Protocol):
     """The AES the core runs on: `new_stream(key, iv)` starts a CTR stream at counter block `iv`;
-    `encrypt_block(key, block)` is AES-256 of one block (the secret scan's inner loop)."""
+    `encrypt_block(key, block)` is AES-256 of one block (the secret scan's inner loop); `secret_scan`, when
+    not None, builds a table's whole scan (SHA-256, HMAC and AES together) instead of that loop."""
 
     @property
     def new_stream(self) -> Callable[[bytes, bytes], Keystream]: ...
 
     @property
     def encrypt_block(self) -> Callable[[bytes, bytes], bytes]: ...
+
+    @property
+    def secret_scan(self) -> ScanFactory | None: ...

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from . import faketls, obfs2
-from .cipher import Aes, Keystream
+from .cipher import Aes, Keystream, SecretScan
 from .errors import RejectReason, TlsFormatError
 from .replay import ReplayFilter
 from .secret import Secret
@@ -24,9 +24,10 @@ OBFS2_REPLAY_TTL = 24 * 3600.0  # no timestamp in a classic init: remember as lo
 
 
 class SecretTable:
-    """The live set of secrets, with the per-secret state the hot path needs precomputed."""
+    """The live set of secrets, with the per-secret state the hot path needs precomputed. `aes` is what the
+    scans run on: its `secret_scan` (the native library) when it has one, else the loops below."""
 
-    def __init__(self, entries: Sequence[tuple[str, Secret]]) -> None:
+    def __init__(self, entries: Sequence[tuple[str, Secret]], aes: Aes) -> None:
         self.ids: tuple[str, ...] = tuple(secret_id for secret_id, _ in entries)
         self.secrets: tuple[Secret, ...] = tuple(secret for _, secret in entries)
         if len(set(self.ids)) != len(self.ids):
@@ -37,6 +38,8 @@ class SecretTable:
             if secret.domain is not None:
                 by_domain.setdefault(secret.domain, []).append(index)
         self._by_domain = {domain: tuple(indexes) for domain, indexes in by_domain.items()}
+        self._aes = aes
+        self._scan: SecretScan | None = aes.secret_scan(self.secrets) if aes.secret_scan is not None else None
 
     def __len__(self) -> int:
         return len(self.secrets)
@@ -47,6 +50,34 @@ class SecretTable:
     def with_domain(self, domain: str | None) -> tuple[int, ...]:
         """The indexes of the secrets whose fake-TLS domain is `domain`."""
         return self._by_domain.get(domain, ()) if domain is not None else ()
+
+    def find_obfs2(self, init: bytes, exclude: int) -> int:
+        """The full scan: the first secret in table order, `exclude` left out, whose key decrypts this
+        64-byte init to a known tag; -1 when none does."""
+        if self._scan is not None:
+            return self._scan.find_obfs2(init, exclude)
+        trial = obfs2.InitTrial(init, self._aes)
+        for index, secret in enumerate(self.secrets):
+            if index != exclude and trial.matches(secret.key):
+                return index
+        return -1
+
+    def find_tls(self, hello: faketls.ClientHello, domain: str | None, exclude: int) -> tuple[int, int] | None:
+        """The full scan: the first secret, `exclude` left out, under which the hello's digest verifies —
+        those whose domain is `domain` first, then the rest in table order — and the client's clock; None
+        when none does."""
+        if self._scan is not None:
+            return self._scan.find_tls(hello, domain, exclude)
+        group = self.with_domain(domain)
+        in_group = frozenset(group)
+        rest = (index for index in range(len(self.secrets)) if index not in in_group)
+        for index in (*group, *rest):
+            if index == exclude:
+                continue
+            timestamp = faketls.client_timestamp(self._keyed[index], hello)
+            if timestamp is not None:
+                return index, timestamp
+        return None
 
 
 @dataclass(frozen=True)
@@ -137,7 +168,6 @@ class Handshake:
         self._tls_reader: faketls.TlsRecordReader | None = None
         self._tls_payload = bytearray()
         self._hello: faketls.ClientHello | None = None  # parsed, while a fake-TLS scan waits
-        self._scan_skips_domain = False  # the waiting scan leaves out the SNI's group: tried already
         self._now = 0.0
 
     @property
@@ -242,19 +272,11 @@ class Handshake:
 
     def _scan_obfs2(self, exclude: int) -> Step:
         init = bytes(self._received[: obfs2.INIT_SIZE])
-        index = self._find_obfs2(init, exclude)
+        index = self._table.find_obfs2(init, exclude)
         decoded = obfs2.decode_init(init, self._table.secrets[index].key, self._aes) if index >= 0 else None
         if decoded is None:
             return self._reject(RejectReason.UNKNOWN_SECRET)
         return self._obfs2_found(init, index, decoded)
-
-    def _find_obfs2(self, init: bytes, exclude: int) -> int:
-        """The full scan: the index of the first secret but `exclude` whose key decodes `init`, or -1."""
-        trial = obfs2.InitTrial(init, self._aes)
-        for index, secret in enumerate(self._table.secrets):
-            if index != exclude and trial.matches(secret.key):
-                return index
-        return -1
 
     def _obfs2_found(self, init: bytes, index: int, decoded: obfs2.DecodedInit) -> Step:
         if self._check_replay(init[8:24], self._now, OBFS2_REPLAY_TTL):
@@ -286,8 +308,7 @@ class Handshake:
                 return self._tls_found(hello, hint, timestamp, now)
         group = table.with_domain(hello.sni)
         # the operator's per-user-group domains: a new client costs a few tries, never a scan
-        self._scan_skips_domain = len(group) < self._settings.inline_scan_limit
-        if self._scan_skips_domain:
+        if len(group) < self._settings.inline_scan_limit:
             for index in group:
                 timestamp = faketls.client_timestamp(table.keyed_hmac(index), hello) if index != hint else None
                 if timestamp is not None:
@@ -295,28 +316,15 @@ class Handshake:
         if self._replayed(hello.random, now):
             return self._reject(RejectReason.REPLAY)
         self._hello = hello
-        tried = len(group) + (hint >= 0 and hint not in group) if self._scan_skips_domain else int(hint >= 0)
-        deferred = self._scan_or_defer(len(table) - tried)
+        deferred = self._scan_or_defer(len(table) - (hint >= 0))
         return deferred if deferred is not None else self._scan_tls(hello, now)
 
     def _scan_tls(self, hello: faketls.ClientHello, now: float) -> Step:
-        found = self._find_tls(hello, hello.sni if self._scan_skips_domain else None, self._hint_index())
+        # the SNI's group first: a large group was not tried inline; a small one costs a few tries again
+        found = self._table.find_tls(hello, hello.sni, self._hint_index())
         if found is None:
             return self._reject(RejectReason.TLS_BAD_HMAC)
         return self._tls_found(hello, found[0], found[1], now)
-
-    def _find_tls(self, hello: faketls.ClientHello, skip_domain: str | None, exclude: int) -> tuple[int, int] | None:
-        """The full scan: the first secret but `exclude` and those of `skip_domain` whose key signed the
-        hello, with the hello's timestamp; None if none did."""
-        table = self._table
-        skipped = frozenset(table.with_domain(skip_domain))
-        for index in range(len(table)):
-            if index == exclude or index in skipped:
-                continue
-            timestamp = faketls.client_timestamp(table.keyed_hmac(index), hello)
-            if timestamp is not None:
-                return index, timestamp
-        return None
 
     def _tls_found(self, hello: faketls.ClientHello, index: int, timestamp: int, now: float) -> Step:
         self._hello = None

@@ -126,9 +126,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._authenticated(step.auth)
 
     def _scan_needed(self, handshake: Handshake, transport: asyncio.Transport, cost: int) -> None:
-        admission = self.ctx.scans.admit(self, cost)
+        scans = self.ctx.scans
+        admission = scans.admit(self, cost)
         if admission is Admission.NOW:
-            self._step(handshake, transport, handshake.scan(self.ctx.clock()))
+            now = self.ctx.clock()
+            self._step(handshake, transport, scans.run(lambda: handshake.scan(now), cost))
         elif admission is Admission.QUEUED:
             self._waiting = True
         else:  # as if no secret matched: the prober sees the mask's answer to what it sent

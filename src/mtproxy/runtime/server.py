@@ -119,7 +119,7 @@ class Server:
         self._memory_timer: asyncio.TimerHandle | None = None
         self.listening: list[HostPort] = []
         self.secrets = secrets
-        self.table = SecretTable(list(secrets.entries))
+        self.table = SecretTable(list(secrets.entries), aes)
         self._live = secrets.fingerprint()
         self.settings = self._handshake_settings()
         self.counters.secrets_loaded = len(self.table)
@@ -175,7 +175,7 @@ class Server:
         """Swap the whole set; sessions of removed or changed secrets are closed. Returns how many."""
         old = self.secrets.fingerprint()
         kept = new.fingerprint()
-        self.table = SecretTable(list(new.entries))
+        self.table = SecretTable(list(new.entries), self.aes)
         self.secrets = new
         self._live = kept
         self.settings = self._handshake_settings()
