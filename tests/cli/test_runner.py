@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mtproxy.cli.status_cmd import _readable_by
+from mtproxy.operations.health import readable_by as _readable_by
 from mtproxy.host.runner import CommandError, Runner
 
 
