@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from . import faketls
 
+# Fewer application-data bytes than this before the handshake ends: no TLS 1.3 certificate flight to imitate.
+MIN_FLIGHT = 100
+
 
 class FlightMeter:
     """Feed the server's bytes as they arrive; `total` is the application-data payload in whole records."""
@@ -25,8 +28,8 @@ class FlightMeter:
             pending = pending[faketls.RECORD_HEADER_SIZE + length :]
         self._pending = pending
 
-    def size(self, minimum: int) -> int | None:
-        """The certificate size to imitate: None below `minimum` (no TLS 1.3 flight), capped at one record."""
-        if self.total < minimum:
+    def size(self) -> int | None:
+        """The certificate size to imitate: None below MIN_FLIGHT (no TLS 1.3 flight), capped at one record."""
+        if self.total < MIN_FLIGHT:
             return None
         return min(self.total, faketls.MAX_RECORD_PAYLOAD)

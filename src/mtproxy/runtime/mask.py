@@ -74,7 +74,6 @@ class MaskRelay(Pair):
 # ----------------------------------------------------------------- certificate size
 
 PROBE_TIMEOUT = 5.0
-MIN_SIZE = 1000
 # Encrypted EncryptedExtensions+Certificate+CertificateVerify+Finished of common sites with RSA-2048 /
 # ECDSA chains fall in this range; a fallback picked from it looks like some real site.
 FALLBACK_RANGE = (2400, 4800)
@@ -124,7 +123,7 @@ async def _probe(target: HostPort, sni: str) -> int | None:
                 raise ValueError("the mask site closed during the TLS handshake")
             meter.feed(chunk)  # only application data (the encrypted flight) counts
             incoming.write(chunk)
-        return meter.size(MIN_SIZE // 10)
+        return meter.size()
     finally:
         writer.close()
 
