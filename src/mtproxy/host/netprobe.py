@@ -33,8 +33,6 @@ def system_resolver(timeout: float) -> Resolver:
     daemon thread that is abandoned, not waited for, when the deadline passes."""
 
     def resolve(name: str) -> list[str]:
-        with contextlib.suppress(ValueError):
-            return [str(ipaddress.ip_address(name))]  # an address resolves to itself, without a lookup
         outcome: list[list[str] | OSError] = []
 
         def lookup() -> None:

@@ -160,6 +160,9 @@ def _port(health: Health, runner: Runner, probes: Probes) -> Finding:
 
 
 def _address_of(host: str, probes: Probes) -> tuple[list[str] | None, str]:
+    """The host's addresses (an address is its own), or None and why it could not be resolved."""
+    if _is_address(host):
+        return [str(ipaddress.ip_address(host))], ""
     try:
         return probes.resolver(host), ""
     except OSError as exc:
