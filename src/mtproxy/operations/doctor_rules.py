@@ -67,7 +67,7 @@ def judge_skew(local: datetime, remote: datetime, window: float, source: str) ->
     off = abs(skew)
     way = "ahead of" if skew > 0 else "behind"
     said = f"this server's clock is {off:.0f} s {way} {source}'s"
-    if off > window - DATE_SLACK:
+    if off >= window - DATE_SLACK:
         return Finding("clock", "clock", Severity.ERROR,
                        f"{said}: fake-TLS clients are refused beyond ±{window:g} s", NTP_FIX)
     if off > max(window / 2, 10.0):
