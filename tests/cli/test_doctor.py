@@ -42,10 +42,11 @@ SERVER = "127.0.0.9"  # the links' server in these tests (what the domain must n
 class HttpsSite:
     """A TLS 1.3 web site on loopback that answers every request with a Date header from its own clock."""
 
-    def __init__(self, host: str, clock: Callable[[], float] = time.time, extra_names: int = 20) -> None:
+    def __init__(self, host: str, clock: Callable[[], float] = time.time, extra_names: int = 20,
+                 port: int = 0) -> None:
         self.context = self_signed_context(DOMAIN, extra_names=extra_names)
         self.clock = clock
-        self.listener = socket.create_server((host, 0))
+        self.listener = socket.create_server((host, port))
         self.port = self.listener.getsockname()[1]
         self.requests: list[bytes] = []
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -161,6 +162,25 @@ def test_a_right_clock_a_reachable_mask_and_dcs(cli: Cli, paths: Paths, site: Ht
     assert dcs["severity"] == "ok" and dcs["message"] == "all 1 DCs accept TCP directly", dcs
     domain = finding(doc, "dns", f"domain {DOMAIN}")
     assert domain["severity"] == "ok" and "not to this server" in domain["message"]
+
+
+def test_the_default_mask_is_the_secrets_domain_on_443(cli: Cli, paths: Paths, dc: int) -> None:
+    """No mask in the settings (as setup leaves it): the engine masks to the ee secret's domain on 443, and
+    doctor asks that site, found through the resolver, for its flight and its clock."""
+    if os.geteuid() != 0:
+        pytest.skip("binding port 443 needs root")
+    default = HttpsSite(SITE_HOST, port=443)
+    try:
+        configure(cli, paths, 443, dc)
+        settings = json.loads(paths.settings_file.read_text())
+        del settings["mask"]
+        paths.settings_file.write_text(json.dumps(settings))
+        _, doc = doctor(cli, table={DOMAIN: [SITE_HOST]})
+    finally:
+        default.close()
+    assert finding(doc, "mask")["name"] == f"mask {DOMAIN}:443"
+    assert finding(doc, "mask")["severity"] == "ok" and finding(doc, "clock")["severity"] == "ok"
+    assert len(default.requests) == 1
 
 
 def test_a_fixed_cert_size_unlike_the_masks_is_a_warning(cli: Cli, paths: Paths, site: HttpsSite, dc: int) -> None:

@@ -69,7 +69,7 @@ def diagnose(paths: Paths, runner: Runner, server_override: str | None, probes: 
     findings = [rules.from_check(c.name, c.ok, c.detail, c.fix) for c in health.checks if c.name != "port"]
     findings += _host_tools(runner, health)
     config, problem = _engine_config(paths)
-    if problem:
+    if problem and health.settings is not None:  # an unreadable file is status's finding already
         findings.append(Finding("installation", "engine settings", Severity.ERROR, problem,
                                 "fix the settings file by hand (docs/engine.md lists its keys)"))
     findings.append(_port(health, runner, probes))
@@ -170,30 +170,45 @@ def _address_of(host: str, probes: Probes) -> tuple[list[str] | None, str]:
 
 
 def _mask_and_clock(mask: HostPort | None, domains: list[str], tls: TlsOptions, probes: Probes) -> list[Finding]:
-    """One HTTPS request to the mask site answers both: its certificate flight, and its clock."""
+    """One HTTPS request to the mask site answers both: its certificate flight, and its clock. Without a
+    mask (--no-mask) the first fake-TLS domain's site still tells the time."""
     if mask is None:
-        return [Finding("clock", "clock", Severity.SKIPPED, "no mask and no fake-TLS domain to ask the time"),
-                Finding("mask", "mask", Severity.SKIPPED, "no mask site (the engine closes failed handshakes)")]
+        mask_finding = Finding("mask", "mask", Severity.SKIPPED, "no mask site (the engine closes failed "
+                                                                 "handshakes)")
+        if not domains:
+            return [Finding("clock", "clock", Severity.SKIPPED, "no mask or fake-TLS domain to ask the time"),
+                    mask_finding]
+        answer, error = _ask(HostPort(sorted(domains)[0], 443), domains, probes)
+        return [_clock(answer, error, HostPort(sorted(domains)[0], 443), tls), mask_finding]
     where = f"{mask.host}:{mask.port}"
-    addresses, error = _address_of(mask.host, probes)
-    if not addresses:
-        failed = rules.judge_mask_reach(where, error or "its name does not resolve")
-        return [Finding("clock", "clock", Severity.SKIPPED, f"not checked: the mask {where} cannot be reached"),
-                failed]
-    sni = mask.host if not _is_address(mask.host) else (sorted(domains)[0] if domains else mask.host)
-    try:
-        answer = netprobe.ask_site(addresses[0], mask.port, sni, probes.timeout, probes.clock)
-    except (OSError, ValueError) as exc:
-        return [Finding("clock", "clock", Severity.SKIPPED, f"not checked: the mask {where} cannot be reached"),
-                rules.judge_mask_reach(where, netprobe.reason(exc))]
+    answer, error = _ask(mask, domains, probes)
+    if answer is None:
+        return [_clock(None, error, mask, tls), rules.judge_mask_reach(where, error)]
     flight = rules.judge_mask_flight(where, answer.tls_version, answer.flight, tls.cert_size, tls.cert_jitter,
                                      MIN_FLIGHT)
+    return [_clock(answer, "", mask, tls), flight]
+
+
+def _ask(site: HostPort, domains: list[str], probes: Probes) -> tuple[netprobe.SiteAnswer | None, str]:
+    """`HEAD /` over TLS to the site, named as clients name it (an address gets the first domain as SNI)."""
+    addresses, error = _address_of(site.host, probes)
+    if not addresses:
+        return None, error or "its name does not resolve"
+    sni = site.host if not _is_address(site.host) else (sorted(domains)[0] if domains else site.host)
+    try:
+        return netprobe.ask_site(addresses[0], site.port, sni, probes.timeout, probes.clock), ""
+    except (OSError, ValueError) as exc:
+        return None, netprobe.reason(exc)
+
+
+def _clock(answer: netprobe.SiteAnswer | None, error: str, site: HostPort, tls: TlsOptions) -> Finding:
+    where = f"{site.host}:{site.port}"
+    if answer is None:
+        return Finding("clock", "clock", Severity.SKIPPED, f"not checked: {where} cannot be reached ({error})")
     if answer.date is None:
-        clock = Finding("clock", "clock", Severity.WARNING, f"{where} sent no Date header: the clock is not "
-                                                            "checked", "check `timedatectl` by hand")
-    else:
-        clock = rules.judge_skew(answer.received_at, answer.date, tls.skew, mask.host)
-    return [clock, flight]
+        return Finding("clock", "clock", Severity.WARNING, f"{where} sent no Date header: the clock is not "
+                                                           "checked", "check `timedatectl` by hand")
+    return rules.judge_skew(answer.received_at, answer.date, tls.skew, site.host)
 
 
 def _is_address(host: str) -> bool:
