@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mtproxy.cli.status_cmd import _readable_by
 from mtproxy.host.runner import CommandError, Runner
+from mtproxy.operations.health import readable_by
 
 
 def test_arguments_reach_the_program_verbatim_never_through_a_shell(tmp_path: Path) -> None:
@@ -62,8 +62,8 @@ def test_store_readability_for_the_proxy_user(tmp_path: Path) -> None:
     store.write_text("{}")
     store.chmod(0o600)
     owner = store.stat().st_uid
-    assert _readable_by(store, 0)
-    assert _readable_by(store, owner)
-    assert not _readable_by(store, owner + 4242)  # root-owned 0600, as the VPN installer leaves config/
+    assert readable_by(store, 0)
+    assert readable_by(store, owner)
+    assert not readable_by(store, owner + 4242)  # root-owned 0600, as the VPN installer leaves config/
     store.chmod(0o644)
-    assert _readable_by(store, owner + 4242)
+    assert readable_by(store, owner + 4242)

@@ -142,9 +142,9 @@ def test_a_failing_ufw_status_is_unknown_not_inactive(tmp_path: Path) -> None:
     current = ufw.state(runner)
     assert current.active is None and "xtables lock" in current.error
     if os.geteuid() == 0:
-        from mtproxy.cli.status_cmd import _ufw_check
+        from mtproxy.operations.health import ufw_check
 
-        check = _ufw_check(runner, 8443)
+        check = ufw_check(runner, 8443)
         assert check is not None and check.ok is None
         assert check.detail.startswith("UFW state unknown: `ufw status` failed (ERROR: problem running")
 

@@ -43,6 +43,8 @@ class Env:
     clock: Callable[[], datetime] = field(default_factory=lambda: (lambda: datetime.now(UTC)))
     random16: Callable[[], bytes] = field(default_factory=lambda: (lambda: os.urandom(16)))
     debug: bool = False
+    # doctor's name lookups (host name -> addresses); None: the host's resolver. Tests pass their own.
+    resolve: Callable[[str], list[str]] | None = None
     root_note: str | None = None  # which root is used and why, when that is worth saying (paths.choose_root)
 
     @classmethod

@@ -29,6 +29,7 @@ Examples:
   mtproxy show-config phones              links and QR code of one secret
   mtproxy set-port 2053                   move the proxy to another port
   mtproxy status                          is it healthy? (exit status 0 when it is)
+  mtproxy doctor                          what is wrong, and how to fix each thing
   mtproxy --root /tmp/test list-secrets   work on another installation
 
 \b
@@ -163,9 +164,10 @@ def completion_cmd(shell: str) -> None:
 
 def _register() -> None:
     # Imported here so each subcommand lives in its own module and main stays the edge.
-    from . import api_cmd, limit_cmds, secret_cmds, settings_cmds, show_config, stats_cmd, status_cmd
+    from . import api_cmd, doctor_cmd, limit_cmds, secret_cmds, settings_cmds, show_config, stats_cmd, status_cmd
 
-    for module in (secret_cmds, limit_cmds, settings_cmds, show_config, stats_cmd, status_cmd, api_cmd):
+    for module in (secret_cmds, limit_cmds, settings_cmds, show_config, stats_cmd, status_cmd, doctor_cmd,
+                   api_cmd):
         for command in module.COMMANDS:
             cli.add_command(command)
 

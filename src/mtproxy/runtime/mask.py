@@ -12,7 +12,7 @@ from collections.abc import Callable
 from functools import partial
 
 from mtproxy.config import HostPort
-from mtproxy.protocol import faketls
+from mtproxy.protocol.flight import FlightMeter
 
 from .buffers import send
 from .pair import Dial, Leg, Pair, Phase
@@ -74,7 +74,6 @@ class MaskRelay(Pair):
 # ----------------------------------------------------------------- certificate size
 
 PROBE_TIMEOUT = 5.0
-MIN_SIZE = 1000
 # Encrypted EncryptedExtensions+Certificate+CertificateVerify+Finished of common sites with RSA-2048 /
 # ECDSA chains fall in this range; a fallback picked from it looks like some real site.
 FALLBACK_RANGE = (2400, 4800)
@@ -106,8 +105,7 @@ async def _probe(target: HostPort, sni: str) -> int | None:
     tls = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
     reader, writer = await asyncio.open_connection(target.host, target.port)
     try:
-        total = 0
-        pending = b""
+        meter = FlightMeter()
         while True:
             try:
                 tls.do_handshake()
@@ -123,19 +121,9 @@ async def _probe(target: HostPort, sni: str) -> int | None:
             chunk = await reader.read(65536)
             if not chunk:
                 raise ValueError("the mask site closed during the TLS handshake")
-            pending += chunk
-            # walk whole records: only application data (the encrypted flight) counts
-            while len(pending) >= faketls.RECORD_HEADER_SIZE:
-                length = int.from_bytes(pending[3:5], "big")
-                if len(pending) < faketls.RECORD_HEADER_SIZE + length:
-                    break
-                if pending[:3] == faketls.APPLICATION_DATA:
-                    total += length
-                pending = pending[faketls.RECORD_HEADER_SIZE + length :]
+            meter.feed(chunk)  # only application data (the encrypted flight) counts
             incoming.write(chunk)
-        if total < MIN_SIZE // 10:
-            return None
-        return min(total, faketls.MAX_RECORD_PAYLOAD)
+        return meter.size()
     finally:
         writer.close()
 

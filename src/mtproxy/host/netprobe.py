@@ -1,0 +1,241 @@
+"""What `mtproxy doctor` asks the network and the kernel: name resolution, TCP dials, a TLS web site's first
+flight and clock, and who listens on a port. Every network call has a timeout; the judgments live in
+operations/doctor_rules.py, and the resolver, the dialer and the clock are passed in so tests are exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+from ..protocol.flight import FlightMeter
+
+# hostname -> its addresses ([] when it has none); raises OSError when it cannot be resolved at all
+Resolver = Callable[[str], list[str]]
+# (host, port, timeout) -> a connected TCP socket. Direct today; a SOCKS5 upstream will be another Dialer.
+Dialer = Callable[[str, int, float], socket.socket]
+
+MAX_HEADER_BYTES = 64 << 10
+
+
+def system_resolver(timeout: float) -> Resolver:
+    """The host's resolver (getaddrinfo) with a deadline: getaddrinfo itself has none, so it runs in a
+    daemon thread that is abandoned, not waited for, when the deadline passes."""
+
+    def resolve(name: str) -> list[str]:
+        outcome: list[list[str] | OSError] = []
+
+        def lookup() -> None:
+            try:
+                infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+                outcome.append(list(dict.fromkeys(str(info[4][0]) for info in infos)))
+            except socket.gaierror as exc:
+                if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+                    outcome.append([])
+                else:
+                    outcome.append(OSError(exc.errno, exc.strerror))
+            except OSError as exc:
+                outcome.append(exc)
+
+        worker = threading.Thread(target=lookup, name=f"resolve {name}", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if not outcome:
+            raise OSError(f"no answer from the resolver within {timeout:g} s")
+        result = outcome[0]
+        if isinstance(result, OSError):
+            raise result
+        return result
+
+    return resolve
+
+
+def direct_dial(host: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection straight from this host."""
+    return socket.create_connection((host, port), timeout=timeout)
+
+
+def reason(exc: BaseException) -> str:
+    """An exception as the few words an operator needs ("connection refused", "timed out")."""
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "timed out"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed ({exc.reason or exc})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+def dial_check(dial: Dialer, host: str, port: int, timeout: float) -> str | None:
+    """None when a TCP connection to host:port opens within `timeout`, else why not."""
+    try:
+        dial(host, port, timeout).close()
+    except (OSError, ValueError) as exc:
+        return reason(exc)
+    return None
+
+
+@dataclass(frozen=True)
+class SiteAnswer:
+    """What one HTTPS request to a web site showed."""
+
+    tls_version: str  # "TLSv1.3", "TLSv1.2", …
+    flight: int  # application-data bytes of the server's encrypted first flight (0 before TLS 1.3)
+    date: datetime | None  # the response's Date header; None when it sent none (or no response)
+    received_at: datetime  # our clock when the response's headers arrived
+
+
+def ask_site(address: str, port: int, sni: str, timeout: float, clock: Callable[[], datetime]) -> SiteAnswer:
+    """Connect to address:port, handshake as a browser would for `sni` (nothing is verified: only sizes and
+    the clock are read), measure the server's first flight, send `HEAD /` and read the Date header.
+    Raises OSError, ssl.SSLError or ValueError; `timeout` bounds the whole exchange."""
+    deadline = time.monotonic() + timeout
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=sni)
+    meter = FlightMeter()
+    with socket.create_connection((address, port), timeout=timeout) as sock:
+
+        def receive() -> bytes:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            sock.settimeout(left)
+            return sock.recv(65536)
+
+        while True:
+            try:
+                tls.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                done = False
+            pending = outgoing.read()
+            if pending:
+                sock.sendall(pending)
+            if done:
+                break
+            chunk = receive()
+            if not chunk:
+                raise ValueError("the site closed the connection during the TLS handshake")
+            meter.feed(chunk)
+            incoming.write(chunk)
+        version = tls.version() or ""
+        tls.write(f"HEAD / HTTP/1.1\r\nHost: {sni}\r\nUser-Agent: mtproxy-doctor\r\nAccept: */*\r\n"
+                  "Connection: close\r\n\r\n".encode())
+        sock.sendall(outgoing.read())
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < MAX_HEADER_BYTES:
+            try:
+                head += tls.read(65536)
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                break
+            chunk = receive()
+            if not chunk:
+                break
+            incoming.write(chunk)
+        received_at = clock()
+    return SiteAnswer(version, meter.total if version == "TLSv1.3" else 0, _date_header(head), received_at)
+
+
+def _date_header(head: bytes) -> datetime | None:
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() == "date":
+            with contextlib.suppress(TypeError, ValueError, IndexError):
+                return parsedate_to_datetime(value.strip())
+    return None
+
+
+# ----------------------------------------------------------------- who listens on a port
+
+@dataclass(frozen=True)
+class Listener:
+    """A listening TCP socket, and the process holding it when /proc lets us see it."""
+
+    address: str
+    port: int
+    inode: int
+    pid: int | None = None
+    program: str = ""  # /proc/PID/comm
+    command: str = ""  # /proc/PID/cmdline, spaces between arguments
+
+
+_LISTEN = "0A"
+
+
+def _address(hex_address: str) -> str:
+    """/proc/net/tcp's address: IPv4 as one little-endian word, IPv6 as four."""
+    raw = bytes.fromhex(hex_address)
+    if len(raw) == 4:
+        return str(ipaddress.IPv4Address(raw[::-1]))
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+    return str(ipaddress.IPv6Address(words))
+
+
+def listening(port: int, proc: Path = Path("/proc")) -> list[Listener]:
+    """Every TCP socket listening on `port` in this network namespace, with its process where visible
+    (another user's descriptors need root to read)."""
+    found: list[Listener] = []
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (proc / "net" / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != _LISTEN:
+                continue
+            host, _, hex_port = fields[1].partition(":")
+            if int(hex_port, 16) == port:
+                found.append(Listener(_address(host), port, int(fields[9])))
+    if not found:
+        return found
+    owners = _socket_owners({listener.inode for listener in found}, proc)
+    return [_with_owner(listener, owners.get(listener.inode), proc) for listener in found]
+
+
+def _socket_owners(inodes: set[int], proc: Path) -> dict[int, int]:
+    wanted = {f"socket:[{inode}]": inode for inode in inodes}
+    owners: dict[int, int] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            descriptors = list((entry / "fd").iterdir())
+        except OSError:
+            continue  # gone, or another user's (needs root)
+        for fd in descriptors:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            inode = wanted.get(target)
+            if inode is not None:
+                owners.setdefault(inode, int(entry.name))
+    return owners
+
+
+def _with_owner(listener: Listener, pid: int | None, proc: Path) -> Listener:
+    if pid is None:
+        return listener
+    program = command = ""
+    with contextlib.suppress(OSError):
+        program = (proc / str(pid) / "comm").read_text().strip()
+    with contextlib.suppress(OSError):
+        command = (proc / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    return Listener(listener.address, listener.port, listener.inode, pid, program, command)
