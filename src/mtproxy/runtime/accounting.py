@@ -10,7 +10,8 @@ check and its increment are one step for all workers (two workers cannot both ta
 and a drain moves bytes from the live counters to `base` at once (nothing counted twice or lost). A worker
 killed holding the lock releases it; what it left is whole integers written before it died. A critical
 section is a few struct reads and writes (microseconds); the relay adds bytes per flush quantum, not per
-read, so the lock is taken a handful of times per session-second.
+read, so the lock is taken a handful of times per session-second. Sessions of a secret without limits take
+no lock at all: their worker counts them and `fold`s the count in once a second (runtime/enforce.py).
 
 Memory: SLOT_SIZE bytes per slot (832) for `capacity` slots (default 16384: 13 MiB of address space).
 The pages are anonymous and touched only when a slot is used, so resident memory follows the number of
