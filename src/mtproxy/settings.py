@@ -1,8 +1,8 @@
 """The proxy settings file: its one reader and validator, and the defaults, for the CLI and the engine alike.
 
-The CLI manages port, workers, fake-TLS domain, link server, mask, stats port and whether a PROXY protocol
-header precedes every client's bytes (`proxy_protocol`, set by `mtproxy setup --behind-haproxy`; files written
-before it lack the key and read as false); the engine's own keys
+The CLI manages port, workers, fake-TLS domain, link server, mask, stats port, the base for secrets' own
+host names, and whether a PROXY protocol header precedes every client's bytes (`proxy_protocol`, set by
+`mtproxy setup --behind-haproxy`; files written before it lack the key and read as false); the engine's own keys
 (allow_classic, tls_skew, …) ride along in `extra` and are checked by config.resolve as their flags are.
 """
 
@@ -16,16 +16,18 @@ from typing import Any
 
 from .defaults import DEFAULT_PORT, DEFAULT_STATS_PORT, DEFAULT_WORKERS, MAX_WORKERS
 from .protocol.errors import SecretFormatError
-from .protocol.secret import validate_domain
+from .protocol.secret import MAX_DOMAIN_BYTES, validate_domain
 from .store import StoreAccessError, StoreFormatError, _read_bytes, locked, write_atomic
 
 SETTINGS_VERSION = 1
 
-_MANAGED = frozenset({"version", "port", "workers", "domain", "server", "mask", "stats_port", "proxy_protocol"})
+_MANAGED = frozenset({"version", "port", "workers", "domain", "server", "mask", "stats_port", "proxy_protocol",
+                      "secret_domain_base"})
+OWN_LABEL_LENGTH = 8  # the random first label of a secret's own host name under secret_domain_base
 
-__all__ = ["DEFAULT_PORT", "DEFAULT_STATS_PORT", "DEFAULT_WORKERS", "MAX_WORKERS", "SETTINGS_VERSION", "Settings",
-           "SettingsError", "check_mask", "check_port", "check_server", "check_stats_port", "check_workers",
-           "parse_settings", "read_settings", "update_settings"]
+__all__ = ["DEFAULT_PORT", "DEFAULT_STATS_PORT", "DEFAULT_WORKERS", "MAX_WORKERS", "OWN_LABEL_LENGTH",
+           "SETTINGS_VERSION", "Settings", "SettingsError", "check_mask", "check_port", "check_secret_domain_base",
+           "check_server", "check_stats_port", "check_workers", "parse_settings", "read_settings", "update_settings"]
 
 SettingsError = StoreFormatError  # same shape: names the file and the problem
 
@@ -43,6 +45,9 @@ class Settings:
     # Behind a load balancer (HAProxy with send-proxy-v2): each connection starts with a PROXY protocol
     # header naming the real client. The engine must honour it (runtime listener); false: no header.
     proxy_protocol: bool = False
+    # `add-secret --own-domain`: a new ee secret gets a random host name under this domain (wildcard DNS and
+    # a wildcard certificate at the mask site), so its SNI alone finds it
+    secret_domain_base: str | None = None
     # Keys this module does not manage (the engine's allow_classic, tls_skew, …): kept as written, so
     # `set-port` never drops what the operator or the setup wizard put in the shared file.
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -61,6 +66,7 @@ class Settings:
             "mask": self.mask,
             "stats_port": self.stats_port,
             "proxy_protocol": self.proxy_protocol,
+            **({"secret_domain_base": self.secret_domain_base} if self.secret_domain_base else {}),
         }
 
 
@@ -88,6 +94,23 @@ def check_server(value: str) -> str:
     text = value.strip()
     if not text or len(text) > 253 or any(c in text for c in "/?#&=@ \t") or text.count(":") == 1:
         raise ValueError(f"server must be a bare host name or IP address, not {value!r}")
+    return text
+
+
+def check_secret_domain_base(value: str) -> str:
+    """A base for secrets' own host names: a lowercase host name with a dot, with room for one more
+    label in an ee secret."""
+    text = value.strip().lower().strip(".")
+    if "." not in text:
+        raise ValueError(f"secret_domain_base must be a domain with a dot, e.g. users.example.com, not {value!r}")
+    try:
+        validate_domain(text)
+    except SecretFormatError as exc:
+        raise ValueError(f"secret_domain_base: {exc}") from None
+    room = MAX_DOMAIN_BYTES - OWN_LABEL_LENGTH - 1
+    if len(text) > room:
+        raise ValueError(f"secret_domain_base must be at most {room} characters (a secret's own label and the"
+                         f" base fit in {MAX_DOMAIN_BYTES}), not {len(text)}")
     return text
 
 
@@ -127,6 +150,12 @@ def parse_settings(doc: Any) -> Settings:
     proxy_protocol = doc.get("proxy_protocol")
     if proxy_protocol is not None and not isinstance(proxy_protocol, bool):
         raise ValueError(f"'proxy_protocol' must be true or false, not {proxy_protocol!r}")
+    base = doc.get("secret_domain_base")
+    if base is not None:
+        if not isinstance(base, str):
+            raise ValueError("'secret_domain_base' must be a string or null")
+        if check_secret_domain_base(base) != base:
+            raise ValueError(f"'secret_domain_base' must be written lowercase without a trailing dot, not {base!r}")
     settings = Settings(
         port=check_port(_or_default(doc, "port", DEFAULT_PORT)),
         workers=check_workers(_or_default(doc, "workers", DEFAULT_WORKERS)),
@@ -135,6 +164,7 @@ def parse_settings(doc: Any) -> Settings:
         mask=mask or None,
         stats_port=check_stats_port(_or_default(doc, "stats_port", DEFAULT_STATS_PORT)),
         proxy_protocol=bool(proxy_protocol),
+        secret_domain_base=base or None,
         extra={k: v for k, v in doc.items() if k not in _MANAGED},
         given=frozenset(k for k in _MANAGED - {"version"} if doc.get(k) is not None),
     )

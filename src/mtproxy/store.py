@@ -24,7 +24,7 @@ from .accounts.limits import NO_LIMITS, Limits, LimitsError, parse_limits, parse
 from .protocol.errors import SecretFormatError
 from .protocol.secret import Secret, SecretKind, parse_secret, validate_domain
 
-STORE_VERSION = 2
+STORE_VERSION = 3
 FILE_MODE = 0o600
 MAX_STORE_BYTES = 4 * 1024 * 1024  # thousands of secrets fit; anything bigger is not our file
 
@@ -76,6 +76,9 @@ class SecretRecord:
     limits: Limits = NO_LIMITS
     # `reset-usage` sets it: the usage ledger counts this secret's usage from then on (live, on reload)
     usage_reset_at: str = ""
+    # ee with its own random host name (`add-secret --own-domain`): `regenerate` draws a new one under the
+    # same base (the domain without its first label)
+    own_domain: bool = False
 
     @property
     def active(self) -> bool:
@@ -107,6 +110,7 @@ class SecretRecord:
             "description": self.description,
             **({"limits": limits_to_store(self.limits)} if has_limits(self.limits) else {}),
             **({"usage_reset_at": self.usage_reset_at} if self.usage_reset_at else {}),
+            **({"own_domain": True} if self.own_domain else {}),
         }
 
     @classmethod
@@ -250,6 +254,8 @@ def _migrate(doc: dict[str, Any]) -> dict[str, Any]:
 
     Version 1 -> 2 only adds optional per-entry fields: "limits" (accounts/limits.py; absent = none) and
     "usage_reset_at" (when `reset-usage` last cleared the secret's usage).
+    Version 2 -> 3 only adds the optional per-entry "own_domain" (absent = false): an ee secret whose domain
+    is its own random host name under a base.
     Version 0 is the plan's original file: no metadata (or the plan's own `"version": "6.0.0"`), entries with
     "secret" instead of "value", possibly no id or label, and a bare 16-byte key whose `padding_enabled`
     says whether clients get it as dd. Any other version string is refused, not guessed at. The migration is
@@ -287,6 +293,15 @@ def _migrate(doc: dict[str, Any]) -> dict[str, Any]:
             raise ValueError("metadata.migrations must be a list")
         doc = {**doc, "metadata": {**metadata, "version": 2,
                                    "migrations": [*steps, {"from": "1", "to": 2, "at": ""}]}}
+        metadata, version = doc["metadata"], 2
+    if version == 2:
+        # v3 adds an optional "own_domain" flag per entry; a v2 entry has none, so only the version moves.
+        assert isinstance(metadata, dict)
+        steps = metadata.get("migrations", [])
+        if not isinstance(steps, list):
+            raise ValueError("metadata.migrations must be a list")
+        doc = {**doc, "metadata": {**metadata, "version": 3,
+                                   "migrations": [*steps, {"from": "2", "to": 3, "at": ""}]}}
     return doc
 
 
@@ -419,7 +434,15 @@ def _parse_entry(entry: dict[str, Any], where: str) -> SecretRecord:
         description=_field(entry, "description", (str, type(None)), where, "") or "",
         limits=_parse_entry_limits(entry, f"{where} (id {secret_id!r})"),
         usage_reset_at=_reset_time(entry, f"{where} (id {secret_id!r})"),
+        own_domain=_own_domain(entry, kind, domain, f"{where} (id {secret_id!r})"),
     )
+
+
+def _own_domain(entry: dict[str, Any], kind: SecretKind, domain: str | None, where: str) -> bool:
+    own = bool(_field(entry, "own_domain", bool, where, False))
+    if own and (kind is not SecretKind.FAKE_TLS or domain is None or domain.count(".") < 2):
+        raise ValueError(f"{where}: 'own_domain' is for an ee secret whose domain is a label under a base domain")
+    return own
 
 
 def _reset_time(entry: dict[str, Any], where: str) -> str:

@@ -291,3 +291,44 @@ def test_a_bug_is_a_json_500_without_the_request_in_the_log(api: Api, monkeypatc
     status, body, _ = api.call("GET", f"/secrets/{secret_like}")
     assert status == 500 and body["error"]["kind"] == "internal" and "kaboom" not in json.dumps(body)
     assert "kaboom" in caplog.text and secret_like not in caplog.text and "/secrets/{ref}" in caplog.text
+
+
+@pytest.mark.parametrize(("settings", "flags", "body"), [
+    ({}, [], {}),
+    ({}, ["--plain"], {"type": "plain"}),
+    ({}, ["--fake-tls", "cdn.example.org"], {"domain": "cdn.example.org"}),
+    ({"domain": "www.example.com"}, [], {}),
+    ({"domain": "www.example.com"}, ["--with-padding"], {"type": "dd"}),
+    ({"domain": "www.example.com", "secret_domain_base": "users.example.com"}, ["--own-domain"],
+     {"own_domain": True}),
+    ({"domain": "www.example.com"}, ["--own-domain"], {"own_domain": True}),  # no base: refused by both
+    ({}, ["--with-padding", "--fake-tls", "cdn.example.org"], {"type": "dd", "domain": "cdn.example.org"}),
+])
+def test_the_cli_and_the_api_choose_the_same_type(make_env: Callable[..., Env], cli: Cli, paths: Paths,
+                                                  settings: dict[str, Any], flags: list[str],
+                                                  body: dict[str, Any]) -> None:
+    paths.settings_file.parent.mkdir(parents=True, exist_ok=True)
+    paths.settings_file.write_text(json.dumps({"version": 1, **settings}))
+    by_cli = cli("add-secret", "--json", *flags)
+    server = start_api(make_env())
+    try:
+        status, answer, _ = server.call("POST", "/secrets", body)
+    finally:
+        server.stop()
+    if by_cli.status != ExitStatus.OK:
+        assert by_cli.status == ExitStatus.USAGE and status == 400 and answer["error"]["kind"] == "invalid"
+        assert not paths.secrets_file.exists() or read_store(paths.secrets_file).secrets == ()
+        return
+    assert status == 201, answer
+    made, secret = by_cli.json(), answer["secret"]
+    assert made["type"] == secret["type"]
+    stored = read_store(paths.secrets_file).secrets
+    assert [r.own_domain for r in stored] == [bool(body.get("own_domain"))] * 2
+    if body.get("own_domain"):
+        assert made["domain"] != secret["domain"]  # each its own name, under the one base
+        assert made["domain"].endswith(".users.example.com") and secret["domain"].endswith(".users.example.com")
+    else:
+        assert made["domain"] == secret["domain"]
+    warned = [n for n in made["notes"] if "allow_classic" in n]
+    assert warned == [n for n in answer["notes"] if "allow_classic" in n]
+    assert bool(warned) == (bool(settings.get("domain")) and made["type"] != "ee")

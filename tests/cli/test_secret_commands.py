@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -251,8 +252,8 @@ def test_debug_is_the_only_way_to_a_traceback(cli: Cli, paths: Paths, monkeypatc
 
 def test_every_command_has_help_with_examples(cli: Cli) -> None:
     for command in ("add-secret", "list-secrets", "remove-secret", "regenerate-secret", "show-config",
-                    "set-port", "set-workers", "set-server", "stats", "status", "completion", "set-limits",
-                    "enable", "disable", "extend", "reset-usage", "api", "api-token"):
+                    "set-port", "set-workers", "set-server", "set-secret-domain-base", "stats", "status",
+                    "completion", "set-limits", "enable", "disable", "extend", "reset-usage", "api", "api-token"):
         result = cli(command, "--help")
         assert result.status == ExitStatus.OK
         assert "Examples:" in result.out, command
@@ -288,3 +289,54 @@ def test_classic_secret_with_a_fake_tls_only_proxy_is_warned_about(cli: Cli, pat
     assert warned.status == ExitStatus.OK and "only ee clients" in warned.err
     _write_settings(paths, domain="www.example.com", allow_classic=True)
     assert "only ee clients" not in cli("add-secret", "--with-padding").err
+
+
+OWN_NAME = re.compile(r"^[a-z][a-z0-9]{7}\.users\.example\.com$")
+
+
+def test_own_domain_secrets_get_distinct_host_names_shown_in_listings_and_links(cli: Cli, paths: Paths) -> None:
+    _write_settings(paths, domain="www.example.com")
+    refused = cli("add-secret", "--own-domain")
+    assert refused.status == ExitStatus.USAGE and "set-secret-domain-base" in refused.err
+    assert not paths.secrets_file.exists()
+    assert cli("set-secret-domain-base", "users.example.com").status == ExitStatus.OK
+    made = [cli("add-secret", "--own-domain", "--label", name, "--json").json() for name in ("alice", "bob")]
+    entries = _store(paths)["secrets"]
+    assert [e["own_domain"] for e in entries] == [True, True]
+    domains = [e["domain"] for e in entries]
+    assert all(OWN_NAME.match(d) for d in domains) and domains[0] != domains[1]
+    for entry, answer in zip(entries, made, strict=True):
+        assert answer["domain"] == entry["domain"] and answer["type"] == "ee"
+        assert parse_secret(entry["value"]).domain == entry["domain"]  # the link's secret carries it
+        assert answer["tg"].endswith(f"secret={entry['value']}")
+    listing = cli("list-secrets", "--json").json()["secrets"]
+    assert [(s["domain"], s["own_domain"]) for s in listing] == [(d, True) for d in domains]
+    table = cli("list-secrets").out
+    assert all(d in table for d in domains)
+    shown = cli("show-config", "alice", "--no-qr", "--json").json()
+    assert entries[0]["value"] in json.dumps(shown)
+    # the shared domain stays the default
+    plain_default = cli("add-secret", "--json").json()
+    assert plain_default["domain"] == "www.example.com"
+    assert "own_domain" not in _store(paths)["secrets"][-1]
+
+
+def test_regenerate_draws_a_new_own_host_name_under_the_same_base(cli: Cli, paths: Paths) -> None:
+    _write_settings(paths, secret_domain_base="users.example.com")
+    cli("add-secret", "--own-domain", "--label", "alice")
+    before = _store(paths)["secrets"][0]
+    cli("set-secret-domain-base", "other.example.net")  # the record's own base is kept, not the new setting
+    assert cli("regenerate-secret", "alice", "--yes").status == ExitStatus.OK
+    after = _store(paths)["secrets"][0]
+    assert after["own_domain"] is True and OWN_NAME.match(after["domain"])
+    assert after["domain"] != before["domain"] and after["value"] != before["value"]
+    assert parse_secret(after["value"]).domain == after["domain"]
+
+
+@pytest.mark.parametrize("flags", [["--own-domain", "--plain"], ["--own-domain", "--fake-tls", "www.example.org"],
+                                   ["--with-padding", "--fake-tls", "www.example.org"]])
+def test_own_domain_and_other_types_do_not_mix(cli: Cli, paths: Paths, flags: list[str]) -> None:
+    _write_settings(paths, secret_domain_base="users.example.com")
+    result = cli("add-secret", *flags)
+    assert result.status == ExitStatus.USAGE and "give one" in result.err
+    assert not paths.secrets_file.exists()

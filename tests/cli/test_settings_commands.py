@@ -141,3 +141,25 @@ def test_proxy_protocol_reads_false_from_older_files_and_is_kept(cli: Cli, paths
     paths.settings_file.write_text(json.dumps({**doc, "proxy_protocol": "yes"}))
     refused = cli("set-workers", "2")
     assert refused.status != ExitStatus.OK and "'proxy_protocol' must be true or false" in refused.err
+
+
+def test_set_secret_domain_base_saves_checks_and_clears(cli: Cli, paths: Paths) -> None:
+    paths.settings_file.parent.mkdir(parents=True, exist_ok=True)
+    paths.settings_file.write_text(json.dumps({"version": 1, "port": 8443, "allow_classic": True}))
+    dry = cli("--dry-run", "set-secret-domain-base", "users.example.com")
+    assert dry.status == ExitStatus.OK and read_settings(paths.settings_file).secret_domain_base is None
+    result = cli("set-secret-domain-base", "Users.Example.com.")
+    assert result.status == ExitStatus.OK, result.err
+    assert "*.users.example.com" in result.out  # what it needs: wildcard DNS and certificate
+    doc = json.loads(paths.settings_file.read_text())
+    assert doc["secret_domain_base"] == "users.example.com" and doc["allow_classic"] is True
+    before = paths.settings_file.read_bytes()
+    for bad in ("localhost", "x" * 180 + ".com", "users.example.com/path"):
+        refused = cli("set-secret-domain-base", bad)
+        assert refused.status == ExitStatus.USAGE and "secret_domain_base" in refused.err, bad
+    assert cli("set-secret-domain-base").status == ExitStatus.USAGE
+    assert cli("set-secret-domain-base", "a.example.com", "--clear").status == ExitStatus.USAGE
+    assert paths.settings_file.read_bytes() == before
+    cleared = cli("set-secret-domain-base", "--clear")
+    assert cleared.status == ExitStatus.OK and "was users.example.com" in cleared.out
+    assert "secret_domain_base" not in json.loads(paths.settings_file.read_text())

@@ -406,6 +406,81 @@ def test_a_dead_workers_sessions_free_their_slots(start_proxy: ProxyFactory, sto
     assert proxy.stop() == 0
 
 
+def test_a_secret_without_limits_is_counted_and_a_new_limit_applies_at_once(start_proxy: ProxyFactory,
+                                                                          store: Path) -> None:
+    """Sessions of a secret without limits are admitted on each worker's own count and reach the shared
+    figures within a sync; a reload that adds a connection limit counts the sessions already running."""
+    a = new_secret()
+    write(store, [("a", a, Limits())])
+    proxy = start_proxy("--secrets-file", str(store), "-M", "2", ready=2)
+    tries = 16  # SO_REUSEPORT spreads these over both workers (all on one: odds of 2 ** -15)
+
+    def usage() -> dict[str, Any]:
+        figures: dict[str, Any] = stats_json(proxy.stats_port)["secrets"]["a"]["usage"]
+        return figures
+
+    async def scenario() -> None:
+        running = [await session(proxy.port, a, source=f"127.0.0.{i + 2}") for i in range(3)]
+        assert all(c is not None for c in running)
+        wait_until(lambda: (usage()["connections"], usage()["connections_total"], usage()["unique_ips"]) == (3, 3, 3))
+        assert usage()["first_seen"] is not None and usage()["last_seen"] is not None
+        write(store, [("a", a, Limits(max_connections=3))])
+        proxy.wait_log("secrets reloaded", count=2)
+        for _ in range(tries):
+            assert await session(proxy.port, a) is None
+        first = running[0]
+        assert first is not None
+        await first.close()
+        for _ in range(40):  # the closed session's slot is free as soon as its worker sees the close
+            again = await session(proxy.port, a)
+            if again is not None:
+                running[0] = again
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("a closed session still holds its slot")
+        for client in running:
+            assert client is not None
+            await client.close()
+        wait_until(lambda: usage()["connections"] == 0)
+
+    run(scenario(), timeout=60)
+    proxy.wait_log("reason=max-connections id=a", count=tries)
+    assert proxy.stop() == 0
+
+
+def test_a_dead_workers_sessions_of_a_secret_without_limits_leave_the_count(start_proxy: ProxyFactory,
+                                                                             store: Path) -> None:
+    a = new_secret()
+    write(store, [("a", a, Limits())])
+    proxy = start_proxy("--secrets-file", str(store), "-M", "2", ready=2)
+
+    def connections() -> int:
+        return int(stats_json(proxy.stats_port)["secrets"]["a"]["usage"]["connections"])
+
+    async def scenario() -> None:
+        clients = [await session(proxy.port, a) for _ in range(4)]
+        assert all(c is not None for c in clients)
+        wait_until(lambda: connections() == 4)
+        with open(f"/proc/{proxy.proc.pid}/task/{proxy.proc.pid}/children") as f:
+            for pid in f.read().split():
+                os.kill(int(pid), signal.SIGKILL)
+        proxy.wait_log("ready:", count=4)  # both replaced
+        for client in clients:
+            assert client is not None
+            await client.close()
+        wait_until(lambda: connections() == 0)
+        again = await session(proxy.port, a)
+        assert again is not None
+        wait_until(lambda: connections() == 1)
+        await asyncio.sleep(1.5)  # two more syncs and reports: the figure stays
+        assert connections() == 1
+        await again.close()
+
+    run(scenario(), timeout=60)
+    assert proxy.stop() == 0
+
+
 def cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     src = str(Path(__file__).resolve().parents[2] / "src")
     env = {**os.environ, "MTPROXY_ROOT": str(root), "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}

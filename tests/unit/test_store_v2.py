@@ -1,4 +1,5 @@
-"""Store schema 2: per-secret limits, the v1 -> v2 and v0 -> v2 migrations, and malformed limits refused."""
+"""Store schemas 2 and 3: per-secret limits, a secret's own host name, the v2 -> v3, v1 -> v3 and v0 -> v3
+migrations, and malformed limits refused."""
 
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ def _v1_file(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def test_schema_version_is_2() -> None:
-    assert STORE_VERSION == 2
+def test_schema_version_is_3() -> None:
+    assert STORE_VERSION == 3
 
 
 def test_a_v1_file_is_read_migrated_written_and_read_again(tmp_path: Path) -> None:
@@ -40,7 +41,7 @@ def test_a_v1_file_is_read_migrated_written_and_read_again(tmp_path: Path) -> No
     assert [(r.id, r.active, r.limits) for r in data.secrets] == [("a", True, Limits()),
                                                                   ("b", False, Limits(enabled=False))]
     assert [(m.from_version, m.to_version, m.at) for m in data.migrations] == [
-        ("6.0.0", 1, "2025-12-01T00:00:00Z"), ("1", 2, "")]
+        ("6.0.0", 1, "2025-12-01T00:00:00Z"), ("1", 2, ""), ("2", 3, "")]
 
     def limit_a(current: StoreData) -> tuple[StoreData, None]:
         rec = current.find("alice")
@@ -50,9 +51,10 @@ def test_a_v1_file_is_read_migrated_written_and_read_again(tmp_path: Path) -> No
 
     update_store(path, limit_a, clock=lambda: datetime(2026, 2, 1, tzinfo=UTC))
     doc = json.loads(path.read_text())
-    assert doc["metadata"]["version"] == 2
+    assert doc["metadata"]["version"] == 3
     assert doc["metadata"]["migrations"] == [{"from": "6.0.0", "to": 1, "at": "2025-12-01T00:00:00Z"},
-                                             {"from": "1", "to": 2, "at": "2026-02-01T00:00:00Z"}]
+                                             {"from": "1", "to": 2, "at": "2026-02-01T00:00:00Z"},
+                                             {"from": "2", "to": 3, "at": "2026-02-01T00:00:00Z"}]
     entry = doc["secrets"][0]
     assert entry["active"] is True and "enabled" not in entry["limits"]
     assert entry["limits"] == {"expires_at": "2027-01-31T00:00:00Z", "max_connections": 5, "max_unique_ips": 3,
@@ -68,20 +70,20 @@ def test_a_v1_file_is_read_migrated_written_and_read_again(tmp_path: Path) -> No
     assert again.active_secrets() == [("a", again.secrets[0].secret())]
 
 
-def test_a_v0_plan_file_is_migrated_to_2_and_reads_back(tmp_path: Path) -> None:
+def test_a_v0_plan_file_is_migrated_to_3_and_reads_back(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"secrets": [{"secret": "33" * 16, "padding_enabled": True}]}))
     update_store(path, lambda d: (StoreData(d.secrets, d.last_modified, d.version, d.migrations), None))
     doc = json.loads(path.read_text())
-    assert doc["metadata"]["version"] == 2
-    assert [(m["from"], m["to"]) for m in doc["metadata"]["migrations"]] == [("0", 1), ("1", 2)]
+    assert doc["metadata"]["version"] == 3
+    assert [(m["from"], m["to"]) for m in doc["metadata"]["migrations"]] == [("0", 1), ("1", 2), ("2", 3)]
     back = read_store(path)
     assert back.secrets[0].value == "dd" + "33" * 16 and back.secrets[0].limits == Limits()
 
 
 def test_a_newer_version_is_refused_and_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
-    path.write_text('{"secrets": [], "metadata": {"version": 3}}')
+    path.write_text('{"secrets": [], "metadata": {"version": 4}}')
     before = path.read_bytes()
     with pytest.raises(StoreFormatError, match="newer mtproxy"):
         update_store(path, lambda d: (StoreData(), None))
@@ -117,3 +119,38 @@ def test_a_record_built_with_limits_keeps_active_as_the_switch() -> None:
     rec = SecretRecord.from_secret("x", parse_secret(KEY_B), active=False, limits=LIMITS)
     assert rec.active is False and rec.limits.enabled is False and rec.limits.max_connections == 5
     assert rec.to_json()["active"] is False and "enabled" not in rec.to_json()["limits"]
+
+
+OWN = "ee" + "44" * 16 + b"k3f9q2ab.users.example.com".hex()
+
+
+def test_a_v2_file_moves_to_3_and_a_secrets_own_domain_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"secrets": [{"id": "a", "value": KEY_A, "type": "dd", "active": True}],
+                                "metadata": {"last_modified": "", "version": 2}}))
+    data = read_store(path)
+    assert [(m.from_version, m.to_version) for m in data.migrations] == [("2", 3)]
+    own = SecretRecord(id="b", value=OWN, type="ee", domain="k3f9q2ab.users.example.com", own_domain=True)
+    update_store(path, lambda d: (d.with_record(own), None), clock=lambda: datetime(2026, 2, 1, tzinfo=UTC))
+    doc = json.loads(path.read_text())
+    assert doc["metadata"]["version"] == 3
+    assert [entry.get("own_domain") for entry in doc["secrets"]] == [None, True]  # written only when set
+    back = read_store(path)
+    assert [(r.id, r.own_domain, r.domain) for r in back.secrets] == [
+        ("a", False, None), ("b", True, "k3f9q2ab.users.example.com")]
+
+
+@pytest.mark.parametrize(("entry", "problem"), [
+    ({"id": "a", "value": KEY_A, "type": "dd", "own_domain": True}, "'own_domain' is for an ee secret"),
+    ({"id": "a", "value": "ee" + "44" * 16 + b"example.com".hex(), "type": "ee", "own_domain": True},
+     "'own_domain' is for an ee secret whose domain is a label under a base"),
+    ({"id": "a", "value": OWN, "type": "ee", "own_domain": "yes"}, "own_domain"),
+])
+def test_a_malformed_own_domain_is_refused_and_the_file_kept(tmp_path: Path, entry: dict[str, object],
+                                                             problem: str) -> None:
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"secrets": [entry], "metadata": {"last_modified": "", "version": 3}}))
+    before = path.read_bytes()
+    with pytest.raises(StoreFormatError, match=problem):
+        update_store(path, lambda d: (d, None))
+    assert path.read_bytes() == before

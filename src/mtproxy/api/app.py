@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from ..accounts.limits import NO_LIMITS, LimitsError
-from ..operations.apply import ChangeReport, load_settings
+from ..operations.apply import ChangeReport
 from ..operations.artifacts import links_for
 from ..operations.context import Ops
 from ..operations.errors import Failure, OpError
@@ -25,8 +25,6 @@ from ..operations.limit_ops import KEEP, LimitsPatch, SecretUpdate, reset_usage,
 from ..operations.proxy_control import compare
 from ..operations.secrets import AddRequest, add_secret, get_secret, list_secrets, regenerate_secret, remove_secret
 from ..operations.usage_source import engine_snapshot
-from ..protocol.errors import SecretFormatError
-from ..protocol.secret import SecretKind, validate_domain
 from ..store import TYPE_TO_KIND, StoreError, read_store
 
 log = logging.getLogger("mtproxy.api")
@@ -182,27 +180,19 @@ async def secrets_list(request: web.Request) -> web.Response:
 
 async def secret_create(request: web.Request) -> web.Response:
     doc = await _body(request)
-    _unknown(doc, {"type", "domain", "label", "description", "limits"})
+    _unknown(doc, {"type", "domain", "own_domain", "label", "description", "limits"})
     type_name = _text(doc, "type")
-    domain = _text(doc, "domain")
-    if type_name is None:
-        settings = await asyncio.to_thread(load_settings, request.app[OPS_KEY])
-        type_name, domain = ("ee", domain or settings.domain) if settings.domain or domain else ("dd", None)
-    if type_name not in TYPE_TO_KIND:
+    if type_name is not None and type_name not in TYPE_TO_KIND:
         raise OpError(f"'type' must be plain, dd or ee, not {type_name!r}", "", Failure.INVALID)
-    kind = TYPE_TO_KIND[type_name]
-    if kind is SecretKind.FAKE_TLS:
-        try:
-            domain = validate_domain((domain or "").strip().lower())
-        except SecretFormatError as exc:
-            raise OpError(f"'domain': {exc}", "the host name of a real HTTPS site", Failure.INVALID) from None
-    elif domain is not None:
-        raise OpError("'domain' is for ee (fake-TLS) secrets only", "", Failure.INVALID)
+    own_domain = doc.get("own_domain", False)
+    if not isinstance(own_domain, bool):
+        raise OpError("'own_domain' must be true or false", "", Failure.INVALID)
     try:
         limits = _patch(doc).apply(NO_LIMITS)
     except LimitsError as exc:
         raise OpError(str(exc), "", Failure.INVALID) from None
-    request_ = AddRequest(kind, domain, _text(doc, "label"), _text(doc, "description") or "", limits)
+    request_ = AddRequest(TYPE_TO_KIND[type_name] if type_name is not None else None, _text(doc, "domain"),
+                          _text(doc, "label"), _text(doc, "description") or "", limits, own_domain=own_domain)
     report = await _call(request, add_secret, request_)
     return _json(await asyncio.to_thread(_changed, request, report, True), 201)
 

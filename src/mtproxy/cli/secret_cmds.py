@@ -100,35 +100,32 @@ def _print_change(env: Env, title: str, report: ChangeReport, as_json: bool = Fa
 Examples:
   mtproxy add-secret                              dd, or ee when a fake-TLS domain is configured
   mtproxy add-secret --fake-tls www.example.com --label phones
+  mtproxy add-secret --own-domain --label alice   ee with its own host name, e.g. k3f9q2ab.users.example.com
   mtproxy add-secret --with-padding --label old-clients
   mtproxy add-secret --plain --description "for a legacy client"
 """)
 @click.option("--with-padding", "kind", flag_value="dd", help="A dd (padded) secret: 'dd' + 32 hex chars.")
 @click.option("--plain", "kind", flag_value="plain", help="A classic secret: 32 hex chars.")
 @click.option("--fake-tls", "domain", metavar="DOMAIN", help="A fake-TLS (ee) secret for this domain.")
+@click.option("--own-domain", is_flag=True,
+              help="A fake-TLS (ee) secret with its own random host name under the secret domain base"
+                   " (`mtproxy set-secret-domain-base`).")
 @click.option("--label", "-l", help="A short name to refer to the secret by (unique).")
 @click.option("--description", "-d", default="", help="Free text kept in the store.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (includes the secret).")
 @pass_env
 def add_secret(
-    env: Env, kind: str | None, domain: str | None, label: str | None, description: str, as_json: bool
+    env: Env, kind: str | None, domain: str | None, own_domain: bool, label: str | None, description: str,
+    as_json: bool
 ) -> None:
     """Create a secret from 16 bytes of the OS CSPRNG; print it, its links, and its QR files."""
-    if kind and domain:
-        raise CliError("--fake-tls cannot be combined with --plain or --with-padding",
+    if (kind and (domain or own_domain)) or (domain and own_domain):
+        raise CliError("--fake-tls, --own-domain, --plain and --with-padding choose the type: give one",
                        "choose one secret type", ExitStatus.USAGE)
-    settings = load_settings(env)
-    if domain is None and kind is None and settings.domain:
-        domain = settings.domain
     if domain is not None:
-        secret_kind, domain = SecretKind.FAKE_TLS, check_domain(domain, "--fake-tls")
-    else:
-        secret_kind = SecretKind.CLASSIC if kind == "plain" else SecretKind.PADDED
-
-    if settings.domain and secret_kind is not SecretKind.FAKE_TLS and not settings.extra.get("allow_classic"):
-        env.warn("a fake-TLS domain is configured, so the proxy accepts only ee clients unless "
-                 "allow_classic is set in the settings file; this secret will be refused until then")
-    report = add_op(ops_of(env), AddRequest(secret_kind, domain, label, description))
+        domain = check_domain(domain, "--fake-tls")
+    secret_kind = {"plain": SecretKind.CLASSIC, "dd": SecretKind.PADDED}.get(kind or "")
+    report = add_op(ops_of(env), AddRequest(secret_kind, domain, label, description, own_domain=own_domain))
     assert report.record is not None
     verb = "would add" if env.runner.dry_run else "added"
     _print_change(env, f"{verb} secret {report.record.name}", report, as_json)

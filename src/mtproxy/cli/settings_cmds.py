@@ -1,4 +1,5 @@
-"""set-port, set-workers, set-server: validate, save the settings file, refresh links, restart the proxy."""
+"""set-port, set-workers, set-server, set-secret-domain-base: validate, save the settings file, refresh links,
+restart the proxy (where the setting needs it)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import click
 from ..host.runner import CommandError
 from ..operations import artifacts
 from ..operations.proxy_control import ApplyOutcome, detect, restart
-from ..settings import update_settings
+from ..settings import OWN_LABEL_LENGTH, check_secret_domain_base, update_settings
 from ..store import StoreError
 from .env import Env
 from .errors import CliError, ExitStatus
@@ -168,4 +169,43 @@ def set_server(env: Env, server: str | None, guess: bool) -> None:
     env.out(f"  links:   {links}")
 
 
-COMMANDS = [set_port_cmd, set_workers, set_server]
+@click.command("set-secret-domain-base", epilog="""\b
+Examples:
+  mtproxy set-secret-domain-base users.example.com   then: mtproxy add-secret --own-domain
+  mtproxy set-secret-domain-base --clear
+\b
+Needs wildcard DNS (*.users.example.com) pointing at this server and, at the mask site, a wildcard
+certificate for *.users.example.com, so a prober that sends a secret's own host name gets a real site.
+""")
+@click.argument("base", required=False)
+@click.option("--clear", is_flag=True, help="Remove the base; existing secrets keep their host names.")
+@pass_env
+def set_secret_domain_base(env: Env, base: str | None, clear: bool) -> None:
+    """Set the domain under which `add-secret --own-domain` gives each new ee secret its own host name."""
+    if (base is None) == (not clear):
+        raise CliError("give either BASE or --clear", "see `mtproxy set-secret-domain-base --help`",
+                       ExitStatus.USAGE)
+    value = None
+    if base is not None:
+        try:
+            value = check_secret_domain_base(base)
+        except ValueError as exc:
+            raise CliError(str(exc), "give a domain with wildcard DNS, e.g. users.example.com",
+                           ExitStatus.USAGE) from None
+    if env.runner.dry_run:
+        _dry_run(env, f"set the secret domain base to {value}" if value else "remove the secret domain base")
+        return
+    old, _ = update_settings(env.paths.settings_file, secret_domain_base=value)
+    was = f" (was {old.secret_domain_base})" if old.secret_domain_base else ""
+    if value is None:
+        env.out(env.style("✓ ", fg="green") + f"secret domain base removed{was}; existing secrets keep their"
+                " host names")
+        return
+    env.out(env.style("✓ ", fg="green") + f"secret domain base set to {value}{was}")
+    env.out(f"  new secrets: `mtproxy add-secret --own-domain` gives each a host name like"
+            f" {'a' * OWN_LABEL_LENGTH}.{value}")
+    env.out(f"  needs:   wildcard DNS for *.{value} to this server, and a certificate for *.{value} at the"
+            " mask site")
+
+
+COMMANDS = [set_port_cmd, set_workers, set_server, set_secret_domain_base]

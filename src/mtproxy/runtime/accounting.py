@@ -10,7 +10,8 @@ check and its increment are one step for all workers (two workers cannot both ta
 and a drain moves bytes from the live counters to `base` at once (nothing counted twice or lost). A worker
 killed holding the lock releases it; what it left is whole integers written before it died. A critical
 section is a few struct reads and writes (microseconds); the relay adds bytes per flush quantum, not per
-read, so the lock is taken a handful of times per session-second.
+read, so the lock is taken a handful of times per session-second. Sessions of a secret without limits take
+no lock at all: their worker counts them and `fold`s the count in once a second (runtime/enforce.py).
 
 Memory: SLOT_SIZE bytes per slot (832) for `capacity` slots (default 16384: 13 MiB of address space).
 The pages are anonymous and touched only when a slot is used, so resident memory follows the number of
@@ -28,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from mtproxy.accounts.limits import Limits
@@ -57,6 +58,20 @@ class Live:
     base: int = 0
     first_seen: float = 0.0
     last_seen: float = 0.0
+
+
+@dataclass(frozen=True)
+class Fold:
+    """What one worker counted for one secret since its last fold (see `AccountingTable.fold`)."""
+
+    opened: int = 0  # sessions admitted
+    open_delta: int = 0  # sessions admitted minus sessions ended
+    bytes_in: int = 0
+    bytes_out: int = 0
+    addresses: list[tuple[int, float]] = field(default_factory=list)  # (keyed hash, last seen), one per address
+    ip_since: float = 0.0  # the secret's unique-IP window starts here (Unix seconds): older entries are free
+    first: float = 0.0  # earliest and latest activity (Unix seconds; 0.0 = none)
+    last: float = 0.0
 
 
 def _tag(secret_id: str) -> int:
@@ -155,6 +170,41 @@ class AccountingTable:
                             now.timestamp())
         total: int = period + b_in + b_out
         return total
+
+    def fold(self, slot: int, fold: Fold) -> None:
+        """Add what a worker counted on its own since its last fold (sessions admitted without the table,
+        bytes of unmetered sessions) in one locked step: the same figures `admit`, `release` and `add_bytes`
+        would have written one session at a time, at most one fold interval late."""
+        base = slot * SLOT_SIZE
+        with self._lock:
+            tag, open_now, opened, b_in, b_out, period, first, last = _HEAD.unpack_from(self._memory, base)
+            if fold.addresses:
+                self._place(base, fold.addresses, fold.ip_since)
+            first = min(first, fold.first) if first and fold.first else first or fold.first
+            _HEAD.pack_into(self._memory, base, tag, max(0, open_now + fold.open_delta), opened + fold.opened,
+                            b_in + fold.bytes_in, b_out + fold.bytes_out, period, first, max(last, fold.last))
+
+    def _place(self, base: int, addresses: list[tuple[int, float]], since: float) -> None:
+        """Record addresses (keyed hash, when seen) oldest first, as `admit` places one: its own entry, else a
+        free or expired one, else the oldest. Only the newest IP_ENTRIES can survive, so only they are placed."""
+        values = _IPS.unpack_from(self._memory, base + _HEAD.size)
+        hashes, stamps = list(values[0::2]), list(values[1::2])
+        where = {held: index for index, (held, stamp) in enumerate(zip(hashes, stamps, strict=True))
+                 if held and stamp >= since}
+        for ip, seen in sorted(addresses, key=lambda entry: entry[1])[-IP_ENTRIES:]:
+            index = where.get(ip)
+            if index is None:
+                free = [i for i, (held, stamp) in enumerate(zip(hashes, stamps, strict=True))
+                        if not held or stamp < since]
+                index = free[0] if free else stamps.index(min(stamps))
+                if where.get(hashes[index]) == index:
+                    del where[hashes[index]]
+                hashes[index] = ip
+                where[ip] = index
+                stamps[index] = 0
+            stamps[index] = max(stamps[index], int(seen))
+        _IPS.pack_into(self._memory, base + _HEAD.size,
+                       *[value for pair in zip(hashes, stamps, strict=True) for value in pair])
 
     def read(self, slot: int) -> Live:
         with self._lock:

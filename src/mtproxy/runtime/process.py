@@ -119,6 +119,9 @@ def _cert_target(server: Server) -> tuple[HostPort, str] | None:
 
 async def _publisher(server: Server, publish: Callable[[dict[str, Any]], None]) -> None:
     while True:
+        # what the worker counted on its own goes to the shared table first: if this worker dies, the
+        # supervisor frees exactly the sessions this report says are open (workers.py `_retire`)
+        server.enforcer.sync()
         publish(server.counters.snapshot())
         await asyncio.sleep(0.5)
 

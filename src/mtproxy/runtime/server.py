@@ -329,8 +329,8 @@ class Server:
 
     def _memory_tick(self) -> None:
         """After a burst: tables shrink to their present size (Python never shrinks a dict or set), and
-        glibc hands its free pages back. Also, once a second, unmetered sessions' bytes go to the shared
-        accounting table."""
+        glibc hands its free pages back. Also, once a second, what the enforcer counted on its own (sessions
+        of secrets without limits, unmetered sessions' bytes) goes to the shared accounting table."""
         self.enforcer.sync()
         if self._trimmer.due(len(self.connections)):
             self.connections = set(self.connections)
