@@ -13,6 +13,7 @@ from functools import partial
 
 from mtproxy.config import HostPort
 from mtproxy.protocol import faketls
+from mtproxy.protocol.proxyheader import Endpoint, build_v1, build_v2
 
 from .buffers import send
 from .pair import Dial, Leg, Pair, Phase
@@ -25,8 +26,11 @@ class MaskRelay(Pair):
 
     __slots__ = ()
 
-    def open(self, mask: HostPort, received: bytes) -> None:
-        """Dial the mask and give it `received`, all the client sent so far."""
+    def open(self, mask: HostPort, received: bytes, local: HostPort) -> None:
+        """Dial the mask and give it `received`, all the client sent so far; `local` is the address the
+        client connected to (the listener, or behind a balancer the PROXY header's destination)."""
+        if self.ctx.mask_header:
+            received = self._proxy_header(local) + received
         self._dial = Dial(self.ctx, [mask], self._leg, partial(self._dialled, mask, received))
         self._dial.start()
 
@@ -57,6 +61,18 @@ class MaskRelay(Pair):
         if received:
             up.write(received)
         self._relaying()
+
+    def _proxy_header(self, local: HostPort) -> bytes:
+        """--mask-proxy-protocol: the header naming the real client, so the site logs and limits it, not us."""
+        if local.host in ("0.0.0.0", "::"):  # a wildcard listener: the address this socket was accepted on
+            sockname = self.transport.get_extra_info("sockname")
+            local = HostPort(str(sockname[0]), int(sockname[1])) if sockname else local
+        try:
+            source, destination = Endpoint(self.peer[0], self.peer[1]), Endpoint(local.host, local.port)
+            build = build_v1 if self.ctx.mask_header == 1 else build_v2
+            return build(source, destination)
+        except ValueError:  # not addresses (a test's "?"): the header says UNKNOWN rather than nothing
+            return build_v1(None, None) if self.ctx.mask_header == 1 else build_v2(None, None)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         up = self.up
