@@ -41,7 +41,8 @@ class Settings:
     mask: str | None = None
     stats_port: int = DEFAULT_STATS_PORT
     # Behind a load balancer (HAProxy with send-proxy-v2): each connection starts with a PROXY protocol
-    # header naming the real client. The engine must honour it (runtime listener); false: no header.
+    # header naming the real client, which the engine reads first (`mtproxy run --proxy-protocol`,
+    # runtime/proxied.py); false: no header.
     proxy_protocol: bool = False
     # Keys this module does not manage (the engine's allow_classic, tls_skew, …): kept as written, so
     # `set-port` never drops what the operator or the setup wizard put in the shared file.
