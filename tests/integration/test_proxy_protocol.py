@@ -38,9 +38,9 @@ needs_haproxy = pytest.mark.skipif(HAPROXY is None, reason="Debian's haproxy is 
 class Haproxy:
     """Debian's haproxy in front of the engine: `bind` on a public port, one server line to the engine."""
 
-    def __init__(self, tmp_path: Path, engine_port: int, server_options: str) -> None:
+    def __init__(self, tmp_path: Path, engine_port: int, server_options: str, port: int | None = None) -> None:
         assert HAPROXY is not None
-        self.port = free_port()
+        self.port = port or free_port()
         config = tmp_path / "haproxy.cfg"
         config.write_text(f"""defaults
     mode tcp
@@ -190,6 +190,27 @@ def test_the_mask_gets_the_real_client_in_a_header(start_proxy: ProxyFactory, pe
     assert header.destination == Endpoint("127.0.0.1", front.port)  # where the client connected: HAProxy
     assert received[header.consumed:] == garbage
     assert lines(proxy.wait_log("rejected handshake"), "rejected handshake") == [("127.0.0.2", "unknown-secret")]
+
+
+@needs_haproxy
+def test_a_mask_that_comes_back_through_haproxy_is_cut(start_proxy: ProxyFactory, peers: BackgroundPeers,
+                                                       haproxy: list[Haproxy], secret: Secret,
+                                                       tmp_path: Path) -> None:
+    """A mask whose name leads to the balancer (not knowable at start-up without DNS): the first connection
+    that comes back with one of our mask connections as its client is not masked again: the loop ends."""
+    engine_port, public = free_port(), free_port()
+    front = Haproxy(tmp_path, engine_port, "send-proxy-v2", port=public)
+    haproxy.append(front)
+    proxy = start_proxy("-S", secret.to_hex(), "--proxy-protocol", "--listen", f"127.0.0.1:{engine_port}",
+                        "--mask", f"127.0.0.1:{public}", "--cert-size", "2345",
+                        "--dc-override", f"*=127.0.0.1:{peers.dc_port}", port=engine_port, base=False)
+    masked = len(peers.mask.received)
+    assert raw_exchange(public, os.urandom(100), source="127.0.0.2") == b""
+    log = proxy.wait_log("leads back to this proxy through the load balancer")
+    # the client, then our own mask connection come back once: there the loop was cut
+    assert lines(log, "rejected handshake") == [("127.0.0.2", "unknown-secret"), ("127.0.0.1", "unknown-secret")]
+    assert stats_of(proxy.stats_port)["mask_failed"] == "1"
+    assert len(peers.mask.received) == masked
 
 
 def test_mask_header_v1_without_a_balancer(start_proxy: ProxyFactory, peers: BackgroundPeers,

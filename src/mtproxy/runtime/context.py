@@ -34,7 +34,8 @@ class Context:
 
     __slots__ = ("admit", "admit_pending", "admit_proxied", "authenticated", "buffers", "clock", "count_client",
                  "count_in", "count_out", "counters", "dc_table", "ended", "enforcer", "fast_mode", "guard",
-                 "hand_over", "limits", "loop", "mask", "mask_header", "new_handshake", "pipes", "random_bytes",
+                 "hand_over", "limits", "loop", "mask", "mask_header", "mask_legs", "new_handshake", "pipes",
+                 "random_bytes",
                  "record_buffers", "release", "release_pending", "session_opened", "still_live", "trusted")
 
     def __init__(self, limits: Limits, counters: Counters, *, fast_mode: bool, dc_table: DcTable, guard: Guard,
@@ -44,6 +45,9 @@ class Context:
         self.limits = limits
         self.trusted = proxy.trusted  # --proxy-protocol: who may send the PROXY header
         self.mask_header = proxy.to_mask  # PROXY header version sent to the mask site, 0 for none
+        # with --proxy-protocol: the local addresses of the live mask connections, for the runtime loop guard
+        # (a PROXY header naming one as its client is the mask leading back through the balancer)
+        self.mask_legs: set[tuple[str, int]] = set()
         self.counters = counters
         self.fast_mode = fast_mode
         self.dc_table = dc_table

@@ -401,6 +401,9 @@ class Server:
             self._listeners.append(listener)
             self.listening.append(address)
             log.info("listening on %s", address)
+        if self.cfg.proxy.accept:
+            log.info("PROXY protocol header required before each client's bytes, from %s",
+                     ", ".join(str(network) for network in self.cfg.proxy.trusted))
 
     async def shutdown(self, deadline: float) -> None:
         """Stop accepting, let sessions finish for up to `deadline` seconds, then drop the rest."""
