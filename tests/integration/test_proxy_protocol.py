@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from mtproxy.accounts.limits import Limits
 from mtproxy.protocol.proxyheader import Command, Endpoint, Family, ProxyHeader, build_v1, build_v2, parse
 from mtproxy.protocol.secret import Secret
+from mtproxy.store import SecretRecord, StoreData, write_store
 from mtproxy.testkit.background import BackgroundPeers
 from mtproxy.testkit.client import ProxyClientError, open_client
 from mtproxy.testkit.process import ProxyProcess, free_port
@@ -108,10 +110,12 @@ def lines(log: str, verb: str) -> list[tuple[str, str]]:
 
 async def echo(port: int, secret: Secret, source: str, size: int = 3000) -> None:
     client = await open_client("127.0.0.1", port, secret, source=source)
-    payload = os.urandom(size)
-    await client.send(payload)
-    assert await client.recv_exactly(size) == payload
-    await client.close()
+    try:
+        payload = os.urandom(size)
+        await client.send(payload)
+        assert await client.recv_exactly(size) == payload
+    finally:
+        await client.close()
 
 
 def proxied_engine(start_proxy: ProxyFactory, secret: Secret, *flags: str) -> ProxyProcess:
@@ -163,6 +167,28 @@ def test_clients_behind_haproxy_are_served_and_named(start_proxy: ProxyFactory, 
     assert stats["handshakes_ok"] == "3"
     assert stats["handshake_failures_unknown-secret"] == "1"
     assert int(stats["refused_by_limit"]) >= 1, stats  # more when a retry came before the close was seen
+
+
+@needs_haproxy
+def test_a_secrets_unique_addresses_are_the_clients(start_proxy: ProxyFactory, haproxy: list[Haproxy],
+                                                     secret: Secret, tmp_path: Path) -> None:
+    """max_unique_ips counts the addresses the headers name: HAProxy's single address would let everyone in."""
+    store = tmp_path / "secrets.json"
+    write_store(store, StoreData((SecretRecord.from_secret("a", secret, limits=Limits(max_unique_ips=2)),)))
+    proxy = start_proxy("--secrets-file", str(store), "--proxy-protocol")
+    front = Haproxy(tmp_path, proxy.port, "send-proxy-v2")
+    haproxy.append(front)
+
+    async def scenario() -> None:
+        for source in ("127.0.0.2", "127.0.0.3"):
+            await echo(front.port, secret, source)
+        with pytest.raises(ProxyClientError):  # the third address: authenticated, then refused a session
+            await echo(front.port, secret, "127.0.0.4")
+        await echo(front.port, secret, "127.0.0.2")  # a known address still may
+
+    run(scenario(), timeout=60)
+    log = proxy.wait_log("refused session from 127.0.0.4 port")
+    assert "reason=max-unique-ips id=a" in log and "refused session from 127.0.0.1" not in log
 
 
 @needs_haproxy
