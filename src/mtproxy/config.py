@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import math
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,12 @@ from mtproxy.store import StoreError
 from mtproxy.usage import OneLineParser
 
 # The defaults are defaults.py's, as the settings file's, so the CLI and the engine cannot disagree.
-__all__ = ["DEFAULT_PORT", "DEFAULT_STATS_PORT", "MAX_WORKERS", "ConfigError", "EngineConfig", "HostPort",
-           "Limits", "TlsOptions", "build_parser", "parse_host_port", "resolve"]
+__all__ = ["DEFAULT_PORT", "DEFAULT_STATS_PORT", "DEFAULT_TRUSTED_PROXIES", "MAX_WORKERS", "ConfigError",
+           "EngineConfig", "HostPort", "Limits", "ProxyProtocol", "TlsOptions", "build_parser", "parse_host_port",
+           "resolve"]
+
+# --proxy-protocol without --trusted-proxy: a balancer on this host (the stack's HAProxy) and nothing else
+DEFAULT_TRUSTED_PROXIES = ("127.0.0.0/8", "::1/128")
 
 
 class ConfigError(Exception):
@@ -83,6 +88,16 @@ class TlsOptions:
 
 
 @dataclass(frozen=True)
+class ProxyProtocol:
+    """The PROXY protocol (HAProxy's send-proxy / send-proxy-v2): read before each client's bytes, and sent
+    to the mask site before a refused client's bytes."""
+
+    accept: bool = False  # every connection must open with a header from a trusted source (runtime/proxied.py)
+    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # sources allowed to send one
+    to_mask: int = 0  # header version sent to the mask site: 0 (none), 1 or 2
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Everything `mtproxy run` needs, resolved and validated up front."""
 
@@ -113,6 +128,7 @@ class EngineConfig:
     root_note: str | None = None  # where the engine keeps things, when worth saying (paths.choose_root)
     max_connections_auto: bool = False  # no --max-connections: start-up fits it to the descriptor limit
     metrics_max_secrets: int = DEFAULT_METRICS_MAX_SECRETS  # per-secret series in /metrics (stats/render.py)
+    proxy: ProxyProtocol = field(default=ProxyProtocol())
 
 
 def parse_host_port(text: str, what: str, default_port: int | None = None) -> HostPort:
@@ -173,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--aes-pwd", help="official proxy-secret file (accepted, unused: middle proxy later)")
     a("--mask", help="where unauthenticated connections go, HOST:PORT (default DOMAIN:443)")
     a("--no-mask", action="store_true", default=None, help="close unauthenticated connections instead")
+    a("--proxy-protocol", action="store_true", default=None, help="every connection starts with a PROXY"
+      " protocol header (v1 or v2) from a trusted load balancer, naming the real client")
+    a("--trusted-proxy", action="append", default=[], metavar="CIDR", help="with --proxy-protocol: an address or"
+      " network allowed to send the header (repeatable; default 127.0.0.0/8 and ::1)")
+    a("--mask-proxy-protocol", choices=("off", "v1", "v2"), help="send the mask site a PROXY header naming the"
+      " real client (default off)")
     a("--dc-override", action="append", default=[], metavar="ID=HOST:PORT", help="DC address (`*` = all)")
     a("--prefer-ipv6", action="store_true", default=None, help="dial DCs over IPv6")
     a("--no-fast-mode", action="store_true", default=None, help="re-encrypt DC->client bytes")
@@ -221,6 +243,7 @@ _CONFIG_KEYS = {
     "cert_jitter": "cert_jitter",
     "secrets_file": "secrets_file", "user": "user", "log_file": "log_file", "server": "public_host",
     "public_host": "public_host", "fast_mode": "no_fast_mode",
+    "proxy_protocol": "proxy_protocol", "trusted_proxy": "trusted_proxy", "mask_proxy_protocol": "mask_proxy_protocol",
 }
 
 
@@ -244,7 +267,8 @@ def _apply_config_file(ns: argparse.Namespace, path: Path) -> None:
         if listen_given and dest in ("port", "listen"):
             continue
         if dest == "port" and data.get("listen"):
-            continue  # the file's listen says where to bind; its port is the one clients dial (links)
+            ns.public_port = value  # where to bind is the file's listen; its port is the one clients dial (links)
+            continue
         value = _file_value(path, key, value, actions[dest])
         if dest == "no_fast_mode":
             value = not value
@@ -361,7 +385,8 @@ def _resolve(ns: argparse.Namespace, environ: dict[str, str] | None, euid: int |
     secrets = _secrets(ns)
     domains, allow_classic, allow_tls = _modes(ns, secrets)
     listen = _listen(ns)
-    mask = _mask(ns, domains, listen)
+    proxy = _proxy_protocol(ns)
+    mask = _mask(ns, domains, listen, proxy, getattr(ns, "public_port", None))
     overrides = dict(_parse_dc_override(str(text)) for text in _as_list(ns.dc_override))
 
     d = Limits()
@@ -418,10 +443,11 @@ def _resolve(ns: argparse.Namespace, environ: dict[str, str] | None, euid: int |
         reload_interval=_positive(ns.reload_interval, 1.0, "--reload-interval"),
         usage_interval=_positive(ns.usage_interval, 60.0, "--usage-interval"),
         public_host=ns.public_host,
-        warnings=_middle_proxy_warnings(ns),
+        warnings=_middle_proxy_warnings(ns) + _proxy_warnings(ns),
         secret_ids=tuple(f"cli-{i + 1}" for i in range(len(secrets))),
         root_note=choice.note,
         max_connections_auto=ns.max_connections is None,
+        proxy=proxy,
     )
 
 
@@ -510,14 +536,39 @@ def _listen(ns: argparse.Namespace) -> list[HostPort]:
     return listen
 
 
-def _mask(ns: argparse.Namespace, domains: list[str], listen: list[HostPort]) -> HostPort | None:
-    """--mask, else the first fake-TLS domain on 443, unless --no-mask; never one of our own listeners."""
+def _mask(ns: argparse.Namespace, domains: list[str], listen: list[HostPort], proxy: ProxyProtocol,
+          public_port: int | None) -> HostPort | None:
+    """--mask, else the first fake-TLS domain on 443, unless --no-mask; never one of our own listeners, nor
+    (behind a balancer) the balancer's port that leads back to them."""
     if ns.no_mask:
         return None
     mask = parse_host_port(ns.mask, "--mask", 443) if ns.mask else HostPort(domains[0], 443) if domains else None
     if mask is not None:
         _refuse_self_mask(mask, listen)
+        if proxy.accept and public_port is not None and public_port not in {hp.port for hp in listen}:
+            _refuse_balancer_mask(mask, public_port, ns.public_host)
     return mask
+
+
+def _proxy_protocol(ns: argparse.Namespace) -> ProxyProtocol:
+    trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for text in _as_list(ns.trusted_proxy) if ns.proxy_protocol else []:
+        try:
+            trusted.append(ipaddress.ip_network(str(text).strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"--trusted-proxy: {text!r} is not an IP address or network (CIDR)") from None
+    if ns.proxy_protocol and not trusted:
+        trusted = [ipaddress.ip_network(text) for text in DEFAULT_TRUSTED_PROXIES]
+    to_mask = {None: 0, "off": 0, "v1": 1, "v2": 2}.get(ns.mask_proxy_protocol)
+    if to_mask is None:
+        raise ConfigError(f"--mask-proxy-protocol: {ns.mask_proxy_protocol!r} is not off, v1 or v2")
+    return ProxyProtocol(accept=bool(ns.proxy_protocol), trusted=tuple(dict.fromkeys(trusted)), to_mask=to_mask)
+
+
+def _proxy_warnings(ns: argparse.Namespace) -> tuple[str, ...]:
+    if ns.trusted_proxy and not ns.proxy_protocol:
+        return ("--trusted-proxy has no effect without --proxy-protocol",)
+    return ()
 
 
 def _storage(ns: argparse.Namespace, paths: Paths, secrets_given: bool) -> tuple[Path | None, Path]:
@@ -572,3 +623,44 @@ def _refuse_self_mask(mask: HostPort, listen: list[HostPort]) -> None:
         if listen_ip == mask_ip or (listen_ip.is_unspecified and
                                     (mask_ip.is_loopback or mask_ip.is_unspecified)):
             raise ConfigError(f"--mask {mask} points at this proxy's own listener {hp}")
+    wildcard = "::" if mask_ip.version == 6 else "0.0.0.0"
+    if any(hp.port == mask.port and hp.host == wildcard for hp in listen) and _is_local_address(mask_ip):
+        raise ConfigError(f"--mask {mask} is an address of this host, where this proxy listens on port {mask.port}")
+
+
+def _refuse_balancer_mask(mask: HostPort, public_port: int, public_host: str | None) -> None:
+    """Behind a balancer on this host's `public_port` (HAProxy routing the fake-TLS domain to us), a mask on
+    that port of this host gets the refused client's ClientHello, whose SNI the balancer routes back to us.
+    Checked without network contact: a literal address of this host, or the host the links name; a name
+    that only DNS could resolve to this host is not caught here."""
+    loop = f"--mask {mask} is the load balancer's port {public_port} on this host, which routes the fake-TLS" \
+           " domain back to this proxy: point --mask at the real site"
+    if mask.port != public_port:
+        return
+    if mask.host == "localhost" or (public_host is not None and mask.host.lower() == public_host.lower()):
+        raise ConfigError(loop)
+    try:
+        mask_ip = ipaddress.ip_address(mask.host)
+    except ValueError:
+        return
+    if mask_ip.is_loopback or mask_ip.is_unspecified or _is_local_address(mask_ip):
+        raise ConfigError(loop)
+
+
+def _is_local_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether `address` is one of this host's own: the kernel lets a socket bind only to those (no packet
+    is sent)."""
+    if address.is_loopback or address.is_unspecified:
+        return True
+    try:  # with non-local binding allowed every address binds: then this cannot tell
+        if Path(f"/proc/sys/net/ipv{address.version}/ip_nonlocal_bind").read_text().strip() != "0":
+            return False
+    except OSError:
+        pass
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((str(address), 0))
+    except OSError:
+        return False
+    return True

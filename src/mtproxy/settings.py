@@ -43,7 +43,8 @@ class Settings:
     mask: str | None = None
     stats_port: int = DEFAULT_STATS_PORT
     # Behind a load balancer (HAProxy with send-proxy-v2): each connection starts with a PROXY protocol
-    # header naming the real client. The engine must honour it (runtime listener); false: no header.
+    # header naming the real client, which the engine reads first (`mtproxy run --proxy-protocol`,
+    # runtime/proxied.py); false: no header.
     proxy_protocol: bool = False
     # `add-secret --own-domain`: a new ee secret gets a random host name under this domain (wildcard DNS and
     # a wildcard certificate at the mask site), so its SNI alone finds it

@@ -311,3 +311,26 @@ def test_host_never_imports_the_cli() -> None:
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(("cli", "mtproxy.cli")):
                 upward.append(f"{module.name}:{node.lineno}")
     assert upward == []
+
+
+def test_behind_haproxy_a_restart_leaves_the_recorded_port(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
+    """Behind HAProxy the settings' `port` is HAProxy's (in links) and the record's the loopback port the
+    engine binds: a restart must not take the one for the other (a re-run of setup would then find its own
+    proxy on its port and refuse it)."""
+    from mtproxy.host.record import HaproxyRecord
+
+    _first_secret(host, capsys)
+    record = host.record("systemd")
+    record.haproxy = HaproxyRecord("/etc/haproxy/haproxy.cfg", 443, ("true",), ("true",))
+    layout = HostLayout.resolve(host.paths.root)
+    record.save(layout.install_record)
+    settings = json.loads(host.paths.settings_file.read_text()) if host.paths.settings_file.exists() else {}
+    host.paths.settings_file.parent.mkdir(parents=True, exist_ok=True)
+    host.paths.settings_file.write_text(json.dumps({**settings, "port": 443, "listen": ["127.0.0.1:8443"],
+                                                    "proxy_protocol": True}))
+    host.unit_root = str(host.paths.root)
+    status, out = host.run(capsys, "set-workers", "2")
+    assert status == ExitStatus.OK, out
+    assert "systemctl restart mtproxy" in " ".join(host.calls()), host.calls()
+    after = InstallRecord.load(layout.install_record)
+    assert after is not None and after.port == 8443 and after.haproxy is not None

@@ -94,6 +94,9 @@ def test_filter_ignores_lookalike_lines(tmp_path: Path) -> None:
         "2026-11-25T21:30:00Z mtproxy[7]: rejected handshake from 198.51.100.9 port 5 on 0.0.0.0:8443: "
         "reason=x from 192.0.2.1\n"
         "2026-11-25T21:30:01Z mtproxy[7]: rejected handshake from 2001:db8::5 port 6 on :::8443: reason=replay\n"
+        # --proxy-protocol: the peer of a refused header is the load balancer, never to be banned
+        "2026-11-25T21:30:02Z mtproxy[7]: rejected connection from 198.51.100.20 port 7 on 127.0.0.1:8444: "
+        "reason=proxy-header-missing (no PROXY protocol header: the connection starts with byte 0x16)\n"
     )
     filter_file = tmp_path / "mtproxy.conf"
     filter_file.write_text(templates.fail2ban_filter())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -521,6 +522,9 @@ def test_setup_behind_haproxy_then_uninstall(tmp_path: Path, stack: tuple[Path, 
         assert record["schema"] == 3 and record["port"] == port and record["ufw_mode"] == "skip"
         assert record["haproxy"]["config"] == str(config) and record["haproxy"]["public_port"] == public
         assert f"127.0.0.1:{port} send-proxy-v2" in config.read_text()
+        # fail2ban bans where clients connect (the engine names them by the PROXY header): HAProxy's port
+        jail = (tmp_path / "etc/fail2ban/jail.d/mtproxy.conf").read_text()
+        assert re.search(rf"^port\s*=\s*{public}$", jail, re.M), jail
 
         # A re-run changes nothing in HAProxy's file and does not reload it.
         again = _cli(tmp_path, *args, env=env)
@@ -605,4 +609,6 @@ def test_leaving_haproxy_on_a_re_run_takes_the_block_away(tmp_path: Path, stack:
     assert config.read_bytes() == original
     settings = json.loads((tmp_path / "root/config/mtproxy/mtproxy_config.json").read_text())
     assert settings["port"] == port and settings["proxy_protocol"] is False and "listen" not in settings
+    jail = (tmp_path / "etc/fail2ban/jail.d/mtproxy.conf").read_text()
+    assert re.search(rf"^port\s*=\s*{port}$", jail, re.M), jail  # back on the proxy's own port
     assert json.loads((tmp_path / "root/mtproxy/install.json").read_text())["haproxy"] is None

@@ -212,3 +212,37 @@ def test_the_settings_files_listen_replaces_its_port(tmp_path: Path) -> None:
     assert resolve(["-S", KEY], environ=environ).listen == (HostPort("127.0.0.1", 8444),)
     assert resolve(["-S", KEY, "-H", "7001"], environ=environ).listen == (
         HostPort("0.0.0.0", 7001), HostPort("::", 7001))
+
+
+def test_proxy_protocol_from_the_settings_file_and_flags(tmp_path: Path) -> None:
+    """`proxy_protocol` (written by setup --behind-haproxy), `trusted_proxy` and `mask_proxy_protocol` are read
+    like the other engine keys; without a trusted list the balancer must be on this host (loopback)."""
+    settings = tmp_path / "config" / "mtproxy" / "mtproxy_config.json"
+    settings.parent.mkdir(parents=True)
+    environ = {"MTPROXY_ROOT": str(tmp_path)}
+    settings.write_text(json.dumps({"port": 443, "listen": ["127.0.0.1:8444"], "proxy_protocol": True}))
+    cfg = resolve(["-S", KEY], environ=environ)
+    assert cfg.proxy.accept and cfg.proxy.to_mask == 0
+    assert [str(n) for n in cfg.proxy.trusted] == ["127.0.0.0/8", "::1/128"]
+    settings.write_text(json.dumps({"proxy_protocol": True, "trusted_proxy": ["10.1.2.3", "fd00::/8"],
+                                    "mask_proxy_protocol": "v2"}))
+    cfg = resolve(["-S", KEY], environ=environ)
+    assert [str(n) for n in cfg.proxy.trusted] == ["10.1.2.3/32", "fd00::/8"] and cfg.proxy.to_mask == 2
+    cfg = resolve(["-S", KEY, "--trusted-proxy", "192.0.2.0/24", "--mask-proxy-protocol", "off"], environ=environ)
+    assert [str(n) for n in cfg.proxy.trusted] == ["192.0.2.0/24"] and cfg.proxy.to_mask == 0
+    off = resolve(["-S", KEY, "--trusted-proxy", "192.0.2.1"], environ={})
+    assert not off.proxy.accept and off.proxy.trusted == ()
+    assert "--trusted-proxy has no effect without --proxy-protocol" in off.warnings
+
+
+def test_bad_proxy_protocol_values_name_the_flag_or_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^--trusted-proxy: 'haproxy' is not an IP address"):
+        resolve(["-S", KEY, "--proxy-protocol", "--trusted-proxy", "haproxy"], environ={})
+    settings = tmp_path / "config" / "mtproxy" / "mtproxy_config.json"
+    settings.parent.mkdir(parents=True)
+    for doc, says in (({"proxy_protocol": True, "trusted_proxy": ["10.0.0.0/33"]}, "'trusted_proxy'"),
+                      ({"mask_proxy_protocol": "v3"}, "'mask_proxy_protocol'")):
+        settings.write_text(json.dumps(doc))
+        with pytest.raises(ConfigError) as error:
+            resolve(["-S", KEY], environ={"MTPROXY_ROOT": str(tmp_path)})
+        assert str(error.value).startswith(f"{settings}: {says}"), error.value

@@ -328,7 +328,8 @@ def install_services(plan: InstallPlan, runner: Runner, layout: HostLayout, txn:
     progress.start("fail2ban jail and filter, logrotate")
     for path in (layout.fail2ban_filter, layout.fail2ban_jail, layout.logrotate):
         txn.add(str(path), snapshot(path))
-    fail2ban.install(runner, layout, log_file, plan.port)
+    # the port clients connect to, where a ban must block them: behind HAProxy its public port, not ours
+    fail2ban.install(runner, layout, log_file, plan.public_port)
     give_to(owner, [log_file])
     write_file(layout.logrotate, templates.logrotate(paths.logs_dir), 0o644)
     files += [str(layout.fail2ban_filter), str(layout.fail2ban_jail), str(layout.logrotate)]

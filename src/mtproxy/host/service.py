@@ -170,7 +170,8 @@ def restart_proxy(runner: Runner, paths: Paths, own: Ownership) -> None:
         raise ValueError(own.problem)
     layout = HostLayout.resolve(paths.root)
     settings = read_settings(paths.settings_file)
-    if record.port != settings.port:
+    # behind HAProxy the settings' port is HAProxy's (links, the jail); the record's is the loopback one we bind
+    if record.haproxy is None and record.port != settings.port:
         follow_port(runner, paths, layout, record, settings.port)
     if record.stats_port != settings.stats_port and not runner.dry_run:
         record.stats_port = settings.stats_port  # the restarted engine serves stats there

@@ -35,3 +35,8 @@ class RejectReason(enum.Enum):
     HANDSHAKE_TIMEOUT = "handshake-timeout"  # the runtime gave up waiting for the handshake bytes
     HANDSHAKE_EOF = "handshake-eof"  # the client closed its side before the handshake was complete
     SCAN_BUSY = "scan-busy"  # no hint names its secret and the worker's scan budget had no room for it in time
+    # --proxy-protocol: the connection comes from the load balancer, so these name no client (runtime/proxied.py)
+    PROXY_UNTRUSTED = "proxy-untrusted"  # the source is not a --trusted-proxy address
+    PROXY_HEADER_MISSING = "proxy-header-missing"  # the first bytes are not a PROXY header (a client's, say)
+    PROXY_HEADER_MALFORMED = "proxy-header-malformed"  # a broken, oversized or cut-off PROXY header
+    PROXY_HEADER_TIMEOUT = "proxy-header-timeout"  # no complete PROXY header within the handshake timeout

@@ -66,6 +66,12 @@ class ClientConnection(asyncio.BufferedProtocol):
         if not ctx.admit(self, self.fd):
             transport.abort()
             return
+        self.start(transport)
+
+    def start(self, transport: asyncio.Transport) -> None:
+        """Admitted (by connection_made, or behind a balancer by proxied.py once the PROXY header named
+        `peer`): the handshake and its timeout begin."""
+        ctx = self.ctx
         self.transport = transport
         self.admitted = True
         transport.set_write_buffer_limits(**WRITE_LIMITS)
@@ -183,7 +189,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         ctx.counters.masked += 1
         relay = MaskRelay(ctx, transport, self.fd, self.peer, eof_in)
         self._hand_over(transport, relay)
-        relay.open(mask, received)
+        relay.open(mask, received, self.listener)
 
     def _authenticated(self, auth: AuthResult) -> None:
         ctx = self.ctx

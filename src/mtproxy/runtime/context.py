@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
-from mtproxy.config import HostPort, Limits
+from mtproxy.config import HostPort, Limits, ProxyProtocol
 from mtproxy.protocol.handshake import AuthResult, Handshake, SecretTable
 from mtproxy.stats.counters import Counters
 
@@ -33,14 +33,22 @@ class Tracked(Protocol):
 class Context:
     """One per server (per event loop); every connection and relay of that loop shares it."""
 
-    __slots__ = ("admit", "authenticated", "buffers", "clock", "count_client", "count_in", "count_out", "counters",
-                 "dc_table", "ended", "enforcer", "fast_mode", "guard", "hand_over", "limits", "loop", "mask",
-                 "new_handshake", "pipes", "random_bytes", "record_buffers", "release", "scans", "session_opened",
-                 "still_live")
+    __slots__ = ("admit", "admit_pending", "admit_proxied", "authenticated", "buffers", "clock", "count_client",
+                 "count_in", "count_out", "counters", "dc_table", "ended", "enforcer", "fast_mode", "guard",
+                 "hand_over", "limits", "loop", "mask", "mask_header", "mask_legs", "new_handshake", "pipes",
+                 "random_bytes", "record_buffers", "release", "release_pending", "scans", "session_opened",
+                 "still_live", "trusted")
 
     def __init__(self, limits: Limits, counters: Counters, *, fast_mode: bool, dc_table: DcTable, guard: Guard,
-                 clock: Callable[[], float], random_bytes: Callable[[int], bytes]) -> None:
+                 clock: Callable[[], float], random_bytes: Callable[[int], bytes],
+                 proxy: ProxyProtocol | None = None) -> None:
+        proxy = proxy or ProxyProtocol()
         self.limits = limits
+        self.trusted = proxy.trusted  # --proxy-protocol: who may send the PROXY header
+        self.mask_header = proxy.to_mask  # PROXY header version sent to the mask site, 0 for none
+        # with --proxy-protocol: the local addresses of the live mask connections, for the runtime loop guard
+        # (a PROXY header naming one as its client is the mask leading back through the balancer)
+        self.mask_legs: set[tuple[str, int]] = set()
         self.counters = counters
         self.fast_mode = fast_mode
         self.dc_table = dc_table
@@ -66,3 +74,8 @@ class Context:
         self.enforcer: Enforcer  # per-secret limits: admission after authentication, running sessions
         self.session_opened: Callable[[Grant], None]  # a session was admitted: the expiry timer may move
         self.scans: ScanScheduler  # when handshakes no hint identifies scan the secrets (set when the server starts)
+        # --proxy-protocol (runtime/proxied.py): the caps without an address at accept, the per-IP ones once the
+        # header names the client (the new protocol takes the registry entry); a connection refused before that
+        self.admit_pending: Callable[[Tracked, int], bool]
+        self.admit_proxied: Callable[[Tracked, Tracked], bool]
+        self.release_pending: Callable[[Tracked], None]

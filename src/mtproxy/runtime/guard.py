@@ -56,6 +56,33 @@ class Guard:
         counters.unauthenticated += 1
         return True
 
+    # Behind a balancer the client's address is known only once its PROXY header is read: the cap on all
+    # unauthenticated connections is taken at accept, the per-IP one after the header (runtime/proxied.py).
+    # admit_unauthenticated is the two in one, kept whole for the direct path.
+
+    def reserve_unauthenticated(self) -> bool:
+        counters = self._counters
+        if counters.unauthenticated >= self._limits.max_unauthenticated:
+            counters.refused_unauthenticated += 1
+            self._unauth_notice.hit()
+            return False
+        counters.unauthenticated += 1
+        return True
+
+    def claim_unauthenticated_ip(self, ip: str) -> bool:
+        """After reserve_unauthenticated: the per-IP cap; authenticated_or_gone(ip) gives both back."""
+        held = self.per_ip.get(ip, 0)
+        if self._limits.max_unauthenticated_per_ip and held >= self._limits.max_unauthenticated_per_ip:
+            self._counters.refused_unauthenticated_ip += 1
+            self._unauth_notice.hit()
+            return False
+        self.per_ip[ip] = held + 1
+        return True
+
+    def unreserve_unauthenticated(self) -> None:
+        """A reserved connection that never got as far as claim_unauthenticated_ip is gone."""
+        self._counters.unauthenticated -= 1
+
     def authenticated_or_gone(self, ip: str) -> None:
         """The connection left the unauthenticated set (it authenticated, or it closed)."""
         self._counters.unauthenticated -= 1

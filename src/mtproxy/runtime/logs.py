@@ -58,6 +58,16 @@ def log_reject(peer: tuple[str, int], local: tuple[str, int], reason: RejectReas
     )
 
 
+def log_refused_connection(peer: tuple[str, int], local: tuple[str, int], reason: RejectReason, detail: str) -> None:
+    """Exactly one WARNING per connection refused before any client spoke (--proxy-protocol: an untrusted
+    source, a missing or broken PROXY header). Its own verb, which the shipped fail2ban filter does not count:
+    the peer is the load balancer (or a misconfigured one), and banning it would ban every client behind it."""
+    reject_log.warning(
+        "rejected connection from %s port %d on %s:%d: reason=%s (%s)",
+        _bare(peer[0]), peer[1], _bare(local[0]), local[1], reason.value, detail,
+    )
+
+
 def log_refusal(peer: tuple[str, int], local: tuple[str, int], reason: Refusal, secret_id: str) -> None:
     """Exactly one WARNING per session a secret's limits refused or closed, in the rejected-handshake shape
     but with its own verb: the client did authenticate, so the shipped fail2ban filter does not count it

@@ -13,6 +13,7 @@ from functools import partial
 
 from mtproxy.config import HostPort
 from mtproxy.protocol.flight import FlightMeter
+from mtproxy.protocol.proxyheader import Endpoint, build_v1, build_v2
 
 from .buffers import send
 from .pair import Dial, Leg, Pair, Phase
@@ -23,10 +24,24 @@ log = logging.getLogger("mtproxy.mask")
 class MaskRelay(Pair):
     """A client the proxy refused, relayed to the mask site byte for byte (its transport paused until then)."""
 
-    __slots__ = ()
+    __slots__ = ("_leg_address",)
 
-    def open(self, mask: HostPort, received: bytes) -> None:
-        """Dial the mask and give it `received`, all the client sent so far."""
+    def open(self, mask: HostPort, received: bytes, local: HostPort) -> None:
+        """Dial the mask and give it `received`, all the client sent so far; `local` is the address the
+        client connected to (the listener, or behind a balancer the PROXY header's destination)."""
+        ctx = self.ctx
+        if ctx.mask_legs and self.peer in ctx.mask_legs:
+            # behind a balancer: this "client" is one of our own mask connections, routed back to us (the
+            # mask's name leads to the balancer, which start-up cannot know without DNS). Its bytes are
+            # only ever here once the first relay has dialled, so the check cannot come too early.
+            log.error("the mask %s leads back to this proxy through the load balancer (our mask connection from"
+                      " %s came back); refusing to loop — point --mask at the real site", mask,
+                      Endpoint(*self.peer))
+            ctx.counters.mask_failed += 1
+            self.close()
+            return
+        if ctx.mask_header:
+            received = self._proxy_header(local) + received
         self._dial = Dial(self.ctx, [mask], self._leg, partial(self._dialled, mask, received))
         self._dial.start()
 
@@ -54,9 +69,31 @@ class MaskRelay(Pair):
             up.abort()
             self.close()
             return
+        if ctx.trusted:  # behind a balancer: where this leg comes from, should it come back (proxied.py)
+            local = up.get_extra_info("sockname")
+            if local:
+                self._leg_address = (str(local[0]), int(local[1]))
+                ctx.mask_legs.add(self._leg_address)
         if received:
             up.write(received)
         self._relaying()
+
+    def _ended(self) -> None:
+        address = getattr(self, "_leg_address", None)
+        if address is not None:
+            self.ctx.mask_legs.discard(address)
+
+    def _proxy_header(self, local: HostPort) -> bytes:
+        """--mask-proxy-protocol: the header naming the real client, so the site logs and limits it, not us."""
+        if local.host in ("0.0.0.0", "::"):  # a wildcard listener: the address this socket was accepted on
+            sockname = self.transport.get_extra_info("sockname")
+            local = HostPort(str(sockname[0]), int(sockname[1])) if sockname else local
+        try:
+            source, destination = Endpoint(self.peer[0], self.peer[1]), Endpoint(local.host, local.port)
+            build = build_v1 if self.ctx.mask_header == 1 else build_v2
+            return build(source, destination)
+        except ValueError:  # not addresses (a test's "?"): the header says UNKNOWN rather than nothing
+            return build_v1(None, None) if self.ctx.mask_header == 1 else build_v2(None, None)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         up = self.up

@@ -30,6 +30,7 @@ from .enforce import Enforcer, Grant
 from .guard import Guard
 from .hints import HintCache
 from .memory import INTERVAL, Trimmer, load_malloc_trim, refill_free_lists
+from .proxied import ProxiedConnection
 from .scans import ScanScheduler
 from .secrets import SecretSet
 
@@ -128,8 +129,11 @@ class Server:
     def _context(self) -> Context:
         ctx = Context(self.cfg.limits, self.counters, fast_mode=self.cfg.fast_mode,
                       dc_table=DcTable(self.cfg.dc_overrides, self.cfg.prefer_ipv6), guard=self.guard,
-                      clock=self.clock, random_bytes=self.random_bytes)
+                      clock=self.clock, random_bytes=self.random_bytes, proxy=self.cfg.proxy)
         ctx.admit = self.admit
+        ctx.admit_pending = self.admit_pending
+        ctx.admit_proxied = self.admit_proxied
+        ctx.release_pending = self.release_pending
         ctx.release = self.release
         ctx.count_client = self.count_client
         ctx.new_handshake = self.new_handshake
@@ -256,6 +260,46 @@ class Server:
         self.counters.active += 1
         return True
 
+    def admit_pending(self, conn: Tracked, fileno: int) -> bool:
+        """Behind a balancer (--proxy-protocol), at accept: the caps that need no client address. The peer is
+        the balancer, so the per-IP caps wait for the PROXY header (admit_proxied)."""
+        if not self.guard.fd_headroom(fileno):
+            return False
+        if not self.accepting or len(self.connections) >= self.cfg.limits.max_connections:
+            self.counters.refused_limit += 1
+            return False
+        if not self.guard.reserve_unauthenticated():
+            return False
+        conn.unauthenticated = True
+        self.connections.add(conn)
+        self.counters.active += 1
+        return True
+
+    def admit_proxied(self, pending: Tracked, conn: Tracked) -> bool:
+        """The PROXY header named the client `conn.peer`: its per-IP caps; `conn` takes `pending`'s place
+        (and, when it goes, is released as any directly accepted connection is)."""
+        ip = conn.peer[0]
+        limit = self.cfg.limits.max_connections_per_ip
+        if limit and self.per_ip.get(ip, 0) >= limit:
+            self.counters.refused_limit += 1
+            return False
+        if not self.guard.claim_unauthenticated_ip(ip):
+            return False
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        self.connections.discard(pending)
+        self.connections.add(conn)
+        pending.unauthenticated = False
+        conn.unauthenticated = True
+        return True
+
+    def release_pending(self, conn: Tracked) -> None:
+        """A connection admitted by admit_pending closed before admit_proxied took it over."""
+        self.connections.discard(conn)
+        if conn.unauthenticated:
+            conn.unauthenticated = False
+            self.guard.unreserve_unauthenticated()
+        self.counters.active -= 1
+
     def count_client(self) -> None:
         """A connection counts in `total` once it sent a byte or was rejected, not when accepted: a port
         check that connects and closes (`mtproxy status`, a health check) is no client."""
@@ -354,12 +398,15 @@ class Server:
         self._malloc_trim = load_malloc_trim()
         self._memory_timer = self.loop.call_later(INTERVAL, self._memory_tick)
         for address, sock in sockets:
-            listener = Listener(address, sock, functools.partial(ClientConnection, self.ctx, address),
-                                self.guard.out_of_fds)
+            accepted = ProxiedConnection if self.cfg.proxy.accept else ClientConnection
+            listener = Listener(address, sock, functools.partial(accepted, self.ctx, address), self.guard.out_of_fds)
             await listener.start()
             self._listeners.append(listener)
             self.listening.append(address)
             log.info("listening on %s", address)
+        if self.cfg.proxy.accept:
+            log.info("PROXY protocol header required before each client's bytes, from %s",
+                     ", ".join(str(network) for network in self.cfg.proxy.trusted))
 
     async def shutdown(self, deadline: float) -> None:
         """Stop accepting, let sessions finish for up to `deadline` seconds, then drop the rest."""
