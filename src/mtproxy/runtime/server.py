@@ -127,8 +127,8 @@ class Server:
 
     def _context(self) -> Context:
         ctx = Context(self.cfg.limits, self.counters, fast_mode=self.cfg.fast_mode,
-                      dc_table=DcTable(self.cfg.dc_overrides, self.cfg.prefer_ipv6), guard=self.guard,
-                      clock=self.clock, random_bytes=self.random_bytes)
+                      dc_table=DcTable(self.cfg.dc_overrides, self.cfg.prefer_ipv6, self.cfg.upstream),
+                      guard=self.guard, clock=self.clock, random_bytes=self.random_bytes)
         ctx.admit = self.admit
         ctx.release = self.release
         ctx.count_client = self.count_client
