@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +34,11 @@ def stats_json(port: int) -> dict[str, Any]:
 
 def dial_counts(port: int) -> dict[tuple[str, str], float]:
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    promtool = shutil.which("promtool")
+    if promtool is not None:  # the new family passes Prometheus's own linter
+        checked = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, text=True,
+                                 timeout=30)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
     families = {f.name: f for f in text_string_to_metric_families(body)}
     return {(s.labels["dc"], s.labels["result"]): s.value for s in families["mtproxy_upstream_dc_dials"].samples
             if s.name.endswith("_total")}

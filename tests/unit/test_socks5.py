@@ -3,9 +3,12 @@ URL (config.parse_upstream)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from mtproxy.config import ConfigError, parse_upstream
+from mtproxy.config import ConfigError, HostPort, parse_upstream, resolve
 from mtproxy.protocol.socks5 import (
     REPLY_MESSAGES,
     TARGET_REPLIES,
@@ -189,3 +192,32 @@ def test_a_bad_url_never_shows_its_password() -> None:
         parse_upstream("socks5://admin:hunter2@127.0.0.1:99999")
     assert "hunter2" not in str(caught.value)
     assert "admin:***@127.0.0.1:99999" in str(caught.value)
+
+
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+def test_run_takes_the_upstream_from_the_flag_or_the_settings_file(tmp_path: Path) -> None:
+    env = {"MTPROXY_ROOT": str(tmp_path / "root")}
+    assert resolve(["-S", KEY], environ=env).upstream is None
+    cfg = resolve(["-S", KEY, "--upstream", "socks5://u:p@127.0.0.1:10808"], environ=env)
+    assert cfg.upstream is not None and str(cfg.upstream) == "127.0.0.1:10808"
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"version": 1, "upstream": "socks5://127.0.0.1:1080"}))
+    from_file = resolve(["-S", KEY, "--config", str(settings)], environ=env).upstream
+    assert from_file is not None and from_file.address == HostPort("127.0.0.1", 1080)
+    flag_wins = resolve(["-S", KEY, "--config", str(settings), "--upstream", "socks5://127.0.0.1:2"], environ=env)
+    assert flag_wins.upstream is not None and flag_wins.upstream.port == 2
+
+
+def test_a_bad_upstream_in_the_settings_file_names_the_file_and_key(tmp_path: Path) -> None:
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"version": 1, "upstream": "socks4://admin:hunter2@127.0.0.1:1080"}))
+    with pytest.raises(ConfigError) as caught:
+        resolve(["-S", KEY, "--config", str(settings)], environ={"MTPROXY_ROOT": str(tmp_path / "root")})
+    message = str(caught.value)
+    assert message.startswith(f"{settings}: 'upstream': ")
+    assert "is not a SOCKS5 URL" in message and "hunter2" not in message
+    settings.write_text(json.dumps({"version": 1, "upstream": 1080}))
+    with pytest.raises(ConfigError, match="'upstream' must be a string"):
+        resolve(["-S", KEY, "--config", str(settings)], environ={"MTPROXY_ROOT": str(tmp_path / "root")})
