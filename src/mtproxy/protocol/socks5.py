@@ -12,6 +12,10 @@ import enum
 import ipaddress
 from dataclasses import dataclass
 
+from .errors import Socks5Error
+
+__all__ = ["Credentials", "Socks5Client", "Socks5Error", "Stage", "connect_request"]
+
 VERSION = 5
 AUTH_VERSION = 1  # RFC 1929's sub-negotiation version
 NO_AUTH = 0x00
@@ -36,16 +40,6 @@ REPLY_MESSAGES = {
     0x08: "address type not supported",
 }
 TARGET_REPLIES = frozenset({0x02, 0x03, 0x04, 0x05, 0x06, 0x08})
-
-
-class Socks5Error(Exception):
-    """The exchange failed. `target` is True when the server blamed the target (try another address), False
-    when the upstream itself is the problem (wrong protocol, authentication, its own failure)."""
-
-    def __init__(self, message: str, *, target: bool = False, reply: int | None = None) -> None:
-        super().__init__(message)
-        self.target = target
-        self.reply = reply
 
 
 @dataclass(frozen=True)
