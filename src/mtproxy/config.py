@@ -10,6 +10,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from mtproxy.defaults import (
     DEFAULT_METRICS_MAX_SECRETS,
@@ -21,14 +22,15 @@ from mtproxy.defaults import (
 from mtproxy.paths import Paths, choose_root
 from mtproxy.protocol.errors import SecretFormatError
 from mtproxy.protocol.secret import Secret, SecretKind, parse_secret, validate_domain
+from mtproxy.protocol.socks5 import Credentials
 from mtproxy.settings import read_settings
 from mtproxy.store import StoreError
 from mtproxy.usage import OneLineParser
 
 # The defaults are defaults.py's, as the settings file's, so the CLI and the engine cannot disagree.
 __all__ = ["DEFAULT_PORT", "DEFAULT_STATS_PORT", "DEFAULT_TRUSTED_PROXIES", "MAX_WORKERS", "ConfigError",
-           "EngineConfig", "HostPort", "Limits", "ProxyProtocol", "TlsOptions", "build_parser", "parse_host_port",
-           "resolve"]
+           "EngineConfig", "HostPort", "Limits", "ProxyProtocol", "TlsOptions", "Upstream", "build_parser",
+           "parse_host_port", "parse_upstream", "resolve"]
 
 # --proxy-protocol without --trusted-proxy: a balancer on this host (the stack's HAProxy) and nothing else
 DEFAULT_TRUSTED_PROXIES = ("127.0.0.0/8", "::1/128")
@@ -47,6 +49,30 @@ class HostPort:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A SOCKS5 proxy the DC leg leaves through (--upstream). Printed as HOST:PORT: str() and repr() never
+    show the password, so neither can a log line, /stats or an error message."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        return str(self.address)
+
+    @property
+    def address(self) -> HostPort:
+        return HostPort(self.host, self.port)
+
+    @property
+    def credentials(self) -> Credentials | None:
+        if self.username is None or self.password is None:
+            return None
+        return Credentials(self.username.encode(), self.password.encode())
 
 
 @dataclass(frozen=True)
@@ -129,6 +155,7 @@ class EngineConfig:
     max_connections_auto: bool = False  # no --max-connections: start-up fits it to the descriptor limit
     metrics_max_secrets: int = DEFAULT_METRICS_MAX_SECRETS  # per-secret series in /metrics (stats/render.py)
     proxy: ProxyProtocol = field(default=ProxyProtocol())
+    upstream: Upstream | None = None  # the SOCKS5 proxy DC legs go through; None: DCs are dialled directly
 
 
 def parse_host_port(text: str, what: str, default_port: int | None = None) -> HostPort:
@@ -159,6 +186,43 @@ def parse_host_port(text: str, what: str, default_port: int | None = None) -> Ho
     if not 0 <= port <= 65535:
         raise ConfigError(f"{what}: port {port} is out of range")
     return HostPort(host, port)
+
+
+def parse_upstream(text: str, what: str = "--upstream") -> Upstream:
+    """socks5://[USER:PASS@]HOST:PORT (USER and PASS percent-encoded where they hold : @ / %). The
+    message of a refusal shows the URL with its password hidden."""
+    shown = _hide_password(text)
+    form = "socks5://[USER:PASS@]HOST:PORT"
+    parts = urlsplit(text.strip())
+    if parts.scheme.lower() != "socks5":
+        raise ConfigError(f"{what}: {shown!r} is not a SOCKS5 URL — write {form}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f"{what}: {shown!r} has more than {form}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{what}: {shown!r} has no valid port (1-65535) — write {form}") from None
+    host = parts.hostname
+    if not host or not port:
+        raise ConfigError(f"{what}: {shown!r} needs a host and a port — write {form}")
+    username = None if parts.username is None else unquote(parts.username)
+    password = None if parts.password is None else unquote(parts.password)
+    if (username is None) != (password is None) or username == "" or password == "":
+        raise ConfigError(f"{what}: {shown!r}: give both a username and a password (USER:PASS@), or neither")
+    upstream = Upstream(host, port, username, password)
+    try:
+        upstream.credentials  # noqa: B018 - RFC 1929's bounds
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {shown!r}: {exc}") from None
+    return upstream
+
+
+def _hide_password(text: str) -> str:
+    scheme, sep, rest = text.strip().partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return text.strip()
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
       " real client (default off)")
     a("--dc-override", action="append", default=[], metavar="ID=HOST:PORT", help="DC address (`*` = all)")
     a("--prefer-ipv6", action="store_true", default=None, help="dial DCs over IPv6")
+    a("--upstream", metavar="socks5://[USER:PASS@]HOST:PORT", help="dial DCs through this SOCKS5 proxy (e.g."
+      " Xray's SOCKS inbound); the mask site is still reached directly")
     a("--no-fast-mode", action="store_true", default=None, help="re-encrypt DC->client bytes")
     a("--handshake-timeout", type=float)
     a("--idle-timeout", type=float)
@@ -242,7 +308,7 @@ _CONFIG_KEYS = {
     "replay_cache_size": "replay_cache_size", "cert_size": "cert_size", "cert_refresh": "cert_refresh",
     "cert_jitter": "cert_jitter",
     "secrets_file": "secrets_file", "user": "user", "log_file": "log_file", "server": "public_host",
-    "public_host": "public_host", "fast_mode": "no_fast_mode",
+    "public_host": "public_host", "fast_mode": "no_fast_mode", "upstream": "upstream",
     "proxy_protocol": "proxy_protocol", "trusted_proxy": "trusted_proxy", "mask_proxy_protocol": "mask_proxy_protocol",
 }
 
@@ -435,6 +501,7 @@ def _resolve(ns: argparse.Namespace, environ: dict[str, str] | None, euid: int |
         stats=_stats(ns),
         stats_allow_remote=bool(ns.stats_allow_remote),
         metrics_max_secrets=_metrics_max_secrets(ns.metrics_max_secrets),
+        upstream=parse_upstream(str(ns.upstream)) if ns.upstream else None,
         workers=_workers(ns),
         user=ns.user,
         limits=limits,

@@ -106,6 +106,7 @@ ALLOWED = {
     "store.py": "write_atomic itself",
     "testkit/process.py": "a test engine's stdout/stderr, streamed into log files",
     "testkit/servers.py": "a throw-away test certificate in a private TemporaryDirectory, read once by ssl",
+    "testkit/socks.py": "a test's danted config and log in the test's own tmp_path, read by that danted only",
 }
 WRITERS = re.compile(r"\.write_(?:text|bytes)\(|os\.(?:replace|rename)\(|mkstemp\(|NamedTemporaryFile\("
                      r"|\bopen\([^)]*[\"'][wax]b?\+?[\"']")

@@ -19,10 +19,11 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from ..protocol.flight import FlightMeter
+from ..protocol.socks5 import Credentials, Socks5Client, Socks5Error, Stage
 
 # hostname -> its addresses ([] when it has none); raises OSError when it cannot be resolved at all
 Resolver = Callable[[str], list[str]]
-# (host, port, timeout) -> a connected TCP socket. Direct today; a SOCKS5 upstream will be another Dialer.
+# (host, port, timeout) -> a connected TCP socket: `direct_dial`, or through a SOCKS5 upstream (`socks5_dialer`)
 Dialer = Callable[[str, int, float], socket.socket]
 
 MAX_HEADER_BYTES = 64 << 10
@@ -65,6 +66,52 @@ def direct_dial(host: str, port: int, timeout: float) -> socket.socket:
     return socket.create_connection((host, port), timeout=timeout)
 
 
+def socks5_dialer(upstream: tuple[str, int], credentials: Credentials | None) -> Dialer:
+    """A Dialer whose connections leave through the SOCKS5 server at `upstream` (an address: resolve a name
+    first), as the engine's DC legs do with --upstream; `timeout` bounds the connect and the exchange."""
+
+    def dial(host: str, port: int, timeout: float) -> socket.socket:
+        deadline = time.monotonic() + timeout
+        sock = socket.create_connection(upstream, timeout=timeout)
+        try:
+            _socks5_exchange(sock, Socks5Client(host, port, credentials), deadline, until=Stage.CONNECTED)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    return dial
+
+
+def socks5_check(upstream: tuple[str, int], credentials: Credentials | None, timeout: float) -> str | None:
+    """None when the SOCKS5 server at `upstream` lets us in (greeting, and the login when one is given), else
+    why not. No CONNECT is asked for: this is the upstream's own health, the DCs are checked through it."""
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.create_connection(upstream, timeout=timeout) as sock:
+            # any address does: the exchange stops before the CONNECT request would go out
+            _socks5_exchange(sock, Socks5Client("192.0.2.1", 443, credentials), deadline, until=Stage.REPLY)
+    except (OSError, ValueError, Socks5Error) as exc:
+        return reason(exc)
+    return None
+
+
+def _socks5_exchange(sock: socket.socket, client: Socks5Client, deadline: float, until: Stage) -> None:
+    sock.sendall(client.greeting())
+    while client.stage is not until:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        sock.settimeout(left)
+        chunk = sock.recv(512)
+        if not chunk:
+            raise Socks5Error("the SOCKS5 server closed the connection during the exchange")
+        reply = client.receive(chunk)
+        if reply and client.stage is not until:
+            sock.sendall(reply)
+    sock.settimeout(None)
+
+
 def reason(exc: BaseException) -> str:
     """An exception as the few words an operator needs ("connection refused", "timed out")."""
     if isinstance(exc, TimeoutError | socket.timeout):
@@ -80,7 +127,7 @@ def dial_check(dial: Dialer, host: str, port: int, timeout: float) -> str | None
     """None when a TCP connection to host:port opens within `timeout`, else why not."""
     try:
         dial(host, port, timeout).close()
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, Socks5Error) as exc:
         return reason(exc)
     return None
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
 from .. import dc_addresses
-from ..config import ConfigError, EngineConfig, HostPort, TlsOptions, resolve
+from ..config import ConfigError, EngineConfig, HostPort, TlsOptions, Upstream, resolve
 from ..host import docker, fail2ban, netprobe, ports
 from ..host.layout import HostLayout
 from ..host.runner import Runner
@@ -40,7 +41,7 @@ class Probes:
 
     clock: Callable[[], datetime]
     resolve: netprobe.Resolver | None = None  # None: the host's resolver with `timeout`
-    dial: netprobe.Dialer = netprobe.direct_dial  # the DCs' dialer; an upstream's will slot in here
+    dial: netprobe.Dialer = netprobe.direct_dial  # the DCs' dialer; through the settings' upstream when set
     via: str = "directly"  # how `dial` reaches the DCs, for the messages
     timeout: float = DEFAULT_TIMEOUT  # every network call's
     offline: bool = False
@@ -82,8 +83,28 @@ def diagnose(paths: Paths, runner: Runner, server_override: str | None, probes: 
     tls = config.tls if config is not None else TlsOptions()
     findings += _mask_and_clock(mask, domains, tls, probes)
     findings += _dns(domains, mask, health, server_override, probes)
-    findings.append(_dcs(config, probes))
+    upstream = config.upstream if config is not None else None
+    if upstream is not None and probes.dial is netprobe.direct_dial:
+        finding, probes = _upstream(upstream, probes)
+        findings.append(finding)
+    findings.append(_dcs(config, probes, upstream is not None))
     return Diagnosis(findings)
+
+
+def _upstream(upstream: Upstream, probes: Probes) -> tuple[Finding, Probes]:
+    """The SOCKS5 upstream's own health, and the probes that dial the DCs through it as the engine does."""
+    via = f"through the SOCKS5 upstream {upstream}"
+    addresses, error = _address_of(upstream.host, probes)
+    if not addresses:
+        why = error or "its name has no address"
+
+        def unresolved(host: str, port: int, timeout: float) -> socket.socket:
+            raise OSError(f"the upstream {upstream.host} does not resolve")
+
+        return rules.judge_upstream(str(upstream), why), replace(probes, dial=unresolved, via=via)
+    address = (addresses[0], upstream.port)
+    finding = rules.judge_upstream(str(upstream), netprobe.socks5_check(address, upstream.credentials, probes.timeout))
+    return finding, replace(probes, dial=netprobe.socks5_dialer(address, upstream.credentials), via=via)
 
 
 def _engine_config(paths: Paths) -> tuple[EngineConfig | None, str]:
@@ -241,7 +262,7 @@ def _dns(domains: list[str], mask: HostPort | None, health: Health, server_overr
     return found
 
 
-def _dcs(config: EngineConfig | None, probes: Probes) -> Finding:
+def _dcs(config: EngineConfig | None, probes: Probes, upstream: bool) -> Finding:
     """A TCP connect to every DC the engine would dial for a client (its overrides, else Telegram's table)."""
     targets: dict[str, HostPort] = {}
     overrides = config.dc_overrides if config is not None else {}
@@ -269,4 +290,4 @@ def _dcs(config: EngineConfig | None, probes: Probes) -> Finding:
         worker.join(probes.timeout + 1.0)
     with lock:  # a dial that outlived its own timeout (a stuck resolver in an upstream dialer) failed
         final = {label: results.get(label, "no answer in time") for label in sorted(targets)}
-    return rules.judge_dcs(final, probes.via)
+    return rules.judge_dcs(final, probes.via, upstream)

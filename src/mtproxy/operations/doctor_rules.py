@@ -170,8 +170,9 @@ def judge_mask_flight(mask: str, tls_version: str, flight: int, cert_size: int |
 
 # ----------------------------------------------------------------- Telegram DCs
 
-def judge_dcs(results: Mapping[str, str | None], how: str) -> Finding:
-    """`results`: each DC (as "DC 2 149.154.167.51:443") and None when it answered, else why not."""
+def judge_dcs(results: Mapping[str, str | None], how: str, upstream: bool = False) -> Finding:
+    """`results`: each DC (as "DC 2 149.154.167.51:443") and None when it answered, else why not.
+    `upstream`: dialled through the SOCKS5 upstream, whose own finding is judge_upstream's."""
     failed = {dc: why for dc, why in results.items() if why is not None}
     if not results:
         return Finding("telegram", "DCs", Severity.WARNING, "no DC address to try")
@@ -179,13 +180,28 @@ def judge_dcs(results: Mapping[str, str | None], how: str) -> Finding:
         return Finding("telegram", "DCs", Severity.OK, f"all {len(results)} DCs accept TCP {how}")
     listed = "; ".join(f"{dc}: {why}" for dc, why in list(failed.items())[:3])
     if len(failed) == len(results):
+        fix = ("see the upstream's own finding; if it is fine, check where the upstream sends this traffic "
+               "(Xray: the routing and outbound of its SOCKS inbound)" if upstream else
+               "check the server's outbound traffic to port 443 (firewall, provider); where Telegram "
+               "is blocked from the server itself, route the proxy through an upstream (`upstream` setting)")
         return Finding("telegram", "DCs", Severity.ERROR,
-                       f"no Telegram DC answers {how} ({listed}): clients connect but get nothing",
-                       "check the server's outbound traffic to port 443 (firewall, provider); where Telegram "
-                       "is blocked from the server itself, route the proxy through an upstream")
+                       f"no Telegram DC answers {how} ({listed}): clients connect but get nothing", fix)
     return Finding("telegram", "DCs", Severity.WARNING,
                    f"{len(failed)} of {len(results)} DCs do not answer {how} ({listed})",
                    "usually transient; if it stays, check the server's outbound traffic to those addresses")
+
+
+def judge_upstream(upstream: str, error: str | None) -> Finding:
+    """The SOCKS5 upstream's own health: `error` None when it let us in (greeting, login), else why not."""
+    name = f"upstream {upstream}"
+    if error is None:
+        return Finding("telegram", name, Severity.OK, f"the SOCKS5 upstream {upstream} accepts the proxy")
+    if "username/password" in error or "authentication" in error:
+        fix = "set the user and password the upstream expects: upstream socks5://USER:PASS@HOST:PORT"
+    else:
+        fix = ("start the upstream (e.g. Xray with its SOCKS inbound) or correct `upstream` in the settings: "
+               "DC connections go nowhere while it is down")
+    return Finding("telegram", name, Severity.ERROR, f"the SOCKS5 upstream {upstream} fails: {error}", fix)
 
 
 # ----------------------------------------------------------------- the listening port

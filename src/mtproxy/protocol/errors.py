@@ -17,6 +17,17 @@ class ProxyHeaderError(ProtocolError):
     """Bytes that are not a valid PROXY protocol header (`proxyheader`): the connection must be closed."""
 
 
+class Socks5Error(ProtocolError):
+    """A SOCKS5 exchange failed (`socks5`). `target` is True when the server blamed the target (another
+    address may work), False when the upstream itself is the problem (protocol, authentication, its own
+    failure); `reply` is the RFC 1928 reply code when the server sent one."""
+
+    def __init__(self, message: str, *, target: bool = False, reply: int | None = None) -> None:
+        super().__init__(message)
+        self.target = target
+        self.reply = reply
+
+
 class SecretFormatError(ProtocolError, ValueError):
     """A secret or fake-TLS domain as written by an operator or a link is not valid."""
 

@@ -13,7 +13,7 @@ from mtproxy.protocol.handshake import AuthResult, Handshake, SecretTable
 from mtproxy.stats.counters import Counters
 
 from .buffers import Buffers
-from .dc import DcTable
+from .dc import DcTable, Via
 from .enforce import Enforcer, Grant
 from .guard import Guard
 from .rawrelay import Pipe, Pool, RecordBuffer
@@ -37,7 +37,7 @@ class Context:
                  "count_in", "count_out", "counters", "dc_table", "ended", "enforcer", "fast_mode", "guard",
                  "hand_over", "limits", "loop", "mask", "mask_header", "mask_legs", "new_handshake", "pipes",
                  "random_bytes", "record_buffers", "release", "release_pending", "scans", "session_opened",
-                 "still_live", "trusted")
+                 "still_live", "trusted", "via")
 
     def __init__(self, limits: Limits, counters: Counters, *, fast_mode: bool, dc_table: DcTable, guard: Guard,
                  clock: Callable[[], float], random_bytes: Callable[[int], bytes],
@@ -52,6 +52,8 @@ class Context:
         self.counters = counters
         self.fast_mode = fast_mode
         self.dc_table = dc_table
+        # DC legs through a SOCKS5 upstream (runtime/upstream.py); None: dialled directly
+        self.via = Via(dc_table.upstream, counters) if dc_table.upstream is not None else None
         self.guard = guard
         self.clock = clock
         self.random_bytes = random_bytes

@@ -1,11 +1,21 @@
-"""Telegram DC address table for direct mode: ids to addresses, overrides, safe fallback for unknown ids."""
+"""Telegram DC address table for direct mode: ids to addresses, overrides, safe fallback for unknown ids;
+and the SOCKS5 upstream DC legs may go through, with its per-DC health (the dial itself: upstream.py)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-from mtproxy.config import HostPort
+from mtproxy.config import HostPort, Upstream
 from mtproxy.dc_addresses import DC_PORT, IPV4, IPV6, TEST_IPV4, TEST_IPV6
+from mtproxy.protocol.socks5 import Credentials
+from mtproxy.stats.counters import Counters
+
+from .logs import Notice
+
+log = logging.getLogger("mtproxy.upstream")
+
+NOTICE_INTERVAL = 10.0  # seconds between two warnings about a failing upstream
 
 DEFAULT_DC = 2  # where an unknown or invalid id goes; DC 2 is the one every client can bootstrap from
 TEST_DC_OFFSET = 10000
@@ -22,9 +32,11 @@ class DcTarget:
 class DcTable:
     """Maps a client's (signed, possibly bogus) DC id to addresses to try, in preference order."""
 
-    def __init__(self, overrides: dict[int | None, HostPort], prefer_ipv6: bool) -> None:
+    def __init__(self, overrides: dict[int | None, HostPort], prefer_ipv6: bool,
+                 upstream: Upstream | None = None) -> None:
         self._overrides = dict(overrides)
         self._prefer_ipv6 = prefer_ipv6
+        self.upstream = upstream  # the SOCKS5 proxy every DC dial goes through (runtime/upstream.py)
 
     def lookup(self, requested: int) -> DcTarget:
         """Never raises: unknown ids map to DEFAULT_DC."""
@@ -47,3 +59,42 @@ class DcTable:
         if not self._prefer_ipv6:
             options.reverse()
         return DcTarget(dc + (TEST_DC_OFFSET if test else 0), tuple(options))
+
+
+_KNOWN = frozenset(IPV4) | frozenset(IPV6) | {TEST_DC_OFFSET + dc for dc in (*TEST_IPV4, *TEST_IPV6)}
+
+
+def health_key(dc: int) -> str:
+    """The per-DC counters' key: a DC of Telegram's table, else "other". An override (`*`) passes the
+    client's own id on, and a client may send any: the counters must not grow with what clients send."""
+    dc = abs(dc)
+    return str(dc) if dc in _KNOWN else "other"
+
+
+class Via:
+    """One per loop: the upstream, its per-DC counts, and the warning when the upstream itself fails (one
+    line per interval, with how many dials it failed meanwhile, so a dead upstream does not flood the log)."""
+
+    __slots__ = ("_counters", "_notice", "_reason", "address", "credentials")
+
+    def __init__(self, upstream: Upstream, counters: Counters) -> None:
+        self.address: HostPort = upstream.address
+        self.credentials: Credentials | None = upstream.credentials
+        self._counters = counters
+        counters.upstream = str(upstream)  # HOST:PORT, never the password
+        self._reason = ""
+        self._notice = Notice(NOTICE_INTERVAL, self._report)
+
+    def dialled(self, dc: int, ok: bool) -> None:
+        self._counters.via_upstream_dial(health_key(dc), ok)
+
+    def down(self, reason: str) -> None:
+        self._reason = reason
+        self._notice.hit()
+
+    def _report(self, count: int) -> None:
+        log.warning("SOCKS5 upstream %s failed: %s (%d DC dial%s failed through it)", self.address, self._reason,
+                    count, "" if count == 1 else "s")
+
+    def close(self) -> None:
+        self._notice.close()

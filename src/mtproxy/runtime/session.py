@@ -19,6 +19,7 @@ from .context import Context
 from .dc import DcTarget
 from .enforce import Grant
 from .pair import Dial, Leg, Pair, Phase
+from .upstream import SocksDial
 
 log = logging.getLogger("mtproxy.session")
 
@@ -66,7 +67,12 @@ class Session(Pair):
         pending = auth.pending
         # what the client sent along with its handshake goes out with the DC header: one send, not two
         first = link.header + self._to_dc.update(self._from_client.update(pending)) if pending else link.header
-        self._dial = Dial(ctx, target.addresses, self._leg, partial(self._dc_dialled, target, first, len(pending)))
+        done = partial(self._dc_dialled, target, first, len(pending))
+        via = ctx.via
+        if via is None:
+            self._dial = Dial(ctx, target.addresses, self._leg, done)
+        else:  # the upstream's reply comes before `first` goes out: the dial hands over a connected socket
+            self._dial = SocksDial(ctx, via, target.dc, target.addresses, self._leg, done)
         self._dial.start()
 
     def _leg(self) -> Leg:
@@ -74,7 +80,7 @@ class Session(Pair):
 
     def _dc_dialled(self, target: DcTarget, first: bytes, pending: int, dialled: bool | None) -> None:
         ctx = self.ctx
-        self._dial = None
+        dial, self._dial = self._dial, None
         if dialled is None:
             ctx.guard.out_of_fds()  # our shortage, not the DC's: neither an upstream failure nor its warning
             self.close()
@@ -84,7 +90,11 @@ class Session(Pair):
         up = self.up
         if not dialled or up is None:
             ctx.counters.upstream_failed += 1
-            log.warning("DC %d unreachable at %s", target.dc, ", ".join(map(str, target.addresses)))
+            if not isinstance(dial, SocksDial):
+                log.warning("DC %d unreachable at %s", target.dc, ", ".join(map(str, target.addresses)))
+            elif not dial.upstream_down:  # a failing upstream has its own warning, once per interval
+                log.warning("DC %d unreachable through the SOCKS5 upstream %s: %s", target.dc,
+                            ctx.via.address if ctx.via is not None else "?", dial.error)
             self.close()
             return
         up.write(first)

@@ -57,6 +57,9 @@ class Counters:
     cert_size: int = 0
     secrets_digest: str = ""  # stats/digest.py over the live set: the CLI compares it with the store
     reload_error: str = ""  # why the last reload failed; "" once one succeeds
+    upstream: str = ""  # the SOCKS5 upstream DC legs go through, HOST:PORT (never its password); "" when direct
+    # per DC (runtime/dc.health_key: Telegram's ids and "other", so bounded): [dials that worked, that failed]
+    via_upstream: dict[str, list[int]] = field(default_factory=dict)
 
     def for_secret(self, secret_id: str) -> SecretCounters:
         found = self.secrets.get(secret_id)
@@ -73,6 +76,12 @@ class Counters:
         if secret_id is not None:
             per = self.for_secret(secret_id).refusals
             per[reason.value] = per.get(reason.value, 0) + 1
+
+    def via_upstream_dial(self, dc: str, ok: bool) -> None:
+        counts = self.via_upstream.get(dc)
+        if counts is None:
+            counts = self.via_upstream[dc] = [0, 0]
+        counts[0 if ok else 1] += 1
 
     def snapshot(self) -> dict[str, Any]:
         """A copy safe to serialise or hand to another thread."""
@@ -104,6 +113,8 @@ class Counters:
             "cert_size": self.cert_size,
             "secrets_digest": self.secrets_digest,
             "reload_error": self.reload_error,
+            "upstream": self.upstream,
+            "via_upstream": {dc: {"ok": ok, "failed": failed} for dc, (ok, failed) in self.via_upstream.items()},
             "workers": 1,
         }
 
@@ -128,7 +139,7 @@ def merge(snapshots: list[dict[str, Any]], started_at: float) -> dict[str, Any]:
     entries combine as snapshot.py says."""
     out: dict[str, Any] = {k: 0 for k in _SUMMED}
     out.update(started_at=started_at, rejects=dict.fromkeys(REASONS, 0), refusals=dict.fromkeys(REFUSALS, 0),
-               modes={}, secrets={},
+               modes={}, secrets={}, upstream="", via_upstream={},
                secrets_loaded=0, cert_size=0)
     for snap in snapshots:
         for k in _SUMMED:
@@ -138,6 +149,11 @@ def merge(snapshots: list[dict[str, Any]], started_at: float) -> dict[str, Any]:
                 out[group][k] = out[group].get(k, 0) + int(v)
         for sid, figures in snap.get("secrets", {}).items():
             merge_secret(out["secrets"].setdefault(sid, {}), figures)
+        out["upstream"] = out["upstream"] or str(snap.get("upstream", ""))  # every worker has the same
+        for dc, counts in snap.get("via_upstream", {}).items():
+            mine = out["via_upstream"].setdefault(dc, {"ok": 0, "failed": 0})
+            for k in ("ok", "failed"):
+                mine[k] += int(counts.get(k, 0))
         out["secrets_loaded"] = max(out["secrets_loaded"], int(snap.get("secrets_loaded", 0)))
         out["cert_size"] = max(out["cert_size"], int(snap.get("cert_size", 0)))
     out["secret_sets"] = worker_sets(snapshots)

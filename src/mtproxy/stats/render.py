@@ -45,6 +45,8 @@ def render_stats(snap: dict[str, Any], now: float) -> str:
     lines += [(f"handshake_failures_{k}", v) for k, v in sorted(snap["rejects"].items())]
     lines += [(f"session_refusals_{k}", v) for k, v in sorted(snap.get("refusals", {}).items())]
     lines += [(f"mode_{k}_connections", v) for k, v in sorted(snap["modes"].items())]
+    for dc, counts in sorted(snap.get("via_upstream", {}).items()):
+        lines += [(f"upstream_dc_{dc}_ok", counts["ok"]), (f"upstream_dc_{dc}_failed", counts["failed"])]
     for sid, fig in sorted(snap["secrets"].items()):
         for k in ("active", "total", "bytes_in", "bytes_out"):
             lines.append((f"secret_{sid}_{k}", fig[k]))
@@ -101,6 +103,12 @@ class _SnapshotCollector(Collector):
         for k, v in sorted(s["modes"].items()):
             m.add_metric([k], v)
         yield m
+        up = CounterMetricFamily("mtproxy_upstream_dc_dials", "DC dials through the SOCKS5 upstream",
+                                 labels=["dc", "result"])
+        for dc, counts in sorted(s.get("via_upstream", {}).items()):
+            up.add_metric([dc, "ok"], counts["ok"])
+            up.add_metric([dc, "failed"], counts["failed"])
+        yield up
         yield from _per_secret(s.get("secrets", {}), self._max_secrets)
         yield GaugeMetricFamily("mtproxy_secrets_loaded", "Secrets in the live set", value=s["secrets_loaded"])
         rl = CounterMetricFamily("mtproxy_reloads", "Secrets reloads", labels=["result"])

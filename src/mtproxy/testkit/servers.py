@@ -78,6 +78,7 @@ class FakeDc(_Listening):
     dc_ids: list[int] = field(default_factory=list)
     received: int = 0
     connections: int = 0
+    peers: list[str] = field(default_factory=list)  # the address each connection came from
     server: asyncio.Server | None = None
     aes: Aes = PEER_AES
     _stalled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -96,6 +97,7 @@ class FakeDc(_Listening):
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.peers.append(str(writer.get_extra_info("peername")[0]))
         try:
             init = await asyncio.wait_for(reader.readexactly(obfs2.INIT_SIZE), 10)
             decoded = obfs2.decode_init(init, None, self.aes)
