@@ -170,19 +170,21 @@ def restart_proxy(runner: Runner, paths: Paths, own: Ownership) -> None:
         raise ValueError(own.problem)
     layout = HostLayout.resolve(paths.root)
     settings = read_settings(paths.settings_file)
-    if record.port != settings.port:
-        follow_port(runner, paths, layout, record, settings.port)
+    # the port the engine binds: behind HAProxy the loopback one (`listen`), never HAProxy's port in links
+    port = settings.bound_port
+    if record.port != port:
+        follow_port(runner, paths, layout, record, port)
     if record.stats_port != settings.stats_port and not runner.dry_run:
         record.stats_port = settings.stats_port  # the restarted engine serves stats there
         record.save(layout.install_record)
     if record.manager == "systemd":
-        systemd.install(runner, layout, systemd_bin(layout), settings.port, "mtproxy")
+        systemd.install(runner, layout, systemd_bin(layout), port, "mtproxy")
     elif record.manager == "docker":
         if not layout.compose_file.exists():
             raise ValueError(f"the Compose file {layout.compose_file} is missing (rerun `mtproxy setup`)")
         # Crossing port 1024 changes the user and capabilities, so the Compose file is rewritten too.
         if not runner.dry_run:
-            write_file(layout.compose_file, templates.compose_file(record.image, paths.root, settings.port,
+            write_file(layout.compose_file, templates.compose_file(record.image, paths.root, port,
                                                                    settings.stats_port), 0o644)
         docker.compose_up(runner, layout.compose_file)
 
