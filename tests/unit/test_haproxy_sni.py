@@ -62,6 +62,10 @@ def test_the_default_backend_can_be_the_site() -> None:
     text = REALITY.replace("    default_backend xray", "    default_backend site")
     found = mask(text, "www.unknown.org")
     assert found.target == "127.0.0.1:8443" and "its default_backend" in found.why
+    # without Xray's config the default cannot be told from Xray; an explicit SNI rule still can
+    unknown = haproxy.stack_mask(text, 443, "www.unknown.org", {}, 8444)
+    assert unknown.target is None and "may be Xray's" in unknown.why
+    assert haproxy.stack_mask(text, 443, "www.example.com", {}, 8444).target == "127.0.0.1:8443"
 
 
 def test_our_own_block_is_not_read() -> None:
@@ -146,3 +150,13 @@ def test_the_block_routes_every_name_under_the_base() -> None:
     with pytest.raises(haproxy.HaproxyError, match="no fake-TLS domain"):
         haproxy.with_block(REALITY, [], 8444, 443, None)
     assert haproxy.without_block(edited) == REALITY
+
+
+def test_the_bound_address_is_listen_when_given() -> None:
+    from mtproxy.settings import parse_settings
+
+    behind = parse_settings({"port": 443, "listen": ["127.0.0.1:8444"]})
+    assert (behind.port, behind.bound, behind.bound_port) == (443, [("127.0.0.1", 8444)], 8444)
+    assert parse_settings({"port": 443, "listen": "[::1]:8445"}).bound == [("::1", 8445)]
+    plain = parse_settings({"port": 8443})
+    assert (plain.bound, plain.bound_port) == ([("", 8443)], 8443)

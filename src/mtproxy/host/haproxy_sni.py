@@ -199,7 +199,11 @@ def site_mask(text: str, sections: Sequence[tuple[str, str, int, int]], frontend
               not_sites: Mapping[int, str], own_port: int) -> MaskChoice:
     """The local TLS site HAProxy serves `name` with today. `text` is the config without our block,
     `sections` its (kind, name, first line, end), `frontend` the body's line range; `not_sites` the loopback
-    ports known to be something else (Xray's inbounds), `own_port` the proxy's own loopback port."""
+    ports known to be something else (Xray's inbounds), `own_port` the proxy's own loopback port.
+
+    A backend that an SNI rule names for `name` is taken as the site for it; the default_backend only when
+    Xray's ports are known (`not_sites`) and its server is none of them. Whether the server really speaks
+    TLS is not checked (no network contact): `mtproxy doctor` asks the mask site."""
     lines = text.split("\n")
     try:
         route = route_of(lines, frontend[0], frontend[1], name)
@@ -221,6 +225,10 @@ def site_mask(text: str, sections: Sequence[tuple[str, str, int, int]], frontend
     where = f"[{server.host}]:{server.port}" if ":" in server.host else f"{server.host}:{server.port}"
     if not is_loopback(server.host):
         return MaskChoice(None, f"{routed}, whose server {where} is not on this host's loopback")
+    if route.by_default and not not_sites:
+        # the default is Xray's on a Reality stack; without its config a site cannot be told from Xray
+        return MaskChoice(None, f"{routed}, whose server {where} may be Xray's: no Xray config says which "
+                                "local ports are Xray's")
     if server.port in not_sites:
         return MaskChoice(None, f"{routed}, whose server {where} is the {not_sites[server.port]}, not a web site")
     if server.port == own_port:
