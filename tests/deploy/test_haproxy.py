@@ -607,6 +607,10 @@ def test_leaving_haproxy_on_a_re_run_takes_the_block_away(tmp_path: Path, stack:
     kept = _cli(tmp_path, *args, env=env)  # no flag: the earlier run's choice stands
     assert kept.returncode == 0 and "already in place" in kept.stdout, kept.stdout + kept.stderr
     assert "Mask: 127.0.0.1:9443 (kept from the settings file" in kept.stdout
+    # doctor looks at the port the proxy binds (loopback), not HAProxy's port in the links
+    doctor = _cli(tmp_path, "doctor", "--offline", "--json", env=env)
+    ports = [f for f in json.loads(doctor.stdout)["findings"] if f["group"] == "port"]
+    assert [f["name"] for f in ports] == [f"port {port}"], doctor.stdout + doctor.stderr
     left = _cli(tmp_path, *args, "--no-behind-haproxy", "--ufw", "skip", env=env)
     assert left.returncode == 0, left.stdout + left.stderr
     assert config.read_bytes() == original
@@ -723,3 +727,24 @@ def test_the_block_follows_secrets_domain_base_and_port(tmp_path: Path, stack: t
         assert config.read_bytes() == original
     finally:
         proxy.stop()
+
+
+def test_a_restart_behind_haproxy_keeps_the_loopback_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settings' `port` is HAProxy's (443) behind it: applying the settings (set-workers, set-port) must
+    record and bind the `listen` port, never move the install to HAProxy's port."""
+    from mtproxy.host.layout import HostLayout
+    from mtproxy.host.record import HaproxyRecord, InstallRecord, ownership
+    from mtproxy.host.service import restart_proxy
+    from mtproxy.paths import Paths
+    from mtproxy.settings import update_settings
+
+    monkeypatch.setenv("MTPROXY_SYSCONF", str(tmp_path / "etc"))
+    paths = Paths(tmp_path / "root")
+    paths.settings_file.parent.mkdir(parents=True)
+    update_settings(paths.settings_file, port=443, extra={"listen": ["127.0.0.1:8444"]})
+    layout = HostLayout.resolve(paths.root)
+    layout.install_record.parent.mkdir(parents=True)
+    InstallRecord.new(paths, 8444, "none", "skip", "mtproxy:local", [], False, False, 8888,
+                      HaproxyRecord("/nonexistent/haproxy.cfg", 443, ("true",), ("true",))).save(layout.install_record)
+    restart_proxy(Runner(), paths, ownership(paths, layout))
+    assert InstallRecord.load(layout.install_record).port == 8444  # type: ignore[union-attr]
