@@ -715,7 +715,9 @@ def test_the_block_follows_secrets_domain_base_and_port(tmp_path: Path, stack: t
         try:
             _routed_hello(public, proxy_side, own_name)
             status = _cli(tmp_path, "status", "--json", env=env)
-            checks = {c["name"]: c for c in json.loads(status.stdout)["checks"]}
+            shown = json.loads(status.stdout)
+            assert (shown["port"], shown["listen"]) == (public, [f"127.0.0.1:{moved_to}"])
+            checks = {c["name"]: c for c in shown["checks"]}
             # the loopback port is probed (a recorder, not an engine, holds it), not HAProxy's port
             assert f"{moved_to}/tcp accepts connections" in checks["port"]["detail"]
             assert checks["firewall"]["ok"] is None and "behind HAProxy" in checks["firewall"]["detail"]

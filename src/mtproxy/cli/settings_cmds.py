@@ -9,6 +9,7 @@ import click
 
 from ..host.runner import CommandError
 from ..operations import artifacts
+from ..operations.errors import OpError
 from ..operations.haproxy_routes import follow, integration
 from ..operations.proxy_control import ApplyOutcome, detect, restart
 from ..settings import OWN_LABEL_LENGTH, Settings, check_secret_domain_base, update_settings
@@ -124,7 +125,12 @@ def _set_loopback_port(env: Env, settings: Settings, port: int, do_restart: bool
     extra = {**settings.extra, "listen": [f"127.0.0.1:{port}"]}
     _, new = update_settings(env.paths.settings_file, extra=extra)
     _move_firewall_rule(env, old, port)  # the recorded port and the jail; no UFW rule of ours behind HAProxy
-    outcome = restart(env.runner, env.paths)
+    try:
+        outcome = restart(env.runner, env.paths)
+    except OpError as exc:
+        # HAProxy keeps the old port, where the old process may still serve: it follows only a proxy that restarted
+        raise OpError(exc.what, f"{exc.todo}; HAProxy still routes to 127.0.0.1:{old}: once the proxy runs, "
+                                "`mtproxy setup -n` points it at the new port", exc.failure) from None
     _report(env, f"loopback port set to {port} (was {old}); links keep HAProxy's port {settings.port}", outcome)
     env.out("  links:   unchanged (HAProxy's port)")
     env.out("  firewall: none needed (the proxy listens on loopback only)")
