@@ -56,6 +56,23 @@ class Settings:
     # so a file with `listen` and no `port` does not also listen on the default port.
     given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
+    @property
+    def bound(self) -> list[tuple[str, int]]:
+        """Where the engine listens: the file's `listen` entries (HOST:PORT; behind HAProxy the loopback
+        address), else every address ("") on `port`. `port` stays the port in links either way."""
+        entries = self.extra.get("listen")
+        found = []
+        for entry in [entries] if isinstance(entries, str) else entries if isinstance(entries, list) else []:
+            host, sep, port = str(entry).rpartition(":")
+            if sep and port.isdigit():
+                found.append((host.strip("[]"), int(port)))
+        return found or [("", self.port)]
+
+    @property
+    def bound_port(self) -> int:
+        """The port the engine binds (the loopback port behind HAProxy): what local checks probe."""
+        return self.bound[0][1]
+
     def to_json(self) -> dict[str, Any]:
         return {
             **self.extra,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -332,3 +333,65 @@ def test_the_cli_and_the_api_choose_the_same_type(make_env: Callable[..., Env], 
     warned = [n for n in made["notes"] if "allow_classic" in n]
     assert warned == [n for n in answer["notes"] if "allow_classic" in n]
     assert bool(warned) == (bool(settings.get("domain")) and made["type"] != "ee")
+
+
+HAPROXY_STACK = """defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 5s
+    timeout server 5s
+frontend vless_443
+    bind :443
+    default_backend xray
+backend xray
+    server xray 127.0.0.1:10443
+"""
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="Debian's haproxy is not installed")
+def test_api_changes_bring_the_haproxy_block_along(make_env: Callable[..., Env], paths: Paths,
+                                                  tmp_path: Path) -> None:
+    """Behind HAProxy (the install record says so) the API's secret changes take the one operations path
+    that rewrites the block, checked by the real `haproxy -c`; a failed reload is a note, the secret stays."""
+    from mtproxy.host import haproxy
+    from mtproxy.host.layout import HostLayout
+    from mtproxy.host.record import HaproxyRecord, InstallRecord
+    from mtproxy.settings import update_settings
+
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(HAPROXY_STACK)
+    update_settings(paths.settings_file, port=443, extra={"listen": ["127.0.0.1:8444"]},
+                    secret_domain_base="users.example.com")
+    check = ("haproxy", "-c", "-f", "{file}")
+    record_file = HostLayout.resolve(paths.root).install_record
+    record_file.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(reload: tuple[str, ...]) -> None:
+        InstallRecord.new(paths, 8444, "none", "skip", "mtproxy:local", [], False, False, 8888,
+                          HaproxyRecord(str(config), 443, check, reload)).save(record_file)
+
+    record(("true",))
+    server = start_api(make_env())
+    try:
+        status, made, _ = server.call("POST", "/secrets", {"label": "carol", "own_domain": True})
+        assert status == 201 and made["notes"] == [], made
+        text = config.read_text()
+        assert "use_backend mtproxy if { req.ssl_sni -i -m end .users.example.com }" in text
+        assert "127.0.0.1:8444 send-proxy-v2" in text
+        status, _, _ = server.call("POST", "/secrets", {"label": "dave", "type": "ee",
+                                                            "domain": "api.example.net"})
+        assert status == 201 and "{ req.ssl_sni -i api.example.net }" in config.read_text()
+        status, _, _ = server.call("DELETE", "/secrets/dave")
+        assert status == 200 and "api.example.net" not in config.read_text()
+
+        record(("false",))
+        before = config.read_bytes()
+        status, failed, _ = server.call("POST", "/secrets", {"label": "erin", "type": "ee",
+                                                             "domain": "late.example.net"})
+        assert status == 201
+        assert any("HAProxy NOT updated: reloading HAProxy failed" in note and "mtproxy setup -n" in note
+                   for note in failed["notes"]), failed["notes"]
+        assert config.read_bytes() == before and haproxy.has_block(before.decode())
+        assert "erin" in [rec.label for rec in read_store(paths.secrets_file).secrets]
+    finally:
+        server.stop()

@@ -233,7 +233,7 @@ def test_setup_questions_use_the_same_checks(tmp_path: Path) -> None:
     ns = argparse.Namespace(port=None, workers=None, domain=None, server=None, secret_type=None, ufw=None,
                             manager="none", image=None, build_script=None, local_base=False,
                             behind_haproxy=False, haproxy_config=None, haproxy_port=443, haproxy_check=None,
-                            haproxy_reload=None)
+                            haproxy_reload=None, mask=None)
     plan = setup.gather(ns, {}, setup.Asker(io.StringIO(answers), out), Runner(which=no_host_tools), paths,
                         HostLayout.resolve(paths.root, {"MTPROXY_SYSCONF": str(tmp_path / "etc")}))
     text = out.getvalue()

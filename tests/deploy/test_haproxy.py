@@ -346,12 +346,12 @@ def test_sni_routing_behind_a_running_haproxy(stack: tuple[Path, int, TlsStandIn
         proxy_side.close()
 
 
-def _routed_hello(public: int, proxy_side: Recorder) -> tuple[Endpoint, bytes]:
+def _routed_hello(public: int, proxy_side: Recorder, name: str = DOMAIN) -> tuple[Endpoint, bytes]:
     """After a reload the old worker may still take a connection or two: retry, bounded."""
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
         before = len(proxy_side.received)
-        client, hello = send_fake_tls_hello(public)
+        client, hello = send_fake_tls_hello(public, name)
         try:
             proxy_side.wait_for(before + 1)
             return client, hello
@@ -512,6 +512,9 @@ def test_setup_behind_haproxy_then_uninstall(tmp_path: Path, stack: tuple[Path, 
         result = _cli(tmp_path, *args, env=env)
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"HAProxy: {config} (given with --haproxy-config)" in result.stdout
+        # DOMAIN goes to the default backend, and no Xray config says whether that is Xray: no guess
+        assert f"Mask: {DOMAIN}:443, the engine's default (HAProxy sends {DOMAIN} to backend xray" in result.stdout
+        assert "may be Xray's" in result.stdout
         proxy.wait_loaded(2)
         root = tmp_path / "root"
         settings = json.loads((root / "config/mtproxy/mtproxy_config.json").read_text())
@@ -599,11 +602,19 @@ def test_leaving_haproxy_on_a_re_run_takes_the_block_away(tmp_path: Path, stack:
     env = _env(tmp_path, MTPROXY_SERVER="192.0.2.10")
     args = ["setup", "-n", "--manager", "none", "--port", str(port), "--type", "ee", "--domain", DOMAIN,
             "--haproxy-config", str(config), "--haproxy-port", str(public), "--haproxy-reload", "true"]
-    first = _cli(tmp_path, *args, "--behind-haproxy", env=env)
+    bad_mask = _cli(tmp_path, *args, "--behind-haproxy", "--mask", "site.example.org", env=env)
+    assert bad_mask.returncode != 0 and "--mask: mask must be HOST:PORT" in bad_mask.stderr
+    first = _cli(tmp_path, *args, "--behind-haproxy", "--mask", "127.0.0.1:9443", env=env)
     assert first.returncode == 0, first.stdout + first.stderr
+    assert "Mask: 127.0.0.1:9443 (given with --mask)" in first.stdout
     assert haproxy.has_block(config.read_text()) and config.read_bytes() != original
     kept = _cli(tmp_path, *args, env=env)  # no flag: the earlier run's choice stands
     assert kept.returncode == 0 and "already in place" in kept.stdout, kept.stdout + kept.stderr
+    assert "Mask: 127.0.0.1:9443 (kept from the settings file" in kept.stdout
+    # doctor looks at the port the proxy binds (loopback), not HAProxy's port in the links
+    doctor = _cli(tmp_path, "doctor", "--offline", "--json", env=env)
+    ports = [f for f in json.loads(doctor.stdout)["findings"] if f["group"] == "port"]
+    assert [f["name"] for f in ports] == [f"port {port}"], doctor.stdout + doctor.stderr
     left = _cli(tmp_path, *args, "--no-behind-haproxy", "--ufw", "skip", env=env)
     assert left.returncode == 0, left.stdout + left.stderr
     assert config.read_bytes() == original
@@ -612,3 +623,136 @@ def test_leaving_haproxy_on_a_re_run_takes_the_block_away(tmp_path: Path, stack:
     jail = (tmp_path / "etc/fail2ban/jail.d/mtproxy.conf").read_text()
     assert re.search(rf"^port\s*=\s*{port}$", jail, re.M), jail  # back on the proxy's own port
     assert json.loads((tmp_path / "root/mtproxy/install.json").read_text())["haproxy"] is None
+
+
+# ---------------------------------------------------------------- the block follows the secrets and the settings
+
+
+@needs_haproxy
+@needs_netns
+def test_the_block_follows_secrets_domain_base_and_port(tmp_path: Path, stack: tuple[Path, int, TlsStandIn]) -> None:
+    """Behind a running HAProxy: setup takes the stack's site as the mask; the domain base routes every own
+    host name (a ClientHello for a new --own-domain secret reaches the proxy's loopback port); other ee
+    domains come and go with their secrets; a failed reload keeps the store change and says how to re-apply;
+    set-port moves the loopback port and the block; uninstall gives the file back."""
+    config, public, reality = stack
+    original = config.read_bytes()
+    port = free_port()
+    proxy = Haproxy(config)
+    loads = 1
+    env = _env(tmp_path, MTPROXY_SERVER="192.0.2.10")
+    root = tmp_path / "root"
+    settings_file = root / "config/mtproxy/mtproxy_config.json"
+
+    def reloaded() -> None:
+        nonlocal loads
+        loads += 1
+        proxy.wait_loaded(loads)
+
+    def ok(*args: str) -> subprocess.CompletedProcess[str]:
+        result = _cli(tmp_path, *args, env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    try:
+        setup = ok("setup", "-n", "--manager", "none", "--port", str(port), "--type", "ee", "--domain", SITE,
+                   "--behind-haproxy", "--haproxy-config", str(config), "--haproxy-port", str(public),
+                   "--haproxy-reload", shlex.join(proxy.reload_argv))
+        reloaded()
+        # The stack routes SITE to its own site: that is the mask, shown and saved.
+        site = f"127.0.0.1:{reality.port}"
+        assert f"Mask: {site}, the stack's own site (HAProxy sends {SITE} to backend site" in setup.stdout
+        assert json.loads(settings_file.read_text())["mask"] == site
+
+        based = ok("set-secret-domain-base", "users.example.com")
+        reloaded()
+        assert "haproxy: routes *.users.example.com" in based.stdout
+        assert "{ req.ssl_sni -i -m end .users.example.com }" in config.read_text()
+
+        added = ok("add-secret", "--own-domain", "--label", "carol", "--json")
+        own_name = json.loads(added.stdout)["domain"]
+        assert own_name.endswith(".users.example.com")
+        assert own_name not in config.read_text()  # the base's rule covers it: no reload needed
+        proxy_side = Recorder(port=port)
+        try:
+            _routed_hello(public, proxy_side, own_name)
+            other = ok("add-secret", "--fake-tls", "other.example.net", "--label", "other")
+            reloaded()
+            assert "haproxy: routes" in other.stdout and "other.example.net" in config.read_text()
+            _routed_hello(public, proxy_side, "other.example.net")
+        finally:
+            proxy_side.close()
+        ok("remove-secret", "other", "--yes")
+        reloaded()
+        assert "other.example.net" not in config.read_text()
+        assert _eventually(lambda: tls_reaches_stand_in(public, "other.example.net"))
+
+        # A reload that fails: the secret stays, the file is as it was, the message says how to re-apply.
+        record_file = root / "mtproxy/install.json"
+        record = json.loads(record_file.read_text())
+        record["haproxy"]["reload"] = ["false"]
+        record_file.write_text(json.dumps(record))
+        before = config.read_bytes()
+        failed = ok("add-secret", "--fake-tls", "third.example.net", "--label", "third")
+        assert "HAProxy NOT updated: reloading HAProxy failed" in failed.stderr
+        assert "the change above stands" in failed.stderr and "`mtproxy setup -n` re-applies" in failed.stderr
+        assert config.read_bytes() == before
+        assert "third" in ok("list-secrets").stdout
+        record["haproxy"]["reload"] = list(proxy.reload_argv)
+        record_file.write_text(json.dumps(record))
+        again = ok("setup", "-n", "--manager", "none")  # the recorded file, port and commands
+        reloaded()
+        assert "third.example.net" in config.read_text() and "already in place" not in again.stdout
+
+        # set-port moves the loopback port and HAProxy's server line; links keep HAProxy's port.
+        links = (root / "data/mtproxy/mtproxy_link.txt").read_text()
+        refused = _cli(tmp_path, "set-port", str(free_port()), "--no-restart", env=env)
+        assert refused.returncode == 2 and "needs the restart" in refused.stderr
+        moved_to = free_port()
+        moved = ok("set-port", str(moved_to))
+        reloaded()
+        assert f"loopback port set to {moved_to} (was {port}); links keep HAProxy's port {public}" in moved.stdout
+        settings = json.loads(settings_file.read_text())
+        assert (settings["port"], settings["listen"]) == (public, [f"127.0.0.1:{moved_to}"])
+        assert f"127.0.0.1:{moved_to} send-proxy-v2" in config.read_text()
+        assert (root / "data/mtproxy/mtproxy_link.txt").read_text() == links
+        assert json.loads(record_file.read_text())["port"] == moved_to
+        proxy_side = Recorder(port=moved_to)
+        try:
+            _routed_hello(public, proxy_side, own_name)
+            status = _cli(tmp_path, "status", "--json", env=env)
+            shown = json.loads(status.stdout)
+            assert (shown["port"], shown["listen"]) == (public, [f"127.0.0.1:{moved_to}"])
+            checks = {c["name"]: c for c in shown["checks"]}
+            # the loopback port is probed (a recorder, not an engine, holds it), not HAProxy's port
+            assert f"{moved_to}/tcp accepts connections" in checks["port"]["detail"]
+            assert checks["firewall"]["ok"] is None and "behind HAProxy" in checks["firewall"]["detail"]
+        finally:
+            proxy_side.close()
+
+        ok("uninstall", "--yes")
+        reloaded()
+        assert config.read_bytes() == original
+    finally:
+        proxy.stop()
+
+
+def test_a_restart_behind_haproxy_keeps_the_loopback_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settings' `port` is HAProxy's (443) behind it: applying the settings (set-workers, set-port) must
+    record and bind the `listen` port, never move the install to HAProxy's port."""
+    from mtproxy.host.layout import HostLayout
+    from mtproxy.host.record import HaproxyRecord, InstallRecord, ownership
+    from mtproxy.host.service import restart_proxy
+    from mtproxy.paths import Paths
+    from mtproxy.settings import update_settings
+
+    monkeypatch.setenv("MTPROXY_SYSCONF", str(tmp_path / "etc"))
+    paths = Paths(tmp_path / "root")
+    paths.settings_file.parent.mkdir(parents=True)
+    update_settings(paths.settings_file, port=443, extra={"listen": ["127.0.0.1:8444"]})
+    layout = HostLayout.resolve(paths.root)
+    layout.install_record.parent.mkdir(parents=True)
+    InstallRecord.new(paths, 8444, "none", "skip", "mtproxy:local", [], False, False, 8888,
+                      HaproxyRecord("/nonexistent/haproxy.cfg", 443, ("true",), ("true",))).save(layout.install_record)
+    restart_proxy(Runner(), paths, ownership(paths, layout))
+    assert InstallRecord.load(layout.install_record).port == 8444  # type: ignore[union-attr]

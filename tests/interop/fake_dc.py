@@ -41,7 +41,8 @@ MAX_FRAME = 1 << 20
 
 @dataclass
 class DcEvent:
-    """Something the fake DC saw; `kind` is init, req_pq_multi, req_DH_params, bad-init, unknown, closed."""
+    """Something the fake DC saw; `kind` is accepted, init, req_pq_multi, req_DH_params, bad-init, unknown,
+    closed."""
 
     kind: str
     connection: int
@@ -113,12 +114,13 @@ class FakeDC:
     def _accept_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                conn, _ = self._sock.accept()
+                conn, peer = self._sock.accept()
             except TimeoutError:
                 continue
             except OSError:
                 return
             self._next_id += 1
+            self._record("accepted", self._next_id, address=peer[0])  # who dialled: the proxy, or its upstream
             thread = threading.Thread(target=self._serve, args=(conn, self._next_id), daemon=True)
             self._threads.append(thread)
             thread.start()

@@ -72,6 +72,7 @@ def _print_change(env: Env, title: str, report: ChangeReport, as_json: bool = Fa
             "qr_png": str(files.png), "qr_svg": str(files.svg), "dry_run": report.dry_run,
             "proxy": {"message": report.apply.message, "live": report.apply.live,
                       "failed": report.apply.failed}, "notes": report.notes,
+            "haproxy": {"message": report.haproxy.note, "ok": report.haproxy.ok} if report.haproxy.note else None,
         }))
         return
     env.out(env.style("✓ ", fg="green") + title)
@@ -91,6 +92,13 @@ def _print_change(env: Env, title: str, report: ChangeReport, as_json: bool = Fa
     for note in report.notes:
         env.warn(note)
     env.out(f"  proxy:   {proxy_line(env, report.apply)}")
+    _print_haproxy(env, report)
+
+
+def _print_haproxy(env: Env, report: ChangeReport) -> None:
+    """The HAProxy block's line, behind HAProxy only (a failure is also among the warnings above)."""
+    if report.haproxy.note and report.haproxy.ok:
+        env.out(f"  haproxy: {report.haproxy.note}")
 
 
 # ------------------------------------------------------------------------------------------------- commands
@@ -193,6 +201,7 @@ def remove_secret(env: Env, ref: str, yes: bool, dry_run: bool) -> None:
     for note in report.notes:
         env.warn(note)
     env.out(f"  proxy:   {proxy_line(env, report.apply)}")
+    _print_haproxy(env, report)
 
 
 @click.command("regenerate-secret", epilog="""\b

@@ -9,9 +9,11 @@ import click
 
 from ..host.runner import CommandError
 from ..operations import artifacts
+from ..operations.errors import OpError
+from ..operations.haproxy_routes import follow, integration
 from ..operations.proxy_control import ApplyOutcome, detect, restart
-from ..settings import OWN_LABEL_LENGTH, check_secret_domain_base, update_settings
-from ..store import StoreError
+from ..settings import OWN_LABEL_LENGTH, Settings, check_secret_domain_base, update_settings
+from ..store import StoreError, read_store
 from .env import Env
 from .errors import CliError, ExitStatus
 from .secret_cmds import load_settings
@@ -60,6 +62,8 @@ SET_PORT_EPILOG = """\b
 Examples:
   mtproxy set-port 2053
   mtproxy set-port 8444 --no-restart     save now, restart later
+Behind HAProxy (`mtproxy setup --behind-haproxy`) it moves the proxy's loopback port and HAProxy's block with
+it; links keep HAProxy's port (change that with `mtproxy setup --haproxy-port`).
 Ports the VPN stack uses (22, 80, 443, Xray's inbounds), the stats port and ports already in use are refused.
 """
 
@@ -69,8 +73,12 @@ Ports the VPN stack uses (22, 80, 443, Xray's inbounds), the stats port and port
 @click.option("--restart/--no-restart", "do_restart", default=True, help="Restart a running proxy (default: yes).")
 @pass_env
 def set_port_cmd(env: Env, port: int, do_restart: bool) -> None:
-    """Move the proxy to another TCP port; links and QR codes are rewritten to match."""
+    """Move the proxy to another TCP port; links and QR codes are rewritten to match. Behind HAProxy: the
+    proxy's loopback port, and HAProxy's block with it (links keep HAProxy's port)."""
     settings = load_settings(env)
+    if integration(env.paths) is not None:
+        _set_loopback_port(env, settings, port, do_restart)
+        return
     if port == settings.port:
         env.out(f"the proxy already uses port {port}; nothing to do")
         return
@@ -90,6 +98,43 @@ def set_port_cmd(env: Env, port: int, do_restart: bool) -> None:
     _report(env, f"port set to {port} (was {settings.port})", outcome)
     env.out(f"  links:   {links}")
     env.out(f"  firewall: {firewall}")
+
+
+def _set_loopback_port(env: Env, settings: Settings, port: int, do_restart: bool) -> None:
+    """Behind HAProxy `port` in the settings is HAProxy's (in links) and the proxy binds a loopback port
+    (`listen`): set-port moves the loopback port, the restart, and HAProxy's server line, in that order, so
+    HAProxy is pointed at the new port only once the proxy listens there."""
+    old = settings.bound_port
+    if port == old:
+        env.out(f"the proxy already listens on 127.0.0.1:{port} behind HAProxy; nothing to do")
+        return
+    if not do_restart:
+        raise CliError("behind HAProxy, set-port moves the proxy's loopback port and HAProxy's block together, "
+                       "which needs the restart", "run it without --no-restart", ExitStatus.USAGE)
+    try:
+        checked = check_port(port, env.paths.root, settings.stats_port)
+    except Invalid as exc:
+        free = exc.free_port
+        raise exc.cli_error(f"pick a free port, e.g. `mtproxy set-port {free}`" if free else None) from None
+    _warn_all(env, checked)
+    what = (f"move the proxy's loopback port 127.0.0.1:{old} to 127.0.0.1:{port} and HAProxy's block with it "
+            f"(links keep HAProxy's port {settings.port})")
+    if env.runner.dry_run:
+        _dry_run(env, what, restarts=True)
+        return
+    extra = {**settings.extra, "listen": [f"127.0.0.1:{port}"]}
+    _, new = update_settings(env.paths.settings_file, extra=extra)
+    _move_firewall_rule(env, old, port)  # the recorded port and the jail; no UFW rule of ours behind HAProxy
+    try:
+        outcome = restart(env.runner, env.paths)
+    except OpError as exc:
+        # HAProxy keeps the old port, where the old process may still serve: it follows only a proxy that restarted
+        raise OpError(exc.what, f"{exc.todo}; HAProxy still routes to 127.0.0.1:{old}: once the proxy runs, "
+                                "`mtproxy setup -n` points it at the new port", exc.failure) from None
+    _report(env, f"loopback port set to {port} (was {old}); links keep HAProxy's port {settings.port}", outcome)
+    env.out("  links:   unchanged (HAProxy's port)")
+    env.out("  firewall: none needed (the proxy listens on loopback only)")
+    _follow_haproxy(env, new)
 
 
 def _move_firewall_rule(env: Env, old: int, new: int) -> str:
@@ -195,17 +240,29 @@ def set_secret_domain_base(env: Env, base: str | None, clear: bool) -> None:
     if env.runner.dry_run:
         _dry_run(env, f"set the secret domain base to {value}" if value else "remove the secret domain base")
         return
-    old, _ = update_settings(env.paths.settings_file, secret_domain_base=value)
+    old, new = update_settings(env.paths.settings_file, secret_domain_base=value)
     was = f" (was {old.secret_domain_base})" if old.secret_domain_base else ""
     if value is None:
         env.out(env.style("✓ ", fg="green") + f"secret domain base removed{was}; existing secrets keep their"
                 " host names")
-        return
-    env.out(env.style("✓ ", fg="green") + f"secret domain base set to {value}{was}")
-    env.out(f"  new secrets: `mtproxy add-secret --own-domain` gives each a host name like"
-            f" {'a' * OWN_LABEL_LENGTH}.{value}")
-    env.out(f"  needs:   wildcard DNS for *.{value} to this server, and a certificate for *.{value} at the"
-            " mask site")
+    else:
+        env.out(env.style("✓ ", fg="green") + f"secret domain base set to {value}{was}")
+        env.out(f"  new secrets: `mtproxy add-secret --own-domain` gives each a host name like"
+                f" {'a' * OWN_LABEL_LENGTH}.{value}")
+        env.out(f"  needs:   wildcard DNS for *.{value} to this server, and a certificate for *.{value} at the"
+                " mask site")
+    _follow_haproxy(env, new)
+
+
+def _follow_haproxy(env: Env, settings: Settings) -> bool:
+    """Behind HAProxy, bring the block up to date (the one path the secret commands take too); False when
+    it could not be (the saved change stands, and the warning says how to re-apply)."""
+    routed = follow(env.paths, env.runner, settings, read_store(env.paths.secrets_file))
+    if not routed.ok:
+        env.warn(f"HAProxy {routed.note}")
+    elif routed.note:
+        env.out(f"  haproxy: {routed.note}")
+    return routed.ok
 
 
 COMMANDS = [set_port_cmd, set_workers, set_server, set_secret_domain_base]

@@ -36,9 +36,10 @@ from ..host.install import (
 from ..host.layout import HostLayout
 from ..host.record import InstallRecord, ownership
 from ..host.runner import CommandError, Runner
+from ..operations.haproxy_routes import routed_domains
 from ..paths import Paths
 from ..protocol.secret import SecretKind, generate_secret
-from ..settings import Settings, read_settings, update_settings
+from ..settings import Settings, check_mask, read_settings, update_settings
 from ..store import SecretRecord, StoreData, StoreError, now_iso, update_store
 from ..usage import OneLineParser
 from .edge import run_host_command
@@ -103,12 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
       help="the HAProxy config to edit (default: the one that exists of <root>/config/haproxy.cfg, "
            "<root>/config/haproxy/haproxy.cfg, <root>/haproxy/haproxy.cfg, <root>/haproxy.cfg, "
            "/etc/haproxy/haproxy.cfg)")
-    a("--haproxy-port", type=int, default=443, metavar="PORT", help="the HAProxy frontend's port (default 443)")
+    a("--haproxy-port", type=int, default=None, metavar="PORT",
+      help="the HAProxy frontend's port (default: the recorded one, else 443)")
     a("--haproxy-check", metavar="COMMAND",
-      help="command that checks a config file, {file} standing for it (default: haproxy -c -f {file})")
+      help="command that checks a config file, {file} standing for it (default: the recorded one, else "
+           "haproxy -c -f {file})")
     a("--haproxy-reload", metavar="COMMAND",
-      help="command that reloads HAProxy, e.g. 'docker kill -s HUP vless_haproxy' (default: systemctl reload "
-           "haproxy when that service runs)")
+      help="command that reloads HAProxy, e.g. 'docker kill -s HUP vless_haproxy' (default: the recorded one, "
+           "else systemctl reload haproxy when that service runs)")
+    a("--mask", metavar="HOST:PORT",
+      help="where connections that fail the handshake go (default behind HAProxy: the stack's own site for "
+           "the domain when its HAProxy config shows one, else DOMAIN:443)")
     a("--dry-run", action="store_true", help="check and show the plan; change nothing")
     return p
 
@@ -310,19 +316,53 @@ def gather(ns: argparse.Namespace, env: Mapping[str, str], asker: Asker | None, 
     manager, _ = choose_manager(ns.manager, runner, _image(ns, record), _local_base(ns, env))
     behind = None
     if chosen.behind_haproxy:
+        # A re-run without the flags takes the port and commands the earlier run recorded.
+        earlier = record.haproxy if record is not None else None
         try:
-            behind = haproxy.plan(runner, explicit or recorded, paths.root, layout.etc, ns.haproxy_port,
-                                  ns.haproxy_check, ns.haproxy_reload)
+            behind = haproxy.plan(
+                runner, explicit or recorded, paths.root, layout.etc,
+                ns.haproxy_port or (earlier.public_port if earlier else 443),
+                ns.haproxy_check or (shlex.join(earlier.check) if earlier else None),
+                ns.haproxy_reload or (shlex.join(earlier.reload) if earlier else None))
         except haproxy.HaproxyError as exc:
             raise InstallError(exc.what, exc.todo) from None
         say.write(f"HAProxy: {behind.config} ({behind.why}); check: {shlex.join(behind.control.check)}; "
                   f"reload: {shlex.join(behind.control.reload)}\n")
+    mask = _mask(ns.mask, settings, behind, chosen, paths.root, say)
     return InstallPlan(
         root=paths.root, port=chosen.port, workers=chosen.workers, secret_type=chosen.kind,
         domain=chosen.domain if chosen.kind == "ee" else None, server=chosen.server, ufw_mode=chosen.ufw_mode,
         manager=manager, image=_image(ns, record), build_script=Path(ns.build_script) if ns.build_script else None,
-        local_base=_local_base(ns, env), stats_port=settings.stats_port, haproxy=behind,
+        local_base=_local_base(ns, env), stats_port=settings.stats_port, haproxy=behind, mask=mask,
     )
+
+
+def _mask(given: str | None, settings: Settings, behind: haproxy.Integration | None, chosen: _Choice,
+          root: Path, say: TextIO) -> str | None:
+    """The mask to write: --mask; else, behind HAProxy and with none in the settings, the stack's own site
+    for the domain as its HAProxy config routes it (read, never contacted). None: leave the settings' mask."""
+    if given is not None:
+        try:
+            mask = check_mask(given.strip())
+        except ValueError as exc:
+            raise InstallError(f"--mask: {exc}", "give HOST:PORT, e.g. 127.0.0.1:8443") from None
+        say.write(f"Mask: {mask} (given with --mask)\n")
+        return mask
+    if behind is None or chosen.domain is None:
+        return None
+    if settings.mask is not None:
+        say.write(f"Mask: {settings.mask} (kept from the settings file; --mask HOST:PORT changes it)\n")
+        return None
+    from ..host.ports import vpn_ports
+
+    found = haproxy.stack_mask(haproxy.read_config(behind.config), behind.public_port, chosen.domain,
+                               vpn_ports(root), chosen.port or 0)
+    if found.target is not None:
+        say.write(f"Mask: {found.target}, the stack's own site ({found.why}); --mask HOST:PORT overrides it\n")
+    else:
+        say.write(f"Mask: {chosen.domain}:443, the engine's default ({found.why}); --mask HOST:PORT "
+                  "overrides it\n")
+    return found.target
 
 
 def _warn(out: TextIO, checked: Checked[object]) -> None:
@@ -427,7 +467,8 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
         txn.add("the settings file", snapshot(paths.settings_file))
         update_settings(paths.settings_file, port=plan.public_port, workers=plan.workers, domain=plan.domain,
                         server=plan.server, proxy_protocol=plan.haproxy is not None,
-                        extra=_listen_extra(read_settings(paths.settings_file), plan, previous))
+                        extra=_listen_extra(read_settings(paths.settings_file), plan, previous),
+                        **({"mask": plan.mask} if plan.mask is not None else {}))
         progress.finish()
 
         progress.start("Secret")
@@ -446,8 +487,8 @@ def apply(plan: InstallPlan, runner: Runner, paths: Paths, layout: HostLayout, o
         progress.finish("; ".join(notes) or "ok")
 
         files, ufw_added = install_services(plan, runner, layout, txn, progress, owner)
-        domains = sorted({r.domain for r in data.active_records() if r.type == "ee" and r.domain})
-        haproxy_record = route_through_haproxy(plan, runner, txn, progress, domains, previous)
+        haproxy_record = route_through_haproxy(plan, runner, txn, progress, routed_domains(data), previous,
+                                               settings.secret_domain_base)
 
         progress.start("Shell completions, man page, status hook")
         for path, (text, mode) in host_extras(layout).items():

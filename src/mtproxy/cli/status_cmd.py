@@ -40,7 +40,8 @@ def status(env: Env, json_out: bool, section: bool) -> int:
     health = collect(env.paths, env.runner)
     checks, settings, engine = health.checks, health.settings, health.engine
     healthy = all(c.ok is not False for c in checks)
-    port = (settings or Settings()).port
+    port = (settings or Settings()).port  # the port in links: HAProxy's when behind it
+    bound = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in (settings or Settings()).bound if h]
     active = _engine_int(engine, "active")
     total = _engine_int(engine, "total")
     uptime = _engine_int(engine, "uptime")
@@ -49,7 +50,7 @@ def status(env: Env, json_out: bool, section: bool) -> int:
         env.out("\n".join(section_lines(checks, env.ok_mark, summary)))
     elif json_out:
         env.out(dump_json("status", {
-            "healthy": healthy, "port": port, "uptime_seconds": uptime,
+            "healthy": healthy, "port": port, "listen": bound or None, "uptime_seconds": uptime,
             "connections": {"active": active, "total": total},
             "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix} for c in checks],
         }))
@@ -58,7 +59,8 @@ def status(env: Env, json_out: bool, section: bool) -> int:
         env.out(env.style(title, bold=True, fg="green" if healthy else "red"))
         for c in checks:
             env.out(check_line(c, env.ok_mark))
-        env.out(f"    port:        {port}/tcp")
+        env.out(f"    port:        {port}/tcp" + (f" (in links; the proxy listens on {', '.join(bound)})"
+                                                    if bound else ""))
         env.out(f"    connections: {human_count(active)} active, {human_count(total)} total")
         env.out(f"    uptime:      {human_duration(uptime)}")
     return int(ExitStatus.OK if healthy else ExitStatus.UNHEALTHY)

@@ -17,11 +17,12 @@ import contextlib
 import os
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..store import write_atomic
+from .haproxy_sni import MaskChoice, site_mask
 from .runner import CommandError, Runner
 
 BACKEND = "mtproxy"
@@ -167,10 +168,12 @@ def without_block(text: str) -> str:
     return _BLOCK.sub("", text)
 
 
-def with_block(text: str, domains: Sequence[str], backend_port: int, public_port: int = 443) -> str:
-    """The file with our rules for `domains` in the frontend of `public_port` and our backend section;
-    a block already there is replaced (re-running updates it)."""
-    if not domains:
+def with_block(text: str, domains: Sequence[str], backend_port: int, public_port: int = 443,
+               domain_base: str | None = None) -> str:
+    """The file with our rules for `domains` (and every name under `domain_base`, the secrets' own host
+    names) in the frontend of `public_port` and our backend section; a block already there is replaced
+    (re-running updates it)."""
+    if not domains and not domain_base:
         raise HaproxyError("no fake-TLS domain to route", "HAProxy routes by SNI: use an ee secret with a domain")
     base = without_block(text)
     if re.search(rf"^\s*backend\s+{BACKEND}\s*$", base, re.MULTILINE):
@@ -184,6 +187,11 @@ def with_block(text: str, domains: Sequence[str], backend_port: int, public_port
         rules.append(f"{pad}tcp-request inspect-delay 5s")
     if not frontend.has_hello_accept:
         rules.append(f"{pad}tcp-request content accept if {{ req_ssl_hello_type 1 }}")
+    if domain_base:
+        base = _checked([domain_base])[0]
+        # `-m end` with the leading dot: every name under the base, never the base itself nor `xusers.…`
+        rules.append(f"{pad}use_backend {BACKEND} if {{ req.ssl_sni -i -m end .{base} }}")
+        domains = [d for d in domains if not d.lower().endswith(f".{base}")]
     rules += [f"{pad}use_backend {BACKEND} if {{ req.ssl_sni -i {domain} }}" for domain in _checked(domains)]
     rules.append(f"{pad}{END}")
     backend = [_BEGIN_LINE, f"backend {BACKEND}", f"{pad}mode tcp",
@@ -311,10 +319,23 @@ def replace_checked(runner: Runner, path: Path, new_text: str, ctl: Control) -> 
 
 
 def add(runner: Runner, path: Path, domains: Sequence[str], backend_port: int, ctl: Control,
-        public_port: int = 443) -> bool:
-    """Route `domains` to the proxy on 127.0.0.1:`backend_port`; True when the file changed."""
+        public_port: int = 443, domain_base: str | None = None) -> bool:
+    """Route `domains` (and names under `domain_base`) to the proxy on 127.0.0.1:`backend_port`; True when
+    the file changed."""
     text = read_config(path)
-    return replace_checked(runner, path, with_block(text, domains, backend_port, public_port), ctl)
+    return replace_checked(runner, path, with_block(text, domains, backend_port, public_port, domain_base), ctl)
+
+
+def stack_mask(text: str, public_port: int, name: str, not_sites: Mapping[int, str], own_port: int) -> MaskChoice:
+    """The stack's own site for `name` as the frontend of `public_port` routes it without our block (see
+    haproxy_sni); the config's problems (no such frontend, not tcp) are the answer's reason, not errors."""
+    base = without_block(text)
+    try:
+        frontend = find_frontend(base, public_port)
+    except HaproxyError as exc:
+        return MaskChoice(None, exc.what)
+    return site_mask(base, _sections(base.split("\n")), (frontend.header + 1, frontend.end), name, not_sites,
+                     own_port)
 
 
 def remove(runner: Runner, path: Path, ctl: Control) -> bool:

@@ -61,6 +61,7 @@ class InstallPlan:
     # Behind the stack's HAProxy: `port` is then the loopback port the proxy listens on, and clients dial
     # the HAProxy frontend's port, which routes the fake-TLS domain's SNI here with a PROXY v2 header.
     haproxy: Integration | None = None
+    mask: str | None = None  # HOST:PORT for the settings' `mask`; None leaves the settings' mask as it is
 
     @property
     def public_port(self) -> int:
@@ -362,7 +363,8 @@ def install_services(plan: InstallPlan, runner: Runner, layout: HostLayout, txn:
 
 
 def route_through_haproxy(plan: InstallPlan, runner: Runner, txn: Transaction, progress: Progress,
-                          domains: list[str], previous: InstallRecord | None) -> HaproxyRecord | None:
+                          domains: list[str], previous: InstallRecord | None,
+                          domain_base: str | None = None) -> HaproxyRecord | None:
     """Add (or update) our block in HAProxy's config after the proxy answers on its port; take away the block
     an earlier run put in a file this run no longer uses. Each change is undone if a later step fails."""
     earlier = previous.haproxy if previous is not None else None
@@ -374,10 +376,11 @@ def route_through_haproxy(plan: InstallPlan, runner: Runner, txn: Transaction, p
     if plan.haproxy is None:
         return None
     hp = plan.haproxy
-    progress.start(f"HAProxy: SNI {', '.join(domains)} on port {hp.public_port} to 127.0.0.1:{plan.port} "
+    names = [*([f"*.{domain_base}"] if domain_base else []), *domains]
+    progress.start(f"HAProxy: SNI {', '.join(names)} on port {hp.public_port} to 127.0.0.1:{plan.port} "
                    f"({hp.config})")
     changed = _change_haproxy(runner, txn, hp.config, hp.control,
-                              lambda text: haproxy.with_block(text, domains, plan.port, hp.public_port))
+                              lambda text: haproxy.with_block(text, domains, plan.port, hp.public_port, domain_base))
     progress.finish("checked and reloaded" if changed else "already in place")
     return HaproxyRecord(str(hp.config), hp.public_port, hp.control.check, hp.control.reload)
 

@@ -37,7 +37,9 @@ def follow_port(runner: Runner, paths: Paths, layout: HostLayout, record: Instal
                     if record.ufw_added else
                     f"the UFW rule for {old} removed; your own rule for {port} is kept, none added")
     if layout.fail2ban_jail.exists():
-        fail2ban.install(runner, layout, paths.logs_dir / templates.LOG_NAME, port)
+        # clients connect to HAProxy's public port behind it: the jail bans there, wherever the engine binds
+        jail_port = record.haproxy.public_port if record.haproxy is not None else port
+        fail2ban.install(runner, layout, paths.logs_dir / templates.LOG_NAME, jail_port)
     record.port = port
     record.save(layout.install_record)
     return firewall
@@ -170,20 +172,21 @@ def restart_proxy(runner: Runner, paths: Paths, own: Ownership) -> None:
         raise ValueError(own.problem)
     layout = HostLayout.resolve(paths.root)
     settings = read_settings(paths.settings_file)
-    # behind HAProxy the settings' port is HAProxy's (links, the jail); the record's is the loopback one we bind
-    if record.haproxy is None and record.port != settings.port:
-        follow_port(runner, paths, layout, record, settings.port)
+    # the port the engine binds: behind HAProxy the loopback one (`listen`), never HAProxy's port in links
+    port = settings.bound_port
+    if record.port != port:
+        follow_port(runner, paths, layout, record, port)
     if record.stats_port != settings.stats_port and not runner.dry_run:
         record.stats_port = settings.stats_port  # the restarted engine serves stats there
         record.save(layout.install_record)
     if record.manager == "systemd":
-        systemd.install(runner, layout, systemd_bin(layout), settings.port, "mtproxy")
+        systemd.install(runner, layout, systemd_bin(layout), port, "mtproxy")
     elif record.manager == "docker":
         if not layout.compose_file.exists():
             raise ValueError(f"the Compose file {layout.compose_file} is missing (rerun `mtproxy setup`)")
         # Crossing port 1024 changes the user and capabilities, so the Compose file is rewritten too.
         if not runner.dry_run:
-            write_file(layout.compose_file, templates.compose_file(record.image, paths.root, settings.port,
+            write_file(layout.compose_file, templates.compose_file(record.image, paths.root, port,
                                                                    settings.stats_port), 0o644)
         docker.compose_up(runner, layout.compose_file)
 

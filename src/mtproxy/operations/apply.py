@@ -13,6 +13,7 @@ from ..store import SecretRecord, StoreData, read_store, update_store
 from . import artifacts
 from .context import Ops
 from .errors import Failure, OpError
+from .haproxy_routes import NOT_BEHIND, Followed, follow
 from .proxy_control import ApplyOutcome, reload_secrets
 
 
@@ -26,6 +27,7 @@ class ChangeReport:
     server: artifacts.ServerChoice | None
     settings: Settings  # as read under the store's lock, so the links shown are the links written
     dry_run: bool = False
+    haproxy: Followed = NOT_BEHIND  # the HAProxy block brought up to date (behind HAProxy only)
 
 
 def load_settings(ops: Ops) -> Settings:
@@ -33,7 +35,8 @@ def load_settings(ops: Ops) -> Settings:
 
 
 def change_secrets(ops: Ops, change: Callable[[StoreData], tuple[StoreData, SecretRecord | None]]) -> ChangeReport:
-    """Change the store under its lock, rewrite links and QR codes, then get the running proxy to reload.
+    """Change the store under its lock, rewrite links and QR codes, get the running proxy to reload, then
+    (behind HAProxy) bring the block's SNI rules up to date; a failure there is a note, the change stands.
 
     The settings (port, server) are read again under the lock before the links are written: a `set-port`
     that finished while this command waited for the lock must not leave the links on the old port.
@@ -54,17 +57,22 @@ def change_secrets(ops: Ops, change: Callable[[StoreData], tuple[StoreData, Secr
             notes.append(f"links and QR codes not written to {ops.paths.data_dir}: {exc.strerror}")
 
     if ops.dry_run:
-        record = change(read_store(ops.paths.secrets_file))[1]
+        after_data, record = change(read_store(ops.paths.secrets_file))
         return ChangeReport(record, ["dry run: the store was not changed"],
                             ApplyOutcome("dry run: the proxy was not told", False),
-                            artifacts.choose_server(settings, ops.server_override), settings, dry_run=True)
+                            artifacts.choose_server(settings, ops.server_override), settings, dry_run=True,
+                            haproxy=follow(ops.paths, ops.runner, settings, after_data))
     record = update_store(ops.paths.secrets_file, change, ops.clock, after=after)
     settings, server = used[-1] if used else (settings, artifacts.choose_server(settings, ops.server_override))
-    outcome = reload_secrets(ops.runner, ops.paths, settings, written[-1] if written else
-                             read_store(ops.paths.secrets_file))
+    data = written[-1] if written else read_store(ops.paths.secrets_file)
+    outcome = reload_secrets(ops.runner, ops.paths, settings, data)
     if server is not None and server.warning:
         notes.append(server.warning)
-    return ChangeReport(record, notes, outcome, server, settings)
+    # after the engine reloaded: a name HAProxy starts routing is then one the engine already knows
+    routed = follow(ops.paths, ops.runner, settings, data)
+    if not routed.ok:
+        notes.append(f"HAProxy {routed.note}")
+    return ChangeReport(record, notes, outcome, server, settings, haproxy=routed)
 
 
 def resolve(data: StoreData, ref: str) -> SecretRecord:

@@ -168,13 +168,14 @@ def _host_tools(runner: Runner, health: Health) -> list[Finding]:
 
 
 def _port(health: Health, runner: Runner, probes: Probes) -> Finding:
-    port = health.own.record.port if health.own.record is not None else health.effective.port
+    # the port the engine binds (behind HAProxy the loopback one), not the port in links
+    host, port = health.effective.bound[0]
     listeners = netprobe.listening(port, probes.proc)
     pid = main_pid(runner, health.service)
     own = {pid} if pid is not None else set()
     accepts = free = None
     if not probes.offline:
-        accepts = port_accepts(port, timeout=probes.timeout) if listeners else None
+        accepts = port_accepts(port, timeout=probes.timeout, host=host) if listeners else None
         taken = any(not rules.is_ours(x, own) for x in listeners if x.pid is not None) or not listeners
         free = ports.suggest_free({port}) if taken else None
     return rules.judge_port(port, listeners, own, accepts, free)

@@ -47,14 +47,22 @@ class Health:
         return self.settings or Settings()
 
 
-def port_accepts(port: int, timeout: float = 1.0) -> bool:
-    for host in ("127.0.0.1", "::1"):
+def port_accepts(port: int, timeout: float = 1.0, host: str = "") -> bool:
+    """A connect test of the engine's own listener: `host` as it binds it (a wildcard or "" is tried on the
+    loopback addresses)."""
+    hosts = ("127.0.0.1", "::1") if host in ("", "0.0.0.0", "::", "*") else (host,)
+    for address in hosts:
         try:
-            with socket.create_connection((host, port), timeout=timeout):
+            with socket.create_connection((address, port), timeout=timeout):
                 return True
         except OSError:
             continue
     return False
+
+
+def _loopback_only(settings: Settings) -> bool:
+    """The engine binds loopback addresses only (behind HAProxy): no firewall rule concerns it."""
+    return all(host in ("127.0.0.1", "::1", "localhost") for host, _ in settings.bound)
 
 
 def proxy_uid(runner: Runner, service: ServiceState) -> int | None:
@@ -219,11 +227,14 @@ def collect(paths: Paths, runner: Runner, local_probes: bool = True, predict_uid
                             "give this root its own stats_port, or use that installation's root"))
     else:
         checks.append(Check("stats", False, f"nothing answers on {endpoint}", "start the proxy and read its log"))
+    host, port = effective.bound[0]  # where the engine binds: behind HAProxy the loopback port, not 443
     if local_probes:
-        checks.append(port_check(effective.port, port_accepts(effective.port), engine is not None, service))
+        checks.append(port_check(port, port_accepts(port, host=host), engine is not None, service))
     uid = service_uid(runner, service, engine, own if predict_uid else None)
     checks.append(store_check(paths, uid, engine))
-    firewall = ufw_check(runner, effective.port)
+    firewall = (Check("firewall", None, f"listens on {host}:{port} only (behind HAProxy: port {effective.port} "
+                                        "is the stack's); no UFW rule needed")
+                if _loopback_only(effective) else ufw_check(runner, port))
     if firewall is not None:
         checks.append(firewall)
     return Health(checks, settings, engine, own, service)
