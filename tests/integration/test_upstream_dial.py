@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import uvloop
@@ -41,11 +42,30 @@ async def socks_dial(ctx: Context, addresses: list[HostPort], protocol: asyncio.
 
 
 class Echo(asyncio.Protocol):
+    """The target: echoes; `open` holds the live ones, so a test can close them before its loop ends."""
+
+    open: ClassVar[set[Echo]] = set()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        Echo.open.add(self)
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        Echo.open.discard(self)
+
+
+async def close_targets() -> None:
+    """Close every target connection and wait (bounded) until the loop has seen each one go."""
+    for echo in list(Echo.open):
+        echo.transport.close()
+    for _ in range(500):
+        if not Echo.open:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{len(Echo.open)} target connections did not close")
 
 
 class Reader(Recorder):
@@ -75,6 +95,7 @@ def test_the_next_address_after_the_upstream_blames_the_target(tmp_path: Path) -
         for transport in protocol.made:
             transport.close()
         server.close()
+        await close_targets()
         return got, protocol.data, ctx.counters.via_upstream, dialler.error
 
     try:
