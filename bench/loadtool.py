@@ -348,11 +348,13 @@ def measure(bench: Bench, subjects: list[str], runs: list[dict[str, Any]], extra
     """The interleaved runs, then the secrets and idle stages; results are appended as they come."""
     args = bench.args
     phases = args.phases.split(",")
-    if not any(p in PER_SUBJECT_PHASES for p in phases):  # e.g. `--phases flood`: that stage alone
-        if "flood" in phases and not args.no_engine:
+    per_subject = any(p in PER_SUBJECT_PHASES for p in phases)
+    if not per_subject and "flood" in phases:  # `--phases flood`: that stage alone
+        if not args.no_engine:
             extra["flood"] = flood_stage(bench)
         return
-    for run in range(args.runs):
+    # `--phases ''`: no interleaved runs, only the secrets and idle stages
+    for run in range(args.runs if per_subject else 0):
         one: dict[str, Any] = {"direct": {"lat": bench.latency("direct", None)}}
         one["direct"].update(
             up1=bench.bulk("direct", None, "up", 1, args.one_mb * 1_000_000, 1),
