@@ -13,7 +13,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -29,6 +28,7 @@ from mtproxy.host import haproxy
 from mtproxy.host.runner import Runner
 from mtproxy.protocol.client import build_client_hello
 from mtproxy.protocol.proxyheader import Command, Endpoint, Family, ProxyHeader, parse
+from mtproxy.testkit.haproxy import HaproxyProcess
 from mtproxy.testkit.process import free_port
 from mtproxy.testkit.servers import self_signed_context
 
@@ -164,43 +164,6 @@ def send_fake_tls_hello(port: int, name: str = DOMAIN) -> tuple[Endpoint, bytes]
     return Endpoint(host, client_port), hello
 
 
-class Haproxy:
-    """Debian's haproxy in master-worker mode on a config file; `reload_argv` makes it re-read the file."""
-
-    def __init__(self, config: Path) -> None:
-        assert HAPROXY is not None
-        self.log = config.with_suffix(".log")
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen([HAPROXY, "-W", "-db", "-f", str(config)], stdout=log,
-                                         stderr=subprocess.STDOUT)
-        self.wait_loaded(1)
-
-    def wait_loaded(self, times: int) -> None:
-        """Until the master has said `Loading success.` `times` times (once per start or reload), bounded;
-        no probe connection, which HAProxy would forward to a backend."""
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            log = self.log.read_text()
-            assert "Loading failure" not in log, log
-            if log.count("Loading success.") >= times:
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"HAProxy did not load its config {times} times: {self.log.read_text()}")
-
-    @property
-    def reload_argv(self) -> tuple[str, ...]:
-        return ("kill", "-USR2", str(self.proc.pid))
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(WAIT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(WAIT)
-
-
 def header_of(data: bytes) -> ProxyHeader:
     result = parse(data)
     assert isinstance(result, ProxyHeader), result
@@ -236,7 +199,7 @@ backend v2
 backend health
     server s 127.0.0.1:{checks.port} send-proxy-v2 check check-send-proxy inter 200ms
 """)
-    proxy = Haproxy(config)
+    proxy = HaproxyProcess(config)
     try:
         sent = []
         for port in (p1, p2):
@@ -312,7 +275,7 @@ def test_sni_routing_behind_a_running_haproxy(stack: tuple[Path, int, TlsStandIn
     config, public, reality = stack
     original = config.read_bytes()
     proxy_side = Recorder()
-    proxy = Haproxy(config)
+    proxy = HaproxyProcess(config)
     try:
         assert tls_reaches_stand_in(public, DOMAIN) and tls_reaches_stand_in(public, SITE)
         runner = Runner()
@@ -503,7 +466,7 @@ def test_setup_behind_haproxy_then_uninstall(tmp_path: Path, stack: tuple[Path, 
     config, public, _ = stack
     original = config.read_bytes()
     port = free_port()
-    proxy = Haproxy(config)
+    proxy = HaproxyProcess(config)
     env = _env(tmp_path, MTPROXY_SERVER="192.0.2.10")
     try:
         args = ["setup", "-n", "--manager", "none", "--port", str(port), "--type", "ee", "--domain", DOMAIN,
@@ -638,7 +601,7 @@ def test_the_block_follows_secrets_domain_base_and_port(tmp_path: Path, stack: t
     config, public, reality = stack
     original = config.read_bytes()
     port = free_port()
-    proxy = Haproxy(config)
+    proxy = HaproxyProcess(config)
     loads = 1
     env = _env(tmp_path, MTPROXY_SERVER="192.0.2.10")
     root = tmp_path / "root"

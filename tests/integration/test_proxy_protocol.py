@@ -25,6 +25,7 @@ from mtproxy.protocol.secret import Secret
 from mtproxy.store import SecretRecord, StoreData, write_store
 from mtproxy.testkit.background import BackgroundPeers
 from mtproxy.testkit.client import ProxyClientError, open_client
+from mtproxy.testkit.haproxy import HaproxyProcess
 from mtproxy.testkit.process import ProxyProcess, free_port
 from mtproxy.testkit.servers import MASK_BANNER
 
@@ -37,11 +38,10 @@ WAIT = 10.0  # every wait on a socket or a process is bounded by this
 needs_haproxy = pytest.mark.skipif(HAPROXY is None, reason="Debian's haproxy is not installed")
 
 
-class Haproxy:
-    """Debian's haproxy in front of the engine: `bind` on a public port, one server line to the engine."""
+class Haproxy(HaproxyProcess):
+    """HAProxy in front of the engine: `bind` on a public port, one server line to the engine."""
 
     def __init__(self, tmp_path: Path, engine_port: int, server_options: str, port: int | None = None) -> None:
-        assert HAPROXY is not None
         self.port = port or free_port()
         config = tmp_path / "haproxy.cfg"
         config.write_text(f"""defaults
@@ -55,22 +55,7 @@ frontend public
 backend mtproxy
     server mtproxy 127.0.0.1:{engine_port} {server_options}
 """)
-        self.log = tmp_path / "haproxy.log"
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen([HAPROXY, "-W", "-db", "-f", str(config)], stdout=log,
-                                         stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + WAIT
-        while "Loading success." not in self.log.read_text():
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(WAIT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(WAIT)
+        super().__init__(config, WAIT)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import pytest
 
 from mtproxy.host import haproxy, templates
 from mtproxy.protocol.client import build_client_hello
+from mtproxy.testkit.haproxy import HaproxyProcess
 from mtproxy.testkit.process import free_port
 from mtproxy.testkit.socks import Dante
 
@@ -113,18 +114,6 @@ def stack(tmp_path: Path) -> Iterator[tuple[int, StackSite, Dante]]:
     site.close()
 
 
-def start_haproxy(config: Path) -> subprocess.Popen[bytes]:
-    assert HAPROXY is not None
-    log = config.with_suffix(".log")
-    with log.open("wb") as out:
-        proc = subprocess.Popen([HAPROXY, "-W", "-db", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + WAIT
-    while "Loading success." not in log.read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
-    return proc
-
-
 def send_hello(port: int, name: str, source: str = "127.0.0.1") -> bytes:
     """A fake-TLS ClientHello for `name` signed by no secret; what came back before the other side closed."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -154,7 +143,7 @@ def test_tdlib_through_haproxy_proxy_protocol_and_socks_upstream(
     config.write_text(haproxy.with_block(config.read_text(), [DOMAIN], proxy.port, public_port=public))
     checked = subprocess.run([HAPROXY or "haproxy", "-c", "-f", str(config)], capture_output=True, timeout=WAIT)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    balancer = start_haproxy(config)
+    balancer = HaproxyProcess(config)
     try:
         run = run_tdlib(public, proxy.keys["ee"], fake_dc, tmp_path, timeout=40)
         assert_got_through(run, "ee", proxy, fake_dc)
@@ -169,8 +158,7 @@ def test_tdlib_through_haproxy_proxy_protocol_and_socks_upstream(
         send_hello(public, DOMAIN, source=BAD_CLIENT)
         proxy.process.wait_log("rejected handshake", 1)
     finally:
-        balancer.terminate()
-        balancer.wait(WAIT)
+        balancer.stop()
     filter_file = tmp_path / "mtproxy.conf"
     filter_file.write_text(templates.fail2ban_filter())
     found = subprocess.run(["fail2ban-regex", "-o", "ip", str(log_file), str(filter_file)], capture_output=True,

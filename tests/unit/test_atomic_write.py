@@ -104,6 +104,7 @@ def test_the_temp_of_a_killed_host_write_is_what_remove_stale_temps_clears(tmp_p
 ALLOWED = {
     "accounts/usage.py": "renames an unreadable usage file aside for the operator: no byte is written",
     "store.py": "write_atomic itself",
+    "testkit/haproxy.py": "a test HAProxy's output, streamed into a log file beside the test's config",
     "testkit/process.py": "a test engine's stdout/stderr, streamed into log files",
     "testkit/servers.py": "a throw-away test certificate in a private TemporaryDirectory, read once by ssl",
     "testkit/socks.py": "a test's danted config and log in the test's own tmp_path, read by that danted only",
