@@ -11,16 +11,11 @@ import pytest
 from mtproxy.cli.errors import ExitStatus
 from mtproxy.paths import Paths
 from mtproxy.settings import read_settings
+from mtproxy.testkit.process import free_port
 
 from .conftest import SERVER, Result
 
 Cli = Callable[..., Result]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -35,7 +30,7 @@ def busy_port() -> Iterator[int]:
 def test_set_port_saves_and_rewrites_links(cli: Cli, paths: Paths) -> None:
     cli("add-secret", "--label", "a")
     value = json.loads(paths.secrets_file.read_text())["secrets"][0]["value"]
-    port = _free_port()
+    port = free_port()
     result = cli("set-port", str(port))
     assert result.status == ExitStatus.OK, result.err
     assert read_settings(paths.settings_file).port == port
@@ -64,7 +59,7 @@ def test_set_port_refuses_reserved_ports(cli: Cli, paths: Paths, port: str, why:
 
 
 def test_set_port_refuses_the_vpn_stacks_xray_inbounds(cli: Cli, paths: Paths) -> None:
-    port = _free_port()
+    port = free_port()
     (paths.root / "config").mkdir(parents=True)
     (paths.root / "config" / "config.json").write_text(json.dumps({"inbounds": [{"port": port, "tag": "vless"}]}))
     result = cli("set-port", str(port))
@@ -106,7 +101,7 @@ def test_malformed_settings_file_is_reported_and_untouched(cli: Cli, paths: Path
     paths.settings_file.parent.mkdir(parents=True)
     paths.settings_file.write_text('{"port": "eighty"}')
     before = paths.settings_file.read_bytes()
-    for args in (["set-port", str(_free_port())], ["set-workers", "2"], ["add-secret"]):
+    for args in (["set-port", str(free_port())], ["set-workers", "2"], ["add-secret"]):
         result = cli(*args)
         assert result.status == ExitStatus.DATA, args
         assert str(paths.settings_file) in result.err and "port must be" in result.err

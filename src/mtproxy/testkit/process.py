@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -11,11 +12,30 @@ import time
 from pathlib import Path
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing is bound to, for a process the test starts next. Chosen outside the kernel's ephemeral
+    range: a port the kernel hands out (bind to port 0) may meanwhile become the source port of some
+    connection, and then the server that was to bind it fails with "address already in use"."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    low, high = _ephemeral_range()
+    choices = range(10000, low) if low - 10000 >= 1000 else range(high + 1, 65536)
+    for _ in range(200):
+        port = random.choice(choices)
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port for {host} in {choices.start}-{choices.stop - 1} after 200 tries")
 
 
 class ProxyProcess:
