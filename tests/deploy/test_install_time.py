@@ -6,10 +6,11 @@ wheels of this checkout and its pinned dependencies mounted read-only, as an ope
 In it the guide's commands run as written for a Debian 12 host: a venv (Debian's Python refuses a system-wide
 `pip install`), `pip install` of the wheel, `mtproxy-setup -n` (files only: the Docker and systemd steps
 need a host of their own and are timed in deploy.md section 1 and tests/deploy/test_installed_package.py),
-`mtproxy show-config`, and `mtproxy run` until it logs "ready:".
+`mtproxy show-config`, and `mtproxy run` until it logs "ready:"; then the image build setup waits for on a
+Docker host (`build-image.sh --local-base`, the base cached: its one-time debootstrap is not counted).
 
 The whole path is one bounded wait of OPERATOR_BUDGET seconds: the test fails when the path does not finish
-within it, and prints how long it took.
+within it, and prints how long each part took.
 """
 
 from __future__ import annotations
@@ -84,17 +85,26 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_documented_install_fits_in_three_minutes_of_operator_time(base_image: str, wheels: Path) -> None:
     name = f"mtproxy-install-time-{uuid.uuid4().hex[:8]}"
+    tag = f"mtproxy:install-time-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
     try:
         session = subprocess.run(
             ["docker", "run", "--rm", "--name", name, "--network", "none", "-v", f"{wheels}:/wheels:ro",
              "--entrypoint", "sh", base_image, "-c", OPERATOR_SESSION],
             capture_output=True, text=True, timeout=OPERATOR_BUDGET, check=False)
+        installed = time.monotonic()
+        assert session.returncode == 0, session.stdout[-3000:] + session.stderr[-3000:]
+        assert "INSTALLED-AND-SERVING" in session.stdout, session.stdout[-3000:]
+        # What setup waits for on a Docker host when the image is missing: the image build (base cached).
+        built = subprocess.run([str(REPO / "deploy/docker/build-image.sh"), "--local-base", "--tag", tag],
+                               capture_output=True, text=True, timeout=OPERATOR_BUDGET - (installed - started),
+                               check=False)
+        assert built.returncode == 0, built.stderr[-3000:]
     except subprocess.TimeoutExpired:
         pytest.fail(f"the documented install path did not finish within {OPERATOR_BUDGET:.0f} s")
     finally:
         _docker("rm", "-f", name, timeout=60)
-    took = time.monotonic() - started
-    print(f"documented install path in a fresh container: {took:.1f} s (budget {OPERATOR_BUDGET:.0f} s)")
-    assert session.returncode == 0, session.stdout[-3000:] + session.stderr[-3000:]
-    assert "INSTALLED-AND-SERVING" in session.stdout, session.stdout[-3000:]
+        _docker("rmi", tag, timeout=120)
+    done = time.monotonic()
+    print(f"documented install path: pip install, setup and first run in a fresh container "
+          f"{installed - started:.1f} s, image build {done - installed:.1f} s (budget {OPERATOR_BUDGET:.0f} s)")
