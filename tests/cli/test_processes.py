@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -185,3 +187,35 @@ def test_stats_live_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_stats_live_redraws_in_place_on_a_terminal_without_colour(tmp_path: Path) -> None:
+    """NO_COLOR turns colour off, not the redraw: on a terminal each frame starts with home + clear, and no
+    colour code is written."""
+    (Paths(tmp_path).config_dir).mkdir(parents=True)
+    Paths(tmp_path).settings_file.write_text('{"stats_port": 9}')  # nothing answers there
+    controller, terminal = pty.openpty()
+    with (tmp_path / "stderr").open("wb") as errors:
+        proc = subprocess.Popen([sys.executable, "-m", "mtproxy.cli.main", "stats", "--live", "--interval", "0.2",
+                                 "--count", "3"], env={**cli_env(tmp_path), "NO_COLOR": "1", "TERM": "xterm"},
+                                stdout=terminal, stderr=errors)
+    os.close(terminal)
+    screen = b""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 1)
+        if not ready:
+            if proc.poll() is not None:
+                break
+            continue
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal's other end closed: the process is done
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(controller)
+    assert proc.wait(30) == 0, (tmp_path / "stderr").read_text()
+    assert screen.count(b"\x1b[H\x1b[2J") == 3 and screen.count(b"no proxy answers") == 3, screen
+    assert b"\x1b[3" not in screen and b"\x1b[1m" not in screen  # no colour, no bold

@@ -19,13 +19,17 @@ class OutputClosed(Exception):
     """The reader of our output went away (`| head`). Not an OSError, so click does not turn it into exit 1."""
 
 
+def _is_terminal(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) and os.environ.get("TERM") != "dumb"
+
+
 def _colour_wanted(stream: TextIO, forced: bool | None) -> bool:
     if forced is not None:
         return forced
     if os.environ.get("NO_COLOR"):
         return False
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty()) and os.environ.get("TERM") != "dumb"
+    return _is_terminal(stream)
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Env:
     stdout_stream: TextIO | None = None
     stderr_stream: TextIO | None = None
     colour: bool = False
+    terminal: bool = False  # stdout is a terminal that takes cursor control (NO_COLOR turns off colour only)
     interactive: bool = False  # stdin and stdout are a terminal, so we may ask questions
     server_override: str | None = None
     clock: Callable[[], datetime] = field(default_factory=lambda: (lambda: datetime.now(UTC)))
@@ -58,6 +63,7 @@ class Env:
             root_note=choice.note,
             runner=Runner(dry_run=dry_run),
             colour=_colour_wanted(sys.stdout, colour),
+            terminal=_is_terminal(sys.stdout),
             interactive=stdin_tty and sys.stdout.isatty(),
             server_override=server or os.environ.get("MTPROXY_SERVER") or None,
             debug=debug,
@@ -77,6 +83,16 @@ class Env:
             click.echo(text, file=self.stdout, color=self.colour, nl=nl)
             if not nl:
                 self.stdout.flush()
+        except BrokenPipeError:
+            raise OutputClosed from None
+
+    def clear_screen(self) -> None:
+        """Home and clear, on a terminal only; written past click, which strips escapes when colour is off."""
+        if not self.terminal:
+            return
+        try:
+            self.stdout.write("\x1b[H\x1b[2J")
+            self.stdout.flush()
         except BrokenPipeError:
             raise OutputClosed from None
 

@@ -136,8 +136,8 @@ def stats(env: Env, live: bool, json_out: bool, interval: float, count: int | No
     try:
         while count is None or drawn < count:
             data = fetch_stats(port)
-            if env.colour and not json_out:
-                env.out("\x1b[H\x1b[2J", nl=False)  # home + clear: redraw in place on a terminal
+            if not json_out:
+                env.clear_screen()  # redraw in place on a terminal, coloured or not
             if data is None:
                 env.out(f"no proxy answers on {endpoint} (retrying every {interval:g} s, Ctrl-C to stop)")
             else:
