@@ -859,3 +859,58 @@ pub unsafe extern "C" fn mtp_tls_scan(
     }
     found
 }
+
+/// An obfuscated2 init's streams in one call: what the acceptor does to a received init and what an
+/// initiator does to the init it sends, since CTR runs the same both ways. The forward stream's key is
+/// SHA-256(init[8..40] + secret), or init[8..40] itself when `secret_len` is 0 (the proxy's header towards
+/// a DC); its counter starts at init[40..56]. The stream starts in `state` and runs over the 64 init bytes
+/// into `out[..64]`, so it is left after them; `out[64..112]` gets the reverse direction's key (derived the
+/// same way from the reversed bytes 8..56) and counter block. Returns 0, -1 without AES-NI, AVX2 and VAES,
+/// -2 on a null pointer or a secret longer than 32 bytes.
+///
+/// # Safety
+/// `init` readable for 64 bytes, `secret` for `secret_len` (may be null when 0), `state` writable for
+/// `mtp_state_size()` bytes, `out` for 112.
+#[no_mangle]
+pub unsafe extern "C" fn mtp_obfs2_start(
+    init: *const u8,
+    secret: *const u8,
+    secret_len: usize,
+    state: *mut u8,
+    out: *mut u8,
+) -> i32 {
+    if !cpu_ok() {
+        return -1;
+    }
+    if init.is_null() || state.is_null() || out.is_null() || secret_len > 32 || (secret.is_null() && secret_len != 0) {
+        return BAD_ARGUMENT;
+    }
+    let init = &*(init as *const [u8; INIT_SIZE]);
+    let mut forward = [0u8; 64];
+    forward[..32].copy_from_slice(&init[8..40]);
+    let mut backward = [0u8; 64];
+    for i in 0..48 {
+        backward[i] = init[55 - i];
+    }
+    let keys = if secret_len == 0 {
+        let mut f = [0u8; 32];
+        let mut b = [0u8; 32];
+        f.copy_from_slice(&forward[..32]);
+        b.copy_from_slice(&backward[..32]);
+        [f, b]
+    } else {
+        let secret = core::slice::from_raw_parts(secret, secret_len);
+        forward[32..32 + secret_len].copy_from_slice(secret);
+        let backward_iv: [u8; 16] = backward[32..48].try_into().unwrap_or([0; 16]);
+        backward[32..32 + secret_len].copy_from_slice(secret);
+        let n = 32 + secret_len;
+        let digests = Sha::new().finish_lanes([SHA_IV; 2], 0, [&forward[..n], &backward[..n]]);
+        backward[32..48].copy_from_slice(&backward_iv);
+        digests
+    };
+    mtp_ctr_init(state, keys[0].as_ptr(), init[40..56].as_ptr());
+    mtp_ctr_xor(state, init.as_ptr(), out, INIT_SIZE);
+    ptr::copy_nonoverlapping(keys[1].as_ptr(), out.add(INIT_SIZE), 32);
+    ptr::copy_nonoverlapping(backward[32..48].as_ptr(), out.add(INIT_SIZE + 32), 16);
+    0
+}

@@ -90,6 +90,24 @@ def test_idle_timeout_closes_session(start_proxy: ProxyFactory, secret: Secret) 
     run(scenario())
 
 
+def test_a_session_that_keeps_talking_outlives_the_idle_timeout(start_proxy: ProxyFactory, secret: Secret) -> None:
+    """The idle check looks at what moved between its sweeps: a session busy for several idle timeouts
+    stays open, and goes once it falls silent."""
+    proxy = start_proxy("-S", secret.to_hex(), "--idle-timeout", "1")
+
+    async def scenario() -> None:
+        client = await open_client("127.0.0.1", proxy.port, secret)
+        for i in range(30):  # 3 s of traffic, a byte every 0.1 s
+            await client.send(bytes([i]))
+            assert await client.recv_exactly(1) == bytes([i])
+            await asyncio.sleep(0.1)
+        with pytest.raises(ProxyClientError):
+            await client.recv_exactly(1)
+        await client.close()
+
+    run(scenario())
+
+
 def stats_of(port: int) -> dict[str, str]:
     import urllib.request
 

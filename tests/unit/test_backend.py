@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import pytest
 
 from mtproxy.crypto import aesblock, backend, ctr, native
+from mtproxy.protocol import obfs2
 from mtproxy.protocol.faketls import ClientHello
 from mtproxy.protocol.secret import Secret
 
@@ -129,6 +131,50 @@ def test_a_wrong_secret_scan_fails_the_self_test(libcrypto: ctypes.CDLL | None, 
 
 def test_only_the_native_backend_brings_a_secret_scan(aes: backend.Backend) -> None:
     assert (aes.secret_scan is not None) == (aes.name == "native")
+
+
+def test_a_wrong_init_start_fails_the_self_test(libcrypto: ctypes.CDLL | None) -> None:
+    plain = candidates(libcrypto)[2]
+
+    def reversed_keys_swapped(init: bytes, secret_key: bytes | None) -> tuple[bytes, ctr.CtrStream, bytes]:
+        forward, backward = obfs2.derive_keys(init, secret_key, plain)
+        stream = ctr.CtrStream(backward.key, backward.iv)
+        return stream.update(init), stream, forward.key + forward.iv
+
+    with pytest.raises(ValueError, match="its init start is not obfuscated2's stream"):
+        backend.self_test(replace(plain, start_init=reversed_keys_swapped))
+
+
+def test_only_the_native_backend_brings_an_init_start(aes: backend.Backend) -> None:
+    assert (aes.start_init is not None) == (aes.name == "native")
+
+
+def seeded(seed: int) -> Callable[[int], bytes]:
+    """The same bytes for every backend: a random source that is not random."""
+    return random.Random(seed).randbytes
+
+
+def test_every_backend_builds_and_reads_the_same_headers(aes: backend.Backend, libcrypto: ctypes.CDLL | None) -> None:
+    """The one-call init start and the Python steps give the same bytes: a client's init, the proxy's
+    header towards a DC (fast mode and not), and what each stream makes of the bytes after them."""
+    plain = candidates(libcrypto)[2]
+    secret_key, after = os.urandom(16), os.urandom(200)
+    for seed in range(20):
+        results = []
+        for each in (aes, plain):
+            built = obfs2.build_init(seeded(seed), obfs2.TAG_PADDED, seed - 10, secret_key, each)
+            decoded = obfs2.decode_init(built.wire, secret_key, each)
+            assert decoded is not None and (decoded.tag, decoded.dc_id) == (obfs2.TAG_PADDED, seed - 10)
+            fast = obfs2.dc_link(decoded.to_initiator, decoded.tag, decoded.dc_id,
+                                 seeded(seed), fast=True)
+            slow = obfs2.dc_link(decoded.to_initiator, decoded.tag, decoded.dc_id,
+                                 seeded(seed), fast=False)
+            assert slow.from_dc is not None and slow.to_client is not None
+            results.append((built.wire, built.to_acceptor.update(after), decoded.from_initiator.update(after),
+                            decoded.to_initiator.key, decoded.to_initiator.iv, fast.header, fast.to_dc.update(after),
+                            slow.header, slow.to_dc.update(after), slow.from_dc.update(after),
+                            slow.to_client.update(after)))
+        assert results[0] == results[1]
 
 
 def test_each_backend_makes_its_own_kind_of_stream(aes: backend.Backend) -> None:

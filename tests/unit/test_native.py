@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtproxy.crypto import ctr, native
-from mtproxy.protocol import faketls
+from mtproxy.crypto import backend, ctr, native
+from mtproxy.protocol import faketls, obfs2
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,28 @@ def test_the_relay_takes_the_native_walk_for_native_streams(lib: ctypes.CDLL, mo
     assert [layout[4] for layout in walks] == [0, 10]
 
 
+@settings(max_examples=200, deadline=None)
+@given(init=st.binary(min_size=64, max_size=64), secret_key=st.none() | st.binary(min_size=1, max_size=32),
+       portable=st.booleans(), after=st.binary(max_size=300))
+def test_an_init_start_is_the_derived_keys_on_openssl_ctr(lib: ctypes.CDLL, init: bytes, secret_key: bytes | None,
+                                                          portable: bool, after: bytes) -> None:
+    """One call gives what `obfs2.derive_keys` (hashlib) and OpenSSL's CTR give, on either SHA-256."""
+    previous = lib.mtp_sha_force_portable(portable)
+    try:
+        out, stream, reverse = native.NativeCtr.start_init(lib, init, secret_key)
+    finally:
+        lib.mtp_sha_force_portable(previous)
+    forward, backward = obfs2.derive_keys(init, secret_key, backend.openssl_ctr())
+    counter = int.from_bytes(forward.iv, "big")
+    assert out == reference(forward.key, counter, init)
+    assert stream.update(after) == reference(forward.key, counter, after, skip=64)
+    assert reverse == backward.key + backward.iv
+
+
 def test_bad_input_is_refused_before_the_library_sees_it(lib: ctypes.CDLL) -> None:
+    for init, secret_key in ((bytes(63), None), (bytes(65), None), (bytes(64), b""), (bytes(64), bytes(33))):
+        with pytest.raises(ValueError, match=r"init is 64 bytes|secret key of 1 to 32"):
+            native.NativeCtr.start_init(lib, init, secret_key)
     with pytest.raises(ValueError, match="32-byte key"):
         native.NativeCtr(lib, bytes(16), bytes(16))
     with pytest.raises(ValueError, match="16-byte counter"):

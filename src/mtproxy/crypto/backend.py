@@ -18,7 +18,7 @@ from typing import Final
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from mtproxy.protocol import client, faketls, obfs2
-from mtproxy.protocol.cipher import Keystream, ScanFactory
+from mtproxy.protocol.cipher import InitStart, Keystream, ScanFactory
 from mtproxy.protocol.secret import Secret, SecretKind
 
 from .aesblock import BlockEncrypt, block_encryptor, cryptography_encrypt_block, open_libcrypto
@@ -45,6 +45,7 @@ class Backend:
     new_stream: Callable[[bytes, bytes], Keystream]
     encrypt_block: BlockEncrypt
     secret_scan: ScanFactory | None = None  # None: SecretTable scans in Python with `encrypt_block`
+    start_init: InitStart | None = None  # None: obfs2 derives the keys and starts the stream in Python
 
 
 def openssl_ctr(encrypt_block: BlockEncrypt = cryptography_encrypt_block, why: str = "chosen by the caller") -> Backend:
@@ -63,7 +64,7 @@ def gcm_keystream(libcrypto: ctypes.CDLL | None, encrypt_block: BlockEncrypt,
 def native_library(lib: ctypes.CDLL, encrypt_block: BlockEncrypt, why: str = "chosen by the caller") -> Backend:
     """The native library's streams and secret scan (`native.open_library` gives `lib`)."""
     return Backend("native", why, functools.partial(NativeCtr, lib), encrypt_block,
-                   functools.partial(NativeSecretScan, lib))
+                   functools.partial(NativeSecretScan, lib), functools.partial(NativeCtr.start_init, lib))
 
 
 def load(forced: str = "") -> Backend:
@@ -112,8 +113,8 @@ def _reference(key: bytes, iv: bytes, data: bytes) -> bytes:
 def self_test(backend: Backend) -> None:
     """A backend's streams against OpenSSL's CTR: across the 64-bit and 128-bit counter carries and, past
     ACCELERATE_AFTER, across a 32-bit wrap (where a GCM keystream must start a new context), in uneven
-    pieces; then the upload's two passes, plain and over a gathered run of records; then its secret scan, if
-    it has one. Raises ValueError."""
+    pieces; then the upload's two passes, plain and over a gathered run of records; then its secret scan and
+    its init start, if it has them. Raises ValueError."""
     key, other = bytes(range(32)), bytes(range(32, 64))
     data = bytes(range(256)) * 4 + b"tail"
     # at ACCELERATE_AFTER the counter is two blocks before its low 32 bits wrap
@@ -142,6 +143,20 @@ def self_test(backend: Backend) -> None:
         raise ValueError("its block cipher is not AES-256")
     if backend.secret_scan is not None:
         _test_scan(backend, backend.secret_scan)
+    if backend.start_init is not None:
+        _test_init_start(backend, backend.start_init, data)
+
+
+def _test_init_start(backend: Backend, start: InitStart, data: bytes) -> None:
+    """An init's one-call start against `obfs2.derive_keys` and OpenSSL's CTR, with a secret and without."""
+    init = bytes(range(64))
+    for secret_key in (None, bytes(range(16))):
+        out, stream, reverse = start(init, secret_key)
+        forward, backward = obfs2.derive_keys(init, secret_key, backend)
+        if out + stream.update(data) != _reference(forward.key, forward.iv, init + data):
+            raise ValueError("its init start is not obfuscated2's stream")
+        if reverse != backward.key + backward.iv:
+            raise ValueError("its init start gives the wrong reverse keys")
 
 
 def _test_scan(backend: Backend, factory: ScanFactory) -> None:

@@ -28,6 +28,8 @@ BLOCK: Final = 16
 STATE_SIZE: Final = 288  # what this module expects of native/src/lib.rs (checked when it loads)
 MODULE_NAME: Final = "_native_aes"  # pyproject.toml builds it as mtproxy.crypto._native_aes
 MIDSTATES_SIZE: Final = 64  # one key's HMAC-SHA256 inner and outer states (mtp_hmac_prepare)
+INIT_REVERSE_SIZE: Final = 48  # the reverse direction's key and counter block (mtp_obfs2_start)
+MAX_INIT_SECRET: Final = 32  # the longest secret key mtp_obfs2_start hashes
 
 
 def open_library(directory: Path | None = None) -> ctypes.CDLL | None:
@@ -62,6 +64,8 @@ def open_library(directory: Path | None = None) -> ctypes.CDLL | None:
             i32 = ctypes.c_int32
             lib.mtp_obfs2_scan.restype = i32
             lib.mtp_obfs2_scan.argtypes = [vp, vp, size, vp, size, i32]
+            lib.mtp_obfs2_start.restype = ctypes.c_int
+            lib.mtp_obfs2_start.argtypes = [vp, vp, size, vp, vp]
             lib.mtp_tls_scan.restype = i32
             lib.mtp_tls_scan.argtypes = [vp, size, vp, vp, size, vp, vp, size, i32, i32,
                                          ctypes.POINTER(ctypes.c_uint32)]
@@ -94,6 +98,26 @@ class NativeCtr:
         del pin
         if lib.mtp_ctr_init(self._addr, key, iv) != 0:
             raise OSError("the native AES library refused to start a stream")
+
+    @classmethod
+    def start_init(cls, lib: ctypes.CDLL, init: bytes, secret_key: bytes | None) -> tuple[bytes, NativeCtr, bytes]:
+        """`protocol.cipher.InitStart` in one library call: both keys' SHA-256, the stream's key expansion
+        and the 64 bytes (`mtp_obfs2_start`)."""
+        if len(init) != INIT_SIZE:
+            raise ValueError(f"an obfuscated2 init is {INIT_SIZE} bytes")
+        if secret_key is not None and not 0 < len(secret_key) <= MAX_INIT_SECRET:
+            raise ValueError(f"the native init start takes a secret key of 1 to {MAX_INIT_SECRET} bytes")
+        stream = cls.__new__(cls)
+        stream._lib = lib
+        stream._state = bytearray(STATE_SIZE)
+        stream._addr, pin = address(stream._state)
+        del pin
+        out = ctypes.create_string_buffer(INIT_SIZE + INIT_REVERSE_SIZE)
+        key = b"" if secret_key is None else secret_key
+        if lib.mtp_obfs2_start(init, key, len(key), stream._addr, out) != 0:
+            raise OSError("the native AES library refused to start an init's streams")
+        raw = out.raw
+        return raw[:INIT_SIZE], stream, raw[INIT_SIZE:]
 
     def update(self, data: bytes | bytearray | memoryview, /) -> bytes:
         """The handshake's path (headers, the bytes that came with an init): one call, one copy out."""

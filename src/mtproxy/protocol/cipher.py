@@ -33,11 +33,17 @@ class SecretScan(Protocol):
 
 ScanFactory = Callable[[Sequence[Secret]], SecretScan]
 
+# An obfuscated2 init's crypto in one step (`obfs2.start_streams` is the reference): given the 64 bytes and
+# the secret's key (None for the proxy's header towards a DC), (the 64 bytes through the forward stream, that
+# stream positioned after them, the reverse direction's key and counter block as 48 bytes).
+InitStart = Callable[[bytes, bytes | None], tuple[bytes, Keystream, bytes]]
+
 
 class Aes(Protocol):
     """The AES the core runs on: `new_stream(key, iv)` starts a CTR stream at counter block `iv`;
     `encrypt_block(key, block)` is AES-256 of one block (the secret scan's inner loop); `secret_scan`, when
-    not None, builds a table's whole scan (SHA-256, HMAC and AES together) instead of that loop."""
+    not None, builds a table's whole scan (SHA-256, HMAC and AES together) instead of that loop;
+    `start_init`, when not None, does an init's key derivation, stream set-up and 64 bytes in one call."""
 
     @property
     def new_stream(self) -> Callable[[bytes, bytes], Keystream]: ...
@@ -47,3 +53,6 @@ class Aes(Protocol):
 
     @property
     def secret_scan(self) -> ScanFactory | None: ...
+
+    @property
+    def start_init(self) -> InitStart | None: ...

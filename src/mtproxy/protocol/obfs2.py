@@ -61,6 +61,19 @@ def derive_keys(init: bytes, secret_key: bytes | None, aes: Aes) -> tuple[Stream
     return StreamKeys(forward_key, forward_iv, aes), StreamKeys(backward_key, backward_iv, aes)
 
 
+def start_streams(init: bytes, secret_key: bytes | None, aes: Aes) -> tuple[bytes, Keystream, StreamKeys]:
+    """The 64 init bytes through the forward stream (decrypted for an acceptor, encrypted for an initiator:
+    CTR runs the same both ways), that stream positioned after them, and the reverse direction's keys. One
+    call into `aes.start_init` where the backend has it; `derive_keys` and a stream otherwise, same result."""
+    start = aes.start_init
+    if start is not None:
+        out, stream, reverse = start(init, secret_key)
+        return out, stream, StreamKeys(reverse[:KEY_SIZE], reverse[KEY_SIZE:], aes)
+    forward, backward = derive_keys(init, secret_key, aes)
+    stream = forward.new_cipher()
+    return stream.update(init), stream, backward
+
+
 def is_acceptable_init(init: bytes | bytearray) -> bool:
     """The rule every initiator applies before sending: nothing that looks like another protocol."""
     return init[0] != 0xEF and bytes(init[:4]) not in _FORBIDDEN_STARTS and any(init[4:8])
@@ -106,9 +119,9 @@ class DecodedInit:
 
 def decode_init(init: bytes, secret_key: bytes | None, aes: Aes) -> DecodedInit | None:
     """Try one key on a received init; None when the decrypted tag is not one we know."""
-    forward, backward = derive_keys(init, secret_key, aes)
-    cipher = forward.new_cipher()
-    plain = cipher.update(bytes(init[:INIT_SIZE]))
+    if len(init) < INIT_SIZE:
+        raise ProtocolError("an obfuscated2 init is 64 bytes")
+    plain, cipher, backward = start_streams(bytes(init[:INIT_SIZE]), secret_key, aes)
     tag = plain[_TAG]
     if tag not in KNOWN_TAGS:
         return None
@@ -149,9 +162,7 @@ def build_init(
             break
     else:
         raise ProtocolError("the random source gave no acceptable init")
-    forward, backward = derive_keys(bytes(init), secret_key, aes)
-    cipher = forward.new_cipher()
-    encrypted = cipher.update(bytes(init))
+    encrypted, cipher, backward = start_streams(bytes(init), secret_key, aes)
     return BuiltInit(bytes(init[:56]) + encrypted[56:], cipher, backward)
 
 

@@ -1,5 +1,5 @@
 """What a session and a mask relay share: one client socket and one outgoing socket, dialled here, with the
-idle timer, half-close, backpressure both ways and a bounded close.
+idle check, half-close, backpressure both ways and a bounded close.
 
 The client socket's protocol is the relay itself (the handshake hands its transport over with
 set_protocol). The outgoing socket's protocol is a `Leg`: the two callbacks it gets per chunk are the
@@ -140,8 +140,8 @@ class Pair(asyncio.BufferedProtocol):
     """The client socket's protocol once the handshake is over; `up` is the outgoing socket's transport."""
 
     # slots: tens of thousands of these live at once; no per-object dict
-    __slots__ = ("_buffers", "_dial", "_eof_in", "_eof_out", "_seen_activity", "_timer", "activity", "admitted",
-                 "ctx", "fd", "peer", "phase", "transport", "unauthenticated", "up", "up_fd")
+    __slots__ = ("_buffers", "_dial", "_eof_in", "_eof_out", "_quiet_since", "_seen_activity", "activity",
+                 "admitted", "ctx", "fd", "peer", "phase", "transport", "unauthenticated", "up", "up_fd")
 
     def __init__(self, ctx: Context, transport: asyncio.Transport, fd: int, peer: tuple[str, int],
                  eof_in: bool) -> None:
@@ -154,9 +154,9 @@ class Pair(asyncio.BufferedProtocol):
         self.phase = Phase.CONNECTING
         self.up: asyncio.Transport | None = None
         self.up_fd = -1
-        self.activity = 0  # bytes moved either way; the idle timer compares it between ticks
+        self.activity = 0  # bytes moved either way; the idle check compares it between sweeps
         self._seen_activity = -1
-        self._timer: asyncio.TimerHandle | None = None
+        self._quiet_since = 0.0  # loop time since when `activity` has stood at `_seen_activity`
         self._dial: Dialling | None = None  # while the outgoing socket is dialled
         self._buffers = ctx.buffers
         self._eof_in = eof_in  # client sent EOF
@@ -175,8 +175,6 @@ class Pair(asyncio.BufferedProtocol):
         if self.phase == Phase.CLOSED:
             return
         self.phase = Phase.CLOSED
-        if self._timer is not None:
-            self._timer.cancel()
         if self._dial is not None:
             self._dial.cancel()
             self._dial = None
@@ -271,41 +269,44 @@ class Pair(asyncio.BufferedProtocol):
             self.transport.resume_reading()
 
     def _relaying(self) -> None:
-        """The outgoing leg is up: let the client's bytes (or its EOF) through and start the idle timer."""
+        """The outgoing leg is up: let the client's bytes (or its EOF) through; from now on idle checks count."""
         self.phase = Phase.RELAY
         if self._eof_in:
             half_close(self.up)
         else:
             self.transport.resume_reading()
-        self._start_idle_timer()
+        self._seen_activity = self.activity
+        self._quiet_since = self.ctx.loop.time()
 
     # ----------------------------------------------------------------- idle
 
-    def _start_idle_timer(self) -> None:
+    def idle_check(self, now: float) -> None:
+        """The server's sweep (Server._sweep_idle, every half the shorter of the two timeouts, one timer per
+        loop instead of one per relay): close a relay that moved nothing for the idle timeout, or, once
+        either side has said it is done, for the half-close timeout. As with a timer re-armed per
+        timeout, a relay goes after between one and two timeouts without a byte."""
+        if self.phase != Phase.RELAY:
+            return
+        if self.activity != self._seen_activity:
+            self._seen_activity = self.activity
+            self._quiet_since = now
+            return
         limits = self.ctx.limits
-        # once either side has said it is done, the other gets a short while to finish, not the idle timeout
-        timeout = limits.halfclose_timeout if self._eof_in or self._eof_out else limits.idle_timeout
-        self._seen_activity = self.activity
-        self._timer = self.ctx.loop.call_later(timeout, self._idle_tick)
-
-    def _idle_tick(self) -> None:
-        if self.phase == Phase.CLOSED:
+        half_closed = self._eof_in or self._eof_out
+        if now - self._quiet_since < (limits.halfclose_timeout if half_closed else limits.idle_timeout):
             return
-        if self.activity == self._seen_activity:
-            if self._eof_in or self._eof_out:
-                self.ctx.counters.halfclose_released += 1
-                log.debug("closing half-closed connection from %s", self.peer[0])
-            else:
-                log.debug("closing idle connection from %s", self.peer[0])
-            self.close()
-            return
-        self._start_idle_timer()
+        if half_closed:
+            self.ctx.counters.halfclose_released += 1
+            log.debug("closing half-closed connection from %s", self.peer[0])
+        else:
+            log.debug("closing idle connection from %s", self.peer[0])
+        self.close()
 
     def _half_closed(self) -> None:
-        """Re-arm a running idle timer with the half-close timeout (none runs yet while a leg is dialled)."""
-        if self._timer is not None and self.phase == Phase.RELAY:
-            self._timer.cancel()
-            self._start_idle_timer()
+        """The half-close timeout counts from now (while a leg is dialled, from when it is up)."""
+        if self.phase == Phase.RELAY:
+            self._seen_activity = self.activity
+            self._quiet_since = self.ctx.loop.time()
 
 
 class Leg(asyncio.BufferedProtocol):

@@ -30,6 +30,7 @@ from .enforce import Enforcer, Grant
 from .guard import Guard
 from .hints import HintCache
 from .memory import INTERVAL, Trimmer, load_malloc_trim, refill_free_lists
+from .pair import Pair
 from .proxied import ProxiedConnection
 from .scans import ScanScheduler
 from .secrets import SecretSet
@@ -118,6 +119,7 @@ class Server:
         self._trimmer = Trimmer()
         self._malloc_trim: Callable[[int], int] | None = None
         self._memory_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
         self.listening: list[HostPort] = []
         self.secrets = secrets
         self.table = SecretTable(list(secrets.entries), aes)
@@ -383,6 +385,18 @@ class Server:
             refill_free_lists(self.loop, self._trimmer.ended, self._give_back)
         self._memory_timer = self.loop.call_later(INTERVAL, self._memory_tick)
 
+    def _sweep_interval(self) -> float:
+        limits = self.cfg.limits
+        return min(limits.idle_timeout, limits.halfclose_timeout) / 2
+
+    def _sweep_idle(self) -> None:
+        """Every relay's idle check (Pair.idle_check), on one timer for the loop."""
+        now = self.loop.time()
+        for conn in list(self.connections):
+            if isinstance(conn, Pair):
+                conn.idle_check(now)
+        self._idle_timer = self.loop.call_later(self._sweep_interval(), self._sweep_idle)
+
     def _give_back(self) -> None:
         gc.collect()  # a burst leaves cycles (tasks, exceptions, frames) that pin whole allocator arenas
         if self._malloc_trim is not None:
@@ -397,6 +411,7 @@ class Server:
         self.ctx.scans = ScanScheduler(self.loop, self.counters, limits.scan_budget, limits.handshake_timeout)
         self._malloc_trim = load_malloc_trim()
         self._memory_timer = self.loop.call_later(INTERVAL, self._memory_tick)
+        self._idle_timer = self.loop.call_later(self._sweep_interval(), self._sweep_idle)
         for address, sock in sockets:
             accepted = ProxiedConnection if self.cfg.proxy.accept else ClientConnection
             listener = Listener(address, sock, functools.partial(accepted, self.ctx, address), self.guard.out_of_fds)
@@ -426,6 +441,8 @@ class Server:
         self.enforcer.sync()
         if self._memory_timer is not None:
             self._memory_timer.cancel()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         if self._expiry is not None:
             self._expiry.cancel()
         for listener in self._listeners:
