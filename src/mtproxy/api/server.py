@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import signal
 from collections.abc import Callable
 
 from aiohttp import web
+
+from mtproxy.addresses import is_loopback
 
 from ..operations.context import Ops
 from .app import PREFIX, build_app
@@ -18,15 +19,6 @@ DEFAULT_PORT = 8899
 
 class BindRefused(Exception):
     """A non-loopback address without --allow-remote: the API changes secrets, so it stays local."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(host: str, allow_remote: bool) -> None:

@@ -13,10 +13,11 @@ might catch the name, so no guess is made past it.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from mtproxy.addresses import is_loopback
 
 _SNI_FETCHES = frozenset({"req.ssl_sni", "req_ssl_sni"})
 _METHODS = frozenset({"str", "end", "dom", "beg", "sub"})
@@ -176,15 +177,6 @@ def servers_of(lines: Sequence[str], start: int, end: int) -> list[Server | str]
             continue
         found.append(Server(host.strip("[]"), int(port), tuple(words[3:])))
     return found
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

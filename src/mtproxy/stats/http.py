@@ -7,7 +7,6 @@ store it reads, so the CLI compares the engine with the store instead of parsing
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from mtproxy.addresses import is_loopback
 from mtproxy.defaults import DEFAULT_METRICS_MAX_SECRETS
 
 from .counters import worker_sets
@@ -42,7 +42,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 5  # a silent peer cannot hold a handler thread for long
 
     def do_GET(self) -> None:
-        if not self.server.allow_remote and not _is_loopback(self.client_address[0]):
+        if not self.server.allow_remote and not is_loopback(self.client_address[0]):
             self.send_error(403, "stats are served to loopback peers only")
             return
         path = self.path.split("?", 1)[0]
@@ -80,15 +80,6 @@ def render_json(snap: dict[str, Any], now: float, store: str | None) -> dict[str
     return {"kind": "mtproxy-stats", "version": JSON_VERSION, "uptime": int(now - snap["started_at"]),
             "store": store, "uid": os.geteuid(), **{k: v for k, v in snap.items() if k != "secret_sets"},
             "secret_sets": sets}
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 class StatsServer:
