@@ -13,6 +13,7 @@ from mtproxy.store import SecretRecord, StoreData, write_store
 from mtproxy.testkit.client import ProxyClientError, open_client
 
 from .conftest import ProxyFactory, run
+from .test_lifecycle import stats_of
 
 BASE = "users.example.com"
 COUNT = 3000
@@ -60,6 +61,8 @@ def test_thousands_of_own_domains_a_new_client_is_found_by_its_sni(start_proxy: 
         assert not await _echo(proxy.port, secrets[0], "127.0.0.9", domain=f"zzzzzzzz.{BASE}")
 
     run(scenario(), timeout=60)
+    # found by the SNI alone: a scan of the table (which would find them too, only dearer) never ran
+    assert stats_of(proxy.stats_port)["secret_scans"] == "0"
     proxy.wait_log("reason=tls-bad-sni")
     assert proxy.log.count("rejected handshake") == 1  # the three clients got in
     assert proxy.stop() == 0

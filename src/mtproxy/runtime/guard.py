@@ -41,24 +41,17 @@ class Guard:
 
     # ----------------------------------------------------------------- unauthenticated connections
 
-    def admit_unauthenticated(self, ip: str) -> bool:
-        limits, counters = self._limits, self._counters
-        if counters.unauthenticated >= limits.max_unauthenticated:
-            counters.refused_unauthenticated += 1
-            self._unauth_notice.hit()
-            return False
-        held = self.per_ip.get(ip, 0)
-        if limits.max_unauthenticated_per_ip and held >= limits.max_unauthenticated_per_ip:
-            counters.refused_unauthenticated_ip += 1
-            self._unauth_notice.hit()
-            return False
-        self.per_ip[ip] = held + 1
-        counters.unauthenticated += 1
-        return True
-
     # Behind a balancer the client's address is known only once its PROXY header is read: the cap on all
     # unauthenticated connections is taken at accept, the per-IP one after the header (runtime/proxied.py).
-    # admit_unauthenticated is the two in one, kept whole for the direct path.
+    # The direct path takes both at once.
+
+    def admit_unauthenticated(self, ip: str) -> bool:
+        if not self.reserve_unauthenticated():
+            return False
+        if not self.claim_unauthenticated_ip(ip):
+            self.unreserve_unauthenticated()
+            return False
+        return True
 
     def reserve_unauthenticated(self) -> bool:
         counters = self._counters
