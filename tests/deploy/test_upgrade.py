@@ -151,6 +151,7 @@ def _serves_the_store(host: Host) -> str:
 
 def test_the_guides_upgrade_and_rollback_keep_the_store_and_switch_the_image(host: Host) -> None:
     root = host.root
+    assert _image_id(host.old) != _image_id(host.new)  # so the container shows which one it runs
     out = host.sh(f"mtproxy-setup -n --manager docker --image {host.old} --type ee --domain www.example.com "
                   "--server proxy.example.org --port 8443 --ufw skip")
     assert "vless_mtproxy … healthy" in out and "Checking that port 8443 answers … ok" in out, out
