@@ -8,7 +8,9 @@ fake DC on loopback while real clients use them and a few probes fail. Written t
 - qr.png, qr.svg, link.txt: the QR files and links `add-secret` wrote for the secret "alice";
 - qr-terminal.txt: `mtproxy show-config alice` as the terminal shows it (the QR code drawn in half blocks);
 - stats-live.txt: `mtproxy stats --live` in a tmux pane, captured with `tmux capture-pane`;
-- reject-lines.txt: the engine's `rejected handshake` lines for the probes, as fail2ban reads them.
+- reject-lines.txt: the engine's `rejected handshake` lines for the probes, as fail2ban reads them;
+- stack.txt: where the proxy sits in a vless stack, drawn from the HAProxy config `setup --behind-haproxy`
+  makes of the stack's (the real `haproxy.with_block`, and the mask setup would choose from it).
 
 The temporary root's path is written as /opt/vless and its free ports as 8444 (the proxy's loopback port)
 and 8888 (stats), as an installation behind HAProxy has them. Nothing
@@ -21,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mtproxy.host import haproxy
 from mtproxy.protocol.secret import parse_secret
 from mtproxy.testkit.client import ProxyClientError, open_client, send_raw
 from mtproxy.testkit.process import ProxyProcess, free_port
@@ -38,6 +42,27 @@ DOMAIN = "www.example.com"
 INSTALLED_ROOT = "/opt/vless"
 INSTALLED_PORT, INSTALLED_STATS_PORT = 8444, 8888  # the loopback port behind HAProxy, the stats port
 LABELS = ("alice", "bob", "family")
+# A vless stack's HAProxy config before setup: Xray (VLESS Reality) for every name but the stack's own site.
+STACK_HAPROXY = """defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1m
+    timeout server 1m
+
+frontend vless_443
+    bind :443
+    tcp-request inspect-delay 5s
+    tcp-request content accept if { req_ssl_hello_type 1 }
+    use_backend site if { req.ssl_sni -i site.example.org }
+    default_backend xray
+
+backend site
+    server site 127.0.0.1:8080
+
+backend xray
+    server xray 127.0.0.1:8443
+"""
+STACK_NOTES = {"site": "the stack's web site", "xray": "Xray, VLESS Reality"}
 PANE = ("100", "34")  # columns, rows of the captured terminal
 WAIT = 30.0  # seconds any one step may take
 SETTLE = 3.0
@@ -58,6 +83,42 @@ def _as_installed(text: str, root: Path, ports: dict[int, int]) -> str:
     for temporary, installed in ports.items():
         text = text.replace(f"127.0.0.1:{temporary}", f"127.0.0.1:{installed}")
     return text
+
+
+def _section(text: str, kind: str, name: str) -> list[str]:
+    """The lines of one section of an HAProxy config, without comments and blank lines."""
+    found = re.search(rf"^{kind}\s+{name}\s*\n((?:[ \t]+[^\n]*\n?|\n)*)", text, re.MULTILINE)
+    assert found is not None, f"no {kind} {name}"
+    return [line.strip() for line in found.group(1).splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def stack_diagram() -> str:
+    """The routes of the stack's 443 frontend once setup added the proxy, in HAProxy's order, each to its
+    backend's server; the proxy's own branch says where its connections go."""
+    config = haproxy.with_block(STACK_HAPROXY, [DOMAIN], INSTALLED_PORT, 443)
+    mask = haproxy.stack_mask(STACK_HAPROXY, 443, DOMAIN, {8443: "Xray"}, INSTALLED_PORT).target or f"{DOMAIN}:443"
+    routes: list[tuple[str, str]] = []
+    for line in _section(config, "frontend", "vless_443"):
+        rule = re.fullmatch(r"use_backend (\S+) if \{ req\.ssl_sni -i (.+) \}", line)
+        if rule is not None:
+            routes.append((f"SNI {rule.group(2)}", rule.group(1)))
+        elif line.startswith("default_backend "):
+            routes.append(("any other SNI", line.split()[1]))
+    lines = ["Telegram apps, VLESS clients, browsers ──▶ :443 HAProxy, frontend vless_443 (mode tcp, by SNI)"]
+    width = max(len(condition) for condition, _ in routes)
+    for n, (condition, backend) in enumerate(routes):
+        last = n == len(routes) - 1
+        server = next(line for line in _section(config, "backend", backend) if line.startswith("server "))
+        target = " ".join(server.split()[2:])
+        note = "mtproxy" if backend == haproxy.BACKEND else STACK_NOTES[backend]
+        head = f"  {'└' if last else '├'}─ {condition.ljust(width)} ─▶ backend {backend.ljust(7)} ─▶ "
+        lines.append(f"{head}{target} ({note})")
+        if backend == haproxy.BACKEND:
+            pad = f"  {' ' if last else '│'}" + " " * (len(head) - 3)
+            lines += [f"{pad}├─ with a secret ─▶ Telegram's DCs (or Xray's SOCKS5 inbound)",
+                      f"{pad}└─ anything else ─▶ the mask, {mask}, byte for byte"]
+    lines.append("Without HAProxy the apps connect straight to the proxy's own port (8443, 2053, …).")
+    return "\n".join(lines) + "\n"
 
 
 def _secret_value(root: Path, label: str) -> str:
@@ -151,8 +212,9 @@ def make_pictures(out: Path) -> list[Path]:
         screen, rejects = asyncio.run(_serve_and_capture(root, port, scratch))
         (out / "stats-live.txt").write_text(_as_installed(screen, root, ports))
         (out / "reject-lines.txt").write_text(_as_installed(rejects, root, ports))
+    (out / "stack.txt").write_text(stack_diagram())
     return [out / name for name in ("qr.png", "qr.svg", "link.txt", "qr-terminal.txt", "stats-live.txt",
-                                    "reject-lines.txt")]
+                                    "reject-lines.txt", "stack.txt")]
 
 
 if __name__ == "__main__":

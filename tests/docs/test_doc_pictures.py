@@ -12,10 +12,11 @@ import pytest
 from mtproxy.host import templates
 
 from ..qr_decode import decode_terminal_qr
+from .pictures import STACK_HAPROXY, stack_diagram
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "docs" / "mtproxy" / "pictures"
-FILES = ("qr.png", "qr.svg", "link.txt", "qr-terminal.txt", "stats-live.txt", "reject-lines.txt")
+FILES = ("qr.png", "qr.svg", "link.txt", "qr-terminal.txt", "stats-live.txt", "reject-lines.txt", "stack.txt")
 LABELS = ("alice", "bob", "family")
 
 
@@ -52,6 +53,20 @@ def check_pictures(directory: Path, scratch: Path) -> None:
     found = subprocess.run(["fail2ban-regex", "-o", "ip", str(directory / "reject-lines.txt"), str(filter_file)],
                            capture_output=True, text=True, timeout=60, check=True).stdout.split()
     assert found == ["127.0.0.1"] * 3, found
+    assert (directory / "stack.txt").read_text() == stack_diagram()
+
+
+def test_the_stack_diagram_is_the_route_setup_adds_and_the_guide_shows_it() -> None:
+    drawn = stack_diagram()
+    routes = [line for line in drawn.splitlines() if "─▶ backend" in line]
+    # HAProxy tries rules in order: the proxy's SNI rule must come before the stack's own, and the rest stays
+    assert [r.split("─▶ backend")[1].split()[0] for r in routes] == ["mtproxy", "site", "xray"], drawn
+    assert "127.0.0.1:8444 send-proxy-v2" in routes[0] and "SNI www.example.com" in routes[0]
+    assert "any other SNI" in routes[-1] and "127.0.0.1:8443" in routes[-1]
+    assert "the mask, www.example.com:443" in drawn  # no stack site serves the domain: setup's default mask
+    assert "mtproxy" not in STACK_HAPROXY  # drawn from what setup adds, not from a config that has it already
+    guide = (REPO / "docs" / "mtproxy" / "user_guide.md").read_text(encoding="utf-8")
+    assert f"```text\n{drawn}```" in guide, "docs/mtproxy/user_guide.md section 2 should show pictures/stack.txt"
 
 
 def test_the_committed_pictures_are_what_the_script_makes(tmp_path: Path) -> None:
