@@ -914,3 +914,283 @@ pub unsafe extern "C" fn mtp_obfs2_start(
     ptr::copy_nonoverlapping(backward[32..48].as_ptr(), out.add(INIT_SIZE + 32), 16);
     0
 }
+
+// ---- the fake-TLS handshake: a ClientHello checked, the server's flight built ----
+//
+// `mtproxy.protocol.faketls` holds the reference for both (`parse_client_hello` with `client_timestamp`,
+// `build_server_flight` with `cert_stand_in`); these give the same answers in one call each. Every read of
+// the record is bounds-checked: a malformed hello is an answer (-1), never a read past its end.
+
+const HELLO_PREFIX: [u8; 3] = [0x16, 0x03, 0x01];
+const TLS_RANDOM_OFFSET: usize = 11;
+const MIN_HELLO_PAYLOAD: usize = 64;
+const MAX_RECORD_PAYLOAD: usize = 16384;
+const TLS13_SUITES: [u16; 3] = [0x1301, 0x1302, 0x1303];
+const HELLO_MALFORMED: i32 = -1;
+const NO_NAME: u32 = u32::MAX;
+// ServerHello's extensions: key_share (x25519, 32 bytes), supported_versions (TLS 1.3)
+const KEY_SHARE_HEAD: [u8; 8] = [0x00, 0x33, 0x00, 0x24, 0x00, 0x1d, 0x00, 0x20];
+const SUPPORTED_VERSIONS: [u8; 6] = [0x00, 0x2b, 0x00, 0x02, 0x03, 0x04];
+const CHANGE_CIPHER_SPEC: [u8; 6] = [0x14, 0x03, 0x03, 0x00, 0x01, 0x01];
+
+/// The big-endian number in `data[at..at + n]`, None past the end.
+fn be(data: &[u8], at: usize, n: usize) -> Option<usize> {
+    let bytes = data.get(at..at.checked_add(n)?)?;
+    Some(bytes.iter().fold(0usize, |acc, &b| (acc << 8) | b as usize))
+}
+
+/// A TLS vector with a `width`-byte length at `pos`, ending by `end`: (its start, its end).
+fn vector(data: &[u8], pos: usize, width: usize, end: usize) -> Option<(usize, usize)> {
+    let start = pos + width;
+    if start > end {
+        return None;
+    }
+    let stop = start + be(data, pos, width)?;
+    (stop <= end).then_some((start, stop))
+}
+
+/// The server_name extension's body at `data[start..end]`: the first host_name's (offset, length), or
+/// NO_NAME when it has none; None when malformed or not ASCII.
+fn server_name(data: &[u8], start: usize, end: usize) -> Option<(u32, u32)> {
+    let end = end.min(start + 2 + be(data, start, 2).filter(|_| start + 2 <= end)?);
+    let mut pos = start + 2;
+    while pos < end {
+        if pos + 3 > end {
+            return None;
+        }
+        let name_type = data[pos];
+        let name_end = pos + 3 + be(data, pos + 1, 2)?;
+        if name_end > end {
+            return None;
+        }
+        if name_type == 0 {
+            let name = data.get(pos + 3..name_end)?;
+            return name.is_ascii().then_some(((pos + 3) as u32, name.len() as u32));
+        }
+        pos = name_end;
+    }
+    Some((NO_NAME, 0))
+}
+
+/// What the handshake needs of a well-formed ClientHello record: the session id's length (it starts at
+/// byte 44, after the random and its length byte), the last server_name extension's host name, the first TLS 1.3 suite offered (0: none).
+struct Hello {
+    session_id_len: u32,
+    name: (u32, u32),
+    suite: u32,
+}
+
+/// `parse_client_hello`'s checks, in its order; None when it raises.
+fn parse_hello(r: &[u8]) -> Option<Hello> {
+    if r.len() < RECORD_HEADER || r[..3] != HELLO_PREFIX {
+        return None;
+    }
+    let length = be(r, 3, 2)?;
+    if !(MIN_HELLO_PAYLOAD..=MAX_RECORD_PAYLOAD).contains(&length) || r.len() != RECORD_HEADER + length {
+        return None;
+    }
+    let total = r.len();
+    if *r.get(RECORD_HEADER)? != 0x01 {
+        return None;
+    }
+    let body_end = RECORD_HEADER + 4 + be(r, RECORD_HEADER + 1, 3)?;
+    if body_end > total || TLS_RANDOM_OFFSET + TLS_RANDOM > body_end {
+        return None;
+    }
+    let (sid_start, sid_end) = vector(r, TLS_RANDOM_OFFSET + TLS_RANDOM, 1, body_end)?;
+    let (suites_start, suites_end) = vector(r, sid_end, 2, body_end)?;
+    if (suites_end - suites_start) % 2 != 0 {
+        return None;
+    }
+    let (_, mut pos) = vector(r, suites_end, 1, body_end)?;
+    let mut name = (NO_NAME, 0);
+    if pos < body_end {
+        let extensions_end = pos + 2 + be(r, pos, 2).filter(|_| pos + 2 <= body_end)?;
+        if extensions_end > body_end {
+            return None;
+        }
+        pos += 2;
+        while pos < extensions_end {
+            if pos + 4 > extensions_end {
+                return None;
+            }
+            let ext_type = be(r, pos, 2)?;
+            let ext_end = pos + 4 + be(r, pos + 2, 2)?;
+            if ext_end > extensions_end {
+                return None;
+            }
+            if ext_type == 0 {
+                name = server_name(r, pos + 4, ext_end)?;
+            }
+            pos = ext_end;
+        }
+    }
+    let suites = r.get(suites_start..suites_end)?;
+    let suite = suites
+        .chunks_exact(2)
+        .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
+        .find(|suite| TLS13_SUITES.contains(suite))
+        .map_or(0, u32::from);
+    Some(Hello { session_id_len: (sid_end - sid_start) as u32, name, suite })
+}
+
+/// HMAC-SHA256 under `key` of `first` (one whole block) followed by `rest`.
+fn hmac_two(sha: Sha, key: &[u8], first: &[u8; SHA_BLOCK], rest: &[u8]) -> [u8; 32] {
+    let (mut inner, outer) = hmac_midstates(sha, key);
+    sha.compress(&mut inner, first);
+    let inner_digest = sha.finish(inner, 2 * SHA_BLOCK as u64, rest);
+    sha.finish(outer, SHA_BLOCK as u64, &inner_digest)
+}
+
+/// `faketls.parse_client_hello`'s checks on one whole ClientHello record. Returns -1 when it would raise,
+/// else, packed into one number: bits 0..8 the session id's length (it starts at byte 44), 8..24 the host
+/// name's offset in the record (0xffff: the hello names no host), 24..40 its length, 40..56 the first TLS 1.3
+/// cipher suite offered (0: none). -2 on a null pointer.
+///
+/// # Safety
+/// `record` readable for `record_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn mtp_tls_hello_parse(record: *const u8, record_len: usize) -> i64 {
+    if record.is_null() || !fits(record_len, 1) {
+        return BAD_ARGUMENT as i64;
+    }
+    match parse_hello(core::slice::from_raw_parts(record, record_len)) {
+        None => HELLO_MALFORMED as i64,
+        Some(hello) => {
+            let name_at = if hello.name.0 == NO_NAME { 0xffff } else { hello.name.0 as i64 };
+            hello.session_id_len as i64 | name_at << 8 | (hello.name.1 as i64) << 24 | (hello.suite as i64) << 40
+        }
+    }
+}
+
+/// `faketls.client_timestamp` under one secret key: HMAC-SHA256 of the ClientHello `record` with its random
+/// (bytes 11..43) zeroed, against the random's first 28 bytes, compared in constant time. Returns the
+/// client's clock (the digest's last 4 bytes XOR the random's, little-endian) when they match, -1 when they
+/// differ, -2 on a null pointer or a record shorter than 64 bytes.
+///
+/// # Safety
+/// `record` readable for `record_len` bytes, `key` for `key_len` (may be null when 0).
+#[no_mangle]
+pub unsafe extern "C" fn mtp_tls_hello_clock(record: *const u8, record_len: usize, key: *const u8, key_len: usize) -> i64 {
+    if record.is_null() || record_len < SHA_BLOCK || !fits(record_len, 1) || !fits(key_len, 1)
+        || (key.is_null() && key_len != 0)
+    {
+        return BAD_ARGUMENT as i64;
+    }
+    let r = core::slice::from_raw_parts(record, record_len);
+    let key = if key_len == 0 { &[][..] } else { core::slice::from_raw_parts(key, key_len) };
+    let mut first = [0u8; SHA_BLOCK];
+    first.copy_from_slice(&r[..SHA_BLOCK]);
+    first[TLS_RANDOM_OFFSET..TLS_RANDOM_OFFSET + TLS_RANDOM].fill(0);
+    let digest = hmac_two(Sha::new(), key, &first, &r[SHA_BLOCK..]);
+    let random = &r[TLS_RANDOM_OFFSET..TLS_RANDOM_OFFSET + TLS_RANDOM];
+    let mut differ = 0u8;
+    for (a, b) in digest[..DIGEST_CHECKED].iter().zip(&random[..DIGEST_CHECKED]) {
+        differ |= a ^ b;
+    }
+    if core::hint::black_box(differ) != 0 {
+        return NO_MATCH as i64;
+    }
+    let mut tail = [0u8; 4];
+    for i in 0..4 {
+        tail[i] = digest[DIGEST_CHECKED + i] ^ random[DIGEST_CHECKED + i];
+    }
+    u32::from_le_bytes(tail) as i64
+}
+
+/// The bytes of the server's flight for a session id of `session_id_len` bytes and a certificate record of
+/// `cert_size`.
+fn flight_size(session_id_len: usize, cert_size: usize) -> usize {
+    let hello_body = 2 + TLS_RANDOM + 1 + session_id_len + 2 + 1 + 2 + KEY_SHARE_HEAD.len() + 32 + SUPPORTED_VERSIONS.len();
+    RECORD_HEADER + 4 + hello_body + CHANGE_CIPHER_SPEC.len() + RECORD_HEADER + cert_size
+}
+
+/// Build the server's flight into `out` (`faketls.build_server_flight` of `faketls.cert_stand_in`):
+/// ServerHello (echoing the session id, choosing `suite`, the x25519 share `key_share`), ChangeCipherSpec,
+/// and one application-data record of `cert_size` bytes of AES-256-CTR keystream under `cert_key` from a zero
+/// counter block, the ServerHello's random being HMAC-SHA256(secret key, client random + the flight with
+/// that random zeroed). Returns the flight's length, -2 on a bad argument (a null pointer, a session id over
+/// 255 bytes, a certificate size outside 1..16384, `out_len` too small), -1 without AES-NI, AVX2 and VAES.
+///
+/// # Safety
+/// `key` readable for `key_len` bytes (may be null when 0), `client_random`, `key_share` and `cert_key` for
+/// 32, `session_id`
+/// for `session_id_len` (may be null when 0), `out` writable for `out_len`.
+#[no_mangle]
+pub unsafe extern "C" fn mtp_tls_flight(
+    key: *const u8,
+    key_len: usize,
+    client_random: *const u8,
+    session_id: *const u8,
+    session_id_len: usize,
+    suite: u32,
+    key_share: *const u8,
+    cert_key: *const u8,
+    cert_size: usize,
+    out: *mut u8,
+    out_len: usize,
+) -> i64 {
+    if !cpu_ok() {
+        return -1;
+    }
+    if (key.is_null() && key_len != 0)
+        || !fits(key_len, 1)
+        || client_random.is_null()
+        || key_share.is_null()
+        || cert_key.is_null()
+        || out.is_null()
+        || (session_id.is_null() && session_id_len != 0)
+        || session_id_len > 255
+        || suite > 0xffff
+        || !(1..=MAX_RECORD_PAYLOAD).contains(&cert_size)
+    {
+        return BAD_ARGUMENT as i64;
+    }
+    let total = flight_size(session_id_len, cert_size);
+    if out_len < total || out_len > isize::MAX as usize {
+        return BAD_ARGUMENT as i64;
+    }
+    let flight = core::slice::from_raw_parts_mut(out, total);
+    let hello_record = total - CHANGE_CIPHER_SPEC.len() - RECORD_HEADER - cert_size;
+    let handshake = hello_record - RECORD_HEADER;
+    let hello_body = handshake - 4;
+    let extensions = KEY_SHARE_HEAD.len() + 32 + SUPPORTED_VERSIONS.len();
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| {
+        flight[at..at + bytes.len()].copy_from_slice(bytes);
+        at += bytes.len();
+    };
+    put(&[0x16, 0x03, 0x03]);
+    put(&(handshake as u16).to_be_bytes());
+    put(&[0x02]);
+    put(&(hello_body as u32).to_be_bytes()[1..]);
+    put(&[0x03, 0x03]);
+    put(&[0u8; TLS_RANDOM]);
+    put(&[session_id_len as u8]);
+    if session_id_len != 0 {
+        put(core::slice::from_raw_parts(session_id, session_id_len));
+    }
+    put(&(suite as u16).to_be_bytes());
+    put(&[0x00]);
+    put(&(extensions as u16).to_be_bytes());
+    put(&KEY_SHARE_HEAD);
+    put(&*(key_share as *const [u8; 32]));
+    put(&SUPPORTED_VERSIONS);
+    put(&CHANGE_CIPHER_SPEC);
+    put(&[0x17, 0x03, 0x03]);
+    put(&(cert_size as u16).to_be_bytes());
+    let cert_at = at;
+    flight[cert_at..].fill(0);
+    let mut state = [0u8; STATE_SIZE];
+    mtp_ctr_init(state.as_mut_ptr(), cert_key, [0u8; 16].as_ptr());
+    let body = flight[cert_at..].as_mut_ptr();
+    mtp_ctr_xor(state.as_mut_ptr(), body, body, cert_size);
+    // the HMAC's message: the client's random, then the flight (its own random still zero)
+    let mut first = [0u8; SHA_BLOCK];
+    first[..TLS_RANDOM].copy_from_slice(&*(client_random as *const [u8; TLS_RANDOM]));
+    first[TLS_RANDOM..].copy_from_slice(&flight[..SHA_BLOCK - TLS_RANDOM]);
+    let key = if key_len == 0 { &[][..] } else { core::slice::from_raw_parts(key, key_len) };
+    let digest = hmac_two(Sha::new(), key, &first, &flight[SHA_BLOCK - TLS_RANDOM..]);
+    flight[TLS_RANDOM_OFFSET..TLS_RANDOM_OFFSET + TLS_RANDOM].copy_from_slice(&digest);
+    total as i64
+}

@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 
 from mtproxy.crypto import aesblock, backend, ctr, native
-from mtproxy.protocol import obfs2
+from mtproxy.protocol import faketls, obfs2
 from mtproxy.protocol.faketls import ClientHello
 from mtproxy.protocol.secret import Secret
 
@@ -192,3 +192,27 @@ def test_a_fresh_interpreter_loads_the_name_it_passes_in() -> None:
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MTPROXY_KEYSTREAM": "gcm"},
                          capture_output=True, text=True, check=True, timeout=60).stdout
     assert out.strip() == "gcm OpenSSL's AES-GCM keystream"
+
+
+def test_only_the_native_backend_brings_the_fake_tls_handshake(aes: backend.Backend) -> None:
+    brought = {aes.tls_parse is not None, aes.tls_clock is not None, aes.tls_flight is not None}
+    assert brought == {aes.name == "native"}
+
+
+def test_a_wrong_fake_tls_handshake_fails_the_self_test(libcrypto: ctypes.CDLL | None) -> None:
+    plain = candidates(libcrypto)[2]
+
+    def lenient(record: bytes) -> ClientHello:  # takes a truncated record as Python's parser would a whole one
+        return faketls.parse_client_hello(record if len(record) % 2 else record + b"\x00")
+
+    def trusting(record: bytes, key: bytes) -> int | None:
+        return 1_000_000_000
+
+    def unsigned(key: bytes, hello: ClientHello, key_share: bytes, cert_key: bytes, size: int) -> bytes:
+        return faketls.build_server_flight(key, hello, key_share, bytes(size))
+
+    for wrong, message in ((replace(plain, tls_parse=lenient), "parse takes a truncated record"),
+                           (replace(plain, tls_clock=trusting), "digest check is not"),
+                           (replace(plain, tls_flight=unsigned), "server flight is not")):
+        with pytest.raises(ValueError, match=message):
+            backend.self_test(wrong)

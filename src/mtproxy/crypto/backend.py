@@ -18,13 +18,13 @@ from typing import Final
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from mtproxy.protocol import client, faketls, obfs2
-from mtproxy.protocol.cipher import InitStart, Keystream, ScanFactory
+from mtproxy.protocol.cipher import FlightBuild, HelloClock, HelloParse, InitStart, Keystream, ScanFactory
 from mtproxy.protocol.secret import Secret, SecretKind
 
 from .aesblock import BlockEncrypt, block_encryptor, cryptography_encrypt_block, open_libcrypto
 from .ctr import ACCELERATE_AFTER, BLOCK, CtrStream, transform_upload
 from .gcm import GcmIv, load_divider
-from .native import NativeCtr, NativeSecretScan, open_library
+from .native import NativeCtr, NativeSecretScan, build_flight, hello_clock, open_library, parse_hello
 
 KEYSTREAM_ENV: Final = "MTPROXY_KEYSTREAM"  # names one of KEYSTREAMS instead of choosing (read by the engine)
 KEYSTREAMS: Final = {  # the backends' names, and what each is, for the start-up log line
@@ -46,6 +46,9 @@ class Backend:
     encrypt_block: BlockEncrypt
     secret_scan: ScanFactory | None = None  # None: SecretTable scans in Python with `encrypt_block`
     start_init: InitStart | None = None  # None: obfs2 derives the keys and starts the stream in Python
+    tls_parse: HelloParse | None = None  # None: faketls parses the ClientHello in Python
+    tls_clock: HelloClock | None = None  # None: faketls checks a ClientHello's digest with hashlib
+    tls_flight: FlightBuild | None = None  # None: faketls builds the server's flight in Python
 
 
 def openssl_ctr(encrypt_block: BlockEncrypt = cryptography_encrypt_block, why: str = "chosen by the caller") -> Backend:
@@ -62,9 +65,12 @@ def gcm_keystream(libcrypto: ctypes.CDLL | None, encrypt_block: BlockEncrypt,
 
 
 def native_library(lib: ctypes.CDLL, encrypt_block: BlockEncrypt, why: str = "chosen by the caller") -> Backend:
-    """The native library's streams and secret scan (`native.open_library` gives `lib`)."""
+    """The native library's streams, secret scan, init start and fake-TLS handshake (`native.open_library`
+    gives `lib`)."""
     return Backend("native", why, functools.partial(NativeCtr, lib), encrypt_block,
-                   functools.partial(NativeSecretScan, lib), functools.partial(NativeCtr.start_init, lib))
+                   functools.partial(NativeSecretScan, lib), functools.partial(NativeCtr.start_init, lib),
+                   functools.partial(parse_hello, lib), functools.partial(hello_clock, lib),
+                   functools.partial(build_flight, lib))
 
 
 def load(forced: str = "") -> Backend:
@@ -113,8 +119,8 @@ def _reference(key: bytes, iv: bytes, data: bytes) -> bytes:
 def self_test(backend: Backend) -> None:
     """A backend's streams against OpenSSL's CTR: across the 64-bit and 128-bit counter carries and, past
     ACCELERATE_AFTER, across a 32-bit wrap (where a GCM keystream must start a new context), in uneven
-    pieces; then the upload's two passes, plain and over a gathered run of records; then its secret scan and
-    its init start, if it has them. Raises ValueError."""
+    pieces; then the upload's two passes, plain and over a gathered run of records; then its secret scan, its
+    init start and its fake-TLS handshake, if it has them. Raises ValueError."""
     key, other = bytes(range(32)), bytes(range(32, 64))
     data = bytes(range(256)) * 4 + b"tail"
     # at ACCELERATE_AFTER the counter is two blocks before its low 32 bits wrap
@@ -145,6 +151,8 @@ def self_test(backend: Backend) -> None:
         _test_scan(backend, backend.secret_scan)
     if backend.start_init is not None:
         _test_init_start(backend, backend.start_init, data)
+    if backend.tls_parse is not None or backend.tls_clock is not None or backend.tls_flight is not None:
+        _test_tls(backend)
 
 
 def _test_init_start(backend: Backend, start: InitStart, data: bytes) -> None:
@@ -157,6 +165,31 @@ def _test_init_start(backend: Backend, start: InitStart, data: bytes) -> None:
             raise ValueError("its init start is not obfuscated2's stream")
         if reverse != backward.key + backward.iv:
             raise ValueError("its init start gives the wrong reverse keys")
+
+
+def _test_tls(backend: Backend) -> None:
+    """Its fake-TLS hello parse, digest check and server flight against the Python references in
+    `protocol.faketls`: a hello, a record it must refuse, the right key and a wrong one, a flight byte for byte."""
+    key, drawn = bytes(range(16)), bytes(range(100, 100 + faketls.FLIGHT_RANDOM))
+    record = client.build_client_hello(key, "example.com", lambda n: bytes(i % 251 for i in range(n)), 1e9)
+    hello = faketls.parse_client_hello(record)
+    if backend.tls_parse is not None:
+        if backend.tls_parse(record) != hello:
+            raise ValueError("its ClientHello parse is not faketls'")
+        try:
+            backend.tls_parse(record[:-1])
+        except faketls.TlsFormatError:
+            pass
+        else:
+            raise ValueError("its ClientHello parse takes a truncated record")
+    if backend.tls_clock is not None and (backend.tls_clock(record, key) != 1_000_000_000
+                                          or backend.tls_clock(record, bytes(16)) is not None):
+        raise ValueError("its ClientHello digest check is not faketls'")
+    if backend.tls_flight is not None:
+        reference = replace(backend, tls_flight=None)
+        expected = faketls.server_flight(reference, key, hello, lambda n: drawn[:n], 1000)
+        if backend.tls_flight(key, hello, drawn[:32], drawn[32:], 1000) != expected:
+            raise ValueError("its server flight is not faketls'")
 
 
 def _test_scan(backend: Backend, factory: ScanFactory) -> None:

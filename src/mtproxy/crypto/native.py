@@ -20,7 +20,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from mtproxy.protocol.faketls import RANDOM_SIZE, RECORD_HEADER_SIZE, ClientHello, Layout, zero_random
+from mtproxy.protocol.faketls import (
+    CERT_KEY_SIZE,
+    KEY_SHARE_SIZE,
+    MAX_RECORD_PAYLOAD,
+    RANDOM_OFFSET,
+    RANDOM_SIZE,
+    RECORD_HEADER_SIZE,
+    SESSION_ID_OFFSET,
+    ClientHello,
+    Layout,
+    TlsFormatError,
+    zero_random,
+)
 from mtproxy.protocol.obfs2 import INIT_SIZE
 from mtproxy.protocol.secret import KEY_SIZE, Secret
 
@@ -30,6 +42,11 @@ MODULE_NAME: Final = "_native_aes"  # pyproject.toml builds it as mtproxy.crypto
 MIDSTATES_SIZE: Final = 64  # one key's HMAC-SHA256 inner and outer states (mtp_hmac_prepare)
 INIT_REVERSE_SIZE: Final = 48  # the reverse direction's key and counter block (mtp_obfs2_start)
 MAX_INIT_SECRET: Final = 32  # the longest secret key mtp_obfs2_start hashes
+HELLO_MALFORMED: Final = -1  # what mtp_tls_hello_parse returns for a record parse_client_hello refuses
+NO_NAME: Final = 0xFFFF  # mtp_tls_hello_parse's host name offset when the hello names no host
+# the flight's bytes besides the session id and the certificate: ServerHello (record and handshake headers,
+# version, random, session id length, suite, compression, extensions), ChangeCipherSpec, a record header
+_FLIGHT_FIXED: Final = 5 + 4 + 2 + RANDOM_SIZE + 1 + 2 + 1 + 2 + 46 + 6 + 5
 
 
 def open_library(directory: Path | None = None) -> ctypes.CDLL | None:
@@ -69,6 +86,12 @@ def open_library(directory: Path | None = None) -> ctypes.CDLL | None:
             lib.mtp_tls_scan.restype = i32
             lib.mtp_tls_scan.argtypes = [vp, size, vp, vp, size, vp, vp, size, i32, i32,
                                          ctypes.POINTER(ctypes.c_uint32)]
+            lib.mtp_tls_hello_parse.restype = ctypes.c_int64
+            lib.mtp_tls_hello_parse.argtypes = [vp, size]
+            lib.mtp_tls_hello_clock.restype = ctypes.c_int64
+            lib.mtp_tls_hello_clock.argtypes = [vp, size, vp, size]
+            lib.mtp_tls_flight.restype = ctypes.c_int64
+            lib.mtp_tls_flight.argtypes = [vp, size, vp, vp, size, ctypes.c_uint32, vp, vp, size, vp, size]
         except (OSError, AttributeError):  # not loadable here, or a stale build without these functions
             continue
         if lib.mtp_available() == 1 and lib.mtp_state_size() == STATE_SIZE:
@@ -235,3 +258,46 @@ class NativeSecretScan:
             if found < -1:
                 raise OSError(f"the native secret scan failed ({found})")
         return None
+
+
+def parse_hello(lib: ctypes.CDLL, record: bytes) -> ClientHello:
+    """`protocol.cipher.HelloParse` in one library call (`mtp_tls_hello_parse`): TlsFormatError exactly where
+    `faketls.parse_client_hello` raises one."""
+    record = bytes(record)
+    packed: int = lib.mtp_tls_hello_parse(record, len(record))
+    if packed < 0:
+        if packed == HELLO_MALFORMED:
+            raise TlsFormatError("malformed ClientHello")
+        raise OSError(f"the native library refused a ClientHello ({packed})")
+    name_at = packed >> 8 & 0xFFFF
+    sni = None
+    if name_at != NO_NAME:
+        sni = record[name_at : name_at + (packed >> 24 & 0xFFFF)].decode("ascii").lower()
+    return ClientHello(record, record[RANDOM_OFFSET:SESSION_ID_OFFSET - 1],
+                       record[SESSION_ID_OFFSET : SESSION_ID_OFFSET + (packed & 0xFF)], packed >> 40, sni)
+
+
+def hello_clock(lib: ctypes.CDLL, record: bytes, secret_key: bytes) -> int | None:
+    """`protocol.cipher.HelloClock` in one library call (`mtp_tls_hello_clock`)."""
+    clock: int = lib.mtp_tls_hello_clock(record, len(record), secret_key, len(secret_key))
+    if clock < -1:
+        raise ValueError(f"the native library refused a ClientHello of {len(record)} bytes")
+    return clock if clock >= 0 else None
+
+
+def build_flight(lib: ctypes.CDLL, secret_key: bytes, hello: ClientHello, key_share: bytes, cert_key: bytes,
+                 cert_size: int) -> bytes:
+    """`protocol.cipher.FlightBuild` in one library call (`mtp_tls_flight`)."""
+    if len(key_share) != KEY_SHARE_SIZE or len(cert_key) != CERT_KEY_SIZE or len(hello.random) != RANDOM_SIZE:
+        raise ValueError("the flight takes a 32-byte key share, certificate key and client random")
+    if not hello.suite:
+        raise TlsFormatError("the client offers no TLS 1.3 cipher suite")
+    if not 1 <= cert_size <= MAX_RECORD_PAYLOAD or len(hello.session_id) > 255:
+        raise ValueError("fake certificate size must be 1..16384, a session id at most 255 bytes")
+    size = _FLIGHT_FIXED + len(hello.session_id) + cert_size
+    out = ctypes.create_string_buffer(size)
+    n = lib.mtp_tls_flight(secret_key, len(secret_key), hello.random, hello.session_id, len(hello.session_id),
+                           hello.suite, key_share, cert_key, cert_size, out, size)
+    if n != size:
+        raise OSError(f"the native library refused to build a flight ({n})")
+    return out.raw

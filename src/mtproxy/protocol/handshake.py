@@ -47,6 +47,13 @@ class SecretTable:
     def keyed_hmac(self, index: int) -> hmac.HMAC:
         return self._keyed[index]
 
+    def hello_timestamp(self, hello: faketls.ClientHello, index: int) -> int | None:
+        """The client's clock if the hello's digest verifies under secret `index`, else None."""
+        clock = self._aes.tls_clock
+        if clock is None:
+            return faketls.client_timestamp(self._keyed[index], hello)
+        return clock(hello.record, self.secrets[index].key)
+
     def with_domain(self, domain: str | None) -> tuple[int, ...]:
         """The indexes of the secrets whose fake-TLS domain is `domain`."""
         return self._by_domain.get(domain, ()) if domain is not None else ()
@@ -284,16 +291,17 @@ class Handshake:
         return Authenticated(self._auth_result(index, decoded, fake_tls=False, pending=bytes(self._received[64:])))
 
     def _feed_tls_hello(self, now: float) -> Step:
-        if len(self._received) < faketls.RECORD_HEADER_SIZE:
+        received = self._received
+        if len(received) < faketls.RECORD_HEADER_SIZE:
             return NeedMore()
         try:
-            total = faketls.hello_record_length(bytes(self._received[: faketls.RECORD_HEADER_SIZE]))
+            total = faketls.hello_record_length(bytes(received[: faketls.RECORD_HEADER_SIZE]))
         except TlsFormatError:
             return self._reject(RejectReason.TLS_MALFORMED)
-        if len(self._received) < total:
+        if len(received) < total:
             return NeedMore()
         try:
-            hello = faketls.parse_client_hello(bytes(self._received[:total]))
+            hello = faketls.parse_hello(self._aes, bytes(received[:total]))
             faketls.choose_cipher_suite(hello)
         except TlsFormatError:
             return self._reject(RejectReason.TLS_MALFORMED)
@@ -303,14 +311,14 @@ class Handshake:
         table = self._table
         hint = self._hint_index()
         if hint >= 0:
-            timestamp = faketls.client_timestamp(table.keyed_hmac(hint), hello)
+            timestamp = table.hello_timestamp(hello, hint)
             if timestamp is not None:
                 return self._tls_found(hello, hint, timestamp, now)
         group = table.with_domain(hello.sni)
         # the operator's per-user-group domains: a new client costs a few tries, never a scan
         if len(group) < self._settings.inline_scan_limit:
             for index in group:
-                timestamp = faketls.client_timestamp(table.keyed_hmac(index), hello) if index != hint else None
+                timestamp = table.hello_timestamp(hello, index) if index != hint else None
                 if timestamp is not None:
                     return self._tls_found(hello, index, timestamp, now)
         if self._replayed(hello.random, now):
@@ -335,7 +343,8 @@ class Handshake:
         if self._check_replay(hello.random, now, ttl):
             return self._reject(RejectReason.REPLAY)
         self._secret_index = index
-        flight = faketls.build_server_flight(self._table.secrets[index].key, hello, self._random, self._cert_size())
+        flight = faketls.server_flight(self._aes, self._table.secrets[index].key, hello, self._random,
+                                       self._cert_size())
         self._state = _TLS_INIT
         self._tls_reader = faketls.TlsRecordReader()
         total = len(hello.record)
