@@ -917,14 +917,16 @@ pub unsafe extern "C" fn mtp_obfs2_start(
 
 // ---- the fake-TLS handshake: a ClientHello checked, the server's flight built ----
 //
-// `mtproxy.protocol.faketls` holds the reference for both (`parse_client_hello` with `client_timestamp`,
-// `build_server_flight` with `cert_stand_in`); these give the same answers in one call each. Every read of
+// `mtproxy.protocol.faketls` holds the references (`parse_client_hello`; `client_timestamp`, then
+// `build_server_flight` of `cert_stand_in`); these give the same answers in two calls: parse, then accept under
+// each candidate key. Every read of
 // the record is bounds-checked: a malformed hello is an answer (-1), never a read past its end.
 
 const HELLO_PREFIX: [u8; 3] = [0x16, 0x03, 0x01];
 const TLS_RANDOM_OFFSET: usize = 11;
 const MIN_HELLO_PAYLOAD: usize = 64;
 const MAX_RECORD_PAYLOAD: usize = 16384;
+const SESSION_ID_OFFSET: usize = TLS_RANDOM_OFFSET + TLS_RANDOM + 1; // after the random and its length byte
 const TLS13_SUITES: [u16; 3] = [0x1301, 0x1302, 0x1303];
 const HELLO_MALFORMED: i32 = -1;
 const NO_NAME: u32 = u32::MAX;
@@ -973,7 +975,7 @@ fn server_name(data: &[u8], start: usize, end: usize) -> Option<(u32, u32)> {
 }
 
 /// What the handshake needs of a well-formed ClientHello record: the session id's length (it starts at
-/// byte 44, after the random and its length byte), the last server_name extension's host name, the first TLS 1.3 suite offered (0: none).
+/// SESSION_ID_OFFSET), the last server_name extension's host name, the first TLS 1.3 suite offered (0: none).
 struct Hello {
     session_id_len: u32,
     name: (u32, u32),
@@ -1034,12 +1036,18 @@ fn parse_hello(r: &[u8]) -> Option<Hello> {
     Some(Hello { session_id_len: (sid_end - sid_start) as u32, name, suite })
 }
 
-/// HMAC-SHA256 under `key` of `first` (one whole block) followed by `rest`.
-fn hmac_two(sha: Sha, key: &[u8], first: &[u8; SHA_BLOCK], rest: &[u8]) -> [u8; 32] {
-    let (mut inner, outer) = hmac_midstates(sha, key);
-    sha.compress(&mut inner, first);
-    let inner_digest = sha.finish(inner, 2 * SHA_BLOCK as u64, rest);
-    sha.finish(outer, SHA_BLOCK as u64, &inner_digest)
+/// Two HMAC-SHA256 under one key (its midstates), each of a first block then the rest, hashed side by side
+/// over the blocks both have: one lane alone waits on each round's latency, two fill it.
+fn hmac_pair(sha: Sha, key: &([u32; 8], [u32; 8]), a: (&[u8; SHA_BLOCK], &[u8]), b: (&[u8; SHA_BLOCK], &[u8])) -> [[u8; 32]; 2] {
+    let (inner, outer) = *key;
+    let mut states = [inner; 2];
+    sha.compress_lanes(&mut states, [&a.0[..], &b.0[..]]);
+    let shared = a.1.len().min(b.1.len()) / SHA_BLOCK * SHA_BLOCK;
+    sha.compress_lanes(&mut states, [&a.1[..shared], &b.1[..shared]]);
+    let prefix = (2 * SHA_BLOCK + shared) as u64;
+    let inner_a = sha.finish(states[0], prefix, &a.1[shared..]);
+    let inner_b = sha.finish(states[1], prefix, &b.1[shared..]);
+    sha.finish_lanes([outer; 2], SHA_BLOCK as u64, [&inner_a[..], &inner_b[..]])
 }
 
 /// `faketls.parse_client_hello`'s checks on one whole ClientHello record. Returns -1 when it would raise,
@@ -1063,39 +1071,22 @@ pub unsafe extern "C" fn mtp_tls_hello_parse(record: *const u8, record_len: usiz
     }
 }
 
-/// `faketls.client_timestamp` under one secret key: HMAC-SHA256 of the ClientHello `record` with its random
-/// (bytes 11..43) zeroed, against the random's first 28 bytes, compared in constant time. Returns the
-/// client's clock (the digest's last 4 bytes XOR the random's, little-endian) when they match, -1 when they
-/// differ, -2 on a null pointer or a record shorter than 64 bytes.
-///
-/// # Safety
-/// `record` readable for `record_len` bytes, `key` for `key_len` (may be null when 0).
-#[no_mangle]
-pub unsafe extern "C" fn mtp_tls_hello_clock(record: *const u8, record_len: usize, key: *const u8, key_len: usize) -> i64 {
-    if record.is_null() || record_len < SHA_BLOCK || !fits(record_len, 1) || !fits(key_len, 1)
-        || (key.is_null() && key_len != 0)
-    {
-        return BAD_ARGUMENT as i64;
-    }
-    let r = core::slice::from_raw_parts(record, record_len);
-    let key = if key_len == 0 { &[][..] } else { core::slice::from_raw_parts(key, key_len) };
-    let mut first = [0u8; SHA_BLOCK];
-    first.copy_from_slice(&r[..SHA_BLOCK]);
-    first[TLS_RANDOM_OFFSET..TLS_RANDOM_OFFSET + TLS_RANDOM].fill(0);
-    let digest = hmac_two(Sha::new(), key, &first, &r[SHA_BLOCK..]);
-    let random = &r[TLS_RANDOM_OFFSET..TLS_RANDOM_OFFSET + TLS_RANDOM];
+/// `faketls.client_timestamp`'s verdict on a ClientHello's random given the HMAC-SHA256 of the hello with
+/// that random zeroed: the first 28 bytes compared in constant time; the client's clock (the digest's last 4
+/// bytes XOR the random's, little-endian) when they match.
+fn hello_clock(digest: &[u8; 32], random: &[u8]) -> Option<u32> {
     let mut differ = 0u8;
     for (a, b) in digest[..DIGEST_CHECKED].iter().zip(&random[..DIGEST_CHECKED]) {
         differ |= a ^ b;
     }
     if core::hint::black_box(differ) != 0 {
-        return NO_MATCH as i64;
+        return None;
     }
     let mut tail = [0u8; 4];
     for i in 0..4 {
         tail[i] = digest[DIGEST_CHECKED + i] ^ random[DIGEST_CHECKED + i];
     }
-    u32::from_le_bytes(tail) as i64
+    Some(u32::from_le_bytes(tail))
 }
 
 /// The bytes of the server's flight for a session id of `session_id_len` bytes and a certificate record of
@@ -1105,55 +1096,19 @@ fn flight_size(session_id_len: usize, cert_size: usize) -> usize {
     RECORD_HEADER + 4 + hello_body + CHANGE_CIPHER_SPEC.len() + RECORD_HEADER + cert_size
 }
 
-/// Build the server's flight into `out` (`faketls.build_server_flight` of `faketls.cert_stand_in`):
-/// ServerHello (echoing the session id, choosing `suite`, the x25519 share `key_share`), ChangeCipherSpec,
-/// and one application-data record of `cert_size` bytes of AES-256-CTR keystream under `cert_key` from a zero
-/// counter block, the ServerHello's random being HMAC-SHA256(secret key, client random + the flight with
-/// that random zeroed). Returns the flight's length, -2 on a bad argument (a null pointer, a session id over
-/// 255 bytes, a certificate size outside 1..16384, `out_len` too small), -1 without AES-NI, AVX2 and VAES.
-///
-/// # Safety
-/// `key` readable for `key_len` bytes (may be null when 0), `client_random`, `key_share` and `cert_key` for
-/// 32, `session_id`
-/// for `session_id_len` (may be null when 0), `out` writable for `out_len`.
-#[no_mangle]
-pub unsafe extern "C" fn mtp_tls_flight(
-    key: *const u8,
-    key_len: usize,
-    client_random: *const u8,
-    session_id: *const u8,
-    session_id_len: usize,
-    suite: u32,
-    key_share: *const u8,
-    cert_key: *const u8,
-    cert_size: usize,
-    out: *mut u8,
-    out_len: usize,
-) -> i64 {
-    if !cpu_ok() {
-        return -1;
-    }
-    if (key.is_null() && key_len != 0)
-        || !fits(key_len, 1)
-        || client_random.is_null()
-        || key_share.is_null()
-        || cert_key.is_null()
-        || out.is_null()
-        || (session_id.is_null() && session_id_len != 0)
-        || session_id_len > 255
-        || suite > 0xffff
-        || !(1..=MAX_RECORD_PAYLOAD).contains(&cert_size)
-    {
-        return BAD_ARGUMENT as i64;
-    }
-    let total = flight_size(session_id_len, cert_size);
-    if out_len < total || out_len > isize::MAX as usize {
-        return BAD_ARGUMENT as i64;
-    }
-    let flight = core::slice::from_raw_parts_mut(out, total);
-    let hello_record = total - CHANGE_CIPHER_SPEC.len() - RECORD_HEADER - cert_size;
-    let handshake = hello_record - RECORD_HEADER;
-    let hello_body = handshake - 4;
+/// `faketls.build_server_flight` of `faketls.cert_stand_in` into `flight` (exactly `flight_size` bytes), its
+/// ServerHello's random left zero for the HMAC: ServerHello (echoing the session id, choosing `suite`, the
+/// x25519 share `key_share`), ChangeCipherSpec, and one application-data record of AES-256-CTR keystream
+/// under `cert_key` from a zero counter block. The caller has checked `cpu_ok`.
+unsafe fn write_flight(
+    session_id: &[u8],
+    suite: u16,
+    key_share: &[u8],
+    cert_key: &[u8; 32],
+    flight: &mut [u8],
+) {
+    let cert_size = flight.len() - flight_size(session_id.len(), 0);
+    let handshake = flight_size(session_id.len(), 0) - CHANGE_CIPHER_SPEC.len() - 2 * RECORD_HEADER;
     let extensions = KEY_SHARE_HEAD.len() + 32 + SUPPORTED_VERSIONS.len();
     let mut at = 0;
     let mut put = |bytes: &[u8]| {
@@ -1163,34 +1118,97 @@ pub unsafe extern "C" fn mtp_tls_flight(
     put(&[0x16, 0x03, 0x03]);
     put(&(handshake as u16).to_be_bytes());
     put(&[0x02]);
-    put(&(hello_body as u32).to_be_bytes()[1..]);
+    put(&((handshake - 4) as u32).to_be_bytes()[1..]);
     put(&[0x03, 0x03]);
     put(&[0u8; TLS_RANDOM]);
-    put(&[session_id_len as u8]);
-    if session_id_len != 0 {
-        put(core::slice::from_raw_parts(session_id, session_id_len));
-    }
-    put(&(suite as u16).to_be_bytes());
+    put(&[session_id.len() as u8]);
+    put(session_id);
+    put(&suite.to_be_bytes());
     put(&[0x00]);
     put(&(extensions as u16).to_be_bytes());
     put(&KEY_SHARE_HEAD);
-    put(&*(key_share as *const [u8; 32]));
+    put(key_share);
     put(&SUPPORTED_VERSIONS);
     put(&CHANGE_CIPHER_SPEC);
     put(&[0x17, 0x03, 0x03]);
     put(&(cert_size as u16).to_be_bytes());
-    let cert_at = at;
-    flight[cert_at..].fill(0);
+    let body = &mut flight[at..];
+    body.fill(0);
     let mut state = [0u8; STATE_SIZE];
-    mtp_ctr_init(state.as_mut_ptr(), cert_key, [0u8; 16].as_ptr());
-    let body = flight[cert_at..].as_mut_ptr();
-    mtp_ctr_xor(state.as_mut_ptr(), body, body, cert_size);
-    // the HMAC's message: the client's random, then the flight (its own random still zero)
-    let mut first = [0u8; SHA_BLOCK];
-    first[..TLS_RANDOM].copy_from_slice(&*(client_random as *const [u8; TLS_RANDOM]));
-    first[TLS_RANDOM..].copy_from_slice(&flight[..SHA_BLOCK - TLS_RANDOM]);
+    mtp_ctr_init(state.as_mut_ptr(), cert_key.as_ptr(), [0u8; 16].as_ptr());
+    mtp_ctr_xor(state.as_mut_ptr(), body.as_ptr(), body.as_mut_ptr(), cert_size);
+}
+
+/// A parsed ClientHello tried under one secret key, and the server's flight when it verifies: the hot path
+/// of the fake-TLS handshake in one call. `record` is the hello `mtp_tls_hello_parse` accepted, with its
+/// session id's length and the TLS 1.3 suite it chose; `drawn` is 64 random bytes, the x25519 share then
+/// the certificate stand-in's AES key. When the digest verifies (`faketls.client_timestamp`), writes the
+/// flight (`faketls.build_server_flight` of `faketls.cert_stand_in`, `out_len` bytes: exactly the size for
+/// this session id and `cert_size`) to `out` and returns the client's clock; else returns -1 (what `out`
+/// then holds is no flight: its HMAC is missing). -2 on a bad argument (a null pointer, a record under 64 bytes or too short for its session id,
+/// a suite of 0, a certificate size outside 1..16384, `out_len` not the flight's size), -3 without AES-NI,
+/// AVX2 and VAES.
+///
+/// # Safety
+/// `record` readable for `record_len` bytes, `key` for `key_len` (may be null when 0), `drawn` for 64,
+/// `out` writable for `out_len`.
+#[no_mangle]
+pub unsafe extern "C" fn mtp_tls_accept(
+    record: *const u8,
+    record_len: usize,
+    session_id_len: usize,
+    suite: u32,
+    key: *const u8,
+    key_len: usize,
+    drawn: *const u8,
+    cert_size: usize,
+    out: *mut u8,
+    out_len: usize,
+) -> i64 {
+    if !cpu_ok() {
+        return NO_CPU_SUPPORT as i64;
+    }
+    if record.is_null()
+        || drawn.is_null()
+        || out.is_null()
+        || (key.is_null() && key_len != 0)
+        || !fits(record_len, 1)
+        || !fits(key_len, 1)
+        || session_id_len > 255
+        || record_len < SHA_BLOCK.max(SESSION_ID_OFFSET + session_id_len)
+        || suite == 0
+        || suite > 0xffff
+        || !(1..=MAX_RECORD_PAYLOAD).contains(&cert_size)
+        || out_len != flight_size(session_id_len, cert_size)
+    {
+        return BAD_ARGUMENT as i64;
+    }
+    let r = core::slice::from_raw_parts(record, record_len);
     let key = if key_len == 0 { &[][..] } else { core::slice::from_raw_parts(key, key_len) };
-    let digest = hmac_two(Sha::new(), key, &first, &flight[SHA_BLOCK - TLS_RANDOM..]);
-    flight[TLS_RANDOM_OFFSET..TLS_RANDOM_OFFSET + TLS_RANDOM].copy_from_slice(&digest);
-    total as i64
+    let drawn = &*(drawn as *const [u8; 64]);
+    let mut cert_key = [0u8; 32];
+    cert_key.copy_from_slice(&drawn[32..]);
+    let flight = core::slice::from_raw_parts_mut(out, out_len);
+    // the flight is built before the digest is known: its HMAC then runs beside the hello's
+    write_flight(&r[SESSION_ID_OFFSET..SESSION_ID_OFFSET + session_id_len], suite as u16, &drawn[..32], &cert_key, flight);
+    let random = &r[TLS_RANDOM_OFFSET..TLS_RANDOM_OFFSET + TLS_RANDOM];
+    let mut hello_first = [0u8; SHA_BLOCK];
+    hello_first.copy_from_slice(&r[..SHA_BLOCK]);
+    hello_first[TLS_RANDOM_OFFSET..TLS_RANDOM_OFFSET + TLS_RANDOM].fill(0);
+    // the flight's HMAC covers the client's random, then the flight with its own random still zero
+    let mut flight_first = [0u8; SHA_BLOCK];
+    flight_first[..TLS_RANDOM].copy_from_slice(random);
+    flight_first[TLS_RANDOM..].copy_from_slice(&flight[..SHA_BLOCK - TLS_RANDOM]);
+    let sha = Sha::new();
+    let [hello_digest, flight_digest] = hmac_pair(
+        sha,
+        &hmac_midstates(sha, key),
+        (&hello_first, &r[SHA_BLOCK..]),
+        (&flight_first, &flight[SHA_BLOCK - TLS_RANDOM..]),
+    );
+    let Some(clock) = hello_clock(&hello_digest, random) else {
+        return NO_MATCH as i64;
+    };
+    flight[TLS_RANDOM_OFFSET..TLS_RANDOM_OFFSET + TLS_RANDOM].copy_from_slice(&flight_digest);
+    clock as i64
 }

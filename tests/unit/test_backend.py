@@ -195,8 +195,7 @@ def test_a_fresh_interpreter_loads_the_name_it_passes_in() -> None:
 
 
 def test_only_the_native_backend_brings_the_fake_tls_handshake(aes: backend.Backend) -> None:
-    brought = {aes.tls_parse is not None, aes.tls_clock is not None, aes.tls_flight is not None}
-    assert brought == {aes.name == "native"}
+    assert {aes.tls_parse is not None, aes.tls_accept is not None} == {aes.name == "native"}
 
 
 def test_a_wrong_fake_tls_handshake_fails_the_self_test(libcrypto: ctypes.CDLL | None) -> None:
@@ -205,14 +204,16 @@ def test_a_wrong_fake_tls_handshake_fails_the_self_test(libcrypto: ctypes.CDLL |
     def lenient(record: bytes) -> ClientHello:  # takes a truncated record as Python's parser would a whole one
         return faketls.parse_client_hello(record if len(record) % 2 else record + b"\x00")
 
-    def trusting(record: bytes, key: bytes) -> int | None:
-        return 1_000_000_000
+    def trusting(hello: ClientHello, key: bytes, drawn: bytes, size: int) -> tuple[int, bytes] | None:
+        return faketls.accept_hello(plain, hello, bytes(range(16)), drawn, size)
 
-    def unsigned(key: bytes, hello: ClientHello, key_share: bytes, cert_key: bytes, size: int) -> bytes:
-        return faketls.build_server_flight(key, hello, key_share, bytes(size))
+    def unsigned(hello: ClientHello, key: bytes, drawn: bytes, size: int) -> tuple[int, bytes] | None:
+        accepted = faketls.accept_hello(plain, hello, key, drawn, size)
+        return None if accepted is None else (accepted[0], faketls.build_server_flight(key, hello, drawn[:32],
+                                                                                        bytes(size)))
 
     for wrong, message in ((replace(plain, tls_parse=lenient), "parse takes a truncated record"),
-                           (replace(plain, tls_clock=trusting), "digest check is not"),
-                           (replace(plain, tls_flight=unsigned), "server flight is not")):
+                           (replace(plain, tls_accept=trusting), "accept takes a wrong key"),
+                           (replace(plain, tls_accept=unsigned), "accept is not faketls'")):
         with pytest.raises(ValueError, match=message):
             backend.self_test(wrong)

@@ -1,10 +1,12 @@
-"""The native fake-TLS handshake (`mtp_tls_hello_parse`, `mtp_tls_hello_clock`, `mtp_tls_flight`) against the
-Python references in `protocol.faketls`: the same hellos, clocks and refusals on real TDLib hellos and on
-truncated and mutated ones, and the same flights byte for byte for the same random bytes."""
+"""The native fake-TLS handshake (`mtp_tls_hello_parse`, `mtp_tls_accept`) against the Python references in
+`protocol.faketls`: the same hellos, clocks and refusals on real TDLib hellos and on truncated and mutated
+ones, and the same flights byte for byte for the same random bytes."""
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import hmac
 import json
 import random
 from collections.abc import Callable
@@ -43,12 +45,10 @@ def lib() -> ctypes.CDLL:
 def backends(lib: ctypes.CDLL) -> tuple[backend.Backend, backend.Backend]:
     """(the native backend, the same with the fake-TLS work left to Python)."""
     built = backend.native_library(lib, aesblock.block_encryptor(aesblock.open_libcrypto()))
-    return built, replace(built, tls_parse=None, tls_clock=None, tls_flight=None)
+    return built, replace(built, tls_parse=None, tls_accept=None)
 
 
-def source(data: bytes) -> Callable[[int], bytes]:
-    """A random source that yields these bytes."""
-    return lambda n: data[:n]
+DRAWN = bytes(range(7, 7 + faketls.FLIGHT_RANDOM))
 
 
 def outcome(parse: object, record: bytes) -> ClientHello | str:
@@ -59,14 +59,22 @@ def outcome(parse: object, record: bytes) -> ClientHello | str:
 
 
 def assert_same(lib: ctypes.CDLL, record: bytes) -> None:
-    """Python and the library agree on `record`: both refuse it, or both parse it to the same hello and
-    find the same clock (or none) under each key."""
+    """Python and the library agree on `record`: both refuse it, or both parse it to the same hello and,
+    under each key, find the same clock and build the same flight (or both find no match)."""
     reference = outcome(faketls.parse_client_hello, record)
     assert outcome(lambda r: native.parse_hello(lib, r), record) == reference
-    if isinstance(reference, ClientHello):
+    if isinstance(reference, ClientHello) and reference.suite:
         for key in (KEY, OTHER_KEY):
             expected = faketls.client_timestamp(faketls.keyed_hmac(key), reference)
-            assert native.hello_clock(lib, record, key) == expected
+            accepted = native.accept_hello(lib, reference, key, DRAWN, 700)
+            assert (accepted and accepted[0]) == expected
+            if accepted is not None:
+                cert = faketls.cert_stand_in(native_ctr(lib), DRAWN[32:], 700)
+                assert accepted[1] == faketls.build_server_flight(key, reference, DRAWN[:32], cert)
+
+
+def native_ctr(lib: ctypes.CDLL) -> Callable[[bytes, bytes], native.NativeCtr]:
+    return lambda key, iv: native.NativeCtr(lib, key, iv)
 
 
 def test_tdlib_hellos_parse_and_verify_the_same(lib: ctypes.CDLL) -> None:
@@ -75,8 +83,9 @@ def test_tdlib_hellos_parse_and_verify_the_same(lib: ctypes.CDLL) -> None:
         assert hello.sni == INDEX["domain"] and len(hello.session_id) == 32 and hello.suite == 0x1301
         assert_same(lib, record)
     # the captures under the configured key verify, those under the other key do not
-    clocks = {native.hello_clock(lib, record, KEY) is not None for record in TDLIB_HELLOS}
-    assert clocks == {True, False}
+    accepted = {native.accept_hello(lib, native.parse_hello(lib, record), KEY, DRAWN, 100) is not None
+                for record in TDLIB_HELLOS}
+    assert accepted == {True, False}
 
 
 def test_every_truncation_of_a_tdlib_hello_is_refused_alike(lib: ctypes.CDLL) -> None:
@@ -157,39 +166,47 @@ def test_crafted_hellos_give_the_same_outcome(lib: ctypes.CDLL, record: bytes,
         assert isinstance(hello, ClientHello) and (hello.sni, hello.suite, len(hello.session_id)) == expected
 
 
-def test_the_clock_refuses_a_record_too_short_to_hold_a_random(lib: ctypes.CDLL) -> None:
-    with pytest.raises(ValueError):
-        native.hello_clock(lib, bytes(63), KEY)
+def signed_random(key: bytes, record: bytes, now: int) -> bytes:
+    """The random a client puts in `record` (its random zeroed) under `key` at `now` (protocol.md)."""
+    digest = hmac.new(key, record, hashlib.sha256).digest()
+    return digest[:28] + bytes(a ^ b for a, b in zip(digest[28:], now.to_bytes(4, "little"), strict=True))
 
 
 @pytest.mark.parametrize("cert_size", [1, 1000, 2500, 16384])
 @pytest.mark.parametrize("session_id", [b"", bytes(range(32)), b"\x07" * 255])
 def test_flights_are_byte_identical(backends: tuple[backend.Backend, backend.Backend], cert_size: int,
                                     session_id: bytes) -> None:
-    native_backend, python_backend = backends
     rng = random.Random(cert_size + len(session_id))
     for suite in faketls.TLS13_SUITES:
-        hello = ClientHello(bytes(100), rng.randbytes(32), session_id, suite, "example.com")
-        drawn = rng.randbytes(faketls.FLIGHT_RANDOM)
         key = rng.randbytes(16)
-        flights = [faketls.server_flight(each, key, hello, source(drawn), cert_size)
-                   for each in (native_backend, python_backend)]
-        assert flights[0] == flights[1]
-        assert client.verify_server_flight(key, hello.random, flights[0])
-        assert client.server_flight_length(flights[0]) == len(flights[0])
+        record = bytearray(hello_with(session_id, suite.to_bytes(2, "big"), NAME))
+        record[faketls.RANDOM_OFFSET : faketls.RANDOM_OFFSET + 32] = signed_random(key, bytes(record), 1_000_000_000)
+        hello = faketls.parse_client_hello(bytes(record))
+        assert (hello.suite, hello.session_id) == (suite, session_id)
+        drawn = rng.randbytes(faketls.FLIGHT_RANDOM)
+        accepted = [faketls.accept_hello(each, hello, key, drawn, cert_size) for each in backends]
+        assert accepted[0] is not None and accepted[0] == accepted[1]
+        clock, flight = accepted[0]
+        assert clock == 1_000_000_000
+        assert client.verify_server_flight(key, hello.random, flight)
+        assert client.server_flight_length(flight) == len(flight)
 
 
-def test_a_flight_refuses_what_python_refuses(lib: ctypes.CDLL,
-                                              backends: tuple[backend.Backend, backend.Backend]) -> None:
-    hello = ClientHello(bytes(100), bytes(32), b"", 0x1301, None)
+def test_accept_refuses_what_python_refuses(lib: ctypes.CDLL,
+                                            backends: tuple[backend.Backend, backend.Backend]) -> None:
+    hello = native.parse_hello(lib, TDLIB_HELLOS[0])
     for each in backends:
         for cert_size in (0, 16385):
             with pytest.raises(ProtocolError, match="fake certificate size"):
-                faketls.server_flight(each, KEY, hello, bytes, cert_size)
+                faketls.accept_hello(each, hello, KEY, DRAWN, cert_size)
         with pytest.raises(TlsFormatError):
-            faketls.server_flight(each, KEY, replace(hello, suite=0), bytes, 100)
-        with pytest.raises(ProtocolError, match="too few"):
-            faketls.server_flight(each, KEY, hello, lambda n: bytes(n - 1), 100)
-    for share, cert_key, size in ((bytes(31), bytes(32), 100), (bytes(32), bytes(33), 100), (bytes(32), bytes(32), 0)):
+            faketls.accept_hello(each, hello._replace(suite=0), KEY, DRAWN, 100)
+        with pytest.raises(ProtocolError, match="random bytes"):
+            faketls.accept_hello(each, hello, KEY, DRAWN[1:], 100)
+    # what the library would misread: a hello whose fields are not its record's, a short draw, bad sizes
+    for wrong, drawn, size in ((hello._replace(session_id=bytes(32)), DRAWN, 100),
+                               (hello._replace(random=bytes(32)), DRAWN, 100),
+                               (hello._replace(record=hello.record[:40]), DRAWN, 100),
+                               (hello, DRAWN[:63], 100), (hello, DRAWN, 0), (hello, DRAWN, 16385)):
         with pytest.raises(ValueError):
-            native.build_flight(lib, KEY, hello, share, cert_key, size)
+            native.accept_hello(lib, wrong, KEY, drawn, size)

@@ -75,9 +75,12 @@ def test_faketls_hello_check_and_server_flight(aes: Backend, vector: dict[str, A
     assert faketls.client_timestamp(faketls.keyed_hmac(bytes(16)), hello) is None
     table = SecretTable([("wrong", Secret(bytes(16), SecretKind.FAKE_TLS, "a.example")),
                          ("right", Secret(secret, SecretKind.FAKE_TLS, "a.example"))], aes)
-    assert [table.hello_timestamp(hello, index) for index in (0, 1)] == [None, vector["timestamp"]]
-    server_random = stream(bytes.fromhex(vector["server_seed"]))
-    flight = faketls.server_flight(aes, secret, hello, server_random, vector["cert_size"])
+    drawn = stream(bytes.fromhex(vector["server_seed"]))(faketls.FLIGHT_RANDOM)
+    assert table.accept_hello(hello, 0, drawn, vector["cert_size"]) is None
+    accepted = table.accept_hello(hello, 1, drawn, vector["cert_size"])
+    assert accepted is not None
+    timestamp, flight = accepted
+    assert timestamp == vector["timestamp"]
     assert flight.hex() == vector["server_flight"]
     assert verify_server_flight(secret, hello.random, flight)
 

@@ -18,13 +18,13 @@ from typing import Final
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from mtproxy.protocol import client, faketls, obfs2
-from mtproxy.protocol.cipher import FlightBuild, HelloClock, HelloParse, InitStart, Keystream, ScanFactory
+from mtproxy.protocol.cipher import HelloAccept, HelloParse, InitStart, Keystream, ScanFactory
 from mtproxy.protocol.secret import Secret, SecretKind
 
 from .aesblock import BlockEncrypt, block_encryptor, cryptography_encrypt_block, open_libcrypto
 from .ctr import ACCELERATE_AFTER, BLOCK, CtrStream, transform_upload
 from .gcm import GcmIv, load_divider
-from .native import NativeCtr, NativeSecretScan, build_flight, hello_clock, open_library, parse_hello
+from .native import NativeCtr, NativeSecretScan, accept_hello, open_library, parse_hello
 
 KEYSTREAM_ENV: Final = "MTPROXY_KEYSTREAM"  # names one of KEYSTREAMS instead of choosing (read by the engine)
 KEYSTREAMS: Final = {  # the backends' names, and what each is, for the start-up log line
@@ -47,8 +47,7 @@ class Backend:
     secret_scan: ScanFactory | None = None  # None: SecretTable scans in Python with `encrypt_block`
     start_init: InitStart | None = None  # None: obfs2 derives the keys and starts the stream in Python
     tls_parse: HelloParse | None = None  # None: faketls parses the ClientHello in Python
-    tls_clock: HelloClock | None = None  # None: faketls checks a ClientHello's digest with hashlib
-    tls_flight: FlightBuild | None = None  # None: faketls builds the server's flight in Python
+    tls_accept: HelloAccept | None = None  # None: faketls checks the digest with hashlib, builds the flight
 
 
 def openssl_ctr(encrypt_block: BlockEncrypt = cryptography_encrypt_block, why: str = "chosen by the caller") -> Backend:
@@ -69,8 +68,7 @@ def native_library(lib: ctypes.CDLL, encrypt_block: BlockEncrypt, why: str = "ch
     gives `lib`)."""
     return Backend("native", why, functools.partial(NativeCtr, lib), encrypt_block,
                    functools.partial(NativeSecretScan, lib), functools.partial(NativeCtr.start_init, lib),
-                   functools.partial(parse_hello, lib), functools.partial(hello_clock, lib),
-                   functools.partial(build_flight, lib))
+                   functools.partial(parse_hello, lib), functools.partial(accept_hello, lib))
 
 
 def load(forced: str = "") -> Backend:
@@ -151,7 +149,7 @@ def self_test(backend: Backend) -> None:
         _test_scan(backend, backend.secret_scan)
     if backend.start_init is not None:
         _test_init_start(backend, backend.start_init, data)
-    if backend.tls_parse is not None or backend.tls_clock is not None or backend.tls_flight is not None:
+    if backend.tls_parse is not None or backend.tls_accept is not None:
         _test_tls(backend)
 
 
@@ -168,8 +166,8 @@ def _test_init_start(backend: Backend, start: InitStart, data: bytes) -> None:
 
 
 def _test_tls(backend: Backend) -> None:
-    """Its fake-TLS hello parse, digest check and server flight against the Python references in
-    `protocol.faketls`: a hello, a record it must refuse, the right key and a wrong one, a flight byte for byte."""
+    """Its fake-TLS hello parse and accept against the Python references in `protocol.faketls`: a hello, a
+    record it must refuse, the right key (the flight byte for byte) and a wrong one."""
     key, drawn = bytes(range(16)), bytes(range(100, 100 + faketls.FLIGHT_RANDOM))
     record = client.build_client_hello(key, "example.com", lambda n: bytes(i % 251 for i in range(n)), 1e9)
     hello = faketls.parse_client_hello(record)
@@ -182,14 +180,12 @@ def _test_tls(backend: Backend) -> None:
             pass
         else:
             raise ValueError("its ClientHello parse takes a truncated record")
-    if backend.tls_clock is not None and (backend.tls_clock(record, key) != 1_000_000_000
-                                          or backend.tls_clock(record, bytes(16)) is not None):
-        raise ValueError("its ClientHello digest check is not faketls'")
-    if backend.tls_flight is not None:
-        reference = replace(backend, tls_flight=None)
-        expected = faketls.server_flight(reference, key, hello, lambda n: drawn[:n], 1000)
-        if backend.tls_flight(key, hello, drawn[:32], drawn[32:], 1000) != expected:
-            raise ValueError("its server flight is not faketls'")
+    if backend.tls_accept is not None:
+        reference = faketls.accept_hello(replace(backend, tls_accept=None), hello, key, drawn, 1000)
+        if reference is None or backend.tls_accept(hello, key, drawn, 1000) != reference:
+            raise ValueError("its ClientHello accept is not faketls' digest check and server flight")
+        if backend.tls_accept(hello, bytes(16), drawn, 1000) is not None:
+            raise ValueError("its ClientHello accept takes a wrong key")
 
 
 def _test_scan(backend: Backend, factory: ScanFactory) -> None:

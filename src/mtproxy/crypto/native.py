@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Final
 
 from mtproxy.protocol.faketls import (
-    CERT_KEY_SIZE,
-    KEY_SHARE_SIZE,
+    FLIGHT_RANDOM,
     MAX_RECORD_PAYLOAD,
     RANDOM_OFFSET,
     RANDOM_SIZE,
@@ -88,10 +87,8 @@ def open_library(directory: Path | None = None) -> ctypes.CDLL | None:
                                          ctypes.POINTER(ctypes.c_uint32)]
             lib.mtp_tls_hello_parse.restype = ctypes.c_int64
             lib.mtp_tls_hello_parse.argtypes = [vp, size]
-            lib.mtp_tls_hello_clock.restype = ctypes.c_int64
-            lib.mtp_tls_hello_clock.argtypes = [vp, size, vp, size]
-            lib.mtp_tls_flight.restype = ctypes.c_int64
-            lib.mtp_tls_flight.argtypes = [vp, size, vp, vp, size, ctypes.c_uint32, vp, vp, size, vp, size]
+            lib.mtp_tls_accept.restype = ctypes.c_int64
+            lib.mtp_tls_accept.argtypes = [vp, size, size, ctypes.c_uint32, vp, size, vp, size, vp, size]
         except (OSError, AttributeError):  # not loadable here, or a stale build without these functions
             continue
         if lib.mtp_available() == 1 and lib.mtp_state_size() == STATE_SIZE:
@@ -277,27 +274,22 @@ def parse_hello(lib: ctypes.CDLL, record: bytes) -> ClientHello:
                        record[SESSION_ID_OFFSET : SESSION_ID_OFFSET + (packed & 0xFF)], packed >> 40, sni)
 
 
-def hello_clock(lib: ctypes.CDLL, record: bytes, secret_key: bytes) -> int | None:
-    """`protocol.cipher.HelloClock` in one library call (`mtp_tls_hello_clock`)."""
-    clock: int = lib.mtp_tls_hello_clock(record, len(record), secret_key, len(secret_key))
-    if clock < -1:
-        raise ValueError(f"the native library refused a ClientHello of {len(record)} bytes")
-    return clock if clock >= 0 else None
-
-
-def build_flight(lib: ctypes.CDLL, secret_key: bytes, hello: ClientHello, key_share: bytes, cert_key: bytes,
-                 cert_size: int) -> bytes:
-    """`protocol.cipher.FlightBuild` in one library call (`mtp_tls_flight`)."""
-    if len(key_share) != KEY_SHARE_SIZE or len(cert_key) != CERT_KEY_SIZE or len(hello.random) != RANDOM_SIZE:
-        raise ValueError("the flight takes a 32-byte key share, certificate key and client random")
-    if not hello.suite:
-        raise TlsFormatError("the client offers no TLS 1.3 cipher suite")
-    if not 1 <= cert_size <= MAX_RECORD_PAYLOAD or len(hello.session_id) > 255:
-        raise ValueError("fake certificate size must be 1..16384, a session id at most 255 bytes")
-    size = _FLIGHT_FIXED + len(hello.session_id) + cert_size
+def accept_hello(lib: ctypes.CDLL, hello: ClientHello, secret_key: bytes, drawn: bytes,
+                 cert_size: int) -> tuple[int, bytes] | None:
+    """`protocol.cipher.HelloAccept` in one library call (`mtp_tls_accept`): the digest under `secret_key`,
+    then the flight when it verifies."""
+    session_id = hello.session_id
+    record = hello.record
+    if (len(drawn) != FLIGHT_RANDOM or not hello.suite or not 1 <= cert_size <= MAX_RECORD_PAYLOAD
+            or record[SESSION_ID_OFFSET : SESSION_ID_OFFSET + len(session_id)] != session_id
+            or record[RANDOM_OFFSET : RANDOM_OFFSET + RANDOM_SIZE] != hello.random):
+        raise ValueError("not a parsed hello with a TLS 1.3 suite, 64 random bytes and a size of 1..16384")
+    size = _FLIGHT_FIXED + len(session_id) + cert_size
     out = ctypes.create_string_buffer(size)
-    n = lib.mtp_tls_flight(secret_key, len(secret_key), hello.random, hello.session_id, len(hello.session_id),
-                           hello.suite, key_share, cert_key, cert_size, out, size)
-    if n != size:
-        raise OSError(f"the native library refused to build a flight ({n})")
-    return out.raw
+    clock: int = lib.mtp_tls_accept(record, len(record), len(session_id), hello.suite, secret_key, len(secret_key),
+                                    drawn, cert_size, out, size)
+    if clock < 0:
+        if clock == -1:
+            return None
+        raise ValueError(f"the native library refused a ClientHello ({clock})")
+    return clock, out.raw

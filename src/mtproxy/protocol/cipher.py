@@ -38,25 +38,20 @@ ScanFactory = Callable[[Sequence[Secret]], SecretScan]
 # stream positioned after them, the reverse direction's key and counter block as 48 bytes).
 InitStart = Callable[[bytes, bytes | None], tuple[bytes, Keystream, bytes]]
 
-# A fake-TLS ClientHello's two checks, each in one step: the whole record's layout (`faketls.parse_client_hello`
-# is the reference: the hello, or TlsFormatError) and its digest under one secret key (`faketls.client_timestamp`
-# is the reference: given the record and the key, the client's clock, or None when the digest differs).
+# A fake-TLS ClientHello's two steps, each in one call. Parse: the whole record's layout (`faketls.parse_client_hello`
+# is the reference: the hello, or TlsFormatError). Accept: given the parsed hello, a secret key, the
+# FLIGHT_RANDOM random bytes and the certificate size, (the client's clock, the server's flight) when the digest
+# verifies under that key, else None (`faketls.accept_hello`'s Python path is the reference).
 HelloParse = Callable[[bytes], "ClientHello"]
-HelloClock = Callable[[bytes, bytes], int | None]
-
-# The server's flight in one step (`faketls.build_server_flight` of `faketls.cert_stand_in` is the
-# reference): given the secret key, the hello, the 32-byte key share, the certificate stand-in's 32-byte key
-# and its size, the flight's bytes.
-FlightBuild = Callable[[bytes, "ClientHello", bytes, bytes, int], bytes]
-
+HelloAccept = Callable[["ClientHello", bytes, bytes, int], tuple[int, bytes] | None]
 
 class Aes(Protocol):
     """The AES the core runs on: `new_stream(key, iv)` starts a CTR stream at counter block `iv`;
     `encrypt_block(key, block)` is AES-256 of one block (the secret scan's inner loop); `secret_scan`, when
     not None, builds a table's whole scan (SHA-256, HMAC and AES together) instead of that loop;
     `start_init`, when not None, does an init's key derivation, stream set-up and 64 bytes in one call;
-    `tls_parse`, `tls_clock` and `tls_flight`, when not None, parse a fake-TLS ClientHello, check its digest
-    and build the server's flight in one call each."""
+    `tls_parse` and `tls_accept`, when not None, parse a fake-TLS ClientHello, and check its digest under a
+    key and build the server's flight, in one call each."""
 
     @property
     def new_stream(self) -> Callable[[bytes, bytes], Keystream]: ...
@@ -74,7 +69,4 @@ class Aes(Protocol):
     def tls_parse(self) -> HelloParse | None: ...
 
     @property
-    def tls_clock(self) -> HelloClock | None: ...
-
-    @property
-    def tls_flight(self) -> FlightBuild | None: ...
+    def tls_accept(self) -> HelloAccept | None: ...

@@ -47,12 +47,11 @@ class SecretTable:
     def keyed_hmac(self, index: int) -> hmac.HMAC:
         return self._keyed[index]
 
-    def hello_timestamp(self, hello: faketls.ClientHello, index: int) -> int | None:
-        """The client's clock if the hello's digest verifies under secret `index`, else None."""
-        clock = self._aes.tls_clock
-        if clock is None:
-            return faketls.client_timestamp(self._keyed[index], hello)
-        return clock(hello.record, self.secrets[index].key)
+    def accept_hello(self, hello: faketls.ClientHello, index: int, drawn: bytes,
+                     cert_size: int) -> tuple[int, bytes] | None:
+        """The client's clock and the server's flight if the hello's digest verifies under secret `index`
+        (`faketls.accept_hello`), else None."""
+        return faketls.accept_hello(self._aes, hello, self.secrets[index].key, drawn, cert_size, self._keyed[index])
 
     def with_domain(self, domain: str | None) -> tuple[int, ...]:
         """The indexes of the secrets whose fake-TLS domain is `domain`."""
@@ -175,6 +174,7 @@ class Handshake:
         self._tls_reader: faketls.TlsRecordReader | None = None
         self._tls_payload = bytearray()
         self._hello: faketls.ClientHello | None = None  # parsed, while a fake-TLS scan waits
+        self._drawn: tuple[int, bytes] | None = None  # the server flight's size and random bytes, once drawn
         self._now = 0.0
 
     @property
@@ -311,16 +311,16 @@ class Handshake:
         table = self._table
         hint = self._hint_index()
         if hint >= 0:
-            timestamp = table.hello_timestamp(hello, hint)
-            if timestamp is not None:
-                return self._tls_found(hello, hint, timestamp, now)
+            accepted = self._accept(hello, hint)
+            if accepted is not None:
+                return self._tls_found(hello, hint, accepted, now)
         group = table.with_domain(hello.sni)
         # the operator's per-user-group domains: a new client costs a few tries, never a scan
         if len(group) < self._settings.inline_scan_limit:
             for index in group:
-                timestamp = table.hello_timestamp(hello, index) if index != hint else None
-                if timestamp is not None:
-                    return self._tls_found(hello, index, timestamp, now)
+                accepted = self._accept(hello, index) if index != hint else None
+                if accepted is not None:
+                    return self._tls_found(hello, index, accepted, now)
         if self._replayed(hello.random, now):
             return self._reject(RejectReason.REPLAY)
         self._hello = hello
@@ -330,12 +330,22 @@ class Handshake:
     def _scan_tls(self, hello: faketls.ClientHello, now: float) -> Step:
         # the SNI's group first: a large group was not tried inline; a small one costs a few tries again
         found = self._table.find_tls(hello, hello.sni, self._hint_index())
-        if found is None:
+        accepted = self._accept(hello, found[0]) if found is not None else None
+        if found is None or accepted is None:
             return self._reject(RejectReason.TLS_BAD_HMAC)
-        return self._tls_found(hello, found[0], found[1], now)
+        return self._tls_found(hello, found[0], accepted, now)
 
-    def _tls_found(self, hello: faketls.ClientHello, index: int, timestamp: int, now: float) -> Step:
+    def _accept(self, hello: faketls.ClientHello, index: int) -> tuple[int, bytes] | None:
+        """`SecretTable.accept_hello` with this handshake's flight randomness, drawn once (the certificate
+        size's jitter, then the flight's bytes) however many secrets are tried."""
+        if self._drawn is None:
+            size = self._cert_size()
+            self._drawn = size, self._random(faketls.FLIGHT_RANDOM)
+        return self._table.accept_hello(hello, index, self._drawn[1], self._drawn[0])
+
+    def _tls_found(self, hello: faketls.ClientHello, index: int, accepted: tuple[int, bytes], now: float) -> Step:
         self._hello = None
+        timestamp, flight = accepted
         skew = now - timestamp
         if skew > self._settings.max_skew_past or -skew > self._settings.max_skew_future:
             return self._reject(RejectReason.TLS_SKEW)
@@ -343,8 +353,6 @@ class Handshake:
         if self._check_replay(hello.random, now, ttl):
             return self._reject(RejectReason.REPLAY)
         self._secret_index = index
-        flight = faketls.server_flight(self._aes, self._table.secrets[index].key, hello, self._random,
-                                       self._cert_size())
         self._state = _TLS_INIT
         self._tls_reader = faketls.TlsRecordReader()
         total = len(hello.record)
