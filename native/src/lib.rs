@@ -918,8 +918,8 @@ pub unsafe extern "C" fn mtp_obfs2_start(
 // ---- the fake-TLS handshake: a ClientHello checked, the server's flight built ----
 //
 // `mtproxy.protocol.faketls` holds the references (`parse_client_hello`; `client_timestamp`, then
-// `build_server_flight` of `cert_stand_in`); these give the same answers in two calls: parse, then accept under
-// each candidate key. Every read of
+// `build_server_flight` of `cert_stand_in`). `mtp_tls_hello` parses, and accepts under the hinted secret in the
+// same call; `mtp_tls_accept` tries each further candidate. Every read of
 // the record is bounds-checked: a malformed hello is an answer (-1), never a read past its end.
 
 const HELLO_PREFIX: [u8; 3] = [0x16, 0x03, 0x01];
@@ -1050,25 +1050,64 @@ fn hmac_pair(sha: Sha, key: &([u32; 8], [u32; 8]), a: (&[u8; SHA_BLOCK], &[u8]),
     sha.finish_lanes([outer; 2], SHA_BLOCK as u64, [&inner_a[..], &inner_b[..]])
 }
 
-/// `faketls.parse_client_hello`'s checks on one whole ClientHello record. Returns -1 when it would raise,
-/// else, packed into one number: bits 0..8 the session id's length (it starts at byte 44), 8..24 the host
-/// name's offset in the record (0xffff: the hello names no host), 24..40 its length, 40..56 the first TLS 1.3
-/// cipher suite offered (0: none). -2 on a null pointer.
+/// `faketls.parse_client_hello`'s checks on one whole ClientHello record and, given a secret key (`key_len`
+/// not 0), `mtp_tls_accept` under it in the same call: the hinted secret's handshake, one call. Returns -1
+/// when `parse_client_hello` would raise, else, packed into one number: bits 0..8 the session id's length (it
+/// starts at byte 44), 8..24 the host name's offset in the record (0xffff: the hello names no host), 24..40
+/// its length, 40..56 the first TLS 1.3 cipher suite offered (0: none). With a key, `out[..8]` gets the
+/// client's clock (a little-endian i64; -1 when the digest differs or no TLS 1.3 suite is offered) and
+/// `out[8..]` the flight when the clock is not -1. -2 on a bad argument (a null pointer; with a key, a
+/// certificate size outside 1..16384 or `out_len` under 8 + the flight's size), -3 with a key but without
+/// AES-NI, AVX2 and VAES.
 ///
 /// # Safety
-/// `record` readable for `record_len` bytes.
+/// `record` readable for `record_len` bytes; with a key, `key` readable for `key_len` bytes, `drawn` for 64,
+/// `out` writable for `out_len`.
 #[no_mangle]
-pub unsafe extern "C" fn mtp_tls_hello_parse(record: *const u8, record_len: usize) -> i64 {
+pub unsafe extern "C" fn mtp_tls_hello(
+    record: *const u8,
+    record_len: usize,
+    key: *const u8,
+    key_len: usize,
+    drawn: *const u8,
+    cert_size: usize,
+    out: *mut u8,
+    out_len: usize,
+) -> i64 {
     if record.is_null() || !fits(record_len, 1) {
         return BAD_ARGUMENT as i64;
     }
-    match parse_hello(core::slice::from_raw_parts(record, record_len)) {
-        None => HELLO_MALFORMED as i64,
-        Some(hello) => {
-            let name_at = if hello.name.0 == NO_NAME { 0xffff } else { hello.name.0 as i64 };
-            hello.session_id_len as i64 | name_at << 8 | (hello.name.1 as i64) << 24 | (hello.suite as i64) << 40
+    let r = core::slice::from_raw_parts(record, record_len);
+    let Some(hello) = parse_hello(r) else {
+        return HELLO_MALFORMED as i64;
+    };
+    let sid_len = hello.session_id_len as usize;
+    if key_len != 0 {
+        if !cpu_ok() {
+            return NO_CPU_SUPPORT as i64;
         }
+        if key.is_null()
+            || drawn.is_null()
+            || out.is_null()
+            || !fits(key_len, 1)
+            || !fits(out_len, 1)
+            || !(1..=MAX_RECORD_PAYLOAD).contains(&cert_size)
+            || out_len < 8 + flight_size(sid_len, cert_size)
+        {
+            return BAD_ARGUMENT as i64;
+        }
+        let out = core::slice::from_raw_parts_mut(out, out_len);
+        let mut clock = -1i64;
+        if hello.suite != 0 {
+            let key = core::slice::from_raw_parts(key, key_len);
+            let flight = &mut out[8..8 + flight_size(sid_len, cert_size)];
+            // a parsed record is at least 69 bytes and holds its session id
+            clock = accept(r, sid_len, hello.suite as u16, key, &*(drawn as *const [u8; 64]), flight).map_or(-1, i64::from);
+        }
+        out[..8].copy_from_slice(&clock.to_le_bytes());
     }
+    let name_at = if hello.name.0 == NO_NAME { 0xffff } else { hello.name.0 as i64 };
+    sid_len as i64 | name_at << 8 | (hello.name.1 as i64) << 24 | (hello.suite as i64) << 40
 }
 
 /// `faketls.client_timestamp`'s verdict on a ClientHello's random given the HMAC-SHA256 of the hello with
@@ -1139,13 +1178,13 @@ unsafe fn write_flight(
     mtp_ctr_xor(state.as_mut_ptr(), body.as_ptr(), body.as_mut_ptr(), cert_size);
 }
 
-/// A parsed ClientHello tried under one secret key, and the server's flight when it verifies: the hot path
-/// of the fake-TLS handshake in one call. `record` is the hello `mtp_tls_hello_parse` accepted, with its
-/// session id's length and the TLS 1.3 suite it chose; `drawn` is 64 random bytes, the x25519 share then
-/// the certificate stand-in's AES key. When the digest verifies (`faketls.client_timestamp`), writes the
-/// flight (`faketls.build_server_flight` of `faketls.cert_stand_in`, `out_len` bytes: exactly the size for
-/// this session id and `cert_size`) to `out` and returns the client's clock; else returns -1 (what `out`
-/// then holds is no flight: its HMAC is missing). -2 on a bad argument (a null pointer, a record under 64 bytes or too short for its session id,
+/// A parsed ClientHello tried under one secret key, and the server's flight when it verifies. `record` is
+/// a hello `mtp_tls_hello` accepted, with its session id's length and the TLS 1.3 suite it chose; `drawn`
+/// is 64 random bytes, the x25519 share then the certificate stand-in's AES key. When the digest verifies
+/// (`faketls.client_timestamp`), writes the flight (`faketls.build_server_flight` of
+/// `faketls.cert_stand_in`, `out_len` bytes: exactly the size for this session id and `cert_size`) to `out`
+/// and returns the client's clock; else returns -1 (what `out` then holds is no flight: its HMAC is
+/// missing). -2 on a bad argument (a null pointer, a record under 64 bytes or too short for its session id,
 /// a suite of 0, a certificate size outside 1..16384, `out_len` not the flight's size), -3 without AES-NI,
 /// AVX2 and VAES.
 ///
@@ -1185,12 +1224,17 @@ pub unsafe extern "C" fn mtp_tls_accept(
     }
     let r = core::slice::from_raw_parts(record, record_len);
     let key = if key_len == 0 { &[][..] } else { core::slice::from_raw_parts(key, key_len) };
-    let drawn = &*(drawn as *const [u8; 64]);
+    let flight = core::slice::from_raw_parts_mut(out, out_len);
+    accept(r, session_id_len, suite as u16, key, &*(drawn as *const [u8; 64]), flight).map_or(NO_MATCH as i64, i64::from)
+}
+
+/// `mtp_tls_accept`'s work on checked arguments: `r` at least 64 bytes and holding the session id,
+/// `flight` exactly `flight_size` bytes. The caller has checked `cpu_ok`.
+unsafe fn accept(r: &[u8], session_id_len: usize, suite: u16, key: &[u8], drawn: &[u8; 64], flight: &mut [u8]) -> Option<u32> {
     let mut cert_key = [0u8; 32];
     cert_key.copy_from_slice(&drawn[32..]);
-    let flight = core::slice::from_raw_parts_mut(out, out_len);
     // the flight is built before the digest is known: its HMAC then runs beside the hello's
-    write_flight(&r[SESSION_ID_OFFSET..SESSION_ID_OFFSET + session_id_len], suite as u16, &drawn[..32], &cert_key, flight);
+    write_flight(&r[SESSION_ID_OFFSET..SESSION_ID_OFFSET + session_id_len], suite, &drawn[..32], &cert_key, flight);
     let random = &r[TLS_RANDOM_OFFSET..TLS_RANDOM_OFFSET + TLS_RANDOM];
     let mut hello_first = [0u8; SHA_BLOCK];
     hello_first.copy_from_slice(&r[..SHA_BLOCK]);
@@ -1206,9 +1250,7 @@ pub unsafe extern "C" fn mtp_tls_accept(
         (&hello_first, &r[SHA_BLOCK..]),
         (&flight_first, &flight[SHA_BLOCK - TLS_RANDOM..]),
     );
-    let Some(clock) = hello_clock(&hello_digest, random) else {
-        return NO_MATCH as i64;
-    };
+    let clock = hello_clock(&hello_digest, random)?;
     flight[TLS_RANDOM_OFFSET..TLS_RANDOM_OFFSET + TLS_RANDOM].copy_from_slice(&flight_digest);
-    clock as i64
+    Some(clock)
 }

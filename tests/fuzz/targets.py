@@ -63,7 +63,7 @@ def _native_pair() -> tuple[Backend, Backend] | None:
     if lib is None:
         return None
     built = native_library(lib, aesblock.block_encryptor(aesblock.open_libcrypto()))
-    return built, replace(built, tls_parse=None, tls_accept=None)
+    return built, replace(built, tls_hello=None, tls_accept=None)
 
 
 @functools.cache
@@ -161,7 +161,7 @@ def tls_hello(data: bytes) -> None:
         hello = None
     if pair is not None:
         try:
-            native_hello = faketls.parse_hello(pair[0], record)
+            native_hello = faketls.check_hello(pair[0], record)[0]
         except faketls.TlsFormatError:
             native_hello = None
         if native_hello != hello:

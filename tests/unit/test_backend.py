@@ -195,14 +195,18 @@ def test_a_fresh_interpreter_loads_the_name_it_passes_in() -> None:
 
 
 def test_only_the_native_backend_brings_the_fake_tls_handshake(aes: backend.Backend) -> None:
-    assert {aes.tls_parse is not None, aes.tls_accept is not None} == {aes.name == "native"}
+    assert {aes.tls_hello is not None, aes.tls_accept is not None} == {aes.name == "native"}
+
+
+Accepted = tuple[int, bytes] | None
 
 
 def test_a_wrong_fake_tls_handshake_fails_the_self_test(libcrypto: ctypes.CDLL | None) -> None:
     plain = candidates(libcrypto)[2]
 
-    def lenient(record: bytes) -> ClientHello:  # takes a truncated record as Python's parser would a whole one
-        return faketls.parse_client_hello(record if len(record) % 2 else record + b"\x00")
+    def lenient(record: bytes, key: bytes | None, drawn: bytes, size: int) -> tuple[ClientHello, Accepted]:
+        # takes a truncated record as Python's parser would a whole one
+        return faketls.check_hello(plain, record if len(record) % 2 else record + b"\x00", key, drawn, size)
 
     def trusting(hello: ClientHello, key: bytes, drawn: bytes, size: int) -> tuple[int, bytes] | None:
         return faketls.accept_hello(plain, hello, bytes(range(16)), drawn, size)
@@ -212,7 +216,7 @@ def test_a_wrong_fake_tls_handshake_fails_the_self_test(libcrypto: ctypes.CDLL |
         return None if accepted is None else (accepted[0], faketls.build_server_flight(key, hello, drawn[:32],
                                                                                         bytes(size)))
 
-    for wrong, message in ((replace(plain, tls_parse=lenient), "parse takes a truncated record"),
+    for wrong, message in ((replace(plain, tls_hello=lenient), "check takes a truncated record"),
                            (replace(plain, tls_accept=trusting), "accept takes a wrong key"),
                            (replace(plain, tls_accept=unsigned), "accept is not faketls'")):
         with pytest.raises(ValueError, match=message):

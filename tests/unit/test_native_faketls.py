@@ -1,4 +1,4 @@
-"""The native fake-TLS handshake (`mtp_tls_hello_parse`, `mtp_tls_accept`) against the Python references in
+"""The native fake-TLS handshake (`mtp_tls_hello`, `mtp_tls_accept`) against the Python references in
 `protocol.faketls`: the same hellos, clocks and refusals on real TDLib hellos and on truncated and mutated
 ones, and the same flights byte for byte for the same random bytes."""
 
@@ -45,7 +45,7 @@ def lib() -> ctypes.CDLL:
 def backends(lib: ctypes.CDLL) -> tuple[backend.Backend, backend.Backend]:
     """(the native backend, the same with the fake-TLS work left to Python)."""
     built = backend.native_library(lib, aesblock.block_encryptor(aesblock.open_libcrypto()))
-    return built, replace(built, tls_parse=None, tls_accept=None)
+    return built, replace(built, tls_hello=None, tls_accept=None)
 
 
 DRAWN = bytes(range(7, 7 + faketls.FLIGHT_RANDOM))
@@ -62,15 +62,21 @@ def assert_same(lib: ctypes.CDLL, record: bytes) -> None:
     """Python and the library agree on `record`: both refuse it, or both parse it to the same hello and,
     under each key, find the same clock and build the same flight (or both find no match)."""
     reference = outcome(faketls.parse_client_hello, record)
-    assert outcome(lambda r: native.parse_hello(lib, r), record) == reference
-    if isinstance(reference, ClientHello) and reference.suite:
+    assert outcome(lambda r: parse(lib, r), record) == reference
+    if isinstance(reference, ClientHello):
         for key in (KEY, OTHER_KEY):
-            expected = faketls.client_timestamp(faketls.keyed_hmac(key), reference)
-            accepted = native.accept_hello(lib, reference, key, DRAWN, 700)
-            assert (accepted and accepted[0]) == expected
+            expected = faketls.client_timestamp(faketls.keyed_hmac(key), reference) if reference.suite else None
+            hello, accepted = native.check_hello(lib, record, key, DRAWN, 700)
+            assert hello == reference and (accepted and accepted[0]) == expected
+            if reference.suite:
+                assert native.accept_hello(lib, reference, key, DRAWN, 700) == accepted
             if accepted is not None:
                 cert = faketls.cert_stand_in(native_ctr(lib), DRAWN[32:], 700)
                 assert accepted[1] == faketls.build_server_flight(key, reference, DRAWN[:32], cert)
+
+
+def parse(lib: ctypes.CDLL, record: bytes) -> ClientHello:
+    return native.check_hello(lib, record)[0]
 
 
 def native_ctr(lib: ctypes.CDLL) -> Callable[[bytes, bytes], native.NativeCtr]:
@@ -79,11 +85,11 @@ def native_ctr(lib: ctypes.CDLL) -> Callable[[bytes, bytes], native.NativeCtr]:
 
 def test_tdlib_hellos_parse_and_verify_the_same(lib: ctypes.CDLL) -> None:
     for record in TDLIB_HELLOS:
-        hello = native.parse_hello(lib, record)
+        hello = parse(lib, record)
         assert hello.sni == INDEX["domain"] and len(hello.session_id) == 32 and hello.suite == 0x1301
         assert_same(lib, record)
     # the captures under the configured key verify, those under the other key do not
-    accepted = {native.accept_hello(lib, native.parse_hello(lib, record), KEY, DRAWN, 100) is not None
+    accepted = {native.accept_hello(lib, parse(lib, record), KEY, DRAWN, 100) is not None
                 for record in TDLIB_HELLOS}
     assert accepted == {True, False}
 
@@ -91,7 +97,7 @@ def test_tdlib_hellos_parse_and_verify_the_same(lib: ctypes.CDLL) -> None:
 def test_every_truncation_of_a_tdlib_hello_is_refused_alike(lib: ctypes.CDLL) -> None:
     record = TDLIB_HELLOS[0]
     for cut in range(len(record)):
-        assert outcome(lambda r: native.parse_hello(lib, r), record[:cut]) == "malformed"
+        assert outcome(lambda r: parse(lib, r), record[:cut]) == "malformed"
         assert_same(lib, record[:cut])
     assert_same(lib, record + b"\x00")
 
@@ -194,7 +200,7 @@ def test_flights_are_byte_identical(backends: tuple[backend.Backend, backend.Bac
 
 def test_accept_refuses_what_python_refuses(lib: ctypes.CDLL,
                                             backends: tuple[backend.Backend, backend.Backend]) -> None:
-    hello = native.parse_hello(lib, TDLIB_HELLOS[0])
+    hello = parse(lib, TDLIB_HELLOS[0])
     for each in backends:
         for cert_size in (0, 16385):
             with pytest.raises(ProtocolError, match="fake certificate size"):

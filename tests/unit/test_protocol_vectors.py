@@ -68,7 +68,7 @@ def test_faketls_hello_check_and_server_flight(aes: Backend, vector: dict[str, A
     """On every backend: the native library's hello check and flight where it has them, Python's elsewhere."""
     secret = bytes.fromhex(vector["secret"])
     record = bytes.fromhex(vector["hello"])
-    hello = faketls.parse_hello(aes, record)
+    hello = faketls.check_hello(aes, record)[0]
     assert hello == faketls.parse_client_hello(record)
     assert hello.sni == vector["domain"]
     assert faketls.client_timestamp(faketls.keyed_hmac(secret), hello) == vector["timestamp"]
@@ -82,6 +82,8 @@ def test_faketls_hello_check_and_server_flight(aes: Backend, vector: dict[str, A
     timestamp, flight = accepted
     assert timestamp == vector["timestamp"]
     assert flight.hex() == vector["server_flight"]
+    assert table.check_hello(record, 1, drawn, vector["cert_size"]) == (hello, accepted)
+    assert table.check_hello(record, 0, drawn, vector["cert_size"]) == (hello, None)
     assert verify_server_flight(secret, hello.random, flight)
 
 

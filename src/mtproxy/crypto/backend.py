@@ -18,13 +18,13 @@ from typing import Final
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from mtproxy.protocol import client, faketls, obfs2
-from mtproxy.protocol.cipher import HelloAccept, HelloParse, InitStart, Keystream, ScanFactory
+from mtproxy.protocol.cipher import HelloAccept, HelloCheck, InitStart, Keystream, ScanFactory
 from mtproxy.protocol.secret import Secret, SecretKind
 
 from .aesblock import BlockEncrypt, block_encryptor, cryptography_encrypt_block, open_libcrypto
 from .ctr import ACCELERATE_AFTER, BLOCK, CtrStream, transform_upload
 from .gcm import GcmIv, load_divider
-from .native import NativeCtr, NativeSecretScan, accept_hello, open_library, parse_hello
+from .native import NativeCtr, NativeSecretScan, accept_hello, check_hello, open_library
 
 KEYSTREAM_ENV: Final = "MTPROXY_KEYSTREAM"  # names one of KEYSTREAMS instead of choosing (read by the engine)
 KEYSTREAMS: Final = {  # the backends' names, and what each is, for the start-up log line
@@ -46,7 +46,7 @@ class Backend:
     encrypt_block: BlockEncrypt
     secret_scan: ScanFactory | None = None  # None: SecretTable scans in Python with `encrypt_block`
     start_init: InitStart | None = None  # None: obfs2 derives the keys and starts the stream in Python
-    tls_parse: HelloParse | None = None  # None: faketls parses the ClientHello in Python
+    tls_hello: HelloCheck | None = None  # None: faketls parses the ClientHello in Python
     tls_accept: HelloAccept | None = None  # None: faketls checks the digest with hashlib, builds the flight
 
 
@@ -68,7 +68,7 @@ def native_library(lib: ctypes.CDLL, encrypt_block: BlockEncrypt, why: str = "ch
     gives `lib`)."""
     return Backend("native", why, functools.partial(NativeCtr, lib), encrypt_block,
                    functools.partial(NativeSecretScan, lib), functools.partial(NativeCtr.start_init, lib),
-                   functools.partial(parse_hello, lib), functools.partial(accept_hello, lib))
+                   functools.partial(check_hello, lib), functools.partial(accept_hello, lib))
 
 
 def load(forced: str = "") -> Backend:
@@ -149,7 +149,7 @@ def self_test(backend: Backend) -> None:
         _test_scan(backend, backend.secret_scan)
     if backend.start_init is not None:
         _test_init_start(backend, backend.start_init, data)
-    if backend.tls_parse is not None or backend.tls_accept is not None:
+    if backend.tls_hello is not None or backend.tls_accept is not None:
         _test_tls(backend)
 
 
@@ -166,23 +166,27 @@ def _test_init_start(backend: Backend, start: InitStart, data: bytes) -> None:
 
 
 def _test_tls(backend: Backend) -> None:
-    """Its fake-TLS hello parse and accept against the Python references in `protocol.faketls`: a hello, a
+    """Its fake-TLS hello check and accept against the Python references in `protocol.faketls`: a hello, a
     record it must refuse, the right key (the flight byte for byte) and a wrong one."""
     key, drawn = bytes(range(16)), bytes(range(100, 100 + faketls.FLIGHT_RANDOM))
     record = client.build_client_hello(key, "example.com", lambda n: bytes(i % 251 for i in range(n)), 1e9)
     hello = faketls.parse_client_hello(record)
-    if backend.tls_parse is not None:
-        if backend.tls_parse(record) != hello:
-            raise ValueError("its ClientHello parse is not faketls'")
+    python = replace(backend, tls_hello=None, tls_accept=None)
+    reference = faketls.accept_hello(python, hello, key, drawn, 1000)
+    if reference is None:
+        raise ValueError("its streams do not make the reference flight")
+    if backend.tls_hello is not None:
+        for secret_key, expected in ((None, None), (key, reference), (bytes(16), None)):
+            if backend.tls_hello(record, secret_key, drawn, 1000) != (hello, expected):
+                raise ValueError("its ClientHello check is not faketls' parse, digest check and server flight")
         try:
-            backend.tls_parse(record[:-1])
+            backend.tls_hello(record[:-1], None, b"", 0)
         except faketls.TlsFormatError:
             pass
         else:
-            raise ValueError("its ClientHello parse takes a truncated record")
+            raise ValueError("its ClientHello check takes a truncated record")
     if backend.tls_accept is not None:
-        reference = faketls.accept_hello(replace(backend, tls_accept=None), hello, key, drawn, 1000)
-        if reference is None or backend.tls_accept(hello, key, drawn, 1000) != reference:
+        if backend.tls_accept(hello, key, drawn, 1000) != reference:
             raise ValueError("its ClientHello accept is not faketls' digest check and server flight")
         if backend.tls_accept(hello, bytes(16), drawn, 1000) is not None:
             raise ValueError("its ClientHello accept takes a wrong key")

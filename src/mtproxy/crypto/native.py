@@ -41,8 +41,10 @@ MODULE_NAME: Final = "_native_aes"  # pyproject.toml builds it as mtproxy.crypto
 MIDSTATES_SIZE: Final = 64  # one key's HMAC-SHA256 inner and outer states (mtp_hmac_prepare)
 INIT_REVERSE_SIZE: Final = 48  # the reverse direction's key and counter block (mtp_obfs2_start)
 MAX_INIT_SECRET: Final = 32  # the longest secret key mtp_obfs2_start hashes
-HELLO_MALFORMED: Final = -1  # what mtp_tls_hello_parse returns for a record parse_client_hello refuses
-NO_NAME: Final = 0xFFFF  # mtp_tls_hello_parse's host name offset when the hello names no host
+HELLO_MALFORMED: Final = -1  # what mtp_tls_hello returns for a record parse_client_hello refuses
+NO_NAME: Final = 0xFFFF  # mtp_tls_hello's host name offset when the hello names no host
+_CLOCK: Final = 8  # mtp_tls_hello's answer under a key starts with the clock, an i64
+_MAX_SESSION_ID: Final = 255
 # the flight's bytes besides the session id and the certificate: ServerHello (record and handshake headers,
 # version, random, session id length, suite, compression, extensions), ChangeCipherSpec, a record header
 _FLIGHT_FIXED: Final = 5 + 4 + 2 + RANDOM_SIZE + 1 + 2 + 1 + 2 + 46 + 6 + 5
@@ -85,8 +87,8 @@ def open_library(directory: Path | None = None) -> ctypes.CDLL | None:
             lib.mtp_tls_scan.restype = i32
             lib.mtp_tls_scan.argtypes = [vp, size, vp, vp, size, vp, vp, size, i32, i32,
                                          ctypes.POINTER(ctypes.c_uint32)]
-            lib.mtp_tls_hello_parse.restype = ctypes.c_int64
-            lib.mtp_tls_hello_parse.argtypes = [vp, size]
+            lib.mtp_tls_hello.restype = ctypes.c_int64
+            lib.mtp_tls_hello.argtypes = [vp, size, vp, size, vp, size, vp, size]
             lib.mtp_tls_accept.restype = ctypes.c_int64
             lib.mtp_tls_accept.argtypes = [vp, size, size, ctypes.c_uint32, vp, size, vp, size, vp, size]
         except (OSError, AttributeError):  # not loadable here, or a stale build without these functions
@@ -257,11 +259,19 @@ class NativeSecretScan:
         return None
 
 
-def parse_hello(lib: ctypes.CDLL, record: bytes) -> ClientHello:
-    """`protocol.cipher.HelloParse` in one library call (`mtp_tls_hello_parse`): TlsFormatError exactly where
-    `faketls.parse_client_hello` raises one."""
+def check_hello(lib: ctypes.CDLL, record: bytes, secret_key: bytes | None = None, drawn: bytes = b"",
+                cert_size: int = 0) -> tuple[ClientHello, tuple[int, bytes] | None]:
+    """`protocol.cipher.HelloCheck` in one library call (`mtp_tls_hello`): TlsFormatError exactly where
+    `faketls.parse_client_hello` raises one; with a key, `accept_hello`'s answer too."""
     record = bytes(record)
-    packed: int = lib.mtp_tls_hello_parse(record, len(record))
+    out = None
+    if secret_key is None:
+        packed: int = lib.mtp_tls_hello(record, len(record), None, 0, None, 0, None, 0)
+    else:
+        if len(drawn) != FLIGHT_RANDOM or not secret_key or not 1 <= cert_size <= MAX_RECORD_PAYLOAD:
+            raise ValueError("a check under a key takes 64 random bytes and a size of 1..16384")
+        out = ctypes.create_string_buffer(_CLOCK + _FLIGHT_FIXED + _MAX_SESSION_ID + cert_size)
+        packed = lib.mtp_tls_hello(record, len(record), secret_key, len(secret_key), drawn, cert_size, out, len(out))
     if packed < 0:
         if packed == HELLO_MALFORMED:
             raise TlsFormatError("malformed ClientHello")
@@ -270,8 +280,16 @@ def parse_hello(lib: ctypes.CDLL, record: bytes) -> ClientHello:
     sni = None
     if name_at != NO_NAME:
         sni = record[name_at : name_at + (packed >> 24 & 0xFFFF)].decode("ascii").lower()
-    return ClientHello(record, record[RANDOM_OFFSET:SESSION_ID_OFFSET - 1],
-                       record[SESSION_ID_OFFSET : SESSION_ID_OFFSET + (packed & 0xFF)], packed >> 40, sni)
+    session_id_len = packed & 0xFF
+    hello = ClientHello(record, record[RANDOM_OFFSET:SESSION_ID_OFFSET - 1],
+                        record[SESSION_ID_OFFSET : SESSION_ID_OFFSET + session_id_len], packed >> 40, sni)
+    if out is None:
+        return hello, None
+    raw = out.raw
+    clock = int.from_bytes(raw[:_CLOCK], "little", signed=True)
+    if clock < 0:
+        return hello, None
+    return hello, (clock, raw[_CLOCK : _CLOCK + _FLIGHT_FIXED + session_id_len + cert_size])
 
 
 def accept_hello(lib: ctypes.CDLL, hello: ClientHello, secret_key: bytes, drawn: bytes,

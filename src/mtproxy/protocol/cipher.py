@@ -38,11 +38,12 @@ ScanFactory = Callable[[Sequence[Secret]], SecretScan]
 # stream positioned after them, the reverse direction's key and counter block as 48 bytes).
 InitStart = Callable[[bytes, bytes | None], tuple[bytes, Keystream, bytes]]
 
-# A fake-TLS ClientHello's two steps, each in one call. Parse: the whole record's layout (`faketls.parse_client_hello`
-# is the reference: the hello, or TlsFormatError). Accept: given the parsed hello, a secret key, the
-# FLIGHT_RANDOM random bytes and the certificate size, (the client's clock, the server's flight) when the digest
+# A fake-TLS ClientHello's two steps, each one call. Check: the whole record parsed (`faketls.parse_client_hello`
+# is the reference: TlsFormatError when malformed) and, given a secret key, the FLIGHT_RANDOM random bytes and
+# the certificate size, accepted under that key in the same call, as Accept does. Accept: given a parsed hello,
+# a secret key, the random bytes and the size, (the client's clock, the server's flight) when the digest
 # verifies under that key, else None (`faketls.accept_hello`'s Python path is the reference).
-HelloParse = Callable[[bytes], "ClientHello"]
+HelloCheck = Callable[[bytes, bytes | None, bytes, int], tuple["ClientHello", tuple[int, bytes] | None]]
 HelloAccept = Callable[["ClientHello", bytes, bytes, int], tuple[int, bytes] | None]
 
 class Aes(Protocol):
@@ -50,8 +51,8 @@ class Aes(Protocol):
     `encrypt_block(key, block)` is AES-256 of one block (the secret scan's inner loop); `secret_scan`, when
     not None, builds a table's whole scan (SHA-256, HMAC and AES together) instead of that loop;
     `start_init`, when not None, does an init's key derivation, stream set-up and 64 bytes in one call;
-    `tls_parse` and `tls_accept`, when not None, parse a fake-TLS ClientHello, and check its digest under a
-    key and build the server's flight, in one call each."""
+    `tls_hello` and `tls_accept`, when not None, parse a fake-TLS ClientHello (and accept it under the hinted
+    secret), and accept one under a further key: check its digest, build the server's flight."""
 
     @property
     def new_stream(self) -> Callable[[bytes, bytes], Keystream]: ...
@@ -66,7 +67,7 @@ class Aes(Protocol):
     def start_init(self) -> InitStart | None: ...
 
     @property
-    def tls_parse(self) -> HelloParse | None: ...
+    def tls_hello(self) -> HelloCheck | None: ...
 
     @property
     def tls_accept(self) -> HelloAccept | None: ...

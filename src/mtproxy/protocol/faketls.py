@@ -169,10 +169,27 @@ def choose_cipher_suite(hello: ClientHello) -> int:
     return hello.suite
 
 
-def parse_hello(aes: Aes, record: bytes) -> ClientHello:
-    """`parse_client_hello` in one call into `aes.tls_parse` where the backend has it, same answers."""
-    parse = aes.tls_parse
-    return parse(record) if parse is not None else parse_client_hello(record)
+def check_hello(aes: Aes, record: bytes, secret_key: bytes | None = None, drawn: bytes = b"", cert_size: int = 0,
+                keyed: hmac.HMAC | None = None) -> tuple[ClientHello, tuple[int, bytes] | None]:
+    """One whole ClientHello record parsed (TlsFormatError when malformed) and, given a secret key, accepted
+    under it as `accept_hello` does (None as well when the hello offers no TLS 1.3 suite): in one call into
+    `aes.tls_hello` where the backend has it, else `parse_client_hello` and `accept_hello`, same answers."""
+    if secret_key is not None:
+        _check_flight_arguments(drawn, cert_size)
+    check = aes.tls_hello
+    if check is not None:
+        return check(record, secret_key, drawn, cert_size)
+    hello = parse_client_hello(record)
+    if secret_key is None or not hello.suite:
+        return hello, None
+    return hello, accept_hello(aes, hello, secret_key, drawn, cert_size, keyed)
+
+
+def _check_flight_arguments(drawn: bytes, cert_size: int) -> None:
+    if not 1 <= cert_size <= MAX_RECORD_PAYLOAD:
+        raise ProtocolError("fake certificate size must be 1..16384")
+    if len(drawn) != FLIGHT_RANDOM:
+        raise ProtocolError(f"a server flight takes {FLIGHT_RANDOM} random bytes")
 
 
 def accept_hello(aes: Aes, hello: ClientHello, secret_key: bytes, drawn: bytes, cert_size: int,
@@ -181,10 +198,7 @@ def accept_hello(aes: Aes, hello: ClientHello, secret_key: bytes, drawn: bytes, 
     None. `drawn` is FLIGHT_RANDOM random bytes: the key share, then the certificate stand-in's key. In one
     call into `aes.tls_accept` where the backend has it, else `client_timestamp` (`keyed`, the key's HMAC,
     saves keying it again) and `build_server_flight`: same answers, same bytes."""
-    if not 1 <= cert_size <= MAX_RECORD_PAYLOAD:
-        raise ProtocolError("fake certificate size must be 1..16384")
-    if len(drawn) != FLIGHT_RANDOM:
-        raise ProtocolError(f"a server flight takes {FLIGHT_RANDOM} random bytes")
+    _check_flight_arguments(drawn, cert_size)
     choose_cipher_suite(hello)
     accept = aes.tls_accept
     if accept is not None:
@@ -350,6 +364,9 @@ class TlsRecordReader:
             # record with its init; taken here in one compare, not through the header-by-header path
             self._ccs_allowed = False
             data = data[len(CHANGE_CIPHER_SPEC) :]
+            if (len(data) > RECORD_HEADER_SIZE and data[:3] == APPLICATION_DATA
+                    and (data[3] << 8 | data[4]) == len(data) - RECORD_HEADER_SIZE <= MAX_CLIENT_RECORD):
+                return bytes(data[RECORD_HEADER_SIZE:])  # and exactly one whole record: the init's, as a rule
         return bytes(self.payload(memoryview(bytearray(data))))
 
     def payload(self, view: memoryview) -> bytes | memoryview:

@@ -47,6 +47,14 @@ class SecretTable:
     def keyed_hmac(self, index: int) -> hmac.HMAC:
         return self._keyed[index]
 
+    def check_hello(self, record: bytes, index: int, drawn: bytes = b"",
+                    cert_size: int = 0) -> tuple[faketls.ClientHello, tuple[int, bytes] | None]:
+        """A whole ClientHello record parsed (TlsFormatError when malformed) and, for `index` >= 0, accepted
+        under that secret (`faketls.check_hello`)."""
+        if index < 0:
+            return faketls.check_hello(self._aes, record)
+        return faketls.check_hello(self._aes, record, self.secrets[index].key, drawn, cert_size, self._keyed[index])
+
     def accept_hello(self, hello: faketls.ClientHello, index: int, drawn: bytes,
                      cert_size: int) -> tuple[int, bytes] | None:
         """The client's clock and the server's flight if the hello's digest verifies under secret `index`
@@ -174,7 +182,7 @@ class Handshake:
         self._tls_reader: faketls.TlsRecordReader | None = None
         self._tls_payload = bytearray()
         self._hello: faketls.ClientHello | None = None  # parsed, while a fake-TLS scan waits
-        self._drawn: tuple[int, bytes] | None = None  # the server flight's size and random bytes, once drawn
+        self._drawn: tuple[bytes, int] | None = None  # the server flight's random bytes and size, once drawn
         self._now = 0.0
 
     @property
@@ -300,20 +308,19 @@ class Handshake:
             return self._reject(RejectReason.TLS_MALFORMED)
         if len(received) < total:
             return NeedMore()
+        table = self._table
+        hint = self._hint_index()
+        draws = self._draws() if hint >= 0 else (b"", 0)  # the hinted secret, usually the client's, is tried at once
         try:
-            hello = faketls.parse_hello(self._aes, bytes(received[:total]))
+            hello, accepted = table.check_hello(bytes(received[:total]), hint, *draws)
             faketls.choose_cipher_suite(hello)
         except TlsFormatError:
             return self._reject(RejectReason.TLS_MALFORMED)
         domains = self._settings.tls_domains
         if domains and hello.sni not in domains:
             return self._reject(RejectReason.TLS_BAD_SNI)
-        table = self._table
-        hint = self._hint_index()
-        if hint >= 0:
-            accepted = self._accept(hello, hint)
-            if accepted is not None:
-                return self._tls_found(hello, hint, accepted, now)
+        if accepted is not None:
+            return self._tls_found(hello, hint, accepted, now)
         group = table.with_domain(hello.sni)
         # the operator's per-user-group domains: a new client costs a few tries, never a scan
         if len(group) < self._settings.inline_scan_limit:
@@ -336,12 +343,15 @@ class Handshake:
         return self._tls_found(hello, found[0], accepted, now)
 
     def _accept(self, hello: faketls.ClientHello, index: int) -> tuple[int, bytes] | None:
-        """`SecretTable.accept_hello` with this handshake's flight randomness, drawn once (the certificate
-        size's jitter, then the flight's bytes) however many secrets are tried."""
+        return self._table.accept_hello(hello, index, *self._draws())
+
+    def _draws(self) -> tuple[bytes, int]:
+        """The server flight's random bytes and certificate size, drawn once (the size's jitter first) however
+        many secrets are tried."""
         if self._drawn is None:
             size = self._cert_size()
-            self._drawn = size, self._random(faketls.FLIGHT_RANDOM)
-        return self._table.accept_hello(hello, index, self._drawn[1], self._drawn[0])
+            self._drawn = self._random(faketls.FLIGHT_RANDOM), size
+        return self._drawn
 
     def _tls_found(self, hello: faketls.ClientHello, index: int, accepted: tuple[int, bytes], now: float) -> Step:
         self._hello = None
@@ -356,9 +366,9 @@ class Handshake:
         self._state = _TLS_INIT
         self._tls_reader = faketls.TlsRecordReader()
         total = len(hello.record)
-        rest = bytes(self._received[total:])
-        if not rest:
+        if len(self._received) == total:
             return NeedMore(flight)
+        rest = bytes(self._received[total:])
         del self._received[total:]  # _feed_tls_init records them again
         step = self._feed_tls_init(rest)
         if isinstance(step, Authenticated):
@@ -377,20 +387,20 @@ class Handshake:
         assert self._tls_reader is not None
         self._received += data
         try:
-            self._tls_payload += self._tls_reader.unwrap(data)
+            payload = self._tls_reader.unwrap(data)
         except TlsFormatError:
             return self._reject(RejectReason.TLS_BAD_INIT, maskable=False)
-        if len(self._tls_payload) < obfs2.INIT_SIZE:
-            if len(self._received) > _MAX_TLS_INIT_BUFFER + 20000:
-                return self._reject(RejectReason.TLS_BAD_INIT, maskable=False)
-            return NeedMore()
-        init = bytes(self._tls_payload[: obfs2.INIT_SIZE])
-        decoded = obfs2.decode_init(init, self._table.secrets[self._secret_index].key, self._aes)
+        if self._tls_payload or len(payload) < obfs2.INIT_SIZE:  # the init comes in pieces: gather them
+            self._tls_payload += payload
+            if len(self._tls_payload) < obfs2.INIT_SIZE:
+                if len(self._received) > _MAX_TLS_INIT_BUFFER + 20000:
+                    return self._reject(RejectReason.TLS_BAD_INIT, maskable=False)
+                return NeedMore()
+            payload = bytes(self._tls_payload)
+        decoded = obfs2.decode_init(payload[: obfs2.INIT_SIZE], self._table.secrets[self._secret_index].key, self._aes)
         if decoded is None:
             return self._reject(RejectReason.TLS_BAD_INIT, maskable=False)
-        auth = self._auth_result(
-            self._secret_index, decoded, fake_tls=True, pending=bytes(self._tls_payload[obfs2.INIT_SIZE :])
-        )
+        auth = self._auth_result(self._secret_index, decoded, fake_tls=True, pending=payload[obfs2.INIT_SIZE :])
         auth.tls_reader = self._tls_reader
         return Authenticated(auth)
 
