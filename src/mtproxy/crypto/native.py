@@ -18,7 +18,7 @@ import ctypes
 import importlib.machinery
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 from mtproxy.protocol.faketls import (
     FLIGHT_RANDOM,
@@ -270,8 +270,9 @@ def check_hello(lib: ctypes.CDLL, record: bytes, secret_key: bytes | None = None
     else:
         if len(drawn) != FLIGHT_RANDOM or not secret_key or not 1 <= cert_size <= MAX_RECORD_PAYLOAD:
             raise ValueError("a check under a key takes 64 random bytes and a size of 1..16384")
-        out = ctypes.create_string_buffer(_CLOCK + _FLIGHT_FIXED + _MAX_SESSION_ID + cert_size)
-        packed = lib.mtp_tls_hello(record, len(record), secret_key, len(secret_key), drawn, cert_size, out, len(out))
+        size = _CLOCK + _FLIGHT_FIXED + _MAX_SESSION_ID + cert_size
+        out = (ctypes.c_char * size)()  # a slice of it is bytes: one copy out, where .raw and a slice take two
+        packed = lib.mtp_tls_hello(record, len(record), secret_key, len(secret_key), drawn, cert_size, out, size)
     if packed < 0:
         if packed == HELLO_MALFORMED:
             raise TlsFormatError("malformed ClientHello")
@@ -285,11 +286,10 @@ def check_hello(lib: ctypes.CDLL, record: bytes, secret_key: bytes | None = None
                         record[SESSION_ID_OFFSET : SESSION_ID_OFFSET + session_id_len], packed >> 40, sni)
     if out is None:
         return hello, None
-    raw = out.raw
-    clock = int.from_bytes(raw[:_CLOCK], "little", signed=True)
+    clock = int.from_bytes(_sliced(out, 0, _CLOCK), "little", signed=True)
     if clock < 0:
         return hello, None
-    return hello, (clock, raw[_CLOCK : _CLOCK + _FLIGHT_FIXED + session_id_len + cert_size])
+    return hello, (clock, _sliced(out, _CLOCK, _CLOCK + _FLIGHT_FIXED + session_id_len + cert_size))
 
 
 def accept_hello(lib: ctypes.CDLL, hello: ClientHello, secret_key: bytes, drawn: bytes,
@@ -303,11 +303,16 @@ def accept_hello(lib: ctypes.CDLL, hello: ClientHello, secret_key: bytes, drawn:
             or record[RANDOM_OFFSET : RANDOM_OFFSET + RANDOM_SIZE] != hello.random):
         raise ValueError("not a parsed hello with a TLS 1.3 suite, 64 random bytes and a size of 1..16384")
     size = _FLIGHT_FIXED + len(session_id) + cert_size
-    out = ctypes.create_string_buffer(size)
+    out = (ctypes.c_char * size)()
     clock: int = lib.mtp_tls_accept(record, len(record), len(session_id), hello.suite, secret_key, len(secret_key),
                                     drawn, cert_size, out, size)
     if clock < 0:
         if clock == -1:
             return None
         raise ValueError(f"the native library refused a ClientHello ({clock})")
-    return clock, out.raw
+    return clock, _sliced(out, 0, size)
+
+
+def _sliced(buffer: ctypes.Array[ctypes.c_char], start: int, stop: int) -> bytes:
+    """buffer[start:stop], which ctypes gives as bytes (typeshed says a list)."""
+    return cast(bytes, buffer[start:stop])
