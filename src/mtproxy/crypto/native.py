@@ -45,6 +45,7 @@ HELLO_MALFORMED: Final = -1  # what mtp_tls_hello returns for a record parse_cli
 NO_NAME: Final = 0xFFFF  # mtp_tls_hello's host name offset when the hello names no host
 _CLOCK: Final = 8  # mtp_tls_hello's answer under a key starts with the clock, an i64
 _MAX_SESSION_ID: Final = 255
+_InitOut = ctypes.c_char * (INIT_SIZE + INIT_REVERSE_SIZE)  # mtp_obfs2_start's answer
 # the flight's bytes besides the session id and the certificate: ServerHello (record and handshake headers,
 # version, random, session id length, suite, compression, extensions), ChangeCipherSpec, a record header
 _FLIGHT_FIXED: Final = 5 + 4 + 2 + RANDOM_SIZE + 1 + 2 + 1 + 2 + 46 + 6 + 5
@@ -98,9 +99,10 @@ def open_library(directory: Path | None = None) -> ctypes.CDLL | None:
     return None
 
 
-def address(buf: bytearray | memoryview) -> tuple[int, ctypes.Array[ctypes.c_char]]:
-    """The address of a writable buffer, and the ctypes view that pins it (keep it until the call is done)."""
-    view = (ctypes.c_char * len(buf)).from_buffer(buf)
+def address(buf: bytearray | memoryview) -> tuple[int, ctypes.c_char | ctypes.Array[ctypes.c_char]]:
+    """The address of a writable buffer, and the ctypes view that pins it (keep it until the call is done).
+    A one-byte view pins the buffer as an array over all of it would, at half the cost (no array type)."""
+    view = ctypes.c_char.from_buffer(buf) if len(buf) else (ctypes.c_char * 0).from_buffer(buf)
     return ctypes.addressof(view), view
 
 
@@ -134,12 +136,11 @@ class NativeCtr:
         stream._state = bytearray(STATE_SIZE)
         stream._addr, pin = address(stream._state)
         del pin
-        out = ctypes.create_string_buffer(INIT_SIZE + INIT_REVERSE_SIZE)
+        out = _InitOut()
         key = b"" if secret_key is None else secret_key
         if lib.mtp_obfs2_start(init, key, len(key), stream._addr, out) != 0:
             raise OSError("the native AES library refused to start an init's streams")
-        raw = out.raw
-        return raw[:INIT_SIZE], stream, raw[INIT_SIZE:]
+        return _sliced(out, 0, INIT_SIZE), stream, _sliced(out, INIT_SIZE, INIT_SIZE + INIT_REVERSE_SIZE)
 
     def update(self, data: bytes | bytearray | memoryview, /) -> bytes:
         """The handshake's path (headers, the bytes that came with an init): one call, one copy out."""
