@@ -142,9 +142,9 @@ def self_test(backend: Backend) -> None:
     n = transform_upload(backend.new_stream(key, iv), backend.new_stream(other, iv), buf, layout)
     if not layout[4] or buf[:n] != twice:
         raise ValueError("its record gather is not two AES-CTR passes over the payload")
-    block = bytes(range(16))
-    if backend.encrypt_block(key, block) != Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(block):
-        raise ValueError("its block cipher is not AES-256")
+    for block in (bytes(range(16)), bytes(range(48))):  # one block (the scan), a run (the certificate)
+        if backend.encrypt_block(key, block) != Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(block):
+            raise ValueError("its block cipher is not AES-256")
     if backend.secret_scan is not None:
         _test_scan(backend, backend.secret_scan)
     if backend.start_init is not None:

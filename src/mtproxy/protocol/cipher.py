@@ -48,7 +48,8 @@ HelloAccept = Callable[["ClientHello", bytes, bytes, int], tuple[int, bytes] | N
 
 class Aes(Protocol):
     """The AES the core runs on: `new_stream(key, iv)` starts a CTR stream at counter block `iv`;
-    `encrypt_block(key, block)` is AES-256 of one block (the secret scan's inner loop); `secret_scan`, when
+    `encrypt_block(key, blocks)` is AES-256 of whole blocks (ECB: one in the secret scan's inner loop, a run
+    of counter blocks for the fake certificate's keystream); `secret_scan`, when
     not None, builds a table's whole scan (SHA-256, HMAC and AES together) instead of that loop;
     `start_init`, when not None, does an init's key derivation, stream set-up and 64 bytes in one call;
     `tls_hello` and `tls_accept`, when not None, parse a fake-TLS ClientHello (and accept it under the hinted
