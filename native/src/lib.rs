@@ -914,3 +914,343 @@ pub unsafe extern "C" fn mtp_obfs2_start(
     ptr::copy_nonoverlapping(backward[32..48].as_ptr(), out.add(INIT_SIZE + 32), 16);
     0
 }
+
+// ---- the fake-TLS handshake: a ClientHello checked, the server's flight built ----
+//
+// `mtproxy.protocol.faketls` holds the references (`parse_client_hello`; `client_timestamp`, then
+// `build_server_flight` of `cert_stand_in`). `mtp_tls_hello` parses, and accepts under the hinted secret in the
+// same call; `mtp_tls_accept` tries each further candidate. Every read of
+// the record is bounds-checked: a malformed hello is an answer (-1), never a read past its end.
+
+const HELLO_PREFIX: [u8; 3] = [0x16, 0x03, 0x01];
+const TLS_RANDOM_OFFSET: usize = 11;
+const MIN_HELLO_PAYLOAD: usize = 64;
+const MAX_RECORD_PAYLOAD: usize = 16384;
+const SESSION_ID_OFFSET: usize = TLS_RANDOM_OFFSET + TLS_RANDOM + 1; // after the random and its length byte
+const TLS13_SUITES: [u16; 3] = [0x1301, 0x1302, 0x1303];
+const HELLO_MALFORMED: i32 = -1;
+const NO_NAME: u32 = u32::MAX;
+// ServerHello's extensions: key_share (x25519, 32 bytes), supported_versions (TLS 1.3)
+const KEY_SHARE_HEAD: [u8; 8] = [0x00, 0x33, 0x00, 0x24, 0x00, 0x1d, 0x00, 0x20];
+const SUPPORTED_VERSIONS: [u8; 6] = [0x00, 0x2b, 0x00, 0x02, 0x03, 0x04];
+const CHANGE_CIPHER_SPEC: [u8; 6] = [0x14, 0x03, 0x03, 0x00, 0x01, 0x01];
+
+/// The big-endian number in `data[at..at + n]`, None past the end.
+fn be(data: &[u8], at: usize, n: usize) -> Option<usize> {
+    let bytes = data.get(at..at.checked_add(n)?)?;
+    Some(bytes.iter().fold(0usize, |acc, &b| (acc << 8) | b as usize))
+}
+
+/// A TLS vector with a `width`-byte length at `pos`, ending by `end`: (its start, its end).
+fn vector(data: &[u8], pos: usize, width: usize, end: usize) -> Option<(usize, usize)> {
+    let start = pos + width;
+    if start > end {
+        return None;
+    }
+    let stop = start + be(data, pos, width)?;
+    (stop <= end).then_some((start, stop))
+}
+
+/// The server_name extension's body at `data[start..end]`: the first host_name's (offset, length), or
+/// NO_NAME when it has none; None when malformed or not ASCII.
+fn server_name(data: &[u8], start: usize, end: usize) -> Option<(u32, u32)> {
+    let end = end.min(start + 2 + be(data, start, 2).filter(|_| start + 2 <= end)?);
+    let mut pos = start + 2;
+    while pos < end {
+        if pos + 3 > end {
+            return None;
+        }
+        let name_type = data[pos];
+        let name_end = pos + 3 + be(data, pos + 1, 2)?;
+        if name_end > end {
+            return None;
+        }
+        if name_type == 0 {
+            let name = data.get(pos + 3..name_end)?;
+            return name.is_ascii().then_some(((pos + 3) as u32, name.len() as u32));
+        }
+        pos = name_end;
+    }
+    Some((NO_NAME, 0))
+}
+
+/// What the handshake needs of a well-formed ClientHello record: the session id's length (it starts at
+/// SESSION_ID_OFFSET), the last server_name extension's host name, the first TLS 1.3 suite offered (0: none).
+struct Hello {
+    session_id_len: u32,
+    name: (u32, u32),
+    suite: u32,
+}
+
+/// `parse_client_hello`'s checks, in its order; None when it raises.
+fn parse_hello(r: &[u8]) -> Option<Hello> {
+    if r.len() < RECORD_HEADER || r[..3] != HELLO_PREFIX {
+        return None;
+    }
+    let length = be(r, 3, 2)?;
+    if !(MIN_HELLO_PAYLOAD..=MAX_RECORD_PAYLOAD).contains(&length) || r.len() != RECORD_HEADER + length {
+        return None;
+    }
+    let total = r.len();
+    if *r.get(RECORD_HEADER)? != 0x01 {
+        return None;
+    }
+    let body_end = RECORD_HEADER + 4 + be(r, RECORD_HEADER + 1, 3)?;
+    if body_end > total || TLS_RANDOM_OFFSET + TLS_RANDOM > body_end {
+        return None;
+    }
+    let (sid_start, sid_end) = vector(r, TLS_RANDOM_OFFSET + TLS_RANDOM, 1, body_end)?;
+    let (suites_start, suites_end) = vector(r, sid_end, 2, body_end)?;
+    if (suites_end - suites_start) % 2 != 0 {
+        return None;
+    }
+    let (_, mut pos) = vector(r, suites_end, 1, body_end)?;
+    let mut name = (NO_NAME, 0);
+    if pos < body_end {
+        let extensions_end = pos + 2 + be(r, pos, 2).filter(|_| pos + 2 <= body_end)?;
+        if extensions_end > body_end {
+            return None;
+        }
+        pos += 2;
+        while pos < extensions_end {
+            if pos + 4 > extensions_end {
+                return None;
+            }
+            let ext_type = be(r, pos, 2)?;
+            let ext_end = pos + 4 + be(r, pos + 2, 2)?;
+            if ext_end > extensions_end {
+                return None;
+            }
+            if ext_type == 0 {
+                name = server_name(r, pos + 4, ext_end)?;
+            }
+            pos = ext_end;
+        }
+    }
+    let suites = r.get(suites_start..suites_end)?;
+    let suite = suites
+        .chunks_exact(2)
+        .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
+        .find(|suite| TLS13_SUITES.contains(suite))
+        .map_or(0, u32::from);
+    Some(Hello { session_id_len: (sid_end - sid_start) as u32, name, suite })
+}
+
+/// Two HMAC-SHA256 under one key (its midstates), each of a first block then the rest, hashed side by side
+/// over the blocks both have: one lane alone waits on each round's latency, two fill it.
+fn hmac_pair(sha: Sha, key: &([u32; 8], [u32; 8]), a: (&[u8; SHA_BLOCK], &[u8]), b: (&[u8; SHA_BLOCK], &[u8])) -> [[u8; 32]; 2] {
+    let (inner, outer) = *key;
+    let mut states = [inner; 2];
+    sha.compress_lanes(&mut states, [&a.0[..], &b.0[..]]);
+    let shared = a.1.len().min(b.1.len()) / SHA_BLOCK * SHA_BLOCK;
+    sha.compress_lanes(&mut states, [&a.1[..shared], &b.1[..shared]]);
+    let prefix = (2 * SHA_BLOCK + shared) as u64;
+    let inner_a = sha.finish(states[0], prefix, &a.1[shared..]);
+    let inner_b = sha.finish(states[1], prefix, &b.1[shared..]);
+    sha.finish_lanes([outer; 2], SHA_BLOCK as u64, [&inner_a[..], &inner_b[..]])
+}
+
+/// `faketls.parse_client_hello`'s checks on one whole ClientHello record and, given a secret key (`key_len`
+/// not 0), `mtp_tls_accept` under it in the same call: the hinted secret's handshake, one call. Returns -1
+/// when `parse_client_hello` would raise, else, packed into one number: bits 0..8 the session id's length (it
+/// starts at byte 44), 8..24 the host name's offset in the record (0xffff: the hello names no host), 24..40
+/// its length, 40..56 the first TLS 1.3 cipher suite offered (0: none). With a key, `out[..8]` gets the
+/// client's clock (a little-endian i64; -1 when the digest differs or no TLS 1.3 suite is offered) and
+/// `out[8..]` the flight when the clock is not -1. -2 on a bad argument (a null pointer; with a key, a
+/// certificate size outside 1..16384 or `out_len` under 8 + the flight's size), -3 with a key but without
+/// AES-NI, AVX2 and VAES.
+///
+/// # Safety
+/// `record` readable for `record_len` bytes; with a key, `key` readable for `key_len` bytes, `drawn` for 64,
+/// `out` writable for `out_len`.
+#[no_mangle]
+pub unsafe extern "C" fn mtp_tls_hello(
+    record: *const u8,
+    record_len: usize,
+    key: *const u8,
+    key_len: usize,
+    drawn: *const u8,
+    cert_size: usize,
+    out: *mut u8,
+    out_len: usize,
+) -> i64 {
+    if record.is_null() || !fits(record_len, 1) {
+        return BAD_ARGUMENT as i64;
+    }
+    let r = core::slice::from_raw_parts(record, record_len);
+    let Some(hello) = parse_hello(r) else {
+        return HELLO_MALFORMED as i64;
+    };
+    let sid_len = hello.session_id_len as usize;
+    if key_len != 0 {
+        if !cpu_ok() {
+            return NO_CPU_SUPPORT as i64;
+        }
+        if key.is_null()
+            || drawn.is_null()
+            || out.is_null()
+            || !fits(key_len, 1)
+            || !fits(out_len, 1)
+            || !(1..=MAX_RECORD_PAYLOAD).contains(&cert_size)
+            || out_len < 8 + flight_size(sid_len, cert_size)
+        {
+            return BAD_ARGUMENT as i64;
+        }
+        let out = core::slice::from_raw_parts_mut(out, out_len);
+        let mut clock = -1i64;
+        if hello.suite != 0 {
+            let key = core::slice::from_raw_parts(key, key_len);
+            let flight = &mut out[8..8 + flight_size(sid_len, cert_size)];
+            // a parsed record is at least 69 bytes and holds its session id
+            clock = accept(r, sid_len, hello.suite as u16, key, &*(drawn as *const [u8; 64]), flight).map_or(-1, i64::from);
+        }
+        out[..8].copy_from_slice(&clock.to_le_bytes());
+    }
+    let name_at = if hello.name.0 == NO_NAME { 0xffff } else { hello.name.0 as i64 };
+    sid_len as i64 | name_at << 8 | (hello.name.1 as i64) << 24 | (hello.suite as i64) << 40
+}
+
+/// `faketls.client_timestamp`'s verdict on a ClientHello's random given the HMAC-SHA256 of the hello with
+/// that random zeroed: the first 28 bytes compared in constant time; the client's clock (the digest's last 4
+/// bytes XOR the random's, little-endian) when they match.
+fn hello_clock(digest: &[u8; 32], random: &[u8]) -> Option<u32> {
+    let mut differ = 0u8;
+    for (a, b) in digest[..DIGEST_CHECKED].iter().zip(&random[..DIGEST_CHECKED]) {
+        differ |= a ^ b;
+    }
+    if core::hint::black_box(differ) != 0 {
+        return None;
+    }
+    let mut tail = [0u8; 4];
+    for i in 0..4 {
+        tail[i] = digest[DIGEST_CHECKED + i] ^ random[DIGEST_CHECKED + i];
+    }
+    Some(u32::from_le_bytes(tail))
+}
+
+/// The bytes of the server's flight for a session id of `session_id_len` bytes and a certificate record of
+/// `cert_size`.
+fn flight_size(session_id_len: usize, cert_size: usize) -> usize {
+    let hello_body = 2 + TLS_RANDOM + 1 + session_id_len + 2 + 1 + 2 + KEY_SHARE_HEAD.len() + 32 + SUPPORTED_VERSIONS.len();
+    RECORD_HEADER + 4 + hello_body + CHANGE_CIPHER_SPEC.len() + RECORD_HEADER + cert_size
+}
+
+/// `faketls.build_server_flight` of `faketls.cert_stand_in` into `flight` (exactly `flight_size` bytes), its
+/// ServerHello's random left zero for the HMAC: ServerHello (echoing the session id, choosing `suite`, the
+/// x25519 share `key_share`), ChangeCipherSpec, and one application-data record of AES-256-CTR keystream
+/// under `cert_key` from a zero counter block. The caller has checked `cpu_ok`.
+unsafe fn write_flight(
+    session_id: &[u8],
+    suite: u16,
+    key_share: &[u8],
+    cert_key: &[u8; 32],
+    flight: &mut [u8],
+) {
+    let cert_size = flight.len() - flight_size(session_id.len(), 0);
+    let handshake = flight_size(session_id.len(), 0) - CHANGE_CIPHER_SPEC.len() - 2 * RECORD_HEADER;
+    let extensions = KEY_SHARE_HEAD.len() + 32 + SUPPORTED_VERSIONS.len();
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| {
+        flight[at..at + bytes.len()].copy_from_slice(bytes);
+        at += bytes.len();
+    };
+    put(&[0x16, 0x03, 0x03]);
+    put(&(handshake as u16).to_be_bytes());
+    put(&[0x02]);
+    put(&((handshake - 4) as u32).to_be_bytes()[1..]);
+    put(&[0x03, 0x03]);
+    put(&[0u8; TLS_RANDOM]);
+    put(&[session_id.len() as u8]);
+    put(session_id);
+    put(&suite.to_be_bytes());
+    put(&[0x00]);
+    put(&(extensions as u16).to_be_bytes());
+    put(&KEY_SHARE_HEAD);
+    put(key_share);
+    put(&SUPPORTED_VERSIONS);
+    put(&CHANGE_CIPHER_SPEC);
+    put(&[0x17, 0x03, 0x03]);
+    put(&(cert_size as u16).to_be_bytes());
+    let body = &mut flight[at..];
+    body.fill(0);
+    let mut state = [0u8; STATE_SIZE];
+    mtp_ctr_init(state.as_mut_ptr(), cert_key.as_ptr(), [0u8; 16].as_ptr());
+    mtp_ctr_xor(state.as_mut_ptr(), body.as_ptr(), body.as_mut_ptr(), cert_size);
+}
+
+/// A parsed ClientHello tried under one secret key, and the server's flight when it verifies. `record` is
+/// a hello `mtp_tls_hello` accepted, with its session id's length and the TLS 1.3 suite it chose; `drawn`
+/// is 64 random bytes, the x25519 share then the certificate stand-in's AES key. When the digest verifies
+/// (`faketls.client_timestamp`), writes the flight (`faketls.build_server_flight` of
+/// `faketls.cert_stand_in`, `out_len` bytes: exactly the size for this session id and `cert_size`) to `out`
+/// and returns the client's clock; else returns -1 (what `out` then holds is no flight: its HMAC is
+/// missing). -2 on a bad argument (a null pointer, a record under 64 bytes or too short for its session id,
+/// a suite of 0, a certificate size outside 1..16384, `out_len` not the flight's size), -3 without AES-NI,
+/// AVX2 and VAES.
+///
+/// # Safety
+/// `record` readable for `record_len` bytes, `key` for `key_len` (may be null when 0), `drawn` for 64,
+/// `out` writable for `out_len`.
+#[no_mangle]
+pub unsafe extern "C" fn mtp_tls_accept(
+    record: *const u8,
+    record_len: usize,
+    session_id_len: usize,
+    suite: u32,
+    key: *const u8,
+    key_len: usize,
+    drawn: *const u8,
+    cert_size: usize,
+    out: *mut u8,
+    out_len: usize,
+) -> i64 {
+    if !cpu_ok() {
+        return NO_CPU_SUPPORT as i64;
+    }
+    if record.is_null()
+        || drawn.is_null()
+        || out.is_null()
+        || (key.is_null() && key_len != 0)
+        || !fits(record_len, 1)
+        || !fits(key_len, 1)
+        || session_id_len > 255
+        || record_len < SHA_BLOCK.max(SESSION_ID_OFFSET + session_id_len)
+        || suite == 0
+        || suite > 0xffff
+        || !(1..=MAX_RECORD_PAYLOAD).contains(&cert_size)
+        || out_len != flight_size(session_id_len, cert_size)
+    {
+        return BAD_ARGUMENT as i64;
+    }
+    let r = core::slice::from_raw_parts(record, record_len);
+    let key = if key_len == 0 { &[][..] } else { core::slice::from_raw_parts(key, key_len) };
+    let flight = core::slice::from_raw_parts_mut(out, out_len);
+    accept(r, session_id_len, suite as u16, key, &*(drawn as *const [u8; 64]), flight).map_or(NO_MATCH as i64, i64::from)
+}
+
+/// `mtp_tls_accept`'s work on checked arguments: `r` at least 64 bytes and holding the session id,
+/// `flight` exactly `flight_size` bytes. The caller has checked `cpu_ok`.
+unsafe fn accept(r: &[u8], session_id_len: usize, suite: u16, key: &[u8], drawn: &[u8; 64], flight: &mut [u8]) -> Option<u32> {
+    let mut cert_key = [0u8; 32];
+    cert_key.copy_from_slice(&drawn[32..]);
+    // the flight is built before the digest is known: its HMAC then runs beside the hello's
+    write_flight(&r[SESSION_ID_OFFSET..SESSION_ID_OFFSET + session_id_len], suite, &drawn[..32], &cert_key, flight);
+    let random = &r[TLS_RANDOM_OFFSET..TLS_RANDOM_OFFSET + TLS_RANDOM];
+    let mut hello_first = [0u8; SHA_BLOCK];
+    hello_first.copy_from_slice(&r[..SHA_BLOCK]);
+    hello_first[TLS_RANDOM_OFFSET..TLS_RANDOM_OFFSET + TLS_RANDOM].fill(0);
+    // the flight's HMAC covers the client's random, then the flight with its own random still zero
+    let mut flight_first = [0u8; SHA_BLOCK];
+    flight_first[..TLS_RANDOM].copy_from_slice(random);
+    flight_first[TLS_RANDOM..].copy_from_slice(&flight[..SHA_BLOCK - TLS_RANDOM]);
+    let sha = Sha::new();
+    let [hello_digest, flight_digest] = hmac_pair(
+        sha,
+        &hmac_midstates(sha, key),
+        (&hello_first, &r[SHA_BLOCK..]),
+        (&flight_first, &flight[SHA_BLOCK - TLS_RANDOM..]),
+    );
+    let clock = hello_clock(&hello_digest, random)?;
+    flight[TLS_RANDOM_OFFSET..TLS_RANDOM_OFFSET + TLS_RANDOM].copy_from_slice(&flight_digest);
+    Some(clock)
+}

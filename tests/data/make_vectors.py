@@ -130,10 +130,12 @@ def faketls_vector(seed: bytes) -> dict[str, object]:
     timestamp = 1_790_000_000
     hello = client_hello(secret, domain, timestamp, seed + b"hello")
     session_id = hello[44:76]
-    # Server flight, with the proxy's random draws in order: x25519 share (32), then the certificate stand-in.
+    # Server flight, with the proxy's random draws in order: x25519 share (32), then the AES-256 key (32) whose
+    # CTR keystream from a zero counter block is the certificate stand-in.
     server_rand = stream(seed + b"server")
     cert_size = 1234
     share = server_rand(32)
+    cert = ctr(server_rand(32), bytes(16), bytes(cert_size))
     extensions = b"\x00\x33\x00\x24\x00\x1d\x00\x20" + share + b"\x00\x2b\x00\x02\x03\x04"
     body = (
         b"\x03\x03" + bytes(32) + b"\x20" + session_id + b"\x13\x01" + b"\x00"
@@ -143,7 +145,7 @@ def faketls_vector(seed: bytes) -> dict[str, object]:
     flight = bytearray(
         b"\x16\x03\x03" + len(handshake).to_bytes(2, "big") + handshake
         + b"\x14\x03\x03\x00\x01\x01"
-        + b"\x17\x03\x03" + cert_size.to_bytes(2, "big") + server_rand(cert_size)
+        + b"\x17\x03\x03" + cert_size.to_bytes(2, "big") + cert
     )
     flight[11:43] = hmac.new(secret, hello[11:43] + bytes(flight), hashlib.sha256).digest()
     return {

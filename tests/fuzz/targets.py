@@ -7,12 +7,16 @@ The targets run under atheris (tests/fuzz/run.py) and, without atheris, over the
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import random
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
-from mtproxy.crypto.backend import openssl_ctr
+from mtproxy.crypto import aesblock, native
+from mtproxy.crypto.backend import Backend, native_library, openssl_ctr
 from mtproxy.protocol import faketls, obfs2, transport
 from mtproxy.protocol.errors import ProtocolError
 from mtproxy.protocol.handshake import (
@@ -39,14 +43,11 @@ FIRST_HELLO = _FULL_BYTES[: 5 + _FULL["record_length"]]
 AFTER_HELLO = _FULL_BYTES[len(FIRST_HELLO) :]
 
 _AES = openssl_ctr(why="the fuzz targets: OpenSSL's CTR, no library of their own to load")
-_TABLE = SecretTable(
-    [
-        ("classic", Secret(bytes(range(16)), SecretKind.CLASSIC)),
-        ("dd", Secret(bytes(range(16, 32)), SecretKind.PADDED)),
-        ("tdlib", Secret(KEY, SecretKind.FAKE_TLS, DOMAIN)),
-    ],
-    _AES,
-)
+_TABLE_ENTRIES = [
+    ("classic", Secret(bytes(range(16)), SecretKind.CLASSIC)),
+    ("dd", Secret(bytes(range(16, 32)), SecretKind.PADDED)),
+    ("tdlib", Secret(KEY, SecretKind.FAKE_TLS, DOMAIN)),
+]
 _SETTINGS = (
     HandshakeSettings(),
     HandshakeSettings(allow_obfuscated=False, tls_domains=frozenset({DOMAIN})),
@@ -54,20 +55,39 @@ _SETTINGS = (
 )
 
 
-def _new_handshake(settings: HandshakeSettings) -> Handshake:
+@functools.cache
+def _native_pair() -> tuple[Backend, Backend] | None:
+    """The native backend, and the same with the fake-TLS work left to Python; None where the library is not
+    built. Opened on first use: importing the targets loads nothing."""
+    lib = native.open_library()
+    if lib is None:
+        return None
+    built = native_library(lib, aesblock.block_encryptor(aesblock.open_libcrypto()))
+    return built, replace(built, tls_hello=None, tls_accept=None)
+
+
+@functools.cache
+def _table(aes: Backend) -> SecretTable:
+    return SecretTable(_TABLE_ENTRIES, aes)
+
+
+def _new_handshake(settings: HandshakeSettings, aes: Backend = _AES,
+                   random_bytes: Callable[[int], bytes] = os.urandom) -> Handshake:
     # A fresh, small replay filter each run: runs must not depend on one another.
-    return Handshake(_TABLE, settings, ReplayFilter.in_process(64), os.urandom, aes=_AES)
+    return Handshake(_table(aes), settings, ReplayFilter.in_process(64), random_bytes, aes=aes)
 
 
-def _drive(handshake: Handshake, data: bytes, chunk: int, now: float, first: int = 0) -> None:
+def _drive(handshake: Handshake, data: bytes, chunk: int, now: float, first: int = 0) -> list[object]:
     """Feed `data` (its first `first` bytes at once, then chunks of `chunk` bytes) until the handshake
-    decides; check every step."""
+    decides; check every step. Returns what each step said, for comparing two backends."""
     pos = 0
+    said: list[object] = []
     if first:
         step = handshake.feed(data[:first], now)
         pos = first
         if not isinstance(step, NeedMore):
             raise AssertionError(f"the captured hello did not authenticate: {step!r}")
+        said.append(step)
     while True:
         piece = data[pos : pos + chunk]
         pos += len(piece)
@@ -75,16 +95,18 @@ def _drive(handshake: Handshake, data: bytes, chunk: int, now: float, first: int
         if isinstance(step, NeedMore):
             if not isinstance(step.send, bytes):
                 raise AssertionError("NeedMore.send is not bytes")
+            said.append(step)
             if pos >= len(data):
-                return
+                return said
             continue
         if isinstance(step, Rejected):
             # The mask must get exactly the bytes the client sent, or the prober sees a difference.
             if step.received != data[:pos]:
                 raise AssertionError("Rejected.received is not exactly what was fed")
-            return
+            return [*said, step]
         if isinstance(step, Authenticated):
-            return
+            auth = step.auth
+            return [*said, (step.send, auth.secret_index, auth.tag, auth.dc_id, auth.fake_tls, auth.pending)]
         raise AssertionError(f"unexpected step {step!r}")
 
 
@@ -111,21 +133,50 @@ def handshake_after_hello(data: bytes) -> None:
     _drive(_new_handshake(_SETTINGS[1]), FIRST_HELLO + stream, chunk, float(CAPTURE_TIME), len(FIRST_HELLO))
 
 
+def handshake_both_backends(data: bytes) -> None:
+    """The `handshake` and `handshake_after_hello` inputs through the native library's fake-TLS handshake
+    and through Python's, with the same random bytes: every step must be the same, flights byte for byte."""
+    pair = _native_pair()
+    if pair is None:
+        return
+    settings, chunk, now, stream = _split_header(data)
+    for first, flight in ((0, stream), (len(FIRST_HELLO), FIRST_HELLO + stream)):
+        if first:
+            settings, now = _SETTINGS[1], float(CAPTURE_TIME)
+        said = [_drive(_new_handshake(settings, aes, random.Random(7).randbytes), flight, chunk, now, first)
+                for aes in pair]
+        if said[0] != said[1]:
+            raise AssertionError(f"the native and the Python fake-TLS handshakes differ: {said[0]!r} {said[1]!r}")
+
+
 def tls_hello(data: bytes) -> None:
-    """The ClientHello parser on a record built around arbitrary bytes: a hello or TlsFormatError only."""
+    """The ClientHello parser on a record built around arbitrary bytes: a hello or TlsFormatError only, and
+    the native library's parse and digest check (where it is built) give the same answers."""
     body = data[:16384]
     record = faketls.HELLO_PREFIX + len(body).to_bytes(2, "big") + body
+    pair = _native_pair()
     try:
         hello = faketls.parse_client_hello(record)
     except faketls.TlsFormatError:
+        hello = None
+    if pair is not None:
+        try:
+            native_hello = faketls.check_hello(pair[0], record)[0]
+        except faketls.TlsFormatError:
+            native_hello = None
+        if native_hello != hello:
+            raise AssertionError(f"the native ClientHello parse differs: {native_hello!r} {hello!r}")
+    if hello is None:
         return
     if len(hello.random) != faketls.RANDOM_SIZE:
         raise AssertionError("parsed random is not 32 bytes")
-    faketls.client_timestamp(faketls.keyed_hmac(KEY), hello)
-    try:
-        faketls.choose_cipher_suite(hello)
-    except faketls.TlsFormatError:
+    timestamp = faketls.client_timestamp(faketls.keyed_hmac(KEY), hello)
+    if pair is None or not hello.suite:
         return
+    drawn = bytes(range(faketls.FLIGHT_RANDOM))
+    accepted = [_table(aes).accept_hello(hello, 2, drawn, 1000) for aes in pair]
+    if accepted[0] != accepted[1] or (accepted[0] is not None) != (timestamp is not None):
+        raise AssertionError("the native ClientHello accept differs")
 
 
 def tls_records(data: bytes) -> None:
@@ -163,6 +214,7 @@ def frames(data: bytes) -> None:
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "handshake": handshake,
     "handshake_after_hello": handshake_after_hello,
+    "handshake_both_backends": handshake_both_backends,
     "tls_hello": tls_hello,
     "tls_records": tls_records,
     "obfs2_init": obfs2_init,
@@ -177,6 +229,8 @@ def seeds(target: str) -> list[bytes]:
     raw = [path.read_bytes() for path in captures]
     if target == "handshake":
         return [bytes([n % 3, 7 + n, 128]) + blob for n, blob in enumerate(raw)] + [b"\x00\x00\x80"]
+    if target == "handshake_both_backends":
+        return seeds("handshake") + seeds("handshake_after_hello")
     if target == "handshake_after_hello":
         return [bytes([0, chunk, 128]) + AFTER_HELLO for chunk in (0, 5, 96)] + [b"\x00\x00\x80"]
     if target == "tls_hello":

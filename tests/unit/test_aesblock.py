@@ -6,6 +6,7 @@ import ctypes
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +25,19 @@ def test_libcrypto_is_used_and_agrees_with_cryptography(libcrypto: ctypes.CDLL |
     for _ in range(50):
         key, block = os.urandom(32), os.urandom(16)
         assert encrypt_block(key, block) == aesblock.cryptography_encrypt_block(key, block)
+
+
+def test_a_run_of_blocks_is_each_block_encrypted(libcrypto: ctypes.CDLL | None) -> None:
+    """What the fake certificate's keystream takes: many blocks under one key in one call (ECB)."""
+    encrypt_block = aesblock.block_encryptor(libcrypto)
+    for count in (1, 2, 3, 157, 1024):
+        key, blocks = os.urandom(32), os.urandom(16 * count)
+        one_by_one = [aesblock.cryptography_encrypt_block(key, blocks[i : i + 16]) for i in range(0, len(blocks), 16)]
+        assert encrypt_block(key, blocks) == b"".join(one_by_one)
+    if libcrypto is not None:
+        for wrong in (b"", bytes(15), bytes(17)):
+            with pytest.raises(ValueError):
+                aesblock.EvpBlock(libcrypto).encrypt(bytes(32), wrong)
 
 
 def test_known_answer_vectors_match_and_wrong_keys_do_not(aes: Backend) -> None:

@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 
 from mtproxy.crypto import aesblock, backend, ctr, native
-from mtproxy.protocol import obfs2
+from mtproxy.protocol import faketls, obfs2
 from mtproxy.protocol.faketls import ClientHello
 from mtproxy.protocol.secret import Secret
 
@@ -192,3 +192,32 @@ def test_a_fresh_interpreter_loads_the_name_it_passes_in() -> None:
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MTPROXY_KEYSTREAM": "gcm"},
                          capture_output=True, text=True, check=True, timeout=60).stdout
     assert out.strip() == "gcm OpenSSL's AES-GCM keystream"
+
+
+def test_only_the_native_backend_brings_the_fake_tls_handshake(aes: backend.Backend) -> None:
+    assert {aes.tls_hello is not None, aes.tls_accept is not None} == {aes.name == "native"}
+
+
+Accepted = tuple[int, bytes] | None
+
+
+def test_a_wrong_fake_tls_handshake_fails_the_self_test(libcrypto: ctypes.CDLL | None) -> None:
+    plain = candidates(libcrypto)[2]
+
+    def lenient(record: bytes, key: bytes | None, drawn: bytes, size: int) -> tuple[ClientHello, Accepted]:
+        # takes a truncated record as Python's parser would a whole one
+        return faketls.check_hello(plain, record if len(record) % 2 else record + b"\x00", key, drawn, size)
+
+    def trusting(hello: ClientHello, key: bytes, drawn: bytes, size: int) -> tuple[int, bytes] | None:
+        return faketls.accept_hello(plain, hello, bytes(range(16)), drawn, size)
+
+    def unsigned(hello: ClientHello, key: bytes, drawn: bytes, size: int) -> tuple[int, bytes] | None:
+        accepted = faketls.accept_hello(plain, hello, key, drawn, size)
+        return None if accepted is None else (accepted[0], faketls.build_server_flight(key, hello, drawn[:32],
+                                                                                        bytes(size)))
+
+    for wrong, message in ((replace(plain, tls_hello=lenient), "check takes a truncated record"),
+                           (replace(plain, tls_accept=trusting), "accept takes a wrong key"),
+                           (replace(plain, tls_accept=unsigned), "accept is not faketls'")):
+        with pytest.raises(ValueError, match=message):
+            backend.self_test(wrong)

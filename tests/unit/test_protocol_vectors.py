@@ -9,6 +9,7 @@ import pytest
 from mtproxy.crypto.backend import Backend
 from mtproxy.protocol import faketls, obfs2
 from mtproxy.protocol.client import ClientConnection, build_client_hello, verify_server_flight
+from mtproxy.protocol.handshake import SecretTable
 from mtproxy.protocol.secret import Secret, SecretKind
 
 from .vectors import VECTORS, stream
@@ -63,16 +64,26 @@ def test_fast_mode_dc_header(aes: Backend, vector: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("vector", VECTORS["faketls"])
-def test_faketls_hello_check_and_server_flight(vector: dict[str, Any]) -> None:
+def test_faketls_hello_check_and_server_flight(aes: Backend, vector: dict[str, Any]) -> None:
+    """On every backend: the native library's hello check and flight where it has them, Python's elsewhere."""
     secret = bytes.fromhex(vector["secret"])
-    hello = faketls.parse_client_hello(bytes.fromhex(vector["hello"]))
+    record = bytes.fromhex(vector["hello"])
+    hello = faketls.check_hello(aes, record)[0]
+    assert hello == faketls.parse_client_hello(record)
     assert hello.sni == vector["domain"]
     assert faketls.client_timestamp(faketls.keyed_hmac(secret), hello) == vector["timestamp"]
     assert faketls.client_timestamp(faketls.keyed_hmac(bytes(16)), hello) is None
-    flight = faketls.build_server_flight(
-        secret, hello, stream(bytes.fromhex(vector["server_seed"])), vector["cert_size"]
-    )
+    table = SecretTable([("wrong", Secret(bytes(16), SecretKind.FAKE_TLS, "a.example")),
+                         ("right", Secret(secret, SecretKind.FAKE_TLS, "a.example"))], aes)
+    drawn = stream(bytes.fromhex(vector["server_seed"]))(faketls.FLIGHT_RANDOM)
+    assert table.accept_hello(hello, 0, drawn, vector["cert_size"]) is None
+    accepted = table.accept_hello(hello, 1, drawn, vector["cert_size"])
+    assert accepted is not None
+    timestamp, flight = accepted
+    assert timestamp == vector["timestamp"]
     assert flight.hex() == vector["server_flight"]
+    assert table.check_hello(record, 1, drawn, vector["cert_size"]) == (hello, accepted)
+    assert table.check_hello(record, 0, drawn, vector["cert_size"]) == (hello, None)
     assert verify_server_flight(secret, hello.random, flight)
 
 

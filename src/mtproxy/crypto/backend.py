@@ -18,13 +18,13 @@ from typing import Final
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from mtproxy.protocol import client, faketls, obfs2
-from mtproxy.protocol.cipher import InitStart, Keystream, ScanFactory
+from mtproxy.protocol.cipher import HelloAccept, HelloCheck, InitStart, Keystream, ScanFactory
 from mtproxy.protocol.secret import Secret, SecretKind
 
 from .aesblock import BlockEncrypt, block_encryptor, cryptography_encrypt_block, open_libcrypto
 from .ctr import ACCELERATE_AFTER, BLOCK, CtrStream, transform_upload
 from .gcm import GcmIv, load_divider
-from .native import NativeCtr, NativeSecretScan, open_library
+from .native import NativeCtr, NativeSecretScan, accept_hello, check_hello, open_library
 
 KEYSTREAM_ENV: Final = "MTPROXY_KEYSTREAM"  # names one of KEYSTREAMS instead of choosing (read by the engine)
 KEYSTREAMS: Final = {  # the backends' names, and what each is, for the start-up log line
@@ -46,6 +46,8 @@ class Backend:
     encrypt_block: BlockEncrypt
     secret_scan: ScanFactory | None = None  # None: SecretTable scans in Python with `encrypt_block`
     start_init: InitStart | None = None  # None: obfs2 derives the keys and starts the stream in Python
+    tls_hello: HelloCheck | None = None  # None: faketls parses the ClientHello in Python
+    tls_accept: HelloAccept | None = None  # None: faketls checks the digest with hashlib, builds the flight
 
 
 def openssl_ctr(encrypt_block: BlockEncrypt = cryptography_encrypt_block, why: str = "chosen by the caller") -> Backend:
@@ -62,9 +64,11 @@ def gcm_keystream(libcrypto: ctypes.CDLL | None, encrypt_block: BlockEncrypt,
 
 
 def native_library(lib: ctypes.CDLL, encrypt_block: BlockEncrypt, why: str = "chosen by the caller") -> Backend:
-    """The native library's streams and secret scan (`native.open_library` gives `lib`)."""
+    """The native library's streams, secret scan, init start and fake-TLS handshake (`native.open_library`
+    gives `lib`)."""
     return Backend("native", why, functools.partial(NativeCtr, lib), encrypt_block,
-                   functools.partial(NativeSecretScan, lib), functools.partial(NativeCtr.start_init, lib))
+                   functools.partial(NativeSecretScan, lib), functools.partial(NativeCtr.start_init, lib),
+                   functools.partial(check_hello, lib), functools.partial(accept_hello, lib))
 
 
 def load(forced: str = "") -> Backend:
@@ -113,8 +117,8 @@ def _reference(key: bytes, iv: bytes, data: bytes) -> bytes:
 def self_test(backend: Backend) -> None:
     """A backend's streams against OpenSSL's CTR: across the 64-bit and 128-bit counter carries and, past
     ACCELERATE_AFTER, across a 32-bit wrap (where a GCM keystream must start a new context), in uneven
-    pieces; then the upload's two passes, plain and over a gathered run of records; then its secret scan and
-    its init start, if it has them. Raises ValueError."""
+    pieces; then the upload's two passes, plain and over a gathered run of records; then its secret scan, its
+    init start and its fake-TLS handshake, if it has them. Raises ValueError."""
     key, other = bytes(range(32)), bytes(range(32, 64))
     data = bytes(range(256)) * 4 + b"tail"
     # at ACCELERATE_AFTER the counter is two blocks before its low 32 bits wrap
@@ -138,13 +142,15 @@ def self_test(backend: Backend) -> None:
     n = transform_upload(backend.new_stream(key, iv), backend.new_stream(other, iv), buf, layout)
     if not layout[4] or buf[:n] != twice:
         raise ValueError("its record gather is not two AES-CTR passes over the payload")
-    block = bytes(range(16))
-    if backend.encrypt_block(key, block) != Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(block):
-        raise ValueError("its block cipher is not AES-256")
+    for block in (bytes(range(16)), bytes(range(48))):  # one block (the scan), a run (the certificate)
+        if backend.encrypt_block(key, block) != Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(block):
+            raise ValueError("its block cipher is not AES-256")
     if backend.secret_scan is not None:
         _test_scan(backend, backend.secret_scan)
     if backend.start_init is not None:
         _test_init_start(backend, backend.start_init, data)
+    if backend.tls_hello is not None or backend.tls_accept is not None:
+        _test_tls(backend)
 
 
 def _test_init_start(backend: Backend, start: InitStart, data: bytes) -> None:
@@ -157,6 +163,33 @@ def _test_init_start(backend: Backend, start: InitStart, data: bytes) -> None:
             raise ValueError("its init start is not obfuscated2's stream")
         if reverse != backward.key + backward.iv:
             raise ValueError("its init start gives the wrong reverse keys")
+
+
+def _test_tls(backend: Backend) -> None:
+    """Its fake-TLS hello check and accept against the Python references in `protocol.faketls`: a hello, a
+    record it must refuse, the right key (the flight byte for byte) and a wrong one."""
+    key, drawn = bytes(range(16)), bytes(range(100, 100 + faketls.FLIGHT_RANDOM))
+    record = client.build_client_hello(key, "example.com", lambda n: bytes(i % 251 for i in range(n)), 1e9)
+    hello = faketls.parse_client_hello(record)
+    python = replace(backend, tls_hello=None, tls_accept=None)
+    reference = faketls.accept_hello(python, hello, key, drawn, 1000)
+    if reference is None:
+        raise ValueError("its streams do not make the reference flight")
+    if backend.tls_hello is not None:
+        for secret_key, expected in ((None, None), (key, reference), (bytes(16), None)):
+            if backend.tls_hello(record, secret_key, drawn, 1000) != (hello, expected):
+                raise ValueError("its ClientHello check is not faketls' parse, digest check and server flight")
+        try:
+            backend.tls_hello(record[:-1], None, b"", 0)
+        except faketls.TlsFormatError:
+            pass
+        else:
+            raise ValueError("its ClientHello check takes a truncated record")
+    if backend.tls_accept is not None:
+        if backend.tls_accept(hello, key, drawn, 1000) != reference:
+            raise ValueError("its ClientHello accept is not faketls' digest check and server flight")
+        if backend.tls_accept(hello, bytes(16), drawn, 1000) is not None:
+            raise ValueError("its ClientHello accept takes a wrong key")
 
 
 def _test_scan(backend: Backend, factory: ScanFactory) -> None:

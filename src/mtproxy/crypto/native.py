@@ -18,9 +18,20 @@ import ctypes
 import importlib.machinery
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
-from mtproxy.protocol.faketls import RANDOM_SIZE, RECORD_HEADER_SIZE, ClientHello, Layout, zero_random
+from mtproxy.protocol.faketls import (
+    FLIGHT_RANDOM,
+    MAX_RECORD_PAYLOAD,
+    RANDOM_OFFSET,
+    RANDOM_SIZE,
+    RECORD_HEADER_SIZE,
+    SESSION_ID_OFFSET,
+    ClientHello,
+    Layout,
+    TlsFormatError,
+    zero_random,
+)
 from mtproxy.protocol.obfs2 import INIT_SIZE
 from mtproxy.protocol.secret import KEY_SIZE, Secret
 
@@ -30,6 +41,14 @@ MODULE_NAME: Final = "_native_aes"  # pyproject.toml builds it as mtproxy.crypto
 MIDSTATES_SIZE: Final = 64  # one key's HMAC-SHA256 inner and outer states (mtp_hmac_prepare)
 INIT_REVERSE_SIZE: Final = 48  # the reverse direction's key and counter block (mtp_obfs2_start)
 MAX_INIT_SECRET: Final = 32  # the longest secret key mtp_obfs2_start hashes
+HELLO_MALFORMED: Final = -1  # what mtp_tls_hello returns for a record parse_client_hello refuses
+NO_NAME: Final = 0xFFFF  # mtp_tls_hello's host name offset when the hello names no host
+_CLOCK: Final = 8  # mtp_tls_hello's answer under a key starts with the clock, an i64
+_MAX_SESSION_ID: Final = 255
+_InitOut = ctypes.c_char * (INIT_SIZE + INIT_REVERSE_SIZE)  # mtp_obfs2_start's answer
+# the flight's bytes besides the session id and the certificate: ServerHello (record and handshake headers,
+# version, random, session id length, suite, compression, extensions), ChangeCipherSpec, a record header
+_FLIGHT_FIXED: Final = 5 + 4 + 2 + RANDOM_SIZE + 1 + 2 + 1 + 2 + 46 + 6 + 5
 
 
 def open_library(directory: Path | None = None) -> ctypes.CDLL | None:
@@ -69,6 +88,10 @@ def open_library(directory: Path | None = None) -> ctypes.CDLL | None:
             lib.mtp_tls_scan.restype = i32
             lib.mtp_tls_scan.argtypes = [vp, size, vp, vp, size, vp, vp, size, i32, i32,
                                          ctypes.POINTER(ctypes.c_uint32)]
+            lib.mtp_tls_hello.restype = ctypes.c_int64
+            lib.mtp_tls_hello.argtypes = [vp, size, vp, size, vp, size, vp, size]
+            lib.mtp_tls_accept.restype = ctypes.c_int64
+            lib.mtp_tls_accept.argtypes = [vp, size, size, ctypes.c_uint32, vp, size, vp, size, vp, size]
         except (OSError, AttributeError):  # not loadable here, or a stale build without these functions
             continue
         if lib.mtp_available() == 1 and lib.mtp_state_size() == STATE_SIZE:
@@ -76,9 +99,10 @@ def open_library(directory: Path | None = None) -> ctypes.CDLL | None:
     return None
 
 
-def address(buf: bytearray | memoryview) -> tuple[int, ctypes.Array[ctypes.c_char]]:
-    """The address of a writable buffer, and the ctypes view that pins it (keep it until the call is done)."""
-    view = (ctypes.c_char * len(buf)).from_buffer(buf)
+def address(buf: bytearray | memoryview) -> tuple[int, ctypes.c_char | ctypes.Array[ctypes.c_char]]:
+    """The address of a writable buffer, and the ctypes view that pins it (keep it until the call is done).
+    A one-byte view pins the buffer as an array over all of it would, at half the cost (no array type)."""
+    view = ctypes.c_char.from_buffer(buf) if len(buf) else (ctypes.c_char * 0).from_buffer(buf)
     return ctypes.addressof(view), view
 
 
@@ -112,12 +136,11 @@ class NativeCtr:
         stream._state = bytearray(STATE_SIZE)
         stream._addr, pin = address(stream._state)
         del pin
-        out = ctypes.create_string_buffer(INIT_SIZE + INIT_REVERSE_SIZE)
+        out = _InitOut()
         key = b"" if secret_key is None else secret_key
         if lib.mtp_obfs2_start(init, key, len(key), stream._addr, out) != 0:
             raise OSError("the native AES library refused to start an init's streams")
-        raw = out.raw
-        return raw[:INIT_SIZE], stream, raw[INIT_SIZE:]
+        return _sliced(out, 0, INIT_SIZE), stream, _sliced(out, INIT_SIZE, INIT_SIZE + INIT_REVERSE_SIZE)
 
     def update(self, data: bytes | bytearray | memoryview, /) -> bytes:
         """The handshake's path (headers, the bytes that came with an init): one call, one copy out."""
@@ -235,3 +258,62 @@ class NativeSecretScan:
             if found < -1:
                 raise OSError(f"the native secret scan failed ({found})")
         return None
+
+
+def check_hello(lib: ctypes.CDLL, record: bytes, secret_key: bytes | None = None, drawn: bytes = b"",
+                cert_size: int = 0) -> tuple[ClientHello, tuple[int, bytes] | None]:
+    """`protocol.cipher.HelloCheck` in one library call (`mtp_tls_hello`): TlsFormatError exactly where
+    `faketls.parse_client_hello` raises one; with a key, `accept_hello`'s answer too."""
+    record = bytes(record)
+    out = None
+    if secret_key is None:
+        packed: int = lib.mtp_tls_hello(record, len(record), None, 0, None, 0, None, 0)
+    else:
+        if len(drawn) != FLIGHT_RANDOM or not secret_key or not 1 <= cert_size <= MAX_RECORD_PAYLOAD:
+            raise ValueError("a check under a key takes 64 random bytes and a size of 1..16384")
+        size = _CLOCK + _FLIGHT_FIXED + _MAX_SESSION_ID + cert_size
+        out = (ctypes.c_char * size)()  # a slice of it is bytes: one copy out, where .raw and a slice take two
+        packed = lib.mtp_tls_hello(record, len(record), secret_key, len(secret_key), drawn, cert_size, out, size)
+    if packed < 0:
+        if packed == HELLO_MALFORMED:
+            raise TlsFormatError("malformed ClientHello")
+        raise OSError(f"the native library refused a ClientHello ({packed})")
+    name_at = packed >> 8 & 0xFFFF
+    sni = None
+    if name_at != NO_NAME:
+        sni = record[name_at : name_at + (packed >> 24 & 0xFFFF)].decode("ascii").lower()
+    session_id_len = packed & 0xFF
+    hello = ClientHello(record, record[RANDOM_OFFSET:SESSION_ID_OFFSET - 1],
+                        record[SESSION_ID_OFFSET : SESSION_ID_OFFSET + session_id_len], packed >> 40, sni)
+    if out is None:
+        return hello, None
+    clock = int.from_bytes(_sliced(out, 0, _CLOCK), "little", signed=True)
+    if clock < 0:
+        return hello, None
+    return hello, (clock, _sliced(out, _CLOCK, _CLOCK + _FLIGHT_FIXED + session_id_len + cert_size))
+
+
+def accept_hello(lib: ctypes.CDLL, hello: ClientHello, secret_key: bytes, drawn: bytes,
+                 cert_size: int) -> tuple[int, bytes] | None:
+    """`protocol.cipher.HelloAccept` in one library call (`mtp_tls_accept`): the digest under `secret_key`,
+    then the flight when it verifies."""
+    session_id = hello.session_id
+    record = hello.record
+    if (len(drawn) != FLIGHT_RANDOM or not hello.suite or not 1 <= cert_size <= MAX_RECORD_PAYLOAD
+            or record[SESSION_ID_OFFSET : SESSION_ID_OFFSET + len(session_id)] != session_id
+            or record[RANDOM_OFFSET : RANDOM_OFFSET + RANDOM_SIZE] != hello.random):
+        raise ValueError("not a parsed hello with a TLS 1.3 suite, 64 random bytes and a size of 1..16384")
+    size = _FLIGHT_FIXED + len(session_id) + cert_size
+    out = (ctypes.c_char * size)()
+    clock: int = lib.mtp_tls_accept(record, len(record), len(session_id), hello.suite, secret_key, len(secret_key),
+                                    drawn, cert_size, out, size)
+    if clock < 0:
+        if clock == -1:
+            return None
+        raise ValueError(f"the native library refused a ClientHello ({clock})")
+    return clock, _sliced(out, 0, size)
+
+
+def _sliced(buffer: ctypes.Array[ctypes.c_char], start: int, stop: int) -> bytes:
+    """buffer[start:stop], which ctypes gives as bytes (typeshed says a list)."""
+    return cast(bytes, buffer[start:stop])

@@ -38,12 +38,22 @@ ScanFactory = Callable[[Sequence[Secret]], SecretScan]
 # stream positioned after them, the reverse direction's key and counter block as 48 bytes).
 InitStart = Callable[[bytes, bytes | None], tuple[bytes, Keystream, bytes]]
 
+# A fake-TLS ClientHello's two steps, each one call. Check: the whole record parsed (`faketls.parse_client_hello`
+# is the reference: TlsFormatError when malformed) and, given a secret key, the FLIGHT_RANDOM random bytes and
+# the certificate size, accepted under that key in the same call, as Accept does. Accept: given a parsed hello,
+# a secret key, the random bytes and the size, (the client's clock, the server's flight) when the digest
+# verifies under that key, else None (`faketls.accept_hello`'s Python path is the reference).
+HelloCheck = Callable[[bytes, bytes | None, bytes, int], tuple["ClientHello", tuple[int, bytes] | None]]
+HelloAccept = Callable[["ClientHello", bytes, bytes, int], tuple[int, bytes] | None]
 
 class Aes(Protocol):
     """The AES the core runs on: `new_stream(key, iv)` starts a CTR stream at counter block `iv`;
-    `encrypt_block(key, block)` is AES-256 of one block (the secret scan's inner loop); `secret_scan`, when
+    `encrypt_block(key, blocks)` is AES-256 of whole blocks (ECB: one in the secret scan's inner loop, a run
+    of counter blocks for the fake certificate's keystream); `secret_scan`, when
     not None, builds a table's whole scan (SHA-256, HMAC and AES together) instead of that loop;
-    `start_init`, when not None, does an init's key derivation, stream set-up and 64 bytes in one call."""
+    `start_init`, when not None, does an init's key derivation, stream set-up and 64 bytes in one call;
+    `tls_hello` and `tls_accept`, when not None, parse a fake-TLS ClientHello (and accept it under the hinted
+    secret), and accept one under a further key: check its digest, build the server's flight."""
 
     @property
     def new_stream(self) -> Callable[[bytes, bytes], Keystream]: ...
@@ -56,3 +66,9 @@ class Aes(Protocol):
 
     @property
     def start_init(self) -> InitStart | None: ...
+
+    @property
+    def tls_hello(self) -> HelloCheck | None: ...
+
+    @property
+    def tls_accept(self) -> HelloAccept | None: ...

@@ -47,6 +47,20 @@ class SecretTable:
     def keyed_hmac(self, index: int) -> hmac.HMAC:
         return self._keyed[index]
 
+    def check_hello(self, record: bytes, index: int, drawn: bytes = b"",
+                    cert_size: int = 0) -> tuple[faketls.ClientHello, tuple[int, bytes] | None]:
+        """A whole ClientHello record parsed (TlsFormatError when malformed) and, for `index` >= 0, accepted
+        under that secret (`faketls.check_hello`)."""
+        if index < 0:
+            return faketls.check_hello(self._aes, record)
+        return faketls.check_hello(self._aes, record, self.secrets[index].key, drawn, cert_size, self._keyed[index])
+
+    def accept_hello(self, hello: faketls.ClientHello, index: int, drawn: bytes,
+                     cert_size: int) -> tuple[int, bytes] | None:
+        """The client's clock and the server's flight if the hello's digest verifies under secret `index`
+        (`faketls.accept_hello`), else None."""
+        return faketls.accept_hello(self._aes, hello, self.secrets[index].key, drawn, cert_size, self._keyed[index])
+
     def with_domain(self, domain: str | None) -> tuple[int, ...]:
         """The indexes of the secrets whose fake-TLS domain is `domain`."""
         return self._by_domain.get(domain, ()) if domain is not None else ()
@@ -168,6 +182,7 @@ class Handshake:
         self._tls_reader: faketls.TlsRecordReader | None = None
         self._tls_payload = bytearray()
         self._hello: faketls.ClientHello | None = None  # parsed, while a fake-TLS scan waits
+        self._drawn: tuple[bytes, int] | None = None  # the server flight's random bytes and size, once drawn
         self._now = 0.0
 
     @property
@@ -284,35 +299,35 @@ class Handshake:
         return Authenticated(self._auth_result(index, decoded, fake_tls=False, pending=bytes(self._received[64:])))
 
     def _feed_tls_hello(self, now: float) -> Step:
-        if len(self._received) < faketls.RECORD_HEADER_SIZE:
+        received = self._received
+        if len(received) < faketls.RECORD_HEADER_SIZE:
             return NeedMore()
         try:
-            total = faketls.hello_record_length(bytes(self._received[: faketls.RECORD_HEADER_SIZE]))
+            total = faketls.hello_record_length(bytes(received[: faketls.RECORD_HEADER_SIZE]))
         except TlsFormatError:
             return self._reject(RejectReason.TLS_MALFORMED)
-        if len(self._received) < total:
+        if len(received) < total:
             return NeedMore()
+        table = self._table
+        hint = self._hint_index()
+        draws = self._draws() if hint >= 0 else (b"", 0)  # the hinted secret, usually the client's, is tried at once
         try:
-            hello = faketls.parse_client_hello(bytes(self._received[:total]))
+            hello, accepted = table.check_hello(bytes(received[:total]), hint, *draws)
             faketls.choose_cipher_suite(hello)
         except TlsFormatError:
             return self._reject(RejectReason.TLS_MALFORMED)
         domains = self._settings.tls_domains
         if domains and hello.sni not in domains:
             return self._reject(RejectReason.TLS_BAD_SNI)
-        table = self._table
-        hint = self._hint_index()
-        if hint >= 0:
-            timestamp = faketls.client_timestamp(table.keyed_hmac(hint), hello)
-            if timestamp is not None:
-                return self._tls_found(hello, hint, timestamp, now)
+        if accepted is not None:
+            return self._tls_found(hello, hint, accepted, now)
         group = table.with_domain(hello.sni)
         # the operator's per-user-group domains: a new client costs a few tries, never a scan
         if len(group) < self._settings.inline_scan_limit:
             for index in group:
-                timestamp = faketls.client_timestamp(table.keyed_hmac(index), hello) if index != hint else None
-                if timestamp is not None:
-                    return self._tls_found(hello, index, timestamp, now)
+                accepted = self._accept(hello, index) if index != hint else None
+                if accepted is not None:
+                    return self._tls_found(hello, index, accepted, now)
         if self._replayed(hello.random, now):
             return self._reject(RejectReason.REPLAY)
         self._hello = hello
@@ -322,12 +337,25 @@ class Handshake:
     def _scan_tls(self, hello: faketls.ClientHello, now: float) -> Step:
         # the SNI's group first: a large group was not tried inline; a small one costs a few tries again
         found = self._table.find_tls(hello, hello.sni, self._hint_index())
-        if found is None:
+        accepted = self._accept(hello, found[0]) if found is not None else None
+        if found is None or accepted is None:
             return self._reject(RejectReason.TLS_BAD_HMAC)
-        return self._tls_found(hello, found[0], found[1], now)
+        return self._tls_found(hello, found[0], accepted, now)
 
-    def _tls_found(self, hello: faketls.ClientHello, index: int, timestamp: int, now: float) -> Step:
+    def _accept(self, hello: faketls.ClientHello, index: int) -> tuple[int, bytes] | None:
+        return self._table.accept_hello(hello, index, *self._draws())
+
+    def _draws(self) -> tuple[bytes, int]:
+        """The server flight's random bytes and certificate size, drawn once (the size's jitter first) however
+        many secrets are tried."""
+        if self._drawn is None:
+            size = self._cert_size()
+            self._drawn = self._random(faketls.FLIGHT_RANDOM), size
+        return self._drawn
+
+    def _tls_found(self, hello: faketls.ClientHello, index: int, accepted: tuple[int, bytes], now: float) -> Step:
         self._hello = None
+        timestamp, flight = accepted
         skew = now - timestamp
         if skew > self._settings.max_skew_past or -skew > self._settings.max_skew_future:
             return self._reject(RejectReason.TLS_SKEW)
@@ -335,13 +363,12 @@ class Handshake:
         if self._check_replay(hello.random, now, ttl):
             return self._reject(RejectReason.REPLAY)
         self._secret_index = index
-        flight = faketls.build_server_flight(self._table.secrets[index].key, hello, self._random, self._cert_size())
         self._state = _TLS_INIT
         self._tls_reader = faketls.TlsRecordReader()
         total = len(hello.record)
-        rest = bytes(self._received[total:])
-        if not rest:
+        if len(self._received) == total:
             return NeedMore(flight)
+        rest = bytes(self._received[total:])
         del self._received[total:]  # _feed_tls_init records them again
         step = self._feed_tls_init(rest)
         if isinstance(step, Authenticated):
@@ -360,20 +387,20 @@ class Handshake:
         assert self._tls_reader is not None
         self._received += data
         try:
-            self._tls_payload += self._tls_reader.unwrap(data)
+            payload = self._tls_reader.unwrap(data)
         except TlsFormatError:
             return self._reject(RejectReason.TLS_BAD_INIT, maskable=False)
-        if len(self._tls_payload) < obfs2.INIT_SIZE:
-            if len(self._received) > _MAX_TLS_INIT_BUFFER + 20000:
-                return self._reject(RejectReason.TLS_BAD_INIT, maskable=False)
-            return NeedMore()
-        init = bytes(self._tls_payload[: obfs2.INIT_SIZE])
-        decoded = obfs2.decode_init(init, self._table.secrets[self._secret_index].key, self._aes)
+        if self._tls_payload or len(payload) < obfs2.INIT_SIZE:  # the init comes in pieces: gather them
+            self._tls_payload += payload
+            if len(self._tls_payload) < obfs2.INIT_SIZE:
+                if len(self._received) > _MAX_TLS_INIT_BUFFER + 20000:
+                    return self._reject(RejectReason.TLS_BAD_INIT, maskable=False)
+                return NeedMore()
+            payload = bytes(self._tls_payload)
+        decoded = obfs2.decode_init(payload[: obfs2.INIT_SIZE], self._table.secrets[self._secret_index].key, self._aes)
         if decoded is None:
             return self._reject(RejectReason.TLS_BAD_INIT, maskable=False)
-        auth = self._auth_result(
-            self._secret_index, decoded, fake_tls=True, pending=bytes(self._tls_payload[obfs2.INIT_SIZE :])
-        )
+        auth = self._auth_result(self._secret_index, decoded, fake_tls=True, pending=payload[obfs2.INIT_SIZE :])
         auth.tls_reader = self._tls_reader
         return Authenticated(auth)
 
