@@ -8,16 +8,18 @@ The targets run under atheris (tests/fuzz/run.py) and, without atheris, over the
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import os
 import random
+import struct
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from mtproxy.crypto import aesblock, native
-from mtproxy.crypto.backend import Backend, native_library, openssl_ctr
-from mtproxy.protocol import faketls, obfs2, transport
+from mtproxy.crypto.backend import Backend, native_library, openssl_cbc, openssl_ctr
+from mtproxy.protocol import faketls, middleproxy, middleproxy_messages, obfs2, proxyconfig, transport
 from mtproxy.protocol.errors import ProtocolError
 from mtproxy.protocol.handshake import (
     Authenticated,
@@ -211,6 +213,57 @@ def frames(data: bytes) -> None:
             continue
 
 
+def proxy_config(data: bytes) -> None:
+    """proxy-multi.conf parsing: a config with relays or ProxyConfigError only."""
+    try:
+        config = proxyconfig.parse_proxy_config(data)
+    except proxyconfig.ProxyConfigError:
+        return
+    if not config.relays or not all(config.relays.values()):
+        raise AssertionError("a parsed config without relays")
+
+
+_RELAY_SECRET = proxyconfig.ProxySecret(bytes(range(32)))
+_RELAY_ENDPOINTS = middleproxy.RelayEndpoints(ipaddress.IPv4Address("192.0.2.1"), 40000,
+                                              ipaddress.IPv4Address("192.0.2.2"), 8888)
+_RELAY_TIME = 1_700_000_000
+
+
+def _ready_relay_connection() -> tuple[middleproxy.RelayConnection, middleproxy.CbcStream]:
+    """A connection past its handshake, and the relay's encrypting direction to speak to it with."""
+    our_nonce, relay_nonce = bytes(16), bytes(range(16))
+    connection = middleproxy.RelayConnection(_RELAY_SECRET, _RELAY_ENDPOINTS, openssl_cbc, now=_RELAY_TIME,
+                                             nonce=our_nonce, pid=1, start_time=_RELAY_TIME)
+    connection.start()
+    keys = middleproxy.derive_keys(_RELAY_SECRET, relay_nonce, our_nonce, _RELAY_TIME, _RELAY_ENDPOINTS)
+    relay_out = openssl_cbc(keys.read_key, keys.read_iv, True)
+    nonce = middleproxy.encode_frame(-2, middleproxy.nonce_packet(_RELAY_SECRET, _RELAY_TIME, relay_nonce))
+    ours = connection.receive(nonce).send
+    our_pid = openssl_cbc(keys.write_key, keys.write_iv, False).update(ours)[16:28]
+    handshake = middleproxy.encode_frame(-1, struct.pack("<Ii", middleproxy.RPC_HANDSHAKE, 0) + bytes(12) + our_pid)
+    step = connection.receive(relay_out.update(handshake + middleproxy.PADDING_WORD * (-len(handshake) % 16 // 4)))
+    if not connection.ready or not isinstance(step.events[0], middleproxy.Ready):
+        raise AssertionError("the fuzz target's own handshake failed")
+    return connection, relay_out
+
+
+def relay_frames(data: bytes) -> None:
+    """Arbitrary bytes as what a ready relay connection decrypts, in two pieces: events or
+    MiddleProxyError only; the ignored count is the Ignored events'."""
+    connection, relay_out = _ready_relay_connection()
+    stream = relay_out.update(data + bytes(-len(data) % 16))
+    cut = data[0] if data else 0
+    events: list[middleproxy.Event] = []
+    try:
+        events += connection.receive(stream[:cut]).events
+        events += connection.receive(stream[cut:]).events
+    except middleproxy.MiddleProxyError:
+        return
+    ignored = sum(isinstance(event, middleproxy_messages.Ignored) for event in events)
+    if ignored != connection.ignored:
+        raise AssertionError("Ignored events and the ignored count disagree")
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "handshake": handshake,
     "handshake_after_hello": handshake_after_hello,
@@ -219,6 +272,8 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "tls_records": tls_records,
     "obfs2_init": obfs2_init,
     "frames": frames,
+    "proxy_config": proxy_config,
+    "relay_frames": relay_frames,
 }
 
 
@@ -235,6 +290,13 @@ def seeds(target: str) -> list[bytes]:
         return [bytes([0, chunk, 128]) + AFTER_HELLO for chunk in (0, 5, 96)] + [b"\x00\x00\x80"]
     if target == "tls_hello":
         return [blob[5:] for blob in raw if blob.startswith(faketls.HELLO_PREFIX)]
+    if target == "proxy_config":
+        return [b"# comment\ndefault 2;\nproxy_for 1 192.0.2.1:8888;\nproxy_for -1 [2001:db8::1]:8888;\n",
+                b"timeout 500; min_connections 2; max_connections 9; proxy 192.0.2.3:443;"]
+    if target == "relay_frames":
+        answer = struct.pack("<IIQ", middleproxy_messages.RPC_PROXY_ANS, 8, 1) + bytes(32)
+        return [middleproxy.encode_frame(0, answer) + middleproxy.encode_frame(1, middleproxy_messages.encode_ping(7)),
+                middleproxy.PADDING_WORD * 3 + middleproxy.encode_frame(0, middleproxy_messages.encode_close_ext(1))]
     if target == "tls_records":
         return [b"\x06" + faketls.CHANGE_CIPHER_SPEC + faketls.wrap_records(blob[:300]) for blob in raw[:2]]
     return raw

@@ -221,3 +221,17 @@ def test_a_wrong_fake_tls_handshake_fails_the_self_test(libcrypto: ctypes.CDLL |
                            (replace(plain, tls_accept=unsigned), "accept is not faketls'")):
         with pytest.raises(ValueError, match=message):
             backend.self_test(wrong)
+
+
+def test_the_cbc_factory_chains_across_calls() -> None:
+    """NIST SP 800-38A F.2.5/F.2.6 (CBC-AES256), fed a block at a time: the chain must carry over."""
+    key = bytes.fromhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
+    iv = bytes(range(16))
+    plain = bytes.fromhex("6bc1bee22e409f96e93d7e117393172a" "ae2d8a571e03ac9c9eb76fac45af8e51")
+    cipher = bytes.fromhex("f58c4c04d6e5f1ba779eabfb5f7bfbd6" "9cfc4e967edb808d679f777bc6702c7d")
+    encrypt = backend.openssl_ctr().new_cbc(key, iv, True)
+    assert encrypt.update(plain[:16]) + encrypt.update(plain[16:]) == cipher
+    decrypt = backend.openssl_cbc(key, iv, False)
+    assert decrypt.update(cipher[:16]) + decrypt.update(cipher[16:]) == plain
+    with pytest.raises(ValueError, match="32-byte key"):
+        backend.openssl_cbc(key[:16], iv, True)

@@ -18,7 +18,7 @@ from typing import Final
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from mtproxy.protocol import client, faketls, obfs2
-from mtproxy.protocol.cipher import HelloAccept, HelloCheck, InitStart, Keystream, ScanFactory
+from mtproxy.protocol.cipher import CbcFactory, CbcStream, HelloAccept, HelloCheck, InitStart, Keystream, ScanFactory
 from mtproxy.protocol.secret import Secret, SecretKind
 
 from .aesblock import BlockEncrypt, block_encryptor, cryptography_encrypt_block, open_libcrypto
@@ -35,6 +35,16 @@ KEYSTREAMS: Final = {  # the backends' names, and what each is, for the start-up
 _GCM_WINS_BELOW: Final = 0.8  # GCM's time over CTR's on the same bytes; it must clearly win
 
 
+def openssl_cbc(key: bytes, iv: bytes, encrypt: bool) -> CbcStream:
+    """AES-256-CBC through `cryptography`, no padding, chained across `update` calls: the middle proxy's
+    relay connections (`protocol.middleproxy`). One implementation whatever the keystream backend: CBC runs
+    only on the relay leg, which the CTR backends do not serve."""
+    if len(key) != 32 or len(iv) != 16:
+        raise ValueError("AES-256-CBC takes a 32-byte key and a 16-byte IV")
+    cipher = Cipher(algorithms.AES(key), modes.CBC(iv))
+    return cipher.encryptor() if encrypt else cipher.decryptor()
+
+
 @dataclass(frozen=True)
 class Backend:
     """One AES implementation: what the protocol core (`protocol.cipher.Aes`) and the relay run on. The
@@ -48,6 +58,7 @@ class Backend:
     start_init: InitStart | None = None  # None: obfs2 derives the keys and starts the stream in Python
     tls_hello: HelloCheck | None = None  # None: faketls parses the ClientHello in Python
     tls_accept: HelloAccept | None = None  # None: faketls checks the digest with hashlib, builds the flight
+    new_cbc: CbcFactory = openssl_cbc  # the middle proxy's relay connections
 
 
 def openssl_ctr(encrypt_block: BlockEncrypt = cryptography_encrypt_block, why: str = "chosen by the caller") -> Backend:

@@ -1,5 +1,6 @@
-"""What the protocol core needs of AES, as types: a CTR keystream and one raw block. The caller passes an
-implementation in (`mtproxy.crypto.backend` builds one at start-up); the core never picks one itself."""
+"""What the protocol core needs of AES, as types: a CTR keystream, one raw block and, for the middle proxy,
+CBC. The caller passes an implementation in (`mtproxy.crypto.backend` builds one at start-up); the core never
+picks one itself."""
 
 from __future__ import annotations
 
@@ -20,6 +21,17 @@ class Keystream(Protocol):
     def update(self, data: Bytes, /) -> bytes: ...
 
     def update_into(self, data: Bytes, buf: bytearray | memoryview, /) -> int: ...
+
+
+class CbcStream(Protocol):
+    """AES-256-CBC without padding, chained across calls: one direction of a middle-proxy relay connection.
+    `update` takes whole 16-byte blocks."""
+
+    def update(self, data: Bytes, /) -> bytes: ...
+
+
+# (key, iv, encrypt) -> one CBC direction (`mtproxy.crypto.backend.openssl_cbc`)
+CbcFactory = Callable[[bytes, bytes, bool], CbcStream]
 
 
 class SecretScan(Protocol):

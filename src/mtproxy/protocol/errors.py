@@ -28,6 +28,24 @@ class Socks5Error(ProtocolError):
         self.reply = reply
 
 
+class MiddleProxyError(ProtocolError):
+    """A middle-proxy relay broke the protocol or refused us (`middleproxy`): the relay connection is over.
+    `reason` is a stable token for logs and metrics."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ProxyConfigError(ProtocolError, ValueError):
+    """proxy-multi.conf or proxy-secret is not what the official proxy accepts (`proxyconfig`). `line` is
+    1-based, 0 when the error is about the whole file."""
+
+    def __init__(self, message: str, line: int = 0) -> None:
+        super().__init__(f"line {line}: {message}" if line else message)
+        self.line = line
+
+
 class SecretFormatError(ProtocolError, ValueError):
     """A secret or fake-TLS domain as written by an operator or a link is not valid."""
 
