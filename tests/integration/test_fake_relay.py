@@ -18,6 +18,7 @@ from mtproxy.testkit import rpcwire as w
 from mtproxy.testkit.fakerelay import FakeRelay, Faults, quick_ack_token
 from mtproxy.testkit.servers import FakeDc
 
+from ..interop.fake_dc import REQ_PQ_MULTI, RES_PQ, FakeDC
 from .conftest import run
 
 SECRET = os.urandom(128)  # the size core.telegram.org/getProxySecret serves
@@ -339,4 +340,34 @@ def test_stop_ends_everything_bounded() -> None:
             with pytest.raises((EOFError, ConnectionResetError)):
                 await client.recv(2)
             await client.close()
+    run(go(), timeout=20)
+
+
+def test_relay_in_front_of_the_mtproto_fake_dc() -> None:
+    """The chain the interop tests use: a req_pq_multi through the relay reaches the MTProto fake DC, and its
+    resPQ comes back as one RPC_PROXY_ANS packet, the client's nonce in it."""
+    async def go() -> None:
+        with FakeDC() as mtproto_dc:
+            relay = FakeRelay(SECRET, ("127.0.0.1", mtproto_dc.port), dc_id=2)
+            port = await relay.start()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            client = Client(reader, writer, SECRET)
+            try:
+                await client.nonce()
+                await client.handshake()
+                nonce = os.urandom(16)
+                body = struct.pack("<I", REQ_PQ_MULTI) + nonce
+                message = bytes(8) + struct.pack("<QI", int(time.time()) << 32, len(body)) + body
+                client.request(42, message, flags=w.FLAG_EXT_SERVER | w.FLAG_MEDIUM | w.FLAG_NOT_ENCRYPTED)
+                frame = await client.recv()
+                assert frame.op == w.RPC_PROXY_ANS
+                answer = frame.payload[16:]
+                assert answer[:8] == bytes(8)  # an unencrypted message
+                assert struct.unpack_from("<I", answer, 20)[0] == RES_PQ and answer[24:40] == nonce
+                init = mtproto_dc.wait_for("init", 0)  # already there: the answer came through it
+                assert init is not None and init.detail == {"transport": "intermediate", "dc_id": 2}
+                assert mtproto_dc.kinds().count("req_pq_multi") == 1
+            finally:
+                await client.close()
+                await relay.stop()
     run(go(), timeout=20)

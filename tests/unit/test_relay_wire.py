@@ -241,7 +241,7 @@ def test_proxy_multi_conf_text(tmp_path: Path) -> None:
     assert text.splitlines()[1:] == ["default 2;", "proxy_for 2 127.0.0.1:8888;", "proxy_for 2 127.0.0.2:8889;",
                                      "proxy_for -2 [::1]:8890;"]
     files = write_relay_files(tmp_path, SECRET, {1: [("127.0.0.1", 1)]}, {1: [("::1", 2)]})
-    assert files.secret.read_bytes() == SECRET
+    assert files.secret.read_bytes() == SECRET and files.secret.stat().st_mode & 0o777 == 0o600
     assert files.config.read_text().endswith("proxy_for 1 127.0.0.1:1;\n")
     assert files.config_v6 is not None and "proxy_for 1 [::1]:2;" in files.config_v6.read_text()
     for bad in ({40000: [("127.0.0.1", 1)]}, {1: [("127.0.0.1", 0)]}, {1: []}):

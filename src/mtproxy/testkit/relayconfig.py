@@ -4,10 +4,11 @@ core.telegram.org/getProxyConfig, getProxyConfigV6 and getProxySecret serve."""
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from mtproxy.store import write_atomic
 
 from .rpcwire import MAX_SECRET, MIN_SECRET
 
@@ -54,12 +55,11 @@ def write_relay_files(directory: Path, secret: bytes, v4: Relays, v6: Relays | N
         raise ValueError(f"a proxy secret is {MIN_SECRET}..{MAX_SECRET} bytes")
     directory.mkdir(parents=True, exist_ok=True)
     secret_path = directory / "proxy-secret"
-    secret_path.write_bytes(secret)
-    os.chmod(secret_path, 0o600)
+    write_atomic(secret_path, secret)
     config = directory / "proxy-multi.conf"
-    config.write_text(proxy_multi_conf(v4, default_dc))
+    write_atomic(config, proxy_multi_conf(v4, default_dc).encode())
     config_v6 = None
     if v6 is not None:
         config_v6 = directory / "proxy-multi-v6.conf"
-        config_v6.write_text(proxy_multi_conf(v6, default_dc))
+        write_atomic(config_v6, proxy_multi_conf(v6, default_dc).encode())
     return RelayFiles(secret_path, config, config_v6)
