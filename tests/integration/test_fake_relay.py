@@ -10,11 +10,13 @@ import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import CipherContext
 
 from mtproxy.testkit import rpcwire as w
+from mtproxy.testkit.background import BackgroundRelays
 from mtproxy.testkit.fakerelay import FakeRelay, Faults, quick_ack_token
 from mtproxy.testkit.servers import FakeDc
 
@@ -28,8 +30,9 @@ QUIET = 0.4  # how long "nothing arrives" is watched
 class Client:
     """Just enough of an RPC client (MTProxy net/net-tcp-rpc-client.c) to drive the relay."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes) -> None:
-        self.reader, self.writer, self.secret = reader, writer, secret
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes,
+                 timeout: float = 5.0) -> None:
+        self.reader, self.writer, self.secret, self.timeout = reader, writer, secret, timeout
         self.out_seq, self.in_seq, self.out_bytes = w.SEQ_NONCE, w.SEQ_NONCE, 0
         self.inbox = bytearray()
         self.encrypt: CipherContext | None = None
@@ -44,7 +47,7 @@ class Client:
             frame = self.encrypt.update(frame)
         self.writer.write(frame)
 
-    async def recv(self, timeout: float = 5.0) -> w.Frame:
+    async def recv(self, timeout: float | None = None) -> w.Frame:
         async def one() -> w.Frame:
             while True:
                 frame = w.take_frame(self.inbox)
@@ -54,7 +57,7 @@ class Client:
                 if not data:
                     raise EOFError("relay closed")
                 self.inbox += self.decrypt.update(data) if self.decrypt is not None else data
-        return await asyncio.wait_for(one(), timeout)
+        return await asyncio.wait_for(one(), self.timeout if timeout is None else timeout)
 
     async def nothing_for(self, seconds: float = QUIET) -> bool:
         try:
@@ -176,7 +179,7 @@ def test_nonce_handshake_request_answer() -> None:
         assert dc.connections == 2
         # the proxy closes conn 0x99: the relay drops that DC connection and sends nothing back
         client.send(struct.pack("<Iq", w.RPC_CLOSE_CONN, 0x99))
-        assert await relay.wait_for(lambda: relay.closes_from_proxy == [(0, 0x99)])
+        assert await relay.wait_for(lambda: list(relay.closes_from_proxy) == [(0, 0x99)])
         assert await client.nothing_for()
     scenario(body)
 
@@ -370,4 +373,58 @@ def test_relay_in_front_of_the_mtproto_fake_dc() -> None:
             finally:
                 await client.close()
                 await relay.stop()
+    run(go(), timeout=20)
+
+
+def test_background_relays_serve_another_threads_client(tmp_path: Path) -> None:
+    """The shape an engine test takes: relays on a background loop, named in the files the engine reads,
+    faults switched from the test's thread."""
+    relays = BackgroundRelays(SECRET, (2, 4)).start()
+    try:
+        files = relays.write_files(tmp_path)
+        assert files.secret.read_bytes() == SECRET
+        assert f"proxy_for 4 127.0.0.1:{relays.ports[4]};" in files.config.read_text()
+        relays.relay(4).faults.stall = True
+
+        async def talk(dc_id: int) -> bytes | None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", relays.ports[dc_id])
+            client = Client(reader, writer, SECRET, timeout=1.0)
+            try:
+                await client.nonce()
+                await client.handshake()
+                client.request(1, PACKET)
+                return (await client.recv()).payload
+            except TimeoutError:
+                return None
+            finally:
+                await client.close()
+
+        assert run(talk(2)) == w.proxy_answer(1, PACKET)
+        assert run(talk(4)) is None  # stalled: the nonce is never answered
+        stalled = relays.relay(4).links[0].record
+        assert stalled.key_select is None and stalled.ended is None  # nothing read, the socket kept
+        relays.relay(4).faults.stall = False  # now it reads: the nonce, then the client's close
+        assert relays.wait(lambda: stalled.ended is not None)  # closed by peer, or reset by it
+        assert stalled.key_select == w.key_signature(SECRET)
+        assert relays.dc.dc_ids == [2]
+    finally:
+        relays.stop()
+
+
+def test_records_are_bounded_for_a_soak() -> None:
+    async def go() -> None:
+        dc = FakeDc()
+        relay = FakeRelay(SECRET, ("127.0.0.1", await dc.start()), max_records=3)
+        port = await relay.start()
+        try:
+            for _ in range(5):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                client = Client(reader, writer, SECRET)
+                await client.nonce()
+                await client.close()
+            assert await relay.wait_for(lambda: relay.accepted == 5 and relay.open_links == 0)
+            assert [link.record.number for link in relay.links] == [2, 3, 4]
+        finally:
+            await relay.stop()
+            await dc.close()
     run(go(), timeout=20)

@@ -20,6 +20,7 @@ import os
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ from .client import PEER_AES
 
 READ_SIZE = 1 << 16
 POLL = 0.02
-MAX_LINKS = 1024
+MAX_LINKS = 1024  # open at once
 MAX_LEGS = 4096  # DC connections per relay connection
 
 
@@ -107,7 +108,7 @@ class FakeRelay:
     def __init__(self, secret: bytes, dc: tuple[str, int], *, dc_id: int = 2,
                  clock: Callable[[], float] = time.time, random_bytes: Callable[[int], bytes] = os.urandom,
                  idle_timeout: float = 60.0, dc_timeout: float = 5.0, max_stall: float = 60.0,
-                 check_peer_pid: bool = True) -> None:
+                 check_peer_pid: bool = True, max_records: int = 100_000) -> None:
         if not w.MIN_SECRET <= len(secret) <= w.MAX_SECRET:
             raise ValueError(f"a proxy secret is {w.MIN_SECRET}..{w.MAX_SECRET} bytes")
         self.secret = secret
@@ -120,11 +121,14 @@ class FakeRelay:
         self.max_stall = max_stall
         self.check_peer_pid = check_peer_pid
         self.faults = Faults()
-        self.links: list[RelayLink] = []
-        self.requests: list[RequestRecord] = []
-        self.closes_from_proxy: list[tuple[int, int]] = []  # (link, conn id) of RPC_CLOSE_CONN
-        self.sent: list[Sent] = []
-        self.errors: list[str] = []  # what the relay rejected, one line each
+        # the records keep the latest `max_records` of each kind, so a soak's memory stays bounded
+        self.links: deque[RelayLink] = deque(maxlen=max_records)  # `number` counts every one accepted
+        self.requests: deque[RequestRecord] = deque(maxlen=max_records)
+        self.closes_from_proxy: deque[tuple[int, int]] = deque(maxlen=max_records)  # (link, conn id)
+        self.sent: deque[Sent] = deque(maxlen=max_records)
+        self.errors: deque[str] = deque(maxlen=max_records)  # what the relay rejected, one line each
+        self.accepted = 0
+        self._open: set[RelayLink] = set()
         self.server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
@@ -132,6 +136,10 @@ class FakeRelay:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self.server = await asyncio.start_server(self._accept, host, port)
         return int(self.server.sockets[0].getsockname()[1])
+
+    @property
+    def open_links(self) -> int:
+        return len(self._open)
 
     @property
     def ad_tags(self) -> list[bytes | None]:
@@ -146,7 +154,7 @@ class FakeRelay:
                 return False
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
+                await asyncio.wait_for(self._changed.wait(), min(left, 0.1))
         return True
 
     def note(self) -> None:
@@ -155,7 +163,7 @@ class FakeRelay:
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
-        for link in self.links:
+        for link in list(self._open):
             link.abort("stopped")
         tasks = list(self._tasks)
         if tasks:
@@ -173,13 +181,18 @@ class FakeRelay:
         assert task is not None
         self._tasks.add(task)
         try:
-            if len(self.links) >= MAX_LINKS:
+            if len(self._open) >= MAX_LINKS:
                 self.errors.append("too many relay connections")
                 return
-            link = RelayLink(self, len(self.links), reader, writer)
+            link = RelayLink(self, self.accepted, reader, writer)
+            self.accepted += 1
             self.links.append(link)
+            self._open.add(link)
             self.note()
-            await link.serve()
+            try:
+                await link.serve()
+            finally:
+                self._open.discard(link)
         finally:
             writer.close()
             self._tasks.discard(task)
