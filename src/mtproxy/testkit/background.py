@@ -1,4 +1,5 @@
-"""Run fake DCs and mask stubs on an event loop in a background thread, for synchronous test code."""
+"""Run fake DCs, mask stubs and fake middle-proxy relays on an event loop in a background thread, for
+synchronous test code."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
+from .fakerelay import FakeRelay
+from .relayconfig import RelayFiles, write_relay_files
 from .servers import FakeDc, MaskStub
 
 T = TypeVar("T")
@@ -59,3 +63,54 @@ class BackgroundPeers:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
         self.loop.close()
+
+
+class BackgroundRelays:
+    """One fake relay per DC id on 127.0.0.1, all in front of one fake echo DC, served from their own thread;
+    `write_files` names them in a proxy-multi.conf beside the proxy-secret they hold. Faults are switched from
+    the test's thread through `relay(dc).faults` (plain attributes, read live by the relay)."""
+
+    def __init__(self, secret: bytes, dc_ids: tuple[int, ...] = (1, 2, 3, 4, 5)) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-relays", daemon=True)
+        self.secret = secret
+        self.dc = FakeDc()
+        self.dc_ids = dc_ids
+        self.relays: dict[int, FakeRelay] = {}
+        self.ports: dict[int, int] = {}
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> BackgroundRelays:
+        self._thread.start()
+        dc_port = self.call(self.dc.start())
+        for dc_id in self.dc_ids:
+            relay = self.call(_make_relay(self.secret, dc_port, dc_id))
+            self.relays[dc_id] = relay
+            self.ports[dc_id] = self.call(relay.start())
+        return self
+
+    def relay(self, dc_id: int) -> FakeRelay:
+        return self.relays[dc_id]
+
+    def write_files(self, directory: Path) -> RelayFiles:
+        v4 = {dc_id: [("127.0.0.1", port)] for dc_id, port in self.ports.items()}
+        return write_relay_files(directory, self.secret, v4, default_dc=self.dc_ids[0])
+
+    def wait(self, condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+        """Wait, from the test's thread, until `condition()` holds on the relays' records."""
+        relay = next(iter(self.relays.values()))
+        return self.call(relay.wait_for(condition, timeout), timeout + 2)
+
+    def stop(self) -> None:
+        for relay in self.relays.values():
+            self.call(relay.stop())
+        self.call(self.dc.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
+
+
+async def _make_relay(secret: bytes, dc_port: int, dc_id: int) -> FakeRelay:
+    return FakeRelay(secret, ("127.0.0.1", dc_port), dc_id=dc_id)  # made on the loop that serves it
