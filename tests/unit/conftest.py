@@ -17,6 +17,15 @@ def libcrypto() -> ctypes.CDLL | None:
     return aesblock.open_libcrypto()
 
 
+@pytest.fixture(scope="session")
+def lib() -> ctypes.CDLL:
+    """The native library itself; tests that take it are skipped where it is not built."""
+    loaded = native.open_library()
+    if loaded is None:
+        pytest.skip("the native library is not built here")
+    return loaded
+
+
 def make_backend(name: str, libcrypto: ctypes.CDLL | None) -> backend.Backend:
     block = aesblock.block_encryptor(libcrypto)
     if name == "ctr":

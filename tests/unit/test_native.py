@@ -18,14 +18,6 @@ from hypothesis import strategies as st
 from mtproxy.crypto import backend, ctr, native
 from mtproxy.protocol import faketls, obfs2
 
-
-@pytest.fixture(scope="module")
-def lib() -> ctypes.CDLL:
-    loaded = native.open_library()
-    if loaded is None:
-        pytest.skip("the native library is not built here")
-    return loaded
-
 # counters just before a carry out of the low 64 bits, or out of all 128, and anywhere
 COUNTERS = st.one_of(
     st.integers(0, (1 << 128) - 1),

@@ -33,14 +33,6 @@ TDLIB_HELLOS = [
 
 
 @pytest.fixture(scope="module")
-def lib() -> ctypes.CDLL:
-    loaded = native.open_library()
-    if loaded is None:
-        pytest.skip("the native library is not built here")
-    return loaded
-
-
-@pytest.fixture(scope="module")
 def backends(lib: ctypes.CDLL) -> tuple[backend.Backend, backend.Backend]:
     """(the native backend, the same with the fake-TLS work left to Python)."""
     built = backend.native_library(lib, aesblock.block_encryptor(aesblock.open_libcrypto()))

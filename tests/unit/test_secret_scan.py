@@ -23,14 +23,6 @@ NOW = 1_790_000_000
 DOMAINS = ["a.example", "b.example", None]
 
 
-@pytest.fixture(scope="module")
-def lib() -> ctypes.CDLL:
-    loaded = native.open_library()
-    if loaded is None:
-        pytest.skip("the native library is not built here")
-    return loaded
-
-
 @pytest.fixture(params=["extensions", "portable"])
 def sha_path(request: pytest.FixtureRequest, lib: ctypes.CDLL) -> Iterator[str]:
     """Each SHA-256 this machine can run: the CPU's SHA extensions, and the portable code (forced here,
