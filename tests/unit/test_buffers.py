@@ -27,13 +27,29 @@ class _Sink(asyncio.Protocol):
 def test_offer_is_what_fits_under_the_buffer_size() -> None:
     buffers = Buffers(READ_SIZE, BUFFER_SIZE)
     assert len(buffers.recv_in) == READ_SIZE
-    assert len(buffers.offer(1, -1)) == BUFFER_SIZE - 1  # bytes queued: the socket takes nothing directly
-    assert len(buffers.offer(BUFFER_SIZE - MIN_READ, -1)) == MIN_READ
-    assert len(buffers.offer(10 * BUFFER_SIZE, -1)) == MIN_READ  # never a uselessly small read
-    assert len(buffers.offer(1, -1, framed=True)) < BUFFER_SIZE - 1  # record headers come on top
+    moved = BUFFER_SIZE  # past its first reads
+    assert len(buffers.offer(1, -1, moved)) == BUFFER_SIZE - 1  # bytes queued: the socket takes nothing directly
+    assert len(buffers.offer(BUFFER_SIZE - MIN_READ, -1, moved)) == MIN_READ
+    assert len(buffers.offer(10 * BUFFER_SIZE, -1, moved)) == MIN_READ  # never a uselessly small read
+    assert len(buffers.offer(1, -1, moved, framed=True)) < BUFFER_SIZE - 1  # record headers come on top
     small = Buffers(64 * 1024, 4 << 20)  # a buffer size above the read size: always a full read
-    assert len(small.offer(1, -1)) == 64 * 1024
-    assert len(small.offer(0, -1)) == 64 * 1024
+    assert len(small.offer(1, -1, moved)) == 64 * 1024
+    assert len(small.offer(0, -1, moved)) == 64 * 1024
+
+
+def test_a_young_connection_reads_the_room_without_asking_the_kernel() -> None:
+    """Less than --buffer-size moved: the room under --buffer-size, whatever the socket (-1: no socket to
+    ask) would take; once past that, an empty socket's free space comes on top of the room."""
+    buffers = Buffers(READ_SIZE, BUFFER_SIZE)
+    assert len(buffers.offer(0, -1, 0)) == BUFFER_SIZE
+    assert len(buffers.offer(0, -1, BUFFER_SIZE - 1)) == BUFFER_SIZE
+    near, far = _tcp_pair(4096)
+    try:
+        assert len(buffers.offer(0, near.fileno(), BUFFER_SIZE - 1)) == BUFFER_SIZE
+        assert len(buffers.offer(0, near.fileno(), BUFFER_SIZE)) > BUFFER_SIZE
+    finally:
+        near.close()
+        far.close()
 
 
 def _tcp_pair(rcvbuf: int) -> tuple[socket.socket, socket.socket]:
@@ -60,10 +76,12 @@ def test_a_peer_that_stops_reading_leaves_at_most_the_buffer_size_queued() -> No
         transport.set_write_buffer_limits(**WRITE_LIMITS)
         fd = socket_fd(transport)
         most = reads = first = 0
+        moved = BUFFER_SIZE  # past its first reads: the kernel is asked
         while not transport.get_write_buffer_size() and reads < 200:
-            view = buffers.offer(transport.get_write_buffer_size(), fd)
+            view = buffers.offer(transport.get_write_buffer_size(), fd, moved)
             first = first or len(view)
             send(transport, fd, view)
+            moved += len(view)
             reads += 1
             most = max(most, transport.get_write_buffer_size())
         transport.abort()

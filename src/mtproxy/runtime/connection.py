@@ -1,6 +1,6 @@
-"""One accepted client socket until its handshake is over: admission, the sans-IO handshake fed what arrives,
-its timeout, the reject. Then the socket's transport goes over (set_protocol) to a Session (session.py) or
-to the mask (mask.py), and this object is dropped."""
+"""One accepted client socket from accept to close: admission, the sans-IO handshake fed what arrives, its
+timeout, the reject; once authenticated the same object is the session (session.py, the base class). Only
+a rejected client's transport goes over (set_protocol) to the mask (mask.py), and this object is dropped."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from .buffers import WRITE_LIMITS, socket_fd
 from .context import Context
 from .logs import log_reject
 from .mask import MaskRelay
+from .pair import Phase
 from .scans import Admission
 from .session import Session
 
@@ -34,21 +35,23 @@ log = logging.getLogger("mtproxy.connection")
 _MAX_WAITING_BYTES = 64 * 1024
 
 
-class ClientConnection(asyncio.BufferedProtocol):
-    """The handshake sees copies of what is read into the loop's shared receive buffer."""
+class ClientConnection(Session):
+    """The handshake sees copies of what is read into the loop's shared receive buffer. Phase.HANDSHAKE until
+    it is over; then a session's phases (or CLOSED, also when the mask took the transport)."""
 
     # slots: tens of thousands of these live at once; no per-object dict
-    __slots__ = ("_answered", "_counted", "_handshake", "_table", "_timer", "_waiting", "admitted", "ctx", "fd",
-                 "listener", "peer", "transport", "unauthenticated")
+    __slots__ = ("_answered", "_counted", "_handshake", "_table", "_timer", "_waiting", "listener")
 
     def __init__(self, ctx: Context, listener: HostPort) -> None:
         self.ctx = ctx
         self.listener = listener
-        self.transport: asyncio.Transport | None = None  # None again once closed or handed over
+        self.phase = Phase.CLOSED  # until admitted (start)
+        self.up = None
         self.fd = -1
-        self.peer: tuple[str, int] = ("?", 0)
+        self.peer = ("?", 0)
         self.admitted = False
         self.unauthenticated = False  # counted under the unauthenticated caps (set by Server.admit)
+        self._buffers = ctx.buffers
         self._handshake: Handshake | None = None
         self._table: SecretTable | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -74,43 +77,37 @@ class ClientConnection(asyncio.BufferedProtocol):
         ctx = self.ctx
         self.transport = transport
         self.admitted = True
+        self.phase = Phase.HANDSHAKE
         transport.set_write_buffer_limits(**WRITE_LIMITS)
         self._handshake, self._table = ctx.new_handshake(self.peer[0])
         self._timer = ctx.loop.call_later(ctx.limits.handshake_timeout, self._on_timeout)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.close()
-        if self.admitted:
-            self.admitted = False
-            self.ctx.release(self)
-
     def close(self) -> None:
-        transport, self.transport = self.transport, None
+        if self.phase != Phase.HANDSHAKE:
+            super().close()  # a session's (nothing once closed)
+            return
+        self.phase = Phase.CLOSED
+        self._handshake_over()
+        self.transport.close()
+
+    def _handshake_over(self) -> None:
         self._handshake = self._table = None
         self._leave_queue()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if transport is not None:
-            transport.close()
 
-    def abort(self) -> None:
-        """Drop without flushing (removed secret, shutdown deadline)."""
-        if self.transport is not None:
-            self.transport.abort()
-        self.close()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.ctx.buffers.recv_in
-
-    def buffer_updated(self, nbytes: int) -> None:
-        handshake, transport = self._handshake, self.transport
-        if handshake is None or transport is None:
+    def _before_relay(self, nbytes: int) -> None:
+        if self.phase != Phase.HANDSHAKE:
+            super()._before_relay(nbytes)  # the DC is dialled: held
             return
+        handshake = self._handshake
+        assert handshake is not None
+        transport = self.transport
         if not self._counted:
             self._counted = True
             self.ctx.count_client()
-        step = handshake.feed(bytes(self.ctx.buffers.recv[:nbytes]), self.ctx.clock())
+        step = handshake.feed(bytes(self._buffers.recv[:nbytes]), self.ctx.clock())
         if self._waiting and handshake.buffered > _MAX_WAITING_BYTES:
             transport.pause_reading()  # kept for after the scan; the handshake timeout still bounds the wait
         self._step(handshake, transport, step)
@@ -146,7 +143,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         """The scheduler's turn for this handshake (scans.py)."""
         self._waiting = False
         handshake, transport = self._handshake, self.transport
-        if handshake is None or transport is None:
+        if handshake is None or self.phase != Phase.HANDSHAKE:
             return
         transport.resume_reading()
         self._step(handshake, transport, handshake.scan(self.ctx.clock()))
@@ -157,8 +154,9 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.ctx.scans.leave(self)
 
     def eof_received(self) -> bool:
-        if self._handshake is None:
-            return False
+        if self.phase != Phase.HANDSHAKE:
+            return super().eof_received()
+        assert self._handshake is not None
         received = self._handshake.received
         if not received:
             self.close()
@@ -169,7 +167,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def _on_timeout(self) -> None:
         self._timer = None
-        if self._handshake is not None:
+        if self.phase == Phase.HANDSHAKE and self._handshake is not None:
             # still waiting for its scan: the budget ran out for it, not the client's bytes
             reason = RejectReason.SCAN_BUSY if self._waiting else RejectReason.HANDSHAKE_TIMEOUT
             self._reject(reason, self._handshake.received, maskable=not self._answered, eof_in=False)
@@ -182,19 +180,27 @@ class ClientConnection(asyncio.BufferedProtocol):
         ctx.counters.reject(reason)
         log_reject(self.peer, (self.listener.host, self.listener.port), reason)
         mask = ctx.mask()
-        transport = self.transport
-        if not maskable or mask is None or transport is None:
+        if not maskable or mask is None or self.phase != Phase.HANDSHAKE:
             self.close()
             return
         ctx.counters.masked += 1
+        # the rare path: the mask relay becomes the socket's protocol (paused until its leg is up) and its
+        # entry in the registry; this object is done
+        transport = self.transport
         relay = MaskRelay(ctx, transport, self.fd, self.peer, eof_in)
-        self._hand_over(transport, relay)
+        transport.pause_reading()
+        transport.set_protocol(relay)
+        ctx.hand_over(self, relay)
+        self.admitted = False
+        self.phase = Phase.CLOSED
+        self._handshake_over()
         relay.open(mask, received, self.listener)
 
     def _authenticated(self, auth: AuthResult) -> None:
+        """From here on this is the session: the same protocol, the same registry entry, still read."""
         ctx = self.ctx
-        table, transport = self._table, self.transport
-        assert table is not None and transport is not None
+        table = self._table
+        assert table is not None
         if not ctx.still_live(table, auth.secret_index, auth.secret_id):
             log.info("secret %s was removed during the handshake; closing", auth.secret_id)
             self.close()
@@ -203,21 +209,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if grant is None:  # the secret's limits refuse it (logged and counted by the enforcer)
             self.close()
             return
-        session = Session(ctx, transport, self.fd, self.peer, False, auth, grant)
-        self._hand_over(transport, session)
-        ctx.authenticated(session, auth)
-        session.connect(auth)
-
-    def _hand_over(self, transport: asyncio.Transport, relay: MaskRelay | Session) -> None:
-        """From now on `relay` is the socket's protocol (paused until its other leg is up) and its entry in
-        the registry; this object is done."""
-        transport.pause_reading()
-        transport.set_protocol(relay)
-        self.ctx.hand_over(self, relay)
-        self.admitted = False
-        self.transport = None
-        self._handshake = self._table = None
-        self._leave_queue()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._handshake_over()
+        self._open(auth, grant)
+        ctx.authenticated(self, auth)
+        self.connect(auth)

@@ -22,7 +22,8 @@ from .scans import ScanScheduler
 
 class Tracked(Protocol):
     """What the server's registry holds for each admitted client socket: whichever object is its protocol
-    now (the handshake, then a session or a mask relay, see Context.hand_over)."""
+    now. Behind a balancer first the PROXY header's reader (proxied.py); then the client connection, which
+    stays the session once authenticated, or the mask relay a rejected one hands over to (hand_over)."""
 
     peer: tuple[str, int]
     unauthenticated: bool  # counted under the unauthenticated caps
@@ -67,7 +68,7 @@ class Context:
         self.count_client: Callable[[], None]
         self.new_handshake: Callable[[str], tuple[Handshake, SecretTable]]
         self.still_live: Callable[[SecretTable, int, str], bool]
-        self.hand_over: Callable[[Tracked, Tracked], None]  # the socket's protocol changed: the registry follows
+        self.hand_over: Callable[[Tracked, Tracked], None]  # a mask relay took the socket: the registry follows
         self.authenticated: Callable[[Tracked, AuthResult], None]
         self.ended: Callable[[Tracked, str], None]  # a session of this secret id ended
         self.count_in: Callable[[str, int], None]  # client->DC bytes of a secret id

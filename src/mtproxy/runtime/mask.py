@@ -99,7 +99,8 @@ class MaskRelay(Pair):
         up = self.up
         if up is None:
             return self._buffers.recv_in
-        return self._buffers.offer(up.get_write_buffer_size(), self.up_fd)  # no more than the mask can take
+        # no more than the mask can take
+        return self._buffers.offer(up.get_write_buffer_size(), self.up_fd, self.activity)
 
     def buffer_updated(self, nbytes: int) -> None:
         self.activity += nbytes

@@ -1,6 +1,11 @@
 """An authenticated client's session: dial its DC, then relay both ways, each direction deciphered and
 re-enciphered (or, in fast mode, DC->client forwarded untouched) and, for fake-TLS, framed as records;
-bulk fast-mode downloads switch to a raw relay (rawrelay.py)."""
+bulk fast-mode downloads switch to a raw relay (rawrelay.py).
+
+A session is the client connection that took the handshake (connection.py subclasses it): one object per
+client socket from accept to close, so authenticating allocates no second protocol, moves no registry
+entry and does not stop reading the client. What the client sends while its DC is dialled is kept (at most
+DIAL_HOLD bytes, then reading pauses) and goes out behind the DC header."""
 
 from __future__ import annotations
 
@@ -15,7 +20,6 @@ from mtproxy.protocol.handshake import AuthResult
 
 from . import rawrelay
 from .buffers import send
-from .context import Context
 from .dc import DcTarget
 from .enforce import Grant
 from .pair import Dial, Leg, Pair, Phase
@@ -25,18 +29,22 @@ log = logging.getLogger("mtproxy.session")
 
 _NEVER = -(1 << 62)  # _relayed once a raw relay could not be set up: the transport path goes on
 _IN, _OUT = 1, 2  # _held: the direction(s) a rate limit holds (client->DC: the client is not read)
+# client bytes kept while the DC is dialled, before the client is no longer read: a client's first requests
+# fit, and the kernel's receive buffer holds the rest
+DIAL_HOLD = 64 * 1024
 
 
 class Session(Pair):
     """Client->DC: the client's bytes are deciphered and re-enciphered in the receive buffer (`buffer_updated`).
     DC->client: `_up_buffer_updated`; in fast mode the DC's bytes are already what the client expects."""
 
-    __slots__ = ("_from_client", "_from_dc", "_grant", "_held", "_hold_in", "_hold_out", "_meter", "_raw",
+    __slots__ = ("_early", "_from_client", "_from_dc", "_grant", "_held", "_hold_in", "_hold_out", "_meter", "_raw",
                  "_relayed", "_tls", "_tls_reader", "_to_client", "_to_dc", "secret_id")
 
-    def __init__(self, ctx: Context, transport: asyncio.Transport, fd: int, peer: tuple[str, int],
-                 eof_in: bool, auth: AuthResult, grant: Grant) -> None:
-        super().__init__(ctx, transport, fd, peer, eof_in)
+    def _open(self, auth: AuthResult, grant: Grant) -> None:
+        """The handshake authenticated the client and its secret's limits admitted it (connection.py)."""
+        self._begin(False)
+        self._early: bytearray | None = None  # what the client sent while its DC is dialled
         self.secret_id = auth.secret_id
         self._from_client: Keystream = auth.from_client
         self._tls_reader = auth.tls_reader
@@ -54,10 +62,10 @@ class Session(Pair):
         self._hold_in: asyncio.TimerHandle | None = None
         self._hold_out: asyncio.TimerHandle | None = None
         grant.holder = self
-        ctx.session_opened(grant)
+        self.ctx.session_opened(grant)
 
     def connect(self, auth: AuthResult) -> None:
-        """Dial the client's DC (the client's transport stays paused until the DC answers)."""
+        """Dial the client's DC (what the client sends meanwhile is held: `_before_relay`)."""
         ctx = self.ctx
         link = obfs2.dc_link(auth.to_client_keys, auth.tag, auth.dc_id, ctx.random_bytes, fast=ctx.fast_mode)
         self._to_dc = link.to_dc
@@ -103,18 +111,61 @@ class Session(Pair):
             if self._meter is not None and self._meter.moved(pending, 0) is not None:
                 self.close()
                 return
-        self._relaying()
+        early, self._early = self._early, None
+        if early is None:
+            self._relaying(paused=False)
+            return
+        # behind `first`, through the relay path (framing, ciphers, accounting, limits, backpressure)
+        self.phase = Phase.RELAY
+        self._buffers.recv[:len(early)] = early
+        self.buffer_updated(len(early))
+        if self.phase == Phase.CLOSED:
+            return
+        # reading stopped for a full hold resumes, unless a rate hold or the DC's backpressure holds it now
+        # (each resumes it itself)
+        self._relaying(paused=len(early) >= self._hold_limit() and not self._held & _IN
+                       and not up.get_write_buffer_size())
+
+    def _hold_limit(self) -> int:
+        limits = self.ctx.limits
+        return min(DIAL_HOLD, limits.buffer_size, limits.read_size)
+
+    def _early_buffer(self) -> memoryview:
+        """Where a read goes before the relay: while the DC is dialled, no more than the hold has room for."""
+        recv_in = self._buffers.recv_in
+        if self.phase != Phase.CONNECTING:
+            return recv_in
+        early = self._early
+        return recv_in[: self._hold_limit() - (len(early) if early is not None else 0)]
+
+    def _before_relay(self, nbytes: int) -> None:
+        """A read before the relay: while the DC is dialled it is held (reading stops once the hold is
+        full); after a close it is dropped."""
+        if self.phase != Phase.CONNECTING:
+            return
+        data = self._buffers.recv[:nbytes]
+        early = self._early
+        if early is None:
+            self._early = early = data
+        else:
+            early += data
+        if len(early) >= self._hold_limit():
+            self.transport.pause_reading()
 
     # ----------------------------------------------------------------- client -> DC
 
     def get_buffer(self, sizehint: int) -> memoryview:
         up = self.up
-        if up is None:
-            return self._buffers.recv_in
-        return self._buffers.offer(up.get_write_buffer_size(), self.up_fd)  # no more than the DC can take
+        if up is None or self.phase != Phase.RELAY:
+            return self._early_buffer()
+        # no more than the DC can take
+        return self._buffers.offer(up.get_write_buffer_size(), self.up_fd, self.activity)
 
     def buffer_updated(self, nbytes: int) -> None:
         """The payload is deciphered and re-enciphered where it was read."""
+        if self.phase != Phase.RELAY:
+            self._before_relay(nbytes)
+            return
         self.activity += nbytes
         buffers = self._buffers
         buf = buffers.recv
@@ -141,7 +192,7 @@ class Session(Pair):
 
     def _up_get_buffer(self, sizehint: int) -> memoryview:
         # no more than the client can take; fake-TLS adds a header per 16 KiB to what is read here
-        return self._buffers.offer(self.transport.get_write_buffer_size(), self.fd, self._tls)
+        return self._buffers.offer(self.transport.get_write_buffer_size(), self.fd, self.activity, self._tls)
 
     def _up_buffer_updated(self, nbytes: int) -> None:
         client = self.transport
