@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from mtproxy.paths import Paths
 from mtproxy.runtime.relayconfig import (
     RETRY_FIRST,
     RETRY_MAX,
@@ -84,17 +85,20 @@ def load(src: RelaySources) -> RelayMaterial:
 
 
 def test_fetch_ok_validates_merges_and_caches(tmp_path: Path) -> None:
+    cache = Paths(tmp_path).relay_cache_dir  # under the data directory the rest of the engine uses
+    assert cache == tmp_path / "data" / "mtproxy" / "relay"
+
     async def go() -> RelayMaterial:
         async with serving(Site()) as base:
-            return await RelayConfigSource(sources(base, tmp_path / "relay")).load()
+            return await RelayConfigSource(sources(base, cache)).load()
     material = run(go(), 10)
     assert material.secret.data == SECRET
     assert [str(r) for r in material.config.relays_for(2)] == ["127.0.0.2:8888", "[::1]:8888"]
     assert material.complete and set(material.origins.values()) == {Origin.FETCHED}
-    assert (tmp_path / "relay" / "proxy-secret").read_bytes() == SECRET
-    assert (tmp_path / "relay" / "proxy-multi.conf").read_bytes() == CONFIG
-    assert (tmp_path / "relay" / "proxy-multi-v6.conf").read_bytes() == CONFIG_V6
-    assert (tmp_path / "relay" / "proxy-secret").stat().st_mode & 0o777 == 0o600
+    assert (cache / "proxy-secret").read_bytes() == SECRET
+    assert (cache / "proxy-multi.conf").read_bytes() == CONFIG
+    assert (cache / "proxy-multi-v6.conf").read_bytes() == CONFIG_V6
+    assert (cache / "proxy-secret").stat().st_mode & 0o777 == 0o600
 
 
 def _seed_cache(cache: Path) -> None:

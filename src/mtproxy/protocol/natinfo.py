@@ -17,16 +17,14 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .errors import NatInfoError
+
 __all__ = ["MAX_NAT_RULES", "NatInfoError", "NatRule", "RelayAddress", "parse_nat_info", "parse_nat_rules",
            "relay_address", "translate"]
 
 MAX_NAT_RULES = 16  # net/net-connections.h MAX_NAT_INFO_RULES
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class NatInfoError(ValueError):
-    """A `--nat-info` value the official proxy would refuse; the message names the value."""
 
 
 @dataclass(frozen=True)
