@@ -236,6 +236,18 @@ def test_refresh_backs_off_while_failing_then_goes_daily(tmp_path: Path) -> None
     assert (cache / "proxy-multi.conf").read_bytes() == CONFIG
 
 
+def test_refresh_without_a_first_load_retries_soon(tmp_path: Path) -> None:
+    slept: list[float] = []
+
+    async def go() -> None:
+        async def sleep(delay: float) -> None:
+            slept.append(delay)
+        url = f"http://127.0.0.1:{closed_port().port}"
+        await RelayConfigSource(sources(url, tmp_path), sleep=sleep).run(lambda _: None, rounds=2)
+    run(go(), 10)
+    assert slept[0] <= RETRY_FIRST and RETRY_FIRST < slept[1] <= 2 * RETRY_FIRST
+
+
 def test_fetch_url_bounds_the_body(tmp_path: Path) -> None:
     site = Site()
     site.answers["/big"] = lambda: web.Response(body=b"#" * ((1 << 20) + 10))

@@ -191,8 +191,9 @@ class RelayConfigSource:
 
     async def run(self, publish: Callable[[RelayMaterial], None], *, rounds: int | None = None) -> None:
         """Refresh forever (or `rounds` times, for tests): daily with jitter after a complete refresh,
-        with backoff after one that fell back. `publish` gets every refreshed set; it never raises here."""
-        failures = 0 if self.current is None or self.current.complete else 1
+        with backoff after one that fell back (or before any load succeeded). `publish` gets every
+        refreshed set and must not raise."""
+        failures = 0 if self.current is not None and self.current.complete else 1
         done = 0
         while rounds is None or done < rounds:
             await self._sleep(retry_delay(failures, self._rng) if failures else refresh_delay(self._rng))
