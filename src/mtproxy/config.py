@@ -20,7 +20,9 @@ from mtproxy.defaults import (
     MAX_WORKERS,
 )
 from mtproxy.paths import Paths, choose_root
+from mtproxy.protocol.adtag import AdTagError, ad_tag_bytes
 from mtproxy.protocol.errors import SecretFormatError
+from mtproxy.protocol.natinfo import NatInfoError, NatRule, parse_nat_rules
 from mtproxy.protocol.secret import Secret, SecretKind, parse_secret, validate_domain
 from mtproxy.protocol.socks5 import Credentials
 from mtproxy.settings import read_settings
@@ -156,6 +158,11 @@ class EngineConfig:
     metrics_max_secrets: int = DEFAULT_METRICS_MAX_SECRETS  # per-secret series in /metrics (stats/render.py)
     proxy: ProxyProtocol = field(default=ProxyProtocol())
     upstream: Upstream | None = None  # the SOCKS5 proxy DC legs go through; None: DCs are dialled directly
+    # Middle-proxy inputs, validated now, used once the relay path lands (docs/cli.md "Ad tag"):
+    proxy_tag: bytes | None = None  # -P: the global ad tag, 16 bytes
+    nat_rules: tuple[NatRule, ...] = ()  # --nat-info
+    aes_pwd: Path | None = None  # --aes-pwd: the operator's proxy-secret, instead of fetching it
+    proxy_multi_conf: Path | None = None  # the positional proxy-multi.conf, instead of fetching it
 
 
 def parse_host_port(text: str, what: str, default_port: int | None = None) -> HostPort:
@@ -233,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     a = p.add_argument
-    a("proxy_multi_conf", nargs="?", help="official proxy-multi.conf (accepted, unused: middle proxy later)")
+    a("proxy_multi_conf", nargs="?", help="official proxy-multi.conf (used once the middle proxy lands)")
     a("-u", "--user", help="drop privileges to this user after binding")
     a("-p", "--stats-port", type=int, help=f"stats HTTP port on 127.0.0.1 (default {DEFAULT_STATS_PORT}, 0=off)")
     a("--stats-host", help="stats HTTP bind address (default 127.0.0.1)")
@@ -249,8 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--allow-classic", action="store_true", default=None, help="with -D, accept classic and dd clients too")
     a("--no-tls", action="store_true", default=None, help="refuse fake-TLS clients")
     a("-M", "--workers", type=int, help="worker processes sharing the port (SO_REUSEPORT)")
-    a("-P", "--proxy-tag", help="ad tag (accepted, unused: middle proxy later)")
-    a("--aes-pwd", help="official proxy-secret file (accepted, unused: middle proxy later)")
+    a("-P", "--proxy-tag", help="ad tag, 32 hex digits from @MTProxybot (validated; sent once the middle proxy"
+      " lands: direct mode sends none)")
+    a("--aes-pwd", help="official proxy-secret file (used once the middle proxy lands)")
+    a("--nat-info", action="append", default=[], metavar="LOCAL:GLOBAL", help="our public IPv4 address behind"
+      " NAT, as the official flag (repeatable, validated; used once the middle proxy lands)")
     a("--mask", help="where unauthenticated connections go, HOST:PORT (default DOMAIN:443)")
     a("--no-mask", action="store_true", default=None, help="close unauthenticated connections instead")
     a("--proxy-protocol", action="store_true", default=None, help="every connection starts with a PROXY"
@@ -515,6 +525,10 @@ def _resolve(ns: argparse.Namespace, environ: dict[str, str] | None, euid: int |
         root_note=choice.note,
         max_connections_auto=ns.max_connections is None,
         proxy=proxy,
+        proxy_tag=_proxy_tag(ns),
+        nat_rules=_nat_rules(ns),
+        aes_pwd=Path(ns.aes_pwd) if ns.aes_pwd else None,
+        proxy_multi_conf=Path(ns.proxy_multi_conf) if ns.proxy_multi_conf else None,
     )
 
 
@@ -528,9 +542,25 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+def _proxy_tag(ns: argparse.Namespace) -> bytes | None:
+    if not ns.proxy_tag:
+        return None
+    try:
+        return ad_tag_bytes(str(ns.proxy_tag))
+    except AdTagError as exc:
+        raise ConfigError(f"-P: {exc}") from None
+
+
+def _nat_rules(ns: argparse.Namespace) -> tuple[NatRule, ...]:
+    try:
+        return parse_nat_rules(str(text) for text in _as_list(ns.nat_info))
+    except NatInfoError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _middle_proxy_warnings(ns: argparse.Namespace) -> tuple[str, ...]:
     middle = [flag for flag, v in (("-P", ns.proxy_tag), ("--aes-pwd", ns.aes_pwd),
-                                   ("proxy-multi.conf", ns.proxy_multi_conf)) if v]
+                                   ("proxy-multi.conf", ns.proxy_multi_conf), ("--nat-info", ns.nat_info)) if v]
     if not middle:
         return ()
     return (f"{', '.join(middle)} accepted but ignored: the middle proxy (ad tag) is not implemented yet;"

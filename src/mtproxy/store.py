@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .accounts.limits import NO_LIMITS, Limits, LimitsError, parse_limits, parse_time
+from .protocol.adtag import AdTagError, parse_ad_tag
 from .protocol.errors import SecretFormatError
 from .protocol.secret import Secret, SecretKind, parse_secret, validate_domain
 
-STORE_VERSION = 3
+STORE_VERSION = 4
 FILE_MODE = 0o600
 MAX_STORE_BYTES = 4 * 1024 * 1024  # thousands of secrets fit; anything bigger is not our file
 
@@ -79,6 +80,8 @@ class SecretRecord:
     # ee with its own random host name (`add-secret --own-domain`): `regenerate` draws a new one under the
     # same base (the domain without its first label)
     own_domain: bool = False
+    # Its clients' ad tag (32 lowercase hex digits), instead of the engine's global `-P`; "" = the global one
+    ad_tag: str = ""
 
     @property
     def active(self) -> bool:
@@ -111,6 +114,7 @@ class SecretRecord:
             **({"limits": limits_to_store(self.limits)} if has_limits(self.limits) else {}),
             **({"usage_reset_at": self.usage_reset_at} if self.usage_reset_at else {}),
             **({"own_domain": True} if self.own_domain else {}),
+            **({"ad_tag": self.ad_tag} if self.ad_tag else {}),
         }
 
     @classmethod
@@ -256,6 +260,7 @@ def _migrate(doc: dict[str, Any]) -> dict[str, Any]:
     "usage_reset_at" (when `reset-usage` last cleared the secret's usage).
     Version 2 -> 3 only adds the optional per-entry "own_domain" (absent = false): an ee secret whose domain
     is its own random host name under a base.
+    Version 3 -> 4 only adds the optional per-entry "ad_tag" (absent = the engine's global `-P`).
     Version 0 is the plan's original file: no metadata (or the plan's own `"version": "6.0.0"`), entries with
     "secret" instead of "value", possibly no id or label, and a bare 16-byte key whose `padding_enabled`
     says whether clients get it as dd. Any other version string is refused, not guessed at. The migration is
@@ -302,6 +307,15 @@ def _migrate(doc: dict[str, Any]) -> dict[str, Any]:
             raise ValueError("metadata.migrations must be a list")
         doc = {**doc, "metadata": {**metadata, "version": 3,
                                    "migrations": [*steps, {"from": "2", "to": 3, "at": ""}]}}
+        metadata, version = doc["metadata"], 3
+    if version == 3:
+        # v4 adds an optional "ad_tag" per entry; a v3 entry has none, so only the version moves.
+        assert isinstance(metadata, dict)
+        steps = metadata.get("migrations", [])
+        if not isinstance(steps, list):
+            raise ValueError("metadata.migrations must be a list")
+        doc = {**doc, "metadata": {**metadata, "version": 4,
+                                   "migrations": [*steps, {"from": "3", "to": 4, "at": ""}]}}
     return doc
 
 
@@ -435,7 +449,18 @@ def _parse_entry(entry: dict[str, Any], where: str) -> SecretRecord:
         limits=_parse_entry_limits(entry, f"{where} (id {secret_id!r})"),
         usage_reset_at=_reset_time(entry, f"{where} (id {secret_id!r})"),
         own_domain=_own_domain(entry, kind, domain, f"{where} (id {secret_id!r})"),
+        ad_tag=_ad_tag(entry, f"{where} (id {secret_id!r})"),
     )
+
+
+def _ad_tag(entry: dict[str, Any], where: str) -> str:
+    text = _field(entry, "ad_tag", (str, type(None)), where, "") or ""
+    if not text:
+        return ""
+    try:
+        return parse_ad_tag(str(text))
+    except AdTagError as exc:
+        raise ValueError(f"{where}: 'ad_tag': {exc}") from None
 
 
 def _own_domain(entry: dict[str, Any], kind: SecretKind, domain: str | None, where: str) -> bool:

@@ -97,7 +97,7 @@ def test_list_secrets_masks_values(cli: Cli, paths: Paths) -> None:
     table = cli("list-secrets")
     assert table.status == ExitStatus.OK
     assert table.out.splitlines()[0].split() == ["ID", "LABEL", "SECRET", "TYPE", "DOMAIN", "CREATED", "ACTIVE",
-                                                 "STATE", "LIMITS", "USAGE"]
+                                                 "STATE", "LIMITS", "USAGE", "AD", "TAG"]
     for value in values:
         secret = parse_secret(value)
         assert secret.key.hex() not in table.out
@@ -253,7 +253,8 @@ def test_debug_is_the_only_way_to_a_traceback(cli: Cli, paths: Paths, monkeypatc
 def test_every_command_has_help_with_examples(cli: Cli) -> None:
     for command in ("add-secret", "list-secrets", "remove-secret", "regenerate-secret", "show-config",
                     "set-port", "set-workers", "set-server", "set-secret-domain-base", "stats", "status",
-                    "completion", "set-limits", "enable", "disable", "extend", "reset-usage", "api", "api-token"):
+                    "completion", "set-limits", "enable", "disable", "extend", "reset-usage", "set-ad-tag", "api",
+                    "api-token"):
         result = cli(command, "--help")
         assert result.status == ExitStatus.OK
         assert "Examples:" in result.out, command

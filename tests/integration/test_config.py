@@ -25,6 +25,23 @@ def test_official_flags() -> None:
     assert cfg.warnings and "middle proxy" in cfg.warnings[0]
     assert cfg.mask is None  # no domain: nothing to mask to unless --mask is given
     assert cfg.fast_mode
+    assert cfg.proxy_tag == bytes.fromhex("ab" * 16)
+    assert cfg.aes_pwd == Path("proxy-secret") and cfg.proxy_multi_conf == Path("proxy-multi.conf")
+
+
+def test_middle_proxy_flags_are_validated_up_front() -> None:
+    cfg = resolve(["-S", KEY, "--nat-info", "10.0.0.5:203.0.113.7", "--nat-info", "10.0.0.6:203.0.113.8"],
+                  environ={})
+    assert [(str(r.local), str(r.public)) for r in cfg.nat_rules] == [("10.0.0.5", "203.0.113.7"),
+                                                                      ("10.0.0.6", "203.0.113.8")]
+    assert "--nat-info" in cfg.warnings[0] and "direct mode" in cfg.warnings[0]
+    for args, problem in ((["-P", "ab" * 15], "-P: an ad tag is exactly 32 hex digits"),
+                          (["-P", "zz" * 16], "-P: an ad tag is 32 hex digits (from @MTProxybot); character 1"),
+                          (["--nat-info", "10.0.0.5"], "--nat-info '10.0.0.5': expected <local-addr>:<global-addr>"),
+                          (["--nat-info", "10.0.0.5:proxy.example"], "both sides must be IPv4 addresses")):
+        with pytest.raises(ConfigError) as err:
+            resolve(["-S", KEY, *args], environ={})
+        assert problem in str(err.value), args
 
 
 def test_domain_means_fake_tls_only_unless_allowed() -> None:

@@ -174,21 +174,21 @@ def test_the_plans_own_6_0_0_file_is_read_migrated_and_the_migration_recorded(tm
     assert data.secrets[0].description == "phones" and data.secrets[0].created_at == "2025-01-01T00:00:00Z"
     # one record per step, each stamped when the migrated file is first written
     assert [(m.from_version, m.to_version, m.at) for m in data.migrations] == [("6.0.0", 1, ""), ("1", 2, ""),
-                                                                                    ("2", 3, "")]
+                                                                                    ("2", 3, ""), ("3", 4, "")]
 
     update_store(path, _add(_record("new", key=bytes([9] * 16))))
     doc = json.loads(path.read_text())
     assert doc["metadata"]["version"] == STORE_VERSION
     assert [s["value"] for s in doc["secrets"]] == ["dd" + "11" * 16, "22" * 16, "dd" + "09" * 16]
     recorded = doc["metadata"]["migrations"]
-    assert [(m["from"], m["to"]) for m in recorded] == [("6.0.0", 1), ("1", 2), ("2", 3)]
+    assert [(m["from"], m["to"]) for m in recorded] == [("6.0.0", 1), ("1", 2), ("2", 3), ("3", 4)]
     assert {m["at"] for m in recorded} == {doc["metadata"]["last_modified"]}
     # Later writes keep the record as it was first stamped.
     first = recorded[0]["at"]
     update_store(path, lambda d: (d.without("new"), None))
     again = json.loads(path.read_text())["metadata"]["migrations"]
     assert again == [{"from": "6.0.0", "to": 1, "at": first}, {"from": "1", "to": 2, "at": first},
-                     {"from": "2", "to": 3, "at": first}]
+                     {"from": "2", "to": 3, "at": first}, {"from": "3", "to": 4, "at": first}]
 
 
 def test_a_current_file_records_no_migration(tmp_path: Path) -> None:

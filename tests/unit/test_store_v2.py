@@ -30,8 +30,8 @@ def _v1_file(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def test_schema_version_is_3() -> None:
-    assert STORE_VERSION == 3
+def test_schema_version_is_4() -> None:
+    assert STORE_VERSION == 4
 
 
 def test_a_v1_file_is_read_migrated_written_and_read_again(tmp_path: Path) -> None:
@@ -41,7 +41,7 @@ def test_a_v1_file_is_read_migrated_written_and_read_again(tmp_path: Path) -> No
     assert [(r.id, r.active, r.limits) for r in data.secrets] == [("a", True, Limits()),
                                                                   ("b", False, Limits(enabled=False))]
     assert [(m.from_version, m.to_version, m.at) for m in data.migrations] == [
-        ("6.0.0", 1, "2025-12-01T00:00:00Z"), ("1", 2, ""), ("2", 3, "")]
+        ("6.0.0", 1, "2025-12-01T00:00:00Z"), ("1", 2, ""), ("2", 3, ""), ("3", 4, "")]
 
     def limit_a(current: StoreData) -> tuple[StoreData, None]:
         rec = current.find("alice")
@@ -51,10 +51,11 @@ def test_a_v1_file_is_read_migrated_written_and_read_again(tmp_path: Path) -> No
 
     update_store(path, limit_a, clock=lambda: datetime(2026, 2, 1, tzinfo=UTC))
     doc = json.loads(path.read_text())
-    assert doc["metadata"]["version"] == 3
+    assert doc["metadata"]["version"] == 4
     assert doc["metadata"]["migrations"] == [{"from": "6.0.0", "to": 1, "at": "2025-12-01T00:00:00Z"},
                                              {"from": "1", "to": 2, "at": "2026-02-01T00:00:00Z"},
-                                             {"from": "2", "to": 3, "at": "2026-02-01T00:00:00Z"}]
+                                             {"from": "2", "to": 3, "at": "2026-02-01T00:00:00Z"},
+                                             {"from": "3", "to": 4, "at": "2026-02-01T00:00:00Z"}]
     entry = doc["secrets"][0]
     assert entry["active"] is True and "enabled" not in entry["limits"]
     assert entry["limits"] == {"expires_at": "2027-01-31T00:00:00Z", "max_connections": 5, "max_unique_ips": 3,
@@ -70,20 +71,21 @@ def test_a_v1_file_is_read_migrated_written_and_read_again(tmp_path: Path) -> No
     assert again.active_secrets() == [("a", again.secrets[0].secret())]
 
 
-def test_a_v0_plan_file_is_migrated_to_3_and_reads_back(tmp_path: Path) -> None:
+def test_a_v0_plan_file_is_migrated_to_4_and_reads_back(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"secrets": [{"secret": "33" * 16, "padding_enabled": True}]}))
     update_store(path, lambda d: (StoreData(d.secrets, d.last_modified, d.version, d.migrations), None))
     doc = json.loads(path.read_text())
-    assert doc["metadata"]["version"] == 3
-    assert [(m["from"], m["to"]) for m in doc["metadata"]["migrations"]] == [("0", 1), ("1", 2), ("2", 3)]
+    assert doc["metadata"]["version"] == 4
+    assert [(m["from"], m["to"]) for m in doc["metadata"]["migrations"]] == [("0", 1), ("1", 2), ("2", 3),
+                                                                             ("3", 4)]
     back = read_store(path)
     assert back.secrets[0].value == "dd" + "33" * 16 and back.secrets[0].limits == Limits()
 
 
 def test_a_newer_version_is_refused_and_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
-    path.write_text('{"secrets": [], "metadata": {"version": 4}}')
+    path.write_text('{"secrets": [], "metadata": {"version": 5}}')
     before = path.read_bytes()
     with pytest.raises(StoreFormatError, match="newer mtproxy"):
         update_store(path, lambda d: (StoreData(), None))
@@ -124,16 +126,16 @@ def test_a_record_built_with_limits_keeps_active_as_the_switch() -> None:
 OWN = "ee" + "44" * 16 + b"k3f9q2ab.users.example.com".hex()
 
 
-def test_a_v2_file_moves_to_3_and_a_secrets_own_domain_round_trips(tmp_path: Path) -> None:
+def test_a_v2_file_moves_to_4_and_a_secrets_own_domain_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"secrets": [{"id": "a", "value": KEY_A, "type": "dd", "active": True}],
                                 "metadata": {"last_modified": "", "version": 2}}))
     data = read_store(path)
-    assert [(m.from_version, m.to_version) for m in data.migrations] == [("2", 3)]
+    assert [(m.from_version, m.to_version) for m in data.migrations] == [("2", 3), ("3", 4)]
     own = SecretRecord(id="b", value=OWN, type="ee", domain="k3f9q2ab.users.example.com", own_domain=True)
     update_store(path, lambda d: (d.with_record(own), None), clock=lambda: datetime(2026, 2, 1, tzinfo=UTC))
     doc = json.loads(path.read_text())
-    assert doc["metadata"]["version"] == 3
+    assert doc["metadata"]["version"] == 4
     assert [entry.get("own_domain") for entry in doc["secrets"]] == [None, True]  # written only when set
     back = read_store(path)
     assert [(r.id, r.own_domain, r.domain) for r in back.secrets] == [

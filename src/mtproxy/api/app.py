@@ -21,7 +21,7 @@ from ..operations.apply import ChangeReport
 from ..operations.artifacts import links_for
 from ..operations.context import Ops
 from ..operations.errors import Failure, OpError
-from ..operations.limit_ops import KEEP, LimitsPatch, SecretUpdate, reset_usage, set_enabled, update_secret
+from ..operations.limit_ops import KEEP, LimitsPatch, SecretUpdate, reset_usage, set_ad_tag, set_enabled, update_secret
 from ..operations.proxy_control import compare
 from ..operations.secrets import AddRequest, add_secret, get_secret, list_secrets, regenerate_secret, remove_secret
 from ..operations.usage_source import engine_snapshot
@@ -245,6 +245,22 @@ async def secret_regenerate(request: web.Request) -> web.Response:
     return _json(await asyncio.to_thread(_changed, request, report, True))
 
 
+async def secret_set_ad_tag(request: web.Request) -> web.Response:
+    doc = await _body(request)
+    _unknown(doc, {"ad_tag"})
+    tag = _text(doc, "ad_tag")
+    if tag is None:
+        raise OpError("'ad_tag' is required: 32 hex digits", "to remove the tag, DELETE this resource",
+                      Failure.INVALID)
+    report = await _call(request, set_ad_tag, request.match_info["ref"], tag)
+    return _json(await asyncio.to_thread(_changed, request, report))
+
+
+async def secret_clear_ad_tag(request: web.Request) -> web.Response:
+    report = await _call(request, set_ad_tag, request.match_info["ref"], None)
+    return _json(await asyncio.to_thread(_changed, request, report))
+
+
 ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.Response]]]] = [
     ("GET", "/health", health),
     ("GET", "/reload", reload_status),
@@ -258,6 +274,8 @@ ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.Response]]]] 
     ("POST", "/secrets/{ref}/enable", secret_enable),
     ("POST", "/secrets/{ref}/reset-usage", secret_reset_usage),
     ("POST", "/secrets/{ref}/regenerate", secret_regenerate),
+    ("PUT", "/secrets/{ref}/ad-tag", secret_set_ad_tag),
+    ("DELETE", "/secrets/{ref}/ad-tag", secret_clear_ad_tag),
 ]
 
 

@@ -1,4 +1,5 @@
-"""set-limits, enable, disable, extend, reset-usage: per-secret limits, applied live through a reload."""
+"""set-limits, enable, disable, extend, reset-usage, set-ad-tag: per-secret settings, applied live through a
+reload."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import click
 
 from ..accounts.limits import QuotaPeriod
 from ..operations.apply import ChangeReport
-from ..operations.limit_ops import KEEP, LimitsPatch, extend, reset_usage, set_enabled, set_limits
+from ..operations.limit_ops import KEEP, LimitsPatch, extend, reset_usage, set_ad_tag, set_enabled, set_limits
 from ..operations.units import CLEAR_WORDS, UnitError, parse_duration, parse_rate, parse_size, parse_when
 from ..store import read_store
 from .completion import complete_secret_ref
@@ -63,13 +64,16 @@ def _report(env: Env, kind: str, title: str, report: ChangeReport, as_json: bool
     if as_json:
         env.out(dump_json(kind, {
             "id": record.id, "label": record.label, "active": record.active, "limits": record.limits.to_json(),
-            "usage_reset_at": record.usage_reset_at or None, "dry_run": report.dry_run,
+            "usage_reset_at": record.usage_reset_at or None, "ad_tag": record.ad_tag or None,
+            "dry_run": report.dry_run,
             "proxy": {"message": report.apply.message, "live": report.apply.live, "failed": report.apply.failed},
             "notes": report.notes}))
         return
     env.out(env.style("✓ ", fg="green") + title)
     env.out(f"  active:  {'yes' if record.active else 'no'}")
     env.out(f"  limits:  {limits_summary(record.limits)}")
+    if record.ad_tag:
+        env.out(f"  ad tag:  {record.ad_tag}")
     for note in report.notes:
         if not note.startswith("links and QR codes not written"):
             env.warn(note)
@@ -212,4 +216,31 @@ def reset_usage_cmd(env: Env, ref: str, yes: bool, dry_run: bool, as_json: bool)
 
 
 
-COMMANDS = [set_limits_cmd, enable_cmd, disable_cmd, extend_cmd, reset_usage_cmd]
+@click.command("set-ad-tag", epilog="""\b
+Examples:
+  mtproxy set-ad-tag phones 0123456789abcdef0123456789abcdef
+  mtproxy set-ad-tag phones --clear          back to the global -P
+""")
+@click.argument("ref", metavar="SECRET|ID|LABEL", shell_complete=complete_secret_ref)
+@click.argument("tag", metavar="TAG", required=False)
+@click.option("--clear", is_flag=True, help="Remove the secret's own tag: its clients get the global -P.")
+@click.option("--dry-run", is_flag=True, help="Say what would change, change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_env
+def set_ad_tag_cmd(env: Env, ref: str, tag: str | None, clear: bool, dry_run: bool, as_json: bool) -> None:
+    """Give a secret's clients their own ad tag (32 hex digits from @MTProxybot) instead of the global -P.
+
+    Stored and validated now; it takes effect once the engine's middle-proxy path lands (today the engine
+    runs in direct mode, where no ad tag is sent)."""
+    if (tag is None) == (not clear):
+        raise click.UsageError("give a TAG, or --clear (not both)")
+    if dry_run:
+        env.runner.dry_run = True
+    report = set_ad_tag(ops_of(env), ref, None if clear else tag)
+    assert report.record is not None
+    done = "cleared the ad tag of" if clear else "set the ad tag of"
+    would = "would clear the ad tag of" if clear else "would set the ad tag of"
+    _report(env, "secret-ad-tag", f"{_verb(report, done, would)} {report.record.name}", report, as_json)
+
+
+COMMANDS = [set_limits_cmd, enable_cmd, disable_cmd, extend_cmd, reset_usage_cmd, set_ad_tag_cmd]

@@ -157,11 +157,12 @@ def list_secrets(env: Env, as_json: bool, show_all: bool) -> None:
     if not listing.secrets:
         env.out("no secrets yet — create one with `mtproxy add-secret`")
         return
-    headers = ["ID", "LABEL", "SECRET", "TYPE", "DOMAIN", "CREATED", "ACTIVE", "STATE", "LIMITS", "USAGE"]
+    headers = ["ID", "LABEL", "SECRET", "TYPE", "DOMAIN", "CREATED", "ACTIVE", "STATE", "LIMITS", "USAGE",
+               "AD TAG"]
     rows = [[view.record.id, view.record.label or "-", view.record.masked(), view.record.type,
              view.record.domain or "-", view.record.created_at.replace("T", " ").rstrip("Z") or "-",
              "yes" if view.record.active else "no", view.state, limits_summary(view.record.limits),
-             usage_summary(view)] for view in listing.secrets]
+             usage_summary(view), view.record.ad_tag or "-"] for view in listing.secrets]
     env.out(table(headers, rows, [env.style(h, bold=True) for h in headers]))
 
 

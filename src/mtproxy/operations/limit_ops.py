@@ -1,4 +1,4 @@
-"""Per-secret limit operations: set-limits, enable, disable, extend, reset-usage, and the API's update.
+"""Per-secret operations: set-limits, enable, disable, extend, reset-usage, set-ad-tag, and the API's update.
 
 A `LimitsPatch` names only what changes (`KEEP` elsewhere); the merged limits are checked by
 accounts/limits.py's own parser, so the CLI, the API and the store accept exactly the same values.
@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from ..accounts.limits import Limits, LimitsError, QuotaPeriod, format_time, parse_limits, parse_time
+from ..protocol.adtag import AdTagError, parse_ad_tag
 from ..store import SecretRecord, StoreData, now_iso
 from .apply import ChangeReport, change_secrets, check_label, resolve
 from .context import Ops
@@ -162,5 +163,22 @@ def reset_usage(ops: Ops, ref: str) -> ChangeReport:
 
     def edit(old: SecretRecord) -> SecretRecord:
         return replace(old, usage_reset_at=now_iso(ops.clock))
+
+    return _change_limits(ops, ref, edit)
+
+
+def set_ad_tag(ops: Ops, ref: str, tag: str | None) -> ChangeReport:
+    """Give a secret's clients their own ad tag instead of the engine's global `-P`; None clears it.
+    Stored and validated now; the engine sends it once its middle-proxy path serves the secret."""
+    if tag is None:
+        wanted = ""
+    else:
+        try:
+            wanted = parse_ad_tag(tag)
+        except AdTagError as exc:
+            raise OpError(str(exc), "copy the tag @MTProxybot gave you for this proxy", Failure.INVALID) from None
+
+    def edit(old: SecretRecord) -> SecretRecord:
+        return replace(old, ad_tag=wanted)
 
     return _change_limits(ops, ref, edit)

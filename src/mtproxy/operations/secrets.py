@@ -116,6 +116,7 @@ class SecretView:
                 "own_domain": rec.own_domain, "padding_enabled": rec.padding_enabled, "created_at": rec.created_at,
                 "created_by": rec.created_by, "active": rec.active, "description": rec.description, "state": self.state,
                 "limits": rec.limits.to_json(), "usage_reset_at": rec.usage_reset_at or None,
+                "ad_tag": rec.ad_tag or None,
                 "usage": self.usage.to_json()}
 
 

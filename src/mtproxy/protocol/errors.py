@@ -37,6 +37,14 @@ class MiddleProxyError(ProtocolError):
         self.reason = reason
 
 
+class AdTagError(ProtocolError, ValueError):
+    """Not an ad tag (`adtag`); the message says what is wrong with it and where to get one."""
+
+
+class NatInfoError(ProtocolError, ValueError):
+    """A `--nat-info` value the official proxy would refuse (`natinfo`); the message names the value."""
+
+
 class ProxyConfigError(ProtocolError, ValueError):
     """proxy-multi.conf or proxy-secret is not what the official proxy accepts (`proxyconfig`). `line` is
     1-based, 0 when the error is about the whole file."""

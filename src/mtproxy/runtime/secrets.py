@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mtproxy.accounts.limits import NO_LIMITS, Limits, parse_time
 from mtproxy.config import EngineConfig
+from mtproxy.protocol.adtag import ad_tag_bytes
 from mtproxy.protocol.errors import SecretFormatError
 from mtproxy.protocol.secret import Secret, SecretKind, generate_secret, parse_secret
 from mtproxy.store import SecretRecord, StoreError, read_store, write_atomic
@@ -31,12 +32,18 @@ class SecretSet:
 
     `limits`, `resets` and `labels` cover every entry of the store, disabled ones too (their limits say so;
     the usage ledger keeps their figures while they are off); ids from -S or the generated secret have none,
-    which means no limits."""
+    which means no limits. `ad_tags` holds the store's per-secret ad tags (16 bytes each); an id without one
+    gets the engine's global `-P` (`ad_tag_for`)."""
 
     entries: tuple[tuple[str, Secret], ...]
     limits: Mapping[str, Limits] = field(default_factory=dict, compare=False)
     resets: Mapping[str, datetime | None] = field(default_factory=dict, compare=False)
     labels: Mapping[str, str] = field(default_factory=dict, compare=False)
+    ad_tags: Mapping[str, bytes] = field(default_factory=dict, compare=False)
+
+    def ad_tag_for(self, secret_id: str, global_tag: bytes | None) -> bytes | None:
+        """The ad tag a client of `secret_id` is relayed with: its own, else the global one, else none."""
+        return self.ad_tags.get(secret_id, global_tag)
 
     def all_limits(self) -> dict[str, Limits]:
         """Every id the engine accounts: the served ones (no limits unless the store gives some) and the
@@ -69,6 +76,7 @@ def load_secret_set(cfg: EngineConfig, secrets_file: Path | None,
     limits: dict[str, Limits] = {}
     resets: dict[str, datetime | None] = {}
     labels: dict[str, str] = {}
+    ad_tags: dict[str, bytes] = {}
     if secrets_file is not None:
         taken = {sid for sid, _ in entries}  # an id given with -S wins over the store's, limits included
         try:
@@ -80,12 +88,14 @@ def load_secret_set(cfg: EngineConfig, secrets_file: Path | None,
                 limits[rec.id] = rec.limits
                 resets[rec.id] = parse_time(rec.usage_reset_at, "usage_reset_at") if rec.usage_reset_at else None
                 labels[rec.id] = rec.label
+                if rec.ad_tag:
+                    ad_tags[rec.id] = ad_tag_bytes(rec.ad_tag)  # the store validated it
         except SecretFormatError as exc:
             raise SecretsError(str(exc)) from None
     unique: dict[str, Secret] = {}
     for sid, secret in entries:
         unique.setdefault(sid, secret)
-    return SecretSet(tuple(unique.items()), limits, resets, labels)
+    return SecretSet(tuple(unique.items()), limits, resets, labels, ad_tags)
 
 
 def generated_secret(state_file: Path, domain: str | None, random_bytes: Callable[[int], bytes]) -> Secret:
