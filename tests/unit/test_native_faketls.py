@@ -5,6 +5,7 @@ ones, and the same flights byte for byte for the same random bytes."""
 from __future__ import annotations
 
 import ctypes
+import gc
 import hashlib
 import hmac
 import json
@@ -203,3 +204,25 @@ def test_accept_refuses_what_python_refuses(lib: ctypes.CDLL,
                                (hello, DRAWN[:63], 100), (hello, DRAWN, 0), (hello, DRAWN, 16385)):
         with pytest.raises(ValueError):
             native.accept_hello(lib, wrong, KEY, drawn, size)
+
+
+def array_types() -> int:
+    """How many ctypes array types exist now (each is a class, freed only by the cyclic GC)."""
+    metaclass = type(ctypes.c_char * 1)
+    return sum(1 for o in gc.get_objects() if type(o) is metaclass)
+
+
+def test_flights_and_headers_make_no_array_type_per_size(lib: ctypes.CDLL) -> None:
+    """Certificate sizes vary per handshake (the jitter), header-sized pieces by what came with an init: a
+    ctypes array type per size would cost a new class (~10 µs) and GC work per handshake."""
+    hello = parse(lib, TDLIB_HELLOS[0])
+    stream = native.NativeCtr(lib, bytes(32), bytes(16))
+    gc.collect()
+    before = array_types()
+    for size in range(1000, 1040):
+        assert native.check_hello(lib, TDLIB_HELLOS[0], KEY, DRAWN, size)[1] is not None
+        accepted = native.accept_hello(lib, hello, KEY, DRAWN, size)
+        assert accepted is not None and client.server_flight_length(accepted[1]) == len(accepted[1])
+        assert len(stream.update(bytes(size - 900))) == size - 900
+    assert stream.update(b"") == b""
+    assert array_types() == before

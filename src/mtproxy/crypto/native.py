@@ -49,6 +49,11 @@ _InitOut = ctypes.c_char * (INIT_SIZE + INIT_REVERSE_SIZE)  # mtp_obfs2_start's 
 # the flight's bytes besides the session id and the certificate: ServerHello (record and handshake headers,
 # version, random, session id length, suite, compression, extensions), ChangeCipherSpec, a record header
 _FLIGHT_FIXED: Final = 5 + 4 + 2 + RANDOM_SIZE + 1 + 2 + 1 + 2 + 46 + 6 + 5
+# Output arrays of one type each, whatever a call's size: ctypes keeps an array type only while something
+# references it, and a type is freed only by the cyclic GC, so a type per call size (the certificate's varies
+# by the jitter) cost a new type object (~10 µs) and GC work on most fake-TLS handshakes.
+_FlightOut = ctypes.c_char * (_FLIGHT_FIXED + _MAX_SESSION_ID + MAX_RECORD_PAYLOAD)  # mtp_tls_accept's answer
+_HelloOut = ctypes.c_char * (_CLOCK + _FLIGHT_FIXED + _MAX_SESSION_ID + MAX_RECORD_PAYLOAD)  # mtp_tls_hello's
 
 
 def open_library(directory: Path | None = None) -> ctypes.CDLL | None:
@@ -145,10 +150,15 @@ class NativeCtr:
     def update(self, data: bytes | bytearray | memoryview, /) -> bytes:
         """The handshake's path (headers, the bytes that came with an init): one call, one copy out."""
         n = len(data)
-        out = ctypes.create_string_buffer(n)
+        if not n:
+            return b""
+        # a bytearray, not create_string_buffer: that makes an array type per size (see _FlightOut)
+        out = bytearray(n)
+        dst, pin = address(out)
         # ctypes passes the address of a bytes object's own storage (read only here); other buffers are copied
-        self._lib.mtp_ctr_xor(self._addr, data if type(data) is bytes else bytes(data), out, n)
-        return out.raw
+        self._lib.mtp_ctr_xor(self._addr, data if type(data) is bytes else bytes(data), dst, n)
+        del pin
+        return bytes(out)
 
     def update_into(self, data: bytes | bytearray | memoryview, buf: bytearray | memoryview, /) -> int:
         """buf[:n] = data ⊕ the next n keystream bytes (n = len(data)); `data` may be `buf` itself, or a
@@ -272,7 +282,7 @@ def check_hello(lib: ctypes.CDLL, record: bytes, secret_key: bytes | None = None
         if len(drawn) != FLIGHT_RANDOM or not secret_key or not 1 <= cert_size <= MAX_RECORD_PAYLOAD:
             raise ValueError("a check under a key takes 64 random bytes and a size of 1..16384")
         size = _CLOCK + _FLIGHT_FIXED + _MAX_SESSION_ID + cert_size
-        out = (ctypes.c_char * size)()  # a slice of it is bytes: one copy out, where .raw and a slice take two
+        out = _HelloOut()  # a slice of it is bytes: one copy out, where .raw and a slice take two
         packed = lib.mtp_tls_hello(record, len(record), secret_key, len(secret_key), drawn, cert_size, out, size)
     if packed < 0:
         if packed == HELLO_MALFORMED:
@@ -300,11 +310,12 @@ def accept_hello(lib: ctypes.CDLL, hello: ClientHello, secret_key: bytes, drawn:
     session_id = hello.session_id
     record = hello.record
     if (len(drawn) != FLIGHT_RANDOM or not hello.suite or not 1 <= cert_size <= MAX_RECORD_PAYLOAD
+            or len(session_id) > _MAX_SESSION_ID
             or record[SESSION_ID_OFFSET : SESSION_ID_OFFSET + len(session_id)] != session_id
             or record[RANDOM_OFFSET : RANDOM_OFFSET + RANDOM_SIZE] != hello.random):
         raise ValueError("not a parsed hello with a TLS 1.3 suite, 64 random bytes and a size of 1..16384")
     size = _FLIGHT_FIXED + len(session_id) + cert_size
-    out = (ctypes.c_char * size)()
+    out = _FlightOut()
     clock: int = lib.mtp_tls_accept(record, len(record), len(session_id), hello.suite, secret_key, len(secret_key),
                                     drawn, cert_size, out, size)
     if clock < 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import signal
@@ -89,6 +90,9 @@ async def serve(plan: WorkerPlan) -> int:
     usage_stop = asyncio.Event()
     keeping = (loop.create_task(plan.keeper.run(plan.usage_interval, usage_stop)) if plan.keeper is not None
                else None)
+    # what start-up made (modules, settings, the secret tables) lives as long as the worker: out of the cyclic
+    # GC's sight, a full collection no longer walks it (~25 ms each, about one per 3,000 handshakes here)
+    gc.freeze()
     log.info("ready: %d secrets, listening on %s", len(server.table),
              ", ".join(str(a) for a in server.listening))
     await stop.wait()
