@@ -14,6 +14,7 @@ import pytest
 
 import mtproxy
 from mtproxy.cli.env import Env
+from mtproxy.cli.errors import ExitStatus
 from mtproxy.cli.main import main
 from mtproxy.host.runner import Runner
 from mtproxy.paths import Paths
@@ -63,6 +64,19 @@ def cli(make_env: Callable[..., Env], capsys: pytest.CaptureFixture[str]) -> Cal
         return Result(status, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture
+def two(cli: Callable[..., Result]) -> None:
+    """Two secrets in the store, labelled alice and bob."""
+    assert cli("add-secret", "--label", "alice").status == ExitStatus.OK
+    assert cli("add-secret", "--label", "bob").status == ExitStatus.OK
+
+
+def stored_entry(paths: Paths, label: str) -> dict:  # type: ignore[type-arg]
+    """The store file's entry for the secret labelled `label`, as written."""
+    doc = json.loads(paths.secrets_file.read_text())
+    return next(e for e in doc["secrets"] if e["label"] == label)
 
 
 def cli_env(root: Path) -> dict[str, str]:

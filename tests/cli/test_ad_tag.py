@@ -14,22 +14,11 @@ from mtproxy.config import resolve
 from mtproxy.paths import Paths
 from mtproxy.runtime.secrets import load_secret_set
 
-from .conftest import Result
+from .conftest import Result, stored_entry
 from .test_api import Api, start_api
 
 Cli = Callable[..., Result]
 TAG = "0123456789ABCDEF0123456789abcdef"
-
-
-def _entry(paths: Paths, label: str) -> dict:  # type: ignore[type-arg]
-    doc = json.loads(paths.secrets_file.read_text())
-    return next(e for e in doc["secrets"] if e["label"] == label)
-
-
-@pytest.fixture
-def two(cli: Cli) -> None:
-    assert cli("add-secret", "--label", "alice").status == ExitStatus.OK
-    assert cli("add-secret", "--label", "bob").status == ExitStatus.OK
 
 
 @pytest.mark.usefixtures("two")
@@ -37,14 +26,14 @@ def test_set_show_and_clear(cli: Cli, paths: Paths) -> None:
     done = cli("set-ad-tag", "alice", TAG)
     assert done.status == ExitStatus.OK, done.err
     assert "set the ad tag of alice" in done.out and f"ad tag:  {TAG.lower()}" in done.out
-    assert _entry(paths, "alice")["ad_tag"] == TAG.lower() and "ad_tag" not in _entry(paths, "bob")
+    assert stored_entry(paths, "alice")["ad_tag"] == TAG.lower() and "ad_tag" not in stored_entry(paths, "bob")
     listing = cli("list-secrets", "--json").json()["secrets"]
     assert [(s["label"], s["ad_tag"]) for s in listing] == [("alice", TAG.lower()), ("bob", None)]
     table = cli("list-secrets").out
     assert "AD TAG" in table and TAG.lower() in table
     cleared = cli("set-ad-tag", "alice", "--clear", "--json").json()
     assert cleared["kind"] == "secret-ad-tag" and cleared["ad_tag"] is None
-    assert "ad_tag" not in _entry(paths, "alice")
+    assert "ad_tag" not in stored_entry(paths, "alice")
 
 
 @pytest.mark.usefixtures("two")
@@ -97,7 +86,7 @@ def test_api_sets_and_clears_through_the_same_rule(api: Api, paths: Paths) -> No
     assert api.call("POST", "/secrets", {"label": "alice"})[0] == 201
     status, set_, _ = api.call("PUT", "/secrets/alice/ad-tag", {"ad_tag": TAG})
     assert status == 200 and set_["secret"]["ad_tag"] == TAG.lower(), set_
-    assert _entry(paths, "alice")["ad_tag"] == TAG.lower()
+    assert stored_entry(paths, "alice")["ad_tag"] == TAG.lower()
     status, one, _ = api.call("GET", "/secrets/alice")
     assert status == 200 and one["secret"]["ad_tag"] == TAG.lower()
     before = paths.secrets_file.read_bytes()
@@ -108,4 +97,4 @@ def test_api_sets_and_clears_through_the_same_rule(api: Api, paths: Paths) -> No
     assert api.call("PUT", "/secrets/carol/ad-tag", {"ad_tag": TAG})[0] == 404
     status, cleared, _ = api.call("DELETE", "/secrets/alice/ad-tag")
     assert status == 200 and cleared["secret"]["ad_tag"] is None
-    assert "ad_tag" not in _entry(paths, "alice")
+    assert "ad_tag" not in stored_entry(paths, "alice")

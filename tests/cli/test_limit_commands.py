@@ -15,22 +15,11 @@ from mtproxy.paths import Paths
 from mtproxy.store import read_store
 from mtproxy.testkit.process import ProxyProcess
 
-from .conftest import SRC, Result
+from .conftest import SRC, Result, stored_entry
 from .test_live_apply import _wait_loaded, start_engine
 
 Cli = Callable[..., Result]
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
-
-
-def _entry(paths: Paths, label: str) -> dict:  # type: ignore[type-arg]
-    doc = json.loads(paths.secrets_file.read_text())
-    return next(e for e in doc["secrets"] if e["label"] == label)
-
-
-@pytest.fixture
-def two(cli: Cli) -> None:
-    assert cli("add-secret", "--label", "alice").status == ExitStatus.OK
-    assert cli("add-secret", "--label", "bob").status == ExitStatus.OK
 
 
 @pytest.mark.parametrize(("text", "size"), [("10G", 10 * 2**30), ("500MB", 500 * 10**6), ("1.5GiB", 3 * 2**29),
@@ -66,12 +55,12 @@ def test_set_limits_writes_the_store_and_keeps_what_it_is_not_told(cli: Cli, pat
                "--expires", "2027-01-31", "--rate", "1M/s", "--note", "Alice's phone")
     assert done.status == ExitStatus.OK, done.err
     assert "5 conn, 3 IPs, 10G/month, 1M/s, until 2027-01-31" in done.out
-    limits = _entry(paths, "alice")["limits"]
+    limits = stored_entry(paths, "alice")["limits"]
     assert limits == {"expires_at": "2027-01-31T00:00:00Z", "max_connections": 5, "max_unique_ips": 3,
                       "unique_ip_window": 86400, "rate_limit": 2**20, "note": "Alice's phone",
                       "quota": {"limit_bytes": 10 * 2**30, "period": "month", "anchor_day": 15,
                                 "timezone": "Europe/Berlin"}}
-    assert "limits" not in _entry(paths, "bob")
+    assert "limits" not in stored_entry(paths, "bob")
     again = cli("set-limits", "alice", "--quota", "20G", "--max-connections", "none", "--json").json()
     assert again["kind"] == "secret-limits" and again["limits"]["max_connections"] is None
     assert again["limits"]["quota"] == {"limit_bytes": 20 * 2**30, "period": "month", "anchor_day": 15,
@@ -79,7 +68,7 @@ def test_set_limits_writes_the_store_and_keeps_what_it_is_not_told(cli: Cli, pat
     cleared = cli("set-limits", "alice", "--quota", "none", "--expires", "never", "--rate", "none",
                   "--max-ips", "none", "--note", "", "--json").json()
     assert cleared["limits"]["quota"] is None and cleared["limits"]["expires_at"] is None
-    assert "limits" not in _entry(paths, "alice")  # nothing left to limit: the object goes
+    assert "limits" not in stored_entry(paths, "alice")  # nothing left to limit: the object goes
 
 
 @pytest.mark.usefixtures("two")
@@ -111,17 +100,17 @@ def test_unknown_secret_is_not_found(cli: Cli) -> None:
 @pytest.mark.usefixtures("two")
 def test_disable_enable_and_the_last_active_secret(cli: Cli, paths: Paths) -> None:
     assert cli("disable", "alice").status == ExitStatus.OK
-    assert _entry(paths, "alice")["active"] is False
+    assert stored_entry(paths, "alice")["active"] is False
     assert [r.label for r in read_store(paths.secrets_file).active_records()] == ["bob"]
     refused = cli("disable", "bob")  # the last one: asks, and without a terminal refuses
-    assert refused.status == ExitStatus.CONFLICT and _entry(paths, "bob")["active"] is True
-    assert cli("--dry-run", "disable", "bob").status == ExitStatus.OK and _entry(paths, "bob")["active"] is True
-    assert cli("disable", "bob", "--yes").status == ExitStatus.OK and _entry(paths, "bob")["active"] is False
+    assert refused.status == ExitStatus.CONFLICT and stored_entry(paths, "bob")["active"] is True
+    assert cli("--dry-run", "disable", "bob").status == ExitStatus.OK and stored_entry(paths, "bob")["active"] is True
+    assert cli("disable", "bob", "--yes").status == ExitStatus.OK and stored_entry(paths, "bob")["active"] is False
     listing = cli("list-secrets", "--json").json()["secrets"]
     assert [(s["label"], s["state"], s["limits"]["enabled"]) for s in listing] == [
         ("alice", "disabled", False), ("bob", "disabled", False)]
     assert cli("enable", "alice", "--json").json()["active"] is True
-    assert _entry(paths, "alice")["active"] is True
+    assert stored_entry(paths, "alice")["active"] is True
 
 
 @pytest.mark.usefixtures("two")
@@ -131,22 +120,22 @@ def test_extend_moves_the_expiry(cli: Cli, paths: Paths) -> None:
     assert cli("extend", "alice", "soon").status == ExitStatus.USAGE
     cli("set-limits", "alice", "--expires", "2099-01-01")
     assert cli("extend", "alice", "1w").status == ExitStatus.OK
-    assert _entry(paths, "alice")["limits"]["expires_at"] == "2099-01-08T00:00:00Z"
+    assert stored_entry(paths, "alice")["limits"]["expires_at"] == "2099-01-08T00:00:00Z"
     cli("set-limits", "alice", "--expires", "2001-01-01")  # long past: extended from now
     result = cli("extend", "alice", "1d", clock=lambda: NOW)
     assert result.status == ExitStatus.OK
-    assert _entry(paths, "alice")["limits"]["expires_at"] == "2026-12-07T12:00:00Z"
+    assert stored_entry(paths, "alice")["limits"]["expires_at"] == "2026-12-07T12:00:00Z"
 
 
 @pytest.mark.usefixtures("two")
 def test_reset_usage_stamps_the_store_and_usage_counts_from_then(cli: Cli, paths: Paths) -> None:
-    sid = _entry(paths, "alice")["id"]
+    sid = stored_entry(paths, "alice")["id"]
     paths.usage_file.write_text(json.dumps({"version": 1, "secrets": {sid: {
         "bytes_in": 100, "bytes_out": 50, "connections_total": 3, "reset_at": None}}}))
     assert cli("list-secrets", "--json").json()["secrets"][0]["usage"]["bytes_total"] == 150
     assert cli("reset-usage", "alice").status == ExitStatus.CONFLICT  # asks first; no terminal here
     assert cli("reset-usage", "alice", "--yes", clock=lambda: NOW).status == ExitStatus.OK
-    assert _entry(paths, "alice")["usage_reset_at"] == "2026-12-06T12:00:00Z"
+    assert stored_entry(paths, "alice")["usage_reset_at"] == "2026-12-06T12:00:00Z"
     usage = cli("list-secrets", "--json").json()["secrets"][0]["usage"]
     assert usage["bytes_total"] == 0 and usage["period_start"] == "2026-12-06T12:00:00Z"
     # once the engine's ledger has applied the reset, its figures count again
