@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mtproxy import dc_addresses
+
 ROOT = Path(__file__).resolve().parents[2]
 # the workspace and build-farm roots this project is developed under; a citation must name a public source
 OUTSIDE = re.compile(rb"/(?:work|farm)/[A-Za-z0-9_.-]+")
@@ -29,4 +31,21 @@ def test_no_tracked_file_names_a_path_outside_the_repository() -> None:
         for number, line in enumerate(path.read_bytes().splitlines(), 1):
             if OUTSIDE.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.decode(errors='replace').strip()}")
+    assert offenders == []
+
+
+def test_no_test_or_bench_file_names_a_telegram_address() -> None:
+    """Tests and benchmarks reach DCs only through overrides pointing at loopback: no file under tests/ or
+    bench/ may carry an address of the engine's DC table (a typo there could dial Telegram)."""
+    addresses = {a.encode() for table in (dc_addresses.IPV4, dc_addresses.IPV6, dc_addresses.TEST_IPV4,
+                                          dc_addresses.TEST_IPV6) for a in table.values()}
+    pattern = re.compile(rb"(?<![0-9A-Fa-f.:])(?:" + b"|".join(re.escape(a) for a in addresses) + rb")(?![0-9A-Fa-f])")
+    offenders = []
+    for path in tracked_files():
+        relative = path.relative_to(ROOT)
+        if relative.parts[0] not in ("tests", "bench") or not path.is_file():
+            continue
+        for number, line in enumerate(path.read_bytes().splitlines(), 1):
+            if pattern.search(line):
+                offenders.append(f"{relative}:{number}")
     assert offenders == []
