@@ -23,6 +23,7 @@ import aiohttp
 from ..protocol.errors import ProxyConfigError
 from ..protocol.proxyconfig import ProxyConfig, ProxySecret, parse_proxy_config, parse_proxy_secret
 from ..store import write_atomic
+from .backoff import backoff_delay
 
 # The addresses the official MTProxy README tells operators to curl (github.com/TelegramMessenger/MTProxy);
 # the IPv6 relays are published beside them.
@@ -101,8 +102,7 @@ class RelayMaterial:
 def retry_delay(failures: int, rng: random.Random) -> float:
     """The wait before retry number `failures` (1, 2, ...): doubling from RETRY_FIRST, never above
     RETRY_MAX, with up to 10% jitter downwards so retries spread."""
-    base = min(RETRY_MAX, RETRY_FIRST * 2.0 ** min(max(failures, 1) - 1, 30))
-    return base * (1.0 - 0.1 * rng.random())
+    return backoff_delay(RETRY_FIRST, RETRY_MAX, failures - 1, 0.1, rng.random)
 
 
 def refresh_delay(rng: random.Random) -> float:

@@ -18,6 +18,8 @@ from mtproxy.protocol.errors import MiddleProxyError
 from mtproxy.protocol.middleproxy import Event, Ready, RelayConnection, RelayEndpoints
 from mtproxy.protocol.proxyconfig import IPAddress, ProxySecret, Relay
 
+from .backoff import backoff_delay
+
 OurAddress = Callable[[IPAddress], IPAddress]  # the socket's local address -> ours as the relay sees it
 
 
@@ -54,9 +56,10 @@ class Backoff:
         self._attempt = 0
 
     def next_delay(self) -> float:
-        ceiling = min(self._timings.backoff_max, self._timings.backoff_first * 2.0 ** min(self._attempt, 62))
+        timings = self._timings
         self._attempt += 1
-        return ceiling * (1.0 - self._timings.backoff_jitter * self._random())
+        return backoff_delay(timings.backoff_first, timings.backoff_max, self._attempt - 1, timings.backoff_jitter,
+                             self._random)
 
     def reset(self) -> None:
         self._attempt = 0
