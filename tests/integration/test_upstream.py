@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -97,11 +98,17 @@ def test_upstream_down_closes_the_session_with_one_warning(start_proxy: ProxyFac
 
 
 def test_target_refused_by_dante_is_the_dcs_fault(start_proxy: ProxyFactory, secret: Secret, dante: Dante) -> None:
-    closed = free_port()
-    proxy = start_proxy("-S", secret.to_hex(), "--upstream", f"socks5://127.0.0.1:{dante.port}", "--dc-override",
-                        f"3=127.0.0.1:{closed}")
-    with pytest.raises((ProxyClientError, ConnectionError, EOFError, OSError)):
-        run(echo(proxy, secret, b"hello", dc_id=3))
+    # bound, never listening: connects are refused, and no server the test starts next can take the port
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    closed = holder.getsockname()[1]
+    try:
+        proxy = start_proxy("-S", secret.to_hex(), "--upstream", f"socks5://127.0.0.1:{dante.port}",
+                            "--dc-override", f"3=127.0.0.1:{closed}")
+        with pytest.raises((ProxyClientError, ConnectionError, EOFError, OSError)):
+            run(echo(proxy, secret, b"hello", dc_id=3))
+    finally:
+        holder.close()
     log = proxy.wait_log("DC 3 unreachable")
     assert (f"DC 3 unreachable through the SOCKS5 upstream 127.0.0.1:{dante.port}: 127.0.0.1:{closed}: the SOCKS5"
             " server answered: connection refused by the target") in log
