@@ -114,7 +114,9 @@ def test_a_timed_out_address_gives_way_to_the_next() -> None:
 
     got, made, took = uvloop.run(scenario())
     assert got is True and made == 1
-    assert took >= 0.3  # the first address was given its whole timeout, not skipped
+    # The first address was given its whole timeout, not skipped; uvloop's timers tick in whole
+    # milliseconds, so the measured wait may come out a hair under the 0.3 s asked for.
+    assert took >= 0.29
 
 
 def test_cancel_stops_dialling_and_never_reports() -> None:
