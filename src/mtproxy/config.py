@@ -36,6 +36,9 @@ __all__ = ["DEFAULT_PORT", "DEFAULT_STATS_PORT", "DEFAULT_TRUSTED_PROXIES", "MAX
 
 # --proxy-protocol without --trusted-proxy: a balancer on this host (the stack's HAProxy) and nothing else
 DEFAULT_TRUSTED_PROXIES = ("127.0.0.0/8", "::1/128")
+MIDDLE_MODES = ("auto", "on", "off")
+# where the official MTProxy README fetches proxy-secret and proxy-multi.conf (+ getProxyConfigV6)
+DEFAULT_RELAY_CONFIG_URL = "https://core.telegram.org"
 
 
 class ConfigError(Exception):
@@ -158,7 +161,9 @@ class EngineConfig:
     metrics_max_secrets: int = DEFAULT_METRICS_MAX_SECRETS  # per-secret series in /metrics (stats/render.py)
     proxy: ProxyProtocol = field(default=ProxyProtocol())
     upstream: Upstream | None = None  # the SOCKS5 proxy DC legs go through; None: DCs are dialled directly
-    # Middle-proxy inputs, validated now, used once the relay path lands (docs/cli.md "Ad tag"):
+    # the middle proxy (runtime/middle.py)
+    middle_proxy: str = "auto"  # off | auto | on
+    relay_config_url: str = DEFAULT_RELAY_CONFIG_URL  # getProxySecret, getProxyConfig(V6) under it
     proxy_tag: bytes | None = None  # -P: the global ad tag, 16 bytes
     nat_rules: tuple[NatRule, ...] = ()  # --nat-info
     aes_pwd: Path | None = None  # --aes-pwd: the operator's proxy-secret, instead of fetching it
@@ -240,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     a = p.add_argument
-    a("proxy_multi_conf", nargs="?", help="official proxy-multi.conf (used once the middle proxy lands)")
+    a("proxy_multi_conf", nargs="?", help="official proxy-multi.conf: the relays, instead of fetching them")
     a("-u", "--user", help="drop privileges to this user after binding")
     a("-p", "--stats-port", type=int, help=f"stats HTTP port on 127.0.0.1 (default {DEFAULT_STATS_PORT}, 0=off)")
     a("--stats-host", help="stats HTTP bind address (default 127.0.0.1)")
@@ -256,11 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     a("--allow-classic", action="store_true", default=None, help="with -D, accept classic and dd clients too")
     a("--no-tls", action="store_true", default=None, help="refuse fake-TLS clients")
     a("-M", "--workers", type=int, help="worker processes sharing the port (SO_REUSEPORT)")
-    a("-P", "--proxy-tag", help="ad tag, 32 hex digits from @MTProxybot (validated; sent once the middle proxy"
-      " lands: direct mode sends none)")
-    a("--aes-pwd", help="official proxy-secret file (used once the middle proxy lands)")
+    a("-P", "--proxy-tag", help="ad tag, 32 hex digits from @MTProxybot: clients go through Telegram's middle"
+      " proxies with it (the promoted channel)")
+    a("--aes-pwd", help="official proxy-secret file, instead of fetching it (and every client through the"
+      " middle proxies, as the official proxy)")
     a("--nat-info", action="append", default=[], metavar="LOCAL:GLOBAL", help="our public IPv4 address behind"
-      " NAT, as the official flag (repeatable, validated; used once the middle proxy lands)")
+      " NAT, as the official flag (repeatable): what the middle proxies are told")
+    a("--middle-proxy", choices=MIDDLE_MODES, help="through Telegram's middle proxies: `auto` (default) for"
+      " clients with an ad tag, or everyone when proxy-secret/proxy-multi.conf are given; `on` everyone;"
+      " `off` never (ad tags unused)")
+    a("--relay-config-url", metavar="URL", help="where proxy-secret and proxy-multi.conf are fetched from:"
+      " URL/getProxySecret, URL/getProxyConfig, URL/getProxyConfigV6 (default https://core.telegram.org)")
     a("--mask", help="where unauthenticated connections go, HOST:PORT (default DOMAIN:443)")
     a("--no-mask", action="store_true", default=None, help="close unauthenticated connections instead")
     a("--proxy-protocol", action="store_true", default=None, help="every connection starts with a PROXY"
@@ -319,6 +330,7 @@ _CONFIG_KEYS = {
     "cert_jitter": "cert_jitter",
     "secrets_file": "secrets_file", "user": "user", "log_file": "log_file", "server": "public_host",
     "public_host": "public_host", "fast_mode": "no_fast_mode", "upstream": "upstream",
+    "middle_proxy": "middle_proxy", "relay_config_url": "relay_config_url",
     "proxy_protocol": "proxy_protocol", "trusted_proxy": "trusted_proxy", "mask_proxy_protocol": "mask_proxy_protocol",
 }
 
@@ -521,6 +533,8 @@ def _resolve(ns: argparse.Namespace, environ: dict[str, str] | None, euid: int |
         usage_interval=_positive(ns.usage_interval, 60.0, "--usage-interval"),
         public_host=ns.public_host,
         warnings=_middle_proxy_warnings(ns) + _proxy_warnings(ns),
+        middle_proxy=str(ns.middle_proxy or "auto"),
+        relay_config_url=_relay_config_url(ns),
         secret_ids=tuple(f"cli-{i + 1}" for i in range(len(secrets))),
         root_note=choice.note,
         max_connections_auto=ns.max_connections is None,
@@ -559,12 +573,20 @@ def _nat_rules(ns: argparse.Namespace) -> tuple[NatRule, ...]:
 
 
 def _middle_proxy_warnings(ns: argparse.Namespace) -> tuple[str, ...]:
+    if ns.middle_proxy != "off":
+        return ()
     middle = [flag for flag, v in (("-P", ns.proxy_tag), ("--aes-pwd", ns.aes_pwd),
                                    ("proxy-multi.conf", ns.proxy_multi_conf), ("--nat-info", ns.nat_info)) if v]
     if not middle:
         return ()
-    return (f"{', '.join(middle)} accepted but ignored: the middle proxy (ad tag) is not implemented yet;"
-            " running in direct mode",)
+    return (f"{', '.join(middle)} unused: --middle-proxy off relays every client directly (no ad tag is sent)",)
+
+
+def _relay_config_url(ns: argparse.Namespace) -> str:
+    url = str(ns.relay_config_url or DEFAULT_RELAY_CONFIG_URL).rstrip("/")
+    if not url.startswith(("http://", "https://")) or len(url.split("/")[2]) == 0:
+        raise ConfigError(f"--relay-config-url: {url!r} is not an http:// or https:// URL")
+    return url
 
 
 def _secrets(ns: argparse.Namespace) -> list[Secret]:

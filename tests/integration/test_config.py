@@ -22,7 +22,7 @@ def test_official_flags() -> None:
     assert cfg.stats == HostPort("127.0.0.1", 8888)
     assert set(cfg.listen) == {HostPort(h, p) for h in ("0.0.0.0", "::") for p in (443, 8443)}
     assert len(cfg.secrets) == 2 and cfg.allow_classic and cfg.allow_tls
-    assert cfg.warnings and "middle proxy" in cfg.warnings[0]
+    assert cfg.middle_proxy == "auto" and not cfg.warnings  # the official command line runs the relay path
     assert cfg.mask is None  # no domain: nothing to mask to unless --mask is given
     assert cfg.fast_mode
     assert cfg.proxy_tag == bytes.fromhex("ab" * 16)
@@ -34,11 +34,18 @@ def test_middle_proxy_flags_are_validated_up_front() -> None:
                   environ={})
     assert [(str(r.local), str(r.public)) for r in cfg.nat_rules] == [("10.0.0.5", "203.0.113.7"),
                                                                       ("10.0.0.6", "203.0.113.8")]
-    assert "--nat-info" in cfg.warnings[0] and "direct mode" in cfg.warnings[0]
+    assert not cfg.warnings
+    off = resolve(["-S", KEY, "-P", "ab" * 16, "--nat-info", "10.0.0.5:203.0.113.7", "--middle-proxy", "off"],
+                  environ={})
+    assert off.warnings == ("-P, --nat-info unused: --middle-proxy off relays every client directly (no ad tag"
+                            " is sent)",)
+    assert resolve(["-S", KEY, "--relay-config-url", "http://127.0.0.1:8/x/"], environ={}).relay_config_url == \
+        "http://127.0.0.1:8/x"
     for args, problem in ((["-P", "ab" * 15], "-P: an ad tag is exactly 32 hex digits"),
                           (["-P", "zz" * 16], "-P: an ad tag is 32 hex digits (from @MTProxybot); character 1"),
                           (["--nat-info", "10.0.0.5"], "--nat-info '10.0.0.5': expected <local-addr>:<global-addr>"),
-                          (["--nat-info", "10.0.0.5:proxy.example"], "both sides must be IPv4 addresses")):
+                          (["--nat-info", "10.0.0.5:proxy.example"], "both sides must be IPv4 addresses"),
+                          (["--relay-config-url", "ftp://x"], "--relay-config-url: 'ftp://x' is not an http")):
         with pytest.raises(ConfigError) as err:
             resolve(["-S", KEY, *args], environ={})
         assert problem in str(err.value), args

@@ -150,10 +150,12 @@ def test_healthcheck(start_proxy: ProxyFactory, secret: Secret) -> None:
 
 
 def test_official_command_line(tmp_path: Path, peers: BackgroundPeers) -> None:
-    """`-u nobody -p 8888 -H 443 -S <hex> --aes-pwd proxy-secret proxy-multi.conf -M 1` with our ports."""
+    """`-u nobody -p 8888 -H 443 -S <hex> --aes-pwd proxy-secret proxy-multi.conf -M 1` with our ports. The
+    files name a relay that refuses (a loopback port nobody listens on): every client goes direct, served.
+    test_middle_proxy.py runs the same command line with relays that answer."""
     secret = Secret(os.urandom(16), SecretKind.CLASSIC)
     (tmp_path / "proxy-secret").write_bytes(os.urandom(128))
-    (tmp_path / "proxy-multi.conf").write_text("proxy_for 1 192.0.2.50:8888;\n")
+    (tmp_path / "proxy-multi.conf").write_text(f"proxy_for 1 127.0.0.1:{free_port()};\n")
     port, stats_port = free_port(), free_port()
     args = ["-u", "nobody", "-p", str(stats_port), "-H", str(port), "-S", secret.to_hex(),
             "--aes-pwd", "proxy-secret", "proxy-multi.conf", "-M", "1", "-P", "0" * 32,
@@ -161,7 +163,8 @@ def test_official_command_line(tmp_path: Path, peers: BackgroundPeers) -> None:
             "--cert-size", "2000", "--state-file", str(tmp_path / "state.json")]
     proxy = ProxyProcess(args, tmp_path / "official.log", cwd=tmp_path).wait_ready()
     try:
-        assert "middle proxy" in proxy.log and "direct mode" in proxy.log
+        proxy.wait_log("all relays down")
+        assert "middle proxy: 1 relays for 1 DC ids (proxy-secret file, proxy-multi.conf file)" in proxy.log
         if os.getuid() == 0:
             assert "running as nobody" in proxy.log
 

@@ -131,3 +131,20 @@ def test_a_low_port_without_root_says_how_to_choose_another(sandbox: UserSandbox
     line = one_line(err)
     assert line.startswith("mtproxy run: cannot listen on 127.0.0.1:443: Permission denied — ports below 1024")
     assert "-H PORT" in line
+
+
+def test_an_unusable_relay_file_stops_the_start_naming_it(peers: BackgroundPeers, tmp_path: Path) -> None:
+    """--aes-pwd and proxy-multi.conf are read before privileges drop: a bad one is one line at start."""
+    secret, config = tmp_path / "proxy-secret", tmp_path / "proxy-multi.conf"
+    secret.write_bytes(b"too short for a proxy secret")
+    config.write_text("proxy_for 2 127.0.0.1:1;\n")
+    result = run("--root", str(tmp_path), "--listen", f"127.0.0.1:{free_port()}", "-p", "0", "-S", "00" * 16,
+                 "--aes-pwd", str(secret), str(config), *engine_flags(peers))
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert line.startswith(f"mtproxy run: {secret}: cannot use it as proxy-secret: ")
+    assert "getProxySecret" in line
+    result = run("--root", str(tmp_path), "--listen", f"127.0.0.1:{free_port()}", "-p", "0", "-S", "00" * 16,
+                 "--aes-pwd", str(tmp_path / "missing"), str(config), *engine_flags(peers))
+    assert one_line(result.stderr).startswith(f"mtproxy run: {tmp_path / 'missing'}: cannot use it as proxy-secret:"
+                                              " No such file or directory — ")

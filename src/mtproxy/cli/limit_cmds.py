@@ -230,8 +230,7 @@ Examples:
 def set_ad_tag_cmd(env: Env, ref: str, tag: str | None, clear: bool, dry_run: bool, as_json: bool) -> None:
     """Give a secret's clients their own ad tag (32 hex digits from @MTProxybot) instead of the global -P.
 
-    Stored and validated now; it takes effect once the engine's middle-proxy path lands (today the engine
-    runs in direct mode, where no ad tag is sent)."""
+    The engine sends it through Telegram's middle proxies from its next reload (docs/engine.md)."""
     if (tag is None) == (not clear):
         raise click.UsageError("give a TAG, or --clear (not both)")
     if dry_run:

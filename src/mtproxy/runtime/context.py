@@ -16,6 +16,7 @@ from .buffers import Buffers
 from .dc import DcTable, Via
 from .enforce import Enforcer, Grant
 from .guard import Guard
+from .middle import Middle
 from .rawrelay import Pipe, Pool, RecordBuffer
 from .scans import ScanScheduler
 
@@ -36,7 +37,7 @@ class Context:
 
     __slots__ = ("admit", "admit_pending", "admit_proxied", "authenticated", "buffers", "clock", "count_client",
                  "count_in", "count_out", "counters", "dc_table", "ended", "enforcer", "fast_mode", "guard",
-                 "hand_over", "limits", "loop", "mask", "mask_header", "mask_legs", "new_handshake", "pipes",
+                 "hand_over", "limits", "loop", "mask", "mask_header", "mask_legs", "middle", "new_handshake", "pipes",
                  "random_bytes", "record_buffers", "release", "release_pending", "scans", "session_opened",
                  "still_live", "trusted", "via")
 
@@ -56,6 +57,7 @@ class Context:
         # DC legs through a SOCKS5 upstream (runtime/upstream.py); None: dialled directly
         self.via = Via(dc_table.upstream, counters) if dc_table.upstream is not None else None
         self.guard = guard
+        self.middle: Middle | None = None  # the worker's middle-proxy path, while it runs one (server.py)
         self.clock = clock
         self.random_bytes = random_bytes
         self.buffers = Buffers(limits.read_size, limits.buffer_size)

@@ -31,6 +31,7 @@ from .keeping import SupervisorUsage
 from .ledger import UsageKeeper
 from .logs import setup_logging
 from .process import WorkerPlan, serve
+from .relayconfig import Document, RelayConfigError, read_given, sources_for
 from .reload import file_id
 from .secrets import GENERATED_ID, SecretsError, generated_secret, load_secret_set
 from .server import Server, bind_all
@@ -151,6 +152,7 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
     except ValueError as exc:
         raise StartupError(str(exc)) from None
     log.info("AES-CTR runs on %s (%s)", crypto.KEYSTREAMS[aes.name], aes.why)
+    relay_given = _relay_files(cfg)
 
     # per-secret usage: the table every worker maps (so made before any fork), and its ledger file
     accounting = AccountingTable(os.urandom(16))
@@ -168,7 +170,7 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
             drop_privileges(cfg.user)
         plan = WorkerPlan(cfg, sockets, generated, initial, bytearray(ReplayFilter.memory_size(
             cfg.tls.replay_entries)), on_server=holder.append, loaded_id=loaded_id, aes=aes,
-            accounting=accounting, keeper=keeper, usage_interval=cfg.usage_interval)
+            accounting=accounting, keeper=keeper, usage_interval=cfg.usage_interval, relay_given=relay_given)
         try:
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 return runner.run(serve(plan))
@@ -193,7 +195,7 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
                     sock.close()
         plan = WorkerPlan(cfg, slots[slot], generated, initial, shared.replay_memory, shared.replay_lock,
                           publish=lambda snap: shared.publish(slot, snap), loaded_id=loaded_id, aes=aes,
-                          accounting=accounting)
+                          accounting=accounting, relay_given=relay_given)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(serve(plan))
 
@@ -211,6 +213,18 @@ def run_engine(cfg: EngineConfig, out: TextIO = sys.stdout) -> int:
     finally:
         if stats is not None:
             stats.close()
+
+
+def _relay_files(cfg: EngineConfig) -> dict[Document, bytes]:
+    """--aes-pwd and proxy-multi.conf, read now: before privileges are dropped, and a bad one stops the
+    start with its name rather than leaving every worker to find out."""
+    if cfg.middle_proxy == "off":
+        return {}
+    try:
+        return read_given(sources_for(cfg))
+    except RelayConfigError as exc:
+        raise StartupError(f"{exc} — give the file as Telegram publishes it ({cfg.relay_config_url}/getProxySecret,"
+                           " /getProxyConfig), or leave the flag out to have it fetched") from None
 
 
 def usage_file(cfg: EngineConfig) -> Path:

@@ -146,6 +146,7 @@ class Phase:
     CONNECTING = 1
     RELAY = 2
     CLOSED = 3
+    MIDDLE = 4  # a session relayed through Telegram's middle proxies (session.py): no outgoing socket of its own
 
 
 class Pair(asyncio.BufferedProtocol):
@@ -303,7 +304,7 @@ class Pair(asyncio.BufferedProtocol):
         loop instead of one per relay): close a relay that moved nothing for the idle timeout, or, once
         either side has said it is done, for the half-close timeout. As with a timer re-armed per
         timeout, a relay goes after between one and two timeouts without a byte."""
-        if self.phase != Phase.RELAY:
+        if self.phase != Phase.RELAY and self.phase != Phase.MIDDLE:
             return
         if self.activity != self._seen_activity:
             self._seen_activity = self.activity
@@ -322,7 +323,7 @@ class Pair(asyncio.BufferedProtocol):
 
     def _half_closed(self) -> None:
         """The half-close timeout counts from now (while a leg is dialled, from when it is up)."""
-        if self.phase == Phase.RELAY:
+        if self.phase == Phase.RELAY or self.phase == Phase.MIDDLE:
             self._seen_activity = self.activity
             self._quiet_since = self.ctx.loop.time()
 

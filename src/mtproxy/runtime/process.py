@@ -22,6 +22,7 @@ from .accept import AcceptPaused
 from .accounting import AccountingTable
 from .ledger import DEFAULT_INTERVAL, UsageKeeper
 from .mask import fallback_size, refresh_cert_size
+from .relayconfig import Document
 from .reload import FileId, Reloader
 from .secrets import SecretSet, load_secret_set
 from .server import Server
@@ -47,6 +48,8 @@ class WorkerPlan:
     accounting: AccountingTable = field(kw_only=True)  # per-secret usage shared by all workers, made before fork
     keeper: UsageKeeper | None = field(default=None, kw_only=True)  # single process: it persists usage itself
     usage_interval: float = field(default=DEFAULT_INTERVAL, kw_only=True)
+    # the operator's proxy-secret and proxy-multi.conf, read before privileges were dropped (engine.py)
+    relay_given: dict[Document, bytes] = field(default_factory=dict, kw_only=True)
 
 
 async def serve(plan: WorkerPlan) -> int:
@@ -55,7 +58,7 @@ async def serve(plan: WorkerPlan) -> int:
     loop = asyncio.get_running_loop()
     cert_size = cfg.tls.cert_size or plan.cert_size or fallback_size(random.SystemRandom())
     server = Server(cfg, plan.initial, plan.replay_memory, plan.replay_lock, aes=plan.aes,
-                    accounting=plan.accounting, cert_size=cert_size)
+                    accounting=plan.accounting, cert_size=cert_size, relay_given=plan.relay_given)
     if plan.on_server is not None:
         plan.on_server(server)
     stop = asyncio.Event()

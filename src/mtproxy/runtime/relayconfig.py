@@ -14,11 +14,11 @@ import asyncio
 import enum
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
+from mtproxy.config import DEFAULT_RELAY_CONFIG_URL, EngineConfig
 
 from ..protocol.errors import ProxyConfigError
 from ..protocol.proxyconfig import ProxyConfig, ProxySecret, parse_proxy_config, parse_proxy_secret
@@ -27,9 +27,9 @@ from .backoff import backoff_delay
 
 # The addresses the official MTProxy README tells operators to curl (github.com/TelegramMessenger/MTProxy);
 # the IPv6 relays are published beside them.
-DEFAULT_SECRET_URL = "https://core.telegram.org/getProxySecret"
-DEFAULT_CONFIG_URL = "https://core.telegram.org/getProxyConfig"
-DEFAULT_CONFIG_V6_URL = "https://core.telegram.org/getProxyConfigV6"
+DEFAULT_SECRET_URL = f"{DEFAULT_RELAY_CONFIG_URL}/getProxySecret"
+DEFAULT_CONFIG_URL = f"{DEFAULT_RELAY_CONFIG_URL}/getProxyConfig"
+DEFAULT_CONFIG_V6_URL = f"{DEFAULT_RELAY_CONFIG_URL}/getProxyConfigV6"
 
 MAX_DOCUMENT_BYTES = 1 << 20  # the published files are a few kilobytes; the parser's own cap is far above
 DEFAULT_TIMEOUT = 10.0  # seconds for one whole request: connect, headers and body
@@ -66,6 +66,16 @@ class RelaySources:
     secret_file: Path | None = None
     config_file: Path | None = None
     timeout: float = DEFAULT_TIMEOUT
+
+    @classmethod
+    def under(cls, base_url: str, cache_dir: Path, *, secret_file: Path | None = None,
+              config_file: Path | None = None) -> RelaySources:
+        """The three documents at base_url's getProxySecret, getProxyConfig and getProxyConfigV6, as
+        core.telegram.org publishes them (--relay-config-url). An operator's proxy-multi.conf is the whole
+        relay list, as for the official proxy: no IPv6 list is fetched beside it."""
+        base = base_url.rstrip("/")
+        v6 = None if config_file is not None else f"{base}/getProxyConfigV6"
+        return cls(cache_dir, f"{base}/getProxySecret", f"{base}/getProxyConfig", v6, secret_file, config_file)
 
     def url(self, doc: Document) -> str | None:
         return {Document.SECRET: self.secret_url, Document.CONFIG: self.config_url,
@@ -118,6 +128,8 @@ Fetch = Callable[[str, float], Awaitable[bytes]]
 
 async def fetch_url(url: str, timeout: float) -> bytes:
     """GET `url` with a total timeout, at most MAX_DOCUMENT_BYTES; anything but 200 is a FetchError."""
+    import aiohttp  # here: only a worker that runs the middle proxy fetches, the engine's start stays light
+
     limits = aiohttp.ClientTimeout(total=timeout, connect=timeout, sock_read=timeout)
     try:
         async with aiohttp.ClientSession(timeout=limits, trust_env=False) as session, \
@@ -153,14 +165,42 @@ def _validate(doc: Document, data: bytes) -> ProxySecret | ProxyConfig:
     return parse_proxy_secret(data) if doc is Document.SECRET else parse_proxy_config(data)
 
 
+def sources_for(cfg: EngineConfig) -> RelaySources:
+    """The engine's: --relay-config-url, the data directory (beside the state file) as the cache, and the
+    operator's --aes-pwd and proxy-multi.conf."""
+    return RelaySources.under(cfg.relay_config_url, cfg.state_file.parent, secret_file=cfg.aes_pwd,
+                              config_file=cfg.proxy_multi_conf)
+
+
+def read_given(sources: RelaySources) -> dict[Document, bytes]:
+    """The operator's files, read and checked at start-up, before privileges are dropped (the official
+    proxy reads --aes-pwd as root too); a file that cannot be used is a RelayConfigError naming it."""
+    given: dict[Document, bytes] = {}
+    for doc in Document:
+        path = sources.given_file(doc)
+        if path is None:
+            continue
+        try:
+            data = _read_file(path)
+            _validate(doc, data)
+        except (OSError, ProxyConfigError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise RelayConfigError(f"{path}: cannot use it as {doc.value}: {reason}") from None
+        given[doc] = data
+    return given
+
+
 class RelayConfigSource:
     """Obtains the documents (`load`, at start and at each refresh) and refreshes them on a schedule
-    (`run`). Fetching, sleeping and randomness are injected so tests are exact and never wait."""
+    (`run`). Fetching, sleeping and randomness are injected so tests are exact and never wait. `given`:
+    the operator's files as `read_given` read them at start-up, used by the first load (later loads read
+    the files again, and keep the copy in use if that fails)."""
 
     def __init__(self, sources: RelaySources, *, fetch: Fetch = fetch_url,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, given: Mapping[Document, bytes] | None = None) -> None:
         self.sources = sources
+        self._given_at_start = dict(given or {})
         self._fetch = fetch
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
@@ -173,6 +213,8 @@ class RelayConfigSource:
         (neither given, fetched, cached nor already in use)."""
         found: dict[Document, tuple[ProxySecret | ProxyConfig, Origin]] = {}
         for doc in Document:
+            if doc is Document.CONFIG_V6 and self.sources.config_file is not None:
+                continue  # the operator's proxy-multi.conf is the whole list (RelaySources.under)
             got = await self._obtain(doc)
             if got is not None:
                 found[doc] = got
@@ -228,7 +270,8 @@ class RelayConfigSource:
 
     def _given(self, doc: Document, path: Path) -> tuple[ProxySecret | ProxyConfig, Origin]:
         try:
-            return _validate(doc, _read_file(path)), Origin.FILE
+            read = self._given_at_start.pop(doc, None)
+            return _validate(doc, read if read is not None else _read_file(path)), Origin.FILE
         except (OSError, ProxyConfigError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             kept = self._kept(doc)

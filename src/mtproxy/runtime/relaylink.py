@@ -20,7 +20,7 @@ from mtproxy.protocol.proxyconfig import IPAddress, ProxySecret, Relay
 
 from .backoff import backoff_delay
 
-OurAddress = Callable[[IPAddress], IPAddress]  # the socket's local address -> ours as the relay sees it
+OurAddress = Callable[[IPAddress, IPAddress], IPAddress]  # (local, relay) -> our address as the relay sees it
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ class RelayLink(asyncio.Protocol):
         local, peer = transport.get_extra_info("sockname"), transport.get_extra_info("peername")
         try:
             local_ip = _ip(local[0])
-            ours = self._our_address(local_ip) if self._our_address is not None else local_ip
+            ours = self._our_address(local_ip, self.relay.ip) if self._our_address is not None else local_ip
             endpoints = RelayEndpoints(ours, int(local[1]), _ip(peer[0]), int(peer[1]))
             ident = self._identity
             self.codec = RelayConnection(ident.secret, endpoints, ident.cbc, now=int(ident.wall()),

@@ -71,6 +71,8 @@ class RelayCounters:
     relay_pauses: int = 0  # a full link paused its clients
     relay_ignored: int = 0  # relay messages the official proxy ignores too
     relay_dcs_down: int = 0  # gauge: DCs whose relays are all down
+    client_packets_refused: int = 0  # client packets the official proxy would not forward either (forwardable)
+    relay_fallback_direct: int = 0  # clients meant for the relays that went direct (no relay could take them)
 
     def snapshot(self) -> dict[str, int]:
         return asdict(self)
@@ -108,6 +110,10 @@ class RelayClient:
                                             ad_tag=self.ad_tag, quick_ack=quick_ack))
         self._pool.counters.tot_forwarded_queries += 1
         return True
+
+    def refused_packet(self) -> None:
+        """A client packet that is not forwarded (messages.forwardable): counted, as the official drops it."""
+        self._pool.counters.client_packets_refused += 1
 
     def close(self) -> None:
         """Our client went away: RPC_CLOSE_EXT toward the relay; the sink hears nothing more."""
@@ -418,7 +424,9 @@ class RelayPool:
         if up:
             if self.up is False:
                 self.counters.relay_dcs_down -= 1
-            log.info("DC %d: relays back up (%s)", self.dc_id, reason)
+                log.info("DC %d: relays back up (%s)", self.dc_id, reason)
+            else:
+                log.info("DC %d: relays up (%s)", self.dc_id, reason)
         else:
             self.counters.relay_dcs_down += 1
             log.warning("DC %d: all relays down (last: %s); direct mode for this DC", self.dc_id, reason)

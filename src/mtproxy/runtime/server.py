@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mtproxy.config import EngineConfig, HostPort
+from mtproxy.crypto.backend import openssl_cbc
 from mtproxy.protocol.cipher import Aes
 from mtproxy.protocol.handshake import AuthResult, Handshake, HandshakeSettings, SecretTable
 from mtproxy.protocol.obfs2 import TAG_PADDED
@@ -30,8 +31,10 @@ from .enforce import Enforcer, Grant
 from .guard import Guard
 from .hints import HintCache
 from .memory import INTERVAL, Trimmer, load_malloc_trim, refill_free_lists
+from .middle import Middle, MiddleSettings
 from .pair import Pair
 from .proxied import ProxiedConnection
+from .relayconfig import Document, RelayConfigSource, sources_for
 from .scans import ScanScheduler
 from .secrets import SecretSet
 
@@ -92,6 +95,7 @@ class Server:
         monotonic: Callable[[], float] = time.monotonic,
         random_bytes: Callable[[int], bytes] = os.urandom,
         cert_size: int = 2500,
+        relay_given: dict[Document, bytes] | None = None,
     ) -> None:
         self.cfg = cfg
         self.aes = aes  # chosen once at start-up (crypto.backend.load)
@@ -127,6 +131,8 @@ class Server:
         self.settings = self._handshake_settings()
         self.counters.secrets_loaded = len(self.table)
         self.enforcer.update(secrets.all_limits())
+        self.middle_settings = MiddleSettings(cfg.middle_proxy, sources_for(cfg), cfg.proxy_tag, cfg.nat_rules)
+        self._relay_given = relay_given or {}  # the operator's relay files, read before privileges were dropped
 
     def _context(self) -> Context:
         ctx = Context(self.cfg.limits, self.counters, fast_mode=self.cfg.fast_mode,
@@ -192,6 +198,7 @@ class Server:
         closed = self._close_grants(self.enforcer.update(new.all_limits()))
         if self.loop is not None:
             self._arm_expiry(force=True)
+            self._start_middle()
         for sid, value in old.items():
             if kept.get(sid) == value:
                 continue
@@ -200,6 +207,19 @@ class Server:
                 closed += 1
             self.counters.secrets.pop(sid, None)
         return closed
+
+    # ----------------------------------------------------------------- middle proxy
+
+    def _start_middle(self) -> None:
+        """Run the relay path once the settings or the secrets' ad tags ask for it (then for good)."""
+        if self.ctx.middle is not None or not self.middle_settings.needed(bool(self.secrets.ad_tags)):
+            return
+        middle = Middle(self.middle_settings, openssl_cbc,
+                        lambda secret_id: self.secrets.ad_tag_for(secret_id, self.cfg.proxy_tag),
+                        source=RelayConfigSource(self.middle_settings.sources, given=self._relay_given))
+        self.ctx.middle = middle
+        self.counters.middle = middle.snapshot
+        middle.start()
 
     # ----------------------------------------------------------------- per-secret limits
 
@@ -422,6 +442,7 @@ class Server:
         if self.cfg.proxy.accept:
             log.info("PROXY protocol header required before each client's bytes, from %s",
                      ", ".join(str(network) for network in self.cfg.proxy.trusted))
+        self._start_middle()
 
     async def shutdown(self, deadline: float) -> None:
         """Stop accepting, let sessions finish for up to `deadline` seconds, then drop the rest."""
@@ -447,3 +468,5 @@ class Server:
             self._expiry.cancel()
         for listener in self._listeners:
             await listener.wait_closed()
+        if self.ctx.middle is not None:  # after the sessions: the relays are told each one closed
+            await self.ctx.middle.close()

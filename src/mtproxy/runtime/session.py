@@ -5,7 +5,12 @@ bulk fast-mode downloads switch to a raw relay (rawrelay.py).
 A session is the client connection that took the handshake (connection.py subclasses it): one object per
 client socket from accept to close, so authenticating allocates no second protocol, moves no registry
 entry and does not stop reading the client. What the client sends while its DC is dialled is kept (at most
-DIAL_HOLD bytes, then reading pauses) and goes out behind the DC header."""
+DIAL_HOLD bytes, then reading pauses) and goes out behind the DC header.
+
+Through the middle proxy (Phase.MIDDLE, runtime/middle.py) there is no DC socket: the client's stream is
+deciphered and cut into its transport's packets, each sent to the relay as RPC_PROXY_REQ over a shared
+relay link, and each answer is framed in the client's transport, enciphered (and put in records for
+fake-TLS) and written to the client."""
 
 from __future__ import annotations
 
@@ -16,13 +21,17 @@ from functools import partial
 from mtproxy.crypto import ctr
 from mtproxy.protocol import faketls, obfs2
 from mtproxy.protocol.cipher import Keystream
+from mtproxy.protocol.errors import ProtocolError
 from mtproxy.protocol.handshake import AuthResult
+from mtproxy.protocol.middleproxy_messages import forwardable
+from mtproxy.protocol.transport import FrameDecoder, encode_frame
 
 from . import rawrelay
 from .buffers import send
 from .dc import DcTarget
 from .enforce import Grant
 from .pair import Dial, Leg, Pair, Phase
+from .relays import RelayClient
 from .upstream import SocksDial
 
 log = logging.getLogger("mtproxy.session")
@@ -32,14 +41,19 @@ _IN, _OUT = 1, 2  # _held: the direction(s) a rate limit holds (client->DC: the 
 # client bytes kept while the DC is dialled, before the client is no longer read: a client's first requests
 # fit, and the kernel's receive buffer holds the rest
 DIAL_HOLD = 64 * 1024
+# the largest client packet the relay path forwards (MTProxy mtproto-proxy.c MAX_POST_SIZE)
+MAX_RELAYED_PACKET = 262144 * 4 - 4096
+# answers a middle-proxy client may leave unread before it is taken for one that never reads: a shared relay
+# link cannot be paused for one client (a few file parts of up to 1 MiB in flight fit)
+MIDDLE_BACKLOG = 8 * 1024 * 1024
 
 
 class Session(Pair):
     """Client->DC: the client's bytes are deciphered and re-enciphered in the receive buffer (`buffer_updated`).
     DC->client: `_up_buffer_updated`; in fast mode the DC's bytes are already what the client expects."""
 
-    __slots__ = ("_early", "_from_client", "_from_dc", "_grant", "_held", "_hold_in", "_hold_out", "_meter", "_raw",
-                 "_relayed", "_tls", "_tls_reader", "_to_client", "_to_dc", "secret_id")
+    __slots__ = ("_early", "_from_client", "_from_dc", "_grant", "_held", "_hold_in", "_hold_out", "_meter",
+                 "_middle", "_packets", "_raw", "_relayed", "_tls", "_tls_reader", "_to_client", "_to_dc", "secret_id")
 
     def _open(self, auth: AuthResult, grant: Grant) -> None:
         """The handshake authenticated the client and its secret's limits admitted it (connection.py)."""
@@ -54,6 +68,8 @@ class Session(Pair):
         self._to_client: Keystream | None = None
         self._relayed = 0  # DC->client bytes through the transport, until a raw relay takes over
         self._raw: rawrelay.SpliceRelay | rawrelay.RecordRelay | None = None
+        self._middle: RelayClient | None = None  # through the middle proxy: the relay handle
+        self._packets: FrameDecoder | None = None  # ... and the client's packets as they complete
         # per-secret limits (runtime/enforce.py): `_meter` is the grant only while the secret has a quota or
         # a rate limit, so a session without either never calls into it per read
         self._grant: Grant | None = grant
@@ -65,8 +81,11 @@ class Session(Pair):
         self.ctx.session_opened(grant)
 
     def connect(self, auth: AuthResult) -> None:
-        """Dial the client's DC (what the client sends meanwhile is held: `_before_relay`)."""
+        """Dial the client's DC (what the client sends meanwhile is held: `_before_relay`), or hand the
+        session to a middle-proxy relay when the worker runs that path and one takes it."""
         ctx = self.ctx
+        if ctx.middle is not None and self._open_middle(auth):
+            return
         link = obfs2.dc_link(auth.to_client_keys, auth.tag, auth.dc_id, ctx.random_bytes, fast=ctx.fast_mode)
         self._to_dc = link.to_dc
         self._from_dc = link.from_dc
@@ -140,8 +159,10 @@ class Session(Pair):
 
     def _before_relay(self, nbytes: int) -> None:
         """A read before the relay: while the DC is dialled it is held (reading stops once the hold is
-        full); after a close it is dropped."""
+        full); after a close it is dropped. Through the middle proxy every read comes here."""
         if self.phase != Phase.CONNECTING:
+            if self.phase == Phase.MIDDLE:
+                self._middle_read(nbytes)
             return
         data = self._buffers.recv[:nbytes]
         early = self._early
@@ -296,6 +317,9 @@ class Session(Pair):
 
     def _ended(self) -> None:
         self.ctx.ended(self, self.secret_id)
+        middle, self._middle = self._middle, None
+        if middle is not None:
+            middle.close()
         for hold in (self._hold_in, self._hold_out):
             if hold is not None:
                 hold.cancel()
@@ -303,6 +327,137 @@ class Session(Pair):
         grant, self._grant, self._meter = self._grant, None, None
         if grant is not None:
             grant.close()
+
+    # ----------------------------------------------------------------- through the middle proxy
+
+    def _open_middle(self, auth: AuthResult) -> bool:
+        """A relay handle for this client (runtime/middle.py), or False: direct mode for it."""
+        ctx = self.ctx
+        middle = ctx.middle
+        assert middle is not None
+        sock = self.transport.get_extra_info("sockname")
+        ours = (str(sock[0]), int(sock[1])) if sock else ("", 0)
+        handle = middle.open(self, auth.secret_id, auth.dc_id, auth.tag, self.peer, ours)
+        if handle is None:
+            return False
+        self._middle = handle
+        self._packets = FrameDecoder(auth.tag, strict=True, max_frame=MAX_RELAYED_PACKET)
+        self._to_client = auth.to_client_keys.new_cipher()
+        self.phase = Phase.MIDDLE
+        self._seen_activity = self.activity
+        self._quiet_since = ctx.loop.time()
+        if auth.pending:  # what came with the handshake: already out of its records, still enciphered
+            self._client_stream(self._from_client.update(auth.pending), len(auth.pending))
+        return True
+
+    def _middle_read(self, nbytes: int) -> None:
+        view = memoryview(self._buffers.recv)[:nbytes]
+        if self._tls_reader is not None:
+            try:
+                data = self._tls_reader.payload(view)
+            except faketls.TlsFormatError:
+                log.info("client %s broke TLS framing; closing", self.peer[0])
+                self.close()
+                return
+        else:
+            data = view
+        if data:
+            self._client_stream(self._from_client.update(data), len(data))
+
+    def _client_stream(self, plain: bytes, n: int) -> None:
+        """Deciphered client bytes: each completed packet goes to the relay, as the official proxy sends
+        it (a padded transport's packet cut to a multiple of 4; one it would not forward is dropped)."""
+        self.activity += n
+        packets = self._packets
+        handle = self._middle
+        assert packets is not None and handle is not None
+        try:
+            completed = packets.feed_packets(plain)
+        except ProtocolError as exc:
+            log.info("client %s broke its transport framing (%s); closing", self.peer[0], exc)
+            self.close()
+            return
+        padded = handle.transport_tag == obfs2.TAG_PADDED
+        for packet, quick_ack in completed:
+            if padded:
+                packet = packet[: len(packet) & -4]
+            if forwardable(packet):
+                handle.send(packet, quick_ack)
+            else:
+                handle.refused_packet()
+        self.ctx.count_in(self.secret_id, n)
+        if self._meter is not None:
+            self._metered_in(n)
+
+    def _to_client_stream(self, plain: bytes) -> None:
+        """Enciphered for the client (in records for fake-TLS) and written; a client that leaves more than
+        MIDDLE_BACKLOG unread is closed, since the relay link it shares cannot wait for it."""
+        client = self.transport
+        to_client = self._to_client
+        assert to_client is not None
+        data = to_client.update(plain)
+        client.write(faketls.wrap_records(data) if self._tls else data)
+        if client.get_write_buffer_size() > max(MIDDLE_BACKLOG, self.ctx.limits.buffer_size):
+            log.info("client %s leaves its answers unread; closing", self.peer[0])
+            self.close()
+
+    # RelaySink: what the relay pool tells this session (runtime/relays.py)
+
+    def relay_answer(self, data: bytes, flags: int) -> None:
+        handle = self._middle
+        if handle is None or self.phase != Phase.MIDDLE or self.transport.is_closing():
+            return
+        tag = handle.transport_tag
+        # the official proxy pads a padded client's answer with 0-3 random bytes (tcp_rpc_write_packet_compact)
+        padding = self.ctx.random_bytes(self.ctx.random_bytes(1)[0] & 3) if tag == obfs2.TAG_PADDED else b""
+        try:
+            frame = encode_frame(tag, data, padding)
+        except ProtocolError as exc:
+            log.info("relay answer for client %s cannot be framed (%s); closing", self.peer[0], exc)
+            self.close()
+            return
+        n = len(data)
+        self.activity += n
+        self._to_client_stream(frame)
+        self.ctx.count_out(self.secret_id, n)
+        if self._meter is not None and self.phase == Phase.MIDDLE:
+            self._metered_middle_out(n)
+
+    def relay_quick_ack(self, confirm: bytes) -> None:
+        handle = self._middle
+        if handle is None or self.phase != Phase.MIDDLE or self.transport.is_closing():
+            return
+        # byte-reversed to an abridged client (MTProxy push_rpc_confirmation), and no length before it
+        self._to_client_stream(confirm[::-1] if handle.transport_tag == obfs2.TAG_ABRIDGED else confirm)
+
+    def relay_closed(self, reason: str) -> None:
+        self._middle = None  # the pool has forgotten it already
+        log.debug("session of %s ended by its relay: %s", self.peer[0], reason)
+        self.close()
+
+    def relay_pause_writing(self) -> None:
+        if self.phase == Phase.MIDDLE:
+            self.transport.pause_reading()
+
+    def relay_resume_writing(self) -> None:
+        if self.phase == Phase.MIDDLE and not self._held & _IN and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _metered_middle_out(self, n: int) -> None:
+        """A download's quota and rate on the relay path. The relay link is shared and cannot be paused for
+        one client, so a download over its rate stops the client's requests until the bucket refills."""
+        grant = self._meter
+        assert grant is not None
+        if grant.moved(0, n) is not None:
+            self.close()
+            return
+        bucket = grant.rate_out
+        if bucket is not None:
+            bucket.consume(n)
+            if not bucket.allowance() and not self._held & _IN:
+                self.transport.pause_reading()
+                self._held |= _IN
+                self._hold_in = self.ctx.loop.call_later(bucket.delay(1), self._release_in)
 
     # ----------------------------------------------------------------- per-secret limits
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,8 @@ class Counters:
     upstream: str = ""  # the SOCKS5 upstream DC legs go through, HOST:PORT (never its password); "" when direct
     # per DC (runtime/dc.health_key: Telegram's ids and "other", so bounded): [dials that worked, that failed]
     via_upstream: dict[str, list[int]] = field(default_factory=dict)
+    # the middle proxy's figures and relay states (runtime/middle.py Middle.snapshot), while a worker runs it
+    middle: Callable[[], dict[str, Any]] | None = None
 
     def for_secret(self, secret_id: str) -> SecretCounters:
         found = self.secrets.get(secret_id)
@@ -115,6 +118,7 @@ class Counters:
             "reload_error": self.reload_error,
             "upstream": self.upstream,
             "via_upstream": {dc: {"ok": ok, "failed": failed} for dc, (ok, failed) in self.via_upstream.items()},
+            "middle": self.middle() if self.middle is not None else None,
             "workers": 1,
         }
 
@@ -157,7 +161,38 @@ def merge(snapshots: list[dict[str, Any]], started_at: float) -> dict[str, Any]:
         out["secrets_loaded"] = max(out["secrets_loaded"], int(snap.get("secrets_loaded", 0)))
         out["cert_size"] = max(out["cert_size"], int(snap.get("cert_size", 0)))
     out["secret_sets"] = worker_sets(snapshots)
+    out["middle"] = merge_middle([snap["middle"] for snap in snapshots if snap.get("middle")])
     return out
+
+
+# gauges every worker holds alike (the same relays, declared to each): the maximum, not the sum
+_MIDDLE_ALIKE = ("total_declared_targets", "total_ready_targets", "relay_dcs_down")
+
+
+def merge_middle(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The workers' middle-proxy figures as one: counters summed, a relay ready when some worker has a
+    ready link to it (links summed), a DC down when some worker has it down."""
+    if not parts:
+        return None
+    counters: dict[str, int] = {}
+    relays: dict[tuple[int, str], dict[str, Any]] = {}
+    down: set[int] = set()
+    for part in parts:
+        for k, v in part.get("counters", {}).items():
+            counters[k] = max(counters.get(k, 0), int(v)) if k in _MIDDLE_ALIKE else counters.get(k, 0) + int(v)
+        for relay in part.get("relays", []):
+            key = (int(relay["dc"]), str(relay["relay"]))
+            mine = relays.get(key)
+            if mine is None:
+                relays[key] = dict(relay)
+                continue
+            mine["links"] += int(relay["links"])
+            mine["ready_links"] += int(relay["ready_links"])
+            if relay["state"] == "ready" and mine["state"] != "ready":
+                mine["state"], mine["reason"] = "ready", relay["reason"]
+        down.update(int(dc) for dc in part.get("dcs_down", []))
+    return {"mode": parts[0].get("mode", ""), "configured": any(part.get("configured") for part in parts),
+            "counters": counters, "relays": [relays[key] for key in sorted(relays)], "dcs_down": sorted(down)}
 
 
 def worker_sets(snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -50,6 +50,14 @@ def render_stats(snap: dict[str, Any], now: float) -> str:
     for sid, fig in sorted(snap["secrets"].items()):
         for k in ("active", "total", "bytes_in", "bytes_out"):
             lines.append((f"secret_{sid}_{k}", fig[k]))
+    middle = snap.get("middle")
+    if middle:  # the relay path's counters under the official proxy's own key names (runtime/relays.py)
+        lines += sorted(middle["counters"].items())
+        lines.append(("middle_proxy_dcs_down", ",".join(map(str, middle["dcs_down"])) or "-"))
+        for relay in middle["relays"]:
+            lines.append((f"relay_dc_{relay['dc']}_{relay['relay']}",
+                          f"{relay['state']} ready_links={relay['ready_links']} links={relay['links']}"
+                          f" ({relay['reason']})"))
     return "".join(f"{k}\t{v}\n" for k, v in lines)
 
 
@@ -117,6 +125,32 @@ class _SnapshotCollector(Collector):
         yield rl
         yield GaugeMetricFamily("mtproxy_fake_cert_size_bytes", "Fake certificate record size",
                                 value=s["cert_size"])
+        middle = s.get("middle")
+        if middle:
+            yield from _middle(middle)
+
+
+# relay counters that are gauges (runtime/relays.py RelayCounters); the rest only grow
+_MIDDLE_GAUGES = frozenset({"ext_connections", "total_ready_targets", "total_declared_targets", "relay_links_open",
+                            "relay_links_ready", "relay_dcs_down"})
+
+
+def _middle(middle: Mapping[str, Any]) -> Iterator[Metric]:
+    for name, value in sorted(middle["counters"].items()):
+        if name in _MIDDLE_GAUGES:
+            yield GaugeMetricFamily(f"mtproxy_middle_{name}", f"Middle proxy: {name} now", value=value)
+        else:
+            yield CounterMetricFamily(f"mtproxy_middle_{name}", f"Middle proxy: {name}", value=value)
+    state = GaugeMetricFamily("mtproxy_middle_relay_ready_links", "Ready links to each middle-proxy relay",
+                              labels=["dc", "relay", "state"])
+    for relay in middle["relays"]:
+        state.add_metric([str(relay["dc"]), str(relay["relay"]), str(relay["state"])], relay["ready_links"])
+    yield state
+    down = GaugeMetricFamily("mtproxy_middle_dc_down", "1 while every relay of the DC is down (clients go direct)",
+                             labels=["dc"])
+    for relay_dc in sorted({int(relay["dc"]) for relay in middle["relays"]}):
+        down.add_metric([str(relay_dc)], 1 if relay_dc in middle["dcs_down"] else 0)
+    yield down
 
 
 def render_metrics(snap: dict[str, Any], now: float, max_secrets: int = DEFAULT_METRICS_MAX_SECRETS) -> bytes:
