@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import struct
 import threading
 import urllib.request
@@ -135,6 +136,9 @@ def test_every_transport_round_trips_through_the_relay(start_proxy: ProxyFactory
     metrics = fetch(proxy.stats_port, "/metrics")
     assert "mtproxy_middle_tot_forwarded_queries_total 28.0" in metrics
     assert 'mtproxy_middle_relay_ready_links{dc="2"' in metrics
+    # each client's close reached its relay as RPC_CLOSE_EXT, and the pools forgot them
+    assert wait_for(lambda: len(relays.relay(2).closes_from_proxy) + len(relays.relay(4).closes_from_proxy) >= 4)
+    assert stats_json(proxy.stats_port)["middle"]["counters"]["ext_connections"] == 0
 
 
 def test_quick_ack_comes_back_in_the_client_transport(start_proxy: ProxyFactory, relays: BackgroundRelays,
@@ -289,3 +293,67 @@ def wait_for(condition: Any, timeout: float = 10.0) -> bool:
         return bool(condition())
     return asyncio.run(waiting())
 
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="Debian's haproxy is not installed")
+def test_behind_haproxy_the_relay_is_told_the_real_client_and_address(
+        start_proxy: ProxyFactory, relays: BackgroundRelays, tmp_path: Path) -> None:
+    """With --proxy-protocol the relay gets the client and the address it connected to from the header, not
+    HAProxy's hop (RPC_PROXY_REQ's two addresses)."""
+    from .test_proxy_protocol import Haproxy
+
+    files = relays.write_files(tmp_path / "relays")
+    key = os.urandom(16)
+    proxy = start_proxy("-S", key.hex(), "-P", TAG_A.hex(), "--proxy-protocol", "--aes-pwd", str(files.secret),
+                        str(files.config))
+    front = Haproxy(tmp_path, proxy.port, "send-proxy-v2")
+    assert wait_for(lambda: relays.relay(2).open_links > 0)
+    before = len(relays.relay(2).requests)
+
+    async def scenario() -> None:
+        client = await open_client("127.0.0.1", front.port, Secret(key, SecretKind.CLASSIC),
+                                   tag=obfs2.TAG_INTERMEDIATE, source="127.0.0.7")
+        framed = Framed(client, obfs2.TAG_INTERMEDIATE)
+        sent = packet(200)
+        await framed.send(sent)
+        assert await framed.recv() == sent
+        await client.close()
+
+    try:
+        run(scenario())
+    finally:
+        front.stop()
+    request = list(relays.relay(2).requests)[before]
+    assert request.remote[0] == "127.0.0.7" and request.local == ("127.0.0.1", front.port)
+
+
+def test_a_client_that_never_reads_its_answers_is_closed(start_proxy: ProxyFactory, relays: BackgroundRelays,
+                                                         tmp_path: Path) -> None:
+    """The relay link is shared: it cannot be paused for one client, so the answers a client leaves unread
+    are bounded (MIDDLE_BACKLOG, 8 MiB) and the client closed past it; the link and others go on."""
+    files = relays.write_files(tmp_path / "relays")
+    key = os.urandom(16)
+    proxy = start_proxy("-S", key.hex(), "--aes-pwd", str(files.secret), str(files.config))
+    assert wait_for(lambda: relays.relay(2).open_links > 0)
+
+    async def scenario() -> None:
+        client = await open_client("127.0.0.1", proxy.port, Secret(key, SecretKind.CLASSIC),
+                                   tag=obfs2.TAG_INTERMEDIATE, rcvbuf=4096)
+        client.timeout = 20
+        framed = Framed(client, obfs2.TAG_INTERMEDIATE)
+        big = packet(1_000_000)
+        try:
+            for _ in range(24):  # 24 MB of answers asked for, none read
+                await framed.send(big)
+        except (ConnectionError, OSError):
+            pass  # closed while still sending: what is tested
+        await asyncio.get_running_loop().run_in_executor(None, proxy.wait_log, "leaves its answers unread")
+        await client.close()
+        other = await session(proxy.port, Secret(key, SecretKind.CLASSIC), obfs2.TAG_INTERMEDIATE)
+        sent = packet(64)
+        await other.send(sent)
+        assert await other.recv() == sent
+        await other.client.close()
+
+    run(scenario(), timeout=60)
+    assert wait_for(lambda: stats_json(proxy.stats_port)["middle"]["counters"]["ext_connections"] == 0)

@@ -196,6 +196,14 @@ class ClientConnection(Session):
         self._handshake_over()
         relay.open(mask, received, self.listener)
 
+    def _our_address(self) -> tuple[str, int]:
+        # behind a balancer the PROXY header's destination (proxied.py made it the listener): the address the
+        # client really connected to, not the loopback hop
+        listener = self.listener
+        if listener.host not in ("", "0.0.0.0", "::"):
+            return listener.host, listener.port
+        return super()._our_address()
+
     def _authenticated(self, auth: AuthResult) -> None:
         """From here on this is the session: the same protocol, the same registry entry, still read."""
         ctx = self.ctx

@@ -335,9 +335,7 @@ class Session(Pair):
         ctx = self.ctx
         middle = ctx.middle
         assert middle is not None
-        sock = self.transport.get_extra_info("sockname")
-        ours = (str(sock[0]), int(sock[1])) if sock else ("", 0)
-        handle = middle.open(self, auth.secret_id, auth.dc_id, auth.tag, self.peer, ours)
+        handle = middle.open(self, auth.secret_id, auth.dc_id, auth.tag, self.peer, self._our_address())
         if handle is None:
             return False
         self._middle = handle
@@ -349,6 +347,11 @@ class Session(Pair):
         if auth.pending:  # what came with the handshake: already out of its records, still enciphered
             self._client_stream(self._from_client.update(auth.pending), len(auth.pending))
         return True
+
+    def _our_address(self) -> tuple[str, int]:
+        """The address and port the client connected to, as the relay is told (RPC_PROXY_REQ)."""
+        sock = self.transport.get_extra_info("sockname")
+        return (str(sock[0]), int(sock[1])) if sock else ("", 0)
 
     def _middle_read(self, nbytes: int) -> None:
         view = memoryview(self._buffers.recv)[:nbytes]
@@ -400,6 +403,12 @@ class Session(Pair):
         if client.get_write_buffer_size() > max(MIDDLE_BACKLOG, self.ctx.limits.buffer_size):
             log.info("client %s leaves its answers unread; closing", self.peer[0])
             self.close()
+
+    def eof_received(self) -> bool:
+        if self.phase == Phase.MIDDLE:  # the relay protocol has no half-close: the client is done, as the
+            self.close()  # official proxy takes it (it closes on the client's EOF)
+            return False
+        return super().eof_received()
 
     # RelaySink: what the relay pool tells this session (runtime/relays.py)
 
