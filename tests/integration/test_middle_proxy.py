@@ -95,7 +95,7 @@ def test_every_transport_round_trips_through_the_relay(start_proxy: ProxyFactory
     key = os.urandom(16)
     proxy = start_proxy("-S", key.hex(), "-P", TAG_A.hex(), "--aes-pwd", str(files.secret), str(files.config))
     proxy.wait_log("middle proxy: 2 relays for 2 DC ids")
-    assert wait_for(lambda: relays.relay(2).open_links > 0 and relays.relay(4).open_links > 0)
+    assert relays_ready(proxy, {2, 4})
     direct_before = peers.dc.connections
     sizes = [28, 124, 508, 512, 4096, 70000, 600000]
 
@@ -147,7 +147,7 @@ def test_quick_ack_comes_back_in_the_client_transport(start_proxy: ProxyFactory,
     key = os.urandom(16)
     proxy = start_proxy("-S", key.hex(), "--aes-pwd", str(files.secret), str(files.config))
     proxy.wait_log("ready:")
-    assert wait_for(lambda: relays.relay(2).open_links > 0)
+    assert relays_ready(proxy, {2})
 
     async def scenario(tag: bytes) -> None:
         framed = await session(proxy.port, Secret(key, SecretKind.CLASSIC), tag)
@@ -171,7 +171,7 @@ def test_a_packet_the_official_would_not_forward_is_dropped(start_proxy: ProxyFa
     files = relays.write_files(tmp_path / "relays")
     key = os.urandom(16)
     proxy = start_proxy("-S", key.hex(), "--aes-pwd", str(files.secret), str(files.config))
-    assert wait_for(lambda: relays.relay(2).open_links > 0)
+    assert relays_ready(proxy, {2})
 
     async def scenario() -> None:
         framed = await session(proxy.port, Secret(key, SecretKind.CLASSIC), obfs2.TAG_INTERMEDIATE)
@@ -227,7 +227,7 @@ def test_auto_relays_only_clients_with_an_ad_tag_fetching_the_config(
         proxy = start_proxy("--secrets-file", str(store), "--relay-config-url", f"http://127.0.0.1:{served.port}")
         proxy.wait_log("middle proxy: 2 relays")
         assert {"/getProxySecret", "/getProxyConfig", "/getProxyConfigV6"} <= set(served.hits)
-        assert wait_for(lambda: relays.relay(2).open_links > 0)
+        assert relays_ready(proxy, {2})
         before_relay, before_direct = len(relays.relay(2).requests), peers.dc.connections
 
         async def scenario() -> None:
@@ -256,7 +256,7 @@ def test_a_dc_whose_relays_are_down_goes_direct_and_comes_back(
         key = os.urandom(16)
         proxy = start_proxy("-S", key.hex(), "--middle-proxy", "on", "--aes-pwd", str(files.secret),
                             str(files.config))
-        assert wait_for(lambda: relays.relay(2).open_links > 0)
+        assert relays_ready(proxy, {2})
 
         async def one() -> None:
             framed = await session(proxy.port, Secret(key, SecretKind.CLASSIC), obfs2.TAG_ABRIDGED)
@@ -284,6 +284,14 @@ def test_a_dc_whose_relays_are_down_goes_direct_and_comes_back(
         relays.stop()
 
 
+def relays_ready(proxy: Any, dcs: set[int]) -> bool:
+    """The engine (not only the relay) has a ready link to the relays of `dcs`: clients will take them."""
+    def ready() -> bool:
+        middle = stats_json(proxy.stats_port).get("middle") or {}
+        return dcs <= {relay["dc"] for relay in middle.get("relays", []) if relay["state"] == "ready"}
+    return wait_for(ready)
+
+
 def wait_for(condition: Any, timeout: float = 10.0) -> bool:
     async def waiting() -> bool:
         for _ in range(int(timeout / 0.05)):
@@ -307,7 +315,7 @@ def test_behind_haproxy_the_relay_is_told_the_real_client_and_address(
     proxy = start_proxy("-S", key.hex(), "-P", TAG_A.hex(), "--proxy-protocol", "--aes-pwd", str(files.secret),
                         str(files.config))
     front = Haproxy(tmp_path, proxy.port, "send-proxy-v2")
-    assert wait_for(lambda: relays.relay(2).open_links > 0)
+    assert relays_ready(proxy, {2})
     before = len(relays.relay(2).requests)
 
     async def scenario() -> None:
@@ -334,7 +342,7 @@ def test_a_client_that_never_reads_its_answers_is_closed(start_proxy: ProxyFacto
     files = relays.write_files(tmp_path / "relays")
     key = os.urandom(16)
     proxy = start_proxy("-S", key.hex(), "--aes-pwd", str(files.secret), str(files.config))
-    assert wait_for(lambda: relays.relay(2).open_links > 0)
+    assert relays_ready(proxy, {2})
 
     async def scenario() -> None:
         client = await open_client("127.0.0.1", proxy.port, Secret(key, SecretKind.CLASSIC),

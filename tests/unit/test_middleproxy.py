@@ -318,8 +318,8 @@ def test_handshake_and_messages_both_ways(endpoints: RelayEndpoints) -> None:
                            messages.CloseExt(7))
     assert connection.ignored == 1
     assert relay.frames(step.send) == [(1, messages.encode_pong(0x55))]
-    assert relay.frames(connection.close_ext(7) + connection.close_conn(8) + connection.ping(3)) == [
-        (2, messages.encode_close_ext(7)), (3, messages.encode_close_conn(8)), (4, messages.encode_ping(3))]
+    assert relay.frames(connection.close_conn(8) + connection.ping(3)) == [
+        (2, messages.encode_close_conn(8)), (3, messages.encode_ping(3))]
 
 
 def test_every_split_of_the_relays_bytes_gives_the_same_events() -> None:

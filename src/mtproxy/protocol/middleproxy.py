@@ -165,7 +165,7 @@ class Received:
 
 class RelayConnection:
     """One relay connection, client side. `start()` gives the first bytes to send; every byte from the relay
-    goes to `receive`; the `proxy_request`, `close_ext`, `close_conn` and `ping` methods give bytes to send
+    goes to `receive`; the `proxy_request`, `close_conn` and `ping` methods give bytes to send
     once `ready`. Any protocol violation raises MiddleProxyError and leaves the connection FAILED; messages
     the official proxy ignores come out as `Ignored` events and count in `ignored`."""
 
@@ -220,9 +220,6 @@ class RelayConnection:
         """RPC_PROXY_REQ (`middleproxy_messages.encode_proxy_request`), framed and encrypted."""
         return self.send(messages.encode_proxy_request(conn_id, client, ours, transport_tag, data,
                                                        ad_tag=ad_tag, quick_ack=quick_ack))
-
-    def close_ext(self, conn_id: int) -> bytes:
-        return self.send(messages.encode_close_ext(conn_id))
 
     def close_conn(self, conn_id: int) -> bytes:
         return self.send(messages.encode_close_conn(conn_id))

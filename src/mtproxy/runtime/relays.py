@@ -116,12 +116,13 @@ class RelayClient:
         self._pool.counters.client_packets_refused += 1
 
     def close(self) -> None:
-        """Our client went away: RPC_CLOSE_EXT toward the relay; the sink hears nothing more."""
+        """Our client went away: RPC_CLOSE_CONN toward the relay (MTProxy mtproto-proxy.c
+        `_notify_remote_closed`; RPC_CLOSE_EXT is the relay's to send); the sink hears nothing more."""
         link = self._link
         if link is None:
             return
         if link.ready and link.codec is not None:
-            link.write(link.codec.close_ext(self.conn_id))
+            link.write(link.codec.close_conn(self.conn_id))
         self._pool.forget(self, link)
 
     def detach(self) -> RelayLink | None:
