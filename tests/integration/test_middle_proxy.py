@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from mtproxy.paths import Paths
 from mtproxy.protocol import obfs2
 from mtproxy.protocol.secret import Secret, SecretKind
 from mtproxy.protocol.transport import encode_frame
@@ -242,7 +245,7 @@ def test_auto_relays_only_clients_with_an_ad_tag_fetching_the_config(
         fresh = list(relays.relay(2).requests)[before_relay:]
         assert [r.ad_tag for r in fresh] == [TAG_B]  # the tagged one through the relay, with its own tag
         assert peers.dc.connections == before_direct + 1  # the other direct
-        cached = tmp_path / "proxy-multi.conf"
+        cached = tmp_path / "relay" / "proxy-multi.conf"
         assert cached.read_bytes() == files.config.read_bytes()  # kept for a start without Telegram
     finally:
         served.close()
@@ -365,3 +368,21 @@ def test_a_client_that_never_reads_its_answers_is_closed(start_proxy: ProxyFacto
 
     run(scenario(), timeout=60)
     assert wait_for(lambda: stats_json(proxy.stats_port)["middle"]["counters"]["ext_connections"] == 0)
+
+
+def test_mtproxy_stats_shows_the_relay_path(start_proxy: ProxyFactory, relays: BackgroundRelays,
+                                            tmp_path: Path) -> None:
+    files = relays.write_files(tmp_path / "relays")
+    root = tmp_path / "root"
+    paths = Paths(root)
+    write_store(paths.secrets_file, StoreData((SecretRecord.from_secret("s", Secret(os.urandom(16),
+                                                                                    SecretKind.CLASSIC)),)))
+    proxy = start_proxy("--secrets-file", str(paths.secrets_file), "--aes-pwd", str(files.secret),
+                        str(files.config))
+    assert relays_ready(proxy, {2, 4})
+    paths.settings_file.parent.mkdir(parents=True, exist_ok=True)
+    paths.settings_file.write_text(json.dumps({"version": 1, "stats_port": proxy.stats_port}))
+    shown = subprocess.run([sys.executable, "-m", "mtproxy.cli.main", "--root", str(root), "stats"],
+                           capture_output=True, text=True, timeout=30, env={**os.environ, "NO_COLOR": "1"})
+    assert shown.returncode == 0, shown.stderr
+    assert "middle proxy: 0 clients over relays, 2 of 2 relays ready, DCs down: -, 0 went direct" in shown.stdout

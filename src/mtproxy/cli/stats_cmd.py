@@ -71,6 +71,11 @@ def render(env: Env, stats: dict[str, str], endpoint: str) -> str:
     lines.append(f"  rejected:     {shown}")
     lines.append(f"  upstream:     {human_count(num('upstream_failed'))} DC connections failed, "
                  f"{human_count(num('refused_by_limit'))} refused by limits")
+    if "ext_connections" in g:  # the engine runs the middle proxy (engine.md, "Middle proxy and ad tag")
+        lines.append(f"  middle proxy: {human_count(num('ext_connections'))} clients over relays, "
+                     f"{human_count(num('total_ready_targets'))} of {human_count(num('total_declared_targets'))}"
+                     f" relays ready, DCs down: {g.get('middle_proxy_dcs_down', '-')}, "
+                     f"{human_count(num('relay_fallback_direct'))} went direct")
     lines.append(f"  secrets:      {human_count(num('secrets_loaded'))} loaded, reloads "
                  f"{human_count(num('reloads_ok'))} ok / {human_count(num('reloads_failed'))} failed")
     if per_secret:
