@@ -444,12 +444,13 @@ class Session(Pair):
         log.debug("session of %s ended by its relay: %s", self.peer[0], reason)
         self.close()
 
+    # (also while the pool places this session on a full link, before it is in Phase.MIDDLE)
     def relay_pause_writing(self) -> None:
-        if self.phase == Phase.MIDDLE:
+        if self.phase != Phase.CLOSED:
             self.transport.pause_reading()
 
     def relay_resume_writing(self) -> None:
-        if self.phase == Phase.MIDDLE and not self._held & _IN and not self.transport.is_closing():
+        if self.phase != Phase.CLOSED and not self._held & _IN and not self.transport.is_closing():
             self.transport.resume_reading()
 
     def _metered_middle_out(self, n: int) -> None:
