@@ -198,3 +198,38 @@ def test_reject_lines_also_in_log_file(start_proxy: ProxyFactory, peers: Backgro
     probe(peers, proxy.port, os.urandom(100))
     proxy.wait_log("rejected handshake")
     assert reasons(log_file.read_text()) == ["unknown-secret"]
+
+
+def test_hello_in_pieces_dials_the_mask_early_and_sends_it_nothing(start_proxy: ProxyFactory,
+                                                                    peers: BackgroundPeers, secret: Secret) -> None:
+    """A first piece that does not decide the handshake has the mask dialled at once (so a refused client's
+    site counts its timeouts from about when the client connected); a client that then authenticates is
+    served, and that leg closes having carried nothing."""
+    import asyncio
+
+    proxy = start_proxy("-S", secret.to_hex())
+    before = len(peers.mask.received)
+
+    async def scenario() -> None:
+        conn = core.ClientConnection(secret, os.urandom, time.time(), aes=PEER_AES)
+        first = conn.first_bytes()
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(first[:100])
+        await asyncio.sleep(0.3)  # the early leg is dialled meanwhile
+        writer.write(first[100:])
+        while not conn.ready:
+            chunk = await asyncio.wait_for(reader.read(65536), 5)
+            assert chunk, "the proxy closed during the handshake"
+            conn.feed_handshake(chunk)
+        writer.write(conn.encrypt(b"pieces"))
+        echoed = b""
+        while len(echoed) < 6:
+            chunk = await asyncio.wait_for(reader.read(65536), 5)
+            assert chunk
+            echoed += conn.decrypt(chunk)
+        assert echoed == b"pieces"
+        writer.close()
+
+    run(scenario())
+    assert peers.wait_mask_connections(before + 1)[before:] == [b""]
+    assert "rejected handshake" not in proxy.log
