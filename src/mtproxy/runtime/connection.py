@@ -93,13 +93,23 @@ class ClientConnection(Session):
 
     def _handshake_over(self) -> None:
         self._handshake = self._table = None
-        if self._early_mask is not None:
-            self._early_mask.cancel()
-            self._early_mask = None
+        self._drop_early_mask()
         self._leave_queue()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _drop_early_mask(self) -> None:
+        if self._early_mask is not None:
+            self._early_mask.cancel()
+            self._early_mask = None
+
+    def _site_ended(self) -> None:
+        """The site closed (or spoke on) the leg dialled early, the handshake still undecided: a client of the
+        site would see that now, so it is handed over now, as at our own timeout."""
+        if self.phase == Phase.HANDSHAKE and self._handshake is not None and self._early_mask is not None:
+            self._reject(RejectReason.HANDSHAKE_TIMEOUT, self._handshake.received, maskable=not self._answered,
+                         eof_in=False)
 
     def _before_relay(self, nbytes: int) -> None:
         if self.phase != Phase.HANDSHAKE:
@@ -120,13 +130,14 @@ class ClientConnection(Session):
         if isinstance(step, NeedMore):
             if step.send:
                 self._answered = True  # we spoke as a proxy: from now on never hand over to the mask
+                self._drop_early_mask()
                 transport.write(step.send)
             elif self._early_mask is None and not self._answered:
                 # undecided after what came: a real client's rest is right behind (we only dialled for
                 # nothing), a prober's may never come, and the site it would be handed to starts its clock now
                 mask = self.ctx.mask()
                 if mask is not None:
-                    self._early_mask = EarlyMask(self.ctx, mask)
+                    self._early_mask = EarlyMask(self.ctx, mask, self._site_ended)
                     self._early_mask.start()
             return
         if isinstance(step, Rejected):
