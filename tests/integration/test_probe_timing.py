@@ -14,7 +14,7 @@ site or the hand-over of the leg it dialled early) and 1-10 ms to a p95 (up to 2
 MEDIAN_BOUND and P95_BOUND allow that and stay at most half of the 1 s by which a broken proxy would be late:
 one that waited for its handshake timeout before relaying (as a truncated hello did before the mask was dialled
 early: the close came 1 s late), that outlived a site which closes first, that answered anything itself,
-closed early, or reset where the site sends a FIN, fails here. About 11 s of wall time."""
+closed early, or reset where the site sends a FIN, fails here. About 12 s of wall time."""
 
 from __future__ import annotations
 
@@ -63,6 +63,11 @@ def random_payloads(size: int, rng: random.Random) -> list[bytes]:
     return payloads
 
 
+def trickled(hello: bytes, pieces: int = 300) -> tuple[bytes, ...]:
+    """Its first `pieces` bytes one by one, then the rest: sent 1 ms apart, about 0.3 s from first to last."""
+    return (*(bytes([b]) for b in hello[:pieces]), hello[pieces:])
+
+
 def probe_classes(secret: Secret, replayed: bytes) -> dict[str, Callable[[int], Probe]]:
     rng = random.Random(18)
     classes: dict[str, Callable[[int], Probe]] = {}
@@ -82,12 +87,13 @@ def probe_classes(secret: Secret, replayed: bytes) -> dict[str, Callable[[int], 
         classes[f"{name}-eof"] = lambda i, c=cut: Probe((fake_hello(os.urandom(16))[:c],),  # type: ignore[misc]
                                                         half_close=True)
     classes["split-1-byte"] = lambda i: Probe(tuple(bytes([b]) for b in fake_hello(os.urandom(16))))
+    classes["split-slow"] = lambda i: Probe(trickled(fake_hello(os.urandom(16))), gap=0.001)
     return classes
 
 
 CLASSES = ["random-1", "random-16", "random-64", "random-517", "http-get", "tls-client", "bad-hmac", "replay",
            "stale", "wrong-sni", "cut-3-idle", "cut-3-eof", "cut-200-idle", "cut-200-eof", "cut-last-idle",
-           "cut-last-eof", "split-1-byte"]
+           "cut-last-eof", "split-1-byte", "split-slow"]
 Results = dict[str, dict[str, list[Observation]]]
 
 
