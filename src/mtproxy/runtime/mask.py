@@ -88,6 +88,8 @@ class EarlyMask(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.pending += data
+        if self.transport is not None:
+            self.transport.pause_reading()  # the rest waits in the socket for the relay
         self._site_acted()
 
     def eof_received(self) -> bool:
@@ -151,6 +153,8 @@ class MaskRelay(Pair):
         self._dialled(mask, received, True)
         if ended:  # seen by the early leg: the relay passes it on as if it came now
             self._up_eof()
+        elif pending:
+            up.resume_reading()  # paused by the early leg at the site's first bytes
 
     def _leg(self) -> Leg:
         return Leg(self)
