@@ -198,3 +198,78 @@ def test_reject_lines_also_in_log_file(start_proxy: ProxyFactory, peers: Backgro
     probe(peers, proxy.port, os.urandom(100))
     proxy.wait_log("rejected handshake")
     assert reasons(log_file.read_text()) == ["unknown-secret"]
+
+
+def test_hello_in_pieces_dials_the_mask_early_and_sends_it_nothing(start_proxy: ProxyFactory,
+                                                                    peers: BackgroundPeers, secret: Secret) -> None:
+    """A first piece that does not decide the handshake has the mask dialled at once (so a refused client's
+    site counts its timeouts from about when the client connected); a client that then authenticates is
+    served, and that leg closes having carried nothing."""
+    import asyncio
+
+    proxy = start_proxy("-S", secret.to_hex())
+    before = len(peers.mask.received)
+
+    async def scenario() -> None:
+        conn = core.ClientConnection(secret, os.urandom, time.time(), aes=PEER_AES)
+        first = conn.first_bytes()
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(first[:100])
+        await asyncio.sleep(0.3)  # the early leg is dialled meanwhile
+        writer.write(first[100:])
+        while not conn.ready:
+            chunk = await asyncio.wait_for(reader.read(65536), 5)
+            assert chunk, "the proxy closed during the handshake"
+            conn.feed_handshake(chunk)
+        writer.write(conn.encrypt(b"pieces"))
+        echoed = b""
+        while len(echoed) < 6:
+            chunk = await asyncio.wait_for(reader.read(65536), 5)
+            assert chunk
+            echoed += conn.decrypt(chunk)
+        assert echoed == b"pieces"
+        writer.close()
+
+    run(scenario())
+    assert peers.wait_mask_connections(before + 1)[before:] == [b""]
+    assert "rejected handshake" not in proxy.log
+
+
+def test_site_that_speaks_first_is_heard_at_once(start_proxy: ProxyFactory, secret: Secret,
+                                                 tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A site that greets before its client speaks is heard, through the leg dialled while the hello is still
+    undecided, when its own client would hear it, not after our handshake timeout; then it gets what the
+    client sent."""
+    import asyncio
+
+    site_port, port = free_port(), free_port()
+    proxy = start_proxy("-S", secret.to_hex(), "--listen", f"127.0.0.1:{port}", "--mask", f"127.0.0.1:{site_port}",
+                        "--cert-size", "2000", "--handshake-timeout", "10", "--state-file", str(tmp_path / "s.json"),
+                        base=False, port=port)
+
+    async def scenario() -> tuple[bytes, float, bytes]:
+        heard: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"220 ready\r\n")
+            heard.set_result(await asyncio.wait_for(reader.read(100), 5))
+            writer.close()
+
+        server = await asyncio.start_server(greet, "127.0.0.1", site_port)
+        try:
+            started = time.monotonic()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"\x16\x03\x01")  # a hello's first bytes: undecided
+            banner = await asyncio.wait_for(reader.readexactly(11), 5)
+            took = time.monotonic() - started
+            got = await asyncio.wait_for(heard, 5)
+            writer.close()
+            return banner, took, got
+        finally:
+            server.close()
+
+    banner, took, got = run(scenario())
+    assert banner == b"220 ready\r\n"
+    assert took < 3  # the handshake timeout is 10 s
+    assert got == b"\x16\x03\x01"
+    assert reasons(proxy.wait_log("rejected handshake")) == ["handshake-timeout"]

@@ -23,7 +23,7 @@ from mtproxy.protocol.handshake import (
 from .buffers import WRITE_LIMITS, socket_fd
 from .context import Context
 from .logs import log_reject
-from .mask import MaskRelay
+from .mask import EarlyMask, MaskRelay
 from .pair import Phase
 from .scans import Admission
 from .session import Session
@@ -40,7 +40,7 @@ class ClientConnection(Session):
     it is over; then a session's phases (or CLOSED, also when the mask took the transport)."""
 
     # slots: tens of thousands of these live at once; no per-object dict
-    __slots__ = ("_answered", "_counted", "_handshake", "_table", "_timer", "_waiting", "listener")
+    __slots__ = ("_answered", "_counted", "_early_mask", "_handshake", "_table", "_timer", "_waiting", "listener")
 
     def __init__(self, ctx: Context, listener: HostPort) -> None:
         self.ctx = ctx
@@ -58,6 +58,7 @@ class ClientConnection(Session):
         self._answered = False
         self._counted = False  # in the `total` counter (see Server.count_client)
         self._waiting = False  # in the scan queue (scans.py)
+        self._early_mask: EarlyMask | None = None  # the mask, dialled while the handshake waits for more bytes
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # uvloop's transport class is not a subclass
@@ -92,10 +93,23 @@ class ClientConnection(Session):
 
     def _handshake_over(self) -> None:
         self._handshake = self._table = None
+        self._drop_early_mask()
         self._leave_queue()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _drop_early_mask(self) -> None:
+        if self._early_mask is not None:
+            self._early_mask.cancel()
+            self._early_mask = None
+
+    def _site_ended(self) -> None:
+        """The site closed (or spoke on) the leg dialled early, the handshake still undecided: a client of the
+        site would see that now, so it is handed over now, as at our own timeout."""
+        if self.phase == Phase.HANDSHAKE and self._handshake is not None and self._early_mask is not None:
+            self._reject(RejectReason.HANDSHAKE_TIMEOUT, self._handshake.received, maskable=not self._answered,
+                         eof_in=False)
 
     def _before_relay(self, nbytes: int) -> None:
         if self.phase != Phase.HANDSHAKE:
@@ -116,7 +130,15 @@ class ClientConnection(Session):
         if isinstance(step, NeedMore):
             if step.send:
                 self._answered = True  # we spoke as a proxy: from now on never hand over to the mask
+                self._drop_early_mask()
                 transport.write(step.send)
+            elif self._early_mask is None and not self._answered:
+                # undecided after what came: a real client's rest is right behind (we only dialled for
+                # nothing), a prober's may never come, and the site it would be handed to starts its clock now
+                mask = self.ctx.mask()
+                if mask is not None:
+                    self._early_mask = EarlyMask(self.ctx, mask, self._site_ended)
+                    self._early_mask.start()
             return
         if isinstance(step, Rejected):
             self._reject(step.reason, step.received, step.maskable, eof_in=False)
@@ -193,8 +215,9 @@ class ClientConnection(Session):
         ctx.hand_over(self, relay)
         self.admitted = False
         self.phase = Phase.CLOSED
+        early, self._early_mask = self._early_mask, None
         self._handshake_over()
-        relay.open(mask, received, self.listener)
+        relay.open(mask, received, self.listener, early)
 
     def _our_address(self) -> tuple[str, int]:
         # behind a balancer the PROXY header's destination (proxied.py made it the listener): the address the

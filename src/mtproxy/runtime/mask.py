@@ -10,15 +10,97 @@ import random
 import ssl
 from collections.abc import Callable
 from functools import partial
+from typing import cast
 
 from mtproxy.config import HostPort
 from mtproxy.protocol.flight import FlightMeter
 from mtproxy.protocol.proxyheader import Endpoint, build_v1, build_v2
 
 from .buffers import send
+from .context import Context
 from .pair import Dial, Leg, Pair, Phase
 
 log = logging.getLogger("mtproxy.mask")
+
+
+Handed = Callable[[asyncio.Transport | None, bytes, bool], None]
+
+
+class EarlyMask(asyncio.Protocol):
+    """The mask, dialled while a client's handshake is undecided after its first bytes (a truncated hello, one
+    sent in pieces): should the client be refused, the site has been counting its own timeouts since about
+    when the client connected, as it would had the client reached it directly, instead of from our handshake
+    timeout on. Nothing is sent on it. Should the site end it (or speak) first, `on_end` is called: its
+    client would see that now. A MaskRelay takes it (`hand_to`); cancelled when the handshake ends any other
+    way."""
+
+    __slots__ = ("_ctx", "_dial", "_mask", "_on_end", "_then", "ended", "pending", "transport")
+
+    def __init__(self, ctx: Context, mask: HostPort, on_end: Callable[[], None]) -> None:
+        self._ctx = ctx
+        self._mask = mask
+        self._on_end: Callable[[], None] | None = on_end
+        self.transport: asyncio.Transport | None = None
+        self.pending = b""  # what the site sent unasked (web sites do not): for the client
+        self.ended = False  # the site closed its side
+        self._dial: Dial | None = None
+        self._then: Handed | None = None
+
+    def start(self) -> None:
+        self._dial = Dial(self._ctx, [self._mask], lambda: self, self._dialled)
+        self._dial.start()
+
+    def hand_to(self, then: Handed) -> None:
+        """`then(leg, pending, ended)` once the dial is over: the leg (None when the dial failed or the site
+        closed it), what the site sent on it, and whether the site closed its side."""
+        self._on_end = None
+        if self._dial is not None:
+            self._then = then
+            return
+        self._give(then)
+
+    def cancel(self) -> None:
+        self._then = self._on_end = None
+        if self._dial is not None:
+            self._dial.cancel()
+            self._dial = None
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.close()
+
+    def _dialled(self, dialled: bool | None) -> None:
+        self._dial = None
+        then, self._then = self._then, None
+        if then is not None:
+            self._give(then)
+
+    def _give(self, then: Handed) -> None:
+        transport, self.transport = self.transport, None
+        then(transport if transport is not None and not transport.is_closing() else None, self.pending, self.ended)
+
+    def _site_acted(self) -> None:
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            self._ctx.loop.call_soon(on_end)  # not inside this transport's own callback
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.pending += data
+        if self.transport is not None:
+            self.transport.pause_reading()  # the rest waits in the socket for the relay
+        self._site_acted()
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        self._site_acted()
+        return True  # the relay that takes the leg may still send on it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.ended = True
+        self._site_acted()
 
 
 class MaskRelay(Pair):
@@ -26,11 +108,14 @@ class MaskRelay(Pair):
 
     __slots__ = ("_leg_address",)
 
-    def open(self, mask: HostPort, received: bytes, local: HostPort) -> None:
-        """Dial the mask and give it `received`, all the client sent so far; `local` is the address the
-        client connected to (the listener, or behind a balancer the PROXY header's destination)."""
+    def open(self, mask: HostPort, received: bytes, local: HostPort, early: EarlyMask | None = None) -> None:
+        """Dial the mask, or take the leg dialled `early`, and give it `received`, all the client sent so far;
+        `local` is the address the client connected to (the listener, or behind a balancer the PROXY
+        header's destination)."""
         ctx = self.ctx
         if ctx.mask_legs and self.peer in ctx.mask_legs:
+            if early is not None:
+                early.cancel()
             # behind a balancer: this "client" is one of our own mask connections, routed back to us (the
             # mask's name leads to the balancer, which start-up cannot know without DNS). Its bytes are
             # only ever here once the first relay has dialled, so the check cannot come too early.
@@ -42,8 +127,34 @@ class MaskRelay(Pair):
             return
         if ctx.mask_header:
             received = self._proxy_header(local) + received
+        if early is not None:
+            self._dial = early  # cancelled if the client goes meanwhile
+            early.hand_to(partial(self._early_leg, mask, received))
+            return
+        self._dial_mask(mask, received)
+
+    def _dial_mask(self, mask: HostPort, received: bytes) -> None:
         self._dial = Dial(self.ctx, [mask], self._leg, partial(self._dialled, mask, received))
         self._dial.start()
+
+    def _early_leg(self, mask: HostPort, received: bytes, up: asyncio.Transport | None, pending: bytes,
+                   ended: bool) -> None:
+        self._dial = None
+        if up is None and not ended:  # the early dial failed: dial as usual
+            self._dial_mask(mask, received)
+            return
+        if pending:
+            send(self.transport, self.fd, memoryview(pending))
+        if up is None:  # the site closed the leg: its client would see the close now
+            self.close()
+            return
+        up.set_protocol(self._leg())
+        self._up_made(up)
+        self._dialled(mask, received, True)
+        if ended:  # seen by the early leg: the relay passes it on as if it came now
+            self._up_eof()
+        elif pending:
+            up.resume_reading()  # paused by the early leg at the site's first bytes
 
     def _leg(self) -> Leg:
         return Leg(self)
