@@ -40,7 +40,7 @@ from mtproxy.testkit.process import ProxyProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = ("README.md", "docs/cli.md", "docs/deploy.md", "docs/engine.md", "docs/testing.md", "docs/benchmarks.md",
-        "docs/mtproxy/user_guide.md")
+        "docs/mtproxy/user_guide.md", "docs/undetectability.md")
 # Pages with no shell command (the page for end users, the design notes): their blocks must still be labelled.
 PROSE = ("docs/architecture.md", "docs/protocol.md", "docs/mtproxy/for_users.md")
 SHELL = {"sh", "bash", "shell", "console"}
