@@ -108,6 +108,7 @@ ALLOWED = {
     "testkit/process.py": "a test engine's stdout/stderr, streamed into log files",
     "testkit/servers.py": "a throw-away test certificate in a private TemporaryDirectory, read once by ssl",
     "testkit/socks.py": "a test's danted config and log in the test's own tmp_path, read by that danted only",
+    "testkit/website.py": "a test nginx's certificates, page, config and log in the test's own directory",
 }
 WRITERS = re.compile(r"\.write_(?:text|bytes)\(|os\.(?:replace|rename)\(|mkstemp\(|NamedTemporaryFile\("
                      r"|\bopen\([^)]*[\"'][wax]b?\+?[\"']")
