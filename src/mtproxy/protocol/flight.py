@@ -96,6 +96,8 @@ class FlightReader:
         pending = self._pending + chunk
         while len(pending) >= faketls.RECORD_HEADER_SIZE:
             length = int.from_bytes(pending[3:5], "big")
+            if pending[1] != 3 or length > faketls.MAX_CLIENT_RECORD:  # no TLS record: no need to wait for it
+                raise TlsFormatError("the server's answer is not TLS records")
             end = faketls.RECORD_HEADER_SIZE + length
             if len(pending) < end:
                 break
