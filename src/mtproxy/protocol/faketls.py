@@ -49,6 +49,14 @@ CERT_KEY_SIZE = 32  # the AES-256 key of the certificate stand-in (`cert_stand_i
 FLIGHT_RANDOM = KEY_SHARE_SIZE + CERT_KEY_SIZE  # what a server flight draws (`accept_hello`)
 
 
+def draw_flight_random(random_bytes: Callable[[int], bytes]) -> bytes:
+    """FLIGHT_RANDOM random bytes for a flight, the x25519 share's top bit clear: a real share is a number
+    below 2^255 - 19 (RFC 7748 5), so a set bit, in half of all random draws, would give the flight away."""
+    drawn = bytearray(random_bytes(FLIGHT_RANDOM))
+    drawn[KEY_SHARE_SIZE - 1] &= 0x7F
+    return bytes(drawn)
+
+
 class ClientHello(NamedTuple):
     """What the handshake needs of a ClientHello (a named tuple: built for every fake-TLS connection, where a
     frozen dataclass costs ~0.3 µs more)."""
@@ -229,8 +237,8 @@ def fit_shape(shape: HelloShape, hello: ClientHello) -> HelloShape:
     """`shape` as this client can be answered: the site's cipher and group where the client offers them, else
     the client's first TLS 1.3 suite and x25519 (which every MTProto client offers). A suite the client did
     not offer, or a share for a group it sent none for, is what a real server never sends."""
-    if shape == DEFAULT_SHAPE:
-        return shape
+    if shape.cipher in (0, hello.suite) and shape.group == X25519:  # nothing to look up: the commonest case
+        return HelloShape(hello.suite, shape.extensions, X25519) if shape.cipher else shape
     offers = client_offers(hello.record)
     cipher = shape.cipher if shape.cipher in offers.suites else hello.suite
     group = shape.group if shape.group in offers.groups and shape.group in SERVER_SHARE_SIZES else X25519

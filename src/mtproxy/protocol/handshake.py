@@ -354,7 +354,7 @@ class Handshake:
         many secrets are tried."""
         if self._drawn is None:
             size = self._cert_size()
-            self._drawn = self._random(faketls.FLIGHT_RANDOM), size
+            self._drawn = faketls.draw_flight_random(self._random), size
         return self._drawn
 
     def _tls_found(self, hello: faketls.ClientHello, index: int, accepted: tuple[int, bytes], now: float) -> Step:
