@@ -96,8 +96,8 @@ def test_default_shape_is_todays_flight(aes: Backend) -> None:
 
 
 def test_every_backend_builds_the_same_shaped_flight(libcrypto: ctypes.CDLL | None) -> None:
-    """The native library builds the default shape itself and leaves the others to the Python reference after
-    its parse: the same bytes either way, as from the OpenSSL backends."""
+    """The native library builds every shape itself: the same bytes as the Python reference the OpenSSL
+    backends run."""
     backends = [make_backend(name, libcrypto) for name in BACKENDS if name != "native" or native.open_library()]
     for record in TDLIB_HELLOS:
         for shape in (DEFAULT_SHAPE, HYBRID, HelloShape(0x1303, (0x2B, 0x33), X25519)):

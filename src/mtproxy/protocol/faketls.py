@@ -198,7 +198,7 @@ class HelloShape(NamedTuple):
     group: int = X25519
 
 
-DEFAULT_SHAPE = HelloShape()  # the flight the native library builds; any other is built here
+DEFAULT_SHAPE = HelloShape()  # today's flight: key_share first, x25519, the client's first suite
 
 
 class Offers(NamedTuple):
@@ -256,17 +256,13 @@ def check_hello(aes: Aes, record: bytes, secret_key: bytes | None = None, drawn:
                 shape: HelloShape = DEFAULT_SHAPE) -> tuple[ClientHello, tuple[int, bytes] | None]:
     """One whole ClientHello record parsed (TlsFormatError when malformed) and, given a secret key, accepted
     under it as `accept_hello` does (None as well when the hello offers no TLS 1.3 suite): in one call into
-    `aes.tls_hello` where the backend has it, else `parse_client_hello` and `accept_hello`, same answers.
-    The library builds only the default shape: another one it only parses, and the flight is built here."""
+    `aes.tls_hello` where the backend has it, else `parse_client_hello` and `accept_hello`, same answers."""
     if secret_key is not None:
         _check_flight_arguments(drawn, cert_size)
     check = aes.tls_hello
     if check is not None:
-        if shape == DEFAULT_SHAPE:
-            return check(record, secret_key, drawn, cert_size)
-        hello = check(record, None, b"", 0)[0]
-    else:
-        hello = parse_client_hello(record)
+        return check(record, secret_key, drawn, cert_size, shape)
+    hello = parse_client_hello(record)
     if secret_key is None or not hello.suite:
         return hello, None
     return hello, accept_hello(aes, hello, secret_key, drawn, cert_size, keyed, shape)
@@ -283,15 +279,15 @@ def accept_hello(aes: Aes, hello: ClientHello, secret_key: bytes, drawn: bytes, 
                  keyed: hmac.HMAC | None = None, shape: HelloShape = DEFAULT_SHAPE) -> tuple[int, bytes] | None:
     """The client's clock and the server's flight when the hello's digest verifies under `secret_key`, else
     None. `drawn` is FLIGHT_RANDOM random bytes: the x25519 share, then the certificate stand-in's key. In one
-    call into `aes.tls_accept` where the backend has it and the shape is the default, else `client_timestamp`
+    call into `aes.tls_accept` where the backend has it, else `client_timestamp`
     (`keyed`, the key's HMAC, saves keying it again) and `build_server_flight`: same answers, same bytes.
     A larger share (the hybrid group's) takes its first bytes from the stand-in's keystream, after the
     certificate's."""
     _check_flight_arguments(drawn, cert_size)
     choose_cipher_suite(hello)
     accept = aes.tls_accept
-    if accept is not None and shape == DEFAULT_SHAPE:
-        return accept(hello, secret_key, drawn, cert_size)
+    if accept is not None:
+        return accept(hello, secret_key, drawn, cert_size, shape)
     clock = client_timestamp(keyed if keyed is not None else keyed_hmac(secret_key), hello)
     if clock is None:
         return None
