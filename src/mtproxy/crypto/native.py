@@ -293,9 +293,13 @@ def pack_shape(shape: HelloShape) -> int:
 _DEFAULT_PACKED: Final = pack_shape(DEFAULT_SHAPE)
 
 
-def _flight_length(out: ctypes.Array[ctypes.c_char], start: int, cert_size: int) -> int:
-    """The length of the flight the library wrote at out[start:]: its ServerHello record, then
+def _flight_length(out: ctypes.Array[ctypes.c_char], start: int, session_id_len: int, cert_size: int,
+                   shape: HelloShape) -> int:
+    """The length of the flight the library wrote at out[start:]: known for the default shape, else read from
+    its ServerHello's record header (whether the client got the larger share is the library's to fit), then
     ChangeCipherSpec and the certificate record."""
+    if shape is DEFAULT_SHAPE:
+        return _FLIGHT_FIXED + session_id_len + cert_size
     hello = int.from_bytes(_sliced(out, start + 3, start + 5), "big")
     return RECORD_HEADER_SIZE + hello + 6 + RECORD_HEADER_SIZE + cert_size
 
@@ -330,7 +334,7 @@ def check_hello(lib: ctypes.CDLL, record: bytes, secret_key: bytes | None = None
     clock = int.from_bytes(_sliced(out, 0, _CLOCK), "little", signed=True)
     if clock < 0:
         return hello, None
-    return hello, (clock, _sliced(out, _CLOCK, _CLOCK + _flight_length(out, _CLOCK, cert_size)))
+    return hello, (clock, _sliced(out, _CLOCK, _CLOCK + _flight_length(out, _CLOCK, session_id_len, cert_size, shape)))
 
 
 def accept_hello(lib: ctypes.CDLL, hello: ClientHello, secret_key: bytes, drawn: bytes,
@@ -352,7 +356,7 @@ def accept_hello(lib: ctypes.CDLL, hello: ClientHello, secret_key: bytes, drawn:
         if clock == -1:
             return None
         raise ValueError(f"the native library refused a ClientHello ({clock})")
-    return clock, _sliced(out, 0, _flight_length(out, 0, cert_size))
+    return clock, _sliced(out, 0, _flight_length(out, 0, len(session_id), cert_size, shape))
 
 
 def _sliced(buffer: ctypes.Array[ctypes.c_char], start: int, stop: int) -> bytes:

@@ -62,7 +62,8 @@ class SiteFlight:
         answered = (faketls.EXT_KEY_SHARE, faketls.EXT_SUPPORTED_VERSIONS)
         extensions = self.extensions if sorted(self.extensions) == sorted(answered) else answered
         imitable = faketls.SERVER_SHARE_SIZES.get(self.group) == self.share_size
-        return faketls.HelloShape(self.cipher, extensions, self.group if imitable else faketls.X25519)
+        shape = faketls.HelloShape(self.cipher, extensions, self.group if imitable else faketls.X25519)
+        return faketls.DEFAULT_SHAPE if shape == faketls.DEFAULT_SHAPE else shape  # the one its builders know
 
     def cert_size(self) -> int | None:
         """The one record that stands in for the encrypted records: their bytes on the wire, headers between
