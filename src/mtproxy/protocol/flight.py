@@ -19,11 +19,19 @@ _SERVER_HELLO = 0x02
 _RETRY_RANDOM = bytes.fromhex("cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c")
 
 
+def merged_size(total: int, records: int) -> int:
+    """The one record that stands in for `records` application-data records of `total` payload bytes: their
+    payloads and the headers between them, so the flight is as long on the wire."""
+    return total + faketls.RECORD_HEADER_SIZE * max(records - 1, 0)
+
+
 class FlightMeter:
-    """Feed the server's bytes as they arrive; `total` is the application-data payload in whole records."""
+    """Feed the server's bytes as they arrive (`mtproxy doctor`'s handshake); `total` is the application-data
+    payload in whole records, `records` their count."""
 
     def __init__(self) -> None:
         self.total = 0
+        self.records = 0
         self._pending = b""
 
     def feed(self, chunk: bytes) -> None:
@@ -34,14 +42,9 @@ class FlightMeter:
                 break
             if pending[:3] == faketls.APPLICATION_DATA:
                 self.total += length
+                self.records += 1
             pending = pending[faketls.RECORD_HEADER_SIZE + length :]
         self._pending = pending
-
-    def size(self) -> int | None:
-        """The certificate size to imitate: None below MIN_FLIGHT (no TLS 1.3 flight), capped at one record."""
-        if self.total < MIN_FLIGHT:
-            return None
-        return min(self.total, faketls.MAX_RECORD_PAYLOAD)
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,7 @@ class SiteFlight:
         the largest record the clients take."""
         if sum(self.records) < MIN_FLIGHT:
             return None
-        wire = sum(self.records) + faketls.RECORD_HEADER_SIZE * (len(self.records) - 1)
-        return min(wire, faketls.MAX_RECORD_PAYLOAD)
+        return min(merged_size(sum(self.records), len(self.records)), faketls.MAX_RECORD_PAYLOAD)
 
     def describe(self) -> str:
         names = {faketls.EXT_KEY_SHARE: "key_share", faketls.EXT_SUPPORTED_VERSIONS: "supported_versions"}
