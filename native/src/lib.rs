@@ -1071,16 +1071,35 @@ fn parse_hello(r: &[u8]) -> Option<Hello> {
 }
 
 /// A ServerHello's shape (`faketls.HelloShape`, packed by `crypto.native.pack_shape`): bits 0..16 the cipher
-/// suite (0: the client's first), 16..32 the key share group, bit 32 set when supported_versions comes first.
-/// `Fitted` is that shape as one client can be answered (`faketls.fit_shape`).
+/// suite (0: the client's first), 16..32 the key share group, bit 32 set when supported_versions comes first,
+/// 40..56 the suite the certificate size was measured on (0: none). `Fitted` is that shape as one client can
+/// be answered (`faketls.fit_shape`).
 #[derive(Clone, Copy)]
 struct Fitted {
     suite: u16,
     versions_first: bool,
     hybrid: bool,
+    measured: u16,
+}
+
+/// A TLS 1.3 suite's hash length, its Finished message's size (`faketls.FINISHED_SIZES`).
+fn finished_size(suite: u16) -> Option<usize> {
+    match suite {
+        0x1301 | 0x1303 => Some(32),
+        0x1302 => Some(48),
+        _ => None,
+    }
 }
 
 impl Fitted {
+    /// `faketls.answered_cert_size`: the measured size moved by the difference between this suite's Finished
+    /// and the measured suite's, within one record.
+    fn cert_size(self, measured_size: usize) -> usize {
+        let Some(measured) = finished_size(self.measured) else { return measured_size };
+        let answered = finished_size(self.suite).unwrap_or(measured);
+        (measured_size + answered).saturating_sub(measured).clamp(1, MAX_RECORD_PAYLOAD)
+    }
+
     fn share_len(self) -> usize {
         if self.hybrid {
             HYBRID_SHARE
@@ -1113,6 +1132,7 @@ fn fit(hello: &Hello, shape: u64) -> Fitted {
         suite: if offered { cipher } else { hello.suite as u16 },
         versions_first: shape >> 32 & 1 == 1,
         hybrid: shape_group(shape) == X25519MLKEM768 && hello.hybrid,
+        measured: (shape >> 40 & 0xffff) as u16,
     }
 }
 
@@ -1169,7 +1189,7 @@ pub unsafe extern "C" fn mtp_tls_hello(
             return NO_CPU_SUPPORT as i64;
         }
         let fitted = fit(&hello, shape);
-        let size = flight_size(sid_len, cert_size, fitted.share_len());
+        let size = flight_size(sid_len, fitted.cert_size(cert_size), fitted.share_len());
         if key.is_null()
             || drawn.is_null()
             || out.is_null()
@@ -1337,9 +1357,9 @@ pub unsafe extern "C" fn mtp_tls_accept(
             _ => return BAD_ARGUMENT as i64,
         }
     } else {
-        Fitted { suite: suite as u16, versions_first: shape >> 32 & 1 == 1, hybrid: false }
+        Fitted { suite: suite as u16, versions_first: shape >> 32 & 1 == 1, hybrid: false, measured: (shape >> 40 & 0xffff) as u16 }
     };
-    let size = flight_size(session_id_len, cert_size, fitted.share_len());
+    let size = flight_size(session_id_len, fitted.cert_size(cert_size), fitted.share_len());
     if out_len < size {
         return BAD_ARGUMENT as i64;
     }

@@ -15,7 +15,7 @@ from mtproxy.crypto.backend import Backend
 from mtproxy.protocol import client, faketls
 from mtproxy.protocol.errors import ProtocolError, TlsFormatError
 from mtproxy.protocol.faketls import DEFAULT_SHAPE, X25519, X25519MLKEM768, HelloShape
-from mtproxy.protocol.flight import FlightReader, SiteFlight
+from mtproxy.protocol.flight import FlightReader, SiteFlight, follows_client_order
 from mtproxy.protocol.handshake import Handshake, HandshakeSettings, NeedMore, SecretTable
 from mtproxy.protocol.replay import ReplayFilter
 from mtproxy.protocol.secret import Secret, SecretKind
@@ -130,9 +130,38 @@ def test_site_flight_read_in_any_pieces() -> None:
     assert reader.flight() == whole and reader.encrypted == 2
 
 
+def test_a_site_that_follows_the_client_order_answers_each_client_its_first() -> None:
+    assert follows_client_order({0x1301: 0x1301, 0x1302: 0x1302})
+    assert not follows_client_order({0x1301: 0x1302, 0x1302: 0x1302})  # its own preference
+    assert not follows_client_order({0x1301: 0x1301})  # one hello cannot tell
+    site = SiteFlight(0x1301, (0x2B, 0x33), X25519, 32, True, (2000,), 122, client_order=True)
+    assert site.hello_shape() == HelloShape(0, (0x2B, 0x33), X25519, 0x1301)
+    assert "cipher the client's first" in site.describe()
+    apple = faketls.parse_client_hello(client.build_client_hello(KEY, "example.com", os.urandom, 1.7e9,
+                                                                 tls13_suites=client.DARWIN_SUITES))
+    assert apple.suite == 0x1302 and faketls.fit_shape(site.hello_shape(), apple).cipher in (0, 0x1302)
+    own = SiteFlight(0x1302, (0x2B, 0x33), X25519, 32, True, (2000,), 122)
+    assert faketls.fit_shape(own.hello_shape(), faketls.parse_client_hello(TDLIB_HELLOS[0])).cipher == 0x1302
+
+
+@pytest.mark.parametrize(("measured", "first", "size"), [
+    (0x1301, client.TDLIB_SUITES, 3000), (0x1301, client.DARWIN_SUITES, 3016),  # SHA-384's Finished: 16 more
+    (0x1302, client.TDLIB_SUITES, 2984), (0x1302, client.DARWIN_SUITES, 3000), (0, client.DARWIN_SUITES, 3000),
+])
+def test_certificate_size_follows_the_answered_suite(aes: Backend, measured: int, first: tuple[int, ...],
+                                                     size: int) -> None:
+    """A site that follows the client's order answers each suite with its hash's Finished: the size measured
+    on one suite moves by the difference for a client answered the other (TLS 1.3: nothing else changes)."""
+    shape = HelloShape(0, (0x2B, 0x33), X25519, measured)
+    record = client.build_client_hello(KEY, "example.com", os.urandom, 1.7e9, tls13_suites=first)
+    accepted = faketls.check_hello(aes, record, KEY, DRAWN, 3000, shape=shape)[1]
+    assert accepted is not None and flight_of(accepted[1]).records == (size,)
+    assert flight_of(accepted[1]).cipher == first[0]
+
+
 def test_what_cannot_be_imitated_falls_back() -> None:
     p256 = SiteFlight(0x1301, (0x2B, 0x33), 0x0017, 65, True, (40, 2000, 100, 53), 155)
-    assert p256.hello_shape() == HelloShape(0x1301, (0x2B, 0x33), X25519)  # a random point is not on the curve
+    assert p256.hello_shape() == HelloShape(0x1301, (0x2B, 0x33), X25519, 0x1301)  # random is not on the curve
     odd = SiteFlight(0x1301, (0x33, 0x2B, 0x29), X25519, 32, True, (2000,), 130)
     assert odd.hello_shape().extensions == DEFAULT_SHAPE.extensions
     assert SiteFlight(0x1301, (0x2B, 0x33), X25519, 32, True, (53,), 122).cert_size() is None

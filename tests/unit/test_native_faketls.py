@@ -44,10 +44,11 @@ def backends(lib: ctypes.CDLL) -> tuple[backend.Backend, backend.Backend]:
 DRAWN = bytes(range(7, 7 + faketls.FLIGHT_RANDOM))
 PLAIN = backend.openssl_ctr()  # the Python references' AES
 VERSIONS_FIRST = (faketls.EXT_SUPPORTED_VERSIONS, faketls.EXT_KEY_SHARE)
-# the default, a site's cipher that may not be offered with the other order, the hybrid group
-SHAPES = (faketls.DEFAULT_SHAPE, faketls.HelloShape(0x1303, VERSIONS_FIRST, faketls.X25519),
+# the default, a site's cipher that may not be offered with the other order, the hybrid group; sizes measured
+# on a SHA-384 and on a SHA-256 suite
+SHAPES = (faketls.DEFAULT_SHAPE, faketls.HelloShape(0x1303, VERSIONS_FIRST, faketls.X25519, 0x1302),
           faketls.HelloShape(0x1302, VERSIONS_FIRST, faketls.X25519MLKEM768),
-          faketls.HelloShape(0, faketls.DEFAULT_SHAPE.extensions, faketls.X25519MLKEM768))
+          faketls.HelloShape(0, faketls.DEFAULT_SHAPE.extensions, faketls.X25519MLKEM768, 0x1301))
 
 
 def outcome(parse: object, record: bytes) -> ClientHello | str:

@@ -282,12 +282,13 @@ class NativeSecretScan:
 
 
 def pack_shape(shape: HelloShape) -> int:
-    """A ServerHello shape as the library takes it (native/src/lib.rs `Fitted`): the cipher, the group, and
-    whether supported_versions comes first."""
-    if sorted(shape.extensions) != sorted(DEFAULT_SHAPE.extensions) or not 0 <= shape.cipher <= 0xFFFF:
+    """A ServerHello shape as the library takes it (native/src/lib.rs `Fitted`): the cipher, the group,
+    whether supported_versions comes first, the measured suite."""
+    if (sorted(shape.extensions) != sorted(DEFAULT_SHAPE.extensions) or not 0 <= shape.cipher <= 0xFFFF
+            or not 0 <= shape.measured_suite <= 0xFFFF):
         raise ValueError(f"not a ServerHello shape: {shape}")
     versions_first = shape.extensions[0] == EXT_SUPPORTED_VERSIONS
-    return shape.cipher | (shape.group & 0xFFFF) << 16 | versions_first << 32
+    return shape.cipher | (shape.group & 0xFFFF) << 16 | versions_first << 32 | shape.measured_suite << 40
 
 
 _DEFAULT_PACKED: Final = pack_shape(DEFAULT_SHAPE)
@@ -296,12 +297,12 @@ _DEFAULT_PACKED: Final = pack_shape(DEFAULT_SHAPE)
 def _flight_length(out: ctypes.Array[ctypes.c_char], start: int, session_id_len: int, cert_size: int,
                    shape: HelloShape) -> int:
     """The length of the flight the library wrote at out[start:]: known for the default shape, else read from
-    its ServerHello's record header (whether the client got the larger share is the library's to fit), then
-    ChangeCipherSpec and the certificate record."""
+    its ServerHello's and its certificate record's headers (the share's size and the certificate's follow
+    from what the library fitted)."""
     if shape is DEFAULT_SHAPE:
         return _FLIGHT_FIXED + session_id_len + cert_size
-    hello = int.from_bytes(_sliced(out, start + 3, start + 5), "big")
-    return RECORD_HEADER_SIZE + hello + 6 + RECORD_HEADER_SIZE + cert_size
+    cert_at = start + RECORD_HEADER_SIZE + int.from_bytes(_sliced(out, start + 3, start + 5), "big") + 6
+    return cert_at - start + RECORD_HEADER_SIZE + int.from_bytes(_sliced(out, cert_at + 3, cert_at + 5), "big")
 
 
 def check_hello(lib: ctypes.CDLL, record: bytes, secret_key: bytes | None = None, drawn: bytes = b"",

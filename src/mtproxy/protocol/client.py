@@ -45,14 +45,18 @@ def mlkem768_share(random_bytes: RandomBytes) -> bytes:
     return bytes(packed) + random_bytes(32) + random_bytes(32)
 
 
+TDLIB_SUITES = (0x1301, 0x1302, 0x1303)  # TDLib's TLS 1.3 suites, in its order (Linux, Windows, Android)
+DARWIN_SUITES = (0x1302, 0x1301, 0x1303)  # TDLib's order on Apple systems: AES-256 first
+
+
 def build_client_hello(secret_key: bytes, domain: str, random_bytes: RandomBytes, now: float,
-                       mlkem_share: bytes | None = None) -> bytes:
+                       mlkem_share: bytes | None = None, tls13_suites: tuple[int, ...] = TDLIB_SUITES) -> bytes:
     """A ClientHello shaped like a current Telegram client's or browser's (GREASE, an X25519MLKEM768 and an
     x25519 key share: about 1.8 KB, so tests and the load tool cost the proxy what real clients cost),
     whose random carries the HMAC and the client's clock as protocol.md describes. The hybrid share is
     random bytes unless given (`mlkem768_share`: what a real server, not only the proxy, accepts)."""
     name = domain.encode("ascii")
-    suites = [_GREASE, 0x1301, 0x1302, 0x1303, 0xC02B, 0xC02F, 0xC02C, 0xC030, 0xCCA9, 0xCCA8, 0xC013, 0xC014]
+    suites = [_GREASE, *tls13_suites, 0xC02B, 0xC02F, 0xC02C, 0xC030, 0xCCA9, 0xCCA8, 0xC013, 0xC014]
     if mlkem_share is None:
         mlkem_share = random_bytes(_MLKEM_SHARE)
     if len(mlkem_share) != _MLKEM_SHARE:

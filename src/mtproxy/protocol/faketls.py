@@ -187,15 +187,22 @@ def keyed_hmac(secret_key: bytes) -> hmac.HMAC:
     return hmac.new(secret_key, digestmod=hashlib.sha256)
 
 
+# A suite's hash length, which is its Finished message's size: the one part of a site's encrypted flight
+# whose size follows the cipher it chose
+FINISHED_SIZES = {0x1301: 32, 0x1302: 48, 0x1303: 32}
+
+
 class HelloShape(NamedTuple):
     """What the ServerHello copies of the mask site's: the cipher suite it chose (0: the client's first TLS 1.3
     suite), its extensions in its order (key_share, supported_versions: the only two a TLS 1.3 ServerHello
-    without a resumed session has), its key share group (one of SERVER_SHARE_SIZES). A shape is taken only as
-    far as each client offers it (`fit_shape`)."""
+    without a resumed session has), its key share group (one of SERVER_SHARE_SIZES), and the suite of the
+    flight the certificate size was measured on (0: none), so a client answered another suite gets the size
+    that suite's Finished gives. A shape is taken only as far as each client offers it (`fit_shape`)."""
 
     cipher: int = 0
     extensions: tuple[int, ...] = (EXT_KEY_SHARE, EXT_SUPPORTED_VERSIONS)
     group: int = X25519
+    measured_suite: int = 0
 
 
 DEFAULT_SHAPE = HelloShape()  # today's flight: key_share first, x25519, the client's first suite
@@ -238,11 +245,21 @@ def fit_shape(shape: HelloShape, hello: ClientHello) -> HelloShape:
     the client's first TLS 1.3 suite and x25519 (which every MTProto client offers). A suite the client did
     not offer, or a share for a group it sent none for, is what a real server never sends."""
     if shape.cipher in (0, hello.suite) and shape.group == X25519:  # nothing to look up: the commonest case
-        return HelloShape(hello.suite, shape.extensions, X25519) if shape.cipher else shape
+        return shape._replace(cipher=hello.suite) if shape.cipher else shape
     offers = client_offers(hello.record)
     cipher = shape.cipher if shape.cipher in offers.suites else hello.suite
     group = shape.group if shape.group in offers.groups and shape.group in SERVER_SHARE_SIZES else X25519
-    return HelloShape(cipher, shape.extensions, group)
+    return HelloShape(cipher, shape.extensions, group, shape.measured_suite)
+
+
+def answered_cert_size(cert_size: int, fitted: HelloShape, hello: ClientHello) -> int:
+    """The certificate record's size for a client answered in `fitted`: `cert_size` as measured, moved by the
+    difference between its suite's Finished and the measured suite's, within one record."""
+    measured = FINISHED_SIZES.get(fitted.measured_suite)
+    if measured is None:
+        return cert_size
+    answered = FINISHED_SIZES.get(fitted.cipher or hello.suite, measured)
+    return min(max(cert_size + answered - measured, 1), MAX_RECORD_PAYLOAD)
 
 
 def choose_cipher_suite(hello: ClientHello) -> int:
@@ -292,6 +309,7 @@ def accept_hello(aes: Aes, hello: ClientHello, secret_key: bytes, drawn: bytes, 
     if clock is None:
         return None
     shape = fit_shape(shape, hello)
+    cert_size = answered_cert_size(cert_size, shape, hello)
     extra = SERVER_SHARE_SIZES[shape.group] - KEY_SHARE_SIZE
     stream = _keystream(aes.encrypt_block, drawn[KEY_SHARE_SIZE:], cert_size + extra)
     key_share = stream[cert_size:] + drawn[:KEY_SHARE_SIZE]

@@ -58,14 +58,19 @@ class SiteFlight:
     ccs: bool  # ChangeCipherSpec between the ServerHello and the encrypted records
     records: tuple[int, ...]  # the application-data records' payload sizes
     hello_size: int  # the ServerHello record's payload
+    # whether the site takes the client's first TLS 1.3 suite (`follows_client_order`), then each client gets
+    # its own first, not `cipher`
+    client_order: bool = False
 
     def hello_shape(self) -> faketls.HelloShape:
-        """What of it the fake ServerHello copies: the cipher and the extension order as they are, the group
-        when its share can be imitated (faketls.SERVER_SHARE_SIZES) and has that size."""
+        """What of it the fake ServerHello copies: the cipher (or each client's first, `client_order`) and the
+        extension order as they are, the group when its share can be imitated (faketls.SERVER_SHARE_SIZES)
+        and has that size."""
         answered = (faketls.EXT_KEY_SHARE, faketls.EXT_SUPPORTED_VERSIONS)
         extensions = self.extensions if sorted(self.extensions) == sorted(answered) else answered
         imitable = faketls.SERVER_SHARE_SIZES.get(self.group) == self.share_size
-        shape = faketls.HelloShape(self.cipher, extensions, self.group if imitable else faketls.X25519)
+        cipher = 0 if self.client_order else self.cipher
+        shape = faketls.HelloShape(cipher, extensions, self.group if imitable else faketls.X25519, self.cipher)
         return faketls.DEFAULT_SHAPE if shape == faketls.DEFAULT_SHAPE else shape  # the one its builders know
 
     def cert_size(self) -> int | None:
@@ -79,9 +84,16 @@ class SiteFlight:
     def describe(self) -> str:
         names = {faketls.EXT_KEY_SHARE: "key_share", faketls.EXT_SUPPORTED_VERSIONS: "supported_versions"}
         order = ", ".join(names.get(ext, f"{ext:#06x}") for ext in self.extensions)
-        return (f"cipher {self.cipher:#06x}, key share {self.group:#06x} ({self.share_size} bytes), ServerHello"
+        cipher = "the client's first" if self.client_order else f"{self.cipher:#06x}"
+        return (f"cipher {cipher}, key share {self.group:#06x} ({self.share_size} bytes), ServerHello"
                 f" extensions {order}, {'' if self.ccs else 'no '}ChangeCipherSpec,"
                 f" {len(self.records)} encrypted records ({', '.join(map(str, self.records))} bytes)")
+
+
+def follows_client_order(choices: dict[int, int]) -> bool:
+    """Whether a site that chose `choices[first]` for ClientHellos listing `first` first among their TLS 1.3
+    suites (two or more such hellos) takes the client's preference: it chose each client's first."""
+    return len(choices) > 1 and all(first == chosen for first, chosen in choices.items())
 
 
 class FlightReader:
@@ -128,6 +140,13 @@ class FlightReader:
     def encrypted(self) -> int:
         """Application-data records so far."""
         return len(self._records)
+
+    @property
+    def cipher(self) -> int | None:
+        """The ServerHello's cipher suite once it is here."""
+        if self._hello is None:
+            return None
+        return _parse_server_hello(self._hello, self._ccs, ()).cipher
 
     def flight(self) -> SiteFlight:
         if self._hello is None:

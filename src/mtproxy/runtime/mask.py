@@ -10,12 +10,13 @@ import os
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 from mtproxy.config import HostPort
-from mtproxy.protocol.client import build_client_hello, mlkem768_share
+from mtproxy.protocol.client import DARWIN_SUITES, TDLIB_SUITES, build_client_hello, mlkem768_share
 from mtproxy.protocol.errors import TlsFormatError
-from mtproxy.protocol.flight import FlightReader, SiteFlight
+from mtproxy.protocol.flight import FlightReader, SiteFlight, follows_client_order
 from mtproxy.protocol.proxyheader import Endpoint, build_v1, build_v2
 
 from .buffers import send
@@ -149,14 +150,25 @@ async def probe_flight(target: HostPort, sni: str, timeout: float = PROBE_TIMEOU
 
 
 async def _probe(target: HostPort, sni: str, quiet: float) -> SiteFlight:
+    """The site's whole flight to TDLib's suite order, then its ServerHello to the Apple clients' order (AES-256
+    first): whether it follows the client's preference or its own decides what each client is answered."""
+    flight = await _answer(target, sni, TDLIB_SUITES, quiet)
+    other = await _answer(target, sni, DARWIN_SUITES, None)
+    choices = {TDLIB_SUITES[0]: flight.cipher, DARWIN_SUITES[0]: other.cipher}
+    return replace(flight, client_order=follows_client_order(choices))
+
+
+async def _answer(target: HostPort, sni: str, suites: tuple[int, ...], quiet: float | None) -> SiteFlight:
+    """The site's answer to one ClientHello: its whole flight, up to `quiet` seconds of silence after an
+    encrypted record, or (`quiet` None) its ServerHello alone."""
     # the key only makes the hello's random an HMAC, as a client's is; the site checks nothing of it
-    hello = build_client_hello(os.urandom(16), sni, os.urandom, time.time(), mlkem768_share(os.urandom))
+    hello = build_client_hello(os.urandom(16), sni, os.urandom, time.time(), mlkem768_share(os.urandom), suites)
     reader, writer = await asyncio.open_connection(target.host, target.port)
     try:
         writer.write(hello)
         await writer.drain()
         flight = FlightReader()
-        while True:
+        while quiet is not None or flight.cipher is None:
             try:
                 chunk = await asyncio.wait_for(reader.read(65536), quiet if flight.encrypted else None)
             except TimeoutError:

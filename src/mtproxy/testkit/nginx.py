@@ -60,7 +60,7 @@ class NginxSite:
         binary = nginx_binary()
         if binary is None:
             raise RuntimeError("nginx is not installed (apt-get install nginx-light; scripts/install-test-deps)")
-        self.port, self.wait = port, wait
+        self.port, self.wait, self.prefer_server_ciphers = port, wait, prefer_server_ciphers
         directory.mkdir(parents=True, exist_ok=True)
         self.log = directory / "error.log"
         config = directory / "nginx.conf"
