@@ -930,8 +930,13 @@ const SESSION_ID_OFFSET: usize = TLS_RANDOM_OFFSET + TLS_RANDOM + 1; // after th
 const TLS13_SUITES: [u16; 3] = [0x1301, 0x1302, 0x1303];
 const HELLO_MALFORMED: i32 = -1;
 const NO_NAME: u32 = u32::MAX;
-// ServerHello's extensions: key_share (x25519, 32 bytes), supported_versions (TLS 1.3)
-const KEY_SHARE_HEAD: [u8; 8] = [0x00, 0x33, 0x00, 0x24, 0x00, 0x1d, 0x00, 0x20];
+// ServerHello's extensions: key_share (x25519's 32 bytes, or X25519MLKEM768's ML-KEM-768 ciphertext then
+// x25519's share), supported_versions (TLS 1.3)
+const EXT_KEY_SHARE: usize = 0x0033;
+const X25519: u16 = 0x001d;
+const X25519MLKEM768: u16 = 0x11ec;
+const X25519_SHARE: usize = 32;
+const HYBRID_SHARE: usize = 1120;
 const SUPPORTED_VERSIONS: [u8; 6] = [0x00, 0x2b, 0x00, 0x02, 0x03, 0x04];
 const CHANGE_CIPHER_SPEC: [u8; 6] = [0x14, 0x03, 0x03, 0x00, 0x01, 0x01];
 
@@ -975,11 +980,34 @@ fn server_name(data: &[u8], start: usize, end: usize) -> Option<(u32, u32)> {
 }
 
 /// What the handshake needs of a well-formed ClientHello record: the session id's length (it starts at
-/// SESSION_ID_OFFSET), the last server_name extension's host name, the first TLS 1.3 suite offered (0: none).
+/// SESSION_ID_OFFSET), the last server_name extension's host name, the first TLS 1.3 suite offered (0: none),
+/// and what a shaped ServerHello answers (`faketls.client_offers`): the TLS 1.3 suites offered (bit i for
+/// TLS13_SUITES[i]), whether a key share for X25519MLKEM768 is among its key shares.
 struct Hello {
     session_id_len: u32,
     name: (u32, u32),
     suite: u32,
+    suites: u8,
+    hybrid: bool,
+}
+
+/// Whether the key_share extension's body at `r[start..end]` holds a share for `group`, walked as
+/// `faketls.client_offers` walks it (a share's length may run past the list: the walk just ends).
+fn offers_share(r: &[u8], start: usize, end: usize, group: usize) -> bool {
+    if start + 2 > end {
+        return false;
+    }
+    let Some(listed) = be(r, start, 2) else { return false };
+    let shares_end = end.min(start + 2 + listed);
+    let mut share = start + 2;
+    while share + 4 <= shares_end {
+        if be(r, share, 2) == Some(group) {
+            return true;
+        }
+        let Some(length) = be(r, share + 2, 2) else { return false };
+        share += 4 + length;
+    }
+    false
 }
 
 /// `parse_client_hello`'s checks, in its order; None when it raises.
@@ -1006,6 +1034,7 @@ fn parse_hello(r: &[u8]) -> Option<Hello> {
     }
     let (_, mut pos) = vector(r, suites_end, 1, body_end)?;
     let mut name = (NO_NAME, 0);
+    let mut hybrid = false;
     if pos < body_end {
         let extensions_end = pos + 2 + be(r, pos, 2).filter(|_| pos + 2 <= body_end)?;
         if extensions_end > body_end {
@@ -1023,17 +1052,88 @@ fn parse_hello(r: &[u8]) -> Option<Hello> {
             }
             if ext_type == 0 {
                 name = server_name(r, pos + 4, ext_end)?;
+            } else if ext_type == EXT_KEY_SHARE {
+                hybrid |= offers_share(r, pos + 4, ext_end, X25519MLKEM768 as usize);
             }
             pos = ext_end;
         }
     }
-    let suites = r.get(suites_start..suites_end)?;
-    let suite = suites
-        .chunks_exact(2)
-        .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
-        .find(|suite| TLS13_SUITES.contains(suite))
-        .map_or(0, u32::from);
-    Some(Hello { session_id_len: (sid_end - sid_start) as u32, name, suite })
+    let listed = r.get(suites_start..suites_end)?.chunks_exact(2).map(|pair| u16::from_be_bytes([pair[0], pair[1]]));
+    let mut suite = 0;
+    let mut suites = 0u8;
+    for offered in listed {
+        if let Some(i) = TLS13_SUITES.iter().position(|&s| s == offered) {
+            suite = if suites == 0 { u32::from(offered) } else { suite };
+            suites |= 1 << i;
+        }
+    }
+    Some(Hello { session_id_len: (sid_end - sid_start) as u32, name, suite, suites, hybrid })
+}
+
+/// A ServerHello's shape (`faketls.HelloShape`, packed by `crypto.native.pack_shape`): bits 0..16 the cipher
+/// suite (0: the client's first), 16..32 the key share group, bit 32 set when supported_versions comes first,
+/// 40..56 the suite the certificate size was measured on (0: none). `Fitted` is that shape as one client can
+/// be answered (`faketls.fit_shape`).
+#[derive(Clone, Copy)]
+struct Fitted {
+    suite: u16,
+    versions_first: bool,
+    hybrid: bool,
+    measured: u16,
+}
+
+/// A TLS 1.3 suite's hash length, its Finished message's size (`faketls.FINISHED_SIZES`).
+fn finished_size(suite: u16) -> Option<usize> {
+    match suite {
+        0x1301 | 0x1303 => Some(32),
+        0x1302 => Some(48),
+        _ => None,
+    }
+}
+
+impl Fitted {
+    /// `faketls.answered_cert_size`: the measured size moved by the difference between this suite's Finished
+    /// and the measured suite's, within one record.
+    fn cert_size(self, measured_size: usize) -> usize {
+        let Some(measured) = finished_size(self.measured) else { return measured_size };
+        let answered = finished_size(self.suite).unwrap_or(measured);
+        (measured_size + answered).saturating_sub(measured).clamp(1, MAX_RECORD_PAYLOAD)
+    }
+
+    fn share_len(self) -> usize {
+        if self.hybrid {
+            HYBRID_SHARE
+        } else {
+            X25519_SHARE
+        }
+    }
+}
+
+fn shape_cipher(shape: u64) -> u16 {
+    (shape & 0xffff) as u16
+}
+
+fn shape_group(shape: u64) -> u16 {
+    (shape >> 16 & 0xffff) as u16
+}
+
+/// Whether fitting `shape` to a client whose first TLS 1.3 suite is `suite` needs the rest of its offers.
+fn needs_offers(shape: u64, suite: u16) -> bool {
+    let cipher = shape_cipher(shape);
+    (cipher != 0 && cipher != suite) || shape_group(shape) != X25519
+}
+
+/// `faketls.fit_shape`: the site's cipher and group where the client offers them, else its first suite and
+/// x25519.
+fn fit(hello: &Hello, shape: u64) -> Fitted {
+    let cipher = shape_cipher(shape);
+    let offered = TLS13_SUITES.iter().position(|&s| s == cipher).is_some_and(|i| hello.suites & (1 << i) != 0);
+    Fitted {
+        suite: if offered { cipher } else { hello.suite as u16 },
+        versions_first: shape >> 32 & 1 == 1,
+        hybrid: shape_group(shape) == X25519MLKEM768 && hello.hybrid,
+        measured: (shape >> 40 & 0xffff) as u16,
+    }
 }
 
 /// Two HMAC-SHA256 under one key (its midstates), each of a first block then the rest, hashed side by side
@@ -1051,14 +1151,15 @@ fn hmac_pair(sha: Sha, key: &([u32; 8], [u32; 8]), a: (&[u8; SHA_BLOCK], &[u8]),
 }
 
 /// `faketls.parse_client_hello`'s checks on one whole ClientHello record and, given a secret key (`key_len`
-/// not 0), `mtp_tls_accept` under it in the same call: the hinted secret's handshake, one call. Returns -1
+/// not 0), `mtp_tls_accept` under it in the same call, its ServerHello in `shape` (see `Fitted`): the hinted
+/// secret's handshake, one call. Returns -1
 /// when `parse_client_hello` would raise, else, packed into one number: bits 0..8 the session id's length (it
 /// starts at byte 44), 8..24 the host name's offset in the record (0xffff: the hello names no host), 24..40
 /// its length, 40..56 the first TLS 1.3 cipher suite offered (0: none). With a key, `out[..8]` gets the
 /// client's clock (a little-endian i64; -1 when the digest differs or no TLS 1.3 suite is offered) and
-/// `out[8..]` the flight when the clock is not -1. -2 on a bad argument (a null pointer; with a key, a
-/// certificate size outside 1..16384 or `out_len` under 8 + the flight's size), -3 with a key but without
-/// AES-NI, AVX2 and VAES.
+/// `out[8..]` the flight when the clock is not -1 (its length follows from its ServerHello's record header
+/// and the certificate size). -2 on a bad argument (a null pointer; with a key, a certificate size outside
+/// 1..16384 or `out_len` under 8 + the flight's size), -3 with a key but without AES-NI, AVX2 and VAES.
 ///
 /// # Safety
 /// `record` readable for `record_len` bytes; with a key, `key` readable for `key_len` bytes, `drawn` for 64,
@@ -1073,6 +1174,7 @@ pub unsafe extern "C" fn mtp_tls_hello(
     cert_size: usize,
     out: *mut u8,
     out_len: usize,
+    shape: u64,
 ) -> i64 {
     if record.is_null() || !fits(record_len, 1) {
         return BAD_ARGUMENT as i64;
@@ -1086,13 +1188,15 @@ pub unsafe extern "C" fn mtp_tls_hello(
         if !cpu_ok() {
             return NO_CPU_SUPPORT as i64;
         }
+        let fitted = fit(&hello, shape);
+        let size = flight_size(sid_len, fitted.cert_size(cert_size), fitted.share_len());
         if key.is_null()
             || drawn.is_null()
             || out.is_null()
             || !fits(key_len, 1)
             || !fits(out_len, 1)
             || !(1..=MAX_RECORD_PAYLOAD).contains(&cert_size)
-            || out_len < 8 + flight_size(sid_len, cert_size)
+            || out_len < 8 + size
         {
             return BAD_ARGUMENT as i64;
         }
@@ -1100,9 +1204,9 @@ pub unsafe extern "C" fn mtp_tls_hello(
         let mut clock = -1i64;
         if hello.suite != 0 {
             let key = core::slice::from_raw_parts(key, key_len);
-            let flight = &mut out[8..8 + flight_size(sid_len, cert_size)];
+            let flight = &mut out[8..8 + size];
             // a parsed record is at least 69 bytes and holds its session id
-            clock = accept(r, sid_len, hello.suite as u16, key, &*(drawn as *const [u8; 64]), flight).map_or(-1, i64::from);
+            clock = accept(r, sid_len, fitted, key, &*(drawn as *const [u8; 64]), flight).map_or(-1, i64::from);
         }
         out[..8].copy_from_slice(&clock.to_le_bytes());
     }
@@ -1128,65 +1232,89 @@ fn hello_clock(digest: &[u8; 32], random: &[u8]) -> Option<u32> {
     Some(u32::from_le_bytes(tail))
 }
 
-/// The bytes of the server's flight for a session id of `session_id_len` bytes and a certificate record of
-/// `cert_size`.
-fn flight_size(session_id_len: usize, cert_size: usize) -> usize {
-    let hello_body = 2 + TLS_RANDOM + 1 + session_id_len + 2 + 1 + 2 + KEY_SHARE_HEAD.len() + 32 + SUPPORTED_VERSIONS.len();
+/// The bytes of the server's flight for a session id of `session_id_len` bytes, a certificate record of
+/// `cert_size` and a key share of `share_len`.
+fn flight_size(session_id_len: usize, cert_size: usize, share_len: usize) -> usize {
+    let hello_body = 2 + TLS_RANDOM + 1 + session_id_len + 2 + 1 + 2 + 8 + share_len + SUPPORTED_VERSIONS.len();
     RECORD_HEADER + 4 + hello_body + CHANGE_CIPHER_SPEC.len() + RECORD_HEADER + cert_size
 }
 
+/// Writes bytes one after another into a buffer the caller sized.
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.buf[self.at..self.at + bytes.len()].copy_from_slice(bytes);
+        self.at += bytes.len();
+    }
+}
+
 /// `faketls.build_server_flight` of `faketls.cert_stand_in` into `flight` (exactly `flight_size` bytes), its
-/// ServerHello's random left zero for the HMAC: ServerHello (echoing the session id, choosing `suite`, the
-/// x25519 share `key_share`), ChangeCipherSpec, and one application-data record of AES-256-CTR keystream
-/// under `cert_key` from a zero counter block. The caller has checked `cpu_ok`.
-unsafe fn write_flight(
-    session_id: &[u8],
-    suite: u16,
-    key_share: &[u8],
-    cert_key: &[u8; 32],
-    flight: &mut [u8],
-) {
-    let cert_size = flight.len() - flight_size(session_id.len(), 0);
-    let handshake = flight_size(session_id.len(), 0) - CHANGE_CIPHER_SPEC.len() - 2 * RECORD_HEADER;
-    let extensions = KEY_SHARE_HEAD.len() + 32 + SUPPORTED_VERSIONS.len();
-    let mut at = 0;
-    let mut put = |bytes: &[u8]| {
-        flight[at..at + bytes.len()].copy_from_slice(bytes);
-        at += bytes.len();
-    };
-    put(&[0x16, 0x03, 0x03]);
-    put(&(handshake as u16).to_be_bytes());
-    put(&[0x02]);
-    put(&((handshake - 4) as u32).to_be_bytes()[1..]);
-    put(&[0x03, 0x03]);
-    put(&[0u8; TLS_RANDOM]);
-    put(&[session_id.len() as u8]);
-    put(session_id);
-    put(&suite.to_be_bytes());
-    put(&[0x00]);
-    put(&(extensions as u16).to_be_bytes());
-    put(&KEY_SHARE_HEAD);
-    put(key_share);
-    put(&SUPPORTED_VERSIONS);
-    put(&CHANGE_CIPHER_SPEC);
-    put(&[0x17, 0x03, 0x03]);
-    put(&(cert_size as u16).to_be_bytes());
-    let body = &mut flight[at..];
-    body.fill(0);
+/// ServerHello's random left zero for the HMAC: ServerHello (echoing the session id, in the `fitted` shape:
+/// its suite, its extension order, the x25519 share `key_share` or the hybrid one, whose ML-KEM part is the
+/// keystream after the certificate's), ChangeCipherSpec, and one application-data record of AES-256-CTR
+/// keystream under `cert_key` from a zero counter block. The caller has checked `cpu_ok`.
+unsafe fn write_flight(session_id: &[u8], fitted: Fitted, key_share: &[u8], cert_key: &[u8; 32], flight: &mut [u8]) {
+    let share_len = fitted.share_len();
+    let bare = flight_size(session_id.len(), 0, share_len);
+    let cert_size = flight.len() - bare;
+    let handshake = bare - CHANGE_CIPHER_SPEC.len() - 2 * RECORD_HEADER;
+    let extensions = 8 + share_len + SUPPORTED_VERSIONS.len();
+    let group = if fitted.hybrid { X25519MLKEM768 } else { X25519 };
+    let mut w = Writer { buf: flight, at: 0 };
+    w.put(&[0x16, 0x03, 0x03]);
+    w.put(&(handshake as u16).to_be_bytes());
+    w.put(&[0x02]);
+    w.put(&((handshake - 4) as u32).to_be_bytes()[1..]);
+    w.put(&[0x03, 0x03]);
+    w.put(&[0u8; TLS_RANDOM]);
+    w.put(&[session_id.len() as u8]);
+    w.put(session_id);
+    w.put(&fitted.suite.to_be_bytes());
+    w.put(&[0x00]);
+    w.put(&(extensions as u16).to_be_bytes());
+    if fitted.versions_first {
+        w.put(&SUPPORTED_VERSIONS);
+    }
+    w.put(&(EXT_KEY_SHARE as u16).to_be_bytes());
+    w.put(&((4 + share_len) as u16).to_be_bytes());
+    w.put(&group.to_be_bytes());
+    w.put(&(share_len as u16).to_be_bytes());
+    let mlkem_at = w.at;
+    w.buf[mlkem_at..mlkem_at + share_len - X25519_SHARE].fill(0);
+    w.at += share_len - X25519_SHARE;
+    w.put(key_share);
+    if !fitted.versions_first {
+        w.put(&SUPPORTED_VERSIONS);
+    }
+    w.put(&CHANGE_CIPHER_SPEC);
+    w.put(&[0x17, 0x03, 0x03]);
+    w.put(&(cert_size as u16).to_be_bytes());
+    let body_at = w.at;
+    let flight = w.buf;
+    flight[body_at..].fill(0);
     let mut state = [0u8; STATE_SIZE];
     mtp_ctr_init(state.as_mut_ptr(), cert_key.as_ptr(), [0u8; 16].as_ptr());
-    mtp_ctr_xor(state.as_mut_ptr(), body.as_ptr(), body.as_mut_ptr(), cert_size);
+    let body = flight[body_at..].as_mut_ptr();
+    mtp_ctr_xor(state.as_mut_ptr(), body, body, cert_size);
+    let mlkem = flight[mlkem_at..].as_mut_ptr();
+    mtp_ctr_xor(state.as_mut_ptr(), mlkem, mlkem, share_len - X25519_SHARE);
 }
 
 /// A parsed ClientHello tried under one secret key, and the server's flight when it verifies. `record` is
 /// a hello `mtp_tls_hello` accepted, with its session id's length and the TLS 1.3 suite it chose; `drawn`
-/// is 64 random bytes, the x25519 share then the certificate stand-in's AES key. When the digest verifies
-/// (`faketls.client_timestamp`), writes the flight (`faketls.build_server_flight` of
-/// `faketls.cert_stand_in`, `out_len` bytes: exactly the size for this session id and `cert_size`) to `out`
-/// and returns the client's clock; else returns -1 (what `out` then holds is no flight: its HMAC is
-/// missing). -2 on a bad argument (a null pointer, a record under 64 bytes or too short for its session id,
-/// a suite of 0, a certificate size outside 1..16384, `out_len` not the flight's size), -3 without AES-NI,
-/// AVX2 and VAES.
+/// is 64 random bytes, the x25519 share then the certificate stand-in's AES key; `shape` as `mtp_tls_hello`
+/// takes it (the record is parsed again only when fitting it needs the client's offers). When the digest
+/// verifies (`faketls.client_timestamp`), writes the flight (`faketls.build_server_flight` of
+/// `faketls.cert_stand_in`: the size for this session id, `cert_size` and the fitted shape, at most
+/// `out_len`; its length follows from its ServerHello's record header) to `out` and returns the client's
+/// clock; else returns -1 (what `out` then holds is no flight: its HMAC is missing). -2 on a bad argument (a
+/// null pointer, a record under 64 bytes or too short for its session id, a suite of 0, a certificate size
+/// outside 1..16384, `out_len` under the flight's size, a record that does not parse when it must), -3
+/// without AES-NI, AVX2 and VAES.
 ///
 /// # Safety
 /// `record` readable for `record_len` bytes, `key` for `key_len` (may be null when 0), `drawn` for 64,
@@ -1203,6 +1331,7 @@ pub unsafe extern "C" fn mtp_tls_accept(
     cert_size: usize,
     out: *mut u8,
     out_len: usize,
+    shape: u64,
 ) -> i64 {
     if !cpu_ok() {
         return NO_CPU_SUPPORT as i64;
@@ -1218,23 +1347,41 @@ pub unsafe extern "C" fn mtp_tls_accept(
         || suite == 0
         || suite > 0xffff
         || !(1..=MAX_RECORD_PAYLOAD).contains(&cert_size)
-        || out_len != flight_size(session_id_len, cert_size)
     {
         return BAD_ARGUMENT as i64;
     }
     let r = core::slice::from_raw_parts(record, record_len);
+    let fitted = if needs_offers(shape, suite as u16) {
+        match parse_hello(r) {
+            Some(hello) if hello.suite == suite => fit(&hello, shape),
+            _ => return BAD_ARGUMENT as i64,
+        }
+    } else {
+        Fitted { suite: suite as u16, versions_first: shape >> 32 & 1 == 1, hybrid: false, measured: (shape >> 40 & 0xffff) as u16 }
+    };
+    let size = flight_size(session_id_len, fitted.cert_size(cert_size), fitted.share_len());
+    if out_len < size {
+        return BAD_ARGUMENT as i64;
+    }
     let key = if key_len == 0 { &[][..] } else { core::slice::from_raw_parts(key, key_len) };
-    let flight = core::slice::from_raw_parts_mut(out, out_len);
-    accept(r, session_id_len, suite as u16, key, &*(drawn as *const [u8; 64]), flight).map_or(NO_MATCH as i64, i64::from)
+    let flight = core::slice::from_raw_parts_mut(out, size);
+    accept(r, session_id_len, fitted, key, &*(drawn as *const [u8; 64]), flight).map_or(NO_MATCH as i64, i64::from)
+}
+
+/// 1: this build's `mtp_tls_hello` and `mtp_tls_accept` take a ServerHello shape (`crypto.native` requires
+/// it, so a stale build without shapes is not loaded).
+#[no_mangle]
+pub extern "C" fn mtp_tls_shapes() -> i32 {
+    1
 }
 
 /// `mtp_tls_accept`'s work on checked arguments: `r` at least 64 bytes and holding the session id,
 /// `flight` exactly `flight_size` bytes. The caller has checked `cpu_ok`.
-unsafe fn accept(r: &[u8], session_id_len: usize, suite: u16, key: &[u8], drawn: &[u8; 64], flight: &mut [u8]) -> Option<u32> {
+unsafe fn accept(r: &[u8], session_id_len: usize, fitted: Fitted, key: &[u8], drawn: &[u8; 64], flight: &mut [u8]) -> Option<u32> {
     let mut cert_key = [0u8; 32];
     cert_key.copy_from_slice(&drawn[32..]);
     // the flight is built before the digest is known: its HMAC then runs beside the hello's
-    write_flight(&r[SESSION_ID_OFFSET..SESSION_ID_OFFSET + session_id_len], suite, &drawn[..32], &cert_key, flight);
+    write_flight(&r[SESSION_ID_OFFSET..SESSION_ID_OFFSET + session_id_len], fitted, &drawn[..32], &cert_key, flight);
     let random = &r[TLS_RANDOM_OFFSET..TLS_RANDOM_OFFSET + TLS_RANDOM];
     let mut hello_first = [0u8; SHA_BLOCK];
     hello_first.copy_from_slice(&r[..SHA_BLOCK]);

@@ -105,6 +105,7 @@ ALLOWED = {
     "accounts/usage.py": "renames an unreadable usage file aside for the operator: no byte is written",
     "store.py": "write_atomic itself",
     "testkit/haproxy.py": "a test HAProxy's output, streamed into a log file beside the test's config",
+    "testkit/nginx.py": "a test nginx's config and certificate chain in the test's own tmp_path, read by it only",
     "testkit/process.py": "a test engine's stdout/stderr, streamed into log files",
     "testkit/servers.py": "a throw-away test certificate in a private TemporaryDirectory, read once by ssl",
     "testkit/socks.py": "a test's danted config and log in the test's own tmp_path, read by that danted only",

@@ -14,7 +14,7 @@ import pytest
 
 from mtproxy.crypto import aesblock, backend, ctr, native
 from mtproxy.protocol import faketls, obfs2
-from mtproxy.protocol.faketls import ClientHello
+from mtproxy.protocol.faketls import ClientHello, HelloShape
 from mtproxy.protocol.secret import Secret
 
 
@@ -204,15 +204,17 @@ Accepted = tuple[int, bytes] | None
 def test_a_wrong_fake_tls_handshake_fails_the_self_test(libcrypto: ctypes.CDLL | None) -> None:
     plain = candidates(libcrypto)[2]
 
-    def lenient(record: bytes, key: bytes | None, drawn: bytes, size: int) -> tuple[ClientHello, Accepted]:
+    def lenient(record: bytes, key: bytes | None, drawn: bytes, size: int,
+                shape: HelloShape) -> tuple[ClientHello, Accepted]:
         # takes a truncated record as Python's parser would a whole one
-        return faketls.check_hello(plain, record if len(record) % 2 else record + b"\x00", key, drawn, size)
+        return faketls.check_hello(plain, record if len(record) % 2 else record + b"\x00", key, drawn, size,
+                                   shape=shape)
 
-    def trusting(hello: ClientHello, key: bytes, drawn: bytes, size: int) -> tuple[int, bytes] | None:
-        return faketls.accept_hello(plain, hello, bytes(range(16)), drawn, size)
+    def trusting(hello: ClientHello, key: bytes, drawn: bytes, size: int, shape: HelloShape) -> Accepted:
+        return faketls.accept_hello(plain, hello, bytes(range(16)), drawn, size, shape=shape)
 
-    def unsigned(hello: ClientHello, key: bytes, drawn: bytes, size: int) -> tuple[int, bytes] | None:
-        accepted = faketls.accept_hello(plain, hello, key, drawn, size)
+    def unsigned(hello: ClientHello, key: bytes, drawn: bytes, size: int, shape: HelloShape) -> Accepted:
+        accepted = faketls.accept_hello(plain, hello, key, drawn, size, shape=shape)
         return None if accepted is None else (accepted[0], faketls.build_server_flight(key, hello, drawn[:32],
                                                                                         bytes(size)))
 

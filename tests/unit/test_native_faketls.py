@@ -20,6 +20,7 @@ from mtproxy.crypto import aesblock, backend, native
 from mtproxy.protocol import client, faketls
 from mtproxy.protocol.errors import ProtocolError
 from mtproxy.protocol.faketls import ClientHello, TlsFormatError
+from mtproxy.protocol.flight import FlightReader
 
 from .vectors import DATA
 
@@ -41,6 +42,13 @@ def backends(lib: ctypes.CDLL) -> tuple[backend.Backend, backend.Backend]:
 
 
 DRAWN = bytes(range(7, 7 + faketls.FLIGHT_RANDOM))
+PLAIN = backend.openssl_ctr()  # the Python references' AES
+VERSIONS_FIRST = (faketls.EXT_SUPPORTED_VERSIONS, faketls.EXT_KEY_SHARE)
+# the default, a site's cipher that may not be offered with the other order, the hybrid group; sizes measured
+# on a SHA-384 and on a SHA-256 suite
+SHAPES = (faketls.DEFAULT_SHAPE, faketls.HelloShape(0x1303, VERSIONS_FIRST, faketls.X25519, 0x1302),
+          faketls.HelloShape(0x1302, VERSIONS_FIRST, faketls.X25519MLKEM768),
+          faketls.HelloShape(0, faketls.DEFAULT_SHAPE.extensions, faketls.X25519MLKEM768, 0x1301))
 
 
 def outcome(parse: object, record: bytes) -> ClientHello | str:
@@ -65,6 +73,12 @@ def assert_same(lib: ctypes.CDLL, record: bytes) -> None:
             if accepted is not None:
                 cert = faketls.cert_stand_in(aesblock.cryptography_encrypt_block, DRAWN[32:], 700)
                 assert accepted[1] == faketls.build_server_flight(key, reference, DRAWN[:32], cert)
+            for shape in SHAPES[1:]:
+                expected_flight = (faketls.accept_hello(PLAIN, reference, key, DRAWN, 700, shape=shape)
+                                   if reference.suite else None)
+                assert native.check_hello(lib, record, key, DRAWN, 700, shape) == (reference, expected_flight)
+                if reference.suite:
+                    assert native.accept_hello(lib, reference, key, DRAWN, 700, shape) == expected_flight
 
 
 def parse(lib: ctypes.CDLL, record: bytes) -> ClientHello:
@@ -158,6 +172,44 @@ def test_crafted_hellos_give_the_same_outcome(lib: ctypes.CDLL, record: bytes,
         assert hello == "malformed"
     else:
         assert isinstance(hello, ClientHello) and (hello.sni, hello.suite, len(hello.session_id)) == expected
+
+
+def key_shares(*shares: tuple[int, int]) -> bytes:
+    """A key_share extension's list: (group, share length) each, the share zero bytes."""
+    listed = b"".join(g.to_bytes(2, "big") + n.to_bytes(2, "big") + bytes(n) for g, n in shares)
+    return len(listed).to_bytes(2, "big") + listed
+
+
+HYBRID = 0x11EC
+
+
+@pytest.mark.parametrize(("extensions", "hybrid"), [
+    (extension(0x33, key_shares((0x0A0A, 1), (HYBRID, 1216), (0x1D, 32))), True),  # TDLib's
+    (extension(0x33, key_shares((0x1D, 32))), False),
+    (extension(0x33, key_shares((0x1D, 32))) + extension(0x33, key_shares((HYBRID, 4))), True),  # two lists
+    (extension(0x33, key_shares((0x1D, 40))[:-8]), False),  # a share past the list: the walk ends there
+    (extension(0x33, b"\x00\x40" + key_shares((HYBRID, 2))[2:]), True),  # a list length past the extension
+    (extension(0x33, b"\x00\x00" + key_shares((HYBRID, 2))[2:]), False),  # a share after the listed ones
+    (extension(0x33, b"\x00"), False),  # no room for the list length
+    (extension(0x33, key_shares((0x1D, 0xFFF0))[:8]), False),  # a share's length past everything
+    (extension(0x28, key_shares((HYBRID, 4))), False),  # another extension's bytes
+])
+def test_key_shares_are_read_alike(lib: ctypes.CDLL, extensions: bytes, hybrid: bool) -> None:
+    """Where a hello lists its key shares decides the hybrid answer: the library reads them as
+    `faketls.client_offers` does, however they are malformed (the hello itself is well-formed)."""
+    key = bytes(range(16))
+    record = bytearray(hello_with(bytes(32), b"\x13\x01\x13\x02", NAME + extensions))
+    record[faketls.RANDOM_OFFSET : faketls.RANDOM_OFFSET + 32] = signed_random(key, bytes(record), 1_000_000_000)
+    hello = faketls.parse_client_hello(bytes(record))
+    assert (HYBRID in faketls.client_offers(hello.record).groups) is hybrid
+    for shape in SHAPES:
+        expected = faketls.accept_hello(PLAIN, hello, key, DRAWN, 900, shape=shape)
+        assert expected is not None
+        assert native.check_hello(lib, hello.record, key, DRAWN, 900, shape) == (hello, expected)
+        assert native.accept_hello(lib, hello, key, DRAWN, 900, shape) == expected
+        reader = FlightReader()
+        reader.feed(expected[1])
+        assert reader.flight().group == (HYBRID if hybrid and shape.group == HYBRID else 0x1D)
 
 
 def signed_random(key: bytes, record: bytes, now: int) -> bytes:

@@ -178,29 +178,34 @@ def _test_init_start(backend: Backend, start: InitStart, data: bytes) -> None:
 
 def _test_tls(backend: Backend) -> None:
     """Its fake-TLS hello check and accept against the Python references in `protocol.faketls`: a hello, a
-    record it must refuse, the right key (the flight byte for byte) and a wrong one."""
+    record it must refuse, the right key (the flight byte for byte, in the default ServerHello shape and in a
+    post-quantum site's) and a wrong one."""
     key, drawn = bytes(range(16)), bytes(range(100, 100 + faketls.FLIGHT_RANDOM))
     record = client.build_client_hello(key, "example.com", lambda n: bytes(i % 251 for i in range(n)), 1e9)
     hello = faketls.parse_client_hello(record)
     python = replace(backend, tls_hello=None, tls_accept=None)
-    reference = faketls.accept_hello(python, hello, key, drawn, 1000)
-    if reference is None:
-        raise ValueError("its streams do not make the reference flight")
+    hybrid = faketls.HelloShape(0x1302, (faketls.EXT_SUPPORTED_VERSIONS, faketls.EXT_KEY_SHARE),
+                                faketls.X25519MLKEM768)
+    for shape in (faketls.DEFAULT_SHAPE, hybrid):
+        reference = faketls.accept_hello(python, hello, key, drawn, 1000, shape=shape)
+        if reference is None:
+            raise ValueError("its streams do not make the reference flight")
+        if backend.tls_hello is not None:
+            for secret_key, expected in ((None, None), (key, reference), (bytes(16), None)):
+                if backend.tls_hello(record, secret_key, drawn, 1000, shape) != (hello, expected):
+                    raise ValueError("its ClientHello check is not faketls' parse, digest check and server flight")
+        if backend.tls_accept is not None:
+            if backend.tls_accept(hello, key, drawn, 1000, shape) != reference:
+                raise ValueError("its ClientHello accept is not faketls' digest check and server flight")
+            if backend.tls_accept(hello, bytes(16), drawn, 1000, shape) is not None:
+                raise ValueError("its ClientHello accept takes a wrong key")
     if backend.tls_hello is not None:
-        for secret_key, expected in ((None, None), (key, reference), (bytes(16), None)):
-            if backend.tls_hello(record, secret_key, drawn, 1000) != (hello, expected):
-                raise ValueError("its ClientHello check is not faketls' parse, digest check and server flight")
         try:
-            backend.tls_hello(record[:-1], None, b"", 0)
+            backend.tls_hello(record[:-1], None, b"", 0, faketls.DEFAULT_SHAPE)
         except faketls.TlsFormatError:
             pass
         else:
             raise ValueError("its ClientHello check takes a truncated record")
-    if backend.tls_accept is not None:
-        if backend.tls_accept(hello, key, drawn, 1000) != reference:
-            raise ValueError("its ClientHello accept is not faketls' digest check and server flight")
-        if backend.tls_accept(hello, bytes(16), drawn, 1000) is not None:
-            raise ValueError("its ClientHello accept takes a wrong key")
 
 
 def _test_scan(backend: Backend, factory: ScanFactory) -> None:

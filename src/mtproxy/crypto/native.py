@@ -21,13 +21,18 @@ from pathlib import Path
 from typing import Final, cast
 
 from mtproxy.protocol.faketls import (
+    DEFAULT_SHAPE,
+    EXT_SUPPORTED_VERSIONS,
     FLIGHT_RANDOM,
+    KEY_SHARE_SIZE,
     MAX_RECORD_PAYLOAD,
     RANDOM_OFFSET,
     RANDOM_SIZE,
     RECORD_HEADER_SIZE,
+    SERVER_SHARE_SIZES,
     SESSION_ID_OFFSET,
     ClientHello,
+    HelloShape,
     Layout,
     TlsFormatError,
     zero_random,
@@ -47,13 +52,16 @@ _CLOCK: Final = 8  # mtp_tls_hello's answer under a key starts with the clock, a
 _MAX_SESSION_ID: Final = 255
 _InitOut = ctypes.c_char * (INIT_SIZE + INIT_REVERSE_SIZE)  # mtp_obfs2_start's answer
 # the flight's bytes besides the session id and the certificate: ServerHello (record and handshake headers,
-# version, random, session id length, suite, compression, extensions), ChangeCipherSpec, a record header
+# version, random, session id length, suite, compression, extensions with an x25519 share), ChangeCipherSpec,
+# a record header; a larger share adds to it
 _FLIGHT_FIXED: Final = 5 + 4 + 2 + RANDOM_SIZE + 1 + 2 + 1 + 2 + 46 + 6 + 5
+_MAX_SHARE_EXTRA: Final = max(SERVER_SHARE_SIZES.values()) - KEY_SHARE_SIZE
 # Output arrays of one type each, whatever a call's size: ctypes keeps an array type only while something
 # references it, and a type is freed only by the cyclic GC, so a type per call size (the certificate's varies
 # by the jitter) cost a new type object (~10 µs) and GC work on most fake-TLS handshakes.
-_FlightOut = ctypes.c_char * (_FLIGHT_FIXED + _MAX_SESSION_ID + MAX_RECORD_PAYLOAD)  # mtp_tls_accept's answer
-_HelloOut = ctypes.c_char * (_CLOCK + _FLIGHT_FIXED + _MAX_SESSION_ID + MAX_RECORD_PAYLOAD)  # mtp_tls_hello's
+_FLIGHT_MAX: Final = _FLIGHT_FIXED + _MAX_SHARE_EXTRA + _MAX_SESSION_ID + MAX_RECORD_PAYLOAD
+_FlightOut = ctypes.c_char * _FLIGHT_MAX  # mtp_tls_accept's answer
+_HelloOut = ctypes.c_char * (_CLOCK + _FLIGHT_MAX)  # mtp_tls_hello's
 
 
 def open_library(directory: Path | None = None) -> ctypes.CDLL | None:
@@ -94,12 +102,15 @@ def open_library(directory: Path | None = None) -> ctypes.CDLL | None:
             lib.mtp_tls_scan.argtypes = [vp, size, vp, vp, size, vp, vp, size, i32, i32,
                                          ctypes.POINTER(ctypes.c_uint32)]
             lib.mtp_tls_hello.restype = ctypes.c_int64
-            lib.mtp_tls_hello.argtypes = [vp, size, vp, size, vp, size, vp, size]
+            lib.mtp_tls_hello.argtypes = [vp, size, vp, size, vp, size, vp, size, ctypes.c_uint64]
             lib.mtp_tls_accept.restype = ctypes.c_int64
-            lib.mtp_tls_accept.argtypes = [vp, size, size, ctypes.c_uint32, vp, size, vp, size, vp, size]
+            lib.mtp_tls_accept.argtypes = [vp, size, size, ctypes.c_uint32, vp, size, vp, size, vp, size,
+                                           ctypes.c_uint64]
+            lib.mtp_tls_shapes.restype = ctypes.c_int
+            lib.mtp_tls_shapes.argtypes = []
         except (OSError, AttributeError):  # not loadable here, or a stale build without these functions
             continue
-        if lib.mtp_available() == 1 and lib.mtp_state_size() == STATE_SIZE:
+        if lib.mtp_available() == 1 and lib.mtp_state_size() == STATE_SIZE and lib.mtp_tls_shapes() == 1:
             return lib
     return None
 
@@ -270,20 +281,44 @@ class NativeSecretScan:
         return None
 
 
+def pack_shape(shape: HelloShape) -> int:
+    """A ServerHello shape as the library takes it (native/src/lib.rs `Fitted`): the cipher, the group,
+    whether supported_versions comes first, the measured suite."""
+    if (sorted(shape.extensions) != sorted(DEFAULT_SHAPE.extensions) or not 0 <= shape.cipher <= 0xFFFF
+            or not 0 <= shape.measured_suite <= 0xFFFF):
+        raise ValueError(f"not a ServerHello shape: {shape}")
+    versions_first = shape.extensions[0] == EXT_SUPPORTED_VERSIONS
+    return shape.cipher | (shape.group & 0xFFFF) << 16 | versions_first << 32 | shape.measured_suite << 40
+
+
+_DEFAULT_PACKED: Final = pack_shape(DEFAULT_SHAPE)
+
+
+def _flight_length(out: ctypes.Array[ctypes.c_char], start: int, session_id_len: int, cert_size: int,
+                   shape: HelloShape) -> int:
+    """The length of the flight the library wrote at out[start:]: known for the default shape, else read from
+    its ServerHello's and its certificate record's headers (the share's size and the certificate's follow
+    from what the library fitted)."""
+    if shape is DEFAULT_SHAPE:
+        return _FLIGHT_FIXED + session_id_len + cert_size
+    cert_at = start + RECORD_HEADER_SIZE + int.from_bytes(_sliced(out, start + 3, start + 5), "big") + 6
+    return cert_at - start + RECORD_HEADER_SIZE + int.from_bytes(_sliced(out, cert_at + 3, cert_at + 5), "big")
+
+
 def check_hello(lib: ctypes.CDLL, record: bytes, secret_key: bytes | None = None, drawn: bytes = b"",
-                cert_size: int = 0) -> tuple[ClientHello, tuple[int, bytes] | None]:
+                cert_size: int = 0, shape: HelloShape = DEFAULT_SHAPE) -> tuple[ClientHello, tuple[int, bytes] | None]:
     """`protocol.cipher.HelloCheck` in one library call (`mtp_tls_hello`): TlsFormatError exactly where
     `faketls.parse_client_hello` raises one; with a key, `accept_hello`'s answer too."""
     record = bytes(record)
     out = None
     if secret_key is None:
-        packed: int = lib.mtp_tls_hello(record, len(record), None, 0, None, 0, None, 0)
+        packed: int = lib.mtp_tls_hello(record, len(record), None, 0, None, 0, None, 0, _DEFAULT_PACKED)
     else:
         if len(drawn) != FLIGHT_RANDOM or not secret_key or not 1 <= cert_size <= MAX_RECORD_PAYLOAD:
             raise ValueError("a check under a key takes 64 random bytes and a size of 1..16384")
-        size = _CLOCK + _FLIGHT_FIXED + _MAX_SESSION_ID + cert_size
         out = _HelloOut()  # a slice of it is bytes: one copy out, where .raw and a slice take two
-        packed = lib.mtp_tls_hello(record, len(record), secret_key, len(secret_key), drawn, cert_size, out, size)
+        packed = lib.mtp_tls_hello(record, len(record), secret_key, len(secret_key), drawn, cert_size, out,
+                                   len(out), _DEFAULT_PACKED if shape is DEFAULT_SHAPE else pack_shape(shape))
     if packed < 0:
         if packed == HELLO_MALFORMED:
             raise TlsFormatError("malformed ClientHello")
@@ -300,11 +335,11 @@ def check_hello(lib: ctypes.CDLL, record: bytes, secret_key: bytes | None = None
     clock = int.from_bytes(_sliced(out, 0, _CLOCK), "little", signed=True)
     if clock < 0:
         return hello, None
-    return hello, (clock, _sliced(out, _CLOCK, _CLOCK + _FLIGHT_FIXED + session_id_len + cert_size))
+    return hello, (clock, _sliced(out, _CLOCK, _CLOCK + _flight_length(out, _CLOCK, session_id_len, cert_size, shape)))
 
 
 def accept_hello(lib: ctypes.CDLL, hello: ClientHello, secret_key: bytes, drawn: bytes,
-                 cert_size: int) -> tuple[int, bytes] | None:
+                 cert_size: int, shape: HelloShape = DEFAULT_SHAPE) -> tuple[int, bytes] | None:
     """`protocol.cipher.HelloAccept` in one library call (`mtp_tls_accept`): the digest under `secret_key`,
     then the flight when it verifies."""
     session_id = hello.session_id
@@ -314,15 +349,15 @@ def accept_hello(lib: ctypes.CDLL, hello: ClientHello, secret_key: bytes, drawn:
             or record[SESSION_ID_OFFSET : SESSION_ID_OFFSET + len(session_id)] != session_id
             or record[RANDOM_OFFSET : RANDOM_OFFSET + RANDOM_SIZE] != hello.random):
         raise ValueError("not a parsed hello with a TLS 1.3 suite, 64 random bytes and a size of 1..16384")
-    size = _FLIGHT_FIXED + len(session_id) + cert_size
     out = _FlightOut()
     clock: int = lib.mtp_tls_accept(record, len(record), len(session_id), hello.suite, secret_key, len(secret_key),
-                                    drawn, cert_size, out, size)
+                                    drawn, cert_size, out, len(out),
+                                    _DEFAULT_PACKED if shape is DEFAULT_SHAPE else pack_shape(shape))
     if clock < 0:
         if clock == -1:
             return None
         raise ValueError(f"the native library refused a ClientHello ({clock})")
-    return clock, _sliced(out, 0, size)
+    return clock, _sliced(out, 0, _flight_length(out, 0, len(session_id), cert_size, shape))
 
 
 def _sliced(buffer: ctypes.Array[ctypes.c_char], start: int, stop: int) -> bytes:

@@ -18,7 +18,7 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-from ..protocol.flight import FlightMeter
+from ..protocol.flight import FlightMeter, merged_size
 from ..protocol.socks5 import Credentials, Socks5Client, Socks5Error, Stage
 
 # hostname -> its addresses ([] when it has none); raises OSError when it cannot be resolved at all
@@ -137,7 +137,7 @@ class SiteAnswer:
     """What one HTTPS request to a web site showed."""
 
     tls_version: str  # "TLSv1.3", "TLSv1.2", …
-    flight: int  # application-data bytes of the server's encrypted first flight (0 before TLS 1.3)
+    flight: int  # the encrypted first flight as one record (`flight.merged_size`; 0 before TLS 1.3)
     date: datetime | None  # the response's Date header; None when it sent none (or no response)
     received_at: datetime  # our clock when the response's headers arrived
 
@@ -196,7 +196,8 @@ def ask_site(address: str, port: int, sni: str, timeout: float, clock: Callable[
                 break
             incoming.write(chunk)
         received_at = clock()
-    return SiteAnswer(version, meter.total if version == "TLSv1.3" else 0, _date_header(head), received_at)
+    flight = merged_size(meter.total, meter.records) if version == "TLSv1.3" else 0  # as the engine learns it
+    return SiteAnswer(version, flight, _date_header(head), received_at)
 
 
 def _date_header(head: bytes) -> datetime | None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 from .secret import Secret
 
 if TYPE_CHECKING:  # faketls imports this module
-    from .faketls import ClientHello
+    from .faketls import ClientHello, HelloShape
 
 Bytes = bytes | bytearray | memoryview
 
@@ -51,12 +51,13 @@ ScanFactory = Callable[[Sequence[Secret]], SecretScan]
 InitStart = Callable[[bytes, bytes | None], tuple[bytes, Keystream, bytes]]
 
 # A fake-TLS ClientHello's two steps, each one call. Check: the whole record parsed (`faketls.parse_client_hello`
-# is the reference: TlsFormatError when malformed) and, given a secret key, the FLIGHT_RANDOM random bytes and
-# the certificate size, accepted under that key in the same call, as Accept does. Accept: given a parsed hello,
-# a secret key, the random bytes and the size, (the client's clock, the server's flight) when the digest
-# verifies under that key, else None (`faketls.accept_hello`'s Python path is the reference).
-HelloCheck = Callable[[bytes, bytes | None, bytes, int], tuple["ClientHello", tuple[int, bytes] | None]]
-HelloAccept = Callable[["ClientHello", bytes, bytes, int], tuple[int, bytes] | None]
+# is the reference: TlsFormatError when malformed) and, given a secret key, the FLIGHT_RANDOM random bytes, the
+# certificate size and the ServerHello's shape, accepted under that key in the same call, as Accept does.
+# Accept: given a parsed hello, a secret key, the random bytes, the size and the shape, (the client's clock,
+# the server's flight) when the digest verifies under that key, else None (`faketls.accept_hello`'s Python
+# path is the reference).
+HelloCheck = Callable[[bytes, bytes | None, bytes, int, "HelloShape"], tuple["ClientHello", tuple[int, bytes] | None]]
+HelloAccept = Callable[["ClientHello", bytes, bytes, int, "HelloShape"], tuple[int, bytes] | None]
 
 class Aes(Protocol):
     """The AES the core runs on: `new_stream(key, iv)` starts a CTR stream at counter block `iv`;

@@ -29,15 +29,41 @@ _MLKEM_SHARE = 1216  # ML-KEM-768 encapsulation key (1184) + x25519 share (32)
 _HELLO_SIZE = 1795  # the record size TDLib 1.8 sends (tests/data/tdlib_hellos)
 
 
-def build_client_hello(secret_key: bytes, domain: str, random_bytes: RandomBytes, now: float) -> bytes:
+_MLKEM_Q = 3329  # ML-KEM's modulus: an encapsulation key's 12-bit coefficients are below it (FIPS 203)
+_MLKEM_COEFFICIENTS = 768  # ML-KEM-768: three polynomials of 256
+
+
+def mlkem768_share(random_bytes: RandomBytes) -> bytes:
+    """An X25519MLKEM768 client share a server accepts: an ML-KEM-768 encapsulation key whose coefficients
+    are all below q (a server checks that, FIPS 203 7.2), its 32-byte seed, then an x25519 share. Random
+    bytes alone fail the check; TDLib builds its share this way too."""
+    drawn = random_bytes(2 * _MLKEM_COEFFICIENTS)
+    values = [int.from_bytes(drawn[i : i + 2], "little") % _MLKEM_Q for i in range(0, len(drawn), 2)]
+    packed = bytearray()
+    for a, b in zip(values[::2], values[1::2], strict=True):
+        packed += (a | b << 12).to_bytes(3, "little")
+    return bytes(packed) + random_bytes(32) + random_bytes(32)
+
+
+TDLIB_SUITES = (0x1301, 0x1302, 0x1303)  # TDLib's TLS 1.3 suites, in its order (Linux, Windows, Android)
+DARWIN_SUITES = (0x1302, 0x1301, 0x1303)  # TDLib's order on Apple systems: AES-256 first
+
+
+def build_client_hello(secret_key: bytes, domain: str, random_bytes: RandomBytes, now: float,
+                       mlkem_share: bytes | None = None, tls13_suites: tuple[int, ...] = TDLIB_SUITES) -> bytes:
     """A ClientHello shaped like a current Telegram client's or browser's (GREASE, an X25519MLKEM768 and an
     x25519 key share: about 1.8 KB, so tests and the load tool cost the proxy what real clients cost),
-    whose random carries the HMAC and the client's clock as protocol.md describes."""
+    whose random carries the HMAC and the client's clock as protocol.md describes. The hybrid share is
+    random bytes unless given (`mlkem768_share`: what a real server, not only the proxy, accepts)."""
     name = domain.encode("ascii")
-    suites = [_GREASE, 0x1301, 0x1302, 0x1303, 0xC02B, 0xC02F, 0xC02C, 0xC030, 0xCCA9, 0xCCA8, 0xC013, 0xC014]
+    suites = [_GREASE, *tls13_suites, 0xC02B, 0xC02F, 0xC02C, 0xC030, 0xCCA9, 0xCCA8, 0xC013, 0xC014]
+    if mlkem_share is None:
+        mlkem_share = random_bytes(_MLKEM_SHARE)
+    if len(mlkem_share) != _MLKEM_SHARE:
+        raise ProtocolError(f"an X25519MLKEM768 client share is {_MLKEM_SHARE} bytes")
     shares = (
         b"\x0a\x0a\x00\x01\x00"
-        + _X25519_MLKEM768.to_bytes(2, "big") + _MLKEM_SHARE.to_bytes(2, "big") + random_bytes(_MLKEM_SHARE)
+        + _X25519_MLKEM768.to_bytes(2, "big") + _MLKEM_SHARE.to_bytes(2, "big") + mlkem_share
         + b"\x00\x1d\x00\x20" + random_bytes(32)
     )
     extensions = b"".join(

@@ -1,4 +1,10 @@
-"""Fake TLS (ee secrets): ClientHello check, the server's three-record flight, and record framing."""
+"""Fake TLS (ee secrets): ClientHello check, the server's three-record flight, and record framing.
+
+The flight's ServerHello can take the mask site's shape (`HelloShape`, learned by `protocol.flight`): its
+cipher suite, its extension order, its key share group. The MTProto clients read nothing of it but its
+random (TDLib's TlsInit::wait_hello_response skips the ServerHello by its length, wants ChangeCipherSpec
+and then exactly one application-data record, and checks the HMAC over those three), so any shape is
+accepted; the record count of the encrypted part is what they fix."""
 
 from __future__ import annotations
 
@@ -27,13 +33,28 @@ SERVER_HELLO_PREFIX = b"\x16\x03\x03"
 TLS13_SUITES = (0x1301, 0x1302, 0x1303)
 _AES_BLOCK = 16
 _EXT_SERVER_NAME = 0x0000
-_X25519 = 0x001D
+EXT_KEY_SHARE = 0x0033
+EXT_SUPPORTED_VERSIONS = 0x002B
+X25519 = 0x001D
+X25519MLKEM768 = 0x11EC  # the hybrid group Chrome, Firefox and TDLib offer (draft-ietf-tls-ecdhe-mlkem)
+# A server's share by group for the groups whose shares look like random bytes: x25519's u-coordinate; the
+# hybrid's ML-KEM-768 ciphertext (1088 bytes of compressed coefficients, every value possible) then x25519's.
+# The NIST curves' shares are points anyone can check are on the curve: random bytes would not be.
+SERVER_SHARE_SIZES = {X25519: 32, X25519MLKEM768: 1120}
 
 
 SESSION_ID_OFFSET = RANDOM_OFFSET + RANDOM_SIZE + 1  # after the random and the session id's length byte
 KEY_SHARE_SIZE = 32  # the server's x25519 share
 CERT_KEY_SIZE = 32  # the AES-256 key of the certificate stand-in (`cert_stand_in`)
 FLIGHT_RANDOM = KEY_SHARE_SIZE + CERT_KEY_SIZE  # what a server flight draws (`accept_hello`)
+
+
+def draw_flight_random(random_bytes: Callable[[int], bytes]) -> bytes:
+    """FLIGHT_RANDOM random bytes for a flight, the x25519 share's top bit clear: a real share is a number
+    below 2^255 - 19 (RFC 7748 5), so a set bit, in half of all random draws, would give the flight away."""
+    drawn = bytearray(random_bytes(FLIGHT_RANDOM))
+    drawn[KEY_SHARE_SIZE - 1] &= 0x7F
+    return bytes(drawn)
 
 
 class ClientHello(NamedTuple):
@@ -93,12 +114,12 @@ def parse_client_hello(record: bytes) -> ClientHello:
     if pos + RANDOM_SIZE > body_end:
         raise TlsFormatError("truncated ClientHello")
     random = record[pos : pos + RANDOM_SIZE]
-    session_id, pos = _vector(record, pos + RANDOM_SIZE, 1, body_end)
-    suites_bytes, pos = _vector(record, pos, 2, body_end)
+    session_id, pos = read_vector(record, pos + RANDOM_SIZE, 1, body_end)
+    suites_bytes, pos = read_vector(record, pos, 2, body_end)
     if len(suites_bytes) % 2:
         raise TlsFormatError("odd cipher suite list")
     suite = next((s for s in struct.unpack(f">{len(suites_bytes) // 2}H", suites_bytes) if s in TLS13_SUITES), 0)
-    _compression, pos = _vector(record, pos, 1, body_end)
+    _compression, pos = read_vector(record, pos, 1, body_end)
     sni = None
     if pos < body_end:
         if pos + 2 > body_end:
@@ -120,8 +141,9 @@ def parse_client_hello(record: bytes) -> ClientHello:
     return ClientHello(record, random, session_id, suite, sni)
 
 
-def _vector(data: bytes, pos: int, width: int, end: int) -> tuple[bytes, int]:
-    """A TLS vector with a `width`-byte length prefix at `pos`: its bytes and the position after it."""
+def read_vector(data: bytes, pos: int, width: int, end: int) -> tuple[bytes, int]:
+    """A TLS vector with a `width`-byte length prefix at `pos`, ending by `end`: its bytes and the position
+    after it; TlsFormatError past `end`."""
     start = pos + width
     if start > end:
         raise TlsFormatError("truncated ClientHello")
@@ -165,6 +187,81 @@ def keyed_hmac(secret_key: bytes) -> hmac.HMAC:
     return hmac.new(secret_key, digestmod=hashlib.sha256)
 
 
+# A suite's hash length, which is its Finished message's size: the one part of a site's encrypted flight
+# whose size follows the cipher it chose
+FINISHED_SIZES = {0x1301: 32, 0x1302: 48, 0x1303: 32}
+
+
+class HelloShape(NamedTuple):
+    """What the ServerHello copies of the mask site's: the cipher suite it chose (0: the client's first TLS 1.3
+    suite), its extensions in its order (key_share, supported_versions: the only two a TLS 1.3 ServerHello
+    without a resumed session has), its key share group (one of SERVER_SHARE_SIZES), and the suite of the
+    flight the certificate size was measured on (0: none), so a client answered another suite gets the size
+    that suite's Finished gives. A shape is taken only as far as each client offers it (`fit_shape`)."""
+
+    cipher: int = 0
+    extensions: tuple[int, ...] = (EXT_KEY_SHARE, EXT_SUPPORTED_VERSIONS)
+    group: int = X25519
+    measured_suite: int = 0
+
+
+DEFAULT_SHAPE = HelloShape()  # today's flight: key_share first, x25519, the client's first suite
+
+
+class Offers(NamedTuple):
+    """What a ClientHello offers that a shaped ServerHello answers: its TLS 1.3 cipher suites, and the groups
+    it sent a key share for."""
+
+    suites: frozenset[int]
+    groups: frozenset[int]
+
+
+def client_offers(record: bytes) -> Offers:
+    """The suites and key share groups of a ClientHello record `parse_client_hello` accepted."""
+    body_end = RECORD_HEADER_SIZE + 4 + int.from_bytes(record[RECORD_HEADER_SIZE + 1 : RECORD_HEADER_SIZE + 4], "big")
+    _session_id, pos = read_vector(record, SESSION_ID_OFFSET - 1, 1, body_end)
+    suites_bytes, pos = read_vector(record, pos, 2, body_end)
+    suites = frozenset(s for s in struct.unpack(f">{len(suites_bytes) // 2}H", suites_bytes) if s in TLS13_SUITES)
+    _compression, pos = read_vector(record, pos, 1, body_end)
+    groups: set[int] = set()
+    if pos + 2 <= body_end:
+        extensions, _ = read_vector(record, pos, 2, body_end)
+        at = 0
+        while at + 4 <= len(extensions):
+            ext_type = extensions[at] << 8 | extensions[at + 1]
+            ext_end = at + 4 + (extensions[at + 2] << 8 | extensions[at + 3])
+            if ext_type == EXT_KEY_SHARE and at + 6 <= ext_end <= len(extensions):
+                shares_end = min(ext_end, at + 6 + (extensions[at + 4] << 8 | extensions[at + 5]))
+                share = at + 6
+                while share + 4 <= shares_end:
+                    groups.add(extensions[share] << 8 | extensions[share + 1])
+                    share += 4 + (extensions[share + 2] << 8 | extensions[share + 3])
+            at = ext_end
+    return Offers(suites, frozenset(groups))
+
+
+def fit_shape(shape: HelloShape, hello: ClientHello) -> HelloShape:
+    """`shape` as this client can be answered: the site's cipher and group where the client offers them, else
+    the client's first TLS 1.3 suite and x25519 (which every MTProto client offers). A suite the client did
+    not offer, or a share for a group it sent none for, is what a real server never sends."""
+    if shape.cipher in (0, hello.suite) and shape.group == X25519:  # nothing to look up: the commonest case
+        return shape._replace(cipher=hello.suite) if shape.cipher else shape
+    offers = client_offers(hello.record)
+    cipher = shape.cipher if shape.cipher in offers.suites else hello.suite
+    group = shape.group if shape.group in offers.groups and shape.group in SERVER_SHARE_SIZES else X25519
+    return HelloShape(cipher, shape.extensions, group, shape.measured_suite)
+
+
+def answered_cert_size(cert_size: int, fitted: HelloShape, hello: ClientHello) -> int:
+    """The certificate record's size for a client answered in `fitted`: `cert_size` as measured, moved by the
+    difference between its suite's Finished and the measured suite's, within one record."""
+    measured = FINISHED_SIZES.get(fitted.measured_suite)
+    if measured is None:
+        return cert_size
+    answered = FINISHED_SIZES.get(fitted.cipher or hello.suite, measured)
+    return min(max(cert_size + answered - measured, 1), MAX_RECORD_PAYLOAD)
+
+
 def choose_cipher_suite(hello: ClientHello) -> int:
     if not hello.suite:
         raise TlsFormatError("the client offers no TLS 1.3 cipher suite")
@@ -172,7 +269,8 @@ def choose_cipher_suite(hello: ClientHello) -> int:
 
 
 def check_hello(aes: Aes, record: bytes, secret_key: bytes | None = None, drawn: bytes = b"", cert_size: int = 0,
-                keyed: hmac.HMAC | None = None) -> tuple[ClientHello, tuple[int, bytes] | None]:
+                keyed: hmac.HMAC | None = None,
+                shape: HelloShape = DEFAULT_SHAPE) -> tuple[ClientHello, tuple[int, bytes] | None]:
     """One whole ClientHello record parsed (TlsFormatError when malformed) and, given a secret key, accepted
     under it as `accept_hello` does (None as well when the hello offers no TLS 1.3 suite): in one call into
     `aes.tls_hello` where the backend has it, else `parse_client_hello` and `accept_hello`, same answers."""
@@ -180,11 +278,11 @@ def check_hello(aes: Aes, record: bytes, secret_key: bytes | None = None, drawn:
         _check_flight_arguments(drawn, cert_size)
     check = aes.tls_hello
     if check is not None:
-        return check(record, secret_key, drawn, cert_size)
+        return check(record, secret_key, drawn, cert_size, shape)
     hello = parse_client_hello(record)
     if secret_key is None or not hello.suite:
         return hello, None
-    return hello, accept_hello(aes, hello, secret_key, drawn, cert_size, keyed)
+    return hello, accept_hello(aes, hello, secret_key, drawn, cert_size, keyed, shape)
 
 
 def _check_flight_arguments(drawn: bytes, cert_size: int) -> None:
@@ -195,21 +293,27 @@ def _check_flight_arguments(drawn: bytes, cert_size: int) -> None:
 
 
 def accept_hello(aes: Aes, hello: ClientHello, secret_key: bytes, drawn: bytes, cert_size: int,
-                 keyed: hmac.HMAC | None = None) -> tuple[int, bytes] | None:
+                 keyed: hmac.HMAC | None = None, shape: HelloShape = DEFAULT_SHAPE) -> tuple[int, bytes] | None:
     """The client's clock and the server's flight when the hello's digest verifies under `secret_key`, else
-    None. `drawn` is FLIGHT_RANDOM random bytes: the key share, then the certificate stand-in's key. In one
-    call into `aes.tls_accept` where the backend has it, else `client_timestamp` (`keyed`, the key's HMAC,
-    saves keying it again) and `build_server_flight`: same answers, same bytes."""
+    None. `drawn` is FLIGHT_RANDOM random bytes: the x25519 share, then the certificate stand-in's key. In one
+    call into `aes.tls_accept` where the backend has it, else `client_timestamp`
+    (`keyed`, the key's HMAC, saves keying it again) and `build_server_flight`: same answers, same bytes.
+    A larger share (the hybrid group's) takes its first bytes from the stand-in's keystream, after the
+    certificate's."""
     _check_flight_arguments(drawn, cert_size)
     choose_cipher_suite(hello)
     accept = aes.tls_accept
     if accept is not None:
-        return accept(hello, secret_key, drawn, cert_size)
+        return accept(hello, secret_key, drawn, cert_size, shape)
     clock = client_timestamp(keyed if keyed is not None else keyed_hmac(secret_key), hello)
     if clock is None:
         return None
-    cert = cert_stand_in(aes.encrypt_block, drawn[KEY_SHARE_SIZE:], cert_size)
-    return clock, build_server_flight(secret_key, hello, drawn[:KEY_SHARE_SIZE], cert)
+    shape = fit_shape(shape, hello)
+    cert_size = answered_cert_size(cert_size, shape, hello)
+    extra = SERVER_SHARE_SIZES[shape.group] - KEY_SHARE_SIZE
+    stream = _keystream(aes.encrypt_block, drawn[KEY_SHARE_SIZE:], cert_size + extra)
+    key_share = stream[cert_size:] + drawn[:KEY_SHARE_SIZE]
+    return clock, build_server_flight(secret_key, hello, key_share, stream[:cert_size], shape)
 
 
 def cert_stand_in(encrypt_block: Callable[[bytes, bytes], bytes], cert_key: bytes, cert_size: int) -> bytes:
@@ -219,33 +323,44 @@ def cert_stand_in(encrypt_block: Callable[[bytes, bytes], bytes], cert_key: byte
     ~4.5 µs for 2.5 KB, a re-keyed OpenSSL context ~1.7, the native library a fraction of one."""
     if not 1 <= cert_size <= MAX_RECORD_PAYLOAD:
         raise ProtocolError("fake certificate size must be 1..16384")
-    counters = _counter_blocks()[: -(-cert_size // _AES_BLOCK) * _AES_BLOCK]
-    return encrypt_block(cert_key, counters)[:cert_size]
+    return _keystream(encrypt_block, cert_key, cert_size)
+
+
+_MAX_KEYSTREAM = MAX_RECORD_PAYLOAD + max(SERVER_SHARE_SIZES.values())  # a certificate, then a share's extra
+
+
+def _keystream(encrypt_block: Callable[[bytes, bytes], bytes], key: bytes, size: int) -> bytes:
+    counters = _counter_blocks()[: -(-size // _AES_BLOCK) * _AES_BLOCK]
+    return encrypt_block(key, counters)[:size]
 
 
 @functools.cache
 def _counter_blocks() -> bytes:
-    """CTR's counter blocks 0, 1, 2... (128-bit big-endian) for the largest record, built on first use."""
-    return b"".join(i.to_bytes(_AES_BLOCK, "big") for i in range(MAX_RECORD_PAYLOAD // _AES_BLOCK))
+    """CTR's counter blocks 0, 1, 2... (128-bit big-endian) for the longest keystream, built on first use."""
+    return b"".join(i.to_bytes(_AES_BLOCK, "big") for i in range(-(-_MAX_KEYSTREAM // _AES_BLOCK)))
 
 
-def build_server_flight(secret_key: bytes, hello: ClientHello, key_share: bytes, cert: bytes) -> bytes:
+def build_server_flight(secret_key: bytes, hello: ClientHello, key_share: bytes, cert: bytes,
+                        shape: HelloShape = DEFAULT_SHAPE) -> bytes:
     """ServerHello + ChangeCipherSpec + one application-data record (`cert`) standing in for the encrypted
-    certificate flight. Its random is the HMAC the client checks (protocol.md)."""
+    certificate flight. Its random is the HMAC the client checks (protocol.md). `shape` is fitted to the
+    client already (`fit_shape`): its cipher (0: the client's first) and the group `key_share` is for."""
     if not 1 <= len(cert) <= MAX_RECORD_PAYLOAD:
         raise ProtocolError("fake certificate size must be 1..16384")
-    if len(key_share) != KEY_SHARE_SIZE:
-        raise ProtocolError("an x25519 key share is 32 bytes")
-    key_share = _X25519.to_bytes(2, "big") + (32).to_bytes(2, "big") + key_share
-    extensions = (
-        b"\x00\x33" + len(key_share).to_bytes(2, "big") + key_share + b"\x00\x2b\x00\x02\x03\x04"
-    )
+    if len(key_share) != SERVER_SHARE_SIZES.get(shape.group, 0):
+        raise ProtocolError(f"group {shape.group:#06x} takes no key share of {len(key_share)} bytes")
+    if sorted(shape.extensions) != [EXT_SUPPORTED_VERSIONS, EXT_KEY_SHARE]:
+        raise ProtocolError("a ServerHello has key_share and supported_versions, once each")
+    key_share = shape.group.to_bytes(2, "big") + len(key_share).to_bytes(2, "big") + key_share
+    bodies = {EXT_KEY_SHARE: key_share, EXT_SUPPORTED_VERSIONS: b"\x03\x04"}
+    extensions = b"".join(
+        ext.to_bytes(2, "big") + len(bodies[ext]).to_bytes(2, "big") + bodies[ext] for ext in shape.extensions)
     body = (
         b"\x03\x03"
         + bytes(RANDOM_SIZE)
         + bytes([len(hello.session_id)])
         + hello.session_id
-        + choose_cipher_suite(hello).to_bytes(2, "big")
+        + (shape.cipher or choose_cipher_suite(hello)).to_bytes(2, "big")
         + b"\x00"
         + len(extensions).to_bytes(2, "big")
         + extensions

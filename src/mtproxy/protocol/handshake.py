@@ -47,19 +47,22 @@ class SecretTable:
     def keyed_hmac(self, index: int) -> hmac.HMAC:
         return self._keyed[index]
 
-    def check_hello(self, record: bytes, index: int, drawn: bytes = b"",
-                    cert_size: int = 0) -> tuple[faketls.ClientHello, tuple[int, bytes] | None]:
+    def check_hello(self, record: bytes, index: int, drawn: bytes = b"", cert_size: int = 0,
+                    shape: faketls.HelloShape = faketls.DEFAULT_SHAPE,
+                    ) -> tuple[faketls.ClientHello, tuple[int, bytes] | None]:
         """A whole ClientHello record parsed (TlsFormatError when malformed) and, for `index` >= 0, accepted
         under that secret (`faketls.check_hello`)."""
         if index < 0:
             return faketls.check_hello(self._aes, record)
-        return faketls.check_hello(self._aes, record, self.secrets[index].key, drawn, cert_size, self._keyed[index])
+        return faketls.check_hello(self._aes, record, self.secrets[index].key, drawn, cert_size, self._keyed[index],
+                                   shape)
 
-    def accept_hello(self, hello: faketls.ClientHello, index: int, drawn: bytes,
-                     cert_size: int) -> tuple[int, bytes] | None:
+    def accept_hello(self, hello: faketls.ClientHello, index: int, drawn: bytes, cert_size: int,
+                     shape: faketls.HelloShape = faketls.DEFAULT_SHAPE) -> tuple[int, bytes] | None:
         """The client's clock and the server's flight if the hello's digest verifies under secret `index`
         (`faketls.accept_hello`), else None."""
-        return faketls.accept_hello(self._aes, hello, self.secrets[index].key, drawn, cert_size, self._keyed[index])
+        return faketls.accept_hello(self._aes, hello, self.secrets[index].key, drawn, cert_size, self._keyed[index],
+                                    shape)
 
     def with_domain(self, domain: str | None) -> tuple[int, ...]:
         """The indexes of the secrets whose fake-TLS domain is `domain`."""
@@ -103,6 +106,7 @@ class HandshakeSettings:
     max_skew_future: float = 600.0  # phones with a fast clock still pass
     cert_size: int = 2500  # size of the fake encrypted certificate record
     cert_size_jitter: int = 0  # real sites' flights vary by a few bytes (tickets, OCSP): vary ours too
+    hello_shape: faketls.HelloShape = faketls.DEFAULT_SHAPE  # the mask site's ServerHello (protocol.flight)
     # from this many secrets on, trying every secret is the caller's to schedule (ScanNeeded); below it the
     # scan is cheap enough to run inline, as is a fake-TLS SNI group of fewer secrets than this
     inline_scan_limit: int = 64
@@ -312,7 +316,7 @@ class Handshake:
         hint = self._hint_index()
         draws = self._draws() if hint >= 0 else (b"", 0)  # the hinted secret, usually the client's, is tried at once
         try:
-            hello, accepted = table.check_hello(bytes(received[:total]), hint, *draws)
+            hello, accepted = table.check_hello(bytes(received[:total]), hint, *draws, self._settings.hello_shape)
             faketls.choose_cipher_suite(hello)
         except TlsFormatError:
             return self._reject(RejectReason.TLS_MALFORMED)
@@ -343,14 +347,14 @@ class Handshake:
         return self._tls_found(hello, found[0], accepted, now)
 
     def _accept(self, hello: faketls.ClientHello, index: int) -> tuple[int, bytes] | None:
-        return self._table.accept_hello(hello, index, *self._draws())
+        return self._table.accept_hello(hello, index, *self._draws(), self._settings.hello_shape)
 
     def _draws(self) -> tuple[bytes, int]:
         """The server flight's random bytes and certificate size, drawn once (the size's jitter first) however
         many secrets are tried."""
         if self._drawn is None:
             size = self._cert_size()
-            self._drawn = self._random(faketls.FLIGHT_RANDOM), size
+            self._drawn = faketls.draw_flight_random(self._random), size
         return self._drawn
 
     def _tls_found(self, hello: faketls.ClientHello, index: int, accepted: tuple[int, bytes], now: float) -> Step:

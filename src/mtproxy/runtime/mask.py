@@ -1,19 +1,23 @@
 """The mask site: where a client that fails the handshake is handed (everything it sent, then a verbatim
-relay both ways, as if it had reached the site itself), and where the fake certificate's size is learned
-with a real TLS 1.3 handshake (memory BIOs)."""
+relay both ways, as if it had reached the site itself), and where the fake flight's shape and size are
+learned: the site's answer to a Telegram client's ClientHello (protocol.flight)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
-import ssl
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import cast
 
 from mtproxy.config import HostPort
-from mtproxy.protocol.flight import FlightMeter
+from mtproxy.protocol.client import DARWIN_SUITES, TDLIB_SUITES, build_client_hello, mlkem768_share
+from mtproxy.protocol.errors import TlsFormatError
+from mtproxy.protocol.flight import FlightReader, SiteFlight, follows_client_order
 from mtproxy.protocol.proxyheader import Endpoint, build_v1, build_v2
 
 from .buffers import send
@@ -220,9 +224,13 @@ class MaskRelay(Pair):
         send(up, self.up_fd, memoryview(self._buffers.recv)[:nbytes])
 
 
-# ----------------------------------------------------------------- certificate size
+# ----------------------------------------------------------------- the site's first flight
 
 PROBE_TIMEOUT = 5.0
+# A server sends its whole first flight at once, then waits for the client's Finished, which the probe never
+# sends (it cannot: it keeps no key): this long a silence after an encrypted record ends the flight. Long
+# enough for a retransmitted segment's first timeout (200 ms in Linux), short beside PROBE_TIMEOUT.
+FLIGHT_QUIET = 1.0
 # Encrypted EncryptedExtensions+Certificate+CertificateVerify+Finished of common sites with RSA-2048 /
 # ECDSA chains fall in this range; a fallback picked from it looks like some real site.
 FALLBACK_RANGE = (2400, 4800)
@@ -232,59 +240,70 @@ def fallback_size(rng: random.Random) -> int:
     return rng.randint(*FALLBACK_RANGE)
 
 
-async def probe_cert_size(target: HostPort, sni: str, timeout: float = PROBE_TIMEOUT) -> int | None:
-    """Sum of the application-data record payloads the server sends before its handshake is done;
-    None when the target does not speak TLS 1.3 or cannot be reached in time."""
+async def probe_flight(target: HostPort, sni: str, timeout: float = PROBE_TIMEOUT,
+                       quiet: float = FLIGHT_QUIET) -> SiteFlight | None:
+    """The site's first flight to a ClientHello with a Telegram client's offers (`build_client_hello`: its
+    cipher suites, its X25519MLKEM768 and x25519 shares), so the site chooses what it chooses for the
+    clients the proxy answers. None when the target does not speak TLS 1.3 or cannot be reached in time."""
     try:
-        return await asyncio.wait_for(_probe(target, sni), timeout)
-    except (OSError, TimeoutError, ssl.SSLError, ValueError) as exc:
+        found = await asyncio.wait_for(_probe(target, sni, quiet), timeout)
+    except (OSError, TimeoutError, TlsFormatError, ValueError) as exc:
         reason = "no answer in time" if isinstance(exc, TimeoutError) else (
             exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__)
         log.info("could not learn the certificate size from %s: %s — a typical size is used until it answers;"
                  " check --mask, or fix the size with --cert-size", target, reason.lower())
         return None
+    if found.cert_size() is None:
+        log.info("could not learn the certificate size from %s: its TLS 1.3 flight has no encrypted certificate"
+                 " — a typical size is used", target)
+        return None
+    return found
 
 
-async def _probe(target: HostPort, sni: str) -> int | None:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # we only measure sizes; nothing is trusted or sent
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+async def _probe(target: HostPort, sni: str, quiet: float) -> SiteFlight:
+    """The site's whole flight to TDLib's suite order, then its ServerHello to the Apple clients' order (AES-256
+    first): whether it follows the client's preference or its own decides what each client is answered."""
+    flight = await _answer(target, sni, TDLIB_SUITES, quiet)
+    other = await _answer(target, sni, DARWIN_SUITES, None)
+    choices = {TDLIB_SUITES[0]: flight.cipher, DARWIN_SUITES[0]: other.cipher}
+    return replace(flight, client_order=follows_client_order(choices))
+
+
+async def _answer(target: HostPort, sni: str, suites: tuple[int, ...], quiet: float | None) -> SiteFlight:
+    """The site's answer to one ClientHello: its whole flight, up to `quiet` seconds of silence after an
+    encrypted record, or (`quiet` None) its ServerHello alone."""
+    # the key only makes the hello's random an HMAC, as a client's is; the site checks nothing of it
+    hello = build_client_hello(os.urandom(16), sni, os.urandom, time.time(), mlkem768_share(os.urandom), suites)
     reader, writer = await asyncio.open_connection(target.host, target.port)
     try:
-        meter = FlightMeter()
-        while True:
+        writer.write(hello)
+        await writer.drain()
+        flight = FlightReader()
+        while quiet is not None or flight.cipher is None:
             try:
-                tls.do_handshake()
-                done = True
-            except ssl.SSLWantReadError:
-                done = False
-            data = outgoing.read()
-            if data:
-                writer.write(data)
-                await writer.drain()
-            if done:
-                break
-            chunk = await reader.read(65536)
+                chunk = await asyncio.wait_for(reader.read(65536), quiet if flight.encrypted else None)
+            except TimeoutError:
+                break  # all it sends before our Finished
             if not chunk:
-                raise ValueError("the mask site closed during the TLS handshake")
-            meter.feed(chunk)  # only application data (the encrypted flight) counts
-            incoming.write(chunk)
-        return meter.size()
+                if not flight.encrypted:
+                    raise ValueError("the mask site closed during the TLS handshake")
+                break
+            flight.feed(chunk)
+        return flight.flight()
     finally:
         writer.close()
 
 
-async def refresh_cert_size(target: Callable[[], tuple[HostPort, str] | None], current: Callable[[], int],
-                            learned: Callable[[int], None], interval: float) -> None:
-    """Every `interval` seconds, probe the mask (`target`: where, and the name to ask for); a size that
+async def refresh_flight(target: Callable[[], tuple[HostPort, str] | None],
+                         current: Callable[[], SiteFlight | None], learned: Callable[[SiteFlight], None],
+                         interval: float) -> None:
+    """Every `interval` seconds, probe the mask (`target`: where, and the name to ask for); a flight that
     differs from `current()` goes to `learned`."""
     while True:
         found = target()
-        size = await probe_cert_size(*found) if found is not None else None
-        if found is not None and size is not None and size != current():
-            log.info("fake certificate size learned from %s: %d bytes", found[0], size)
-            learned(size)
+        flight = await probe_flight(*found) if found is not None else None
+        if found is not None and flight is not None and flight != current():
+            log.info("fake certificate size learned from %s: %d bytes (its flight: %s)", found[0],
+                     flight.cert_size(), flight.describe())
+            learned(flight)
         await asyncio.sleep(interval)

@@ -21,7 +21,7 @@ from mtproxy.stats.digest import secrets_digest
 from .accept import AcceptPaused
 from .accounting import AccountingTable
 from .ledger import DEFAULT_INTERVAL, UsageKeeper
-from .mask import fallback_size, refresh_cert_size
+from .mask import fallback_size, refresh_flight
 from .relayconfig import Document
 from .reload import FileId, Reloader
 from .secrets import SecretSet, load_secret_set
@@ -86,8 +86,8 @@ async def serve(plan: WorkerPlan) -> int:
     await server.start(plan.sockets)
     tasks = [loop.create_task(reloader.run())]
     if cfg.tls.cert_size is None and server.mask is not None and cfg.allow_tls:
-        tasks.append(loop.create_task(refresh_cert_size(lambda: _cert_target(server), lambda: server.cert_size,
-                                                        server.set_cert_size, cfg.tls.cert_refresh)))
+        tasks.append(loop.create_task(refresh_flight(lambda: _cert_target(server), lambda: server.mask_flight,
+                                                     server.set_mask_flight, cfg.tls.cert_refresh)))
     if plan.publish is not None:
         tasks.append(loop.create_task(_publisher(server, plan.publish)))
     usage_stop = asyncio.Event()

@@ -17,6 +17,8 @@ from typing import Any
 from mtproxy.config import EngineConfig, HostPort
 from mtproxy.crypto.backend import openssl_cbc
 from mtproxy.protocol.cipher import Aes
+from mtproxy.protocol.faketls import DEFAULT_SHAPE
+from mtproxy.protocol.flight import SiteFlight
 from mtproxy.protocol.handshake import AuthResult, Handshake, HandshakeSettings, SecretTable
 from mtproxy.protocol.obfs2 import TAG_PADDED
 from mtproxy.protocol.replay import ReplayFilter
@@ -119,6 +121,7 @@ class Server:
         self.accepting = True
         self.cert_size = cert_size
         self.counters.cert_size = cert_size
+        self.mask_flight: SiteFlight | None = None
         self._listeners: list[Listener] = []
         self._trimmer = Trimmer()
         self._malloc_trim: Callable[[int], int] | None = None
@@ -176,11 +179,16 @@ class Server:
             max_skew_future=self.cfg.tls.skew,
             cert_size=self.cert_size,
             cert_size_jitter=self.cfg.tls.cert_jitter,
+            hello_shape=self.mask_flight.hello_shape() if self.mask_flight is not None else DEFAULT_SHAPE,
         )
 
-    def set_cert_size(self, size: int) -> None:
-        self.cert_size = size
-        self.counters.cert_size = size
+    def set_mask_flight(self, flight: SiteFlight) -> None:
+        """The mask site's first flight, learned: the fake one takes its shape and its size."""
+        self.mask_flight = flight
+        size = flight.cert_size()
+        if size is not None:
+            self.cert_size = size
+            self.counters.cert_size = size
         self.settings = self._handshake_settings()
 
     def set_secrets(self, new: SecretSet) -> int:
