@@ -1,5 +1,9 @@
 """A fake Telegram DC for benchmarks: reads the obfuscated2 header and the bench command, then sinks,
-sources or echoes; also a tiny mask site. Runs as its own process(es) so its CPU is not the proxy's."""
+sources or echoes; also a tiny mask site. Runs as its own process(es) so its CPU is not the proxy's.
+
+Two kinds of client stream: the raw one (the command right after the header, then bytes), and the relay
+path's (a fake middle-proxy relay in between): intermediate frames, the first carrying the command
+(bench/wire.py `command_packet`); answers then go back as frames too, bulk ones in packets."""
 
 from __future__ import annotations
 
@@ -34,6 +38,12 @@ class DcProtocol(asyncio.BufferedProtocol):
 
     def __init__(self) -> None:
         self._head = bytearray()
+        self._head_need = HEAD_SIZE
+        self._head_plain = bytearray()
+        self._init: obfs2.DecodedInit | None = None
+        self._framed = False  # the relay path: intermediate frames
+        self._packet_size = 0
+        self._packets: list[int] = []
         self._transport: asyncio.Transport | None = None
         self._mode = 0
         self._count = 0
@@ -53,45 +63,79 @@ class DcProtocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         data = _RECV[:nbytes]
         if self._mode == 0:
-            need = HEAD_SIZE - len(self._head)
-            self._head += data[:need]
-            if len(self._head) < HEAD_SIZE:
+            rest = self._read_head(data)
+            if rest is None or not rest:
                 return
-            if not self._start():
-                return
-            data = data[need:]
-            if not data:
-                return
+            data = rest
         if self._mode == wire.MODE_SINK:
             self._seen += len(data)
             if self._seen >= self._count and self._count:
                 self._count = 0  # report once
-                self._write(self._encrypt_bytes(wire.DONE))
+                self._write(self._encrypt_bytes(self._frame(wire.DONE_PACKET) if self._framed else wire.DONE))
         elif self._mode == wire.MODE_ECHO:
             assert self._decrypt is not None
             self._write(self._encrypt_bytes(self._decrypt.update(data)))
         elif self._mode == wire.MODE_SOURCE and self._decrypt is not None:
-            if self._decrypt.update(data[:1]) == wire.GO:
+            if self._framed:  # the GO packet: any byte starts the packets (its frame is not decrypted)
+                self._decrypt = None
+                self._packets = wire.packet_sizes(self._count, self._packet_size)[::-1]
+                self._pump_packets()
+            elif self._decrypt.update(data[:1]) == wire.GO:
                 self._decrypt = None
                 self._to_send = self._count
                 self._pump()
 
-    def _start(self) -> bool:
+    def _read_head(self, data: memoryview) -> memoryview | None:
+        """Collect the header and the command (raw: 16 bytes; framed: the whole first frame); the bytes after
+        it, or None while it is incomplete or when it was bad (the connection is then aborted)."""
+        while True:
+            take = self._head_need - len(self._head)
+            self._head += data[:take]
+            data = data[take:]
+            if len(self._head) < self._head_need:
+                return None
+            if self._init is None:
+                self._init = obfs2.decode_init(bytes(self._head[: obfs2.INIT_SIZE]), None, wire.LOAD_SIDE_AES)
+                if self._init is None:
+                    self._bad()
+                    return None
+            start = obfs2.INIT_SIZE + len(self._head_plain)
+            self._head_plain += self._init.from_initiator.update(bytes(self._head[start:]))
+            plain = self._head_plain
+            if plain[:4] == wire.MAGIC:
+                parsed = wire.parse_command(bytes(plain[: wire.COMMAND_SIZE]))
+                reply = wire.READY
+            else:  # the relay path: an intermediate frame whose packet starts with the command
+                length = int.from_bytes(plain[:4], "little")
+                if not wire.MIN_PACKET <= length <= 4096 or length % 4:
+                    self._bad()
+                    return None
+                if len(plain) < 4 + length:
+                    self._head_need = obfs2.INIT_SIZE + 4 + length
+                    continue
+                packet = bytes(plain[4 : 4 + length])
+                parsed = wire.parse_command(packet[: wire.COMMAND_SIZE])
+                self._framed = True
+                self._packet_size = wire.PACKET_SIZE_FIELD.unpack_from(packet, wire.COMMAND_SIZE)[0]
+                reply = self._frame(wire.ready_answer(packet))
+            if parsed is None:
+                self._bad()
+                return None
+            self._mode, self._count = parsed
+            self._decrypt = self._init.from_initiator
+            self._encrypt = self._init.to_initiator.new_cipher()
+            self._write(self._encrypt_bytes(reply))
+            return data
+
+    def _bad(self) -> None:
         assert self._transport is not None
-        decoded = obfs2.decode_init(bytes(self._head[: obfs2.INIT_SIZE]), None, wire.LOAD_SIDE_AES)
-        parsed = None
-        if decoded is not None:
-            parsed = wire.parse_command(decoded.from_initiator.update(bytes(self._head[obfs2.INIT_SIZE :])))
-        if decoded is None or parsed is None:
-            print("fakedc: bad header or command (the proxy's DC leg is wrong)", file=sys.stderr, flush=True)
-            self._transport.abort()
-            self._mode = -1
-            return False
-        self._mode, self._count = parsed
-        self._decrypt = decoded.from_initiator
-        self._encrypt = decoded.to_initiator.new_cipher()
-        self._write(self._encrypt_bytes(wire.READY))
-        return True
+        print("fakedc: bad header or command (the proxy's DC leg is wrong)", file=sys.stderr, flush=True)
+        self._transport.abort()
+        self._mode = -1
+
+    @staticmethod
+    def _frame(packet: bytes) -> bytes:
+        return len(packet).to_bytes(4, "little") + packet
 
     def _encrypt_bytes(self, data: bytes) -> bytes:
         assert self._encrypt is not None
@@ -109,12 +153,24 @@ class DcProtocol(asyncio.BufferedProtocol):
             self._transport.write(_SOURCE_BUFFER[:n])
             self._to_send -= n
 
+    def _pump_packets(self) -> None:
+        """Source mode on the relay path: each packet in an intermediate frame, encrypted (the relay reads
+        the frames), so unlike the raw stream this costs the fake DC an AES pass."""
+        assert self._transport is not None and self._encrypt is not None
+        while self._packets and not self._paused and not self._transport.is_closing():
+            size = self._packets.pop()
+            self._transport.write(self._encrypt.update(size.to_bytes(4, "little")))
+            self._transport.write(self._encrypt.update(wire.packet_body(size)))
+
     def pause_writing(self) -> None:
         self._paused = True
 
     def resume_writing(self) -> None:
         self._paused = False
-        self._pump()
+        if self._framed:
+            self._pump_packets()
+        else:
+            self._pump()
 
     def eof_received(self) -> bool:
         return False

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ class Service:
                 p.wait(5)
 
 
-def _wait_line(proc: subprocess.Popen[bytes], want: str, timeout: float) -> None:
+def wait_line(proc: subprocess.Popen[bytes], want: str, timeout: float) -> None:
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -97,13 +98,15 @@ def wait_port(host: str, port: int, timeout: float, procs: list[subprocess.Popen
     raise BenchError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
 
 
-def start_module(name: str, module: str, args: list[str], copies: int = 1) -> Service:
-    """Start `copies` processes of one of our bench servers; each prints `ready` once listening."""
+def start_module(name: str, module: str, args: list[str], copies: int = 1, questions: bool = False) -> Service:
+    """Start `copies` processes of one of our bench servers; each prints `ready` once listening. With
+    `questions`, their stdin is a pipe the caller writes to."""
     service = Service(name)
     try:
         for _ in range(copies):
             proc = subprocess.Popen(
                 [sys.executable, "-m", module, *args],
+                stdin=subprocess.PIPE if questions else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 env=child_env(),
                 cwd=REPO,
@@ -111,7 +114,7 @@ def start_module(name: str, module: str, args: list[str], copies: int = 1) -> Se
                 preexec_fn=_die_with_parent,
             )
             service.procs.append(proc)
-            _wait_line(proc, "ready", READY_TIMEOUT)
+            wait_line(proc, "ready", READY_TIMEOUT)
     except BaseException:
         service.stop()
         raise
@@ -164,6 +167,8 @@ class PhaseResult:
     memory: procstat.Memory | None  # proxy memory while all sessions were open (before "go")
     cpu_setup: float  # proxy CPU seconds while the sessions were being opened
     client_cpu: float  # the load clients' CPU seconds between "go" and the last result
+    helper_cpu: float = 0.0  # the same for the helper beside the subject (the fake middle-proxy relay)
+    settle_wall: float = 0.0  # seconds waited after the last result for `settle` (included in the CPU figures)
 
 
 def pin(roots: list[int], cpus: set[int] | None) -> None:
@@ -178,9 +183,14 @@ def pin(roots: list[int], cpus: set[int] | None) -> None:
 
 
 def run_phase(job: dict[str, Any], workers: int, proxy_pids: list[int], timeout: float,
-              client_cpus: set[int] | None = None) -> PhaseResult:
+              client_cpus: set[int] | None = None, helper_pids: list[int] | None = None,
+              settle: Callable[[], None] | None = None) -> PhaseResult:
     """Run one phase over `workers` client processes: they open their sessions and report ready, then
-    all are told to go together; proxy CPU is sampled around the measured part only."""
+    all are told to go together; proxy CPU is sampled around the measured part only, and so is the CPU of
+    `helper_pids` (a server the subject needs that is not the subject, counted apart). `settle`, when given,
+    returns once the subject has finished the phase's work that outlasts the clients (closing sessions), so
+    that work is in the CPU figures too."""
+    helpers = helper_pids or []
     procs: list[subprocess.Popen[bytes]] = []
     cpu_start = procstat.cpu_seconds(proxy_pids)
     try:
@@ -208,23 +218,29 @@ def run_phase(job: dict[str, Any], workers: int, proxy_pids: list[int], timeout:
                 )
             )
         pin([p.pid for p in procs], client_cpus)
-        ready = [_read_event(p, "ready", timeout) for p in procs]
+        ready = [read_event(p, "ready", timeout) for p in procs]
         memory = procstat.memory(proxy_pids) if proxy_pids else None
         cpu_go = procstat.cpu_seconds(proxy_pids)
         client_pids = [p.pid for p in procs]
         client_go = procstat.cpu_seconds(client_pids)
+        helper_go = procstat.cpu_seconds(helpers) if helpers else 0.0
         t0 = time.monotonic()
         for p in procs:
             assert p.stdin is not None
             p.stdin.write(b"go\n")
             p.stdin.flush()
-        results = [_read_event(p, "result", timeout) for p in procs]
+        results = [read_event(p, "result", timeout) for p in procs]
         wall = time.monotonic() - t0
+        if settle is not None:
+            settle()
+        settle_wall = time.monotonic() - t0 - wall
         cpu = procstat.cpu_seconds(proxy_pids) - cpu_go
         client_cpu = procstat.cpu_seconds(client_pids) - client_go
+        helper_cpu = procstat.cpu_seconds(helpers) - helper_go if helpers else 0.0
         for p in procs:
             p.wait(30)
-        return PhaseResult(results, ready, cpu, wall, memory, cpu_go - cpu_start, client_cpu)
+        return PhaseResult(results, ready, cpu, wall, memory, cpu_go - cpu_start, client_cpu, helper_cpu,
+                           settle_wall)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -232,7 +248,7 @@ def run_phase(job: dict[str, Any], workers: int, proxy_pids: list[int], timeout:
                 p.wait(5)
 
 
-def _read_event(proc: subprocess.Popen[bytes], event: str, timeout: float) -> dict[str, Any]:
+def read_event(proc: subprocess.Popen[bytes], event: str, timeout: float) -> dict[str, Any]:
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

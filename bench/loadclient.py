@@ -1,6 +1,10 @@
 """Load client worker: opens sessions (raw, classic, dd or ee) to a target, then runs one phase
 (bulk upload/download, latency pings, handshake churn, or idle hold) and prints JSON lines.
-The orchestrator (bench.loadtool) starts several of these and steers them over stdin."""
+The orchestrator (bench.loadtool) starts several of these and steers them over stdin.
+
+With `packet_size` in the job the sessions speak MTProto transport packets (the relay path: a middle proxy
+forwards packets, not bytes; bench/wire.py): bulk goes as packets of that size, pings and the handshake's
+echo as small packets, and everything received is decrypted and split into packets."""
 
 from __future__ import annotations
 
@@ -12,13 +16,14 @@ import os
 import socket
 import sys
 import time
+from collections import deque
 from typing import Any, cast
 
 import uvloop
 
 from bench import wire
 from bench.fakedc import raise_nofile
-from mtproxy.protocol import client, faketls
+from mtproxy.protocol import client, faketls, obfs2
 from mtproxy.protocol.errors import ProtocolError
 from mtproxy.protocol.secret import Secret
 
@@ -49,8 +54,16 @@ class Conn(asyncio.BufferedProtocol):
     """One client connection. Received payload is either counted (bulk download, never decrypted) or
     collected and decrypted until `_need` bytes arrived (READY, DONE, echo replies)."""
 
-    def __init__(self, session: wire.ClientSession, secret: Secret | None) -> None:
+    def __init__(self, session: wire.ClientSession, secret: Secret | None, tag: bytes | None = None,
+                 opening: bytes = b"") -> None:
         self.session = session
+        # the relay path: the transport's packets (`tag`), the first one (`opening`) carried the command
+        self.tag = tag
+        self.opening = opening
+        self._reader = wire.PacketReader(tag) if tag is not None else None
+        self._inbox: deque[bytes] = deque()
+        self._packet_waiter: asyncio.Future[bytes] | None = None
+        self._packets_to_send: list[int] = []
         self.secret = secret
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -96,7 +109,8 @@ class Conn(asyncio.BufferedProtocol):
             if not rest:
                 return
             data = rest
-        collect = self._waiter is not None or not self._counter
+        counting = self._counter is not None and not self._counter.done()
+        collect = self._waiter is not None or not self._counter or self._reader is not None
         if self._stripper is not None:
             sink = bytearray() if collect else None
             try:
@@ -108,13 +122,47 @@ class Conn(asyncio.BufferedProtocol):
                 data = memoryview(sink)
         else:
             n = len(data)
-        if collect:
+        if self._reader is not None:
+            self._take_packets(self.session.decrypt.update(data), counting)
+        elif collect:
             self._plain += self.session.decrypt.update(data)
             self._check_waiter()
         else:
             self._counted += n
             if self._counted >= self._count_target and self._counter is not None and not self._counter.done():
                 self._counter.set_result(None)
+
+    def _take_packets(self, plain: bytes, counting: bool) -> None:
+        assert self._reader is not None
+        try:
+            packets, done = self._reader.feed(plain, keep=not counting)
+        except ValueError as exc:
+            self._fail(exc)
+            return
+        if counting:
+            self._counted += done
+            if self._counted >= self._count_target and self._counter is not None and not self._counter.done():
+                self._counter.set_result(None)
+            return
+        self._inbox.extend(packets)
+        if self._inbox and self._packet_waiter is not None and not self._packet_waiter.done():
+            self._packet_waiter.set_result(self._inbox.popleft())
+            self._packet_waiter = None
+
+    async def read_packet(self, timeout: float) -> bytes:
+        if self._inbox:
+            return self._inbox.popleft()
+        waiter = self._packet_waiter = asyncio.get_running_loop().create_future()
+        return await asyncio.wait_for(waiter, timeout)
+
+    def send_packet(self, packet: bytes | memoryview) -> None:
+        assert self.tag is not None
+        self.send_plain(b"".join((wire.frame_header(self.tag, len(packet)), packet)))
+
+    def send_packets(self, sizes: list[int]) -> None:
+        """Upload bulk packets of these sizes with flow control (encrypted: the proxy splits the stream)."""
+        self._packets_to_send = sizes[::-1]
+        self._pump()
 
     def _check_waiter(self) -> None:
         if self._waiter is not None and len(self._plain) >= self._need and not self._waiter.done():
@@ -124,7 +172,7 @@ class Conn(asyncio.BufferedProtocol):
             self._waiter = None
 
     def _fail(self, exc: Exception) -> None:
-        for fut in (self._waiter, self._counter, self._sent_done):
+        for fut in (self._waiter, self._counter, self._sent_done, self._packet_waiter):
             if fut is not None and not fut.done():
                 fut.set_exception(exc)
         if self.transport is not None:
@@ -152,6 +200,8 @@ class Conn(asyncio.BufferedProtocol):
         self._pump()
 
     def _pump(self) -> None:
+        while self._packets_to_send and not self._paused and self.transport is not None:
+            self.send_packet(wire.packet_body(self._packets_to_send.pop()))
         while self._to_send > 0 and not self._paused and self.transport is not None:
             if self._to_send >= self._block_payload:
                 self.transport.write(self._block)
@@ -184,6 +234,8 @@ class Worker:
         key = bytes.fromhex(job.get("secret_key", "00" * 16))
         self.secret = wire.secret_for(self.kind, key, job.get("domain", "example.com"))
         self.target = (job["host"], job["port"])
+        self.packet_size: int | None = job.get("packet_size")  # the relay path: packets of this size
+        self.tag = wire.transport_tag(self.kind) if self.packet_size else None
         self.sources: list[str] = job.get("sources", ["127.0.0.1"])
         self._next_source = 0
         self.errors: dict[str, int] = {}
@@ -194,7 +246,14 @@ class Worker:
 
     async def open(self, mode: int, count: int = 0, extra: bytes = b"") -> Conn:
         loop = asyncio.get_running_loop()
-        session = wire.client_session(self.kind, self.secret, wire.command(mode, count) + extra)
+        opening = b""
+        if self.tag is not None:
+            assert self.packet_size is not None
+            opening = wire.command_packet(mode, count, self.packet_size, *((extra,) if extra else ()))
+            first = wire.frame_header(self.tag, len(opening)) + opening
+        else:
+            first = wire.command(mode, count) + extra
+        session = wire.client_session(self.kind, self.secret, first)
         source = self.sources[self._next_source % len(self.sources)]
         self._next_source += 1
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -203,7 +262,7 @@ class Worker:
             sock.bind((source, 0))
             sock.setblocking(False)
             await asyncio.wait_for(loop.sock_connect(sock, self.target), CONNECT_TIMEOUT)
-            _, conn = await loop.create_connection(lambda: Conn(session, self.secret), sock=sock)
+            _, conn = await loop.create_connection(lambda: Conn(session, self.secret, self.tag, opening), sock=sock)
         except BaseException:
             sock.close()
             raise
@@ -211,10 +270,16 @@ class Worker:
 
     async def establish(self, mode: int, count: int = 0) -> Conn:
         conn = await self.open(mode, count)
-        ready = await conn.read_plain(len(wire.READY), CONNECT_TIMEOUT)
-        if ready != wire.READY:
-            raise ValueError("DC reply did not decrypt to READY")
+        await self.check_ready(conn, CONNECT_TIMEOUT)
         return conn
+
+    async def check_ready(self, conn: Conn, timeout: float, extra: bytes = b"") -> None:
+        """The DC's first answer: READY (and `extra` echoed behind it on the raw stream)."""
+        if conn.tag is None:
+            if await conn.read_plain(len(wire.READY) + len(extra), timeout) != wire.READY + extra:
+                raise ValueError("DC reply did not decrypt to READY (and the echo)")
+        elif not answers(conn.tag, wire.ready_answer(conn.opening), await conn.read_packet(timeout)):
+            raise ValueError("DC's first packet is not READY and the command packet's echo")
 
     async def establish_many(self, n: int, mode: int, count: int, parallel: int) -> list[Conn]:
         sem = asyncio.Semaphore(parallel)
@@ -231,6 +296,13 @@ class Worker:
         return conns
 
 
+def answers(tag: bytes, sent: bytes, got: bytes) -> bool:
+    """`got` is `sent` come back (a padded transport's answer may carry up to 3 bytes of padding, as the
+    official proxy adds them)."""
+    slack = 3 if tag == obfs2.TAG_PADDED else 0
+    return got[: len(sent)] == sent and len(got) - len(sent) <= slack
+
+
 def emit(event: str, **fields: Any) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
@@ -244,7 +316,10 @@ async def phase_bulk(w: Worker) -> None:
     up = job["direction"] == "up"
     per = int(job["bytes_per_conn"])
     mode = wire.MODE_SINK if up else wire.MODE_SOURCE
-    conns = await w.establish_many(job["conns"], mode, per, job.get("parallel", 200))
+    sizes = wire.packet_sizes(per, w.packet_size) if w.packet_size else []
+    # the relay path's sink counts what the relay sends it: every packet in an intermediate frame
+    count = wire.relay_wire_bytes(sizes) if sizes and up else per
+    conns = await w.establish_many(job["conns"], mode, count, job.get("parallel", 200))
     emit("ready", sessions=len(conns), errors=w.errors)
     await wait_line()
     start = time.monotonic()
@@ -252,11 +327,20 @@ async def phase_bulk(w: Worker) -> None:
 
     async def run(c: Conn) -> None:
         try:
-            if up:
+            if up and c.tag is not None:
+                waiter = asyncio.ensure_future(c.read_packet(job["timeout"]))
+                c.send_packets(sizes)
+                if not answers(c.tag, wire.DONE_PACKET, await waiter):
+                    raise ValueError("sink's answer is not the DONE packet")
+            elif up:
                 waiter = asyncio.ensure_future(c.read_plain(len(wire.DONE), job["timeout"]))
                 c.send_bulk(per)
                 if await waiter != wire.DONE:
                     raise ValueError("sink reply did not decrypt to DONE")
+            elif c.tag is not None:  # counts packets: a padded transport's may carry padding
+                fut = c.expect_count(len(sizes))
+                c.send_packet(wire.GO_PACKET)
+                await asyncio.wait_for(fut, job["timeout"])
             else:
                 fut = c.expect_count(per)
                 c.send_plain(wire.GO)
@@ -285,10 +369,15 @@ async def phase_latency(w: Worker) -> None:
             for _ in range(job["pings"]):
                 ping = os.urandom(job.get("size", 64))
                 t0 = time.perf_counter()
-                c.send_plain(ping)
-                echo = await c.read_plain(len(ping), 10)
+                if c.tag is not None:  # a packet: a non-zero auth key id first
+                    ping = b"\x01" * 8 + ping[8:]
+                    c.send_packet(ping)
+                    echoed = answers(c.tag, ping, await c.read_packet(10))
+                else:
+                    c.send_plain(ping)
+                    echoed = await c.read_plain(len(ping), 10) == ping
                 rtts.append(time.perf_counter() - t0)
-                if echo != ping:
+                if not echoed:
                     raise ValueError("echo mismatch")
         except (OSError, ValueError, TimeoutError, ConnectionError) as exc:
             w._error(exc)
@@ -319,9 +408,7 @@ async def phase_handshake(w: Worker) -> None:
             try:
                 ping = os.urandom(PING_SIZE)
                 c = await w.open(wire.MODE_ECHO, 0, ping)
-                got = await c.read_plain(len(wire.READY) + PING_SIZE, 10)
-                if got != wire.READY + ping:
-                    raise ValueError("echo after handshake did not match")
+                await w.check_ready(c, 10, ping)  # the relay path: the ping rides in the command packet
                 durations.append(time.perf_counter() - t0)
                 assert c.transport is not None
                 c.transport.close()

@@ -1,6 +1,7 @@
 """The load tool: inside a private network namespace, start a fake DC, the baselines and the proxy under
 test, drive them with the same client load, and report proxy CPU per GB and per handshake, throughput,
-added latency and memory per idle session, as a table and as JSON (see docs/benchmarks.md)."""
+added latency and memory per idle session, as a table and as JSON (see docs/benchmarks.md). With
+--relay, the engine is measured a second time on the middle-proxy (relay) path, behind a fake relay."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -19,16 +21,25 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness, netns, report, wire
+from mtproxy.testkit.relayconfig import write_relay_files
 
-DC_HOST, DC_PORT, MASK_PORT, PLAIN_PORT, PROXY_PORT = "127.0.0.1", 9443, 9444, 7443, 8443
+DC_HOST, DC_PORT, MASK_PORT, PLAIN_PORT, PROXY_PORT, RELAY_PORT = "127.0.0.1", 9443, 9444, 7443, 8443, 9445
 STATS_URL = "http://127.0.0.1:8888/stats.json"  # the engine's default stats port, inside the namespace
 PER_SUBJECT_PHASES = ("bulk1", "bulkN", "hs", "lat")
 DOMAIN = "example.com"
 DEFAULT_ENGINE = (
     "{python} -m mtproxy.cli.main run -H {port} {secret_args} --dc-override *={dc_host}:{dc_port} "
-    "--mask {mask_host}:{mask_port} --workers {workers}"
+    "--mask {mask_host}:{mask_port} --workers {workers} {relay_args}"
 )
 MODES = ("classic", "dd", "ee")
+# The relay path's subjects: the same engine and mode as `engine-<mode>`, its clients through a fake relay.
+MIDDLE = "middle-"
+RELAY_SECRET_SIZE = 128  # bytes of proxy-secret, as getProxySecret serves it
+
+
+def subject_kind(subject: str) -> str:
+    """The client mode of an engine subject: engine-ee and middle-ee are both `ee`."""
+    return subject.split("-", 1)[1]
 
 
 def secret_text(kind: str, key: bytes) -> str:
@@ -48,6 +59,14 @@ class Bench:
         pinned = args.pin and len(cpus) > 1
         self.subject_cpus: set[int] | None = {cpus[0]} if pinned else None
         self.load_cpus: set[int] | None = set(cpus[1:]) if pinned else None
+        # the fake relay of the middle-* subject being measured (its CPU is sampled apart from the subject's)
+        self.relay: harness.Service | None = None
+        self._relay_dir = tempfile.TemporaryDirectory(prefix="bench-relay-")
+        self.relay_files = write_relay_files(Path(self._relay_dir.name), os.urandom(RELAY_SECRET_SIZE),
+                                             {wire.DC_ID: [(DC_HOST, RELAY_PORT)]}, default_dc=wire.DC_ID)
+
+    def close(self) -> None:
+        self._relay_dir.cleanup()
 
     # ---- subjects -------------------------------------------------------------------------------
     def start_subject(self, subject: str, workers: int = 1, extra_keys: int = 0,
@@ -62,7 +81,7 @@ class Bench:
                 ["--port", str(PLAIN_PORT), "--upstream", f"{DC_HOST}:{DC_PORT}"],
                 copies=workers,
             )
-        kind = subject.split("-", 1)[1]
+        kind = subject_kind(subject)
         keys = [os.urandom(16) for _ in range(extra_keys)] + [self.key]
         secrets = [secret_text(kind, k) for k in keys]
         values = {
@@ -76,12 +95,75 @@ class Bench:
             "workers": str(workers),
             "domain": DOMAIN,
         }
+        middle = subject.startswith(MIDDLE)
+        # the official command line's way to the relays, which our engine follows too (docs/engine.md)
+        relay_args = ["--aes-pwd", str(self.relay_files.secret), str(self.relay_files.config)] if middle else []
         argv = harness.expand_template(
-            self.args.engine_cmd, values, {"secret_args": [a for s in secrets for a in ("-S", s)]}
+            self.args.engine_cmd, values,
+            {"secret_args": [a for s in secrets for a in ("-S", s)], "relay_args": relay_args},
         ) + list(extra_args)
         with open(self.log, "ab") as f:
             f.write(f"\n=== {subject} workers={workers} secrets={len(secrets)}\n".encode())
-        return harness.start_command(subject, argv, DC_HOST, PROXY_PORT, self.log)
+        svc = harness.start_command(subject, argv, DC_HOST, PROXY_PORT, self.log)
+        if middle:
+            assert self.relay is not None
+            try:  # before its first relay link is up, the engine would send its clients direct
+                harness.wait_line(self.relay.procs[0], "linked", harness.READY_TIMEOUT)
+            except BaseException:
+                svc.stop()
+                raise
+        return svc
+
+    def start_relay(self) -> harness.Service:
+        self.relay = harness.start_module(
+            "middlerelay", "bench.middlerelay",
+            ["--port", str(RELAY_PORT), "--dc", f"{DC_HOST}:{DC_PORT}", "--secret-file", str(self.relay_files.secret)],
+            questions=True,
+        )
+        harness.pin(self.relay.pids, self.load_cpus)
+        return self.relay
+
+    def stop_relay(self) -> dict[str, float]:
+        """Stop the fake relay; what it carried (numbers only; its errors go to stderr and servers.log)."""
+        relay, self.relay = self.relay, None
+        if relay is None:
+            return {}
+        proc = relay.procs[0]
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        relay.stop()
+        lines = [ln for ln in proc.stdout.read().decode().splitlines() if ln.startswith("{")]
+        if not lines:
+            return {}
+        carried: dict[str, Any] = json.loads(lines[-1])
+        errors = carried.pop("errors")
+        if errors:
+            text = "".join(f"  fake relay: {e}\n" for e in errors)
+            print(text, end="", file=sys.stderr)
+            with open(self.log, "a") as f:
+                f.write(text)
+        return {**{k: float(v) for k, v in carried.items()}, "errors": float(len(errors))}
+
+    def settle_relay(self) -> None:
+        """Wait (at most --relay-settle seconds) until the engine closed every client's conn id at the fake
+        relay: a session whose client left may outlive it there (the half-close timeout), and its end is
+        part of the phase's cost."""
+        relay = self.relay
+        assert relay is not None
+        proc = relay.procs[0]
+        assert proc.stdin is not None
+        deadline = time.monotonic() + self.args.relay_settle
+        while True:
+            proc.stdin.write(b"legs\n")
+            proc.stdin.flush()
+            legs = harness.read_event(proc, "legs", 10)["legs"]
+            if not legs:
+                return
+            if time.monotonic() > deadline:
+                print(f"  fake relay: {legs} conn ids still open after {self.args.relay_settle:.0f} s",
+                      file=sys.stderr)
+                return
+            time.sleep(0.1)
 
     def target(self, subject: str) -> dict[str, Any]:
         if subject == "direct":
@@ -89,11 +171,13 @@ class Bench:
         if subject == "plain":
             return {"kind": "raw", "host": DC_HOST, "port": PLAIN_PORT}
         return {
-            "kind": subject.split("-", 1)[1],
+            "kind": subject_kind(subject),
             "host": DC_HOST,
             "port": PROXY_PORT,
             "secret_key": self.key.hex(),
             "domain": DOMAIN,
+            # the relay path forwards packets: its clients speak them (bench/wire.py)
+            **({"packet_size": self.args.packet_size} if subject.startswith(MIDDLE) else {}),
         }
 
     # ---- phases ---------------------------------------------------------------------------------
@@ -103,7 +187,10 @@ class Bench:
         job = {**self.target(subject), **job}
         pids = svc.pids if svc is not None else []
         harness.pin(pids, self.subject_cpus)  # again: a worker may have been (re)started since
-        res = harness.run_phase(job, workers, pids, self.args.phase_timeout, self.load_cpus)
+        helpers = self.relay.pids if self.relay is not None else []
+        # latency's few sessions cost nothing worth waiting for; the subject is stopped after it
+        settle = self.settle_relay if self.relay is not None and job["phase"] != "latency" else None
+        res = harness.run_phase(job, workers, pids, self.args.phase_timeout, self.load_cpus, helpers, settle)
         errors: dict[str, int] = {}
         for r in res.results + res.ready:
             for k, v in r.get("errors", {}).items():
@@ -130,7 +217,10 @@ class Bench:
         total = sum(r["bytes"] for r in res.results)
         span = max(r["end"] for r in res.results) - min(r["start"] for r in res.results)
         ok = sum(r["ok"] for r in res.results)
+        relay = {"relay_cpu": res.helper_cpu, "settle_s": res.settle_wall,
+                 "relay_cpu_s_per_GB": res.helper_cpu / (total / 1e9) if total else float("nan")}
         return {
+            **(relay if self.relay is not None else {}),
             "bytes": total,
             "seconds": span,
             "MBps": total / span / 1e6 if span > 0 else 0.0,
@@ -164,7 +254,9 @@ class Bench:
         ok = sum(r["ok"] for r in res.results)
         span = max(r["end"] for r in res.results) - min(r["start"] for r in res.results)
         durations = sorted(d for r in res.results for d in r["durations"])
+        relay = {"relay_cpu_ms_per_hs": res.helper_cpu * 1000 / ok if ok else float("nan"), "settle_s": res.settle_wall}
         return {
+            **(relay if self.relay is not None else {}),
             "ok": ok,
             "per_s": ok / span if span else 0.0,
             "cpu": res.cpu,
@@ -221,7 +313,13 @@ class Bench:
     def run_subject(self, subject: str) -> dict[str, Any]:
         a = self.args
         out: dict[str, Any] = {}
-        svc = self.start_subject(subject)
+        if subject.startswith(MIDDLE):
+            self.start_relay()
+        try:
+            svc = self.start_subject(subject)
+        except BaseException:
+            self.stop_relay()
+            raise
         try:
             mb = 1_000_000
             phases = a.phases.split(",")
@@ -242,6 +340,8 @@ class Bench:
         finally:
             if svc is not None:
                 svc.stop()
+            if subject.startswith(MIDDLE):
+                out["relay"] = self.stop_relay()
         return out
 
 
@@ -266,6 +366,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", default="classic,dd,ee", help="engine modes to measure (classic,dd,ee)")
     p.add_argument("--no-engine", action="store_true", help="baselines only (plain relay, direct path)")
     p.add_argument("--engine-cmd", default=DEFAULT_ENGINE, help="command template for the proxy under test")
+    p.add_argument("--relay", action="store_true",
+                   help="also measure each engine mode on the middle-proxy path (subjects middle-<mode>), its "
+                        "clients' packets through a fake relay in front of the fake DC; the template needs "
+                        "{relay_args}")
+    p.add_argument("--relay-settle", type=float, default=30.0,
+                   help="relay path: seconds to wait after a phase for the engine to close its clients' conn ids "
+                        "(counted in the phase's CPU)")
+    p.add_argument("--packet-size", type=int, default=512 * 1024,
+                   help="bytes per bulk packet on the relay path (TDLib's parts: 512 KiB, smaller files 64 KiB)")
     p.add_argument("--runs", type=int, default=3, help="interleaved runs; medians are reported")
     p.add_argument("--phases", default="bulk1,bulkN,hs,lat",
                    help="which per-subject phases to run; `flood` (not in the default) adds the garbage-flood "
@@ -309,6 +418,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.handshakes, args.hs_parallel, args.lat_conns, args.pings = 20, 4, 1, 10
         args.idle, args.secrets, args.client_workers, args.dc_workers = "", 0, 1, 1
         args.flood_secrets, args.flood_rate, args.flood_duration = 200, 20.0, 1.5
+    if args.relay and "{relay_args}" not in args.engine_cmd.split():
+        p.error("--relay: the engine template has no {relay_args} word (where the relay files go)")
+    try:
+        wire.packet_sizes(args.packet_size, args.packet_size)
+    except ValueError as exc:
+        p.error(f"--packet-size: {exc}")
     import resource
 
     args.nofile_per_process = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -323,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     bench = Bench(args)
     bench.out_dir.mkdir(parents=True, exist_ok=True)
-    subjects = ["plain"] + ([] if args.no_engine else [f"engine-{m}" for m in args.modes.split(",") if m])
+    modes = [] if args.no_engine else [m for m in args.modes.split(",") if m]
+    subjects = ["plain"] + [f"engine-{m}" for m in modes] + ([f"{MIDDLE}{m}" for m in modes] if args.relay else [])
     dc = harness.start_module(
         "fakedc", "bench.fakedc", ["--port", str(DC_PORT), "--mask-port", str(MASK_PORT)], copies=args.dc_workers
     )
@@ -334,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         measure(bench, subjects, runs, extra)
     finally:
         dc.stop()
+        bench.close()
         # Whatever was measured is written, also when a stage failed or the run was interrupted.
         summary = report.summarize(runs)
         doc = {"machine": machine(), "args": dict(vars(args)), "summary": summary, "extra": extra, "runs": runs}

@@ -26,6 +26,9 @@ def _flatten(subject: dict[str, Any], direct: dict[str, Any]) -> dict[str, float
         up, down = subject.get(f"up{n}"), subject.get(f"down{n}")
         if up and down and up["bytes"] + down["bytes"]:
             flat[f"both{n}.cpu_s_per_GB"] = (up["cpu"] + down["cpu"]) / ((up["bytes"] + down["bytes"]) / 1e9)
+            if "relay_cpu" in up and "relay_cpu" in down:  # the fake middle-proxy relay beside the subject
+                flat[f"both{n}.relay_cpu_s_per_GB"] = (
+                    (up["relay_cpu"] + down["relay_cpu"]) / ((up["bytes"] + down["bytes"]) / 1e9))
     if "lat" in subject and "lat" in direct:
         flat["lat.added_p50_ms"] = subject["lat"]["p50_ms"] - direct["lat"]["p50_ms"]
         flat["lat.added_p99_ms"] = subject["lat"]["p99_ms"] - direct["lat"]["p99_ms"]
@@ -103,6 +106,24 @@ def table(doc: dict[str, Any]) -> str:
                 row.append(_fmt(a / b if a is not None and b else None, 2))
             rows.append(row)
         parts.append(_table(["subject"] + [c[0] for c in ratio_cols], rows))
+    middle = [s for s in subjects if s.startswith("middle-") and "engine-" + s.split("-", 1)[1] in summary]
+    if middle:
+        parts += ["", "the relay path (middle-<mode>: the engine's clients through a fake middle-proxy relay) beside "
+                      "direct mode (engine-<mode>): the engine's CPU, and the fake relay's own (not the engine's)"]
+        rows = []
+        for s in middle:
+            on, off = summary[s], summary["engine-" + s.split("-", 1)[1]]
+            row = [s.split("-", 1)[1]]
+            for key in ("both1.cpu_s_per_GB", "bothN.cpu_s_per_GB", "hs.cpu_ms_per_hs"):
+                a, b = on.get(key), off.get(key)
+                row += [_fmt(b, 3), _fmt(a, 3), _fmt(a / b if a is not None and b else None, 2)]
+            row += [_fmt(on.get("lat.added_p50_ms"), 3), _fmt(on.get("both1.relay_cpu_s_per_GB"), 3),
+                    _fmt(on.get("hs.relay_cpu_ms_per_hs"), 3)]
+            rows.append(row)
+        header = ["mode", "CPU s/GB 1c both direct", "relay path", "ratio", "1000c both direct", "relay path", "ratio",
+                  "CPU ms/hs direct", "relay path", "ratio", "relay path +p50 ms", "fake relay s/GB 1c",
+                  "fake relay ms/hs"]
+        parts.append(_table(header, rows))
     client_cols = [(c, f"{phase}.client_cpu_s_per_GB", 3) for c, phase in
                    (("1c up", "up1"), ("1c down", "down1"), ("1000c up", "upN"), ("1000c down", "downN"))]
     if any(summary[s].get(key) is not None for s in subjects for _, key, _d in client_cols):

@@ -123,3 +123,115 @@ class RecordStripper:
                 self._remaining = int.from_bytes(self._header[3:5], "big")
                 self._header.clear()
         return payload
+
+
+# ---- the relay path (middle proxy): MTProto transport packets instead of a byte stream ------------------------
+# Through a middle proxy the engine forwards whole packets of the client's transport (docs/engine.md "Middle
+# proxy and ad tag"), so a client there speaks framed packets: encrypted-looking (first 8 bytes, the auth key
+# id, non-zero), a multiple of 4 bytes, 28 bytes at least, 1,044,480 at most. The first packet carries the
+# command, then the size of the packets the DC is to send (source mode), then filler or the handshake's ping.
+# The relay forwards each packet to the fake DC as one intermediate frame, so the DC sees `len + packet`.
+MIN_PACKET = 28
+MAX_PACKET = 1_044_480
+PACKET_SIZE_FIELD = struct.Struct("<I")
+COMMAND_PACKET_FILL = bytes(8)  # after command and size when nothing else rides along: 28 bytes in all
+DONE_PACKET = DONE + bytes(MIN_PACKET - len(DONE))
+GO_PACKET = GO * 8 + bytes(MIN_PACKET - 8)
+_PACKET_BODY = b"\x01" * 8 + os.urandom(MAX_PACKET - 8)
+
+
+def transport_tag(kind: str) -> bytes:
+    """The MTProto transport a client of `kind` speaks (as client_session's init announces it)."""
+    return obfs2.TAG_ABRIDGED if kind == "classic" else obfs2.TAG_PADDED if kind in ("dd", "ee") else (
+        obfs2.TAG_INTERMEDIATE)
+
+
+def frame_header(tag: bytes, length: int) -> bytes:
+    """The transport's length prefix of one packet (no quick-ack bit, no padding)."""
+    if tag == obfs2.TAG_ABRIDGED:
+        words = length // 4
+        return bytes([words]) if words < 0x7F else b"\x7f" + words.to_bytes(3, "little")
+    return length.to_bytes(4, "little")
+
+
+def command_packet(mode: int, count: int, packet_size: int, extra: bytes = COMMAND_PACKET_FILL) -> bytes:
+    """The first packet on the relay path. `count`: sink mode, the bytes the DC will see after this packet
+    (`relay_wire_bytes`); source mode, the payload bytes to send in packets of `packet_size`."""
+    if len(extra) % 4 or len(extra) < len(COMMAND_PACKET_FILL):
+        raise ValueError("extra bytes of a command packet: a multiple of 4, 8 at least")
+    return command(mode, count) + PACKET_SIZE_FIELD.pack(packet_size) + extra
+
+
+def ready_answer(packet: bytes) -> bytes:
+    """The fake DC's answer to a command packet: READY, then the packet after the command's magic and mode
+    (its count, packet size and extra bytes: a handshake's ping comes back with it), so as long as the packet."""
+    return READY + packet[8:]
+
+
+def packet_sizes(total: int, size: int) -> list[int]:
+    """`total` payload bytes as packets of `size`; the last one rounded up to a valid packet."""
+    if not MIN_PACKET <= size <= MAX_PACKET or size % 4:
+        raise ValueError(f"packet size {size}: a multiple of 4 in {MIN_PACKET}..{MAX_PACKET}")
+    full, rest = divmod(total, size)
+    return [size] * full + ([max(MIN_PACKET, -(-rest // 4) * 4)] if rest else [])
+
+
+def relay_wire_bytes(sizes: list[int]) -> int:
+    """What the DC receives for these packets from the relay: each in an intermediate frame."""
+    return sum(4 + s for s in sizes)
+
+
+def packet_body(size: int) -> memoryview:
+    """Bulk packet content: a non-zero auth key id, then random bytes (shared, never checked)."""
+    return memoryview(_PACKET_BODY)[:size]
+
+
+class PacketReader:
+    """Splits the decrypted stream a client receives into its transport's packets. Bulk packets are only
+    counted (`keep=False`), never copied; a padded transport's answer may carry padding (kept with it)."""
+
+    def __init__(self, tag: bytes) -> None:
+        self._tag = tag
+        self._head = bytearray()
+        self._body: bytearray | None = None
+        self._remaining = 0
+
+    def _head_size(self) -> int:
+        if self._tag != obfs2.TAG_ABRIDGED:
+            return 4
+        return 1 if not self._head or self._head[0] & 0x7F != 0x7F else 4
+
+    def feed(self, data: bytes | memoryview, keep: bool) -> tuple[list[bytes], int]:
+        """The packets completed by `data` (when `keep`) and how many were completed."""
+        view = memoryview(data)
+        packets: list[bytes] = []
+        done, pos, end = 0, 0, len(view)
+        while pos < end:
+            if self._remaining:
+                take = min(self._remaining, end - pos)
+                if self._body is not None:
+                    self._body += view[pos : pos + take]
+                pos += take
+                self._remaining -= take
+                if not self._remaining:
+                    done += 1
+                    if self._body is not None:
+                        packets.append(bytes(self._body))
+                    self._body = None
+                continue
+            need = self._head_size() - len(self._head)
+            self._head += view[pos : pos + need]
+            pos += min(need, end - pos)
+            if len(self._head) < self._head_size():
+                continue
+            if self._tag == obfs2.TAG_ABRIDGED:
+                words = self._head[0] & 0x7F if len(self._head) == 1 else int.from_bytes(self._head[1:4], "little")
+                length = words * 4
+            else:
+                length = int.from_bytes(self._head, "little") & 0x7FFFFFFF
+            self._head.clear()
+            if not MIN_PACKET <= length <= MAX_PACKET + 16:
+                raise ValueError(f"server sent a packet of {length} bytes")
+            self._remaining = length
+            self._body = bytearray() if keep else None
+        return packets, done

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.netns
 
 
-def _run(tmp_path: Path, *extra: str, row: str = "| plain |") -> dict[str, object]:
+def _run(tmp_path: Path, *extra: str, row: str = "| plain |", timeout: float = 60) -> dict[str, object]:
     """Run the tool; its table must have `row`."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "src")]))
     proc = subprocess.run(
@@ -24,7 +24,7 @@ def _run(tmp_path: Path, *extra: str, row: str = "| plain |") -> dict[str, objec
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert row in proc.stdout
@@ -85,3 +85,34 @@ def test_flood_stage_runs_alone(tmp_path: Path) -> None:
         engine = figures["engine"]
         assert engine["scans"] + engine["scan-busy"] == garbage["sent"], name
         assert engine["masked"] == garbage["sent"], name
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.skipif(not _engine_runs(), reason="the engine (mtproxy run) is not there yet")
+def test_relay_path_beside_direct_mode(tmp_path: Path) -> None:
+    """`--relay`: each mode is measured again with its clients' packets through the fake middle-proxy relay,
+    whose CPU is reported apart; every packet of every phase went through the relay (none direct)."""
+    from bench.loadtool import DEFAULT_ENGINE
+
+    # A short half-close timeout: on the relay path a client's FIN leaves its session open until then, and the
+    # tool waits for those sessions to end after each phase (their end is part of the phase's cost).
+    engine = DEFAULT_ENGINE + " --halfclose-timeout 1"
+    doc = _run(tmp_path, "--relay", "--modes", "classic,ee", "--phases", "bulk1,hs,lat", "--engine-cmd", engine,
+               row="| middle-ee |", timeout=120)
+    run = doc["runs"][0]  # type: ignore[index]
+    for mode in ("classic", "ee"):
+        direct, middle = run[f"engine-{mode}"], run[f"middle-{mode}"]
+        assert "relay" not in direct and "relay_cpu" not in direct["up1"], mode
+        assert middle["up1"]["ok"] == 1 and middle["up1"]["bytes"] == 1_000_000, mode
+        assert middle["down1"]["ok"] == 1 and middle["down1"]["bytes"] == 1_000_000, mode
+        assert middle["hs"]["ok"] == 20 and middle["hs"]["errors"] == 0, mode
+        assert middle["lat"]["n"] == 10, mode
+        assert middle["up1"]["relay_cpu_s_per_GB"] >= 0 and middle["hs"]["relay_cpu_ms_per_hs"] >= 0, mode
+        relay = middle["relay"]
+        # one command packet per session (20 handshakes, up, down, latency), 2 bulk packets up (1 MB in
+        # 512 KiB packets), the GO packet down, 10 pings; answers: READY per session, DONE, 2 packets, 10 echoes
+        assert relay["requests"] == 20 + 1 + 2 + 1 + 1 + 1 + 10, mode
+        assert relay["answers"] == 20 + 2 + 3 + 11, mode
+        assert relay["request_bytes"] >= 1_000_000 and relay["errors"] == 0, mode
+        # the tool waited for the sessions of the handshakes and the bulk phases to end at the relay
+        assert relay["closes_from_proxy"] >= 22, mode
