@@ -146,8 +146,7 @@ class Bench:
 
     def settle_relay(self) -> None:
         """Wait (at most --relay-settle seconds) until the engine closed every client's conn id at the fake
-        relay: a session whose client left may outlive it there (the half-close timeout), and its end is
-        part of the phase's cost."""
+        relay: the closes are part of the phase's cost."""
         relay = self.relay
         assert relay is not None
         proc = relay.procs[0]

@@ -182,8 +182,8 @@ def test_nonce_handshake_request_answer() -> None:
         assert await relay.wait_for(lambda: list(relay.closes_from_proxy) == [(0, 0x99)])
         assert await client.nothing_for()
         assert relay.open_legs == 1
-        # its client left: the proxy says RPC_CLOSE_EXT (docs/protocol.md), and that DC connection goes too
-        client.send(struct.pack("<Iq", w.RPC_CLOSE_EXT, 0x1234))
+        # its client left: the proxy says RPC_CLOSE_CONN (docs/protocol.md), and that DC connection goes too
+        client.send(struct.pack("<Iq", w.RPC_CLOSE_CONN, 0x1234))
         assert await relay.wait_for(lambda: list(relay.closes_from_proxy) == [(0, 0x99), (0, 0x1234)])
         assert relay.open_legs == 0 and not relay.errors
     scenario(body)

@@ -10,7 +10,8 @@ each request's packet sent as one frame and each frame the DC sends back returne
 RPC_SIMPLE_ACK: a real DC computes the quick-ack token from the auth key; the fake answers a request flagged
 for quick ack (0x80000000) itself, token = first 4 bytes of SHA-256(packet), little-endian, | 0x80000000
 (`quick_ack_token`), and forwards any quick-ack word the DC sends. When the DC closes, RPC_CLOSE_EXT; when
-the proxy sends RPC_CLOSE_EXT (its client left) or RPC_CLOSE_CONN, that conn id's DC connection is closed."""
+the proxy sends RPC_CLOSE_CONN (its client left, or an id it does not know: MTProxy mtproto-proxy.c
+`_notify_remote_closed`), that conn id's DC connection is closed."""
 
 from __future__ import annotations
 
@@ -319,9 +320,8 @@ class RelayLink:
                 await self.send(answer, log=False)
         elif frame.op == w.RPC_PROXY_REQ:
             await self._on_request(w.parse_proxy_request(frame.payload))
-        elif frame.op in (w.RPC_CLOSE_CONN, w.RPC_CLOSE_EXT):
-            # the proxy sends RPC_CLOSE_EXT when its client leaves, RPC_CLOSE_CONN for an id it does not know
-            conn_id = w.parse_conn_id(frame.payload, frame.op)
+        elif frame.op == w.RPC_CLOSE_CONN:
+            conn_id = w.parse_conn_id(frame.payload, w.RPC_CLOSE_CONN)
             self.relay.closes_from_proxy.append((self.record.number, conn_id))
             leg = self._legs.get(conn_id)
             if leg is not None:
