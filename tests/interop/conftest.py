@@ -62,9 +62,10 @@ StartProxy = Callable[..., RunningProxy]
 
 @pytest.fixture
 def start_proxy(fake_dc: FakeDC, tmp_path: Path) -> Iterator[StartProxy]:
-    """start_proxy(keys, *flags, host="127.0.0.1", secrets=None, ready=1) → a ready `python -m mtproxy.runtime`.
-    `secrets` are the -S values (default: the values of `keys`); `ready` is how many processes (workers)
-    must report ready."""
+    """start_proxy(keys, *flags, host="127.0.0.1", secrets=None, ready=1, dc=None) → a ready
+    `python -m mtproxy.runtime`. `secrets` are the -S values (default: the values of `keys`); `ready` is how
+    many processes (workers) must report ready; `dc` the DC every direct connection goes to (default: the
+    test's fake DC)."""
     started: list[ProxyProcess] = []
 
     def start(
@@ -73,12 +74,13 @@ def start_proxy(fake_dc: FakeDC, tmp_path: Path) -> Iterator[StartProxy]:
         host: str = "127.0.0.1",
         secrets: list[str] | None = None,
         ready: int = 1,
+        dc: FakeDC | None = None,
     ) -> RunningProxy:
         port = free_port(host)
         listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         args = [
             "--listen", listen,
-            "--dc-override", f"*={fake_dc.address}",
+            "--dc-override", f"*={(dc or fake_dc).address}",
             # No mask site in these tests; a fixed certificate record size instead of one learned from it.
             "--no-mask", "--cert-size", "4096",
             "-p", "0",
