@@ -151,9 +151,12 @@ def test_a_request_is_answered_through_the_pool_with_its_ad_tag_and_quick_ack() 
             assert (counters.tot_forwarded_queries, counters.tot_forwarded_responses,
                     counters.tot_forwarded_simple_acks) == (1, 1, 1)
             client.close()
-            # the fake relay logs RPC_CLOSE_EXT from a proxy as an op it does not act on
-            await until(lambda: any("5eb634a2" in line for line in setup.relays[0].errors), 2,
-                        "RPC_CLOSE_EXT reached the relay")
+            # announced as the official proxy does (RPC_CLOSE_CONN), which the relay acts on
+            relay = setup.relays[0]
+            await until(lambda: len(relay.closes_from_proxy) == 1, 2, "RPC_CLOSE_CONN reached the relay")
+            assert [(link, conn_id % (1 << 64)) for link, conn_id in relay.closes_from_proxy] == [
+                (seen.link, client.conn_id)]
+            assert not relay.errors, list(relay.errors)
             assert not client.send(data) and counters.dropped_queries == 1
             await pool.close()
             assert sink.closed is None  # a client that closed itself hears nothing more

@@ -3,8 +3,9 @@ relay, many client sessions multiplexed over them by 64-bit conn ids, answers ro
 passed to the clients of a full link, per-relay health and the DC's "all relays down" / "back up"
 transitions, reconnects with bounded backoff, and the counters /stats and /metrics show.
 
-Every client handle ends exactly once with a reason (`RelaySink.relay_closed`), whether it closed itself,
-the relay sent RPC_CLOSE_EXT, or its link died: no client is left waiting on a dead relay connection."""
+Every client handle ends exactly once with a reason (`RelaySink.relay_closed`), whether it closed itself
+(RPC_CLOSE_CONN to the relay), the relay sent RPC_CLOSE_EXT, or its link died: no client is left waiting on
+a dead relay connection."""
 
 from __future__ import annotations
 
@@ -116,12 +117,13 @@ class RelayClient:
         self._pool.counters.client_packets_refused += 1
 
     def close(self) -> None:
-        """Our client went away: RPC_CLOSE_EXT toward the relay; the sink hears nothing more."""
+        """Our client went away: RPC_CLOSE_CONN toward the relay, as the official proxy tells it
+        (mtproto-proxy.c remove_ext_connection -> _notify_remote_closed); the sink hears nothing more."""
         link = self._link
         if link is None:
             return
         if link.ready and link.codec is not None:
-            link.write(link.codec.close_ext(self.conn_id))
+            link.write(link.codec.close_conn(self.conn_id))
         self._pool.forget(self, link)
 
     def detach(self) -> RelayLink | None:
