@@ -268,6 +268,12 @@ def test_relay_path_soak_with_faults(start_proxy: ProxyFactory, relays: Backgrou
     forwarded = sum(len(relay.requests) for relay in relays.relays.values())
     assert forwarded <= counters["tot_forwarded_queries"], counters  # what a dying link carried may be lost
     assert {tag for relay in relays.relays.values() for tag in relay.ad_tags} == {AD_TAG}
+    # the clients that left were announced (RPC_CLOSE_CONN), and the relays rejected nothing the engine sent
+    assert all(relays.relay(dc).closes_from_proxy for dc in FAULTED)  # the stalled one's clients died with it
+    # (what the relays record besides is their own DC legs failing to write to a link the engine dropped)
+    refused = [line for relay in relays.relays.values() for line in relay.errors
+               if "DC side:" not in line and "DC write:" not in line]
+    assert refused == [], refused
 
     # and carry traffic again, through the relays (not direct)
     before = {dc: len(relay.requests) for dc, relay in relays.relays.items()}
