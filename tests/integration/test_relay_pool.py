@@ -151,10 +151,12 @@ def test_a_request_is_answered_through_the_pool_with_its_ad_tag_and_quick_ack() 
             assert (counters.tot_forwarded_queries, counters.tot_forwarded_responses,
                     counters.tot_forwarded_simple_acks) == (1, 1, 1)
             client.close()
-            # RPC_CLOSE_CONN, as the official proxy tells a relay its client went away
-            await until(lambda: list(setup.relays[0].closes_from_proxy) == [(seen.link, seen.conn_id)], 2,
-                        "RPC_CLOSE_CONN reached the relay")
-            assert not setup.relays[0].errors
+            # announced as the official proxy does (RPC_CLOSE_CONN), which the relay acts on
+            relay = setup.relays[0]
+            await until(lambda: len(relay.closes_from_proxy) == 1, 2, "RPC_CLOSE_CONN reached the relay")
+            assert [(link, conn_id % (1 << 64)) for link, conn_id in relay.closes_from_proxy] == [
+                (seen.link, client.conn_id)]
+            assert not relay.errors, list(relay.errors)
             assert not client.send(data) and counters.dropped_queries == 1
             await pool.close()
             assert sink.closed is None  # a client that closed itself hears nothing more

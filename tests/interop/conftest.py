@@ -62,9 +62,10 @@ StartProxy = Callable[..., RunningProxy]
 
 @pytest.fixture
 def start_proxy(fake_dc: FakeDC, tmp_path: Path) -> Iterator[StartProxy]:
-    """start_proxy(keys, *flags, host="127.0.0.1", secrets=None, ready=1, mask=None) → a ready `python -m
-    mtproxy.runtime`. `secrets` are the -S values (default: the values of `keys`); `ready` is how many processes
-    (workers) must report ready; `mask` (HOST:PORT) is a mask site to learn the flight from."""
+    """start_proxy(keys, *flags, host="127.0.0.1", secrets=None, ready=1, mask=None, dc=None) → a ready
+    `python -m mtproxy.runtime`. `secrets` are the -S values (default: the values of `keys`); `ready` is how
+    many processes (workers) must report ready; `mask` (HOST:PORT) is a mask site to learn the flight from;
+    `dc` the DC every direct connection goes to (default: the test's fake DC)."""
     started: list[ProxyProcess] = []
 
     def start(
@@ -74,12 +75,13 @@ def start_proxy(fake_dc: FakeDC, tmp_path: Path) -> Iterator[StartProxy]:
         secrets: list[str] | None = None,
         ready: int = 1,
         mask: str | None = None,
+        dc: FakeDC | None = None,
     ) -> RunningProxy:
         port = free_port(host)
         listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         args = [
             "--listen", listen,
-            "--dc-override", f"*={fake_dc.address}",
+            "--dc-override", f"*={(dc or fake_dc).address}",
             # No mask site in most tests; a fixed certificate record size instead of one learned from it.
             *(["--no-mask", "--cert-size", "4096"] if mask is None else ["--mask", mask]),
             "-p", "0",

@@ -3,8 +3,9 @@ relay, many client sessions multiplexed over them by 64-bit conn ids, answers ro
 passed to the clients of a full link, per-relay health and the DC's "all relays down" / "back up"
 transitions, reconnects with bounded backoff, and the counters /stats and /metrics show.
 
-Every client handle ends exactly once with a reason (`RelaySink.relay_closed`), whether it closed itself,
-the relay sent RPC_CLOSE_EXT, or its link died: no client is left waiting on a dead relay connection."""
+Every client handle ends exactly once with a reason (`RelaySink.relay_closed`), whether it closed itself
+(RPC_CLOSE_CONN to the relay), the relay sent RPC_CLOSE_EXT, or its link died: no client is left waiting on
+a dead relay connection."""
 
 from __future__ import annotations
 

@@ -66,15 +66,19 @@ class BackgroundPeers:
 
 
 class BackgroundRelays:
-    """One fake relay per DC id on 127.0.0.1, all in front of one fake echo DC, served from their own thread;
+    """One fake relay per DC id on 127.0.0.1, all in front of one DC, served from their own thread;
     `write_files` names them in a proxy-multi.conf beside the proxy-secret they hold. Faults are switched from
-    the test's thread through `relay(dc).faults` (plain attributes, read live by the relay)."""
+    the test's thread through `relay(dc).faults` (plain attributes, read live by the relay). The DC is `dc`
+    when given (another test's fake DC, e.g. one speaking MTProto), else a fake echo DC of their own
+    (`self.dc`, started only then)."""
 
-    def __init__(self, secret: bytes, dc_ids: tuple[int, ...] = (1, 2, 3, 4, 5)) -> None:
+    def __init__(self, secret: bytes, dc_ids: tuple[int, ...] = (1, 2, 3, 4, 5),
+                 dc: tuple[str, int] | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="test-relays", daemon=True)
         self.secret = secret
         self.dc = FakeDc()
+        self._target = dc
         self.dc_ids = dc_ids
         self.relays: dict[int, FakeRelay] = {}
         self.ports: dict[int, int] = {}
@@ -84,9 +88,9 @@ class BackgroundRelays:
 
     def start(self) -> BackgroundRelays:
         self._thread.start()
-        dc_port = self.call(self.dc.start())
+        target = self._target if self._target is not None else ("127.0.0.1", self.call(self.dc.start()))
         for dc_id in self.dc_ids:
-            relay = self.call(_make_relay(self.secret, dc_port, dc_id))
+            relay = self.call(_make_relay(self.secret, target, dc_id))
             self.relays[dc_id] = relay
             self.ports[dc_id] = self.call(relay.start())
         return self
@@ -106,11 +110,11 @@ class BackgroundRelays:
     def stop(self) -> None:
         for relay in self.relays.values():
             self.call(relay.stop())
-        self.call(self.dc.close())
+        self.call(self.dc.close())  # a no-op when it never started
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
         self.loop.close()
 
 
-async def _make_relay(secret: bytes, dc_port: int, dc_id: int) -> FakeRelay:
-    return FakeRelay(secret, ("127.0.0.1", dc_port), dc_id=dc_id)  # made on the loop that serves it
+async def _make_relay(secret: bytes, dc: tuple[str, int], dc_id: int) -> FakeRelay:
+    return FakeRelay(secret, dc, dc_id=dc_id)  # made on the loop that serves it
