@@ -330,7 +330,8 @@ _CONFIG_KEYS = {
     "cert_jitter": "cert_jitter",
     "secrets_file": "secrets_file", "user": "user", "log_file": "log_file", "server": "public_host",
     "public_host": "public_host", "fast_mode": "no_fast_mode", "upstream": "upstream",
-    "middle_proxy": "middle_proxy", "relay_config_url": "relay_config_url",
+    "middle_proxy": "middle_proxy", "relay_config_url": "relay_config_url", "proxy_tag": "proxy_tag",
+    "nat_info": "nat_info",
     "proxy_protocol": "proxy_protocol", "trusted_proxy": "trusted_proxy", "mask_proxy_protocol": "mask_proxy_protocol",
 }
 
@@ -389,6 +390,8 @@ def _file_value(path: Path, key: str, value: Any, action: argparse.Action) -> An
             want = "a whole number" if action.type is int else "a number"
     elif not isinstance(value, str):
         want = "a string"
+    elif action.choices is not None and value not in action.choices:
+        want = "one of " + ", ".join(repr(choice) for choice in action.choices)
     if want:
         raise ConfigError(f"{path}: '{key}' must be {want}, not {value!r} — fix the file by hand")
     return value

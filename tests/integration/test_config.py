@@ -270,3 +270,21 @@ def test_bad_proxy_protocol_values_name_the_flag_or_the_key(tmp_path: Path) -> N
         with pytest.raises(ConfigError) as error:
             resolve(["-S", KEY], environ={"MTPROXY_ROOT": str(tmp_path)})
         assert str(error.value).startswith(f"{settings}: {says}"), error.value
+
+
+def test_middle_proxy_keys_from_the_settings_file(tmp_path: Path) -> None:
+    settings = tmp_path / "config" / "mtproxy" / "mtproxy_config.json"
+    settings.parent.mkdir(parents=True)
+    environ = {"MTPROXY_ROOT": str(tmp_path)}
+    settings.write_text(json.dumps({"middle_proxy": "on", "proxy_tag": "cd" * 16, "nat_info": ["10.0.0.5:203.0.113.7"],
+                                    "relay_config_url": "http://127.0.0.1:9/base"}))
+    cfg = resolve(["-S", KEY], environ=environ)
+    assert cfg.middle_proxy == "on" and cfg.proxy_tag == bytes.fromhex("cd" * 16)
+    assert [(str(r.local), str(r.public)) for r in cfg.nat_rules] == [("10.0.0.5", "203.0.113.7")]
+    assert cfg.relay_config_url == "http://127.0.0.1:9/base"
+    assert resolve(["-S", KEY, "--middle-proxy", "off"], environ=environ).middle_proxy == "off"  # the flag wins
+    for doc, says in (({"middle_proxy": "sometimes"}, "'middle_proxy'"), ({"proxy_tag": "xyz"}, "proxy_tag")):
+        settings.write_text(json.dumps(doc))
+        with pytest.raises(ConfigError) as error:
+            resolve(["-S", KEY], environ=environ)
+        assert says in str(error.value), str(error.value)
