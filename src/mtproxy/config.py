@@ -169,6 +169,22 @@ class EngineConfig:
     aes_pwd: Path | None = None  # --aes-pwd: the operator's proxy-secret, instead of fetching it
     proxy_multi_conf: Path | None = None  # the positional proxy-multi.conf, instead of fetching it
 
+    @property
+    def relays_for_everyone(self) -> bool:
+        """Every client through the middle proxies: `on`, or in `auto` the official command line (the
+        operator gave proxy-secret or proxy-multi.conf, as one does only to run the official proxy's way)."""
+        given = self.aes_pwd is not None or self.proxy_multi_conf is not None
+        return self.middle_proxy == "on" or (self.middle_proxy == "auto" and given)
+
+    def runs_middle_proxy(self, any_ad_tag: bool) -> bool:
+        """Whether the relay path runs at all, given whether some served secret has its own ad tag."""
+        return self.middle_proxy != "off" and (self.relays_for_everyone or self.proxy_tag is not None or any_ad_tag)
+
+    @property
+    def relay_cache_dir(self) -> Path:
+        """Where the last good proxy-secret and proxy-multi.conf are kept: relay/ beside the state file."""
+        return self.state_file.parent / "relay"
+
 
 def parse_host_port(text: str, what: str, default_port: int | None = None) -> HostPort:
     """Parse HOST:PORT, [V6]:PORT or a bare port/host where a default exists."""

@@ -1,6 +1,7 @@
 """What `mtproxy doctor` asks the network and the kernel: name resolution, TCP dials, a TLS web site's first
-flight and clock, and who listens on a port. Every network call has a timeout; the judgments live in
-operations/doctor_rules.py, and the resolver, the dialer and the clock are passed in so tests are exact.
+flight and clock, a middle-proxy relay's handshake, and who listens on a port. Every network call has a
+timeout; the judgments live in operations/doctor_rules.py, and the resolver, the dialer and the clock are
+passed in so tests are exact.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
+from ..crypto.backend import openssl_cbc
+from ..protocol.errors import MiddleProxyError
 from ..protocol.flight import FlightMeter, merged_size
+from ..protocol.middleproxy import Ready, RelayConnection, RelayEndpoints
+from ..protocol.natinfo import NatRule, relay_address
+from ..protocol.proxyconfig import ProxySecret, Relay
 from ..protocol.socks5 import Credentials, Socks5Client, Socks5Error, Stage
 
 # hostname -> its addresses ([] when it has none); raises OSError when it cannot be resolved at all
@@ -130,6 +136,70 @@ def dial_check(dial: Dialer, host: str, port: int, timeout: float) -> str | None
     except (OSError, ValueError, Socks5Error) as exc:
         return reason(exc)
     return None
+
+
+@dataclass(frozen=True)
+class RelayAnswer:
+    """A middle-proxy relay's handshake as the engine's relay links make it: `error` None when the relay
+    said ready, else why not; `nat_warning` when our address toward it is probably not what it sees."""
+
+    error: str | None
+    nat_warning: str | None = None
+
+
+def relay_check(relay: Relay, secret: ProxySecret, nat_rules: tuple[NatRule, ...], timeout: float) -> RelayAnswer:
+    """Dial `relay` directly (as the engine does, never through an upstream) and run the RPC nonce exchange
+    and handshake (protocol/middleproxy.py) within `timeout`: it proves the relay is reachable, that
+    proxy-secret is the one it holds, and that the address we claim is the one it sees (behind NAT without
+    --nat-info the keys differ and the relay drops us)."""
+    deadline = time.monotonic() + timeout
+    try:
+        sock = direct_dial(str(relay.ip), relay.port, timeout)
+    except OSError as exc:
+        return RelayAnswer(reason(exc))
+    with sock:
+        local, peer = sock.getsockname(), sock.getpeername()
+        ours = relay_address(ipaddress.ip_address(local[0]), relay.ip, nat_rules)
+        try:
+            codec = RelayConnection(secret, RelayEndpoints(ours.ip, int(local[1]), ipaddress.ip_address(peer[0]),
+                                                           int(peer[1])),
+                                    openssl_cbc, now=int(time.time()), nonce=os.urandom(16),
+                                    pid=os.getpid() & 0xFFFF, start_time=int(time.time()))
+            sock.sendall(codec.start())
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return RelayAnswer("no handshake answer in time", ours.warning)
+                sock.settimeout(left)
+                data = sock.recv(1 << 16)
+                if not data:
+                    return RelayAnswer("it closed the connection during the handshake", ours.warning)
+                received = codec.receive(data)
+                if received.send:
+                    sock.sendall(received.send)
+                if any(isinstance(event, Ready) for event in received.events):
+                    return RelayAnswer(None, ours.warning)
+        except MiddleProxyError as exc:
+            return RelayAnswer(f"{exc.reason}: {exc}", ours.warning)
+        except (OSError, ValueError) as exc:
+            return RelayAnswer(reason(exc), ours.warning)
+
+
+def fetch_document(url: str, timeout: float, limit: int = 1 << 20) -> bytes:
+    """GET `url` (http or https), at most `limit` bytes; OSError (with the reason) for anything but 200."""
+    import urllib.error  # here: only doctor's middle-proxy check fetches, and only without a cached copy
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            body: bytes = response.read(limit + 1)
+    except urllib.error.HTTPError as exc:
+        raise OSError(f"HTTP {exc.code}") from None
+    except urllib.error.URLError as exc:
+        raise OSError(reason(exc.reason) if isinstance(exc.reason, BaseException) else str(exc.reason)) from None
+    if len(body) > limit:
+        raise OSError(f"larger than {limit} bytes")
+    return body
 
 
 @dataclass(frozen=True)

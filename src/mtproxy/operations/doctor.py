@@ -24,7 +24,9 @@ from ..host.runner import Runner
 from ..host.service import main_pid
 from ..links import ServerUnknownError, guess_public_address
 from ..paths import Paths
+from ..protocol.errors import ProxyConfigError
 from ..protocol.flight import MIN_FLIGHT
+from ..protocol.proxyconfig import Relay, parse_proxy_config, parse_proxy_secret
 from ..protocol.secret import SecretKind
 from ..store import StoreError, read_store
 from . import doctor_rules as rules
@@ -88,7 +90,63 @@ def diagnose(paths: Paths, runner: Runner, server_override: str | None, probes: 
         finding, probes = _upstream(upstream, probes)
         findings.append(finding)
     findings.append(_dcs(config, probes, upstream is not None))
+    if config is not None and config.runs_middle_proxy(_any_ad_tag(paths)):
+        findings += _middle_proxy(config, probes)
     return Diagnosis(findings)
+
+
+def _any_ad_tag(paths: Paths) -> bool:
+    try:
+        return any(record.ad_tag and record.active for record in read_store(paths.secrets_file).secrets)
+    except StoreError:
+        return False  # the store's own finding says why
+
+
+def _middle_proxy(config: EngineConfig, probes: Probes) -> list[Finding]:
+    """The relay path as the engine runs it: its two documents (the operator's file, else the engine's cached
+    copy, else fetched now as the engine would), then a real handshake with every relay they name."""
+    origins: dict[str, str] = {}
+    texts: dict[str, bytes] = {}
+    for name, given, path in (("proxy-secret", config.aes_pwd, "getProxySecret"),
+                              ("proxy-multi.conf", config.proxy_multi_conf, "getProxyConfig")):
+        cached = config.relay_cache_dir / name
+        url = f"{config.relay_config_url}/{path}"
+        try:
+            if given is not None:
+                texts[name], origins[name] = given.read_bytes(), f"your file {given}"
+            elif cached.is_file():
+                texts[name], origins[name] = cached.read_bytes(), f"the engine's cached copy {cached}"
+            else:
+                texts[name], origins[name] = netprobe.fetch_document(url, probes.timeout), f"fetched from {url}"
+        except OSError as exc:
+            problem = f"{given}: {netprobe.reason(exc)}" if given is not None else \
+                f"no cached {name} and {url} cannot be fetched ({netprobe.reason(exc)})"
+            return [rules.judge_relay_documents(origins, problem, config.relay_config_url)]
+    try:
+        secret = parse_proxy_secret(texts["proxy-secret"])
+        relays = parse_proxy_config(texts["proxy-multi.conf"]).relays
+    except ProxyConfigError as exc:
+        return [rules.judge_relay_documents(origins, f"unusable relay configuration: {exc}",
+                                            config.relay_config_url)]
+    targets = {f"DC {dc} {relay}": relay for dc, found in sorted(relays.items()) for relay in found}
+    answers: dict[str, netprobe.RelayAnswer] = {}
+    lock = threading.Lock()
+
+    def check(label: str, relay: Relay) -> None:
+        answer = netprobe.relay_check(relay, secret, config.nat_rules, probes.timeout)
+        with lock:
+            answers[label] = answer
+
+    workers = [threading.Thread(target=check, args=item, daemon=True) for item in targets.items()]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(probes.timeout + 1.0)
+    with lock:
+        final = {label: answers[label].error if label in answers else "no answer in time" for label in targets}
+        warnings = [answer.nat_warning for answer in answers.values() if answer.nat_warning is not None]
+    return [rules.judge_relay_documents(origins, "", config.relay_config_url),
+            rules.judge_relays(final, warnings[0] if warnings else None)]
 
 
 def _upstream(upstream: Upstream, probes: Probes) -> tuple[Finding, Probes]:

@@ -204,6 +204,49 @@ def judge_upstream(upstream: str, error: str | None) -> Finding:
     return Finding("telegram", name, Severity.ERROR, f"the SOCKS5 upstream {upstream} fails: {error}", fix)
 
 
+# ----------------------------------------------------------------- the middle proxy (ad tag)
+
+MIDDLE = "middle proxy"
+
+
+def judge_relay_documents(origins: Mapping[str, str], error: str, url: str) -> Finding:
+    """`origins`: each document the engine would use and where from ("your file …", "cached …", "fetched
+    from …"); `error` why one could not be had ("" when both were)."""
+    if error:
+        return Finding("telegram", f"{MIDDLE} configuration", Severity.ERROR,
+                       f"{error}: clients that should carry the ad tag are served directly, without it",
+                       f"let this server reach {url} (the engine fetches it at start and daily), or give the "
+                       "official files with --aes-pwd FILE and the proxy-multi.conf argument")
+    return Finding("telegram", f"{MIDDLE} configuration", Severity.OK,
+                   "; ".join(f"{doc}: {origin}" for doc, origin in origins.items()))
+
+
+def judge_relays(results: Mapping[str, str | None], nat_warning: str | None) -> Finding:
+    """`results`: each relay (as "DC 2 149.154.175.50:8888") and None when it completed the handshake,
+    else why not; `nat_warning` when our address toward the relays is probably not the one they see."""
+    failed = {relay: why for relay, why in results.items() if why is not None}
+    name = f"{MIDDLE} relays"
+    if not results:
+        return Finding("telegram", name, Severity.WARNING, "proxy-multi.conf names no relay")
+    if not failed:
+        return Finding("telegram", name, Severity.OK, f"all {len(results)} relays complete the handshake")
+    listed = "; ".join(f"{relay}: {why}" for relay, why in list(failed.items())[:3])
+    if nat_warning is not None:
+        fix = f"{nat_warning} (setting `nat_info`)"
+    elif any("proxy-secret" in why or "closed the connection during" in why for why in failed.values()):
+        fix = ("the relays drop the handshake: behind NAT give the public address with --nat-info LOCAL:PUBLIC "
+               "(setting `nat_info`); with your own --aes-pwd file, fetch the current proxy-secret")
+    else:
+        fix = "check the server's outbound traffic to the relays' port; usually Telegram's side if it passes"
+    if len(failed) == len(results):
+        return Finding("telegram", name, Severity.ERROR,
+                       f"no relay completes the handshake ({listed}): ad-tag clients are served directly, "
+                       "without the sponsored channel", fix)
+    return Finding("telegram", name, Severity.WARNING,
+                   f"{len(failed)} of {len(results)} relays fail the handshake ({listed}); their DCs' clients "
+                   "go direct while the others' carry the ad tag", fix)
+
+
 # ----------------------------------------------------------------- the listening port
 
 def is_ours(listener: Listener, own_pids: set[int]) -> bool:

@@ -44,18 +44,8 @@ class MiddleSettings:
     sources: RelaySources
     proxy_tag: bytes | None = None  # -P
     nat_rules: tuple[NatRule, ...] = ()
+    everyone: bool = False  # EngineConfig.relays_for_everyone: not only clients with an ad tag
     timings: RelayTimings = DEFAULT_TIMINGS
-
-    @property
-    def everyone(self) -> bool:
-        """Every client through the relays: `on`, or the official command line (the operator gave
-        proxy-secret or proxy-multi.conf, as one does only to run the official proxy's way)."""
-        given = self.sources.secret_file is not None or self.sources.config_file is not None
-        return self.mode == "on" or (self.mode == "auto" and given)
-
-    def needed(self, any_ad_tag: bool) -> bool:
-        """Whether this worker runs the relay path at all with the secrets it has now."""
-        return self.mode != "off" and (self.everyone or self.proxy_tag is not None or any_ad_tag)
 
 
 class Middle:

@@ -168,7 +168,7 @@ def _validate(doc: Document, data: bytes) -> ProxySecret | ProxyConfig:
 def sources_for(cfg: EngineConfig) -> RelaySources:
     """The engine's: --relay-config-url, relay/ under the data directory (beside the state file) as the
     cache, and the operator's --aes-pwd and proxy-multi.conf."""
-    return RelaySources.under(cfg.relay_config_url, cfg.state_file.parent / "relay", secret_file=cfg.aes_pwd,
+    return RelaySources.under(cfg.relay_config_url, cfg.relay_cache_dir, secret_file=cfg.aes_pwd,
                               config_file=cfg.proxy_multi_conf)
 
 

@@ -134,7 +134,8 @@ class Server:
         self.settings = self._handshake_settings()
         self.counters.secrets_loaded = len(self.table)
         self.enforcer.update(secrets.all_limits())
-        self.middle_settings = MiddleSettings(cfg.middle_proxy, sources_for(cfg), cfg.proxy_tag, cfg.nat_rules)
+        self.middle_settings = MiddleSettings(cfg.middle_proxy, sources_for(cfg), cfg.proxy_tag, cfg.nat_rules,
+                                              everyone=cfg.relays_for_everyone)
         self._relay_given = relay_given or {}  # the operator's relay files, read before privileges were dropped
 
     def _context(self) -> Context:
@@ -220,7 +221,7 @@ class Server:
 
     def _start_middle(self) -> None:
         """Run the relay path once the settings or the secrets' ad tags ask for it (then for good)."""
-        if self.ctx.middle is not None or not self.middle_settings.needed(bool(self.secrets.ad_tags)):
+        if self.ctx.middle is not None or not self.cfg.runs_middle_proxy(bool(self.secrets.ad_tags)):
             return
         middle = Middle(self.middle_settings, openssl_cbc,
                         lambda secret_id: self.secrets.ad_tag_for(secret_id, self.cfg.proxy_tag),
