@@ -15,12 +15,12 @@ from mtproxy.testkit.background import BackgroundRelays
 from mtproxy.testkit.process import free_port
 
 from ..integration.test_middle_proxy import ConfigServer
-from .test_doctor import DOMAIN, SITE_HOST, Cli, HttpsSite, configure, dc, doctor, finding
+from .test_doctor import DOMAIN, SITE_HOST, Cli, HttpsSite, configure, dc, doctor, finding, site
 
 pytestmark = pytest.mark.netns
 
 RELAY_SECRET = os.urandom(128)
-__all__ = ["dc"]  # test_doctor's DC stand-in, used as a fixture here
+__all__ = ["dc", "site"]  # test_doctor's fixtures (the DC stand-in, the mask site), used here
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +28,6 @@ def relays() -> Iterator[BackgroundRelays]:
     started = BackgroundRelays(RELAY_SECRET, dc_ids=(2, 4)).start()
     yield started
     started.stop()
-
-
-@pytest.fixture
-def site() -> Iterator[HttpsSite]:
-    served = HttpsSite(SITE_HOST)
-    try:
-        yield served
-    finally:
-        served.close()
 
 
 def test_every_relay_completes_the_handshake(cli: Cli, paths: Paths, site: HttpsSite, dc: int,

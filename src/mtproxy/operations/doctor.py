@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 from .. import dc_addresses
 from ..config import ConfigError, EngineConfig, HostPort, TlsOptions, Upstream, resolve
@@ -26,7 +27,7 @@ from ..links import ServerUnknownError, guess_public_address
 from ..paths import Paths
 from ..protocol.errors import ProxyConfigError
 from ..protocol.flight import MIN_FLIGHT
-from ..protocol.proxyconfig import Relay, parse_proxy_config, parse_proxy_secret
+from ..protocol.proxyconfig import parse_proxy_config, parse_proxy_secret
 from ..protocol.secret import SecretKind
 from ..store import StoreError, read_store
 from . import doctor_rules as rules
@@ -34,6 +35,8 @@ from .doctor_rules import Finding, Severity
 from .health import Health, collect, port_accepts
 
 DEFAULT_TIMEOUT = 3.0
+T = TypeVar("T")
+R = TypeVar("R")
 GROUPS = ("installation", "port", "clock", "dns", "mask", "telegram")
 
 
@@ -129,22 +132,10 @@ def _middle_proxy(config: EngineConfig, probes: Probes) -> list[Finding]:
         return [rules.judge_relay_documents(origins, f"unusable relay configuration: {exc}",
                                             config.relay_config_url)]
     targets = {f"DC {dc} {relay}": relay for dc, found in sorted(relays.items()) for relay in found}
-    answers: dict[str, netprobe.RelayAnswer] = {}
-    lock = threading.Lock()
-
-    def check(label: str, relay: Relay) -> None:
-        answer = netprobe.relay_check(relay, secret, config.nat_rules, probes.timeout)
-        with lock:
-            answers[label] = answer
-
-    workers = [threading.Thread(target=check, args=item, daemon=True) for item in targets.items()]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(probes.timeout + 1.0)
-    with lock:
-        final = {label: answers[label].error if label in answers else "no answer in time" for label in targets}
-        warnings = [answer.nat_warning for answer in answers.values() if answer.nat_warning is not None]
+    answers = _in_parallel(targets, lambda relay: netprobe.relay_check(relay, secret, config.nat_rules,
+                                                                       probes.timeout), probes.timeout)
+    final = {label: answer.error if answer is not None else "no answer in time" for label, answer in answers.items()}
+    warnings = [answer.nat_warning for answer in answers.values() if answer is not None and answer.nat_warning]
     return [rules.judge_relay_documents(origins, "", config.relay_config_url),
             rules.judge_relays(final, warnings[0] if warnings else None)]
 
@@ -334,19 +325,28 @@ def _dcs(config: EngineConfig | None, probes: Probes, upstream: bool) -> Finding
         for dc, address in sorted(table.items()):
             if dc != dc_addresses.CDN_DC:
                 targets[f"DC {dc} {address}"] = HostPort(address, dc_addresses.DC_PORT)
-    results: dict[str, str | None] = {}
+    results = _in_parallel(targets, lambda target: [netprobe.dial_check(probes.dial, target.host, target.port,
+                                                                         probes.timeout)], probes.timeout)
+    # a dial that outlived its own timeout (a stuck resolver in an upstream dialer) failed
+    final = {label: outcome[0] if outcome is not None else "no answer in time" for label, outcome in results.items()}
+    return rules.judge_dcs(final, probes.via, upstream)
+
+
+def _in_parallel(targets: dict[str, T], check: Callable[[T], R], timeout: float) -> dict[str, R | None]:
+    """`check` on every target at once, each in a thread; a check still running a second after `timeout`
+    (its own bound) is given up on: None. By label, in sorted order."""
+    results: dict[str, R] = {}
     lock = threading.Lock()
 
-    def dial(label: str, target: HostPort) -> None:
-        outcome = netprobe.dial_check(probes.dial, target.host, target.port, probes.timeout)
+    def run(label: str, target: T) -> None:
+        outcome = check(target)
         with lock:
             results[label] = outcome
 
-    workers = [threading.Thread(target=dial, args=item, daemon=True) for item in targets.items()]
+    workers = [threading.Thread(target=run, args=item, daemon=True) for item in targets.items()]
     for worker in workers:
         worker.start()
     for worker in workers:
-        worker.join(probes.timeout + 1.0)
-    with lock:  # a dial that outlived its own timeout (a stuck resolver in an upstream dialer) failed
-        final = {label: results.get(label, "no answer in time") for label in sorted(targets)}
-    return rules.judge_dcs(final, probes.via, upstream)
+        worker.join(timeout + 1.0)
+    with lock:
+        return {label: results.get(label) for label in sorted(targets)}
