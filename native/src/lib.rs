@@ -17,6 +17,8 @@ use core::arch::x86_64::*;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, Ordering};
 
+mod curve25519;
+
 const STATE_SIZE: usize = 288;
 const OFF_COUNTER: usize = 240;
 const OFF_PAD: usize = 256;
@@ -1306,8 +1308,8 @@ unsafe fn write_flight(session_id: &[u8], fitted: Fitted, key_share: &[u8], cert
 
 /// A parsed ClientHello tried under one secret key, and the server's flight when it verifies. `record` is
 /// a hello `mtp_tls_hello` accepted, with its session id's length and the TLS 1.3 suite it chose; `drawn`
-/// is 64 random bytes, the x25519 share then the certificate stand-in's AES key; `shape` as `mtp_tls_hello`
-/// takes it (the record is parsed again only when fitting it needs the client's offers). When the digest
+/// is 64 random bytes, the x25519 share's (`curve25519::server_share`) then the certificate stand-in's AES
+/// key; `shape` as `mtp_tls_hello` takes it (the record is parsed again only when fitting it needs the client's offers). When the digest
 /// verifies (`faketls.client_timestamp`), writes the flight (`faketls.build_server_flight` of
 /// `faketls.cert_stand_in`: the size for this session id, `cert_size` and the fitted shape, at most
 /// `out_len`; its length follows from its ServerHello's record header) to `out` and returns the client's
@@ -1368,11 +1370,13 @@ pub unsafe extern "C" fn mtp_tls_accept(
     accept(r, session_id_len, fitted, key, &*(drawn as *const [u8; 64]), flight).map_or(NO_MATCH as i64, i64::from)
 }
 
-/// 1: this build's `mtp_tls_hello` and `mtp_tls_accept` take a ServerHello shape (`crypto.native` requires
-/// it, so a stale build without shapes is not loaded).
+/// The version of the flights `mtp_tls_hello` and `mtp_tls_accept` build, which `crypto.native` requires
+/// (an older build is not loaded): 2, a ServerHello shape taken and the x25519 share a point of the
+/// prime-order subgroup drawn from the random bytes (`curve25519::server_share`). Builds of version 1 had
+/// `mtp_tls_shapes` instead.
 #[no_mangle]
-pub extern "C" fn mtp_tls_shapes() -> i32 {
-    1
+pub extern "C" fn mtp_flight_version() -> i32 {
+    2
 }
 
 /// `mtp_tls_accept`'s work on checked arguments: `r` at least 64 bytes and holding the session id,
@@ -1380,8 +1384,11 @@ pub extern "C" fn mtp_tls_shapes() -> i32 {
 unsafe fn accept(r: &[u8], session_id_len: usize, fitted: Fitted, key: &[u8], drawn: &[u8; 64], flight: &mut [u8]) -> Option<u32> {
     let mut cert_key = [0u8; 32];
     cert_key.copy_from_slice(&drawn[32..]);
+    let mut share_random = [0u8; 32];
+    share_random.copy_from_slice(&drawn[..32]);
+    let key_share = curve25519::server_share(&share_random);
     // the flight is built before the digest is known: its HMAC then runs beside the hello's
-    write_flight(&r[SESSION_ID_OFFSET..SESSION_ID_OFFSET + session_id_len], fitted, &drawn[..32], &cert_key, flight);
+    write_flight(&r[SESSION_ID_OFFSET..SESSION_ID_OFFSET + session_id_len], fitted, &key_share, &cert_key, flight);
     let random = &r[TLS_RANDOM_OFFSET..TLS_RANDOM_OFFSET + TLS_RANDOM];
     let mut hello_first = [0u8; SHA_BLOCK];
     hello_first.copy_from_slice(&r[..SHA_BLOCK]);

@@ -8,6 +8,7 @@ The targets run under atheris (tests/fuzz/run.py) and, without atheris, over the
 from __future__ import annotations
 
 import functools
+import hashlib
 import ipaddress
 import json
 import os
@@ -175,7 +176,7 @@ def tls_hello(data: bytes) -> None:
     timestamp = faketls.client_timestamp(faketls.keyed_hmac(KEY), hello)
     if pair is None or not hello.suite:
         return
-    drawn = bytes(range(faketls.FLIGHT_RANDOM))
+    drawn = hashlib.sha512(data).digest()  # the share's number (x25519.server_share) varies with the input
     for shape in _SHAPES:  # the library fits a site's shape to the hello's offers as faketls.fit_shape does
         accepted = [_table(aes).accept_hello(hello, 2, drawn, 1000, shape) for aes in pair]
         if accepted[0] != accepted[1] or (accepted[0] is not None) != (timestamp is not None):

@@ -12,7 +12,7 @@ import pytest
 
 from mtproxy.crypto import native
 from mtproxy.crypto.backend import Backend
-from mtproxy.protocol import client, faketls
+from mtproxy.protocol import client, faketls, x25519
 from mtproxy.protocol.errors import ProtocolError, TlsFormatError
 from mtproxy.protocol.faketls import DEFAULT_SHAPE, X25519, X25519MLKEM768, HelloShape
 from mtproxy.protocol.flight import FlightReader, SiteFlight, follows_client_order
@@ -61,10 +61,10 @@ def test_shaped_flight_to_tdlib(aes: Backend, record: bytes) -> None:
     assert seen.ccs and seen.records == (3000,) and seen.hello_size == 4 + 2 + 32 + 33 + 2 + 1 + 2 + 6 + 8 + 1120
     assert client.server_flight_length(flight) == len(flight)
     assert client.verify_server_flight(KEY, hello.random, flight)
-    # the hybrid share ends with the drawn x25519 share; its ML-KEM part follows the certificate's keystream
+    # the hybrid share ends with the x25519 share drawn; its ML-KEM part follows the certificate's keystream
     share = flight[5 + seen.hello_size - 1120 : 5 + seen.hello_size]
     cert = flight[-3000:]
-    assert share[-32:] == DRAWN[:32]
+    assert share[-32:] == x25519.server_share(DRAWN[:32])
     stream_bytes = faketls.cert_stand_in(aes.encrypt_block, DRAWN[32:], 3000 + 1088)
     assert cert == stream_bytes[:3000] and share[:1088] == stream_bytes[3000:]
     assert faketls.accept_hello(aes, hello, KEY, DRAWN, 3000, shape=HYBRID) == accepted

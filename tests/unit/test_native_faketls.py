@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtproxy.crypto import aesblock, backend, native
-from mtproxy.protocol import client, faketls
+from mtproxy.protocol import client, faketls, x25519
 from mtproxy.protocol.errors import ProtocolError
 from mtproxy.protocol.faketls import ClientHello, TlsFormatError
 from mtproxy.protocol.flight import FlightReader
@@ -72,7 +72,7 @@ def assert_same(lib: ctypes.CDLL, record: bytes) -> None:
                 assert native.accept_hello(lib, reference, key, DRAWN, 700) == accepted
             if accepted is not None:
                 cert = faketls.cert_stand_in(aesblock.cryptography_encrypt_block, DRAWN[32:], 700)
-                assert accepted[1] == faketls.build_server_flight(key, reference, DRAWN[:32], cert)
+                assert accepted[1] == faketls.build_server_flight(key, reference, x25519.server_share(DRAWN[:32]), cert)
             for shape in SHAPES[1:]:
                 expected_flight = (faketls.accept_hello(PLAIN, reference, key, DRAWN, 700, shape=shape)
                                    if reference.suite else None)

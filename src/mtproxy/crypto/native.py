@@ -42,6 +42,7 @@ from mtproxy.protocol.secret import KEY_SIZE, Secret
 
 BLOCK: Final = 16
 STATE_SIZE: Final = 288  # what this module expects of native/src/lib.rs (checked when it loads)
+FLIGHT_VERSION: Final = 2  # the flights it builds (mtp_flight_version): shaped, the x25519 share a curve point
 MODULE_NAME: Final = "_native_aes"  # pyproject.toml builds it as mtproxy.crypto._native_aes
 MIDSTATES_SIZE: Final = 64  # one key's HMAC-SHA256 inner and outer states (mtp_hmac_prepare)
 INIT_REVERSE_SIZE: Final = 48  # the reverse direction's key and counter block (mtp_obfs2_start)
@@ -106,11 +107,12 @@ def open_library(directory: Path | None = None) -> ctypes.CDLL | None:
             lib.mtp_tls_accept.restype = ctypes.c_int64
             lib.mtp_tls_accept.argtypes = [vp, size, size, ctypes.c_uint32, vp, size, vp, size, vp, size,
                                            ctypes.c_uint64]
-            lib.mtp_tls_shapes.restype = ctypes.c_int
-            lib.mtp_tls_shapes.argtypes = []
+            lib.mtp_flight_version.restype = ctypes.c_int
+            lib.mtp_flight_version.argtypes = []
         except (OSError, AttributeError):  # not loadable here, or a stale build without these functions
             continue
-        if lib.mtp_available() == 1 and lib.mtp_state_size() == STATE_SIZE and lib.mtp_tls_shapes() == 1:
+        if (lib.mtp_available() == 1 and lib.mtp_state_size() == STATE_SIZE
+                and lib.mtp_flight_version() == FLIGHT_VERSION):
             return lib
     return None
 

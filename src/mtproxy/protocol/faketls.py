@@ -16,6 +16,7 @@ import struct
 from collections.abc import Callable
 from typing import NamedTuple
 
+from . import x25519
 from .cipher import Aes, Keystream
 from .errors import ProtocolError
 from .errors import TlsFormatError as TlsFormatError  # its callers catch it here, beside the readers
@@ -50,11 +51,9 @@ FLIGHT_RANDOM = KEY_SHARE_SIZE + CERT_KEY_SIZE  # what a server flight draws (`a
 
 
 def draw_flight_random(random_bytes: Callable[[int], bytes]) -> bytes:
-    """FLIGHT_RANDOM random bytes for a flight, the x25519 share's top bit clear: a real share is a number
-    below 2^255 - 19 (RFC 7748 5), so a set bit, in half of all random draws, would give the flight away."""
-    drawn = bytearray(random_bytes(FLIGHT_RANDOM))
-    drawn[KEY_SHARE_SIZE - 1] &= 0x7F
-    return bytes(drawn)
+    """FLIGHT_RANDOM random bytes for a flight: the x25519 share's number (`x25519.server_share` makes it a
+    point of the curve's prime-order subgroup, as a real server's share is), then the certificate's key."""
+    return random_bytes(FLIGHT_RANDOM)
 
 
 class ClientHello(NamedTuple):
@@ -295,9 +294,10 @@ def _check_flight_arguments(drawn: bytes, cert_size: int) -> None:
 def accept_hello(aes: Aes, hello: ClientHello, secret_key: bytes, drawn: bytes, cert_size: int,
                  keyed: hmac.HMAC | None = None, shape: HelloShape = DEFAULT_SHAPE) -> tuple[int, bytes] | None:
     """The client's clock and the server's flight when the hello's digest verifies under `secret_key`, else
-    None. `drawn` is FLIGHT_RANDOM random bytes: the x25519 share, then the certificate stand-in's key. In one
-    call into `aes.tls_accept` where the backend has it, else `client_timestamp`
-    (`keyed`, the key's HMAC, saves keying it again) and `build_server_flight`: same answers, same bytes.
+    None. `drawn` is FLIGHT_RANDOM random bytes: the x25519 share's (`x25519.server_share`), then the
+    certificate stand-in's key. In one call into `aes.tls_accept` where the backend has it, else
+    `client_timestamp` (`keyed`, the key's HMAC, saves keying it again) and `build_server_flight`: same
+    answers, same bytes.
     A larger share (the hybrid group's) takes its first bytes from the stand-in's keystream, after the
     certificate's."""
     _check_flight_arguments(drawn, cert_size)
@@ -312,7 +312,7 @@ def accept_hello(aes: Aes, hello: ClientHello, secret_key: bytes, drawn: bytes, 
     cert_size = answered_cert_size(cert_size, shape, hello)
     extra = SERVER_SHARE_SIZES[shape.group] - KEY_SHARE_SIZE
     stream = _keystream(aes.encrypt_block, drawn[KEY_SHARE_SIZE:], cert_size + extra)
-    key_share = stream[cert_size:] + drawn[:KEY_SHARE_SIZE]
+    key_share = stream[cert_size:] + x25519.server_share(drawn[:KEY_SHARE_SIZE])
     return clock, build_server_flight(secret_key, hello, key_share, stream[:cert_size], shape)
 
 
