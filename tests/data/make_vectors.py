@@ -123,6 +123,35 @@ def client_hello(secret: bytes, domain: bytes, timestamp: int, seed: bytes) -> b
     return bytes(record)
 
 
+P25519 = 2**255 - 19
+A25519 = 486662
+
+
+def curve_point_share(drawn: bytes) -> bytes:
+    """The server's x25519 share for 32 random bytes, written here from RFC 9380 6.7.1 (Elligator 2 for
+    curve25519, Z = 2) and RFC 7748's curve: r = the bytes little-endian, top bit ignored; u = the map's
+    x-coordinate; three affine doublings x' = (x^2 - 1)^2 / (4x(x^2 + Ax + 1)) clear the cofactor 8; a point
+    that becomes the identity on the way is replaced by r + 1's."""
+    p, a = P25519, A25519
+
+    def square(v: int) -> bool:  # Euler's criterion; 0 counts as a square, as RFC 9380's is_square
+        return pow(v % p, (p - 1) // 2, p) in (0, 1)
+
+    r = int.from_bytes(drawn[:32], "little") & (2**255 - 1)
+    while True:
+        x1 = -a * pow(1 + 2 * r * r, p - 2, p) % p
+        gx1 = (x1 ** 3 + a * x1 ** 2 + x1) % p
+        x = x1 if square(gx1) else (-x1 - a) % p
+        for _ in range(3):
+            denominator = 4 * x * (x * x + a * x + 1) % p
+            if denominator == 0:
+                break
+            x = (x * x - 1) ** 2 * pow(denominator, p - 2, p) % p
+        else:
+            return x.to_bytes(32, "little")
+        r += 1
+
+
 def faketls_vector(seed: bytes) -> dict[str, object]:
     rand = stream(seed)
     secret = rand(16)
@@ -130,11 +159,12 @@ def faketls_vector(seed: bytes) -> dict[str, object]:
     timestamp = 1_790_000_000
     hello = client_hello(secret, domain, timestamp, seed + b"hello")
     session_id = hello[44:76]
-    # Server flight, with the proxy's random draws in order: x25519 share (32), then the AES-256 key (32) whose
-    # CTR keystream from a zero counter block is the certificate stand-in.
+    # Server flight, with the proxy's random draws in order: 32 bytes for the x25519 share (a curve point made
+    # from them), then the AES-256 key (32) whose CTR keystream from a zero counter block is the certificate
+    # stand-in.
     server_rand = stream(seed + b"server")
     cert_size = 1234
-    share = server_rand(32)
+    share = curve_point_share(server_rand(32))
     cert = ctr(server_rand(32), bytes(16), bytes(cert_size))
     extensions = b"\x00\x33\x00\x24\x00\x1d\x00\x20" + share + b"\x00\x2b\x00\x02\x03\x04"
     body = (
