@@ -1,6 +1,7 @@
 """--tls-records: the server's fake-TLS records as a client reads them off its socket. Shaped (the default),
 no record is shorter than a TLS 1.3 AEAD record can be (17 bytes) except a short DC read that nothing followed
-within rawrelay.SHORT_WAIT; plain, every DC read is its own record, as before."""
+within rawrelay.SHORT_WAIT, and full records are 16,401 bytes as a TLS 1.3 server's; plain, every DC read is
+its own record (16,384 at most), as before."""
 
 from __future__ import annotations
 
@@ -84,11 +85,11 @@ def test_shaped_records_are_never_shorter_than_tls13(start_proxy: ProxyFactory, 
     reader, lone, sent = run(_session(proxy.port, secret), timeout=60)
     assert bytes(reader.plain) == sent
     sizes = [size for _, size in reader.records]
-    assert max(sizes) <= faketls.MAX_RECORD_PAYLOAD
+    assert max(sizes) == faketls.SHAPED_RECORD_PAYLOAD  # a full TLS 1.3 AEAD record: 16,384 + 17
     short = [i for i, size in enumerate(sizes) if size < faketls.MIN_AEAD_RECORD]
     assert short == lone, f"short records {[(i, sizes[i]) for i in short]}, lone pieces at {lone}"
     assert all(sizes[i] == 4 for i in lone)
-    assert sizes.count(faketls.MAX_RECORD_PAYLOAD) >= BULK // faketls.MAX_RECORD_PAYLOAD // 2  # full records
+    assert sizes.count(faketls.SHAPED_RECORD_PAYLOAD) >= BULK // faketls.SHAPED_RECORD_PAYLOAD // 2
 
 
 @pytest.mark.parametrize("flag", ["--no-fast-mode", None])
@@ -97,7 +98,7 @@ def test_plain_records_follow_the_dc_reads(start_proxy: ProxyFactory, secret: Se
     reader, lone, sent = run(_session(proxy.port, secret), timeout=60)
     assert bytes(reader.plain) == sent
     sizes = [size for _, size in reader.records]
-    assert max(sizes) <= faketls.MAX_RECORD_PAYLOAD
+    assert max(sizes) == faketls.MAX_RECORD_PAYLOAD
     assert all(sizes[i] == 4 for i in lone)
     # the quick-ack-sized pieces come as the DC read them: 4-byte records, not joined to what followed
     assert sum(1 for size in sizes if size < faketls.MIN_AEAD_RECORD) > len(lone)
@@ -110,3 +111,4 @@ def test_shaped_without_fast_mode(start_proxy: ProxyFactory, secret: Secret) -> 
     assert bytes(reader.plain) == sent
     sizes = [size for _, size in reader.records]
     assert [i for i, size in enumerate(sizes) if size < faketls.MIN_AEAD_RECORD] == lone
+    assert max(sizes) <= faketls.SHAPED_RECORD_PAYLOAD

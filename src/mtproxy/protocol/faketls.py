@@ -25,13 +25,18 @@ HELLO_PREFIX = b"\x16\x03\x01"
 RANDOM_OFFSET = 11
 RANDOM_SIZE = 32
 DIGEST_CHECKED = 28  # the last 4 bytes carry the client's clock, XORed in
-MAX_RECORD_PAYLOAD = 16384  # TLS plaintext limit; older TDLib rejects larger server records
+MAX_RECORD_PAYLOAD = 16384  # TLS plaintext limit: plain (--tls-records plain) server records are at most this
 MAX_CLIENT_RECORD = MAX_RECORD_PAYLOAD + 2048  # TLS 1.3 ciphertext allowance
 CHANGE_CIPHER_SPEC = b"\x14\x03\x03\x00\x01\x01"
 APPLICATION_DATA = b"\x17\x03\x03"
 # the shortest application-data record a TLS 1.3 server with an AEAD cipher can send: the inner content-type
 # byte and the 16-byte tag (RFC 8446 5.2), around no data at all; shaped records are never shorter
 MIN_AEAD_RECORD = 17
+# ... and its longest: 16,384 bytes of plaintext plus the same 17 (RFC 8446 5.2), a busy TLS 1.3 server's usual
+# record. Every official client takes it (TDLib since its first release with fake TLS, v1.5.0, and Telegram
+# Desktop: any 16-bit length; Android tgnet: up to 64 KiB; iOS MtProtoKit: up to 32,767): see
+# docs/undetectability.md. Shaped records (--tls-records shaped) are at most this long.
+SHAPED_RECORD_PAYLOAD = MAX_RECORD_PAYLOAD + MIN_AEAD_RECORD
 SERVER_HELLO_PREFIX = b"\x16\x03\x03"
 TLS13_SUITES = (0x1301, 0x1302, 0x1303)
 _AES_BLOCK = 16
@@ -418,13 +423,14 @@ def wrap_records(payload: bytes | memoryview, max_payload: int = MAX_RECORD_PAYL
 
 def frame_records(data: memoryview, out: memoryview, cipher: Keystream | None = None, shaped: bool = False) -> int:
     """Write `data` into `out` as application-data records of at most MAX_RECORD_PAYLOAD bytes each (the
-    DC->client direction of fake-TLS; `shaped`: see record_cuts), each payload passed through `cipher` when
-    one is given; returns the length written. `out` (a memoryview: a bytearray's slices would be copies) must
-    have room for the payload, a header per record and the cipher's slack."""
-    full, last_full, tail = record_cuts(len(data), MAX_RECORD_PAYLOAD, shaped)
+    DC->client direction of fake-TLS; `shaped`: of SHAPED_RECORD_PAYLOAD, see record_cuts), each payload
+    passed through `cipher` when one is given; returns the length written. `out` (a memoryview: a bytearray's
+    slices would be copies) must have room for the payload, a header per record and the cipher's slack."""
+    record = SHAPED_RECORD_PAYLOAD if shaped else MAX_RECORD_PAYLOAD
+    full, last_full, tail = record_cuts(len(data), record, shaped)
     pos = start = 0
     for i in range(full + (1 if tail else 0)):
-        size = tail if i == full else last_full if i == full - 1 else MAX_RECORD_PAYLOAD
+        size = tail if i == full else last_full if i == full - 1 else record
         chunk = data[start : start + size]
         start += size
         out[pos : pos + 3] = APPLICATION_DATA

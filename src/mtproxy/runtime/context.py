@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from mtproxy.config import HostPort, Limits, ProxyProtocol
+from mtproxy.protocol import faketls
 from mtproxy.protocol.handshake import AuthResult, Handshake, SecretTable
 from mtproxy.stats.counters import Counters
 
@@ -64,7 +65,8 @@ class Context:
         self.random_bytes = random_bytes
         self.buffers = Buffers(limits.read_size, limits.buffer_size)
         self.pipes = Pool(Pipe)
-        self.record_buffers = Pool(lambda: RecordBuffer(limits.read_size))
+        record = faketls.SHAPED_RECORD_PAYLOAD if shape_records else faketls.MAX_RECORD_PAYLOAD
+        self.record_buffers = Pool(lambda: RecordBuffer(limits.read_size, record))
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set when the server starts
         # the server's side, filled in by the server
         self.admit: Callable[[Tracked, int], bool]

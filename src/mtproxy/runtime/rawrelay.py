@@ -3,8 +3,8 @@
 In fast mode the DC's bytes are already what the client expects, so Python never needs to see them:
 - classic/dd: `SpliceRelay` moves them socket -> pipe -> socket with os.splice (zero copy);
 - fake-TLS: `RecordRelay` reads the DC with one readv() straight into the payload windows of a buffer laid
-  out as back-to-back 16384-byte records with their headers already in place, and sends the filled part with
-  one write(): the same two syscalls as a plain relay, no copy in Python.
+  out as back-to-back full-size records (16,384 bytes, 16,401 shaped) with their headers already in place,
+  and sends the filled part with one write(): the same two syscalls as a plain relay, no copy in Python.
 
 uvloop refuses add_reader/add_writer on a descriptor a transport owns, so the relays work on dup()s of the
 two sockets: the DC transport stops reading (it still writes the upload direction) and the client transport
@@ -36,9 +36,6 @@ RAW_AFTER = 64 * 1024  # DC->client bytes before a session switches: short sessi
 _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _SPARE = 4  # drained pipes/buffers kept for reuse
 _HEADER = faketls.RECORD_HEADER_SIZE
-_RECORD = faketls.MAX_RECORD_PAYLOAD
-_SLOT = _HEADER + _RECORD
-_FULL_HEADER = faketls.APPLICATION_DATA + _RECORD.to_bytes(2, "big")
 # --tls-records shaped: how long a DC read too short for a TLS 1.3 record waits for more before it goes out
 # alone (a short record); what follows within it joins it. Only such reads (a 4-byte quick ack, a transport
 # error code, a packet cut by the network) ever wait; see docs/undetectability.md
@@ -102,44 +99,47 @@ class Pool(Generic[T]):
 
 
 class RecordBuffer:
-    """Back-to-back fake-TLS application-data records of full size, shared by the loop's record relays;
-    `windows` are their payloads, the iovecs one readv() fills in order, so whatever it read is already a
-    contiguous run of records."""
+    """Back-to-back fake-TLS application-data records of full size (`record` payload bytes: 16,384, or 16,401
+    shaped), shared by the loop's record relays; `windows` are their payloads, the iovecs one readv() fills in
+    order, so whatever it read is already a contiguous run of records."""
 
-    __slots__ = ("data", "view", "windows")
+    __slots__ = ("data", "full_header", "record", "slot", "view", "windows")
 
-    def __init__(self, read_size: int) -> None:
-        slots = max(1, read_size // _RECORD)
-        self.data = bytearray(_FULL_HEADER + bytes(_RECORD)) * slots
+    def __init__(self, read_size: int, record: int = faketls.MAX_RECORD_PAYLOAD) -> None:
+        self.record = record
+        self.slot = slot = _HEADER + record
+        self.full_header = faketls.record_header(record)
+        slots = max(1, read_size // record)
+        self.data = bytearray(self.full_header + bytes(record)) * slots
         self.view = memoryview(self.data)
-        self.windows = [self.view[i * _SLOT + _HEADER : (i + 1) * _SLOT] for i in range(slots)]
+        self.windows = [self.view[i * slot + _HEADER : (i + 1) * slot] for i in range(slots)]
 
     def frame(self, n: int, shaped: bool = False) -> int:
         """The length of the records carrying the n payload bytes just read; the last one may be short
         (`shaped`: never under faketls.MIN_AEAD_RECORD when a full one precedes it, see faketls.record_cuts)."""
-        full, last_full, tail = faketls.record_cuts(n, _RECORD, shaped)
+        record, slot, data = self.record, self.slot, self.data
+        full, last_full, tail = faketls.record_cuts(n, record, shaped)
         if not tail:
-            return full * _SLOT
-        data = self.data
-        if last_full != _RECORD:  # the tail takes the last full record's end: its header moves in front of it
-            moved = _RECORD - last_full
-            at = (full - 1) * _SLOT
+            return full * slot
+        if last_full != record:  # the tail takes the last full record's end: its header moves in front of it
+            moved = record - last_full
+            at = (full - 1) * slot
             data[at + 3 : at + 5] = last_full.to_bytes(2, "big")
             cut = at + _HEADER + last_full
             data[cut + _HEADER : cut + _HEADER + moved] = data[cut : cut + moved]
             data[cut : cut + _HEADER] = faketls.record_header(tail)
             return cut + _HEADER + tail
-        at = full * _SLOT + 3
+        at = full * slot + 3
         data[at : at + 2] = tail.to_bytes(2, "big")
         return at + 2 + tail
 
     def unframe(self, n: int) -> None:
         """Undo frame(n)'s headers: all full records again for the next read (the payload windows are
         overwritten by that read, so only the headers matter)."""
-        full, tail = divmod(n, _RECORD)
-        if tail or full:
-            for slot in range(max(0, full - 1), min(full + 1, len(self.windows))):
-                self.data[slot * _SLOT : slot * _SLOT + _HEADER] = _FULL_HEADER
+        full = n // self.record
+        slot = self.slot
+        for i in range(max(0, full - 1), min(full + 1, len(self.windows))):
+            self.data[i * slot : i * slot + _HEADER] = self.full_header
 
     def close(self) -> None:
         """Holds no descriptor: dropping it is enough."""
@@ -359,12 +359,12 @@ class RecordRelay(_RawRelay):
     def _readable(self) -> None:
         buffer = self._pool.shared()
         windows = buffer.windows
-        full = len(windows) * _SLOT
+        full = len(windows) * buffer.slot
         if full > self._bound:  # records the client cannot take now are copied: at most the bound
             if self._credit + self._bound < full:
                 self._credit = send_space(self._client)
             if self._credit + self._bound < full:
-                windows = windows[: max(1, (self._credit + self._bound) // _SLOT)]
+                windows = windows[: max(1, (self._credit + self._bound) // buffer.slot)]
         held = len(self._held)
         if held:  # the held bytes open the first record; the read goes in behind them
             buffer.view[_HEADER : _HEADER + held] = self._held

@@ -273,7 +273,7 @@ class Session(Pair):
         if len(data) < faketls.MIN_AEAD_RECORD:
             self._hold_short(data)
             return b""
-        return faketls.wrap_records(data, shaped=True)
+        return faketls.wrap_records(data, faketls.SHAPED_RECORD_PAYLOAD, shaped=True)
 
     def _hold_short(self, short: bytes) -> None:
         self._short = short
