@@ -513,7 +513,7 @@ def _resolve(ns: argparse.Namespace, environ: dict[str, str] | None, euid: int |
         cert_refresh=_positive(ns.cert_refresh, t.cert_refresh, "--cert-refresh"),
         check_sni=not ns.no_sni_check,
         cert_jitter=_cert_jitter(ns.cert_jitter, ns.cert_size, t.cert_jitter),
-        shaped_records=(ns.tls_records or "shaped") == "shaped",
+        shaped_records=_tls_records(ns.tls_records),
     )
     secrets_file, state_file = _storage(ns, paths, bool(secrets))
     return EngineConfig(
@@ -553,6 +553,15 @@ def _resolve(ns: argparse.Namespace, environ: dict[str, str] | None, euid: int |
         aes_pwd=Path(ns.aes_pwd) if ns.aes_pwd else None,
         proxy_multi_conf=Path(ns.proxy_multi_conf) if ns.proxy_multi_conf else None,
     )
+
+
+def _tls_records(value: Any) -> bool:
+    """--tls-records (or the file's tls_records): True for shaped, the default."""
+    if value is None:
+        return True
+    if value not in TLS_RECORD_MODES:
+        raise ConfigError(f"--tls-records: {value!r} is not shaped or plain")
+    return bool(value == "shaped")
 
 
 def _unauthenticated_cap(max_connections: int) -> int:
