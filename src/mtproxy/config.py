@@ -106,6 +106,9 @@ class Limits:
     scan_budget: float = 0.25
 
 
+TLS_RECORD_MODES = ("shaped", "plain")
+
+
 @dataclass(frozen=True)
 class TlsOptions:
     """Fake-TLS knobs: clock skew window, replay cache, certificate size."""
@@ -116,6 +119,8 @@ class TlsOptions:
     cert_jitter: int = 16  # each flight's record differs by up to this many bytes, as real sites' do
     cert_refresh: float = 3600.0
     check_sni: bool = True
+    # DC->client records (--tls-records): "shaped" sends none shorter than a TLS 1.3 AEAD record can be
+    shaped_records: bool = True
 
 
 @dataclass(frozen=True)
@@ -318,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--replay-cache-size", type=int, help="fake-TLS/obfs2 replay cache entries")
     a("--cert-size", type=int, help="fixed fake certificate record size (default: learned from the mask)")
     a("--cert-refresh", type=float, help="seconds between certificate size probes")
+    a("--tls-records", choices=TLS_RECORD_MODES, help="fake-TLS records to the client: `shaped` (default) none"
+      " shorter than a TLS 1.3 server's can be (a read too short waits up to 10 ms for more), `plain` one per"
+      " DC read as it came")
     a("--cert-jitter", type=int, help="vary the fake certificate size by up to N bytes (default 16; 0 with"
       " --cert-size)")
     a("--no-sni-check", action="store_true", default=None, help="accept any SNI")
@@ -343,7 +351,7 @@ _CONFIG_KEYS = {
     "max_unauthenticated_per_ip": "max_unauthenticated_per_ip", "scan_budget": "scan_budget",
     "buffer_size": "buffer_size", "read_size": "read_size", "drain_timeout": "drain_timeout", "tls_skew": "tls_skew",
     "replay_cache_size": "replay_cache_size", "cert_size": "cert_size", "cert_refresh": "cert_refresh",
-    "cert_jitter": "cert_jitter",
+    "cert_jitter": "cert_jitter", "tls_records": "tls_records",
     "secrets_file": "secrets_file", "user": "user", "log_file": "log_file", "server": "public_host",
     "public_host": "public_host", "fast_mode": "no_fast_mode", "upstream": "upstream",
     "middle_proxy": "middle_proxy", "relay_config_url": "relay_config_url", "proxy_tag": "proxy_tag",
@@ -524,6 +532,7 @@ def _resolve(ns: argparse.Namespace, environ: dict[str, str] | None, euid: int |
         cert_refresh=_positive(ns.cert_refresh, t.cert_refresh, "--cert-refresh"),
         check_sni=not ns.no_sni_check,
         cert_jitter=_cert_jitter(ns.cert_jitter, ns.cert_size, t.cert_jitter),
+        shaped_records=_tls_records(ns.tls_records),
     )
     secrets_file, state_file = _storage(ns, paths, bool(secrets))
     return EngineConfig(
@@ -563,6 +572,15 @@ def _resolve(ns: argparse.Namespace, environ: dict[str, str] | None, euid: int |
         aes_pwd=Path(ns.aes_pwd) if ns.aes_pwd else None,
         proxy_multi_conf=Path(ns.proxy_multi_conf) if ns.proxy_multi_conf else None,
     )
+
+
+def _tls_records(value: Any) -> bool:
+    """--tls-records (or the file's tls_records): True for shaped, the default."""
+    if value is None:
+        return True
+    if value not in TLS_RECORD_MODES:
+        raise ConfigError(f"--tls-records: {value!r} is not shaped or plain")
+    return bool(value == "shaped")
 
 
 def _unauthenticated_cap(max_connections: int) -> int:

@@ -199,6 +199,7 @@ def test_the_engine_and_the_cli_share_one_set_of_defaults(tmp_path: Path) -> Non
     ({"cert_size": 10}, "'cert_size' must be 64..16384 bytes"),
     ({"listen": ["7000"]}, "'listen': 7000 needs a host"),
     ({"dc_override": ["2=host:notaport"]}, "'dc_override': port 'notaport' is not a number"),
+    ({"tls_records": "padded"}, "'tls_records': 'padded' is not shaped or plain"),
 ])
 def test_a_bad_engine_key_in_the_settings_file_names_the_file_and_the_key(
         tmp_path: Path, doc: dict[str, object], says: str) -> None:
@@ -223,6 +224,17 @@ def test_the_same_bad_value_as_a_flag_still_names_the_flag(tmp_path: Path) -> No
     assert str(error.value) == "--idle-timeout: must be a finite positive number, got -1.0"
     cfg = resolve(["-S", KEY], environ={"MTPROXY_ROOT": str(tmp_path)})  # numbers as strings still read
     assert cfg.limits.idle_timeout == 30 and cfg.tls.skew == 60 and not cfg.stats_allow_remote
+
+
+def test_tls_records_is_shaped_unless_flag_or_file_says_plain(tmp_path: Path) -> None:
+    environ = {"MTPROXY_ROOT": str(tmp_path)}
+    assert resolve(["-S", KEY], environ=environ).tls.shaped_records
+    assert not resolve(["-S", KEY, "--tls-records", "plain"], environ=environ).tls.shaped_records
+    settings = tmp_path / "config" / "mtproxy" / "mtproxy_config.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps({"tls_records": "plain"}))
+    assert not resolve(["-S", KEY], environ=environ).tls.shaped_records
+    assert resolve(["-S", KEY, "--tls-records", "shaped"], environ=environ).tls.shaped_records  # the flag wins
 
 
 def test_the_settings_files_listen_replaces_its_port(tmp_path: Path) -> None:

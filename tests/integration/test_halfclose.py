@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from mtproxy.protocol import faketls
 from mtproxy.protocol.secret import Secret
 from mtproxy.testkit.client import ProxyClient, open_client, secret_for_mode
 
@@ -70,10 +71,12 @@ def test_half_close_delivers_everything_then_eof(start_proxy: ProxyFactory, secr
     assert int(stats["bytes_dc_to_client"]) >= 3 * BIG  # raw-relayed bytes are counted too
 
 
-def test_fake_tls_download_stays_framed_as_tls_records(start_proxy: ProxyFactory, secret: Secret) -> None:
-    """Past the switch to the record relay the stream must still be application-data records of at most
-    16384 bytes (older TDLib rejects larger, DPI sees anything else), with the content intact."""
-    proxy = start_proxy("-S", secret.to_hex())
+@pytest.mark.parametrize("records", ["shaped", "plain"])
+def test_fake_tls_download_stays_framed_as_tls_records(start_proxy: ProxyFactory, secret: Secret,
+                                                       records: str) -> None:
+    """Past the switch to the record relay the stream must still be application-data records of full size
+    (16,401 bytes shaped, as a TLS 1.3 server's; 16,384 plain) with the content intact."""
+    proxy = start_proxy("-S", secret.to_hex(), "--tls-records", records)
     data = os.urandom(BIG)
 
     async def scenario() -> tuple[list[int], bytes]:
@@ -103,8 +106,9 @@ def test_fake_tls_download_stays_framed_as_tls_records(start_proxy: ProxyFactory
 
     sizes, got = run(scenario(), timeout=60)
     assert got == data
-    assert all(0 < size <= 16384 for size in sizes)
-    assert sizes.count(16384) > len(data) // 16384 // 2  # bulk goes out in full-size records
+    full = faketls.SHAPED_RECORD_PAYLOAD if records == "shaped" else faketls.MAX_RECORD_PAYLOAD
+    assert all(0 < size <= full for size in sizes)
+    assert sizes.count(full) > len(data) // full // 2  # bulk goes out in full-size records
 
 
 @pytest.mark.parametrize("mode", ["classic", "ee"])

@@ -169,6 +169,47 @@ def test_quick_ack_comes_back_in_the_client_transport(start_proxy: ProxyFactory,
     assert len(flagged) >= 2
 
 
+@pytest.mark.parametrize("records", ["shaped", "plain"])
+def test_fake_tls_records_through_the_relay(start_proxy: ProxyFactory, relays: BackgroundRelays, tmp_path: Path,
+                                            records: str) -> None:
+    """--tls-records on the relay path: shaped, the 4-byte quick ack the relay sends just before the answer
+    goes out with it (no record under 17 bytes) and full records are 16,401 bytes; plain, the quick ack is a
+    4-byte record of its own and full records 16,384."""
+    files = relays.write_files(tmp_path / "relays")
+    key = os.urandom(16)
+    proxy = start_proxy("-S", key.hex(), "--middle-proxy", "on", "--tls-records", records, "--aes-pwd",
+                        str(files.secret), str(files.config))
+    proxy.wait_log("ready:")
+    assert relays_ready(proxy, {2})
+
+    async def scenario() -> tuple[list[int], bytes, bytes]:
+        framed = await session(proxy.port, Secret(key, SecretKind.FAKE_TLS, DOMAIN), obfs2.TAG_INTERMEDIATE)
+        client = framed.client
+        raw, plain, sizes = bytearray(), bytearray(), []
+        expected = b""
+        for one in (packet(64), packet(100_000), packet(64)):  # one at a time: answers and acks stay in order
+            await framed.send(one, quick_ack=True)
+            expected += struct.pack("<I", quick_ack_token(one)) + len(one).to_bytes(4, "little") + one
+            while len(plain) < len(expected):
+                chunk = await asyncio.wait_for(client.reader.read(1 << 18), 10)
+                assert chunk, "closed early"
+                raw += chunk
+                while len(raw) >= 5 and len(raw) >= 5 + int.from_bytes(raw[3:5], "big"):
+                    size = int.from_bytes(raw[3:5], "big")
+                    sizes.append(size)
+                    plain += client.conn.decrypt(bytes(raw[: 5 + size]))
+                    del raw[: 5 + size]
+        await client.close()
+        return sizes, bytes(plain), expected
+
+    sizes, plain, expected = run(scenario())
+    assert plain == expected
+    if records == "shaped":
+        assert min(sizes) >= 17 and max(sizes) == 16401
+    else:
+        assert 4 in sizes and max(sizes) == 16384
+
+
 def test_a_packet_the_official_would_not_forward_is_dropped(start_proxy: ProxyFactory, relays: BackgroundRelays,
                                                             tmp_path: Path) -> None:
     files = relays.write_files(tmp_path / "relays")

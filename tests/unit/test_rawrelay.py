@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from mtproxy.protocol.faketls import MAX_RECORD_PAYLOAD, TlsRecordReader
+from mtproxy.protocol.faketls import MAX_RECORD_PAYLOAD, SHAPED_RECORD_PAYLOAD, TlsRecordReader, wrap_records
 from mtproxy.runtime import rawrelay
 from mtproxy.runtime.rawrelay import Pipe, Pool, RecordBuffer, RecordRelay, SpliceRelay
 
@@ -52,6 +52,23 @@ def test_a_read_is_framed_as_records_and_unframed_for_the_next(n: int) -> None:
         assert sizes == [MAX_RECORD_PAYLOAD] * full + ([tail] if tail else [])
         buffer.unframe(n)
         headers = [bytes(buffer.data[i : i + 5]) for i in range(0, len(buffer.data), 5 + MAX_RECORD_PAYLOAD)]
+        assert headers == [pristine[:5]] * len(headers)
+
+
+@pytest.mark.parametrize("record", [MAX_RECORD_PAYLOAD, SHAPED_RECORD_PAYLOAD])
+@pytest.mark.parametrize("extra", [1, 5, 16, 17, 100])
+def test_a_shaped_read_moves_one_header_and_unframes(record: int, extra: int) -> None:
+    """Shaped (--tls-records shaped), a tail under 17 bytes takes bytes from the full record before it; the
+    framed bytes are what faketls.wrap_records builds, and unframing restores every header."""
+    buffer = RecordBuffer(READ_SIZE, record)
+    pristine = bytes(buffer.data)
+    for n in (2 * record + extra, record - 1, 3 * record):
+        payload = os.urandom(n)
+        _fill(buffer, payload)
+        end = buffer.frame(n, shaped=True)
+        assert bytes(buffer.view[:end]) == wrap_records(payload, record, shaped=True)
+        buffer.unframe(n)
+        headers = [bytes(buffer.data[i : i + 5]) for i in range(0, len(buffer.data), 5 + record)]
         assert headers == [pristine[:5]] * len(headers)
 
 
@@ -273,3 +290,52 @@ def test_a_stalled_record_relay_copies_its_residue_and_then_reads_within_the_bou
     assert still_shared
     assert 0 < first <= BOUND  # the first read's residue too: it was up to a whole READ_SIZE before
     assert later <= BOUND + 5 * (BOUND // MAX_RECORD_PAYLOAD)
+
+
+def test_shaped_record_relay_holds_short_reads() -> None:
+    """Shaped: bytes handed over held open the next record; a read under 17 bytes waits for more and, with
+    nothing following, goes alone after SHORT_WAIT; one held at the DC's EOF still reaches the client first."""
+    async def scenario() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        dc_far, dc_near = socket.socketpair()
+        client_near, client_far = socket.socketpair()
+        for s in (dc_far, dc_near, client_near, client_far):
+            s.setblocking(False)
+        ended = asyncio.Event()
+        relay = RecordRelay(loop, Pool(lambda: RecordBuffer(READ_SIZE, SHAPED_RECORD_PAYLOAD)), dc_near.fileno(),
+                            client_near.fileno(), lambda n: None, ended.set, lambda: None, BOUND,
+                            shaped=True, held=b"ab")
+        stream = bytearray()
+
+        async def records(count: int) -> list[bytes]:
+            got: list[bytes] = []
+            while len(got) < count:
+                while len(stream) >= 5 and len(stream) >= 5 + int.from_bytes(stream[3:5], "big"):
+                    size = int.from_bytes(stream[3:5], "big")
+                    got.append(bytes(stream[5 : 5 + size]))
+                    del stream[: 5 + size]
+                if len(got) < count:
+                    stream.extend(await loop.sock_recv(client_far, 65536))
+            return got
+
+        try:
+            async with asyncio.timeout(10):
+                await loop.sock_sendall(dc_far, b"x" * 30)
+                out = await records(1)
+                started = loop.time()
+                await loop.sock_sendall(dc_far, b"yyy")
+                out += await records(1)
+                waited = loop.time() - started
+                await loop.sock_sendall(dc_far, b"zz")
+                await asyncio.sleep(0.001)
+                dc_far.shutdown(socket.SHUT_WR)
+                await ended.wait()
+                out += await records(1)
+        finally:
+            relay.close()
+            for s in (dc_far, dc_near, client_near, client_far):
+                s.close()
+        assert waited >= rawrelay.SHORT_WAIT * 0.9  # the lone 3 bytes waited for more
+        return out
+
+    assert asyncio.run(scenario()) == [b"ab" + b"x" * 30, b"yyy", b"zz"]

@@ -81,3 +81,28 @@ def test_cipher_stream_continues_across_calls(aes: Backend) -> None:
     wire += bytes(out[: faketls.frame_records(memoryview(second), out, cipher)])
     plain = faketls.TlsRecordReader().unwrap(wire)
     assert plain == aes.new_stream(key, iv).update(first + second)
+
+
+SHAPED = faketls.SHAPED_RECORD_PAYLOAD
+SHAPED_SIZES = [17, 100, SHAPED - 1, SHAPED, SHAPED + 1, SHAPED + 16, SHAPED + 17, 2 * SHAPED + 3, 300000]
+
+
+@pytest.mark.parametrize("size", SHAPED_SIZES)
+def test_shaped_records_are_full_tls13_records_and_none_shorter_than_17(size: int) -> None:
+    """--tls-records shaped: 16,401-byte records (16,384 + content type + tag), a last one of at least 17
+    (it borrows from the one before), the payload intact; the one-shot helper builds the same bytes."""
+    payload = os.urandom(size)
+    out = _out(size)
+    n = faketls.frame_records(memoryview(payload), out, shaped=True)
+    lengths = [len(p) for _, p in _records(bytes(out[:n]))]
+    assert all(faketls.MIN_AEAD_RECORD <= length <= SHAPED for length in lengths)
+    assert lengths[:-2] == [SHAPED] * len(lengths[:-2])  # only the last two may differ from full
+    assert sum(lengths) == size and len(lengths) == -(-size // SHAPED)
+    assert faketls.TlsRecordReader().unwrap(bytes(out[:n])) == payload
+    assert bytes(out[:n]) == faketls.wrap_records(payload, SHAPED, shaped=True)
+
+
+def test_a_shaped_tail_borrows_what_it_lacks() -> None:
+    assert faketls.record_cuts(SHAPED + 5, SHAPED, shaped=True) == (1, SHAPED - 12, 17)
+    assert faketls.record_cuts(SHAPED + 5, SHAPED) == (1, SHAPED, 5)
+    assert faketls.record_cuts(5, SHAPED, shaped=True) == (0, SHAPED, 5)  # alone: the caller holds it back

@@ -26,10 +26,18 @@ HELLO_PREFIX = b"\x16\x03\x01"
 RANDOM_OFFSET = 11
 RANDOM_SIZE = 32
 DIGEST_CHECKED = 28  # the last 4 bytes carry the client's clock, XORed in
-MAX_RECORD_PAYLOAD = 16384  # TLS plaintext limit; older TDLib rejects larger server records
+MAX_RECORD_PAYLOAD = 16384  # TLS plaintext limit: plain (--tls-records plain) server records are at most this
 MAX_CLIENT_RECORD = MAX_RECORD_PAYLOAD + 2048  # TLS 1.3 ciphertext allowance
 CHANGE_CIPHER_SPEC = b"\x14\x03\x03\x00\x01\x01"
 APPLICATION_DATA = b"\x17\x03\x03"
+# the shortest application-data record a TLS 1.3 server with an AEAD cipher can send: the inner content-type
+# byte and the 16-byte tag (RFC 8446 5.2), around no data at all; shaped records are never shorter
+MIN_AEAD_RECORD = 17
+# ... and its longest: 16,384 bytes of plaintext plus the same 17 (RFC 8446 5.2), a busy TLS 1.3 server's usual
+# record. Every official client takes it (TDLib since its first release with fake TLS, v1.5.0, and Telegram
+# Desktop: any 16-bit length; Android tgnet: up to 64 KiB; iOS MtProtoKit: up to 32,767): see
+# docs/undetectability.md. Shaped records (--tls-records shaped) are at most this long.
+SHAPED_RECORD_PAYLOAD = MAX_RECORD_PAYLOAD + MIN_AEAD_RECORD
 SERVER_HELLO_PREFIX = b"\x16\x03\x03"
 TLS13_SUITES = (0x1301, 0x1302, 0x1303)
 _AES_BLOCK = 16
@@ -383,26 +391,48 @@ def record_header(length: int) -> bytes:
     return APPLICATION_DATA + length.to_bytes(2, "big")
 
 
-def wrap_records(payload: bytes | memoryview, max_payload: int = MAX_RECORD_PAYLOAD) -> bytes:
-    """Payload as application-data records of at most `max_payload` bytes each."""
+def record_cuts(n: int, max_payload: int = MAX_RECORD_PAYLOAD, shaped: bool = False) -> tuple[int, int, int]:
+    """How n payload bytes split into records: (full, last_full, tail): `full` records of `max_payload`, the
+    last of them `last_full` long, then a `tail` record (0: none). Shaped, a tail shorter than MIN_AEAD_RECORD
+    takes what it lacks from the record before it, as a TLS 1.3 server's records are never that short (a
+    whole payload under it cannot be helped here: the caller holds it back)."""
+    full, tail = divmod(n, max_payload)
+    last_full = max_payload
+    if shaped and full and 0 < tail < MIN_AEAD_RECORD:
+        last_full -= MIN_AEAD_RECORD - tail
+        tail = MIN_AEAD_RECORD
+    return full, last_full, tail
+
+
+def wrap_records(payload: bytes | memoryview, max_payload: int = MAX_RECORD_PAYLOAD, shaped: bool = False) -> bytes:
+    """Payload as application-data records of at most `max_payload` bytes each (`shaped`: see record_cuts)."""
     view = memoryview(payload)
+    full, last_full, tail = record_cuts(len(view), max_payload, shaped)
     parts: list[bytes | memoryview] = []
-    for start in range(0, len(view), max_payload):
-        chunk = view[start : start + max_payload]
-        parts.append(record_header(len(chunk)))
-        parts.append(chunk)
+    start = 0
+    for i in range(full):
+        size = last_full if i == full - 1 else max_payload
+        parts.append(record_header(size))
+        parts.append(view[start : start + size])
+        start += size
+    if tail:
+        parts.append(record_header(tail))
+        parts.append(view[start:])
     return b"".join(parts)
 
 
-def frame_records(data: memoryview, out: memoryview, cipher: Keystream | None = None) -> int:
+def frame_records(data: memoryview, out: memoryview, cipher: Keystream | None = None, shaped: bool = False) -> int:
     """Write `data` into `out` as application-data records of at most MAX_RECORD_PAYLOAD bytes each (the
-    DC->client direction of fake-TLS), each payload passed through `cipher` when one is given; returns the
-    length written. `out` (a memoryview: a bytearray's slices would be copies) must have room for the
-    payload, a header per record and the cipher's slack."""
-    pos = 0
-    for start in range(0, len(data), MAX_RECORD_PAYLOAD):
-        chunk = data[start : start + MAX_RECORD_PAYLOAD]
-        size = len(chunk)
+    DC->client direction of fake-TLS; `shaped`: of SHAPED_RECORD_PAYLOAD, see record_cuts), each payload
+    passed through `cipher` when one is given; returns the length written. `out` (a memoryview: a bytearray's
+    slices would be copies) must have room for the payload, a header per record and the cipher's slack."""
+    record = SHAPED_RECORD_PAYLOAD if shaped else MAX_RECORD_PAYLOAD
+    full, last_full, tail = record_cuts(len(data), record, shaped)
+    pos = start = 0
+    for i in range(full + (1 if tail else 0)):
+        size = tail if i == full else last_full if i == full - 1 else record
+        chunk = data[start : start + size]
+        start += size
         out[pos : pos + 3] = APPLICATION_DATA
         out[pos + 3 : pos + 5] = size.to_bytes(2, "big")
         pos += RECORD_HEADER_SIZE

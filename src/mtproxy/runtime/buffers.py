@@ -48,7 +48,9 @@ class Buffers:
         self.recv = bytearray(read_size + SLACK)
         self.recv_in = memoryview(self.recv)[:read_size]
         self.tmp = bytearray(read_size + SLACK)
-        self.out = bytearray(read_size + -(-read_size // MAX_RECORD) * HEADER + SLACK)
+        # + one record: shaped fake-TLS (--tls-records) may put a held short read in front of a full one
+        shaped_extra = HEADER + faketls.MIN_AEAD_RECORD
+        self.out = bytearray(read_size + -(-read_size // MAX_RECORD) * HEADER + SLACK + shaped_extra)
         self.out_view = memoryview(self.out)
         self.min_room = max(1, min(MIN_READ, buffer_size // 2))
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from mtproxy.config import HostPort, Limits, ProxyProtocol
+from mtproxy.protocol import faketls
 from mtproxy.protocol.handshake import AuthResult, Handshake, SecretTable
 from mtproxy.stats.counters import Counters
 
@@ -39,12 +40,14 @@ class Context:
                  "count_in", "count_out", "counters", "dc_table", "ended", "enforcer", "fast_mode", "guard",
                  "hand_over", "limits", "loop", "mask", "mask_header", "mask_legs", "middle", "new_handshake", "pipes",
                  "random_bytes", "record_buffers", "release", "release_pending", "scans", "session_opened",
+                 "shape_records",
                  "still_live", "trusted", "via")
 
     def __init__(self, limits: Limits, counters: Counters, *, fast_mode: bool, dc_table: DcTable, guard: Guard,
                  clock: Callable[[], float], random_bytes: Callable[[int], bytes],
-                 proxy: ProxyProtocol | None = None) -> None:
+                 proxy: ProxyProtocol | None = None, shape_records: bool = True) -> None:
         proxy = proxy or ProxyProtocol()
+        self.shape_records = shape_records  # --tls-records shaped (runtime/session.py, rawrelay.RecordRelay)
         self.limits = limits
         self.trusted = proxy.trusted  # --proxy-protocol: who may send the PROXY header
         self.mask_header = proxy.to_mask  # PROXY header version sent to the mask site, 0 for none
@@ -62,7 +65,8 @@ class Context:
         self.random_bytes = random_bytes
         self.buffers = Buffers(limits.read_size, limits.buffer_size)
         self.pipes = Pool(Pipe)
-        self.record_buffers = Pool(lambda: RecordBuffer(limits.read_size))
+        record = faketls.SHAPED_RECORD_PAYLOAD if shape_records else faketls.MAX_RECORD_PAYLOAD
+        self.record_buffers = Pool(lambda: RecordBuffer(limits.read_size, record))
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set when the server starts
         # the server's side, filled in by the server
         self.admit: Callable[[Tracked, int], bool]

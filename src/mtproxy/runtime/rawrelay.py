@@ -3,8 +3,8 @@
 In fast mode the DC's bytes are already what the client expects, so Python never needs to see them:
 - classic/dd: `SpliceRelay` moves them socket -> pipe -> socket with os.splice (zero copy);
 - fake-TLS: `RecordRelay` reads the DC with one readv() straight into the payload windows of a buffer laid
-  out as back-to-back 16384-byte records with their headers already in place, and sends the filled part with
-  one write(): the same two syscalls as a plain relay, no copy in Python.
+  out as back-to-back full-size records (16,384 bytes, 16,401 shaped) with their headers already in place,
+  and sends the filled part with one write(): the same two syscalls as a plain relay, no copy in Python.
 
 uvloop refuses add_reader/add_writer on a descriptor a transport owns, so the relays work on dup()s of the
 two sockets: the DC transport stops reading (it still writes the upload direction) and the client transport
@@ -36,9 +36,10 @@ RAW_AFTER = 64 * 1024  # DC->client bytes before a session switches: short sessi
 _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _SPARE = 4  # drained pipes/buffers kept for reuse
 _HEADER = faketls.RECORD_HEADER_SIZE
-_RECORD = faketls.MAX_RECORD_PAYLOAD
-_SLOT = _HEADER + _RECORD
-_FULL_HEADER = faketls.APPLICATION_DATA + _RECORD.to_bytes(2, "big")
+# --tls-records shaped: how long a DC read too short for a TLS 1.3 record waits for more before it goes out
+# alone (a short record); what follows within it joins it. Only such reads (a 4-byte quick ack, a transport
+# error code, a packet cut by the network) ever wait; see docs/undetectability.md
+SHORT_WAIT = 0.010
 
 # MTPROXY_SPLICE=0 keeps DC->client on the transport path (A/B measurements, or a kernel without splice)
 ENABLED = os.environ.get("MTPROXY_SPLICE", "1") != "0"
@@ -98,33 +99,47 @@ class Pool(Generic[T]):
 
 
 class RecordBuffer:
-    """Back-to-back fake-TLS application-data records of full size, shared by the loop's record relays;
-    `windows` are their payloads, the iovecs one readv() fills in order, so whatever it read is already a
-    contiguous run of records."""
+    """Back-to-back fake-TLS application-data records of full size (`record` payload bytes: 16,384, or 16,401
+    shaped), shared by the loop's record relays; `windows` are their payloads, the iovecs one readv() fills in
+    order, so whatever it read is already a contiguous run of records."""
 
-    __slots__ = ("data", "view", "windows")
+    __slots__ = ("data", "full_header", "record", "slot", "view", "windows")
 
-    def __init__(self, read_size: int) -> None:
-        slots = max(1, read_size // _RECORD)
-        self.data = bytearray(_FULL_HEADER + bytes(_RECORD)) * slots
+    def __init__(self, read_size: int, record: int = faketls.MAX_RECORD_PAYLOAD) -> None:
+        self.record = record
+        self.slot = slot = _HEADER + record
+        self.full_header = faketls.record_header(record)
+        slots = max(1, read_size // record)
+        self.data = bytearray(self.full_header + bytes(record)) * slots
         self.view = memoryview(self.data)
-        self.windows = [self.view[i * _SLOT + _HEADER : (i + 1) * _SLOT] for i in range(slots)]
+        self.windows = [self.view[i * slot + _HEADER : (i + 1) * slot] for i in range(slots)]
 
-    def frame(self, n: int) -> int:
-        """The length of the records carrying the n payload bytes just read; the last one may be short."""
-        full, tail = divmod(n, _RECORD)
+    def frame(self, n: int, shaped: bool = False) -> int:
+        """The length of the records carrying the n payload bytes just read; the last one may be short
+        (`shaped`: never under faketls.MIN_AEAD_RECORD when a full one precedes it, see faketls.record_cuts)."""
+        record, slot, data = self.record, self.slot, self.data
+        full, last_full, tail = faketls.record_cuts(n, record, shaped)
         if not tail:
-            return full * _SLOT
-        at = full * _SLOT + 3
-        self.data[at : at + 2] = tail.to_bytes(2, "big")
+            return full * slot
+        if last_full != record:  # the tail takes the last full record's end: its header moves in front of it
+            moved = record - last_full
+            at = (full - 1) * slot
+            data[at + 3 : at + 5] = last_full.to_bytes(2, "big")
+            cut = at + _HEADER + last_full
+            data[cut + _HEADER : cut + _HEADER + moved] = data[cut : cut + moved]
+            data[cut : cut + _HEADER] = faketls.record_header(tail)
+            return cut + _HEADER + tail
+        at = full * slot + 3
+        data[at : at + 2] = tail.to_bytes(2, "big")
         return at + 2 + tail
 
     def unframe(self, n: int) -> None:
-        """Undo frame(n)'s short header: all full records again for the next read."""
-        full, tail = divmod(n, _RECORD)
-        if tail:
-            at = full * _SLOT + 3
-            self.data[at : at + 2] = _FULL_HEADER[3:]
+        """Undo frame(n)'s headers: all full records again for the next read (the payload windows are
+        overwritten by that read, so only the headers matter)."""
+        full = n // self.record
+        slot = self.slot
+        for i in range(max(0, full - 1), min(full + 1, len(self.windows))):
+            self.data[i * slot : i * slot + _HEADER] = self.full_header
 
     def close(self) -> None:
         """Holds no descriptor: dropping it is enough."""
@@ -295,28 +310,65 @@ class RecordRelay(_RawRelay):
     """Fake-TLS: the DC's bytes land in the payload windows of ready-made records (one readv) and the
     filled records go out in one write; only a short last record's length is patched. When the client
     cannot take everything, the residue is copied out: the shared buffer is never kept by one session, and a
-    read is never larger than what the client takes now plus --buffer-size, so the copy is within the bound."""
+    read is never larger than what the client takes now plus --buffer-size, so the copy is within the bound.
+
+    `shaped` (--tls-records shaped): no record shorter than faketls.MIN_AEAD_RECORD. A read that short is held
+    (`held`, at most 16 bytes, kept by the relay, not in the shared buffer) and goes out at the front of the
+    next read's first record; if nothing follows within SHORT_WAIT it goes out alone, short."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pool: Pool[RecordBuffer], dc_fd: int, client_fd: int,
                  on_bytes: Callable[[int], None], on_eof: Callable[[], None], on_error: Callable[[], None],
-                 bound: int) -> None:
+                 bound: int, shaped: bool = False, held: bytes = b"") -> None:
         self._pool = pool
         self._residue = memoryview(b"")  # framed records the client has not taken yet
         self._bound = bound  # --buffer-size: what may be copied out for the client
         # bytes the client's socket is still sure to take: what the kernel last said, less what was written
         # since (its free space only grows meanwhile), so the kernel is asked again only when that runs short
         self._credit = 0
+        self._shaped = shaped
+        self._held = b""
+        self._held_timer: asyncio.TimerHandle | None = None
+        self._eof_pending = False  # the DC closed while the residue still held the last short record
         super().__init__(loop, dc_fd, client_fd, on_bytes, on_eof, on_error)
+        if held:
+            self._hold(held)
+
+    def _hold(self, short: bytes) -> None:
+        self._held = short
+        if self._held_timer is None:
+            self._held_timer = self._loop.call_later(SHORT_WAIT, self._send_held)
+
+    def _take_held(self) -> bytes:
+        held, self._held = self._held, b""
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
+        return held
+
+    def _send_held(self) -> None:
+        """Nothing followed the held bytes in time: they go out as they are, one short record."""
+        self._held_timer = None
+        held = self._take_held()
+        if not held or self.closed:
+            return
+        self._residue = memoryview(faketls.record_header(len(held)) + held)
+        self._drain()
+        if self._residue and not self.closed:
+            self._stalled()
 
     def _readable(self) -> None:
         buffer = self._pool.shared()
         windows = buffer.windows
-        full = len(windows) * _SLOT
+        full = len(windows) * buffer.slot
         if full > self._bound:  # records the client cannot take now are copied: at most the bound
             if self._credit + self._bound < full:
                 self._credit = send_space(self._client)
             if self._credit + self._bound < full:
-                windows = windows[: max(1, (self._credit + self._bound) // _SLOT)]
+                windows = windows[: max(1, (self._credit + self._bound) // buffer.slot)]
+        held = len(self._held)
+        if held:  # the held bytes open the first record; the read goes in behind them
+            buffer.view[_HEADER : _HEADER + held] = self._held
+            windows = [windows[0][held:], *windows[1:]]
         try:
             n = os.readv(self._dc, windows)
         except BlockingIOError:
@@ -326,10 +378,20 @@ class RecordRelay(_RawRelay):
             self._fail()
             return
         if n == 0:
+            if held:  # the held bytes go first; the EOF follows once the client has them (_drain)
+                self._eof_pending = True
+                self._send_held()
+                return
             self._dc_closed()
             return
         self._on_bytes(n)
-        end = buffer.frame(n)
+        n += held
+        if held:
+            self._take_held()
+        if self._shaped and n < faketls.MIN_AEAD_RECORD:
+            self._hold(bytes(buffer.view[_HEADER : _HEADER + n]))
+            return
+        end = buffer.frame(n, self._shaped)
         sent = self._write(buffer.view[:end])
         self._credit = self._credit - sent if sent == end and self._credit > sent else 0
         if sent == end or self.closed:
@@ -345,7 +407,10 @@ class RecordRelay(_RawRelay):
         sent = self._write(self._residue)
         self._residue = self._residue[sent:]
         if not self._residue and not self.closed:
-            self._drained()
+            if self._eof_pending:
+                self._dc_closed()
+            else:
+                self._drained()
 
     def _write(self, data: memoryview) -> int:
         """Write as much as the client takes now; fails the relay on a socket error."""
@@ -363,7 +428,11 @@ class RecordRelay(_RawRelay):
     def take_pending(self) -> bytes:
         pending = bytes(self._residue)
         self._residue = memoryview(b"")
+        held = self._take_held()
+        if held:  # the session closes: what was held goes out as it is
+            pending += faketls.record_header(len(held)) + held
         return pending
 
     def _release(self) -> None:
         self._residue = memoryview(b"")
+        self._take_held()

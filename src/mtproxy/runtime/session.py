@@ -53,7 +53,8 @@ class Session(Pair):
     DC->client: `_up_buffer_updated`; in fast mode the DC's bytes are already what the client expects."""
 
     __slots__ = ("_early", "_from_client", "_from_dc", "_grant", "_held", "_hold_in", "_hold_out", "_meter",
-                 "_middle", "_packets", "_raw", "_relayed", "_tls", "_tls_reader", "_to_client", "_to_dc", "secret_id")
+                 "_middle", "_packets", "_raw", "_relayed", "_shaped", "_short", "_short_timer", "_tls", "_tls_reader",
+                 "_to_client", "_to_dc", "secret_id")
 
     def _open(self, auth: AuthResult, grant: Grant) -> None:
         """The handshake authenticated the client and its secret's limits admitted it (connection.py)."""
@@ -63,6 +64,10 @@ class Session(Pair):
         self._from_client: Keystream = auth.from_client
         self._tls_reader = auth.tls_reader
         self._tls = auth.fake_tls
+        # --tls-records shaped: no DC->client record shorter than a TLS 1.3 AEAD record (see _shaped_write)
+        self._shaped = self._tls and self.ctx.shape_records
+        self._short = b""  # a short DC read held for what follows (enciphered for the client)
+        self._short_timer: asyncio.TimerHandle | None = None
         self._to_dc: Keystream  # set by connect(), before the client is read again
         self._from_dc: Keystream | None = None  # None in fast mode (both)
         self._to_client: Keystream | None = None
@@ -227,8 +232,11 @@ class Session(Pair):
             self._from_dc.update_into(data, buffers.tmp)
             data = memoryview(buffers.tmp)[:nbytes]
         if self._tls:
-            out = buffers.out_view
-            send(client, self.fd, out[: faketls.frame_records(data, out, self._to_client)])
+            if self._shaped:
+                self._shaped_write(client, data)
+            else:
+                out = buffers.out_view
+                send(client, self.fd, out[: faketls.frame_records(data, out, self._to_client)])
             if self._to_client is None:
                 self._count_towards_raw(client, nbytes)
         elif self._to_client is not None:
@@ -240,6 +248,55 @@ class Session(Pair):
         self.ctx.count_out(self.secret_id, nbytes)
         if self._meter is not None:
             self._metered_out(nbytes)
+
+    # ----------------------------------------------------------------- shaped records (--tls-records shaped)
+
+    def _shaped_write(self, client: asyncio.Transport, data: memoryview) -> None:
+        """`data` in records no shorter than faketls.MIN_AEAD_RECORD: a read too short for one is held and
+        goes out in front of the next (or alone after rawrelay.SHORT_WAIT: `_send_short`)."""
+        cipher = self._to_client
+        short = self._take_short()
+        if short:  # rare: the held bytes are enciphered already, so this read is too, then framed as is
+            data = memoryview(short + (cipher.update(data) if cipher is not None else bytes(data)))
+            cipher = None
+        if len(data) < faketls.MIN_AEAD_RECORD:
+            self._hold_short(cipher.update(data) if cipher is not None else bytes(data))
+            return
+        out = self._buffers.out_view
+        send(client, self.fd, out[: faketls.frame_records(data, out, cipher, shaped=True)])
+
+    def _shaped_stream(self, data: bytes) -> bytes:
+        """Middle-proxy path: enciphered `data` with any held bytes in front; b"" when it is held itself."""
+        short = self._take_short()
+        if short:
+            data = short + data
+        if len(data) < faketls.MIN_AEAD_RECORD:
+            self._hold_short(data)
+            return b""
+        return faketls.wrap_records(data, faketls.SHAPED_RECORD_PAYLOAD, shaped=True)
+
+    def _hold_short(self, short: bytes) -> None:
+        self._short = short
+        if self._short_timer is None:
+            self._short_timer = self.ctx.loop.call_later(rawrelay.SHORT_WAIT, self._send_short)
+
+    def _take_short(self) -> bytes:
+        short, self._short = self._short, b""
+        if self._short_timer is not None:
+            self._short_timer.cancel()
+            self._short_timer = None
+        return short
+
+    def _send_short(self) -> None:
+        """Nothing followed the held bytes in time (or the session ends): one short record after all."""
+        short = self._take_short()
+        client = self.transport
+        if short and not client.is_closing():
+            client.write(faketls.record_header(len(short)) + short)
+
+    def _up_eof(self) -> None:
+        self._send_short()  # before the half-close
+        super()._up_eof()
 
     # ----------------------------------------------------------------- backpressure (the client is full)
 
@@ -287,7 +344,9 @@ class Session(Pair):
         try:
             if self._tls:
                 self._raw = rawrelay.RecordRelay(ctx.loop, ctx.record_buffers, self.up_fd, self.fd,
-                                                 self._raw_bytes, self._up_eof, self.close, bound)
+                                                 self._raw_bytes, self._up_eof, self.close, bound,
+                                                 shaped=self._shaped, held=self._short)
+                self._take_short()  # the relay holds it now
             else:
                 self._raw = rawrelay.SpliceRelay(ctx.loop, ctx.pipes, self.up_fd, self.fd,
                                                  self._raw_bytes, self._up_eof, self.close, bound)
@@ -305,6 +364,7 @@ class Session(Pair):
             self.ctx.loop.call_soon(self.close)
 
     def _stop_raw(self) -> None:
+        self._send_short()  # the session closes: a held short read goes out (the transport path's)
         raw, self._raw = self._raw, None
         if raw is None:
             return
@@ -324,6 +384,7 @@ class Session(Pair):
             if hold is not None:
                 hold.cancel()
         self._hold_in = self._hold_out = None
+        self._take_short()
         grant, self._grant, self._meter = self._grant, None, None
         if grant is not None:
             grant.close()
@@ -399,7 +460,12 @@ class Session(Pair):
         to_client = self._to_client
         assert to_client is not None
         data = to_client.update(plain)
-        client.write(faketls.wrap_records(data) if self._tls else data)
+        if self._shaped:
+            data = self._shaped_stream(data)
+            if data:
+                client.write(data)
+        else:
+            client.write(faketls.wrap_records(data) if self._tls else data)
         if client.get_write_buffer_size() > max(MIDDLE_BACKLOG, self.ctx.limits.buffer_size):
             log.info("client %s leaves its answers unread; closing", self.peer[0])
             self.close()
