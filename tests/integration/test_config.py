@@ -199,7 +199,7 @@ def test_the_engine_and_the_cli_share_one_set_of_defaults(tmp_path: Path) -> Non
     ({"cert_size": 10}, "'cert_size' must be 64..16384 bytes"),
     ({"listen": ["7000"]}, "'listen': 7000 needs a host"),
     ({"dc_override": ["2=host:notaport"]}, "'dc_override': port 'notaport' is not a number"),
-    ({"tls_records": "padded"}, "'tls_records': 'padded' is not shaped or plain"),
+    ({"tls_records": "padded"}, "'tls_records' must be one of 'shaped', 'plain', not 'padded'"),
 ])
 def test_a_bad_engine_key_in_the_settings_file_names_the_file_and_the_key(
         tmp_path: Path, doc: dict[str, object], says: str) -> None:
