@@ -18,6 +18,7 @@ import asyncio
 import logging
 from functools import partial
 
+from mtproxy.accounts.bucket import TokenBucket
 from mtproxy.crypto import ctr
 from mtproxy.protocol import faketls, obfs2
 from mtproxy.protocol.cipher import Keystream
@@ -531,9 +532,7 @@ class Session(Pair):
         if bucket is not None:
             bucket.consume(n)
             if not bucket.allowance() and not self._held & _IN:
-                self.transport.pause_reading()
-                self._held |= _IN
-                self._hold_in = self.ctx.loop.call_later(bucket.delay(1), self._release_in)
+                self._hold_client(bucket)
 
     # ----------------------------------------------------------------- per-secret limits
 
@@ -555,10 +554,14 @@ class Session(Pair):
         bucket = grant.rate_in
         if bucket is not None:
             bucket.consume(n)
-            if not bucket.allowance():  # in debt: the client is not read until the bucket has a byte again
-                self.transport.pause_reading()
-                self._held |= _IN
-                self._hold_in = self.ctx.loop.call_later(bucket.delay(1), self._release_in)
+            if not bucket.allowance():
+                self._hold_client(bucket)
+
+    def _hold_client(self, bucket: TokenBucket) -> None:
+        """In debt: the client is not read until the bucket has a byte again."""
+        self.transport.pause_reading()
+        self._held |= _IN
+        self._hold_in = self.ctx.loop.call_later(bucket.delay(1), self._release_in)
 
     def _metered_out(self, n: int) -> None:
         grant = self._meter
