@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
+from ..integration.conftest import only_loopback
+
 HERE = Path(__file__).parent
-
-
-def only_loopback() -> bool:
-    return [name for _, name in socket.if_nameindex()] == ["lo"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
