@@ -63,12 +63,6 @@ class Paths:
         return self.data_dir / "usage.json"
 
     @property
-    def relay_cache_dir(self) -> Path:
-        """The last good middle-proxy relay configuration (runtime/relayconfig.py): proxy-secret and the
-        relay lists as fetched from Telegram, kept for a start while Telegram is unreachable."""
-        return self.data_dir / "relay"
-
-    @property
     def engine_state_file(self) -> Path:
         """Where `mtproxy run` keeps the secret it generated when none is configured."""
         return self.data_dir / "engine_state.json"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mtproxy.config import resolve
 from mtproxy.paths import Paths
 from mtproxy.testkit.background import BackgroundRelays
 from mtproxy.testkit.process import free_port
@@ -30,14 +31,19 @@ def relays() -> Iterator[BackgroundRelays]:
     started.stop()
 
 
+def cache_of(paths: Paths) -> Path:
+    """Where this root's engine keeps the relay documents it fetched (as doctor reads them)."""
+    return resolve(["--root", str(paths.root)], environ={}).relay_cache_dir
+
+
 def test_every_relay_completes_the_handshake(cli: Cli, paths: Paths, site: HttpsSite, dc: int,
                                              relays: BackgroundRelays) -> None:
-    relays.write_files(paths.relay_cache_dir)  # what the engine keeps after fetching them
     configure(cli, paths, site.port, dc, middle_proxy="on")
+    relays.write_files(cache_of(paths))  # what the engine keeps after fetching them
     _, doc = doctor(cli, table={DOMAIN: [SITE_HOST]})
     documents = finding(doc, "telegram", "middle proxy configuration")
     assert documents["severity"] == "ok", documents
-    assert f"proxy-secret: the engine's cached copy {paths.relay_cache_dir / 'proxy-secret'}" in documents["message"]
+    assert f"proxy-secret: the engine's cached copy {cache_of(paths) / 'proxy-secret'}" in documents["message"]
     checked = finding(doc, "telegram", "middle proxy relays")
     assert checked["severity"] == "ok" and checked["message"] == "all 2 relays complete the handshake", checked
     assert relays.wait(lambda: sum(len([link for link in relay.links if link.record.ready])
@@ -46,9 +52,9 @@ def test_every_relay_completes_the_handshake(cli: Cli, paths: Paths, site: Https
 
 def test_a_proxy_secret_the_relays_do_not_hold(cli: Cli, paths: Paths, site: HttpsSite, dc: int,
                                                relays: BackgroundRelays) -> None:
-    relays.write_files(paths.relay_cache_dir)
-    (paths.relay_cache_dir / "proxy-secret").write_bytes(os.urandom(128))  # not the relays' key
     configure(cli, paths, site.port, dc, proxy_tag="ab" * 16)  # auto: on for the global ad tag
+    relays.write_files(cache_of(paths))
+    (cache_of(paths) / "proxy-secret").write_bytes(os.urandom(128))  # not the relays' key
     result, doc = doctor(cli, table={DOMAIN: [SITE_HOST]})
     checked = finding(doc, "telegram", "middle proxy relays")
     assert checked["severity"] == "error", checked

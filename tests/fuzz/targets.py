@@ -301,8 +301,9 @@ def seeds(target: str) -> list[bytes]:
                 b"timeout 500; min_connections 2; max_connections 9; proxy 192.0.2.3:443;"]
     if target == "relay_frames":
         answer = struct.pack("<IIQ", middleproxy_messages.RPC_PROXY_ANS, 8, 1) + bytes(32)
+        close_ext = struct.pack("<IQ", middleproxy_messages.RPC_CLOSE_EXT, 1)
         return [middleproxy.encode_frame(0, answer) + middleproxy.encode_frame(1, middleproxy_messages.encode_ping(7)),
-                middleproxy.PADDING_WORD * 3 + middleproxy.encode_frame(0, middleproxy_messages.encode_close_ext(1))]
+                middleproxy.PADDING_WORD * 3 + middleproxy.encode_frame(0, close_ext)]
     if target == "tls_records":
         return [b"\x06" + faketls.CHANGE_CIPHER_SPEC + faketls.wrap_records(blob[:300]) for blob in raw[:2]]
     return raw

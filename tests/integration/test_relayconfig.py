@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from mtproxy.config import resolve
 from mtproxy.paths import Paths
 from mtproxy.runtime.relayconfig import (
     RETRY_FIRST,
@@ -85,8 +86,8 @@ def load(src: RelaySources) -> RelayMaterial:
 
 
 def test_fetch_ok_validates_merges_and_caches(tmp_path: Path) -> None:
-    cache = Paths(tmp_path).relay_cache_dir  # under the data directory the rest of the engine uses
-    assert cache == tmp_path / "data" / "mtproxy" / "relay"
+    cache = resolve(["--root", str(tmp_path), "-S", "00" * 16], environ={}).relay_cache_dir
+    assert cache == Paths(tmp_path).data_dir / "relay"  # under the data directory the rest of the engine uses
 
     async def go() -> RelayMaterial:
         async with serving(Site()) as base:

@@ -108,11 +108,6 @@ def encode_proxy_request(conn_id: int, client: Endpoint, ours: Endpoint, transpo
     return head + endpoint_bytes(client) + endpoint_bytes(ours) + extra + data
 
 
-def encode_close_ext(conn_id: int) -> bytes:
-    """RPC_CLOSE_EXT: a relay's word that it closed the session of `conn_id` (a proxy never sends it)."""
-    return struct.pack("<IQ", RPC_CLOSE_EXT, conn_id & 0xFFFFFFFFFFFFFFFF)
-
-
 def encode_close_conn(conn_id: int) -> bytes:
     """RPC_CLOSE_CONN: our client of `conn_id` went away, or the relay spoke of a `conn_id` we do not know
     (both MTProxy mtproto-proxy.c `_notify_remote_closed`)."""

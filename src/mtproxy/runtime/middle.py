@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from mtproxy.protocol.natinfo import NatRule, relay_address, translate
 from mtproxy.protocol.proxyconfig import IPAddress
 
 from .logs import Notice
-from .relayconfig import RelayConfigError, RelayConfigSource, RelayMaterial, RelaySources
+from .relayconfig import Document, RelayConfigError, RelayConfigSource, RelayMaterial, RelaySources
 from .relaylink import LinkIdentity, RelayTimings
 from .relays import DEFAULT_TIMINGS, RelayClient, RelayCounters, RelayPool, RelaySink, RelayUnavailable, pools_for
 
@@ -42,7 +42,6 @@ class MiddleSettings:
 
     mode: str  # off | auto | on
     sources: RelaySources
-    proxy_tag: bytes | None = None  # -P
     nat_rules: tuple[NatRule, ...] = ()
     everyone: bool = False  # EngineConfig.relays_for_everyone: not only clients with an ad tag
     timings: RelayTimings = DEFAULT_TIMINGS
@@ -53,13 +52,13 @@ class Middle:
     `close()`. `open()` is the sessions' entry: a relay handle, or None for direct mode."""
 
     def __init__(self, settings: MiddleSettings, cbc: CbcFactory, ad_tag_for: Callable[[str], bytes | None],
-                 *, source: RelayConfigSource | None = None) -> None:
-        """`source`: the configuration's, by default one over `settings.sources`."""
+                 *, given: Mapping[Document, bytes] | None = None) -> None:
+        """`given`: the operator's files as read at start-up (relayconfig.read_given)."""
         self.settings = settings
         self.counters = RelayCounters()
         self._cbc = cbc
         self._ad_tag_for = ad_tag_for
-        self._source = source if source is not None else RelayConfigSource(settings.sources)
+        self._source = RelayConfigSource(settings.sources, given=given)
         self._started = int(time.time())
         self.material: RelayMaterial | None = None
         self._pools: dict[int, RelayPool] = {}

@@ -71,11 +71,10 @@ class RelaySources:
     def under(cls, base_url: str, cache_dir: Path, *, secret_file: Path | None = None,
               config_file: Path | None = None) -> RelaySources:
         """The three documents at base_url's getProxySecret, getProxyConfig and getProxyConfigV6, as
-        core.telegram.org publishes them (--relay-config-url). An operator's proxy-multi.conf is the whole
-        relay list, as for the official proxy: no IPv6 list is fetched beside it."""
+        core.telegram.org publishes them (--relay-config-url)."""
         base = base_url.rstrip("/")
-        v6 = None if config_file is not None else f"{base}/getProxyConfigV6"
-        return cls(cache_dir, f"{base}/getProxySecret", f"{base}/getProxyConfig", v6, secret_file, config_file)
+        return cls(cache_dir, f"{base}/getProxySecret", f"{base}/getProxyConfig", f"{base}/getProxyConfigV6",
+                   secret_file, config_file)
 
     def url(self, doc: Document) -> str | None:
         return {Document.SECRET: self.secret_url, Document.CONFIG: self.config_url,
@@ -214,7 +213,7 @@ class RelayConfigSource:
         found: dict[Document, tuple[ProxySecret | ProxyConfig, Origin]] = {}
         for doc in Document:
             if doc is Document.CONFIG_V6 and self.sources.config_file is not None:
-                continue  # the operator's proxy-multi.conf is the whole list (RelaySources.under)
+                continue  # the operator's proxy-multi.conf is the whole list, as for the official proxy
             got = await self._obtain(doc)
             if got is not None:
                 found[doc] = got

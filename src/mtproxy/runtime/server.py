@@ -36,7 +36,7 @@ from .memory import INTERVAL, Trimmer, load_malloc_trim, refill_free_lists
 from .middle import Middle, MiddleSettings
 from .pair import Pair
 from .proxied import ProxiedConnection
-from .relayconfig import Document, RelayConfigSource, sources_for
+from .relayconfig import Document, sources_for
 from .scans import ScanScheduler
 from .secrets import SecretSet
 
@@ -134,7 +134,7 @@ class Server:
         self.settings = self._handshake_settings()
         self.counters.secrets_loaded = len(self.table)
         self.enforcer.update(secrets.all_limits())
-        self.middle_settings = MiddleSettings(cfg.middle_proxy, sources_for(cfg), cfg.proxy_tag, cfg.nat_rules,
+        self.middle_settings = MiddleSettings(cfg.middle_proxy, sources_for(cfg), cfg.nat_rules,
                                               everyone=cfg.relays_for_everyone)
         self._relay_given = relay_given or {}  # the operator's relay files, read before privileges were dropped
 
@@ -226,7 +226,7 @@ class Server:
             return
         middle = Middle(self.middle_settings, openssl_cbc,
                         lambda secret_id: self.secrets.ad_tag_for(secret_id, self.cfg.proxy_tag),
-                        source=RelayConfigSource(self.middle_settings.sources, given=self._relay_given))
+                        given=self._relay_given)
         self.ctx.middle = middle
         self.counters.middle = middle.snapshot
         middle.start()
