@@ -917,6 +917,119 @@ pub unsafe extern "C" fn mtp_obfs2_start(
     0
 }
 
+/// First words no initiator may send (`obfs2.is_acceptable_init`): they would read as HTTP, TLS or a
+/// transport tag.
+const FORBIDDEN_STARTS: [[u8; 4]; 7] = [*b"HEAD", *b"POST", *b"GET ", *b"OPTI", [0x16, 0x03, 0x01, 0x02],
+                                        [0xdd; 4], [0xee; 4]];
+const UNACCEPTABLE_INIT: i32 = -4;
+
+/// The proxy's header towards a DC in fast mode, and the client's first bytes behind it, in one call. The
+/// init is `drawn` (64 random bytes) with bytes 8..56 the client's reverse key and counter block reversed
+/// (`reverse`: 48 bytes as `mtp_obfs2_start` gives them; the DC takes its reply keys from the reversed bytes
+/// 8..56, so it answers in the stream the client expects), `tag` at 56..60 and `dc_id` at 60..62 (little
+/// endian). An init that would read as another protocol returns -4, touching nothing: the caller draws
+/// again. Otherwise the DC stream starts in `dc_state` (key init[8..40], counter init[40..56]) and runs over
+/// the init, `out[..64]` gets the header (init[..56] in the clear, the rest enciphered) and
+/// `out[64..64 + pending_len]` the `pending` bytes, deciphered with `from_client` and enciphered for the DC.
+/// Returns 0, -1 without AES-NI, AVX2 and VAES, -2 on a null pointer.
+///
+/// # Safety
+/// `reverse` readable for 48 bytes, `tag` for 4, `drawn` for 64, `pending` for `pending_len` (may be null
+/// when 0); `from_client` a stream from `mtp_ctr_init` (may be null when `pending_len` is 0), `dc_state`
+/// writable for `mtp_state_size()` bytes, `out` for 64 + `pending_len`.
+#[no_mangle]
+pub unsafe extern "C" fn mtp_obfs2_link(
+    reverse: *const u8,
+    tag: *const u8,
+    dc_id: i32,
+    drawn: *const u8,
+    from_client: *mut u8,
+    pending: *const u8,
+    pending_len: usize,
+    dc_state: *mut u8,
+    out: *mut u8,
+) -> i32 {
+    if !cpu_ok() {
+        return -1;
+    }
+    if reverse.is_null() || tag.is_null() || drawn.is_null() || dc_state.is_null() || out.is_null()
+        || (pending_len != 0 && (pending.is_null() || from_client.is_null()))
+    {
+        return BAD_ARGUMENT;
+    }
+    let mut init = ptr::read_unaligned(drawn as *const [u8; INIT_SIZE]);
+    let reverse = &*(reverse as *const [u8; 48]);
+    for i in 0..48 {
+        init[8 + i] = reverse[47 - i];
+    }
+    ptr::copy_nonoverlapping(tag, init.as_mut_ptr().add(56), 4);
+    init[60..62].copy_from_slice(&(dc_id as i16).to_le_bytes());
+    let start: [u8; 4] = [init[0], init[1], init[2], init[3]];
+    if init[0] == 0xef || FORBIDDEN_STARTS.contains(&start) || init[4..8] == [0; 4] {
+        return UNACCEPTABLE_INIT;
+    }
+    mtp_ctr_init(dc_state, init[8..40].as_ptr(), init[40..56].as_ptr());
+    mtp_ctr_xor(dc_state, init.as_ptr(), out, INIT_SIZE);
+    ptr::copy_nonoverlapping(init.as_ptr(), out, 56);
+    if pending_len != 0 {
+        let behind = out.add(INIT_SIZE);
+        mtp_ctr_xor(from_client, pending, behind, pending_len);
+        mtp_ctr_xor(dc_state, behind, behind, pending_len);
+    }
+    0
+}
+
+// ---- the replay filter (`mtproxy.protocol.replay.ReplayFilter` is the reference and owns the layout) ----
+
+const REPLAY_HEADER: usize = 16;
+const REPLAY_WAYS: usize = 8;
+const REPLAY_SLOT: usize = 24; // a 16-byte digest, then the time it was inserted and its expiry (u32 LE each)
+
+/// The replay filter's lookup and insert on its memory (`mem_len` bytes: a 16-byte header, then buckets of 8
+/// slots). Returns 1 when `key` (16 bytes) is in its bucket and has not expired at `now` (unix seconds); else
+/// 0, and with `ttl` above 0 remembers it until `now + ttl` in the slot that expired longest ago, else the
+/// oldest one. -2 on a null pointer or memory too small for one bucket. The caller holds the filter's lock
+/// when several processes share the memory.
+///
+/// # Safety
+/// `mem` writable for `mem_len` bytes, `key` readable for 16.
+#[no_mangle]
+pub unsafe extern "C" fn mtp_replay_check(mem: *mut u8, mem_len: usize, key: *const u8, now: u64, ttl: u64) -> i32 {
+    if mem.is_null() || key.is_null() || mem_len < REPLAY_HEADER + REPLAY_WAYS * REPLAY_SLOT {
+        return BAD_ARGUMENT;
+    }
+    let buckets = ((mem_len - REPLAY_HEADER) / (REPLAY_WAYS * REPLAY_SLOT)) as u64;
+    let key = ptr::read_unaligned(key as *const [u8; 16]);
+    let index = u64::from_le_bytes(key[..8].try_into().unwrap_or([0; 8])) % buckets;
+    let bucket = mem.add(REPLAY_HEADER + index as usize * REPLAY_WAYS * REPLAY_SLOT);
+    let field = |way: usize, at: usize| u32::from_le_bytes(ptr::read_unaligned(bucket.add(way * REPLAY_SLOT + at) as *const [u8; 4]));
+    let mut soonest = (u32::MAX, 0usize, false);
+    let mut oldest = (u32::MAX, 0usize, false);
+    for way in 0..REPLAY_WAYS {
+        let expiry = field(way, 20);
+        if ptr::read_unaligned(bucket.add(way * REPLAY_SLOT) as *const [u8; 16]) == key && u64::from(expiry) > now {
+            return 1;
+        }
+        if !soonest.2 || expiry < soonest.0 {
+            soonest = (expiry, way, true);
+        }
+        let inserted = field(way, 16);
+        if !oldest.2 || inserted < oldest.0 {
+            oldest = (inserted, way, true);
+        }
+    }
+    if ttl == 0 {
+        return 0;
+    }
+    let victim = if u64::from(soonest.0) <= now { soonest.1 } else { oldest.1 };
+    let slot = bucket.add(victim * REPLAY_SLOT);
+    ptr::write_unaligned(slot as *mut [u8; 16], key);
+    ptr::write_unaligned(slot.add(16) as *mut [u8; 4], ((now & 0xffff_ffff) as u32).to_le_bytes());
+    let expiry = now.saturating_add(ttl.max(1)).min(0xffff_ffff) as u32;
+    ptr::write_unaligned(slot.add(20) as *mut [u8; 4], expiry.to_le_bytes());
+    0
+}
+
 // ---- the fake-TLS handshake: a ClientHello checked, the server's flight built ----
 //
 // `mtproxy.protocol.faketls` holds the references (`parse_client_hello`; `client_timestamp`, then

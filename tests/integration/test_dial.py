@@ -35,7 +35,7 @@ def context(loop: asyncio.AbstractEventLoop, connect_timeout: float = 5.0) -> Co
     counters = Counters(started_at=0.0)
     ctx = Context(limits, counters, fast_mode=True, dc_table=DcTable({}, False), guard=Guard(limits, counters),
                   clock=loop.time, random_bytes=bytes)
-    ctx.loop = loop
+    ctx.start(loop)
     return ctx
 
 

@@ -28,7 +28,7 @@ def context(loop: asyncio.AbstractEventLoop, upstream: Upstream, connect_timeout
     counters = Counters(started_at=0.0)
     ctx = Context(limits, counters, fast_mode=True, dc_table=DcTable({}, False, upstream),
                   guard=Guard(limits, counters), clock=loop.time, random_bytes=bytes)
-    ctx.loop = loop
+    ctx.start(loop)
     return ctx
 
 

@@ -220,6 +220,42 @@ def test_an_init_start_is_the_derived_keys_on_openssl_ctr(lib: ctypes.CDLL, init
     assert reverse == backward.key + backward.iv
 
 
+@settings(max_examples=150, deadline=None)
+@given(reverse=st.binary(min_size=48, max_size=48), drawn=st.binary(min_size=64, max_size=64),
+       tag=st.sampled_from(sorted(obfs2.KNOWN_TAGS)), dc_id=st.integers(-32768, 32767),
+       pending=st.one_of(st.binary(max_size=300), st.integers(4000, 9000).map(bytes)), after=st.binary(max_size=200))
+def test_a_dc_link_is_the_python_header_on_openssl_ctr(lib: ctypes.CDLL, reverse: bytes, drawn: bytes, tag: bytes,
+                                                       dc_id: int, pending: bytes, after: bytes) -> None:
+    """One call gives the fast-mode header `obfs2.build_init` makes of the same random bytes, the client's
+    first bytes deciphered and enciphered for the DC behind it (a short run and one past the fixed output
+    array), and the DC stream after them; random bytes that make a refused init give None."""
+    client_key, client_iv = bytes(range(32)), bytes(range(16))
+    plain = backend.openssl_ctr()
+    made = native.NativeCtr.link(lib, reverse, tag, dc_id, drawn, native.NativeCtr(lib, client_key, client_iv), pending)
+    init = bytearray(drawn)
+    init[8:56], init[56:60], init[60:62] = reverse[::-1], tag, dc_id.to_bytes(2, "little", signed=True)
+    if not obfs2.is_acceptable_init(init):
+        assert made is None
+        return
+    built = obfs2.build_init(lambda n: drawn, tag, dc_id, None, plain, reverse[::-1])
+    assert made is not None
+    first, to_dc = made
+    assert first == built.wire + built.to_acceptor.update(reference(client_key, int.from_bytes(client_iv, "big"),
+                                                                    pending))
+    assert to_dc.update(after) == built.to_acceptor.update(after)
+
+
+def test_a_dc_link_refuses_bad_input(lib: ctypes.CDLL) -> None:
+    client = native.NativeCtr(lib, bytes(32), bytes(16))
+    for reverse, tag, drawn in ((bytes(47), obfs2.TAG_PADDED, bytes(64)), (bytes(48), b"\xdd", bytes(64)),
+                                (bytes(48), obfs2.TAG_PADDED, bytes(63))):
+        with pytest.raises(ValueError, match="48 bytes of reverse keys"):
+            native.NativeCtr.link(lib, reverse, tag, 2, drawn, client, b"")
+    with pytest.raises(TypeError, match="native stream"):
+        native.NativeCtr.link(lib, bytes(48), obfs2.TAG_PADDED, 2, bytes(range(64)), backend.openssl_ctr().new_stream(
+            bytes(32), bytes(16)), b"x")
+
+
 def test_bad_input_is_refused_before_the_library_sees_it(lib: ctypes.CDLL) -> None:
     for init, secret_key in ((bytes(63), None), (bytes(65), None), (bytes(64), b""), (bytes(64), bytes(33))):
         with pytest.raises(ValueError, match=r"init is 64 bytes|secret key of 1 to 32"):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mtproxy.crypto import native
 from mtproxy.protocol.replay import ReplayFilter
 
 
@@ -64,3 +67,26 @@ def test_long_lived_entries_do_not_push_out_a_younger_hello() -> None:
     assert not replay.check_and_add(hello, 1010.0, 240)  # evicts the oldest init
     assert not replay.check_and_add(os.urandom(16), 1011.0, 24 * 3600)  # evicts the next oldest init
     assert replay.check_and_add(hello, 1012.0, 240)  # the hello is still remembered
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 30), st.integers(0, 20), st.booleans()),
+                      min_size=1, max_size=120),
+       buckets=st.integers(1, 3))
+def test_the_native_filter_answers_and_remembers_as_the_python_one(
+        steps: list[tuple[int, int, int, bool]], buckets: int) -> None:
+    """The library's check on twin memories: the same answers and, byte for byte, the same memory after every
+    step (lookups, inserts, repeats, expiries, evictions of full buckets)."""
+    lib = native.open_library()
+    if lib is None:
+        pytest.skip("the native library is not built here, or this CPU lacks what it needs")
+    python, library = (bytearray(ReplayFilter.memory_size(8 * buckets)) for _ in range(2))
+    ours, theirs = ReplayFilter(python), ReplayFilter(library, functools.partial(native.NativeReplay, lib))
+    for key, now, ttl, lookup in steps:
+        digest = key.to_bytes(2, "little") * 8
+        moment = 1_700_000_000.5 + now
+        if lookup:
+            assert ours.seen(digest, moment) == theirs.seen(digest, moment)
+        else:
+            assert ours.check_and_add(digest, moment, ttl) == theirs.check_and_add(digest, moment, ttl)
+        assert python == library

@@ -18,13 +18,23 @@ from typing import Final
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from mtproxy.protocol import client, faketls, obfs2
-from mtproxy.protocol.cipher import CbcFactory, CbcStream, HelloAccept, HelloCheck, InitStart, Keystream, ScanFactory
+from mtproxy.protocol.cipher import (
+    CbcFactory,
+    CbcStream,
+    HelloAccept,
+    HelloCheck,
+    InitStart,
+    Keystream,
+    LinkStart,
+    ScanFactory,
+)
+from mtproxy.protocol.replay import ReplayCheck, ReplayFilter
 from mtproxy.protocol.secret import Secret, SecretKind
 
 from .aesblock import BlockEncrypt, block_encryptor, cryptography_encrypt_block, open_libcrypto
 from .ctr import ACCELERATE_AFTER, BLOCK, CtrStream, transform_upload
 from .gcm import GcmIv, load_divider
-from .native import NativeCtr, NativeSecretScan, accept_hello, check_hello, open_library
+from .native import NativeCtr, NativeReplay, NativeSecretScan, accept_hello, check_hello, open_library
 
 KEYSTREAM_ENV: Final = "MTPROXY_KEYSTREAM"  # names one of KEYSTREAMS instead of choosing (read by the engine)
 KEYSTREAMS: Final = {  # the backends' names, and what each is, for the start-up log line
@@ -58,6 +68,8 @@ class Backend:
     start_init: InitStart | None = None  # None: obfs2 derives the keys and starts the stream in Python
     tls_hello: HelloCheck | None = None  # None: faketls parses the ClientHello in Python
     tls_accept: HelloAccept | None = None  # None: faketls checks the digest with hashlib, builds the flight
+    dc_link: LinkStart | None = None  # None: obfs2 builds the fast-mode DC header in Python
+    replay_check: Callable[[memoryview], ReplayCheck] | None = None  # None: the replay filter runs in Python
     new_cbc: CbcFactory = openssl_cbc  # the middle proxy's relay connections
 
 
@@ -79,7 +91,8 @@ def native_library(lib: ctypes.CDLL, encrypt_block: BlockEncrypt, why: str = "ch
     gives `lib`)."""
     return Backend("native", why, functools.partial(NativeCtr, lib), encrypt_block,
                    functools.partial(NativeSecretScan, lib), functools.partial(NativeCtr.start_init, lib),
-                   functools.partial(check_hello, lib), functools.partial(accept_hello, lib))
+                   functools.partial(check_hello, lib), functools.partial(accept_hello, lib),
+                   dc_link=functools.partial(NativeCtr.link, lib), replay_check=functools.partial(NativeReplay, lib))
 
 
 def load(forced: str = "") -> Backend:
@@ -160,6 +173,10 @@ def self_test(backend: Backend) -> None:
         _test_scan(backend, backend.secret_scan)
     if backend.start_init is not None:
         _test_init_start(backend, backend.start_init, data)
+    if backend.dc_link is not None:
+        _test_dc_link(backend, backend.dc_link, data)
+    if backend.replay_check is not None:
+        _test_replay(backend.replay_check)
     if backend.tls_hello is not None or backend.tls_accept is not None:
         _test_tls(backend)
 
@@ -174,6 +191,35 @@ def _test_init_start(backend: Backend, start: InitStart, data: bytes) -> None:
             raise ValueError("its init start is not obfuscated2's stream")
         if reverse != backward.key + backward.iv:
             raise ValueError("its init start gives the wrong reverse keys")
+
+
+def _test_dc_link(backend: Backend, link: LinkStart, data: bytes) -> None:
+    """The one-call fast-mode DC header against `obfs2.build_init` on plain CTR streams: the header, the
+    client's bytes behind it, and the DC stream after them; random bytes that make a refused init are refused."""
+    reverse, drawn, plain = bytes(range(48)), bytes(range(100, 164)), openssl_ctr()
+    client_key, client_iv = bytes(range(200, 232)), bytes(range(16))
+    made = link(reverse, obfs2.TAG_PADDED, -2, drawn, backend.new_stream(client_key, client_iv), data)
+    built = obfs2.build_init(lambda n: drawn, obfs2.TAG_PADDED, -2, None, plain, reverse[::-1])
+    behind = built.to_acceptor.update(_reference(client_key, client_iv, data))
+    if made is None or made[0] != built.wire + behind or made[1].update(data) != built.to_acceptor.update(data):
+        raise ValueError("its DC link is not obfuscated2's header and stream")
+    refused = b"\xef" + drawn[1:]  # an abridged tag's first byte: the init would read as a transport tag
+    if link(reverse, obfs2.TAG_PADDED, 2, refused, backend.new_stream(client_key, client_iv), b"") is not None:
+        raise ValueError("its DC link sent an init that reads as another protocol")
+
+
+def _test_replay(accelerated: Callable[[memoryview], ReplayCheck]) -> None:
+    """Its replay filter against the Python one, step by step on twin memories of one bucket: lookups,
+    inserts, a repeat, an expiry, and the evictions of a full bucket (expired first, else the oldest)."""
+    python, native = bytearray(ReplayFilter.memory_size(8)), bytearray(ReplayFilter.memory_size(8))
+    ours, theirs = ReplayFilter(python), ReplayFilter(native, accelerated)
+    steps = [(bytes([i]) * 16, 1000 + i, 5 + i % 3) for i in range(12)]  # 12 keys for 8 slots
+    for key, now, ttl in [*steps, (bytes([3]) * 16, 1010, 5), (bytes([11]) * 16, 1013, 5), (bytes(16), 1100, 5)]:
+        if (ours.seen(key, now), ours.check_and_add(key, now, ttl)) != (theirs.seen(key, now),
+                                                                       theirs.check_and_add(key, now, ttl)):
+            raise ValueError("its replay filter answers otherwise than the Python one")
+        if python != native:
+            raise ValueError("its replay filter remembers otherwise than the Python one")
 
 
 def _test_tls(backend: Backend) -> None:

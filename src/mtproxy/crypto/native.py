@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, cast
 
+from mtproxy.protocol.cipher import Keystream
 from mtproxy.protocol.faketls import (
     DEFAULT_SHAPE,
     EXT_SUPPORTED_VERSIONS,
@@ -52,6 +53,9 @@ NO_NAME: Final = 0xFFFF  # mtp_tls_hello's host name offset when the hello names
 _CLOCK: Final = 8  # mtp_tls_hello's answer under a key starts with the clock, an i64
 _MAX_SESSION_ID: Final = 255
 _InitOut = ctypes.c_char * (INIT_SIZE + INIT_REVERSE_SIZE)  # mtp_obfs2_start's answer
+_UNACCEPTABLE_INIT: Final = -4  # mtp_obfs2_link: the random bytes make an init that reads as another protocol
+_LINK_OUT_SIZE: Final = INIT_SIZE + 4096  # mtp_obfs2_link's answer for a client's usual first bytes
+_LinkOut = ctypes.c_char * _LINK_OUT_SIZE
 # the flight's bytes besides the session id and the certificate: ServerHello (record and handshake headers,
 # version, random, session id length, suite, compression, extensions with an x25519 share), ChangeCipherSpec,
 # a record header; a larger share adds to it
@@ -99,6 +103,11 @@ def open_library(directory: Path | None = None) -> ctypes.CDLL | None:
             lib.mtp_obfs2_scan.argtypes = [vp, vp, size, vp, size, i32]
             lib.mtp_obfs2_start.restype = ctypes.c_int
             lib.mtp_obfs2_start.argtypes = [vp, vp, size, vp, vp]
+            lib.mtp_replay_check.restype = ctypes.c_int
+            lib.mtp_replay_check.argtypes = [vp, size, ctypes.c_char_p, ctypes.c_uint64, ctypes.c_uint64]
+            lib.mtp_obfs2_link.restype = ctypes.c_int
+            lib.mtp_obfs2_link.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, vp,
+                                           ctypes.c_char_p, size, vp, vp]
             lib.mtp_tls_scan.restype = i32
             lib.mtp_tls_scan.argtypes = [vp, size, vp, vp, size, vp, vp, size, i32, i32,
                                          ctypes.POINTER(ctypes.c_uint32)]
@@ -149,16 +158,52 @@ class NativeCtr:
             raise ValueError(f"an obfuscated2 init is {INIT_SIZE} bytes")
         if secret_key is not None and not 0 < len(secret_key) <= MAX_INIT_SECRET:
             raise ValueError(f"the native init start takes a secret key of 1 to {MAX_INIT_SECRET} bytes")
-        stream = cls.__new__(cls)
-        stream._lib = lib
-        stream._state = bytearray(STATE_SIZE)
-        stream._addr, pin = address(stream._state)
-        del pin
+        stream = cls._unstarted(lib)
         out = _InitOut()
         key = b"" if secret_key is None else secret_key
         if lib.mtp_obfs2_start(init, key, len(key), stream._addr, out) != 0:
             raise OSError("the native AES library refused to start an init's streams")
-        return _sliced(out, 0, INIT_SIZE), stream, _sliced(out, INIT_SIZE, INIT_SIZE + INIT_REVERSE_SIZE)
+        raw = out.raw  # one copy out, then two slices: cheaper than two slices of the array
+        return raw[:INIT_SIZE], stream, raw[INIT_SIZE:]
+
+    @classmethod
+    def _unstarted(cls, lib: ctypes.CDLL) -> NativeCtr:
+        """A stream whose state the library starts in the same call that uses it."""
+        stream = cls.__new__(cls)
+        stream._lib = lib
+        stream._state = state = bytearray(STATE_SIZE)
+        stream._addr = ctypes.addressof(ctypes.c_char.from_buffer(state))  # the pin goes at once (see address)
+        return stream
+
+    @classmethod
+    def link(cls, lib: ctypes.CDLL, reverse: bytes, tag: bytes, dc_id: int, drawn: bytes, from_client: Keystream,
+             pending: bytes) -> tuple[bytes, NativeCtr] | None:
+        """`protocol.cipher.LinkStart` in one library call (`mtp_obfs2_link`): the DC header in fast mode, with
+        `pending` deciphered by `from_client` and enciphered for the DC behind it, and the DC stream; None
+        when `drawn` makes an init that reads as another protocol (draw again)."""
+        if len(reverse) != INIT_REVERSE_SIZE or len(tag) != 4 or len(drawn) != INIT_SIZE:
+            raise ValueError("a DC link takes 48 bytes of reverse keys, a 4-byte tag and 64 random bytes")
+        if pending and type(from_client) is not NativeCtr:
+            raise TypeError("the native DC link deciphers with a native stream")
+        stream = cls._unstarted(lib)
+        n = INIT_SIZE + len(pending)
+        source = from_client._addr if pending else None  # type: ignore[attr-defined]
+        if n <= _LINK_OUT_SIZE:  # the usual case: an array of one fixed type (see _FlightOut), one copy out
+            out = _LinkOut()
+            result = lib.mtp_obfs2_link(reverse, tag, dc_id, drawn, source, pending, len(pending), stream._addr, out)
+            first = _sliced(out, 0, n)
+        else:
+            wide = bytearray(n)
+            address_of, pin = address(wide)
+            result = lib.mtp_obfs2_link(reverse, tag, dc_id, drawn, source, pending, len(pending), stream._addr,
+                                        address_of)
+            del pin
+            first = bytes(wide)
+        if result == _UNACCEPTABLE_INIT:
+            return None
+        if result != 0:
+            raise OSError(f"the native AES library refused a DC link ({result})")
+        return first, stream
 
     def update(self, data: bytes | bytearray | memoryview, /) -> bytes:
         """The handshake's path (headers, the bytes that came with an init): one call, one copy out."""
@@ -188,6 +233,25 @@ class NativeCtr:
         self._lib.mtp_ctr_xor(self._addr, src, dst, n)
         del src_pin, dst_pin
         return n
+
+
+class NativeReplay:
+    """`protocol.replay.ReplayCheck` in one library call (`mtp_replay_check`) on the replay filter's memory,
+    which it pins: that memory is never resized, nor closed while the engine runs."""
+
+    __slots__ = ("_address", "_call", "_pin", "_size")
+
+    def __init__(self, lib: ctypes.CDLL, memory: memoryview) -> None:
+        self._pin = (ctypes.c_char * len(memory)).from_buffer(memory)
+        self._address = ctypes.addressof(self._pin)
+        self._size = len(memory)
+        self._call = lib.mtp_replay_check
+
+    def __call__(self, key: bytes, now: int, ttl: int) -> bool:
+        result: int = self._call(self._address, self._size, key, now, ttl)
+        if result < 0:
+            raise ValueError(f"the native library refused a replay check ({result})")
+        return result == 1
 
 
 def gather_twice(first: NativeCtr, second: NativeCtr, buf: bytearray, layout: Layout) -> int:

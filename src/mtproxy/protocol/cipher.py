@@ -11,6 +11,7 @@ from .secret import Secret
 
 if TYPE_CHECKING:  # faketls imports this module
     from .faketls import ClientHello, HelloShape
+    from .replay import ReplayCheck
 
 Bytes = bytes | bytearray | memoryview
 
@@ -50,6 +51,13 @@ ScanFactory = Callable[[Sequence[Secret]], SecretScan]
 # stream positioned after them, the reverse direction's key and counter block as 48 bytes).
 InitStart = Callable[[bytes, bytes | None], tuple[bytes, Keystream, bytes]]
 
+# The proxy's header towards a DC in fast mode in one step (`obfs2.dc_link`'s Python path is the reference):
+# given the client's reverse key and counter block (48 bytes), the tag, the DC id, 64 random bytes, the client's
+# stream and the bytes that came behind its init, (the header with those bytes re-enciphered for the DC behind
+# it, the DC stream positioned after them), or None when the random bytes make an init that reads as another
+# protocol (the caller draws again).
+LinkStart = Callable[[bytes, bytes, int, bytes, Keystream, bytes], "tuple[bytes, Keystream] | None"]
+
 # A fake-TLS ClientHello's two steps, each one call. Check: the whole record parsed (`faketls.parse_client_hello`
 # is the reference: TlsFormatError when malformed) and, given a secret key, the FLIGHT_RANDOM random bytes, the
 # certificate size and the ServerHello's shape, accepted under that key in the same call, as Accept does.
@@ -64,7 +72,9 @@ class Aes(Protocol):
     `encrypt_block(key, blocks)` is AES-256 of whole blocks (ECB: one in the secret scan's inner loop, a run
     of counter blocks for the fake certificate's keystream); `secret_scan`, when
     not None, builds a table's whole scan (SHA-256, HMAC and AES together) instead of that loop;
-    `start_init`, when not None, does an init's key derivation, stream set-up and 64 bytes in one call;
+    `start_init`, when not None, does an init's key derivation, stream set-up and 64 bytes in one call, and
+    `dc_link` the fast-mode DC header with the client's first bytes behind it, and `replay_check` the replay
+    filter's lookup and insert on its memory;
     `tls_hello` and `tls_accept`, when not None, parse a fake-TLS ClientHello (and accept it under the hinted
     secret), and accept one under a further key: check its digest, build the server's flight."""
 
@@ -79,6 +89,12 @@ class Aes(Protocol):
 
     @property
     def start_init(self) -> InitStart | None: ...
+
+    @property
+    def dc_link(self) -> LinkStart | None: ...
+
+    @property
+    def replay_check(self) -> Callable[[memoryview], ReplayCheck] | None: ...
 
     @property
     def tls_hello(self) -> HelloCheck | None: ...

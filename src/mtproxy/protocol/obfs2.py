@@ -166,27 +166,49 @@ def build_init(
     return BuiltInit(bytes(init[:56]) + encrypted[56:], cipher, backward)
 
 
-@dataclass
 class DcLink:
-    """The proxy's header towards a DC and the ciphers of that leg."""
+    """The proxy's header towards a DC, the client's first bytes behind it, and the ciphers of that leg."""
 
-    header: bytes
-    to_dc: Keystream  # positioned after the header
-    from_dc: Keystream | None  # None in fast mode: the DC already encrypts for the client
-    to_client: Keystream | None  # None in fast mode
+    __slots__ = ("first", "from_dc", "to_client", "to_dc")
+
+    def __init__(self, first: bytes, to_dc: Keystream, from_dc: Keystream | None, to_client: Keystream | None) -> None:
+        self.first = first  # the header, then the bytes that came behind the client's init, enciphered for the DC
+        self.to_dc = to_dc  # positioned after `first`
+        self.from_dc = from_dc  # None in fast mode: the DC already encrypts for the client
+        self.to_client = to_client  # None in fast mode
+
+    @property
+    def header(self) -> bytes:
+        return self.first[:INIT_SIZE]
 
 
 def dc_link(
-    to_client_keys: StreamKeys, tag: bytes, dc_id: int, random_bytes: RandomBytes, *, fast: bool
+    to_client_keys: StreamKeys, tag: bytes, dc_id: int, random_bytes: RandomBytes, *, fast: bool,
+    from_client: Keystream | None = None, pending: bytes = b"",
 ) -> DcLink:
-    """Build the DC header. In fast mode the DC's reply stream is exactly the stream the client
-    expects: the DC takes its reply keys from the reversed bytes 8..56, so we place the client's reply
-    key and IV there reversed, and the proxy forwards DC bytes untouched. The DC leg runs on the same AES
-    as the client's keys."""
+    """Build the DC header, with `pending` (what came behind the client's init, still enciphered: deciphered
+    with `from_client`) re-enciphered for the DC behind it: one send. In fast mode the DC's reply stream is
+    exactly the stream the client expects: the DC takes its reply keys from the reversed bytes 8..56, so we
+    place the client's reply key and IV there reversed, and the proxy forwards DC bytes untouched (one call
+    into `aes.dc_link` where the backend has it). The DC leg runs on the same AES as the client's keys."""
+    if tag not in KNOWN_TAGS:
+        raise ProtocolError("unknown framing tag")
+    if pending and from_client is None:
+        raise ValueError("the bytes behind an init need the client's stream")
     aes = to_client_keys.aes
+    reverse = to_client_keys.key + to_client_keys.iv
+    link = aes.dc_link if fast else None
+    if link is not None:
+        for _ in range(_MAX_INIT_ATTEMPTS):
+            made = link(reverse, tag, dc_id, random_bytes(INIT_SIZE), from_client, pending)  # type: ignore[arg-type]
+            if made is not None:
+                return DcLink(made[0], made[1], None, None)
+        raise ProtocolError("the random source gave no acceptable init")
+    built = build_init(random_bytes, tag, dc_id, None, aes, reverse[::-1] if fast else None)
+    first = built.wire
+    if pending:
+        assert from_client is not None
+        first += built.to_acceptor.update(from_client.update(pending))
     if fast:
-        material = (to_client_keys.key + to_client_keys.iv)[::-1]
-        built = build_init(random_bytes, tag, dc_id, None, aes, material)
-        return DcLink(built.wire, built.to_acceptor, None, None)
-    built = build_init(random_bytes, tag, dc_id, None, aes)
-    return DcLink(built.wire, built.to_acceptor, built.from_acceptor.new_cipher(), to_client_keys.new_cipher())
+        return DcLink(first, built.to_acceptor, None, None)
+    return DcLink(first, built.to_acceptor, built.from_acceptor.new_cipher(), to_client_keys.new_cipher())

@@ -8,6 +8,7 @@ short-lived ones (fake-TLS hellos) that are younger, or a prober could replay a 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 DIGEST_SIZE = 16
 WAYS = 8  # slots per bucket: a lookup scans one bucket, never the whole table
@@ -16,17 +17,24 @@ SLOT_SIZE = _SLOT.size
 _BUCKET = struct.Struct("<" + "16sII" * WAYS)
 _HEADER = 16  # reserved for a layout version and future counters
 
+# The same lookup and insert on the same memory in one call (the native library's `mtp_replay_check`): given a
+# 16-byte digest, the time in unix seconds and a ttl in seconds (0: look up only), whether it was seen.
+ReplayCheck = Callable[[bytes, int, int], bool]
+
 
 class ReplayFilter:
     """Remembers digests until they expire or are evicted by newer ones in the same bucket."""
 
-    def __init__(self, memory: memoryview | bytearray) -> None:
+    def __init__(self, memory: memoryview | bytearray,
+                 accelerated: Callable[[memoryview], ReplayCheck] | None = None) -> None:
         view = memoryview(memory)
         buckets = (len(view) - _HEADER) // (SLOT_SIZE * WAYS)
         if buckets < 1:
             raise ValueError("replay filter memory is too small for one bucket")
         self._view = view
         self._buckets = buckets
+        # the native check on the same memory, where the backend has one (~1 µs less a handshake)
+        self._check = accelerated(view) if accelerated is not None else None
 
     @staticmethod
     def memory_size(capacity: int) -> int:
@@ -54,6 +62,8 @@ class ReplayFilter:
         if len(digest) < DIGEST_SIZE:
             raise ValueError("a replay digest is at least 16 bytes")
         key = bytes(digest[:DIGEST_SIZE])
+        if self._check is not None:
+            return self._check(key, int(now), 0)
         _, fields = self._bucket(key)
         return key in fields[0::3] and _live_match(fields, key, int(now))
 
@@ -63,6 +73,8 @@ class ReplayFilter:
             raise ValueError("a replay digest is at least 16 bytes")
         key = bytes(digest[:DIGEST_SIZE])
         now_s = int(now)
+        if self._check is not None:
+            return self._check(key, now_s, max(1, int(ttl)))
         base, fields = self._bucket(key)
         if key in fields[0::3] and _live_match(fields, key, now_s):
             return True

@@ -57,12 +57,13 @@ class Listener:
     `on_refused` is called for the connection in hand when a pause begins (it is closed)."""
 
     def __init__(self, address: HostPort, sock: socket.socket, factory: Callable[[], asyncio.BaseProtocol],
-                 on_refused: Callable[[], None]) -> None:
+                 on_refused: Callable[[], None], read_limit: Callable[[], int] = fd_limit) -> None:
         self.address = address
         self._sock: socket.socket | None = sock  # handed to the first server, which owns it from then on
         self._keep = os.dup(sock.fileno())  # keeps the socket listening while no server holds it
         self._factory = factory
         self._on_refused = on_refused
+        self._read_limit = read_limit  # the descriptor limit, read now (the guard keeps it for the admission)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._closed_server: asyncio.Server | None = None  # the last one, awaited at shutdown
@@ -100,7 +101,7 @@ class Listener:
 
     def _accepted(self) -> asyncio.BaseProtocol:
         """uvloop's protocol factory: a connection was just accepted, its descriptor is taken."""
-        if self._lowest_free() > fd_limit() - FD_RESERVE:
+        if self._lowest_free() > self._read_limit() - FD_RESERVE:
             self._pause()
             raise AcceptPaused(errno.EMFILE, "accepting paused")
         return self._factory()

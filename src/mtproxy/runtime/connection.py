@@ -54,7 +54,7 @@ class ClientConnection(Session):
         self._buffers = ctx.buffers
         self._handshake: Handshake | None = None
         self._table: SecretTable | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = -1  # the handshake timeout's tick on the loop's wheel (runtime/wheel.py), -1: none
         self._answered = False
         self._counted = False  # in the `total` counter (see Server.count_client)
         self._waiting = False  # in the scan queue (scans.py)
@@ -81,7 +81,7 @@ class ClientConnection(Session):
         self.phase = Phase.HANDSHAKE
         transport.set_write_buffer_limits(**WRITE_LIMITS)
         self._handshake, self._table = ctx.new_handshake(self.peer[0])
-        self._timer = ctx.loop.call_later(ctx.limits.handshake_timeout, self._on_timeout)
+        self._timer = ctx.wheel.add(self, ctx.limits.handshake_timeout)
 
     def close(self) -> None:
         if self.phase != Phase.HANDSHAKE:
@@ -95,9 +95,9 @@ class ClientConnection(Session):
         self._handshake = self._table = None
         self._drop_early_mask()
         self._leave_queue()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._timer >= 0:
+            self.ctx.wheel.discard(self, self._timer)
+            self._timer = -1
 
     def _drop_early_mask(self) -> None:
         if self._early_mask is not None:
@@ -187,8 +187,9 @@ class ClientConnection(Session):
         self._reject(RejectReason.HANDSHAKE_EOF, received, maskable=not self._answered, eof_in=True)
         return True
 
-    def _on_timeout(self) -> None:
-        self._timer = None
+    def expired(self) -> None:
+        """The handshake timeout (the wheel's)."""
+        self._timer = -1
         if self.phase == Phase.HANDSHAKE and self._handshake is not None:
             # still waiting for its scan: the budget ran out for it, not the client's bytes
             reason = RejectReason.SCAN_BUSY if self._waiting else RejectReason.HANDSHAKE_TIMEOUT

@@ -20,6 +20,7 @@ from .guard import Guard
 from .middle import Middle
 from .rawrelay import Pipe, Pool, RecordBuffer
 from .scans import ScanScheduler
+from .wheel import TimerWheel
 
 
 class Tracked(Protocol):
@@ -41,7 +42,7 @@ class Context:
                  "hand_over", "limits", "loop", "mask", "mask_header", "mask_legs", "middle", "new_handshake", "pipes",
                  "random_bytes", "record_buffers", "release", "release_pending", "scans", "session_opened",
                  "shape_records",
-                 "still_live", "trusted", "via")
+                 "still_live", "trusted", "via", "wheel")
 
     def __init__(self, limits: Limits, counters: Counters, *, fast_mode: bool, dc_table: DcTable, guard: Guard,
                  clock: Callable[[], float], random_bytes: Callable[[int], bytes],
@@ -68,6 +69,7 @@ class Context:
         record = faketls.SHAPED_RECORD_PAYLOAD if shape_records else faketls.MAX_RECORD_PAYLOAD
         self.record_buffers = Pool(lambda: RecordBuffer(limits.read_size, record))
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set when the server starts
+        self.wheel: TimerWheel = None  # type: ignore[assignment]  # the loop's timeouts, made with it (start)
         # the server's side, filled in by the server
         self.admit: Callable[[Tracked, int], bool]
         self.release: Callable[[Tracked], None]
@@ -88,3 +90,8 @@ class Context:
         self.admit_pending: Callable[[Tracked, int], bool]
         self.admit_proxied: Callable[[Tracked, Tracked], bool]
         self.release_pending: Callable[[Tracked], None]
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop this context serves, and its timer wheel."""
+        self.loop = loop
+        self.wheel = TimerWheel(loop)

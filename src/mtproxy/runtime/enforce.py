@@ -274,7 +274,10 @@ class Enforcer:
 
     def next_expiry_of(self, secret_id: str) -> float | None:
         """Seconds until this secret expires (None: never), for re-arming the timer when a session opens."""
-        return next_check(self.limits_of(secret_id), self._clock())
+        limits = self.limits_of(secret_id)
+        if limits.expires_at is None:  # most secrets: no clock read (a timezone-aware datetime, ~1.5 µs)
+            return None
+        return next_check(limits, self._clock())
 
     def report(self, grant: Grant, refusal: Refusal) -> None:
         grant.closing = True

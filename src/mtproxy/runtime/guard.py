@@ -91,10 +91,15 @@ class Guard:
 
     # ----------------------------------------------------------------- descriptors
 
+    def read_fd_limit(self) -> int:
+        """The descriptor limit, read now (prlimit may change it any time): the listener reads it for every
+        connection it accepts (runtime/accept.py), just before the connection is admitted."""
+        self._fd_limit = limit = fd_limit()
+        return limit
+
     def fd_headroom(self, fileno: int) -> bool:
         """Descriptors are handed out lowest first, so a new socket's number is how many are in use. The
-        limit is read each time (one getrlimit, well under a microsecond): prlimit may change it any time."""
-        self._fd_limit = fd_limit()
+        limit is the one read at this connection's accept (read_fd_limit): one getrlimit per connection."""
         if fileno < self._fd_limit - FD_RESERVE:
             return True
         self.out_of_fds()

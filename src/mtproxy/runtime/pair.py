@@ -46,8 +46,9 @@ class Dial:
     no address is to blame for that).
 
     No Task and no asyncio.timeout per dial: uvloop's create_connection coroutine is stepped by the
-    waiter's done callback, and the timeout is one plain timer. A Task and a timeout context cost about
-    16 µs per dial here; this costs the timer (~1.5 µs). `error` says why the last address failed."""
+    waiter's done callback, and the timeout is an entry on the loop's timer wheel. A Task and a timeout
+    context cost about 16 µs per dial here, a loop timer ~2.2 µs, the wheel's entry ~0.4 µs. `error` says
+    why the last address failed."""
 
     __slots__ = ("_addresses", "_coro", "_ctx", "_done", "_factory", "_index", "_timer", "_waiter", "error")
 
@@ -60,7 +61,7 @@ class Dial:
         self._index = 0
         self._coro: Coroutine[Any, Any, Any] | None = None
         self._waiter: object = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = -1  # the connect timeout's tick on the loop's wheel (runtime/wheel.py), -1: none
         self.error = ""
 
     def start(self) -> None:
@@ -69,7 +70,7 @@ class Dial:
             address = self._addresses[self._index]
             self._index += 1
             self._coro = ctx.loop.create_connection(self._factory, address.host, address.port)
-            self._timer = ctx.loop.call_later(ctx.limits.connect_timeout, self._timed_out)
+            self._timer = ctx.wheel.add(self, ctx.limits.connect_timeout)
             if self._step(None) is not False:
                 return  # under way, or finished
         self._finish(False)
@@ -80,9 +81,9 @@ class Dial:
         self._stop()
 
     def _stop(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
+        if self._timer >= 0:
+            self._ctx.wheel.discard(self, self._timer)
+            self._timer = -1
         coro, self._coro = self._coro, None
         waiter, self._waiter = self._waiter, None
         if coro is not None:
@@ -118,8 +119,9 @@ class Dial:
         if self._step(waiter) is False:
             self.start()  # the next address
 
-    def _timed_out(self) -> None:
-        self._timer = None
+    def expired(self) -> None:
+        """The connect timeout (the wheel's)."""
+        self._timer = -1
         self.error = f"timed out after {self._ctx.limits.connect_timeout:g} s"
         log.debug("connect to %s failed: timed out", self._addresses[self._index - 1])
         self._stop()

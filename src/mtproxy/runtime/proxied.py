@@ -42,7 +42,7 @@ class ProxiedConnection(asyncio.BufferedProtocol):
         self.admitted = False
         self.unauthenticated = False  # counted under the unauthenticated caps (Server.admit_pending)
         self._received = b""  # a header split over reads
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = -1  # the header's timeout on the loop's wheel (runtime/wheel.py), -1: none
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # uvloop's transport class is not a subclass
@@ -60,7 +60,7 @@ class ProxiedConnection(asyncio.BufferedProtocol):
             return
         self.transport = transport
         self.admitted = True
-        self._timer = ctx.loop.call_later(ctx.limits.handshake_timeout, self._on_timeout)
+        self._timer = ctx.wheel.add(self, ctx.limits.handshake_timeout)
 
     def _trusted(self) -> bool:
         try:
@@ -78,9 +78,9 @@ class ProxiedConnection(asyncio.BufferedProtocol):
     def close(self) -> None:
         transport, self.transport = self.transport, None
         self._received = b""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._timer >= 0:
+            self.ctx.wheel.discard(self, self._timer)
+            self._timer = -1
         if transport is not None:
             transport.close()
 
@@ -120,8 +120,9 @@ class ProxiedConnection(asyncio.BufferedProtocol):
             self.close()  # a port check that connected and closed
         return False
 
-    def _on_timeout(self) -> None:
-        self._timer = None
+    def expired(self) -> None:
+        """The header's timeout (the wheel's)."""
+        self._timer = -1
         self._refuse(RejectReason.PROXY_HEADER_TIMEOUT,
                      f"no complete PROXY header in {self.ctx.limits.handshake_timeout:g} s")
 
@@ -150,9 +151,9 @@ class ProxiedConnection(asyncio.BufferedProtocol):
         self.admitted = False
         self.transport = None
         self._received = b""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._timer >= 0:
+            self.ctx.wheel.discard(self, self._timer)
+            self._timer = -1
         transport.set_protocol(conn)
         conn.start(transport)
         if rest:  # the client's first bytes came with the header: its first read, from the shared buffer

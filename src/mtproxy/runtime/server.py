@@ -105,7 +105,7 @@ class Server:
         self.random_bytes = random_bytes
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self.counters = Counters(started_at=clock())
-        self.replay = ReplayFilter(replay_memory)
+        self.replay = ReplayFilter(replay_memory, aes.replay_check)
         self._replay_guard = (lambda: replay_lock) if replay_lock is not None else None
         self.connections: set[Tracked] = set()  # every admitted client socket, by its current protocol
         self.by_secret: dict[str, set[Tracked]] = {}  # the sessions of each secret id
@@ -436,7 +436,8 @@ class Server:
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self, sockets: list[tuple[HostPort, socket.socket]]) -> None:
-        self.loop = self.ctx.loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
+        self.ctx.start(self.loop)
         limits = self.cfg.limits
         self.ctx.scans = ScanScheduler(self.loop, self.counters, limits.scan_budget, limits.handshake_timeout)
         self._malloc_trim = load_malloc_trim()
@@ -444,7 +445,8 @@ class Server:
         self._idle_timer = self.loop.call_later(self._sweep_interval(), self._sweep_idle)
         for address, sock in sockets:
             accepted = ProxiedConnection if self.cfg.proxy.accept else ClientConnection
-            listener = Listener(address, sock, functools.partial(accepted, self.ctx, address), self.guard.out_of_fds)
+            listener = Listener(address, sock, functools.partial(accepted, self.ctx, address), self.guard.out_of_fds,
+                                self.guard.read_fd_limit)
             await listener.start()
             self._listeners.append(listener)
             self.listening.append(address)
@@ -476,6 +478,7 @@ class Server:
             self._idle_timer.cancel()
         if self._expiry is not None:
             self._expiry.cancel()
+        self.ctx.wheel.close()
         for listener in self._listeners:
             await listener.wait_closed()
         if self.ctx.middle is not None:  # after the sessions: the relays are told each one closed

@@ -92,15 +92,15 @@ class Session(Pair):
         ctx = self.ctx
         if ctx.middle is not None and self._open_middle(auth):
             return
-        link = obfs2.dc_link(auth.to_client_keys, auth.tag, auth.dc_id, ctx.random_bytes, fast=ctx.fast_mode)
+        pending = auth.pending
+        # what the client sent along with its handshake goes out with the DC header: one send, not two
+        link = obfs2.dc_link(auth.to_client_keys, auth.tag, auth.dc_id, ctx.random_bytes, fast=ctx.fast_mode,
+                             from_client=self._from_client, pending=pending)
         self._to_dc = link.to_dc
         self._from_dc = link.from_dc
         self._to_client = link.to_client
         target = ctx.dc_table.lookup(auth.dc_id)
-        pending = auth.pending
-        # what the client sent along with its handshake goes out with the DC header: one send, not two
-        first = link.header + self._to_dc.update(self._from_client.update(pending)) if pending else link.header
-        done = partial(self._dc_dialled, target, first, len(pending))
+        done = partial(self._dc_dialled, target, link.first, len(pending))
         via = ctx.via
         if via is None:
             self._dial = Dial(ctx, target.addresses, self._leg, done)
