@@ -96,3 +96,24 @@ def test_an_entry_told_first_may_discard_or_add_others() -> None:
         assert len(wheel) == 0
 
     run(scenario())
+
+
+def test_an_entry_that_fails_does_not_stop_the_others() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        reported: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda _loop, context: reported.append(context))
+        wheel = TimerWheel(loop)
+        told: list[tuple[str, float]] = []
+
+        def fail() -> None:
+            raise RuntimeError("a bug")
+
+        wheel.add(Entry("fails", told, loop, fail), 0.1)
+        wheel.add(Entry("same tick", told, loop), 0.1)
+        wheel.add(Entry("later", told, loop), 0.3)
+        await asyncio.sleep(0.3 + LATE)
+        assert sorted(name for name, _ in told) == ["fails", "later", "same tick"]
+        assert [type(context["exception"]) for context in reported] == [RuntimeError]
+
+    run(scenario())

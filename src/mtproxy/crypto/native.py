@@ -53,6 +53,7 @@ NO_NAME: Final = 0xFFFF  # mtp_tls_hello's host name offset when the hello names
 _CLOCK: Final = 8  # mtp_tls_hello's answer under a key starts with the clock, an i64
 _MAX_SESSION_ID: Final = 255
 _InitOut = ctypes.c_char * (INIT_SIZE + INIT_REVERSE_SIZE)  # mtp_obfs2_start's answer
+REPLAY_KEY_SIZE: Final = 16  # mtp_replay_check's digest (protocol.replay.DIGEST_SIZE)
 _UNACCEPTABLE_INIT: Final = -4  # mtp_obfs2_link: the random bytes make an init that reads as another protocol
 _LINK_OUT_SIZE: Final = INIT_SIZE + 4096  # mtp_obfs2_link's answer for a client's usual first bytes
 _LinkOut = ctypes.c_char * _LINK_OUT_SIZE
@@ -248,6 +249,8 @@ class NativeReplay:
         self._call = lib.mtp_replay_check
 
     def __call__(self, key: bytes, now: int, ttl: int) -> bool:
+        if len(key) != REPLAY_KEY_SIZE:
+            raise ValueError(f"a replay check takes a {REPLAY_KEY_SIZE}-byte digest")
         result: int = self._call(self._address, self._size, key, now, ttl)
         if result < 0:
             raise ValueError(f"the native library refused a replay check ({result})")

@@ -84,7 +84,10 @@ class TimerWheel:
             while bucket:
                 entry, _ = bucket.popitem()
                 self._due -= 1
-                entry.expired()  # may add entries, always at a later tick (and arm the timer for them)
+                try:
+                    entry.expired()  # may add entries, always at a later tick (and arm the timer for them)
+                except Exception as exc:  # one entry's bug must not stop the others' timeouts
+                    self._loop.call_exception_handler({"message": "timeout callback failed", "exception": exc})
             slots.pop(tick, None)
         if slots:
             first = min(slots)
