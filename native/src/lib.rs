@@ -1003,19 +1003,19 @@ pub unsafe extern "C" fn mtp_replay_check(mem: *mut u8, mem_len: usize, key: *co
     let index = u64::from_le_bytes(key[..8].try_into().unwrap_or([0; 8])) % buckets;
     let bucket = mem.add(REPLAY_HEADER + index as usize * REPLAY_WAYS * REPLAY_SLOT);
     let field = |way: usize, at: usize| u32::from_le_bytes(ptr::read_unaligned(bucket.add(way * REPLAY_SLOT + at) as *const [u8; 4]));
-    let mut soonest = (u32::MAX, 0usize, false);
-    let mut oldest = (u32::MAX, 0usize, false);
+    // (time, way) of the first slot with the least expiry, and of the first with the least insertion
+    let (mut soonest, mut oldest) = ((field(0, 20), 0), (field(0, 16), 0));
     for way in 0..REPLAY_WAYS {
         let expiry = field(way, 20);
         if ptr::read_unaligned(bucket.add(way * REPLAY_SLOT) as *const [u8; 16]) == key && u64::from(expiry) > now {
             return 1;
         }
-        if !soonest.2 || expiry < soonest.0 {
-            soonest = (expiry, way, true);
+        if expiry < soonest.0 {
+            soonest = (expiry, way);
         }
         let inserted = field(way, 16);
-        if !oldest.2 || inserted < oldest.0 {
-            oldest = (inserted, way, true);
+        if inserted < oldest.0 {
+            oldest = (inserted, way);
         }
     }
     if ttl == 0 {

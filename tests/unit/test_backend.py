@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -147,6 +148,29 @@ def test_a_wrong_init_start_fails_the_self_test(libcrypto: ctypes.CDLL | None) -
 
 def test_only_the_native_backend_brings_an_init_start(aes: backend.Backend) -> None:
     assert (aes.start_init is not None) == (aes.name == "native")
+    assert (aes.dc_link is not None) == (aes.name == "native")
+    assert (aes.replay_check is not None) == (aes.name == "native")
+
+
+def test_a_wrong_dc_link_or_replay_check_fails_the_self_test(aes: backend.Backend) -> None:
+    """The self-test's own checks of the one-call DC link and the native replay filter catch a broken one."""
+    if aes.name != "native":
+        pytest.skip("only the native backend brings them")
+    link = aes.dc_link
+    assert link is not None
+
+    def stale_stream(*args: Any) -> tuple[bytes, Any] | None:
+        made = link(*args)
+        return None if made is None else (made[0], aes.new_stream(bytes(32), bytes(16)))
+
+    with pytest.raises(ValueError, match="DC link is not obfuscated2's"):
+        backend.self_test(replace(aes, dc_link=stale_stream))
+
+    def forgetful(memory: memoryview) -> Callable[[bytes, int, int], bool]:
+        return lambda key, now, ttl: False
+
+    with pytest.raises(ValueError, match="replay filter"):
+        backend.self_test(replace(aes, replay_check=forgetful))
 
 
 def seeded(seed: int) -> Callable[[int], bytes]:

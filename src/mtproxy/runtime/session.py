@@ -525,14 +525,7 @@ class Session(Pair):
         one client, so a download over its rate stops the client's requests until the bucket refills."""
         grant = self._meter
         assert grant is not None
-        if grant.moved(0, n) is not None:
-            self.close()
-            return
-        bucket = grant.rate_out
-        if bucket is not None:
-            bucket.consume(n)
-            if not bucket.allowance() and not self._held & _IN:
-                self._hold_client(bucket)
+        self._charge_client(grant, 0, n, grant.rate_out)
 
     # ----------------------------------------------------------------- per-secret limits
 
@@ -548,13 +541,17 @@ class Session(Pair):
     def _metered_in(self, n: int) -> None:
         grant = self._meter
         assert grant is not None
-        if grant.moved(n, 0) is not None:
+        self._charge_client(grant, n, 0, grant.rate_in)
+
+    def _charge_client(self, grant: Grant, bytes_in: int, bytes_out: int, bucket: TokenBucket | None) -> None:
+        """Bytes the client's reading pays for: the quota (closed when it runs out), then `bucket`'s rate
+        (the client is not read while the bucket is in debt)."""
+        if grant.moved(bytes_in, bytes_out) is not None:
             self.close()
             return
-        bucket = grant.rate_in
         if bucket is not None:
-            bucket.consume(n)
-            if not bucket.allowance():
+            bucket.consume(bytes_in + bytes_out)
+            if not bucket.allowance() and not self._held & _IN:
                 self._hold_client(bucket)
 
     def _hold_client(self, bucket: TokenBucket) -> None:
