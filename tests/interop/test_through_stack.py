@@ -60,7 +60,7 @@ frontend vless_443
     default_backend xray
 
 backend xray
-    server xray 127.0.0.1:{site_port}
+    server xray 127.0.0.1:{xray_port}
 
 backend site
     server site 127.0.0.1:{site_port}
@@ -104,13 +104,17 @@ class StackSite:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[int, StackSite, Dante]]:
-    """The stack's HAProxy config (not started yet), its backend and a running dante."""
-    site = StackSite()
+    """The stack's HAProxy config (not started yet), its site's backend and a running dante. Xray, the default
+    backend, has a backend of its own: HAProxy sends it whatever carries no routed name, such as a client's
+    connection closed before its hello (TDLib abandons some), which the site must not be charged with."""
+    site, xray = StackSite(), StackSite()
     dante = Dante(tmp_path, free_port(), external=DANTE_EXTERNAL).start()
     public = free_port()
-    (tmp_path / "haproxy.cfg").write_text(STACK.format(public=public, site=SITE, site_port=site.port))
+    (tmp_path / "haproxy.cfg").write_text(STACK.format(public=public, site=SITE, site_port=site.port,
+                                                       xray_port=xray.port))
     yield public, site, dante
     dante.stop()
+    xray.close()
     site.close()
 
 
