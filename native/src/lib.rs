@@ -3,8 +3,9 @@
 //! Why it exists: every uploaded byte takes two CTR passes (the client's key, then the DC's). OpenSSL's CTR
 //! runs AES-NI, one block per instruction; VAES (AVX2) does two, and both passes can share one walk over
 //! the bytes. The counter is a 128-bit big-endian number that carries across all 128 bits, as OpenSSL's
-//! CTR mode counts. Entry points do nothing and return -1 on a CPU without AES-NI, AVX2 and VAES; Python
-//! asks `mtp_available` first and keeps OpenSSL then.
+//! CTR mode counts. Without VAES (Zen 2, Skylake and older: common on rented servers) the walks run AES-NI,
+//! eight blocks in flight. Entry points do nothing and return -1 on a CPU without AES-NI; Python asks
+//! `mtp_available` first and keeps OpenSSL then.
 //!
 //! The same library runs the secret scan (the end of this file): SHA-256 (the CPU's SHA extensions, or a
 //! portable fallback), HMAC-SHA256 from precomputed midstates and single AES-256 blocks with AES-NI.
@@ -26,31 +27,41 @@ const OFF_USED: usize = 272;
 const ROUNDS: usize = 14;
 const RECORD_HEADER: usize = 5; // a TLS record's type, version and length
 
+/// The entry points need AES-NI (with SSSE3 and SSE4.1, which every AES-NI CPU has).
 fn cpu_ok() -> bool {
-    is_x86_feature_detected!("aes") && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("vaes")
+    is_x86_feature_detected!("aes") && is_x86_feature_detected!("sse4.1") && is_x86_feature_detected!("ssse3")
+}
+
+/// Set by `mtp_force_aesni` (tests, and measuring what a CPU without VAES runs): the AES-NI walk on a CPU
+/// that has VAES too.
+static FORCE_AESNI: AtomicBool = AtomicBool::new(false);
+
+/// Two AES blocks per instruction (VAES on AVX2) for the keystream walks; else AES-NI, one per instruction.
+fn vaes() -> bool {
+    !FORCE_AESNI.load(Ordering::Relaxed)
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("vaes")
+        && cpu_ok()
 }
 
 struct Stream {
     rk: [__m128i; ROUNDS + 1],
-    rk2: [__m256i; ROUNDS + 1],
     counter: u128,
     pad: [u8; 16],
     used: usize,
 }
 
 impl Stream {
-    #[target_feature(enable = "aes,avx2,vaes")]
+    #[target_feature(enable = "aes,sse2,ssse3,sse4.1")]
     unsafe fn load(state: *const u8) -> Stream {
         let mut rk = [_mm_setzero_si128(); ROUNDS + 1];
-        let mut rk2 = [_mm256_setzero_si256(); ROUNDS + 1];
-        for i in 0..=ROUNDS {
-            rk[i] = _mm_loadu_si128(state.add(16 * i) as *const __m128i);
-            rk2[i] = _mm256_broadcastsi128_si256(rk[i]);
+        for (i, k) in rk.iter_mut().enumerate() {
+            *k = _mm_loadu_si128(state.add(16 * i) as *const __m128i);
         }
         let counter = ptr::read_unaligned(state.add(OFF_COUNTER) as *const u128);
         let pad = ptr::read_unaligned(state.add(OFF_PAD) as *const [u8; 16]);
         let used = ptr::read_unaligned(state.add(OFF_USED) as *const u64) as usize;
-        Stream { rk, rk2, counter, pad, used: used.min(16) }
+        Stream { rk, counter, pad, used: used.min(16) }
     }
 
     unsafe fn store(&self, state: *mut u8) {
@@ -60,7 +71,7 @@ impl Stream {
     }
 
     /// AES_K of one counter block given as a native-order u128.
-    #[target_feature(enable = "aes,avx2,vaes")]
+    #[target_feature(enable = "aes,sse2,ssse3,sse4.1")]
     unsafe fn block(&self, counter: u128) -> __m128i {
         let v = _mm_set_epi64x((counter >> 64) as i64, counter as i64);
         let mut x = _mm_xor_si128(_mm_shuffle_epi8(v, bswap128()), self.rk[0]);
@@ -70,10 +81,20 @@ impl Stream {
         _mm_aesenclast_si128(x, self.rk[ROUNDS])
     }
 
-    /// Keystream for the next 8 blocks (4 registers of 2), advancing the counter.
+    /// The round keys in both lanes of a 256-bit register, for the VAES walk.
+    #[target_feature(enable = "aes,avx2,vaes")]
+    unsafe fn wide_keys(&self) -> [__m256i; ROUNDS + 1] {
+        let mut rk2 = [_mm256_setzero_si256(); ROUNDS + 1];
+        for (wide, narrow) in rk2.iter_mut().zip(self.rk.iter()) {
+            *wide = _mm256_broadcastsi128_si256(*narrow);
+        }
+        rk2
+    }
+
+    /// Keystream for the next 8 blocks (4 registers of 2) with VAES, advancing the counter.
     #[target_feature(enable = "aes,avx2,vaes")]
     #[inline]
-    unsafe fn next8(&mut self) -> [__m256i; 4] {
+    unsafe fn next8_wide(&mut self, rk2: &[__m256i; ROUNDS + 1]) -> [__m256i; 4] {
         let c = self.counter;
         let mut v = [_mm256_setzero_si256(); 4];
         if (c as u64) <= u64::MAX - 7 {
@@ -94,17 +115,50 @@ impl Stream {
         let swap = _mm256_broadcastsi128_si256(bswap128());
         let mut x = [_mm256_setzero_si256(); 4];
         for k in 0..4 {
-            x[k] = _mm256_xor_si256(_mm256_shuffle_epi8(v[k], swap), self.rk2[0]);
+            x[k] = _mm256_xor_si256(_mm256_shuffle_epi8(v[k], swap), rk2[0]);
         }
-        for i in 1..ROUNDS {
-            let r = self.rk2[i];
+        for r in rk2.iter().take(ROUNDS).skip(1) {
             for xk in x.iter_mut() {
-                *xk = _mm256_aesenc_epi128(*xk, r);
+                *xk = _mm256_aesenc_epi128(*xk, *r);
             }
         }
-        let r = self.rk2[ROUNDS];
         for xk in x.iter_mut() {
-            *xk = _mm256_aesenclast_epi128(*xk, r);
+            *xk = _mm256_aesenclast_epi128(*xk, rk2[ROUNDS]);
+        }
+        x
+    }
+
+    /// Keystream for the next 8 blocks with AES-NI, advancing the counter: eight blocks in flight keep the
+    /// AES unit busy through each instruction's latency.
+    #[target_feature(enable = "aes,sse2,ssse3,sse4.1")]
+    #[inline]
+    unsafe fn next8_narrow(&mut self) -> [__m128i; 8] {
+        let c = self.counter;
+        let swap = bswap128();
+        let mut x = [_mm_setzero_si128(); 8];
+        if (c as u64) <= u64::MAX - 7 {
+            let base = _mm_set_epi64x((c >> 64) as i64, c as i64);
+            for (k, xk) in x.iter_mut().enumerate() {
+                let v = _mm_add_epi64(base, _mm_set_epi64x(0, k as i64));
+                *xk = _mm_xor_si128(_mm_shuffle_epi8(v, swap), self.rk[0]);
+            }
+        } else {
+            for (k, xk) in x.iter_mut().enumerate() {
+                let v = c.wrapping_add(k as u128);
+                let v = _mm_set_epi64x((v >> 64) as i64, v as i64);
+                *xk = _mm_xor_si128(_mm_shuffle_epi8(v, swap), self.rk[0]);
+            }
+        }
+        self.counter = c.wrapping_add(8);
+        for i in 1..ROUNDS {
+            let r = self.rk[i];
+            for xk in x.iter_mut() {
+                *xk = _mm_aesenc_si128(*xk, r);
+            }
+        }
+        let r = self.rk[ROUNDS];
+        for xk in x.iter_mut() {
+            *xk = _mm_aesenclast_si128(*xk, r);
         }
         x
     }
@@ -120,7 +174,7 @@ impl Stream {
     }
 
     /// Whole blocks one at a time (fewer than a batch), then a partial block into the pad.
-    #[target_feature(enable = "aes,avx2,vaes")]
+    #[target_feature(enable = "aes,sse2,ssse3,sse4.1")]
     unsafe fn finish(&mut self, src: *const u8, dst: *mut u8, len: usize) {
         let mut done = 0;
         while len - done >= 16 {
@@ -144,11 +198,21 @@ unsafe fn bswap128() -> __m128i {
     _mm_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
 }
 
-#[target_feature(enable = "aes,avx2,vaes")]
+/// dst = src XOR the stream's next `len` keystream bytes; `src` and `dst` are the same or do not overlap.
 unsafe fn walk_one(s: &mut Stream, src: *const u8, dst: *mut u8, len: usize) {
+    if vaes() {
+        walk_one_wide(s, src, dst, len)
+    } else {
+        walk_one_narrow(s, src, dst, len)
+    }
+}
+
+#[target_feature(enable = "aes,avx2,vaes")]
+unsafe fn walk_one_wide(s: &mut Stream, src: *const u8, dst: *mut u8, len: usize) {
     let mut done = s.drain_pad(src, dst, len);
+    let rk2 = s.wide_keys();
     while len - done >= 256 {
-        let ks = [s.next8(), s.next8()];
+        let ks = [s.next8_wide(&rk2), s.next8_wide(&rk2)];
         for (h, half) in ks.iter().enumerate() {
             for (k, key) in half.iter().enumerate() {
                 let at = done + 128 * h + 32 * k;
@@ -159,7 +223,7 @@ unsafe fn walk_one(s: &mut Stream, src: *const u8, dst: *mut u8, len: usize) {
         done += 256;
     }
     while len - done >= 128 {
-        let ks = s.next8();
+        let ks = s.next8_wide(&rk2);
         for (k, key) in ks.iter().enumerate() {
             let at = done + 32 * k;
             let d = _mm256_loadu_si256(src.add(at) as *const __m256i);
@@ -170,9 +234,23 @@ unsafe fn walk_one(s: &mut Stream, src: *const u8, dst: *mut u8, len: usize) {
     s.finish(src.add(done), dst.add(done), len - done);
 }
 
-/// Both keystreams over the same bytes. Every 32-byte chunk is loaded before it is stored, so `dst` may
-/// also lie before `src` in the same buffer (the gather below moves payloads toward the front).
-#[target_feature(enable = "aes,avx2,vaes")]
+#[target_feature(enable = "aes,sse2,ssse3,sse4.1")]
+unsafe fn walk_one_narrow(s: &mut Stream, src: *const u8, dst: *mut u8, len: usize) {
+    let mut done = s.drain_pad(src, dst, len);
+    while len - done >= 128 {
+        let ks = s.next8_narrow();
+        for (k, key) in ks.iter().enumerate() {
+            let at = done + 16 * k;
+            let d = _mm_loadu_si128(src.add(at) as *const __m128i);
+            _mm_storeu_si128(dst.add(at) as *mut __m128i, _mm_xor_si128(d, *key));
+        }
+        done += 128;
+    }
+    s.finish(src.add(done), dst.add(done), len - done);
+}
+
+/// Both keystreams over the same bytes. Every chunk is loaded before it is stored, so `dst` may also lie
+/// before `src` in the same buffer (the gather below moves payloads toward the front).
 unsafe fn walk_two(a: &mut Stream, b: &mut Stream, src: *const u8, dst: *mut u8, len: usize) {
     if a.used != b.used {
         // the streams are at different offsets within a block: no shared walk
@@ -182,10 +260,23 @@ unsafe fn walk_two(a: &mut Stream, b: &mut Stream, src: *const u8, dst: *mut u8,
     }
     let head = a.drain_pad(src, dst, len);
     b.drain_pad(dst, dst, head);
-    let mut done = head;
+    let done = if vaes() {
+        walk_two_wide(a, b, src.add(head), dst.add(head), len - head)
+    } else {
+        walk_two_narrow(a, b, src.add(head), dst.add(head), len - head)
+    } + head;
+    a.finish(src.add(done), dst.add(done), len - done);
+    b.finish(dst.add(done), dst.add(done), len - done);
+}
+
+/// The whole 128-byte batches of `walk_two` (both streams at a block boundary); returns the bytes done.
+#[target_feature(enable = "aes,avx2,vaes")]
+unsafe fn walk_two_wide(a: &mut Stream, b: &mut Stream, src: *const u8, dst: *mut u8, len: usize) -> usize {
+    let (ra, rb) = (a.wide_keys(), b.wide_keys());
+    let mut done = 0;
     while len - done >= 128 {
-        let ka = a.next8();
-        let kb = b.next8();
+        let ka = a.next8_wide(&ra);
+        let kb = b.next8_wide(&rb);
         for k in 0..4 {
             let at = done + 32 * k;
             let d = _mm256_loadu_si256(src.add(at) as *const __m256i);
@@ -194,16 +285,55 @@ unsafe fn walk_two(a: &mut Stream, b: &mut Stream, src: *const u8, dst: *mut u8,
         }
         done += 128;
     }
-    a.finish(src.add(done), dst.add(done), len - done);
-    b.finish(dst.add(done), dst.add(done), len - done);
+    done
 }
 
-#[target_feature(enable = "aes,avx2,vaes")]
+/// As `walk_two_wide` with AES-NI: 16 blocks of both keystreams would not fit the 16 registers, so each
+/// batch goes through the first stream, then (still in L1) the second.
+#[target_feature(enable = "aes,sse2,ssse3,sse4.1")]
+unsafe fn walk_two_narrow(a: &mut Stream, b: &mut Stream, src: *const u8, dst: *mut u8, len: usize) -> usize {
+    let mut done = 0;
+    while len - done >= 128 {
+        let ka = a.next8_narrow();
+        for (k, key) in ka.iter().enumerate() {
+            let at = done + 16 * k;
+            let d = _mm_loadu_si128(src.add(at) as *const __m128i);
+            _mm_storeu_si128(dst.add(at) as *mut __m128i, _mm_xor_si128(d, *key));
+        }
+        let kb = b.next8_narrow();
+        for (k, key) in kb.iter().enumerate() {
+            let at = done + 16 * k;
+            let d = _mm_loadu_si128(dst.add(at) as *const __m128i);
+            _mm_storeu_si128(dst.add(at) as *mut __m128i, _mm_xor_si128(d, *key));
+        }
+        done += 128;
+    }
+    done
+}
+
+#[target_feature(enable = "aes,sse2,ssse3,sse4.1")]
 unsafe fn expand_key(key: *const u8, state: *mut u8) {
     let rk = round_keys(_mm_loadu_si128(key as *const __m128i), _mm_loadu_si128(key.add(16) as *const __m128i));
     for (i, k) in rk.iter().enumerate() {
         _mm_storeu_si128(state.add(16 * i) as *mut __m128i, *k);
     }
+}
+
+/// Which keystream walk runs: 2 VAES, 1 AES-NI, 0 none (the entry points refuse).
+#[no_mangle]
+pub extern "C" fn mtp_walk() -> i32 {
+    if vaes() {
+        2
+    } else {
+        cpu_ok() as i32
+    }
+}
+
+/// Run the AES-NI walk even where VAES is there (`on` non-zero), or choose again (0); returns the previous
+/// setting. For tests and for measuring what a CPU without VAES runs.
+#[no_mangle]
+pub extern "C" fn mtp_force_aesni(on: i32) -> i32 {
+    FORCE_AESNI.swap(on != 0, Ordering::Relaxed) as i32
 }
 
 /// 1 when this CPU can run the entry points below, else 0.
@@ -867,7 +997,7 @@ pub unsafe extern "C" fn mtp_tls_scan(
 /// SHA-256(init[8..40] + secret), or init[8..40] itself when `secret_len` is 0 (the proxy's header towards
 /// a DC); its counter starts at init[40..56]. The stream starts in `state` and runs over the 64 init bytes
 /// into `out[..64]`, so it is left after them; `out[64..112]` gets the reverse direction's key (derived the
-/// same way from the reversed bytes 8..56) and counter block. Returns 0, -1 without AES-NI, AVX2 and VAES,
+/// same way from the reversed bytes 8..56) and counter block. Returns 0, -1 without AES-NI,
 /// -2 on a null pointer or a secret longer than 32 bytes.
 ///
 /// # Safety
@@ -931,7 +1061,7 @@ const UNACCEPTABLE_INIT: i32 = -4;
 /// again. Otherwise the DC stream starts in `dc_state` (key init[8..40], counter init[40..56]) and runs over
 /// the init, `out[..64]` gets the header (init[..56] in the clear, the rest enciphered) and
 /// `out[64..64 + pending_len]` the `pending` bytes, deciphered with `from_client` and enciphered for the DC.
-/// Returns 0, -1 without AES-NI, AVX2 and VAES, -2 on a null pointer.
+/// Returns 0, -1 without AES-NI, -2 on a null pointer.
 ///
 /// # Safety
 /// `reverse` readable for 48 bytes, `tag` for 4, `drawn` for 64, `pending` for `pending_len` (may be null
@@ -1274,7 +1404,7 @@ fn hmac_pair(sha: Sha, key: &([u32; 8], [u32; 8]), a: (&[u8; SHA_BLOCK], &[u8]),
 /// client's clock (a little-endian i64; -1 when the digest differs or no TLS 1.3 suite is offered) and
 /// `out[8..]` the flight when the clock is not -1 (its length follows from its ServerHello's record header
 /// and the certificate size). -2 on a bad argument (a null pointer; with a key, a certificate size outside
-/// 1..16384 or `out_len` under 8 + the flight's size), -3 with a key but without AES-NI, AVX2 and VAES.
+/// 1..16384 or `out_len` under 8 + the flight's size), -3 with a key but without AES-NI.
 ///
 /// # Safety
 /// `record` readable for `record_len` bytes; with a key, `key` readable for `key_len` bytes, `drawn` for 64,
@@ -1429,7 +1559,7 @@ unsafe fn write_flight(session_id: &[u8], fitted: Fitted, key_share: &[u8], cert
 /// clock; else returns -1 (what `out` then holds is no flight: its HMAC is missing). -2 on a bad argument (a
 /// null pointer, a record under 64 bytes or too short for its session id, a suite of 0, a certificate size
 /// outside 1..16384, `out_len` under the flight's size, a record that does not parse when it must), -3
-/// without AES-NI, AVX2 and VAES.
+/// without AES-NI.
 ///
 /// # Safety
 /// `record` readable for `record_len` bytes, `key` for `key_len` (may be null when 0), `drawn` for 64,
@@ -1520,4 +1650,116 @@ unsafe fn accept(r: &[u8], session_id_len: usize, fitted: Fitted, key: &[u8], dr
     let clock = hello_clock(&hello_digest, random)?;
     flight[TLS_RANDOM_OFFSET..TLS_RANDOM_OFFSET + TLS_RANDOM].copy_from_slice(&flight_digest);
     Some(clock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    /// A few kilobytes of bytes that are not all alike.
+    fn sample(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8).collect()
+    }
+
+    fn state(key: &[u8], iv: &[u8]) -> Vec<u8> {
+        let mut s = vec![0u8; STATE_SIZE];
+        assert_eq!(unsafe { mtp_ctr_init(s.as_mut_ptr(), key.as_ptr(), iv.as_ptr()) }, 0);
+        s
+    }
+
+    /// The keystream one block at a time (`Stream::block`), independent of the walks' batches.
+    fn reference(key: &[u8], iv: &[u8], skip: usize, data: &[u8]) -> Vec<u8> {
+        let s = state(key, iv);
+        let stream = unsafe { Stream::load(s.as_ptr()) };
+        let counter = u128::from_be_bytes(iv.try_into().unwrap());
+        data.iter()
+            .enumerate()
+            .map(|(i, byte)| {
+                let at = skip + i;
+                let mut block = [0u8; 16];
+                unsafe {
+                    let ks = stream.block(counter.wrapping_add((at / 16) as u128));
+                    _mm_storeu_si128(block.as_mut_ptr() as *mut __m128i, ks);
+                }
+                byte ^ block[at % 16]
+            })
+            .collect()
+    }
+
+    fn xor(s: &mut [u8], data: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; data.len()];
+        assert_eq!(unsafe { mtp_ctr_xor(s.as_mut_ptr(), data.as_ptr(), out.as_mut_ptr(), data.len()) }, 0);
+        out
+    }
+
+    /// Both walks (VAES where the CPU has it, and AES-NI forced) against NIST's vector and the one-block
+    /// reference: lengths around the batches, streams begun mid-block, counters that carry out of the low
+    /// 64 bits and out of all 128 within a batch, and the two-stream walk with the gather.
+    #[test]
+    fn walks_match_the_reference() {
+        assert!(cpu_ok(), "these tests need AES-NI");
+        let walks: &[bool] = if is_x86_feature_detected!("vaes") && is_x86_feature_detected!("avx2") {
+            &[false, true]
+        } else {
+            &[true]
+        };
+        for &forced in walks {
+            mtp_force_aesni(forced as i32);
+            assert_eq!(mtp_walk(), if forced { 1 } else { 2 });
+            // NIST SP 800-38A, F.5.5 CTR-AES256.Encrypt
+            let key = hex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4");
+            let iv = hex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff");
+            let plain = hex(concat!("6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51",
+                                    "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710"));
+            let cipher = hex(concat!("601ec313775789a5b7a7f504bbf3d228f443e3ca4d62b59aca84e990cacaf5c5",
+                                     "2b0930daa23de94ce87017ba2d84988ddfc9c58db67aada613c2dd08457941a6"));
+            assert_eq!(xor(&mut state(&key, &iv), &plain), cipher);
+
+            let key = sample(32, 7);
+            let ivs = [sample(16, 3), hex("00000000000000fffffffffffffffffd"), hex("fffffffffffffffffffffffffffffffe")];
+            for iv in &ivs {
+                for &first in &[0usize, 1, 15, 16, 17, 100, 127, 128, 129, 255, 256, 257, 1000] {
+                    for &second in &[0usize, 5, 128, 300, 4096 + 3] {
+                        let data = sample(first + second, first as u8);
+                        let mut s = state(&key, iv);
+                        let mut got = xor(&mut s, &data[..first]);
+                        got.extend(xor(&mut s, &data[first..]));
+                        assert_eq!(got, reference(&key, iv, 0, &data), "forced {forced} {first}+{second}");
+                    }
+                }
+                // two streams over the same bytes, gathering records toward the front
+                let other = sample(32, 9);
+                for &offset in &[0usize, 3, 16] {
+                    let (head, stride, length, count, tail) = (37usize, 1029usize, 1024usize, 3usize, 700usize);
+                    let first_record = head + 11;
+                    let tail_start = first_record + count * stride + 2;
+                    let buf = sample(tail_start + tail, 1);
+                    let mut payload = buf[..head].to_vec();
+                    for i in 0..count {
+                        let at = first_record + i * stride + RECORD_HEADER;
+                        payload.extend_from_slice(&buf[at..at + length]);
+                    }
+                    payload.extend_from_slice(&buf[tail_start..]);
+                    let mut a = state(&key, iv);
+                    let mut b = state(&other, iv);
+                    let pre = sample(offset, 2);
+                    xor(&mut a, &pre);
+                    xor(&mut b, &pre);
+                    let mut work = buf.clone();
+                    let result = unsafe {
+                        mtp_gather_xor2(a.as_mut_ptr(), b.as_mut_ptr(), work.as_mut_ptr(), work.len(), head,
+                                        first_record, stride, length, count, tail_start, tail)
+                    };
+                    assert_eq!(result, 0);
+                    let want = reference(&other, iv, offset, &reference(&key, iv, offset, &payload));
+                    assert_eq!(&work[..payload.len()], &want[..], "forced {forced} gather at offset {offset}");
+                }
+            }
+        }
+        mtp_force_aesni(0);
+    }
 }

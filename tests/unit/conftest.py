@@ -1,15 +1,18 @@
 """The AES backends the protocol tests run on: a test that takes `aes` runs once on each backend this machine
-has (the native library is skipped where it is not built), built the way the engine's start-up builds them."""
+has (the native library is skipped where it is not built), built the way the engine's start-up builds them.
+The native library runs twice: its VAES walks (where the CPU has VAES) and its AES-NI walks, forced for the
+test (what CPUs without VAES run)."""
 
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterator
 
 import pytest
 
 from mtproxy.crypto import aesblock, backend, native
 
-BACKENDS = ["ctr", "gcm", "native"]
+BACKENDS = ["ctr", "gcm", "native", "native-aesni"]
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +30,7 @@ def lib() -> ctypes.CDLL:
 
 
 def make_backend(name: str, libcrypto: ctypes.CDLL | None) -> backend.Backend:
+    """`native-aesni` forces the library's AES-NI walks for the process: undo it (`walks`) when done."""
     block = aesblock.block_encryptor(libcrypto)
     if name == "ctr":
         return backend.openssl_ctr(block)
@@ -35,9 +39,29 @@ def make_backend(name: str, libcrypto: ctypes.CDLL | None) -> backend.Backend:
     lib = native.open_library()
     if lib is None:
         pytest.skip("the native library is not built here")
+    lib.mtp_force_aesni(name == "native-aesni")
+    if name == "native" and lib.mtp_walk() != native.WALK_VAES:
+        pytest.skip("this CPU has no VAES: native-aesni is what it runs")
     return backend.native_library(lib, block)
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
-def aes(request: pytest.FixtureRequest, libcrypto: ctypes.CDLL | None) -> backend.Backend:
-    return make_backend(request.param, libcrypto)
+def available(names: list[str]) -> list[str]:
+    """Those of `names` this machine runs (the native ones where the library is built, `native` with VAES)."""
+    lib = native.open_library()
+    walks = [] if lib is None else ["native-aesni"] + (["native"] if lib.mtp_walk() == native.WALK_VAES else [])
+    return [name for name in names if name not in backend.NATIVE or name in walks]
+
+
+def walks_chosen_again() -> None:
+    """The library's walks as the CPU allows (after a test that forced AES-NI)."""
+    lib = native.open_library()
+    if lib is not None:
+        lib.mtp_force_aesni(0)
+
+
+@pytest.fixture(params=BACKENDS)
+def aes(request: pytest.FixtureRequest, libcrypto: ctypes.CDLL | None) -> Iterator[backend.Backend]:
+    made = make_backend(request.param, libcrypto)
+    assert made.name == request.param
+    yield made
+    walks_chosen_again()

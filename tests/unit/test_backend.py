@@ -18,6 +18,8 @@ from mtproxy.protocol import faketls, obfs2
 from mtproxy.protocol.faketls import ClientHello, HelloShape
 from mtproxy.protocol.secret import Secret
 
+from .conftest import walks_chosen_again
+
 
 def never_timed() -> float:
     raise AssertionError("GCM need not be timed")
@@ -35,19 +37,44 @@ def test_every_backend_passes_its_own_self_test(aes: backend.Backend) -> None:
 
 
 @pytest.mark.parametrize("name", backend.KEYSTREAMS)
-def test_a_forced_name_is_used_without_measuring(libcrypto: ctypes.CDLL | None, name: str) -> None:
-    native_backend, gcm, plain = candidates(libcrypto)
-    chosen = backend.choose(name, native_backend, gcm, plain, never_timed)
-    if name == "native" and native_backend is None:
-        assert chosen.name == "ctr" and chosen.why.startswith("native: not built here")
-    else:
-        assert (chosen.name, chosen.why) == (name, f"MTPROXY_KEYSTREAM={name}")
+def test_a_forced_name_is_used_without_measuring(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setattr(backend, "gcm_time_over_ctr", never_timed)
+    try:
+        chosen = backend.load(name)
+        walk = native.open_library()
+        if name in backend.NATIVE and walk is None:
+            assert chosen.name == "ctr" and chosen.why.startswith(f"{name}: not built here")
+        elif name == "native" and walk is not None and walk.mtp_walk() != native.WALK_VAES:
+            assert (chosen.name, chosen.why) == ("native-aesni", "MTPROXY_KEYSTREAM=native")  # all it has
+        else:
+            assert (chosen.name, chosen.why) == (name, f"MTPROXY_KEYSTREAM={name}")
+    finally:
+        walks_chosen_again()
+
+
+def test_the_aesni_walk_is_forced_only_by_its_name() -> None:
+    lib = native.open_library()
+    if lib is None:
+        pytest.skip("the native library is not built here")
+    try:
+        backend.load("native-aesni")
+        assert lib.mtp_walk() == native.WALK_AESNI
+        backend.load("native")
+        assert lib.mtp_walk() == (native.WALK_VAES if _cpu_has_vaes() else native.WALK_AESNI)
+    finally:
+        walks_chosen_again()
+
+
+def _cpu_has_vaes() -> bool:
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+        flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    return "vaes" in flags and "avx2" in flags
 
 
 def test_the_engine_reads_the_name_it_is_given_not_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MTPROXY_KEYSTREAM", "fast")  # would be refused if `load` read it
     assert backend.load("ctr").name == "ctr"
-    with pytest.raises(ValueError, match="MTPROXY_KEYSTREAM must be one of native, gcm, ctr, not 'fast'"):
+    with pytest.raises(ValueError, match="MTPROXY_KEYSTREAM must be one of native, native-aesni, gcm, ctr, not 'fast'"):
         backend.load("fast")
 
 
@@ -64,18 +91,36 @@ def test_gcm_is_chosen_only_when_clearly_faster(libcrypto: ctypes.CDLL | None, r
     _, gcm_backend, plain = candidates(libcrypto)
     chosen = backend.choose("", None, gcm_backend, plain, lambda: ratio)  # as on a machine without the library
     assert chosen.name == ("gcm" if gcm else "ctr")
-    missing = "native: not built here, or this CPU lacks AES-NI, AVX2 or VAES"
+    missing = "native: not built here, or this CPU lacks AES-NI"
     expected = f"measured: GCM takes {ratio:.2f}x" if gcm else f"{missing}; gcm: measured, it takes {ratio:.2f}x"
     assert chosen.why == f"{expected} the time of CTR"
 
 
 def test_the_native_library_comes_first_when_it_passes(libcrypto: ctypes.CDLL | None) -> None:
     native_backend, gcm, plain = candidates(libcrypto)
-    if native_backend is None:
-        pytest.skip("the native library is not built here")
+    if native_backend is None or native_backend.name != "native":
+        pytest.skip("the native library is not built here, or this CPU has no VAES")
     chosen = backend.choose("", native_backend, gcm, plain, never_timed)
     assert (chosen.name, chosen.why) == ("native", "the native library passed its self-test")
     assert type(chosen.new_stream(bytes(32), bytes(16))) is native.NativeCtr
+
+
+def test_without_vaes_the_library_is_chosen_only_by_name(libcrypto: ctypes.CDLL | None) -> None:
+    """Its AES-NI walks make handshakes cheaper but bulk dearer than OpenSSL's CTR (BENCHMARKS.md)."""
+    lib = native.open_library()
+    if lib is None:
+        pytest.skip("the native library is not built here")
+    try:
+        lib.mtp_force_aesni(1)  # as a CPU without VAES runs it
+        aesni, gcm, plain = candidates(libcrypto)
+        assert aesni is not None and aesni.name == "native-aesni"
+        assert backend.choose("", aesni, gcm, plain, lambda: 0.5).name == "gcm"
+        chosen = backend.choose("", aesni, gcm, plain, lambda: 1.3)
+        assert chosen.name == "ctr"
+        assert chosen.why.startswith("native: this CPU has no VAES, and the AES-NI walks cost bulk more")
+        assert backend.choose("native-aesni", aesni, gcm, plain, never_timed).name == "native-aesni"
+    finally:
+        walks_chosen_again()
 
 
 def test_a_native_library_that_fails_its_self_test_is_never_used(libcrypto: ctypes.CDLL | None) -> None:
@@ -131,7 +176,7 @@ def test_a_wrong_secret_scan_fails_the_self_test(libcrypto: ctypes.CDLL | None, 
 
 
 def test_only_the_native_backend_brings_a_secret_scan(aes: backend.Backend) -> None:
-    assert (aes.secret_scan is not None) == (aes.name == "native")
+    assert (aes.secret_scan is not None) == (aes.name in backend.NATIVE)
 
 
 def test_a_wrong_init_start_fails_the_self_test(libcrypto: ctypes.CDLL | None) -> None:
@@ -147,14 +192,14 @@ def test_a_wrong_init_start_fails_the_self_test(libcrypto: ctypes.CDLL | None) -
 
 
 def test_only_the_native_backend_brings_an_init_start(aes: backend.Backend) -> None:
-    assert (aes.start_init is not None) == (aes.name == "native")
-    assert (aes.dc_link is not None) == (aes.name == "native")
-    assert (aes.replay_check is not None) == (aes.name == "native")
+    assert (aes.start_init is not None) == (aes.name in backend.NATIVE)
+    assert (aes.dc_link is not None) == (aes.name in backend.NATIVE)
+    assert (aes.replay_check is not None) == (aes.name in backend.NATIVE)
 
 
 def test_a_wrong_dc_link_or_replay_check_fails_the_self_test(aes: backend.Backend) -> None:
     """The self-test's own checks of the one-call DC link and the native replay filter catch a broken one."""
-    if aes.name != "native":
+    if aes.name not in backend.NATIVE:
         pytest.skip("only the native backend brings them")
     link = aes.dc_link
     assert link is not None
@@ -205,7 +250,7 @@ def test_every_backend_builds_and_reads_the_same_headers(aes: backend.Backend, l
 
 def test_each_backend_makes_its_own_kind_of_stream(aes: backend.Backend) -> None:
     stream = aes.new_stream(os.urandom(32), os.urandom(16))
-    assert type(stream) is {"native": native.NativeCtr, "gcm": ctr.CtrStream, "ctr": ctr.CtrStream}[aes.name]
+    assert type(stream) is (native.NativeCtr if aes.name in backend.NATIVE else ctr.CtrStream)
     if isinstance(stream, ctr.CtrStream):  # the GCM backend's streams move to GCM past ACCELERATE_AFTER
         stream.update(bytes(ctr.ACCELERATE_AFTER + 1))
         assert stream.on_gcm == (aes.name == "gcm")
@@ -221,7 +266,7 @@ def test_a_fresh_interpreter_loads_the_name_it_passes_in() -> None:
 
 
 def test_only_the_native_backend_brings_the_fake_tls_handshake(aes: backend.Backend) -> None:
-    assert {aes.tls_hello is not None, aes.tls_accept is not None} == {aes.name == "native"}
+    assert {aes.tls_hello is not None, aes.tls_accept is not None} == {aes.name in backend.NATIVE}
 
 
 Accepted = tuple[int, bytes] | None

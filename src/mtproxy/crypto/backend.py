@@ -34,14 +34,17 @@ from mtproxy.protocol.secret import Secret, SecretKind
 from .aesblock import BlockEncrypt, block_encryptor, cryptography_encrypt_block, open_libcrypto
 from .ctr import ACCELERATE_AFTER, BLOCK, CtrStream, transform_upload
 from .gcm import GcmIv, load_divider
-from .native import NativeCtr, NativeReplay, NativeSecretScan, accept_hello, check_hello, open_library
+from .native import WALK_VAES, NativeCtr, NativeReplay, NativeSecretScan, accept_hello, check_hello, open_library
 
 KEYSTREAM_ENV: Final = "MTPROXY_KEYSTREAM"  # names one of KEYSTREAMS instead of choosing (read by the engine)
 KEYSTREAMS: Final = {  # the backends' names, and what each is, for the start-up log line
     "native": "the native library (VAES)",
+    # what a CPU without VAES runs; named, it is also chosen where VAES is there (tests, measurements)
+    "native-aesni": "the native library (AES-NI)",
     "gcm": "OpenSSL's AES-GCM keystream",
     "ctr": "OpenSSL's AES-CTR",
 }
+NATIVE: Final = ("native", "native-aesni")
 _GCM_WINS_BELOW: Final = 0.8  # GCM's time over CTR's on the same bytes; it must clearly win
 
 
@@ -88,8 +91,9 @@ def gcm_keystream(libcrypto: ctypes.CDLL | None, encrypt_block: BlockEncrypt,
 
 def native_library(lib: ctypes.CDLL, encrypt_block: BlockEncrypt, why: str = "chosen by the caller") -> Backend:
     """The native library's streams, secret scan, init start and fake-TLS handshake (`native.open_library`
-    gives `lib`)."""
-    return Backend("native", why, functools.partial(NativeCtr, lib), encrypt_block,
+    gives `lib`), named after the walk it runs now (`native` for VAES, `native-aesni`)."""
+    name = "native" if lib.mtp_walk() == WALK_VAES else "native-aesni"
+    return Backend(name, why, functools.partial(NativeCtr, lib), encrypt_block,
                    functools.partial(NativeSecretScan, lib), functools.partial(NativeCtr.start_init, lib),
                    functools.partial(check_hello, lib), functools.partial(accept_hello, lib),
                    dc_link=functools.partial(NativeCtr.link, lib), replay_check=functools.partial(NativeReplay, lib))
@@ -102,7 +106,9 @@ def load(forced: str = "") -> Backend:
         raise ValueError(f"{KEYSTREAM_ENV} must be one of {', '.join(KEYSTREAMS)}, not {forced!r}")
     libcrypto = open_libcrypto()
     encrypt_block = block_encryptor(libcrypto)
-    lib = open_library() if forced in ("", "native") else None
+    lib = open_library() if forced in ("", *NATIVE) else None
+    if lib is not None:
+        lib.mtp_force_aesni(forced == "native-aesni")  # for the process: the library's walks are its functions
     return choose(forced, native_library(lib, encrypt_block) if lib is not None else None,
                   gcm_keystream(libcrypto, encrypt_block), openssl_ctr(encrypt_block), gcm_time_over_ctr)
 
@@ -114,10 +120,14 @@ def choose(forced: str, native: Backend | None, gcm: Backend, ctr: Backend,
         return replace(ctr, why=f"{KEYSTREAM_ENV}=ctr")
     failures: list[str] = []
     for name in [forced] if forced else ["native", "gcm"]:
-        candidate = native if name == "native" else gcm
+        candidate = native if name in NATIVE else gcm
         try:
             if candidate is None:
-                raise RuntimeError("not built here, or this CPU lacks AES-NI, AVX2 or VAES")
+                raise RuntimeError("not built here, or this CPU lacks AES-NI")
+            if not forced and candidate.name == "native-aesni":
+                # measured (BENCHMARKS.md): a handshake ~20 % cheaper than on OpenSSL, bulk 20-45 % dearer
+                raise RuntimeError("this CPU has no VAES, and the AES-NI walks cost bulk more than OpenSSL's "
+                                   "CTR (MTPROXY_KEYSTREAM=native-aesni chooses them)")
             self_test(candidate)
         except Exception as exc:  # whatever the library, OpenSSL or cryptography refuses, plain CTR works
             failures.append(f"{name}: {exc}")

@@ -2,9 +2,10 @@
 
 Why: the upload takes two CTR passes over every byte, and a fake-TLS upload also gathers record payloads
 first. The library does the gather and both passes in one walk over the bytes, with VAES (two AES blocks
-per instruction, AVX2), and starts a stream in ~4 µs where a `cryptography` context with a fresh key takes
-~15-25 µs. pip builds it where cargo is present; without it, or on a CPU without AES-NI/AVX2/VAES,
-`open_library` gives None and the backend keeps OpenSSL (docs/engine.md). Nothing loads on import: the
+per instruction, AVX2) or, on CPUs without it, AES-NI, and starts a stream in ~2 µs where a `cryptography`
+context with a fresh key takes ~15-25 µs: a handshake starts four. pip builds it where cargo is present;
+without it, or on a CPU without AES-NI, `open_library` gives None and the backend keeps OpenSSL
+(docs/engine.md). Nothing loads on import: the
 engine calls `open_library` once at start-up.
 
 The same library runs the secret scan (`NativeSecretScan`): a client without a per-address hint is tried
@@ -43,6 +44,8 @@ from mtproxy.protocol.secret import KEY_SIZE, Secret
 
 BLOCK: Final = 16
 STATE_SIZE: Final = 288  # what this module expects of native/src/lib.rs (checked when it loads)
+WALK_AESNI: Final = 1  # mtp_walk: the keystream walks run AES-NI, eight blocks in flight
+WALK_VAES: Final = 2  # mtp_walk: two blocks per instruction
 FLIGHT_VERSION: Final = 2  # the flights it builds (mtp_flight_version): shaped, the x25519 share a curve point
 MODULE_NAME: Final = "_native_aes"  # pyproject.toml builds it as mtproxy.crypto._native_aes
 MIDSTATES_SIZE: Final = 64  # one key's HMAC-SHA256 inner and outer states (mtp_hmac_prepare)
@@ -72,7 +75,8 @@ _HelloOut = ctypes.c_char * (_CLOCK + _FLIGHT_MAX)  # mtp_tls_hello's
 
 def open_library(directory: Path | None = None) -> ctypes.CDLL | None:
     """The built library in `directory` (this package's by default), or None: not built here, a stale
-    build, or a CPU that lacks what it needs."""
+    build, or a CPU without AES-NI. Its keystream walks run VAES where the CPU has it, else AES-NI
+    (`WALK_VAES`, `WALK_AESNI`: what `mtp_walk` says; `mtp_force_aesni` chooses AES-NI for the process)."""
     here = Path(__file__).parent if directory is None else directory
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = here / f"{MODULE_NAME}{suffix}"
@@ -119,6 +123,10 @@ def open_library(directory: Path | None = None) -> ctypes.CDLL | None:
                                            ctypes.c_uint64]
             lib.mtp_flight_version.restype = ctypes.c_int
             lib.mtp_flight_version.argtypes = []
+            lib.mtp_walk.restype = ctypes.c_int
+            lib.mtp_walk.argtypes = []
+            lib.mtp_force_aesni.restype = ctypes.c_int
+            lib.mtp_force_aesni.argtypes = [ctypes.c_int]
         except (OSError, AttributeError):  # not loadable here, or a stale build without these functions
             continue
         if (lib.mtp_available() == 1 and lib.mtp_state_size() == STATE_SIZE
