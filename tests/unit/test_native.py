@@ -289,3 +289,48 @@ def test_bad_input_is_refused_before_the_library_sees_it(lib: ctypes.CDLL) -> No
             native.gather_twice(stream, other, bytearray(100), faketls.plain_layout(n))
     with pytest.raises(ValueError, match="two streams"):
         native.gather_twice(stream, stream, bytearray(100), (100, 100, 0, 0, 0, 100, 0))
+
+
+def _handoff_after(budget: int) -> type[ctr.HandoffCtr]:
+    return type("EarlyHandoff", (ctr.HandoffCtr,), {"__slots__": (), "move_after": budget})
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.binary(min_size=32, max_size=32), counter=COUNTERS, budget=st.integers(0, 200), chunks=CHUNKS)
+def test_a_handoff_stream_is_one_ctr_stream_across_its_move(lib: ctypes.CDLL, key: bytes, counter: int, budget: int,
+                                                            chunks: list[int]) -> None:
+    """Begun in the library, moved to OpenSSL's CTR at any position (mid-block too, across the counter's
+    carries): the bytes are one AES-CTR stream's, through `update` and `update_into` alike."""
+    stream = _handoff_after(budget)(lib, key, counter.to_bytes(16, "big"))
+    data = os.urandom(sum(chunks))
+    got, at = bytearray(), 0
+    for i, size in enumerate(chunks):
+        piece = data[at : at + size]
+        if i % 2:
+            got += stream.update(piece)
+        else:
+            buf = bytearray(piece)
+            assert stream.update_into(buf, buf) == size
+            got += buf
+        at += size
+    assert bytes(got) == reference(key, counter, data)
+    assert stream.moved == (sum(chunks) > budget)
+
+
+def test_a_dc_link_behind_a_moved_stream_deciphers_in_python(lib: ctypes.CDLL) -> None:
+    """The client's stream moved before the DC was dialled (its library state is stale): the pending bytes
+    are still the client's, deciphered, and enciphered for the DC behind the header."""
+    client_key, client_iv = bytes(range(200, 232)), bytes(range(16))
+    early = _handoff_after(10)
+    mover = early(lib, client_key, client_iv)
+    mover.update(bytes(30))
+    assert mover.moved
+    pending = os.urandom(300)
+    reverse, tag, drawn = bytes(range(48)), obfs2.TAG_PADDED, bytes(range(100, 164))
+    made = early.link(lib, reverse, tag, 2, drawn, mover, pending)
+    still = native.NativeCtr(lib, client_key, client_iv)
+    still.update(bytes(30))
+    want = native.NativeCtr.link(lib, reverse, tag, 2, drawn, still, pending)
+    assert made is not None and want is not None
+    assert made[0] == want[0] and type(made[1]) is early
+    assert made[1].update(b"after") == want[1].update(b"after")

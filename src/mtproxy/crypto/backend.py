@@ -32,7 +32,7 @@ from mtproxy.protocol.replay import ReplayCheck, ReplayFilter
 from mtproxy.protocol.secret import Secret, SecretKind
 
 from .aesblock import BlockEncrypt, block_encryptor, cryptography_encrypt_block, open_libcrypto
-from .ctr import ACCELERATE_AFTER, BLOCK, CtrStream, transform_upload
+from .ctr import ACCELERATE_AFTER, BLOCK, CtrStream, HandoffCtr, transform_upload
 from .gcm import GcmIv, load_divider
 from .native import WALK_VAES, NativeCtr, NativeReplay, NativeSecretScan, accept_hello, check_hello, open_library
 
@@ -40,7 +40,7 @@ KEYSTREAM_ENV: Final = "MTPROXY_KEYSTREAM"  # names one of KEYSTREAMS instead of
 KEYSTREAMS: Final = {  # the backends' names, and what each is, for the start-up log line
     "native": "the native library (VAES)",
     # what a CPU without VAES runs; named, it is also chosen where VAES is there (tests, measurements)
-    "native-aesni": "the native library (AES-NI)",
+    "native-aesni": "the native library (AES-NI; streams move to OpenSSL's CTR once they carry bulk)",
     "gcm": "OpenSSL's AES-GCM keystream",
     "ctr": "OpenSSL's AES-CTR",
 }
@@ -91,12 +91,14 @@ def gcm_keystream(libcrypto: ctypes.CDLL | None, encrypt_block: BlockEncrypt,
 
 def native_library(lib: ctypes.CDLL, encrypt_block: BlockEncrypt, why: str = "chosen by the caller") -> Backend:
     """The native library's streams, secret scan, init start and fake-TLS handshake (`native.open_library`
-    gives `lib`), named after the walk it runs now (`native` for VAES, `native-aesni`)."""
-    name = "native" if lib.mtp_walk() == WALK_VAES else "native-aesni"
-    return Backend(name, why, functools.partial(NativeCtr, lib), encrypt_block,
-                   functools.partial(NativeSecretScan, lib), functools.partial(NativeCtr.start_init, lib),
+    gives `lib`), after the walk it runs now: `native` (VAES), or `native-aesni`, whose streams move to
+    OpenSSL's CTR once they carry bulk (`ctr.HandoffCtr`)."""
+    vaes = lib.mtp_walk() == WALK_VAES
+    stream: type[NativeCtr] = NativeCtr if vaes else HandoffCtr
+    return Backend("native" if vaes else "native-aesni", why, functools.partial(stream, lib), encrypt_block,
+                   functools.partial(NativeSecretScan, lib), functools.partial(stream.start_init, lib),
                    functools.partial(check_hello, lib), functools.partial(accept_hello, lib),
-                   dc_link=functools.partial(NativeCtr.link, lib), replay_check=functools.partial(NativeReplay, lib))
+                   dc_link=functools.partial(stream.link, lib), replay_check=functools.partial(NativeReplay, lib))
 
 
 def load(forced: str = "") -> Backend:
@@ -124,10 +126,6 @@ def choose(forced: str, native: Backend | None, gcm: Backend, ctr: Backend,
         try:
             if candidate is None:
                 raise RuntimeError("not built here, or this CPU lacks AES-NI")
-            if not forced and candidate.name == "native-aesni":
-                # measured (BENCHMARKS.md): a handshake ~20 % cheaper than on OpenSSL, bulk 20-45 % dearer
-                raise RuntimeError("this CPU has no VAES, and the AES-NI walks cost bulk more than OpenSSL's "
-                                   "CTR (MTPROXY_KEYSTREAM=native-aesni chooses them)")
             self_test(candidate)
         except Exception as exc:  # whatever the library, OpenSSL or cryptography refuses, plain CTR works
             failures.append(f"{name}: {exc}")

@@ -7,19 +7,23 @@ GHASH included). GCM's keystream started at the right IV (`gcm.py`) is byte for 
 the low 32 bits of the counter wrap (where CTR carries into the upper 96 bits); there the stream starts a new
 context. The tag is never asked for; GHASH is wasted work that VPCLMULQDQ makes cheap. Moving a stream to GCM
 costs ~35 µs (the IV ~19 µs, a context with a fresh key ~15 µs), so a stream switches only once it has carried
-`ACCELERATE_AFTER` bytes. Which streams may switch is the backend's choice (`backend.py`), made at start-up."""
+`ACCELERATE_AFTER` bytes. Which streams may switch is the backend's choice (`backend.py`), made at start-up.
+
+On a CPU without VAES the native library's streams move the other way for the same reason (`HandoffCtr`):
+they start in the library, which is cheap, and move to OpenSSL's CTR once they carry bulk."""
 
 from __future__ import annotations
 
-from typing import Final
+import ctypes
+from typing import ClassVar, Final, cast
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from mtproxy.protocol import faketls
 from mtproxy.protocol.cipher import Keystream
 
 from .gcm import LOW32, MakeIv
-from .native import NativeCtr, gather_twice
+from .native import STATE_COUNTER, STATE_USED, NativeCtr, gather_twice
 
 BLOCK: Final = 16
 ACCELERATE_AFTER: Final = 64 * 1024  # bytes a stream carries before it moves to the GCM keystream
@@ -107,6 +111,81 @@ class CtrStream:
             to_wrap = ((1 << 32) - (counter & LOW32)) * BLOCK - skip  # bytes until the low 32 bits wrap
             self._budget = min(to_wrap, self._context_bytes - skip)
         self._end = position + self._budget
+
+
+class HandoffCtr(NativeCtr):
+    """A stream begun in the native library that moves to OpenSSL's CTR once it has carried `move_after`
+    bytes: what a CPU without VAES runs. There the library starts a stream in ~1 µs where an OpenSSL context
+    with a fresh key takes 15-25 µs (a handshake starts four), but OpenSSL's AES-NI CTR moves bulk faster
+    than the library's AES-NI walk (BENCHMARKS.md). The library's state holds what the move needs: AES-256's
+    first two round keys are the key itself, then the next counter block and how much of the last block's
+    keystream is used. A moved stream is no longer native: the upload's one-walk gather does not take it
+    (`transform_upload` checks the exact type), and a DC link deciphers behind it in Python."""
+
+    __slots__ = ("_budget", "_openssl")
+    move_after: ClassVar[int] = ACCELERATE_AFTER
+
+    def __init__(self, lib: ctypes.CDLL, key: bytes, iv: bytes) -> None:
+        super().__init__(lib, key, iv)
+        self._budget = self.move_after
+        self._openssl: CipherContext | None = None
+
+    @classmethod
+    def _unstarted(cls, lib: ctypes.CDLL) -> NativeCtr:
+        stream = cast(HandoffCtr, super()._unstarted(lib))
+        stream._budget = cls.move_after
+        stream._openssl = None
+        return stream
+
+    @property
+    def moved(self) -> bool:
+        return self._openssl is not None
+
+    def update(self, data: bytes | bytearray | memoryview, /) -> bytes:
+        openssl = self._openssl
+        if openssl is None:
+            n = len(data)
+            if n <= self._budget:
+                self._budget -= n
+                return super().update(data)
+            openssl = self._move()
+        return openssl.update(data)
+
+    def update_into(self, data: bytes | bytearray | memoryview, buf: bytearray | memoryview, /) -> int:
+        openssl = self._openssl
+        if openssl is None:
+            n = len(data)
+            if n <= self._budget:
+                self._budget -= n
+                return super().update_into(data, buf)
+            openssl = self._move()
+        return openssl.update_into(data, buf)
+
+    def _move(self) -> CipherContext:
+        """An OpenSSL context at exactly this stream's position (before this call's bytes)."""
+        state = self._state
+        counter = int.from_bytes(state[STATE_COUNTER : STATE_COUNTER + BLOCK], "little")
+        used = int.from_bytes(state[STATE_USED : STATE_USED + 8], "little")
+        skip = 0
+        if used < BLOCK:  # mid-block: from the block the unused keystream came from
+            counter = (counter - 1) % _COUNTER_SPACE
+            skip = used
+        context = Cipher(algorithms.AES(bytes(state[:32])), modes.CTR(counter.to_bytes(BLOCK, "big"))).encryptor()
+        if skip:
+            context.update(bytes(skip))
+        self._openssl = context
+        return context
+
+    @classmethod
+    def link(cls, lib: ctypes.CDLL, reverse: bytes, tag: bytes, dc_id: int, drawn: bytes, from_client: Keystream,
+             pending: bytes) -> tuple[bytes, NativeCtr] | None:
+        if not (pending and isinstance(from_client, HandoffCtr) and from_client.moved):
+            return super().link(lib, reverse, tag, dc_id, drawn, from_client, pending)
+        linked = super().link(lib, reverse, tag, dc_id, drawn, from_client, b"")  # its state is stale
+        if linked is None:
+            return None
+        first, stream = linked
+        return first + stream.update(from_client.update(pending)), stream
 
 
 def transform_upload(from_client: Keystream, to_dc: Keystream, buf: bytearray, layout: faketls.Layout) -> int:

@@ -44,6 +44,8 @@ from mtproxy.protocol.secret import KEY_SIZE, Secret
 
 BLOCK: Final = 16
 STATE_SIZE: Final = 288  # what this module expects of native/src/lib.rs (checked when it loads)
+STATE_COUNTER: Final = 240  # where a state keeps its next counter block (u128, little-endian)
+STATE_USED: Final = 272  # and how many bytes of its last block's keystream are used (u64; 16: none left)
 WALK_AESNI: Final = 1  # mtp_walk: the keystream walks run AES-NI, eight blocks in flight
 WALK_VAES: Final = 2  # mtp_walk: two blocks per instruction
 FLIGHT_VERSION: Final = 2  # the flights it builds (mtp_flight_version): shaped, the x25519 share a curve point
@@ -192,7 +194,7 @@ class NativeCtr:
         when `drawn` makes an init that reads as another protocol (draw again)."""
         if len(reverse) != INIT_REVERSE_SIZE or len(tag) != 4 or len(drawn) != INIT_SIZE:
             raise ValueError("a DC link takes 48 bytes of reverse keys, a 4-byte tag and 64 random bytes")
-        if pending and type(from_client) is not NativeCtr:
+        if pending and not isinstance(from_client, NativeCtr):
             raise TypeError("the native DC link deciphers with a native stream")
         stream = cls._unstarted(lib)
         n = INIT_SIZE + len(pending)
