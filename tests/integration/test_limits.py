@@ -186,11 +186,13 @@ def test_out_of_descriptors_is_reported_and_not_blamed_on_the_dc(start_proxy: Pr
     # the stats server needs a descriptor too: read it once the sessions (and their dials) are gone
     for sock in socks:
         sock.close()
+    # two descriptors spare: a dial made takes one, a dial refused closes its session and frees one, so of
+    # the ten at most six are made and at least four refused (more when refusals close after later dials)
     deadline = time.monotonic() + 5
-    while int(stats_of(proxy.stats_port)["refused_out_of_fds"]) < 5 and time.monotonic() < deadline:
+    while int(stats_of(proxy.stats_port)["refused_out_of_fds"]) < 4 and time.monotonic() < deadline:
         time.sleep(0.05)
     stats = stats_of(proxy.stats_port)
-    assert int(stats["refused_out_of_fds"]) >= 5
+    assert int(stats["refused_out_of_fds"]) >= 4
     assert stats["upstream_failed"] == "0"
     assert "unreachable" not in proxy.log
     time.sleep(0.5)

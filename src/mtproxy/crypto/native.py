@@ -2,11 +2,10 @@
 
 Why: the upload takes two CTR passes over every byte, and a fake-TLS upload also gathers record payloads
 first. The library does the gather and both passes in one walk over the bytes, with VAES (two AES blocks
-per instruction, AVX2) or, on CPUs without it, AES-NI, and starts a stream in ~2 µs where a `cryptography`
+per instruction, AVX2) or, on CPUs without it, AES-NI, and starts a stream in ~1 µs where a `cryptography`
 context with a fresh key takes ~15-25 µs: a handshake starts four. pip builds it where cargo is present;
 without it, or on a CPU without AES-NI, `open_library` gives None and the backend keeps OpenSSL
-(docs/engine.md). Nothing loads on import: the
-engine calls `open_library` once at start-up.
+(docs/engine.md). Nothing loads on import: the engine calls `open_library` once at start-up.
 
 The same library runs the secret scan (`NativeSecretScan`): a client without a per-address hint is tried
 against every secret, one SHA-256 and one AES block a secret for classic and dd, one HMAC-SHA256 of its
