@@ -82,12 +82,19 @@ def test_sessions_go_through_dante(start_proxy: ProxyFactory, peers: BackgroundP
 
 
 def test_upstream_down_closes_the_session_with_one_warning(start_proxy: ProxyFactory, secret: Secret) -> None:
-    dead = free_port()  # nothing listens there
-    proxy = start_proxy("-S", secret.to_hex(), "--upstream", f"socks5://127.0.0.1:{dead}")
-    for _ in range(3):
-        with pytest.raises((ProxyClientError, ConnectionError, EOFError, OSError)):
-            run(echo(proxy, secret, b"hello"))
-    log = proxy.wait_log("SOCKS5 upstream")
+    # bound, never listening: connects are refused, and nothing the test starts next (the proxy's own ports,
+    # from free_port) can take the port, as it once did in CI and answered no SOCKS5
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    dead = holder.getsockname()[1]
+    try:
+        proxy = start_proxy("-S", secret.to_hex(), "--upstream", f"socks5://127.0.0.1:{dead}")
+        for _ in range(3):
+            with pytest.raises((ProxyClientError, ConnectionError, EOFError, OSError)):
+                run(echo(proxy, secret, b"hello"))
+        log = proxy.wait_log("SOCKS5 upstream")
+    finally:
+        holder.close()
     line = f"warning: SOCKS5 upstream 127.0.0.1:{dead} failed: connection refused (1 DC dial failed through it)"
     assert line in log
     assert log.count("SOCKS5 upstream") == 1  # the next two are counted for the next line, not logged each

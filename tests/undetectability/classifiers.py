@@ -168,7 +168,10 @@ _TSHARK_FIELDS = (
 
 
 def tshark_base(all_heuristics: bool) -> list[str]:
-    command = ["tshark", "-n"]
+    # Out-of-order reassembly: the capture itself may hold a loopback segment before the one it follows (the
+    # kernel hands large segments to the packet socket from either CPU); without it, tshark stops reading
+    # that direction's records there, as if the stream were not TLS.
+    command = ["tshark", "-n", "-o", "tcp.reassemble_out_of_order:TRUE"]
     if all_heuristics:
         for name in HEURISTICS_OFF_BY_DEFAULT.values():
             command += ["--enable-heuristic", name]
@@ -236,8 +239,8 @@ _EXPERT_ROW = re.compile(r"^\s+(\d+)\s+(\S+)\s+(\S+)\s+(.*)$")
 
 def tshark_expert(pcap: Path) -> dict[str, set[str]]:
     """tshark's expert analysis (`-z expert`): protocol → the summaries it raised, any severity."""
-    result = subprocess.run(["tshark", "-n", "-q", "-r", str(pcap), "-z", "expert"], capture_output=True, text=True,
-                            timeout=WAIT * 2)
+    result = subprocess.run([*tshark_base(False), "-q", "-r", str(pcap), "-z", "expert"], capture_output=True,
+                            text=True, timeout=WAIT * 2)
     assert result.returncode == 0, result.stderr
     found: dict[str, set[str]] = defaultdict(set)
     for line in result.stdout.splitlines():
