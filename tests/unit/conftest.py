@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +44,13 @@ def make_backend(name: str, libcrypto: ctypes.CDLL | None) -> backend.Backend:
     if name == "native" and lib.mtp_walk() != native.WALK_VAES:
         pytest.skip("this CPU has no VAES: native-aesni is what it runs")
     return backend.native_library(lib, block)
+
+
+def cpu_has(*flags: str) -> bool:
+    """Whether /proc/cpuinfo lists every one of `flags` (False without it)."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    line = next((row for row in text.splitlines() if row.startswith("flags")), "")
+    return set(flags) <= set(line.split())
 
 
 def available(names: list[str]) -> list[str]:

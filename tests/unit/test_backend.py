@@ -18,7 +18,7 @@ from mtproxy.protocol import faketls, obfs2
 from mtproxy.protocol.faketls import ClientHello, HelloShape
 from mtproxy.protocol.secret import Secret
 
-from .conftest import walks_chosen_again
+from .conftest import cpu_has, walks_chosen_again
 
 
 def never_timed() -> float:
@@ -60,15 +60,9 @@ def test_the_aesni_walk_is_forced_only_by_its_name() -> None:
         backend.load("native-aesni")
         assert lib.mtp_walk() == native.WALK_AESNI
         backend.load("native")
-        assert lib.mtp_walk() == (native.WALK_VAES if _cpu_has_vaes() else native.WALK_AESNI)
+        assert lib.mtp_walk() == (native.WALK_VAES if cpu_has("vaes", "avx2") else native.WALK_AESNI)
     finally:
         walks_chosen_again()
-
-
-def _cpu_has_vaes() -> bool:
-    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-        flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
-    return "vaes" in flags and "avx2" in flags
 
 
 def test_the_engine_reads_the_name_it_is_given_not_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

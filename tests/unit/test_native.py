@@ -10,7 +10,6 @@ import itertools
 import os
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -19,6 +18,8 @@ from hypothesis import strategies as st
 
 from mtproxy.crypto import backend, ctr, native
 from mtproxy.protocol import faketls, obfs2
+
+from .conftest import cpu_has
 
 # counters just before a carry out of the low 64 bits, or out of all 128, and anywhere
 COUNTERS = st.one_of(
@@ -33,12 +34,6 @@ def reference(key: bytes, counter: int, data: bytes, skip: int = 0) -> bytes:
     """OpenSSL's CTR keystream from `skip` bytes into the stream, XORed onto `data`."""
     out = Cipher(algorithms.AES(key), modes.CTR(counter.to_bytes(16, "big"))).encryptor().update(bytes(skip) + data)
     return out[skip:]
-
-
-def cpu_has(*flags: str) -> bool:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    line = next((row for row in text.splitlines() if row.startswith("flags")), "")
-    return set(flags) <= set(line.split())
 
 
 @pytest.fixture(scope="module", autouse=True, params=["vaes", "aesni"])

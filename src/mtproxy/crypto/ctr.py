@@ -142,24 +142,23 @@ class HandoffCtr(NativeCtr):
         return self._openssl is not None
 
     def update(self, data: bytes | bytearray | memoryview, /) -> bytes:
-        openssl = self._openssl
-        if openssl is None:
-            n = len(data)
-            if n <= self._budget:
-                self._budget -= n
-                return super().update(data)
-            openssl = self._move()
-        return openssl.update(data)
+        openssl = self._openssl_for(len(data))
+        return super().update(data) if openssl is None else openssl.update(data)
 
     def update_into(self, data: bytes | bytearray | memoryview, buf: bytearray | memoryview, /) -> int:
+        openssl = self._openssl_for(len(data))
+        return super().update_into(data, buf) if openssl is None else openssl.update_into(data, buf)
+
+    def _openssl_for(self, n: int) -> CipherContext | None:
+        """None when the next `n` bytes stay in the library (counted), else the OpenSSL context, started now
+        if this call is the first past `move_after`."""
         openssl = self._openssl
         if openssl is None:
-            n = len(data)
             if n <= self._budget:
                 self._budget -= n
-                return super().update_into(data, buf)
+                return None
             openssl = self._move()
-        return openssl.update_into(data, buf)
+        return openssl
 
     def _move(self) -> CipherContext:
         """An OpenSSL context at exactly this stream's position (before this call's bytes)."""
