@@ -173,6 +173,9 @@ class EngineConfig:
     nat_rules: tuple[NatRule, ...] = ()  # --nat-info
     aes_pwd: Path | None = None  # --aes-pwd: the operator's proxy-secret, instead of fetching it
     proxy_multi_conf: Path | None = None  # the positional proxy-multi.conf, instead of fetching it
+    # bulk fast-mode downloads on raw relays (runtime/rawrelay.py); MTPROXY_SPLICE=0 keeps them on the
+    # transport path (A/B measurements, a kernel without splice)
+    raw_relays: bool = True
 
     @property
     def relays_for_everyone(self) -> bool:
@@ -571,6 +574,7 @@ def _resolve(ns: argparse.Namespace, environ: dict[str, str] | None, euid: int |
         nat_rules=_nat_rules(ns),
         aes_pwd=Path(ns.aes_pwd) if ns.aes_pwd else None,
         proxy_multi_conf=Path(ns.proxy_multi_conf) if ns.proxy_multi_conf else None,
+        raw_relays=env.get("MTPROXY_SPLICE", "1") != "0",
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -107,6 +108,37 @@ def test_client_that_does_not_read_is_bounded(start_proxy: ProxyFactory, secret:
 
     grown = run(scenario())
     assert grown < 32 * 1024, f"proxy RSS grew by {grown} KB"
+
+
+def _pipes(pid: int) -> int:
+    """Pipes the process holds open."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd).startswith("pipe:")
+        except FileNotFoundError:  # closed meanwhile
+            pass
+    return count
+
+
+@pytest.mark.parametrize("splice", ["1", "0"])
+def test_bulk_downloads_take_a_spliced_pipe_unless_mtproxy_splice_is_0(start_proxy: ProxyFactory, secret: Secret,
+                                                                      splice: str) -> None:
+    """A classic fast-mode download past rawrelay.RAW_AFTER moves to splice(), whose pipe stays in the worker's
+    pool; MTPROXY_SPLICE=0 (read at start-up) keeps it on the transport path: no pipe, the same bytes."""
+    proxy = start_proxy("-S", secret.to_hex(), "--allow-classic", "--workers", "1", env={"MTPROXY_SPLICE": splice})
+    before = _pipes(proxy.proc.pid)
+    data = os.urandom(1024 * 1024)
+
+    async def scenario() -> bytes:
+        client = await open_client("127.0.0.1", proxy.port, secret_for_mode(secret, "classic"))
+        try:
+            return await round_trip(client, data)
+        finally:
+            await client.close()
+
+    assert run(scenario()) == data
+    assert (_pipes(proxy.proc.pid) > before) == (splice == "1")
 
 
 @pytest.mark.parametrize("mode", ["classic", "dd", "ee"])

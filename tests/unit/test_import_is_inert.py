@@ -1,5 +1,7 @@
-"""Importing the protocol core and the crypto package does nothing: no process, no library load, no
-environment read, no clock. Checked in a fresh interpreter with audit hooks and watched `os.environ`/`time`."""
+"""Importing the protocol core, the crypto package and the engine's runtime does nothing: no process, no
+library load, no environment read, no clock. Checked in a fresh interpreter with audit hooks and watched
+`os.environ`/`time`; what the libraries we import do when they are imported is theirs, so a first, unwatched
+interpreter lists them and the watched one imports them before it starts watching."""
 
 from __future__ import annotations
 
@@ -12,12 +14,27 @@ import pytest
 
 import mtproxy
 
-PACKAGES = ("mtproxy.protocol", "mtproxy.crypto")
+PACKAGES = ("mtproxy.protocol", "mtproxy.crypto", "mtproxy.runtime", "mtproxy.accounts", "mtproxy.stats")
+
+# Runs in the first child: import every module of PACKAGES unwatched and list every other module then loaded.
+LIBRARIES = r'''
+import importlib, json, pkgutil, sys
+for package in PACKAGES:
+    for info in pkgutil.iter_modules(importlib.import_module(package).__path__, package + "."):
+        if not info.name.endswith("._native_aes"):
+            importlib.import_module(info.name)
+# (a module some extension registers under a name of its own, Cython's shared one, has no spec to import by)
+print(json.dumps(sorted(name for name, module in list(sys.modules.items())
+                        if name.split(".")[0] not in ("mtproxy", "__main__")
+                        and getattr(module, "__spec__", None) is not None)))
+'''
 
 # Runs in the child: watch, then import every module of PACKAGES, then report what was seen.
 CHILD = r'''
 import collections.abc, importlib, json, os, pkgutil, sys, time
 import ctypes  # its own import dlopens the running interpreter (ctypes.pythonapi): not ours to count
+for library in PRELOAD:
+    importlib.import_module(library)
 
 seen = []
 WATCHED_EVENTS = ("subprocess.Popen", "os.system", "os.posix_spawn", "os.exec", "os.fork", "os.forkpty",
@@ -76,8 +93,16 @@ print(json.dumps({"imported": imported, "seen": seen}))
 '''
 
 
-def test_importing_every_protocol_and_crypto_module_does_nothing() -> None:
-    code = f"PACKAGES = {PACKAGES!r}\n{CHILD}"
+def _libraries() -> list[str]:
+    done = subprocess.run([sys.executable, "-c", f"PACKAGES = {PACKAGES!r}\n{LIBRARIES}"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    libraries: list[str] = json.loads(done.stdout)
+    return libraries
+
+
+def test_importing_every_protocol_crypto_and_runtime_module_does_nothing() -> None:
+    code = f"PACKAGES = {PACKAGES!r}\nPRELOAD = {_libraries()!r}\n{CHILD}"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -93,7 +118,7 @@ def test_importing_every_protocol_and_crypto_module_does_nothing() -> None:
                                     "os.environ.get('MTPROXY_KEYSTREAM')", "time.perf_counter()"])
 def test_the_watch_sees_what_start_up_does(action: str) -> None:
     """The same watch catches each thing start-up does (so the test above can fail)."""
-    code = (f"PACKAGES = ()\n{CHILD}\nimport os, time\nfrom mtproxy.crypto import aesblock, native\n"
+    code = (f"PACKAGES = ()\nPRELOAD = ()\n{CHILD}\nimport os, time\nfrom mtproxy.crypto import aesblock, native\n"
             f"seen.clear()\n{action}\nprint(json.dumps(seen))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -40,15 +40,16 @@ class Context:
     __slots__ = ("admit", "admit_pending", "admit_proxied", "authenticated", "buffers", "clock", "count_client",
                  "count_in", "count_out", "counters", "dc_table", "ended", "enforcer", "fast_mode", "guard",
                  "hand_over", "limits", "loop", "mask", "mask_header", "mask_legs", "middle", "new_handshake", "pipes",
-                 "random_bytes", "record_buffers", "release", "release_pending", "scans", "session_opened",
-                 "shape_records",
+                 "random_bytes", "raw_relays", "record_buffers", "release", "release_pending", "scans",
+                 "session_opened", "shape_records",
                  "still_live", "trusted", "via", "wheel")
 
     def __init__(self, limits: Limits, counters: Counters, *, fast_mode: bool, dc_table: DcTable, guard: Guard,
                  clock: Callable[[], float], random_bytes: Callable[[int], bytes],
-                 proxy: ProxyProtocol | None = None, shape_records: bool = True) -> None:
+                 proxy: ProxyProtocol | None = None, shape_records: bool = True, raw_relays: bool = True) -> None:
         proxy = proxy or ProxyProtocol()
         self.shape_records = shape_records  # --tls-records shaped (runtime/session.py, rawrelay.RecordRelay)
+        self.raw_relays = raw_relays  # bulk fast-mode downloads may move to a raw relay (session.py)
         self.limits = limits
         self.trusted = proxy.trusted  # --proxy-protocol: who may send the PROXY header
         self.mask_header = proxy.to_mask  # PROXY header version sent to the mask site, 0 for none

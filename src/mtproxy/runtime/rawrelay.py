@@ -41,12 +41,37 @@ _HEADER = faketls.RECORD_HEADER_SIZE
 # error code, a packet cut by the network) ever wait; see docs/undetectability.md
 SHORT_WAIT = 0.010
 
-# MTPROXY_SPLICE=0 keeps DC->client on the transport path (A/B measurements, or a kernel without splice)
-ENABLED = os.environ.get("MTPROXY_SPLICE", "1") != "0"
-SPLICE_AVAILABLE = ENABLED and hasattr(os, "splice")
-RECORDS_AVAILABLE = ENABLED and hasattr(os, "readv")
+SPLICE_AVAILABLE = hasattr(os, "splice")
+RECORDS_AVAILABLE = hasattr(os, "readv")
 
 _NOTHING, _DC, _CLIENT = 0, 1, 2  # what a relay waits for (see _RawRelay._watch)
+
+
+class ShortHold:
+    """--tls-records shaped: a read too short for a record of its own (under faketls.MIN_AEAD_RECORD, already
+    enciphered) is held for the front of the next one; `flush` sends it alone when nothing follows within
+    SHORT_WAIT. The transport path (session.py) and the record relay hold them alike."""
+
+    __slots__ = ("_flush", "_loop", "_timer", "held")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, flush: Callable[[], None]) -> None:
+        self._loop = loop
+        self._flush = flush
+        self.held = b""
+        self._timer: asyncio.TimerHandle | None = None
+
+    def hold(self, short: bytes) -> None:
+        self.held = short
+        if self._timer is None:
+            self._timer = self._loop.call_later(SHORT_WAIT, self._flush)
+
+    def take(self) -> bytes:
+        """What is held (b"" if nothing), no longer held."""
+        held, self.held = self.held, b""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return held
 
 
 class _Closable(Protocol):
@@ -326,29 +351,15 @@ class RecordRelay(_RawRelay):
         # since (its free space only grows meanwhile), so the kernel is asked again only when that runs short
         self._credit = 0
         self._shaped = shaped
-        self._held = b""
-        self._held_timer: asyncio.TimerHandle | None = None
+        self._short = ShortHold(loop, self._send_held)
         self._eof_pending = False  # the DC closed while the residue still held the last short record
         super().__init__(loop, dc_fd, client_fd, on_bytes, on_eof, on_error)
         if held:
-            self._hold(held)
-
-    def _hold(self, short: bytes) -> None:
-        self._held = short
-        if self._held_timer is None:
-            self._held_timer = self._loop.call_later(SHORT_WAIT, self._send_held)
-
-    def _take_held(self) -> bytes:
-        held, self._held = self._held, b""
-        if self._held_timer is not None:
-            self._held_timer.cancel()
-            self._held_timer = None
-        return held
+            self._short.hold(held)
 
     def _send_held(self) -> None:
         """Nothing followed the held bytes in time: they go out as they are, one short record."""
-        self._held_timer = None
-        held = self._take_held()
+        held = self._short.take()
         if not held or self.closed:
             return
         self._residue = memoryview(faketls.record_header(len(held)) + held)
@@ -365,9 +376,9 @@ class RecordRelay(_RawRelay):
                 self._credit = send_space(self._client)
             if self._credit + self._bound < full:
                 windows = windows[: max(1, (self._credit + self._bound) // buffer.slot)]
-        held = len(self._held)
+        held = len(self._short.held)
         if held:  # the held bytes open the first record; the read goes in behind them
-            buffer.view[_HEADER : _HEADER + held] = self._held
+            buffer.view[_HEADER : _HEADER + held] = self._short.held
             windows = [windows[0][held:], *windows[1:]]
         try:
             n = os.readv(self._dc, windows)
@@ -387,9 +398,9 @@ class RecordRelay(_RawRelay):
         self._on_bytes(n)
         n += held
         if held:
-            self._take_held()
+            self._short.take()
         if self._shaped and n < faketls.MIN_AEAD_RECORD:
-            self._hold(bytes(buffer.view[_HEADER : _HEADER + n]))
+            self._short.hold(bytes(buffer.view[_HEADER : _HEADER + n]))
             return
         end = buffer.frame(n, self._shaped)
         sent = self._write(buffer.view[:end])
@@ -428,11 +439,11 @@ class RecordRelay(_RawRelay):
     def take_pending(self) -> bytes:
         pending = bytes(self._residue)
         self._residue = memoryview(b"")
-        held = self._take_held()
+        held = self._short.take()
         if held:  # the session closes: what was held goes out as it is
             pending += faketls.record_header(len(held)) + held
         return pending
 
     def _release(self) -> None:
         self._residue = memoryview(b"")
-        self._take_held()
+        self._short.take()

@@ -142,7 +142,7 @@ class Server:
         ctx = Context(self.cfg.limits, self.counters, fast_mode=self.cfg.fast_mode,
                       dc_table=DcTable(self.cfg.dc_overrides, self.cfg.prefer_ipv6, self.cfg.upstream),
                       guard=self.guard, clock=self.clock, random_bytes=self.random_bytes, proxy=self.cfg.proxy,
-                      shape_records=self.cfg.tls.shaped_records)
+                      shape_records=self.cfg.tls.shaped_records, raw_relays=self.cfg.raw_relays)
         ctx.admit = self.admit
         ctx.admit_pending = self.admit_pending
         ctx.admit_proxied = self.admit_proxied

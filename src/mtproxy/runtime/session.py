@@ -54,7 +54,7 @@ class Session(Pair):
     DC->client: `_up_buffer_updated`; in fast mode the DC's bytes are already what the client expects."""
 
     __slots__ = ("_early", "_from_client", "_from_dc", "_grant", "_held", "_hold_in", "_hold_out", "_meter",
-                 "_middle", "_packets", "_raw", "_relayed", "_shaped", "_short", "_short_timer", "_tls", "_tls_reader",
+                 "_middle", "_packets", "_raw", "_relayed", "_shaped", "_short", "_tls", "_tls_reader",
                  "_to_client", "_to_dc", "secret_id")
 
     def _open(self, auth: AuthResult, grant: Grant) -> None:
@@ -67,8 +67,8 @@ class Session(Pair):
         self._tls = auth.fake_tls
         # --tls-records shaped: no DC->client record shorter than a TLS 1.3 AEAD record (see _shaped_write)
         self._shaped = self._tls and self.ctx.shape_records
-        self._short = b""  # a short DC read held for what follows (enciphered for the client)
-        self._short_timer: asyncio.TimerHandle | None = None
+        # a short DC read held for what follows (made at the first: most sessions never hold one)
+        self._short: rawrelay.ShortHold | None = None
         self._to_dc: Keystream  # set by connect(), before the client is read again
         self._from_dc: Keystream | None = None  # None in fast mode (both)
         self._to_client: Keystream | None = None
@@ -277,16 +277,12 @@ class Session(Pair):
         return faketls.wrap_records(data, faketls.SHAPED_RECORD_PAYLOAD, shaped=True)
 
     def _hold_short(self, short: bytes) -> None:
-        self._short = short
-        if self._short_timer is None:
-            self._short_timer = self.ctx.loop.call_later(rawrelay.SHORT_WAIT, self._send_short)
+        if self._short is None:
+            self._short = rawrelay.ShortHold(self.ctx.loop, self._send_short)
+        self._short.hold(short)
 
     def _take_short(self) -> bytes:
-        short, self._short = self._short, b""
-        if self._short_timer is not None:
-            self._short_timer.cancel()
-            self._short_timer = None
-        return short
+        return self._short.take() if self._short is not None else b""
 
     def _send_short(self) -> None:
         """Nothing followed the held bytes in time (or the session ends): one short record after all."""
@@ -327,7 +323,7 @@ class Session(Pair):
         (a backlogged client gets here from resume_writing once its buffer is empty). True if switched."""
         if self._raw is not None or self._relayed < rawrelay.RAW_AFTER or client.get_write_buffer_size():
             return False
-        if not (rawrelay.RECORDS_AVAILABLE if self._tls else rawrelay.SPLICE_AVAILABLE):
+        if not self.ctx.raw_relays or not (rawrelay.RECORDS_AVAILABLE if self._tls else rawrelay.SPLICE_AVAILABLE):
             return False
         if self._meter is not None and self._meter.rate_out is not None:
             return False  # a rate-limited download stays where the bucket can pause it
@@ -342,11 +338,12 @@ class Session(Pair):
         assert up is not None
         ctx = self.ctx
         bound = ctx.limits.buffer_size
+        held = self._short.held if self._short is not None else b""  # taken once the relay stands
         try:
             if self._tls:
                 self._raw = rawrelay.RecordRelay(ctx.loop, ctx.record_buffers, self.up_fd, self.fd,
                                                  self._raw_bytes, self._up_eof, self.close, bound,
-                                                 shaped=self._shaped, held=self._short)
+                                                 shaped=self._shaped, held=held)
                 self._take_short()  # the relay holds it now
             else:
                 self._raw = rawrelay.SpliceRelay(ctx.loop, ctx.pipes, self.up_fd, self.fd,
