@@ -45,7 +45,7 @@ class SocksDial:
         self._dial: Dial | None = None
         self._client: Socks5Client | None = None
         self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = -1  # the exchange's timeout: its tick on the loop's wheel (runtime/wheel.py), -1: none
         self.error = ""
         self.upstream_down = False
 
@@ -85,7 +85,7 @@ class SocksDial:
         if not dialled or transport is None or client is None:
             self._upstream_failed(dial.error if dial is not None and dial.error else "unreachable")
             return
-        self._timer = self._ctx.loop.call_later(self._ctx.limits.connect_timeout, self._timed_out)
+        self._timer = self._ctx.wheel.add(self, self._ctx.limits.connect_timeout)
         transport.write(client.greeting())
 
     def _made(self, transport: asyncio.Transport) -> None:
@@ -127,8 +127,9 @@ class SocksDial:
         if transport is not None and transport is self._transport:
             self._upstream_failed(f"it {during} during the SOCKS5 exchange")
 
-    def _timed_out(self) -> None:
-        self._timer = None
+    def expired(self) -> None:
+        """The exchange's timeout (the wheel's)."""
+        self._timer = -1
         self._upstream_failed(f"no SOCKS5 answer within {self._ctx.limits.connect_timeout:g} s")
 
     # ----------------------------------------------------------------- endings
@@ -142,9 +143,9 @@ class SocksDial:
         self._finish(False)
 
     def _stop_timer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
+        tick, self._timer = self._timer, -1
+        if tick >= 0:
+            self._ctx.wheel.discard(self, tick)
 
     def _abandon(self) -> None:
         """Drop the socket of the exchange under way, if any."""
