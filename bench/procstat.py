@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -35,17 +36,20 @@ def tree(roots: list[int]) -> list[int]:
     return out
 
 
+def _process_clock(pid: int) -> int:
+    """The clock id of `pid`'s CPU time (what clock_getcpuclockid(3) returns: CPUCLOCK_SCHED of the process)."""
+    return ((~pid) << 3) | 2
+
+
 def _runtime_ns(pid: int) -> int | None:
-    """The CPU time of every thread of `pid` in nanoseconds (schedstat's first field, the scheduler's own
-    sum, where utime and stime come in clock ticks of 10 ms); None where the kernel does not keep it."""
-    total = 0
+    """The CPU time of `pid` in nanoseconds, its exited threads' included (the process's CPU clock: the
+    scheduler's own sum, where utime and stime come in clock ticks of 10 ms); None once it is reaped.
+    Summing the live threads' schedstat instead loses a thread's time when the thread exits, so a reading
+    could go down between two samples."""
     try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/schedstat", "rb") as f:
-                total += int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
+        return time.clock_gettime_ns(_process_clock(pid))
+    except OSError:
         return None
-    return total
 
 
 def cpu_seconds(roots: list[int]) -> float:
