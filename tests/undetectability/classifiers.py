@@ -148,6 +148,7 @@ class TsharkFlow:
     first_layers: set[str] = field(default_factory=set)  # the layer right above tcp, in frames that have one
     tls_record_bytes: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})  # 5 + length each
     handshake_types: dict[str, list[int]] = field(default_factory=lambda: {"up": [], "down": []})
+    record_versions: dict[str, list[int]] = field(default_factory=lambda: {"up": [], "down": []})
     content_types: dict[str, list[int]] = field(default_factory=lambda: {"up": [], "down": []})
     sni: list[str] = field(default_factory=list)
     offered_extensions: list[int] = field(default_factory=list)
@@ -161,7 +162,8 @@ class TsharkFlow:
 
 _TSHARK_FIELDS = (
     "ip.src", "tcp.srcport", "ip.dst", "tcp.dstport", "tcp.seq", "tcp.len", "frame.protocols", "tls.record.length",
-    "tls.handshake.type", "tls.record.content_type", "tls.record.opaque_type", "tls.handshake.extensions_server_name",
+    "tls.handshake.type", "tls.record.version", "tls.record.content_type", "tls.record.opaque_type",
+    "tls.handshake.extensions_server_name",
     "tls.handshake.extension.type", "tls.handshake.ciphersuite", "tls.handshake.extensions_supported_group",
     "tls.handshake.extensions_key_share_group", "tls.handshake.extensions.supported_version",
 )  # fmt: skip
@@ -214,6 +216,7 @@ def tshark_flows(pcap: Path, server_ports: tuple[int, ...], *, all_heuristics: b
         flow.first_layers.update(above[:1])
         flow.tls_record_bytes[direction] += sum(5 + int(n) for n in _list(values["tls.record.length"]))
         flow.handshake_types[direction] += [int(n) for n in _list(values["tls.handshake.type"])]
+        flow.record_versions[direction] += [int(n, 0) for n in _list(values["tls.record.version"])]
         # TLS 1.3's encrypted records carry their type as opaque_type (always 23), the plain ones content_type
         types = _list(values["tls.record.content_type"]) + _list(values["tls.record.opaque_type"])
         flow.content_types[direction] += [int(n) for n in types]
