@@ -13,7 +13,7 @@ import pytest
 from mtproxy.config import resolve
 from mtproxy.paths import Paths
 from mtproxy.testkit.background import BackgroundRelays
-from mtproxy.testkit.process import free_port
+from mtproxy.testkit.process import refused_port
 
 from ..integration.test_middle_proxy import ConfigServer
 from .test_doctor import DOMAIN, SITE_HOST, Cli, HttpsSite, configure, dc, doctor, finding, site
@@ -79,9 +79,9 @@ def test_without_a_cached_copy_the_documents_are_fetched_as_the_engine_would(
 
 
 def test_documents_that_cannot_be_had(cli: Cli, paths: Paths, site: HttpsSite, dc: int) -> None:
-    dead = free_port()
-    configure(cli, paths, site.port, dc, middle_proxy="on", relay_config_url=f"http://127.0.0.1:{dead}")
-    _, doc = doctor(cli, table={DOMAIN: [SITE_HOST]})
+    with refused_port() as dead:
+        configure(cli, paths, site.port, dc, middle_proxy="on", relay_config_url=f"http://127.0.0.1:{dead}")
+        _, doc = doctor(cli, table={DOMAIN: [SITE_HOST]})
     documents = finding(doc, "telegram", "middle proxy configuration")
     assert documents["severity"] == "error"
     assert documents["message"].startswith(f"no cached proxy-secret and http://127.0.0.1:{dead}/getProxySecret"

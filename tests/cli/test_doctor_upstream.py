@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mtproxy.paths import Paths
-from mtproxy.testkit.process import free_port
+from mtproxy.testkit.process import free_port, refused_port
 from mtproxy.testkit.socks import Dante
 
 from .test_doctor import DOMAIN, SITE_HOST, Cli, HttpsSite, configure, doctor, finding
@@ -55,9 +55,9 @@ def test_dcs_are_checked_through_dante(cli: Cli, paths: Paths, site: HttpsSite, 
 
 
 def test_an_upstream_that_is_down(cli: Cli, paths: Paths, site: HttpsSite, dc_listener: socket.socket) -> None:
-    dead = free_port()
-    configure(cli, paths, site.port, dc_listener.getsockname()[1], upstream=f"socks5://127.0.0.1:{dead}")
-    _, doc = doctor(cli, table={DOMAIN: [SITE_HOST]})
+    with refused_port() as dead:
+        configure(cli, paths, site.port, dc_listener.getsockname()[1], upstream=f"socks5://127.0.0.1:{dead}")
+        _, doc = doctor(cli, table={DOMAIN: [SITE_HOST]})
     upstream = finding(doc, "telegram", f"upstream 127.0.0.1:{dead}")
     assert upstream["severity"] == "error"
     assert upstream["message"] == f"the SOCKS5 upstream 127.0.0.1:{dead} fails: connection refused"

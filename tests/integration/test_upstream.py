@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mtproxy.protocol.secret import Secret
 from mtproxy.testkit.background import BackgroundPeers
 from mtproxy.testkit.client import ProxyClientError, open_client, send_raw
-from mtproxy.testkit.process import ProxyProcess, free_port
+from mtproxy.testkit.process import ProxyProcess, free_port, refused_port
 from mtproxy.testkit.servers import MASK_BANNER
 from mtproxy.testkit.socks import Dante, SocksServer
 
@@ -82,19 +81,13 @@ def test_sessions_go_through_dante(start_proxy: ProxyFactory, peers: BackgroundP
 
 
 def test_upstream_down_closes_the_session_with_one_warning(start_proxy: ProxyFactory, secret: Secret) -> None:
-    # bound, never listening: connects are refused, and nothing the test starts next (the proxy's own ports,
-    # from free_port) can take the port, as it once did in CI and answered no SOCKS5
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    dead = holder.getsockname()[1]
-    try:
+    # a free_port once went to something the test started next, which answered no SOCKS5
+    with refused_port() as dead:
         proxy = start_proxy("-S", secret.to_hex(), "--upstream", f"socks5://127.0.0.1:{dead}")
         for _ in range(3):
             with pytest.raises((ProxyClientError, ConnectionError, EOFError, OSError)):
                 run(echo(proxy, secret, b"hello"))
         log = proxy.wait_log("SOCKS5 upstream")
-    finally:
-        holder.close()
     line = f"warning: SOCKS5 upstream 127.0.0.1:{dead} failed: connection refused (1 DC dial failed through it)"
     assert line in log
     assert log.count("SOCKS5 upstream") == 1  # the next two are counted for the next line, not logged each
@@ -105,17 +98,11 @@ def test_upstream_down_closes_the_session_with_one_warning(start_proxy: ProxyFac
 
 
 def test_target_refused_by_dante_is_the_dcs_fault(start_proxy: ProxyFactory, secret: Secret, dante: Dante) -> None:
-    # bound, never listening: connects are refused, and no server the test starts next can take the port
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    closed = holder.getsockname()[1]
-    try:
+    with refused_port() as closed:
         proxy = start_proxy("-S", secret.to_hex(), "--upstream", f"socks5://127.0.0.1:{dante.port}",
                             "--dc-override", f"3=127.0.0.1:{closed}")
         with pytest.raises((ProxyClientError, ConnectionError, EOFError, OSError)):
             run(echo(proxy, secret, b"hello", dc_id=3))
-    finally:
-        holder.close()
     log = proxy.wait_log("DC 3 unreachable")
     assert (f"DC 3 unreachable through the SOCKS5 upstream 127.0.0.1:{dante.port}: 127.0.0.1:{closed}: the SOCKS5"
             " server answered: connection refused by the target") in log

@@ -305,7 +305,7 @@ def test_tshark_does_not_see_classic_or_dd_as_anything(captured: dict[str, Captu
 
     The TLS dissector itself guesses too: a segment of random bytes that opens with a byte of 0x80 or more
     (SSL 2.0's two-byte record header), a known SSL 2.0 message type and lengths that fit is read as SSL 2.0
-    records (seen: a "Client Master Key" from the server's side, 1 MiB into the stream). Both directions of a
+    records (seen: a "Client Master Key" from the server's side, 650 KiB into a download). Both directions of a
     classic or dd stream are random bytes, as any encrypted stream on 443, so that happens now and then and is
     allowed; a record of any TLS version, a handshake outside SSL 2.0 or a server name is not."""
     cap = captured[kind]

@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -41,6 +43,16 @@ def free_port(host: str = "127.0.0.1") -> int:
                 continue
             return port
     raise RuntimeError(f"no free port for {host} in {choices.start}-{choices.stop - 1} after 200 tries")
+
+
+@contextmanager
+def refused_port(host: str = "127.0.0.1") -> Iterator[int]:
+    """A port where connects are refused while the block runs: bound, never listening. Unlike a `free_port`
+    left unbound, nothing the test starts next (a server on its own `free_port`) can take it and answer."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as holder:
+        holder.bind((host, 0))
+        yield int(holder.getsockname()[1])
 
 
 class ProxyProcess:
